@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:
+#   make run    set everything up, then run the main job on its embedded default
+#   make test   set everything up, then run the whole test suite
+# Everything else is a building block of those two.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: run test lint bench train setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Ensemble needs Python 3.11 (Bytewax 0.21.1 has no wheels past 3.12)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: setup
+	$(BIN)/python -m bytewax.run dataflows.ensemble
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/bench_flow.py
+
+train: setup
+	$(BIN)/python -m models.train
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

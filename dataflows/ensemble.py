@@ -1,0 +1,334 @@
+"""The Ensemble dataflow: `python -m bytewax.run dataflows.ensemble`.
+
+Wiring only; every rule lives in `operators/`. Reads top to bottom like the diagram:
+
+    input → decode → by_symbol → market (5m bars by event time, cohorts, 15m/1h bars)
+          → context_join (as-of overlays, cohort, funding, control; staleness)
+          → features → predict → strategy (fill → control → mark → kill-switch → decide)
+          → outputs (one JSON-lines file per stream)
+
+Bad input never stops the flow: undecodable or invalid records, late trades and unused
+candles become dead letters with their reason; an exception on one record becomes an
+`errors` record and the flow goes on. With no Kafka configured the input is the
+embedded generator (or files from ENSEMBLE_INPUT) and the run ends with a summary.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.operators import StatefulBatchLogic, StatefulLogic
+
+from dataflows.io import JsonLinesSink, RawMessage
+from dataflows.io import MarketSource as _MarketSource
+from dataflows.settings import Settings
+from operators.bars import Bar
+from operators.config import ConfigError
+from operators.events import ControlCommand, InvalidRecord, decode
+from operators.features import FeatureState
+from operators.market import Close, Late, MarketState
+from operators.overlays import BarContext, ContextJoin
+from operators.predict import ArtifactError, load_runtime
+from operators.strategy import Strategy, SymbolState, new_state
+from operators.telemetry import Stamp, dead_letter, wall_clock_ms
+from schemas.codec import STREAM_SCHEMAS
+
+OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
+
+
+@dataclass(slots=True)
+class Emit:
+    """A finished output record on its way to the sink."""
+
+    stream: str
+    record: dict[str, Any]
+
+
+def _error(
+    stamp: Stamp, stage: str, symbol: str, ts_ms: int, exc: BaseException, context: dict[str, Any]
+) -> Emit:
+    return Emit(
+        "errors",
+        stamp(
+            symbol,
+            ts_ms,
+            stage=stage,
+            error_type=type(exc).__name__,
+            message=str(exc),
+            context_json=json.dumps(
+                {**context, "traceback": traceback.format_exc(limit=5)}, default=repr
+            ),
+        ),
+    )
+
+
+def _bar_record(stamp: Stamp, b: Bar) -> dict[str, Any]:
+    return stamp(
+        b.symbol,
+        b.end_ms,
+        timeframe=b.timeframe,
+        start_ms=b.start_ms,
+        end_ms=b.end_ms,
+        open=b.open,
+        high=b.high,
+        low=b.low,
+        close=b.close,
+        volume=b.volume,
+        count=b.count,
+        complete=b.complete,
+    )
+
+
+# -- decode ------------------------------------------------------------------------------
+def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
+    """An event, or a dead letter (plus its summary count)."""
+    try:
+        event = decode(
+            raw.stream, raw.payload, settings.symbols, wall_clock_ms(), settings.max_clock_skew_ms
+        )
+    except InvalidRecord as e:
+        dl = dead_letter(
+            stamp,
+            raw.stream,
+            raw.payload,
+            str(e),
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+        )
+        return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": str(e)})]
+    if isinstance(event, ControlCommand) and event.symbol == "*":
+        return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
+    return [event]
+
+
+# -- market -----------------------------------------------------------------------------
+class MarketLogic(StatefulBatchLogic):
+    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState) -> None:
+        self.settings, self.stamp, self.state = settings, stamp, state
+
+    @classmethod
+    def build(cls, settings: Settings, stamp: Stamp, resume: MarketState | None) -> MarketLogic:
+        return cls(settings, stamp, resume)  # type: ignore[arg-type]
+
+    def _ensure(self, symbol: str) -> MarketState:
+        if self.state is None:
+            self.state = MarketState(
+                symbol,
+                symbol in self.settings.candle_symbols,
+                self.settings.allowed_lateness_ms,
+                self.settings.strategy.cohorts,
+            )
+        return self.state
+
+    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        for e in values:
+            st = self._ensure(e.symbol)
+            try:
+                st.on_event(e, out)
+            except Exception as exc:  # one bad record must not stop the flow
+                out.append(
+                    _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
+                )
+        return self._emit(out), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        if self.state is not None:
+            self.state.flush(out)
+        return self._emit(out), StatefulBatchLogic.RETAIN
+
+    def _emit(self, items: list[Any]) -> list[Any]:
+        """Bars and dead letters become records; everything goes on to the context join."""
+        res: list[Any] = []
+        for it in items:
+            if isinstance(it, Close):
+                res.append(Emit("bars", _bar_record(self.stamp, it.bar)))
+            elif isinstance(it, Bar):
+                res.append(Emit("bars", _bar_record(self.stamp, it)))
+            elif isinstance(it, Late):
+                e = it.event
+                res.append(
+                    Emit(
+                        "dead_letters",
+                        dead_letter(
+                            self.stamp,
+                            "trades" if hasattr(e, "trade_id") else "candles",
+                            _event_dict(e),
+                            it.reason,
+                            symbol=e.symbol,
+                            ts_event_ms=e.ts_event_ms,
+                        ),
+                    )
+                )
+                res.append(Emit("summary", {"dead_letter": it.reason}))
+                continue
+            res.append(it)
+        return res
+
+    def snapshot(self) -> MarketState:
+        return copy.deepcopy(self.state)
+
+
+def _event_dict(e: Any) -> dict[str, Any]:
+    return {f: getattr(e, f) for f in e.__slots__}
+
+
+# -- context join, features, predict -----------------------------------------------------
+def context_step(
+    settings: Settings, stamp: Stamp, join: ContextJoin | None, item: Any
+) -> tuple[ContextJoin, list[Any]]:
+    if join is None:
+        cfg = settings.strategy
+        join = ContextJoin(cfg.gates.overlay_stale_intervals, cfg.cohorts.stale_intervals)
+    if isinstance(item, Emit):
+        return join, [item]
+    try:
+        if isinstance(item, Close):
+            return join, [join.at_close(item.bar, item.cohort)]
+        join.add(item)
+        return join, []
+    except Exception as exc:
+        return join, [
+            _error(
+                stamp,
+                "context_join",
+                getattr(item, "symbol", "?"),
+                getattr(item, "ts_event_ms", 0),
+                exc,
+                {"item": repr(item)},
+            )
+        ]
+
+
+def features_step(stamp: Stamp, fs: FeatureState | None, item: Any) -> tuple[FeatureState, Any]:
+    fs = FeatureState() if fs is None else fs
+    if not isinstance(item, BarContext):
+        return fs, item
+    b = item.bar
+    ctx = {
+        "funding_rate": item.funding_rate,
+        "s_top": item.cohort.s_top,
+        "s_bot": item.cohort.s_bot,
+        "s_mood": item.cohort.s_mood,
+        "trend_15m": item.overlays["15m"].trend,
+        "trend_1h": item.overlays["1h"].trend,
+    }
+    try:
+        item.features = fs.update(b.close, b.high, b.low, b.volume, ctx)
+    except Exception as exc:
+        return fs, _error(stamp, "features", b.symbol, b.end_ms, exc, {"bar": repr(b)})
+    return fs, item
+
+
+def predict_step(settings: Settings, stamp: Stamp, item: Any) -> Any:
+    if not isinstance(item, BarContext) or item.features is None:
+        return item
+    try:
+        rt = load_runtime(str(settings.model_dir))
+        pred = rt.predict(item.features)
+    except Exception as exc:
+        return _error(
+            stamp, "predict", item.bar.symbol, item.bar.end_ms, exc, {"features": item.features}
+        )
+    item.p_up, item.p_up_bma, item.model_id = pred.p_up, pred.p_up_bma, rt.model_id
+    return item
+
+
+# -- strategy -----------------------------------------------------------------------------
+class StrategyLogic(StatefulLogic):
+    def __init__(self, settings: Settings, stamp: Stamp, resume: SymbolState | None) -> None:
+        self.settings, self.stamp = settings, stamp
+        self.resume = resume
+        self.strategy: Strategy | None = None
+
+    def _ensure(self, symbol: str) -> Strategy:
+        if self.strategy is None:
+            rt = load_runtime(str(self.settings.model_dir))
+            info = {
+                "model_id": rt.model_id,
+                "model_sha256": rt.manifest["model_sha256"],
+                "horizon_bars": rt.horizon_bars,
+            }
+            cfg = self.settings.strategy
+            state = self.resume or new_state(cfg, symbol, self.settings.seed)
+            self.strategy = Strategy(cfg, state, self.stamp, info, resumed=self.resume is not None)
+        return self.strategy
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        if isinstance(value, Emit):
+            return [value], StatefulLogic.RETAIN
+        ctx: BarContext = value
+        strat = self._ensure(ctx.bar.symbol)
+        try:
+            outs = strat.on_bar(ctx)
+        except Exception as exc:
+            return [
+                _error(
+                    self.stamp,
+                    "strategy",
+                    ctx.bar.symbol,
+                    ctx.bar.end_ms,
+                    exc,
+                    {"bar": repr(ctx.bar)},
+                )
+            ], StatefulLogic.RETAIN
+        return [Emit(s, r) for s, r in outs], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        if self.strategy is None:
+            return [], StatefulLogic.RETAIN
+        outs = [Emit(s, r) for s, r in self.strategy.on_eof()]
+        outs.append(Emit("summary", self.strategy.summary()))
+        return outs, StatefulLogic.RETAIN
+
+    def snapshot(self) -> SymbolState | None:
+        return copy.deepcopy(self.strategy.s if self.strategy else self.resume)
+
+
+# -- the flow ---------------------------------------------------------------------------------
+def build_flow(
+    settings: Settings, messages: list[RawMessage] | None = None, sink: Any = None
+) -> Dataflow:
+    """The dataflow over `settings`' input (or `messages`), into `sink` (or JSON files)."""
+    stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
+    load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not the first bar
+
+    flow = Dataflow("ensemble")
+    raw = op.input("input", flow, _MarketSource(settings, messages))
+    decoded = op.flat_map("decode", raw, partial(decode_step, settings, stamp))
+    bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
+    events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
+    keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
+    market = op.stateful_batch("market", keyed, partial(MarketLogic.build, settings, stamp))
+    contexts = op.stateful_flat_map("context_join", market, partial(context_step, settings, stamp))
+    featured = op.stateful_map("features", contexts, partial(features_step, stamp))
+    predicted = op.map_value("predict", featured, partial(predict_step, settings, stamp))
+    decided = op.stateful(
+        "strategy", predicted, lambda resume: StrategyLogic(settings, stamp, resume)
+    )
+    emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
+    by_stream = op.map("by_stream", emitted, lambda e: (e.stream, e.record))
+    op.output("sink", by_stream, sink or JsonLinesSink(settings.out_dir, OUTPUT_STREAMS))
+    return flow
+
+
+def _flow_from_env() -> Dataflow:
+    try:
+        return build_flow(Settings.from_env())
+    except (ConfigError, ArtifactError) as e:
+        print(f"ensemble: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+flow = _flow_from_env()

@@ -1,0 +1,193 @@
+"""Sources and sinks: the generator or market-data files in; JSON-lines files out.
+
+The input is one partition that yields `RawMessage`s in event order; its resume state is
+the number of messages consumed, so a recovered run continues where it stopped. The
+output writes one JSON-lines file per stream (`<out>/<stream>.jsonl`), one partition
+per stream, whose resume state is the file offset: a recovered run truncates what was
+written after the last snapshot, so each file holds every record exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from dataflows.settings import Settings
+from marketdata.files import file_records
+from marketdata.generator import generate
+
+BATCH = 2048
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """One input message as it arrived: Avro bytes (Kafka) or a decoded record (files)."""
+
+    stream: str
+    payload: bytes | dict[str, Any]
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+def market_messages(settings: Settings) -> Iterator[RawMessage]:
+    records = (
+        generate(settings.generator)
+        if settings.generator is not None
+        else file_records(list(settings.files))
+    )
+    for stream, rec in records:
+        yield RawMessage(stream, rec)
+
+
+class _IterPartition(StatefulSourcePartition[RawMessage, int]):
+    def __init__(self, messages: Iterator[RawMessage], consumed: int) -> None:
+        self.it = islice(messages, consumed, None)
+        self.consumed = consumed
+
+    def next_batch(self) -> list[RawMessage]:
+        batch = list(islice(self.it, BATCH))
+        if not batch:
+            raise StopIteration
+        self.consumed += len(batch)
+        return batch
+
+    def snapshot(self) -> int:
+        return self.consumed
+
+
+class MarketSource(FixedPartitionedSource[RawMessage, int]):
+    """The embedded input: generated market or files, in event order, with an end."""
+
+    def __init__(self, settings: Settings, messages: list[RawMessage] | None = None) -> None:
+        self.settings = settings
+        self.messages = messages  # tests pass messages directly
+
+    def list_parts(self) -> list[str]:
+        return ["market"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IterPartition:
+        msgs = iter(self.messages) if self.messages is not None else market_messages(self.settings)
+        return _IterPartition(msgs, resume_state or 0)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode("ascii")
+    raise TypeError(f"cannot write {type(v).__name__} as JSON")
+
+
+def _clean(v: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null (the record says which field)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def to_json_line(record: dict[str, Any]) -> str:
+    return (
+        json.dumps(_clean(record), separators=(",", ":"), default=_json_default, allow_nan=False)
+        + "\n"
+    )
+
+
+class _JsonLinesPartition(StatefulSinkPartition[dict[str, Any], int]):
+    def __init__(self, path: Path, resume_offset: int | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_offset is None:
+            self.f = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        else:
+            self.f = open(path, "r+", encoding="utf-8")  # noqa: SIM115
+            self.f.seek(resume_offset)
+            self.f.truncate()
+
+    def write_batch(self, values: list[dict[str, Any]]) -> None:
+        self.f.write("".join(to_json_line(v) for v in values))
+
+    def snapshot(self) -> int:
+        self.f.flush()
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
+    """Collects per-symbol run summaries and dead-letter counts; prints them at the end."""
+
+    def __init__(self, out_dir: Path, resume: dict | None) -> None:
+        self.out_dir = out_dir
+        self.state = resume or {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
+
+    def write_batch(self, values: list[dict[str, Any]]) -> None:
+        for v in values:
+            if "dead_letter" in v:
+                self.state["dead_letters"] += 1
+                kind = v["dead_letter"].split(":")[0].split(" ")[0]
+                reasons = self.state["dead_letter_reasons"]
+                reasons[kind] = reasons.get(kind, 0) + 1
+            else:
+                self.state["symbols"][v["symbol"]] = v
+
+    def snapshot(self) -> dict:
+        return json.loads(json.dumps(self.state))
+
+    def close(self) -> None:
+        if not self.state["symbols"] and not self.state["dead_letters"]:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "summary.json").write_text(
+            json.dumps(self.state, indent=2, sort_keys=True) + "\n"
+        )
+        print(format_summary(self.state, self.out_dir), flush=True)
+
+
+def format_summary(state: dict, out_dir: Path) -> str:
+    lines = ["", "Ensemble run summary (paper trading)"]
+    for sym, s in sorted(state["symbols"].items()):
+        rej = ", ".join(f"{k} {v}" for k, v in s["rejections"].items()) or "none"
+        lines += [
+            f"  {sym}: {s['bars']} 5m bars ({s['gap_bars']} missing), {s['decisions']} decisions, "
+            f"{s['fills']} fills, {s['round_trips']} round trips "
+            f"({s['wins']} won, {s['losses']} lost)",
+            f"    rejections by reason: {rej}",
+            f"    final equity {s['equity']:,.2f} USD, max drawdown {s['max_drawdown']:.2%}, "
+            f"fees {s['fees_usd']:,.2f} USD, funding {s['funding_usd']:+,.2f} USD, "
+            f"state {s['trading_state']}",
+        ]
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(state["dead_letter_reasons"].items()))
+    lines.append(f"  dead letters: {state['dead_letters']}" + (f" ({reasons})" if reasons else ""))
+    lines.append(f"  outputs: {out_dir}/<stream>.jsonl and {out_dir}/summary.json")
+    return "\n".join(lines)
+
+
+class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
+    """One JSON-lines file per stream; items are (stream, record)."""
+
+    def __init__(self, out_dir: Path, streams: list[str]) -> None:
+        self.out_dir = out_dir
+        self.parts = sorted([*streams, "summary"])
+
+    def list_parts(self) -> list[str]:
+        return self.parts
+
+    def part_fn(self, item_key: str) -> int:
+        return self.parts.index(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSinkPartition:
+        if for_part == "summary":
+            return _SummaryPartition(self.out_dir, resume_state)
+        return _JsonLinesPartition(self.out_dir / f"{for_part}.jsonl", resume_state)

@@ -1,0 +1,150 @@
+"""Run settings from the environment (prefix ENSEMBLE_), validated before the flow starts.
+
+A bad value stops the start with a message naming the variable and the value.
+
+| variable | default | meaning |
+|---|---|---|
+| ENSEMBLE_PRESET (or STRATEGY_ID) | ensemble_1_1 | strategy preset |
+| ENSEMBLE_OVERRIDES | {} | JSON of dotted settings, e.g. {"risk.pos_max": 0.3} |
+| ENSEMBLE_INPUT | generator | `generator`, or comma-separated file specs KIND:PATH[?symbol=..&volume=quote] |
+| ENSEMBLE_SEED | 7 | generator and bandit seed |
+| ENSEMBLE_DAYS | 6 | days the generator produces |
+| ENSEMBLE_SYMBOLS | from the input | symbols allowed to trade; others are dead letters |
+| ENSEMBLE_CANDLE_SYMBOLS | from the input | symbols whose bars come from candles, not trades |
+| ENSEMBLE_OUT | out | directory of the JSON-lines outputs |
+| ENSEMBLE_ALLOWED_LATENESS_MS | 5000 | how late a trade may be and still fold into its bar |
+| ENSEMBLE_MAX_CLOCK_SKEW_MS | 300000 | how far past the wall clock an event time may be |
+| ENSEMBLE_MODEL_DIR | models/artifacts/default | model artifact |
+| ENSEMBLE_CLOCK | event | `event`: ts_init = ts_event (reproducible); `wall`: wall clock |
+| ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers; not supported yet |
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from marketdata.files import FileSpec, FileSpecError
+from marketdata.generator import GeneratorConfig
+from operators.config import ConfigError, StrategyConfig, preset
+from operators.predict import DEFAULT_ARTIFACT
+
+
+@dataclass(frozen=True)
+class Settings:
+    strategy: StrategyConfig
+    generator: GeneratorConfig | None  # None when reading files
+    files: tuple[FileSpec, ...]
+    symbols: frozenset[str]
+    candle_symbols: frozenset[str]
+    out_dir: Path
+    seed: int
+    allowed_lateness_ms: int = 5_000
+    max_clock_skew_ms: int = 300_000
+    model_dir: Path = DEFAULT_ARTIFACT
+    wall_clock: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        if env.get("ENSEMBLE_KAFKA_BOOTSTRAP"):
+            raise ConfigError(
+                f"ENSEMBLE_KAFKA_BOOTSTRAP={env['ENSEMBLE_KAFKA_BOOTSTRAP']!r}: Kafka input and "
+                "output are not built yet; unset it to run on files or the generator"
+            )
+        name = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
+        strategy = preset(name)
+        raw_overrides = env.get("ENSEMBLE_OVERRIDES", "").strip()
+        if raw_overrides:
+            try:
+                overrides = json.loads(raw_overrides)
+            except json.JSONDecodeError as e:
+                raise ConfigError(
+                    f"ENSEMBLE_OVERRIDES={raw_overrides!r} is not JSON: {e}"
+                ) from None
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"ENSEMBLE_OVERRIDES={raw_overrides!r} must be a JSON object")
+            strategy = strategy.with_overrides(overrides)
+
+        seed = _int(env, "ENSEMBLE_SEED", 7, lo=0)
+        source = env.get("ENSEMBLE_INPUT", "generator").strip()
+        generator: GeneratorConfig | None = None
+        files: tuple[FileSpec, ...] = ()
+        if source == "generator":
+            days = _float(env, "ENSEMBLE_DAYS", GeneratorConfig.days, lo=0.01)
+            generator = GeneratorConfig(seed=seed, days=days)
+            symbols = set(generator.symbols)
+            candle_symbols = set(generator.candle_symbols)
+        else:
+            try:
+                files = tuple(FileSpec.parse(s.strip()) for s in source.split(",") if s.strip())
+            except FileSpecError as e:
+                raise ConfigError(f"ENSEMBLE_INPUT: {e}") from None
+            if not files:
+                raise ConfigError(f"ENSEMBLE_INPUT={source!r} names no file")
+            symbols = {f.symbol for f in files}
+            candle_symbols = {f.symbol for f in files if f.kind == "candles"}
+        symbols = _symbol_set(env, "ENSEMBLE_SYMBOLS", symbols)
+        candle_symbols = _symbol_set(env, "ENSEMBLE_CANDLE_SYMBOLS", candle_symbols)
+        if not candle_symbols <= symbols:
+            raise ConfigError(
+                f"ENSEMBLE_CANDLE_SYMBOLS={sorted(candle_symbols)} must be a subset "
+                f"of the traded symbols {sorted(symbols)}"
+            )
+        clock = env.get("ENSEMBLE_CLOCK", "event")
+        if clock not in ("event", "wall"):
+            raise ConfigError(f"ENSEMBLE_CLOCK={clock!r} must be event or wall")
+        model_dir = Path(env.get("ENSEMBLE_MODEL_DIR", str(DEFAULT_ARTIFACT)))
+        return cls(
+            strategy=strategy,
+            generator=generator,
+            files=files,
+            symbols=frozenset(symbols),
+            candle_symbols=frozenset(candle_symbols),
+            out_dir=Path(env.get("ENSEMBLE_OUT", "out")),
+            seed=seed,
+            allowed_lateness_ms=_int(env, "ENSEMBLE_ALLOWED_LATENESS_MS", 5_000, lo=0),
+            max_clock_skew_ms=_int(env, "ENSEMBLE_MAX_CLOCK_SKEW_MS", 300_000, lo=0),
+            model_dir=model_dir,
+            wall_clock=clock == "wall",
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} must be an integer") from None
+    if v < lo:
+        raise ConfigError(f"{name}={raw!r} must be >= {lo}")
+    return v
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} must be a number") from None
+    if not v >= lo:
+        raise ConfigError(f"{name}={raw!r} must be >= {lo}")
+    return v
+
+
+def _symbol_set(env: Mapping[str, str], name: str, default: set[str]) -> set[str]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    syms = {s.strip() for s in raw.split(",") if s.strip()}
+    bad = [s for s in syms if not s.replace("-", "").replace("_", "").isalnum() or s == "*"]
+    if bad:
+        raise ConfigError(f"{name}={raw!r}: invalid symbol(s) {bad}")
+    return syms

@@ -1,0 +1,215 @@
+"""Event-time tumbling bars, aligned to the UTC epoch.
+
+`BarBuilder` folds trades or 1m candles into 5m bars. Its clock is event time only: the
+watermark is the latest event time seen minus the allowed lateness, and a bar is emitted
+once the watermark passes its end. A record for a bar that is already emitted is late;
+it is returned to the caller (which dead-letters and counts it), never folded in
+silently and never dropped silently. A window with no data is emitted as a gap bar
+(`complete=False`, flat at the previous close, no volume) so the series stays regular
+and data completeness can be measured.
+
+`BarAggregator` composes 15m and 1h bars from closed 5m bars. OHLCV composes exactly, so
+every timeframe equals a pandas resample of the same records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MINUTE_MS = 60_000
+TIMEFRAME_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": 60 * MINUTE_MS}
+
+
+@dataclass(slots=True)
+class Bar:
+    symbol: str
+    timeframe: str
+    start_ms: int
+    end_ms: int  # exclusive; the bar is usable from end_ms on
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    count: int  # trades or 1m candles folded in; 0 for a gap bar
+    complete: bool  # False for a gap bar or a higher bar with missing 5m parts
+
+    @property
+    def ret(self) -> float:
+        """Simple return of the bar, close over open."""
+        return self.close / self.open - 1.0
+
+
+class _Bucket:
+    __slots__ = ("open", "high", "low", "close", "volume", "count", "first_ts", "last_ts")
+
+    def __init__(self, ts: int, o: float, h: float, low: float, c: float, v: float) -> None:
+        self.open, self.high, self.low, self.close = o, h, low, c
+        self.volume = v
+        self.count = 1
+        self.first_ts = ts
+        self.last_ts = ts
+
+    def add(self, ts: int, o: float, h: float, low: float, c: float, v: float) -> None:
+        # Open and close follow event time, not arrival order; ties keep arrival order,
+        # as pandas' first/last do on time-sorted data.
+        if ts < self.first_ts:
+            self.first_ts, self.open = ts, o
+        if ts >= self.last_ts:
+            self.last_ts, self.close = ts, c
+        if h > self.high:
+            self.high = h
+        if low < self.low:
+            self.low = low
+        self.volume += v
+        self.count += 1
+
+
+class BarBuilder:
+    """Per-symbol 5m (by default) bars from trades or candles, by event time."""
+
+    def __init__(self, symbol: str, allowed_lateness_ms: int, timeframe: str = "5m") -> None:
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.width_ms = TIMEFRAME_MS[timeframe]
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.buckets: dict[int, _Bucket] = {}
+        self.max_event_ms: int | None = None  # latest event end seen
+        self.next_start_ms: int | None = None  # start of the first bar not yet emitted
+        self.last_close: float | None = None
+
+    @property
+    def watermark_ms(self) -> int | None:
+        if self.max_event_ms is None:
+            return None
+        return self.max_event_ms - self.allowed_lateness_ms
+
+    def add_trade(self, ts_ms: int, px: float, qty: float) -> list[Bar] | None:
+        """Fold one trade in; returns the bars it closed, or None if it is late."""
+        return self._add(ts_ms, ts_ms, px, px, px, px, qty)
+
+    def add_candle(
+        self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float
+    ) -> list[Bar] | None:
+        """Fold one candle in (ts_ms is its open); returns closed bars, or None if late."""
+        return self._add(ts_ms, ts_ms + interval_ms, o, h, low, c, v)
+
+    def _add(
+        self, ts: int, end_ts: int, o: float, h: float, low: float, c: float, v: float
+    ) -> list[Bar] | None:
+        start = ts - ts % self.width_ms
+        if self.next_start_ms is not None and start < self.next_start_ms:
+            return None
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            self.buckets[start] = _Bucket(ts, o, h, low, c, v)
+        else:
+            bucket.add(ts, o, h, low, c, v)
+        if self.max_event_ms is None or end_ts > self.max_event_ms:
+            self.max_event_ms = end_ts
+            return self._close_until(end_ts - self.allowed_lateness_ms)
+        return _NO_BARS
+
+    def flush(self) -> list[Bar]:
+        """Emit every open bar: the end of a finite input is a watermark at infinity."""
+        if not self.buckets:
+            return []
+        return self._close_until(max(self.buckets) + self.width_ms)
+
+    def _close_until(self, watermark: int) -> list[Bar]:
+        if not self.buckets:
+            return _NO_BARS
+        start = min(self.buckets) if self.next_start_ms is None else self.next_start_ms
+        if start + self.width_ms > watermark:
+            return _NO_BARS
+        out: list[Bar] = []
+        while start + self.width_ms <= watermark and self.buckets:
+            b = self.buckets.pop(start, None)
+            end = start + self.width_ms
+            if b is not None:
+                out.append(
+                    Bar(
+                        self.symbol,
+                        self.timeframe,
+                        start,
+                        end,
+                        b.open,
+                        b.high,
+                        b.low,
+                        b.close,
+                        b.volume,
+                        b.count,
+                        True,
+                    )
+                )
+                self.last_close = b.close
+            else:
+                px = self.last_close
+                assert px is not None  # a gap can only follow an emitted bar
+                out.append(
+                    Bar(self.symbol, self.timeframe, start, end, px, px, px, px, 0.0, 0, False)
+                )
+            start = end
+        self.next_start_ms = start
+        return out
+
+
+_NO_BARS: list[Bar] = []
+
+
+class BarAggregator:
+    """Composes a higher timeframe (15m, 1h) from consecutive closed 5m bars."""
+
+    def __init__(self, symbol: str, timeframe: str, base_ms: int = TIMEFRAME_MS["5m"]) -> None:
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.width_ms = TIMEFRAME_MS[timeframe]
+        self.parts_expected = self.width_ms // base_ms
+        self.current: Bar | None = None
+        self.parts = 0
+
+    def add(self, bar: Bar) -> Bar | None:
+        """Fold one closed base bar in; returns the higher bar when this bar closes it."""
+        start = bar.start_ms - bar.start_ms % self.width_ms
+        cur = self.current
+        if cur is None or cur.start_ms != start:
+            cur = self.current = Bar(
+                self.symbol,
+                self.timeframe,
+                start,
+                start + self.width_ms,
+                bar.open,
+                bar.high,
+                bar.low,
+                bar.close,
+                bar.volume,
+                bar.count,
+                bar.complete,
+            )
+            self.parts = 1
+        elif bar.count:
+            if cur.count == 0:  # everything so far was a gap: the real open starts here
+                cur.open, cur.high, cur.low = bar.open, bar.high, bar.low
+            else:
+                cur.high = max(cur.high, bar.high)
+                cur.low = min(cur.low, bar.low)
+            cur.close = bar.close
+            cur.volume += bar.volume
+            cur.count += bar.count
+            cur.complete = cur.complete and bar.complete
+            self.parts += 1
+        else:
+            cur.complete = False
+            self.parts += 1
+        if bar.end_ms == cur.end_ms:
+            cur.complete = cur.complete and self.parts == self.parts_expected
+            self.current = None
+            return cur
+        return None
+
+    def flush(self) -> Bar | None:
+        """The partial bar at the end of a finite input, marked incomplete."""
+        cur, self.current = self.current, None
+        if cur is not None:
+            cur.complete = False
+        return cur

@@ -1,0 +1,300 @@
+"""Input events of the dataflow, and the validation that turns a decoded record into one.
+
+A record that fails validation raises `InvalidRecord` with a reason a person can act on;
+the dataflow turns that into a dead letter. Nothing here knows about Kafka or files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.codec import SchemaError
+from schemas.codec import decode as avro_decode
+
+# Event times outside this range are certainly wrong (before Bitcoin, after 2100).
+MIN_TS_MS = 1_230_768_000_000  # 2009-01-01
+MAX_TS_MS = 4_102_444_800_000  # 2100-01-01
+
+BUY = 1
+SELL = -1
+
+CONTROL_COMMANDS = ("halt", "resume", "reset_kill_switch", "shadow_on", "shadow_off")
+OVERLAY_TIMEFRAMES = ("15m", "1h")
+CANDLE_INTERVALS_MS = (60_000, 300_000)
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be used; the message is the dead-letter reason."""
+
+
+@dataclass(slots=True)
+class Trade:
+    symbol: str
+    ts_event_ms: int
+    px: float
+    qty: float
+    side: int  # +1 the aggressor bought, -1 the aggressor sold
+    trade_id: str
+    buyer: str | None = None
+    seller: str | None = None
+
+
+@dataclass(slots=True)
+class Candle:
+    symbol: str
+    ts_event_ms: int  # bar open
+    interval_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+@dataclass(slots=True)
+class Funding:
+    symbol: str
+    ts_event_ms: int
+    rate: float  # per funding interval, as a fraction; longs pay when positive
+
+
+@dataclass(slots=True)
+class OverlaySignal:
+    symbol: str
+    ts_event_ms: int
+    timeframe: str
+    signal: float  # [-1, 1]
+    confidence: float  # [0, 1]
+    source: str
+
+
+@dataclass(slots=True)
+class CohortSnapshot:
+    symbol: str
+    ts_event_ms: int
+    s_top: float
+    s_bot: float
+    s_mood: float
+    source: str
+
+
+@dataclass(slots=True)
+class ControlCommand:
+    symbol: str  # a symbol, or "*" for every symbol
+    ts_event_ms: int
+    command: str
+    operator: str
+    reason: str
+    command_id: str
+
+
+Event = Trade | Candle | Funding | OverlaySignal | CohortSnapshot | ControlCommand
+
+
+def _field(rec: dict[str, Any], name: str) -> Any:
+    if name not in rec or rec[name] is None:
+        raise InvalidRecord(f"missing field '{name}'")
+    return rec[name]
+
+
+def _int(rec: dict[str, Any], name: str) -> int:
+    v = _field(rec, name)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidRecord(f"field '{name}' must be an integer, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _float(rec: dict[str, Any], name: str) -> float:
+    v = _field(rec, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidRecord(f"field '{name}' must be a number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise InvalidRecord(f"field '{name}' must be finite, got {v!r}")
+    return v
+
+
+def _positive(rec: dict[str, Any], name: str) -> float:
+    v = _float(rec, name)
+    if v <= 0.0:
+        raise InvalidRecord(f"field '{name}' must be > 0, got {v!r}")
+    return v
+
+
+def _str(rec: dict[str, Any], name: str) -> str:
+    v = _field(rec, name)
+    if not isinstance(v, str) or not v:
+        raise InvalidRecord(f"field '{name}' must be a non-empty string, got {v!r}")
+    return v
+
+
+def _opt_str(rec: dict[str, Any], name: str) -> str | None:
+    v = rec.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise InvalidRecord(f"field '{name}' must be a string or null, got {v!r}")
+    return v or None
+
+
+def _bounded(rec: dict[str, Any], name: str, lo: float, hi: float) -> float:
+    v = _float(rec, name)
+    if not lo <= v <= hi:
+        raise InvalidRecord(f"field '{name}' must be in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _ts(rec: dict[str, Any]) -> int:
+    ts = _int(rec, "ts_event_ms")
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        raise InvalidRecord(f"ts_event_ms {ts} is not an epoch-millisecond time in 2009..2100")
+    return ts
+
+
+def check_not_future(ts_ms: int, now_ms: int, max_skew_ms: int) -> None:
+    """Event time far beyond the wall clock would close every open bar: refuse it."""
+    if ts_ms > now_ms + max_skew_ms:
+        raise InvalidRecord(
+            f"ts_event_ms {ts_ms} is {(ts_ms - now_ms) / 1000:.0f} s in the "
+            f"future (allowed clock skew {max_skew_ms / 1000:.0f} s)"
+        )
+
+
+def _symbol(rec: dict[str, Any], symbols: frozenset[str], allow_all: bool = False) -> str:
+    s = _str(rec, "symbol")
+    if s in symbols or (allow_all and s == "*"):
+        return s
+    raise InvalidRecord(f"unknown symbol {s!r}; this run trades {sorted(symbols)}")
+
+
+def parse_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade:
+    side = _str(rec, "side")
+    if side not in ("buy", "sell"):
+        raise InvalidRecord(f"field 'side' must be 'buy' or 'sell', got {side!r}")
+    return Trade(
+        symbol=_symbol(rec, symbols),
+        ts_event_ms=_ts(rec),
+        px=_positive(rec, "px"),
+        qty=_positive(rec, "qty"),
+        side=BUY if side == "buy" else SELL,
+        trade_id=_str(rec, "trade_id"),
+        buyer=_opt_str(rec, "buyer"),
+        seller=_opt_str(rec, "seller"),
+    )
+
+
+def parse_candle(rec: dict[str, Any], symbols: frozenset[str]) -> Candle:
+    c = Candle(
+        symbol=_symbol(rec, symbols),
+        ts_event_ms=_ts(rec),
+        interval_ms=_int(rec, "interval_ms"),
+        open=_positive(rec, "open"),
+        high=_positive(rec, "high"),
+        low=_positive(rec, "low"),
+        close=_positive(rec, "close"),
+        volume=_float(rec, "volume"),
+    )
+    if c.interval_ms not in CANDLE_INTERVALS_MS:
+        raise InvalidRecord(
+            f"candles must be 1m or 5m (interval_ms 60000 or 300000), got {c.interval_ms}"
+        )
+    if c.ts_event_ms % c.interval_ms:
+        raise InvalidRecord(f"candle open {c.ts_event_ms} is not on a {c.interval_ms} ms boundary")
+    if c.volume < 0:
+        raise InvalidRecord(f"field 'volume' must be >= 0, got {c.volume!r}")
+    if not c.low <= min(c.open, c.close) <= max(c.open, c.close) <= c.high:
+        raise InvalidRecord(
+            f"candle is inconsistent: low {c.low} open {c.open} close {c.close} high {c.high}"
+        )
+    return c
+
+
+def parse_funding(rec: dict[str, Any], symbols: frozenset[str]) -> Funding:
+    return Funding(
+        symbol=_symbol(rec, symbols),
+        ts_event_ms=_ts(rec),
+        rate=_bounded(rec, "rate", -0.05, 0.05),
+    )
+
+
+def parse_overlay(rec: dict[str, Any], symbols: frozenset[str]) -> OverlaySignal:
+    tf = _str(rec, "timeframe")
+    if tf not in OVERLAY_TIMEFRAMES:
+        raise InvalidRecord(f"field 'timeframe' must be one of {OVERLAY_TIMEFRAMES}, got {tf!r}")
+    return OverlaySignal(
+        symbol=_symbol(rec, symbols),
+        ts_event_ms=_ts(rec),
+        timeframe=tf,
+        signal=_bounded(rec, "signal", -1.0, 1.0),
+        confidence=_bounded(rec, "confidence", 0.0, 1.0),
+        source=_opt_str(rec, "source") or "external",
+    )
+
+
+def parse_cohort(rec: dict[str, Any], symbols: frozenset[str]) -> CohortSnapshot:
+    return CohortSnapshot(
+        symbol=_symbol(rec, symbols),
+        ts_event_ms=_ts(rec),
+        s_top=_bounded(rec, "s_top", -1.0, 1.0),
+        s_bot=_bounded(rec, "s_bot", -1.0, 1.0),
+        s_mood=_bounded(rec, "s_mood", -1.0, 1.0),
+        source=_opt_str(rec, "source") or "external",
+    )
+
+
+def parse_control(rec: dict[str, Any], symbols: frozenset[str]) -> ControlCommand:
+    cmd = _str(rec, "command")
+    if cmd not in CONTROL_COMMANDS:
+        raise InvalidRecord(f"field 'command' must be one of {CONTROL_COMMANDS}, got {cmd!r}")
+    return ControlCommand(
+        symbol=_symbol(rec, symbols, allow_all=True),
+        ts_event_ms=_ts(rec),
+        command=cmd,
+        operator=_str(rec, "operator"),
+        reason=_str(rec, "reason"),
+        command_id=_str(rec, "command_id"),
+    )
+
+
+# Input stream name -> (Avro schema name, parser).
+PARSERS = {
+    "trades": ("trade", parse_trade),
+    "candles": ("candle", parse_candle),
+    "funding": ("funding", parse_funding),
+    "overlays": ("overlay_signal", parse_overlay),
+    "cohorts": ("cohort_snapshot", parse_cohort),
+    "control": ("control_command", parse_control),
+}
+
+
+def decode(
+    stream: str,
+    payload: bytes | dict[str, Any],
+    symbols: frozenset[str],
+    now_ms: int,
+    max_clock_skew_ms: int,
+) -> Event:
+    """Avro bytes or a record dict from input `stream` -> a validated event.
+
+    Raises InvalidRecord with the dead-letter reason.
+    """
+    entry = PARSERS.get(stream)
+    if entry is None:
+        raise InvalidRecord(f"unknown input stream {stream!r}; known: {sorted(PARSERS)}")
+    schema_name, parse = entry
+    if isinstance(payload, (bytes, bytearray)):
+        try:
+            rec = avro_decode(schema_name, bytes(payload))
+        except SchemaError as e:
+            raise InvalidRecord(f"undecodable: {e}") from None
+    elif isinstance(payload, dict):
+        rec = payload
+    else:
+        raise InvalidRecord(
+            f"undecodable: payload is {type(payload).__name__}, not Avro bytes or a record"
+        )
+    event = parse(rec, symbols)
+    check_not_future(event.ts_event_ms, now_ms, max_clock_skew_ms)
+    return event

@@ -1,0 +1,39 @@
+"""Typed reason codes for every veto, rejection and no-trade outcome.
+
+One place, so a reason is never a free-text string built in three places; the values are
+what appears on the wire and in reports.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    # no-trade outcomes of the decision (reported in `signals`, not rejections)
+    WARMUP = "warmup"
+    NO_ELIGIBLE_ARM = "no_eligible_arm"
+    BELOW_SIDE_THRESHOLD = "below_side_threshold"
+    # gates (SPEC 6)
+    LOW_CONF_VETO = "low_conf_veto"
+    CONSENSUS_1H = "veto:1h_trend"
+    # pre-trade risk guards
+    COOLDOWN = "cooldown"
+    NO_DOUBLING_DOWN = "no_doubling_down"
+    ADV_CAP = "adv_cap"
+    BELOW_MIN_ORDER = "below_min_order"
+    TRADING_STATE_HALTED = "trading_state_halted"
+    TRADING_STATE_REDUCING = "trading_state_reducing"
+    # execution
+    STALE_INTENT = "stale_intent"  # the next bar had no trades to fill against
+    END_OF_DATA = "end_of_data"  # the input ended before the next bar
+    # kill-switches (why the state became HALTED)
+    DRAWDOWN_LIMIT = "drawdown_limit"
+    DAILY_LOSS_LIMIT = "daily_loss_limit"
+    CONSECUTIVE_LOSSES = "consecutive_losses"
+    OPERATOR_HALT = "operator_halt"
+    # why an order exists
+    ENTRY = "entry"
+    FLIP = "flip"
+    TIME_EXIT = "time_exit"
+    KILL_SWITCH_FLATTEN = "kill_switch_flatten"

@@ -1,0 +1,95 @@
+"""What every emitted record carries, and the redaction of anything secret-looking.
+
+Every record has `symbol`, `ts_event_ms` (when it happened in the market), `ts_init_ms`
+(when we created it: wall clock in live runs; equal to ts_event_ms in replays, so a
+replay is byte-for-byte reproducible), `strategy_id` and `schema_version`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+SCHEMA_VERSION = "v1"
+REDACTED = "<REDACTED>"
+_SECRET_NAME = re.compile(r"key|secret|token|password", re.IGNORECASE)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Stamp:
+    """Builds record envelopes for one strategy; `clock=None` means replay (event) time."""
+
+    def __init__(self, strategy_id: str, clock: Callable[[], int] | None = None) -> None:
+        self.strategy_id = strategy_id
+        self.clock = clock
+
+    def __call__(self, symbol: str, ts_event_ms: int, **fields: Any) -> dict[str, Any]:
+        rec = {
+            "symbol": symbol,
+            "ts_event_ms": ts_event_ms,
+            "ts_init_ms": ts_event_ms if self.clock is None else self.clock(),
+            "strategy_id": self.strategy_id,
+            "schema_version": SCHEMA_VERSION,
+        }
+        rec.update(fields)
+        return rec
+
+
+def redact(value: Any) -> Any:
+    """A copy with every field whose name contains key, secret, token or password redacted."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                REDACTED
+                if isinstance(k, str) and _SECRET_NAME.search(k) and v is not None
+                else redact(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def dead_letter(
+    stamp: Stamp,
+    stream: str,
+    payload: Any,
+    reason: str,
+    *,
+    symbol: str | None = None,
+    ts_event_ms: int | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> dict[str, Any]:
+    """A dead-letter record keeping the original bytes (a record dict is kept as JSON)."""
+    if isinstance(payload, (bytes, bytearray)):
+        raw = bytes(payload)
+    else:
+        raw = json.dumps(payload, sort_keys=True, default=repr).encode()
+    if symbol is None and isinstance(payload, dict) and isinstance(payload.get("symbol"), str):
+        symbol = payload["symbol"]
+    if ts_event_ms is None and isinstance(payload, dict):
+        ts = payload.get("ts_event_ms")
+        ts_event_ms = ts if isinstance(ts, int) and not isinstance(ts, bool) else None
+    now = wall_clock_ms() if stamp.clock is not None else (ts_event_ms or 0)
+    return {
+        "symbol": symbol,
+        "ts_event_ms": ts_event_ms,
+        "ts_init_ms": now,
+        "strategy_id": stamp.strategy_id,
+        "schema_version": SCHEMA_VERSION,
+        "source_stream": stream,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "reason": reason,
+        "payload": raw,
+    }
