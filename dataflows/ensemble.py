@@ -127,6 +127,7 @@ class MarketLogic(StatefulBatchLogic):
                 symbol in self.settings.candle_symbols,
                 self.settings.allowed_lateness_ms,
                 self.settings.strategy.cohorts,
+                self.settings.max_jump_ms,
             )
         return self.state
 

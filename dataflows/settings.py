@@ -14,6 +14,7 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_OUT | out | directory of the JSON-lines outputs |
 | ENSEMBLE_ALLOWED_LATENESS_MS | 5000 | how late a trade may be and still fold into its bar |
 | ENSEMBLE_MAX_CLOCK_SKEW_MS | 300000 | how far past the wall clock an event time may be |
+| ENSEMBLE_MAX_JUMP_MS | 21600000 | how far past the stream a trade may jump unconfirmed |
 | ENSEMBLE_MODEL_DIR | models/artifacts/default | model artifact |
 | ENSEMBLE_CLOCK | event | `event`: ts_init = ts_event (reproducible); `wall`: wall clock |
 | ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers; not supported yet |
@@ -44,6 +45,7 @@ class Settings:
     seed: int
     allowed_lateness_ms: int = 5_000
     max_clock_skew_ms: int = 300_000
+    max_jump_ms: int = 6 * 3_600_000
     model_dir: Path = DEFAULT_ARTIFACT
     wall_clock: bool = False
 
@@ -108,6 +110,7 @@ class Settings:
             seed=seed,
             allowed_lateness_ms=_int(env, "ENSEMBLE_ALLOWED_LATENESS_MS", 5_000, lo=0),
             max_clock_skew_ms=_int(env, "ENSEMBLE_MAX_CLOCK_SKEW_MS", 300_000, lo=0),
+            max_jump_ms=_int(env, "ENSEMBLE_MAX_JUMP_MS", 6 * 3_600_000, lo=60_000),
             model_dir=model_dir,
             wall_clock=clock == "wall",
         )

@@ -5,8 +5,8 @@ Candles: freqtrade feather (`date` tz-aware, open..volume), freqtrade JSON
 1m or 5m. Volume is base units unless the spec says `volume=quote` (FTX: USD notional),
 then it is converted with the candle's close.
 Trades: parquet or CSV with timestamp, trade_id, price, quantity, buyer_maker (nautilus
-layout), or a raw Hyperliquid WebSocket capture (`.jsonl.gz`, `<recv_ns> <frame>`), whose
-trades carry buyer and seller addresses.
+layout), or a raw WebSocket capture (`.jsonl.gz`, `<recv_ns> <frame>`): Hyperliquid `trades`
+frames, whose trades carry buyer and seller addresses, or Binance `trade` frames.
 Funding: freqtrade JSON `[[ts_ms, rate, ...], ...]`.
 
 A spec names one file: `KIND:PATH[?symbol=BTC-PERP&volume=quote]`, KIND one of
@@ -132,14 +132,14 @@ def load_trades(spec: FileSpec) -> pd.DataFrame:
     """A frame with ts_ms, trade_id, px, qty, side (buy/sell aggressor), buyer, seller."""
     name = spec.path.name.lower()
     if name.endswith(".jsonl.gz"):
-        return _hyperliquid_trades(spec.path)
+        return _ws_capture_trades(spec.path)
     if name.endswith(".parquet"):
         df = pd.read_parquet(spec.path)
     elif name.endswith(".csv"):
         df = pd.read_csv(spec.path)
     else:
         raise FileSpecError(
-            f"{spec.path}: trade files must be .parquet, .csv or a Hyperliquid .jsonl.gz capture"
+            f"{spec.path}: trade files must be .parquet, .csv or a WebSocket .jsonl.gz capture"
         )
     missing = {"timestamp", "trade_id", "price", "quantity", "buyer_maker"} - set(df.columns)
     if missing:
@@ -158,27 +158,26 @@ def load_trades(spec: FileSpec) -> pd.DataFrame:
     )
 
 
-def _hyperliquid_trades(path: Path) -> pd.DataFrame:
+def _ws_capture_trades(path: Path) -> pd.DataFrame:
+    """Trades from a raw WebSocket capture: Hyperliquid `trades` or Binance `trade` frames."""
     rows = []
     with gzip.open(path, "rt") as f:
         for line in f:
             _, _, frame = line.partition(" ")
             msg = json.loads(frame)
-            if msg.get("channel") != "trades":
+            if msg.get("channel") == "trades":  # Hyperliquid; users = [buyer, seller]
+                for t in msg["data"]:
+                    buyer, seller = (t.get("users") or [None, None])[:2]
+                    rows.append({"ts_ms": int(t["time"]), "trade_id": str(t["tid"]),
+                                 "px": float(t["px"]), "qty": float(t["sz"]),
+                                 "side": "buy" if t["side"] == "B" else "sell",
+                                 "buyer": buyer, "seller": seller})
                 continue
-            for t in msg["data"]:
-                buyer, seller = (t.get("users") or [None, None])[:2]
-                rows.append(
-                    {
-                        "ts_ms": int(t["time"]),
-                        "trade_id": str(t["tid"]),
-                        "px": float(t["px"]),
-                        "qty": float(t["sz"]),
-                        "side": "buy" if t["side"] == "B" else "sell",
-                        "buyer": buyer,
-                        "seller": seller,
-                    }
-                )
+            d = msg.get("data") or {}
+            if d.get("e") == "trade" and d.get("X", "MARKET") == "MARKET":  # Binance
+                rows.append({"ts_ms": int(d["T"]), "trade_id": str(d["t"]), "px": float(d["p"]),
+                             "qty": float(d["q"]), "side": "sell" if d["m"] else "buy",
+                             "buyer": None, "seller": None})
     df = pd.DataFrame(rows, columns=["ts_ms", "trade_id", "px", "qty", "side", "buyer", "seller"])
     return df.sort_values("ts_ms", kind="stable").reset_index(drop=True)
 

@@ -5,6 +5,12 @@ event time; each closed 5m bar advances the cohort tracker and composes the 15m 
 bars. Other inputs (funding, overlays, cohort snapshots, control commands) pass through
 in arrival order for the context join. A trade or candle for a bar already emitted is
 returned as `Late`, to be dead-lettered and counted, never folded in silently.
+
+A trade or candle stamped more than `max_jump_ms` past the stream's latest event time
+would close every bar in between; it is held back instead. If `JUMP_CONFIRMATIONS`
+records in a row agree that time jumped (the market came back after an outage), they are
+all processed in order; if a record in line with the stream arrives first, the held ones
+are dead letters (a lone bad timestamp). Nothing is lost either way.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import CohortConfig
 from operators.events import Candle, Trade
+
+JUMP_CONFIRMATIONS = 50
 
 
 @dataclass(slots=True)
@@ -38,6 +46,8 @@ class MarketState:
     bars_from_candles: bool
     allowed_lateness_ms: int
     cohort_cfg: CohortConfig
+    max_jump_ms: int = 6 * 3_600_000
+    ahead: list[Trade | Candle] = field(default_factory=list)
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)
     cohorts: CohortTracker = field(init=False)
@@ -50,6 +60,31 @@ class MarketState:
 
     def on_event(self, e: Any, out: list[Any]) -> None:
         """Append what `e` produces to `out` (in order)."""
+        drives_bars = isinstance(e, Candle) if self.bars_from_candles else isinstance(e, Trade)
+        if drives_bars:
+            hwm = self.builder.max_event_ms
+            if hwm is not None and e.ts_event_ms > hwm + self.max_jump_ms:
+                self.ahead.append(e)
+                if len(self.ahead) >= JUMP_CONFIRMATIONS:
+                    held, self.ahead = self.ahead, []
+                    for h in held:
+                        self._market(h, out)
+                return
+            if self.ahead:
+                self._reject_ahead(out)
+        self._market(e, out)
+
+    def _reject_ahead(self, out: list[Any]) -> None:
+        hwm = self.builder.max_event_ms
+        for h in self.ahead:
+            out.append(Late(h, f"far out of order: event time {h.ts_event_ms} is "
+                               f"{(h.ts_event_ms - (hwm or 0)) / 3.6e6:.1f} h past the stream "
+                               f"(max jump {self.max_jump_ms / 3.6e6:.1f} h, not confirmed by "
+                               f"{JUMP_CONFIRMATIONS} records in a row)"))
+        self.late_count += len(self.ahead)
+        self.ahead = []
+
+    def _market(self, e: Any, out: list[Any]) -> None:
         if isinstance(e, Trade):
             if self.bars_from_candles:
                 if not self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller):
@@ -84,6 +119,8 @@ class MarketState:
 
     def flush(self, out: list[Any]) -> None:
         """End of a finite input: close every open bar."""
+        if self.ahead:
+            self._reject_ahead(out)
         self._closed(self.builder.flush(), out)
         for agg in self.higher:
             b = agg.flush()

@@ -1,0 +1,57 @@
+"""Shared helpers: small runs of the real dataflow, and where the real data lives."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bytewax.testing import TestingSink, run_main
+
+from dataflows.ensemble import build_flow
+from dataflows.io import RawMessage, market_messages
+from dataflows.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real data {path} is absent (it lives in ../shared/data beside the checkout)")
+    return path
+
+
+def small_settings(out: Path, **env: str) -> Settings:
+    """Two generated days, a short warm-up, so a run takes about a second."""
+    base = {
+        "ENSEMBLE_DAYS": "2",
+        "ENSEMBLE_SEED": "11",
+        "ENSEMBLE_OUT": str(out),
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+    }
+    base.update(env)
+    return Settings.from_env(base)
+
+
+def run_records(settings: Settings, messages: list[RawMessage] | None = None
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Run the flow in-process; every emitted record by stream, before serialisation."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    run_main(build_flow(settings, messages, sink=TestingSink(items)))
+    by_stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for stream, rec in items:
+        by_stream[stream].append(rec)
+    return by_stream
+
+
+def run_files(settings: Settings, messages: list[RawMessage] | None = None) -> dict[str, bytes]:
+    """Run the flow into its JSON-lines directory; file name -> bytes."""
+    run_main(build_flow(settings, messages))
+    return {p.name: p.read_bytes() for p in sorted(settings.out_dir.iterdir())}
+
+
+def messages(settings: Settings) -> list[RawMessage]:
+    return list(market_messages(settings))
