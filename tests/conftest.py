@@ -36,8 +36,9 @@ def small_settings(out: Path, **env: str) -> Settings:
     return Settings.from_env(base)
 
 
-def run_records(settings: Settings, messages: list[RawMessage] | None = None
-                ) -> dict[str, list[dict[str, Any]]]:
+def run_records(
+    settings: Settings, messages: list[RawMessage] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Run the flow in-process; every emitted record by stream, before serialisation."""
     items: list[tuple[str, dict[str, Any]]] = []
     run_main(build_flow(settings, messages, sink=TestingSink(items)))

@@ -12,8 +12,15 @@ from dataflows.io import RawMessage
 from schemas import codec
 from tests.conftest import messages, run_records, small_settings
 
-GOOD_TRADE = {"symbol": "BTC-PERP", "trade_id": "x", "px": 42_000.0, "qty": 0.1, "side": "buy",
-              "buyer": "0xa", "seller": "0xb"}
+GOOD_TRADE = {
+    "symbol": "BTC-PERP",
+    "trade_id": "x",
+    "px": 42_000.0,
+    "qty": 0.1,
+    "side": "buy",
+    "buyer": "0xa",
+    "seller": "0xb",
+}
 DAY = 86_400_000
 
 
@@ -27,8 +34,9 @@ _DROP = object()
 
 def _bad_records(ts: int) -> list[tuple[RawMessage, str]]:
     """(message, a fragment its dead-letter reason must contain)."""
-    avro_trade = codec.encode("trade", {**GOOD_TRADE, "ts_event_ms": ts, "strategy_id": "s",
-                                        "schema_version": "v1"})
+    avro_trade = codec.encode(
+        "trade", {**GOOD_TRADE, "ts_event_ms": ts, "strategy_id": "s", "schema_version": "v1"}
+    )
     return [
         (_trade(ts, px=_DROP), "missing field 'px'"),
         (_trade(ts, px="42000"), "'px' must be a number"),
@@ -43,16 +51,53 @@ def _bad_records(ts: int) -> list[tuple[RawMessage, str]]:
         (_trade(ts - 3 * DAY), "late: event time"),
         (_trade(4_070_908_800_000), "in the future"),  # 2099
         (_trade(ts + 700 * DAY), "far out of order"),  # in the past, but years past the stream
-        (RawMessage("candles", {"symbol": "ETH-PERP", "ts_event_ms": ts - ts % 60_000,
-                                "interval_ms": 60_000, "open": 10.0, "high": 9.0, "low": 11.0,
-                                "close": 10.0, "volume": 1.0}), "candle is inconsistent"),
-        (RawMessage("funding", {"symbol": "BTC-PERP", "ts_event_ms": ts, "rate": "high"}),
-         "'rate' must be a number"),
-        (RawMessage("control", {"symbol": "*", "ts_event_ms": ts, "command": "explode",
-                                "operator": "ops", "reason": "test", "command_id": "c1"}),
-         "'command' must be one of"),
-        (RawMessage("overlays", {"symbol": "BTC-PERP", "ts_event_ms": ts, "timeframe": "1h",
-                                 "signal": 3.0, "confidence": 0.5}), "'signal' must be in"),
+        (
+            RawMessage(
+                "candles",
+                {
+                    "symbol": "ETH-PERP",
+                    "ts_event_ms": ts - ts % 60_000,
+                    "interval_ms": 60_000,
+                    "open": 10.0,
+                    "high": 9.0,
+                    "low": 11.0,
+                    "close": 10.0,
+                    "volume": 1.0,
+                },
+            ),
+            "candle is inconsistent",
+        ),
+        (
+            RawMessage("funding", {"symbol": "BTC-PERP", "ts_event_ms": ts, "rate": "high"}),
+            "'rate' must be a number",
+        ),
+        (
+            RawMessage(
+                "control",
+                {
+                    "symbol": "*",
+                    "ts_event_ms": ts,
+                    "command": "explode",
+                    "operator": "ops",
+                    "reason": "test",
+                    "command_id": "c1",
+                },
+            ),
+            "'command' must be one of",
+        ),
+        (
+            RawMessage(
+                "overlays",
+                {
+                    "symbol": "BTC-PERP",
+                    "ts_event_ms": ts,
+                    "timeframe": "1h",
+                    "signal": 3.0,
+                    "confidence": 0.5,
+                },
+            ),
+            "'signal' must be in",
+        ),
         (RawMessage("trades", b"\x00\xffnot avro at all"), "undecodable"),
         (RawMessage("trades", avro_trade[:-3]), "undecodable"),
         (RawMessage("trades", avro_trade + b"\x00\x00"), "trailing bytes"),

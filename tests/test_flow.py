@@ -16,8 +16,17 @@ def outputs(tmp_path_factory):
 
 
 def test_a_run_emits_bars_signals_orders_executions_and_telemetry(outputs):
-    for stream in ("bars", "signals", "ensemble", "health", "orders", "executions", "costs",
-                   "calibration", "repro"):
+    for stream in (
+        "bars",
+        "signals",
+        "ensemble",
+        "health",
+        "orders",
+        "executions",
+        "costs",
+        "calibration",
+        "repro",
+    ):
         assert outputs[stream], f"no {stream} records"
     bars = Counter((b["symbol"], b["timeframe"]) for b in outputs["bars"])
     for sym in ("BTC-PERP", "ETH-PERP"):
@@ -47,8 +56,9 @@ def test_every_intent_has_exactly_one_execution_or_rejection(outputs):
 
 
 def test_fills_happen_at_the_next_bars_open_never_the_decision_bar(outputs):
-    opens = {(b["symbol"], b["start_ms"]): b["open"] for b in outputs["bars"]
-             if b["timeframe"] == "5m"}
+    opens = {
+        (b["symbol"], b["start_ms"]): b["open"] for b in outputs["bars"] if b["timeframe"] == "5m"
+    }
     intents = {o["decision_id"]: o for o in outputs["orders"]}
     assert outputs["executions"]
     for ex in outputs["executions"]:

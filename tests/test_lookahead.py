@@ -49,8 +49,9 @@ def _perturbed(msgs: list[RawMessage]) -> list[RawMessage]:
 
 def _up_to_t(outputs: dict, stream: str, strict: bool = False) -> list[dict]:
     """Each symbol's records up to t, in emission order (symbols interleave freely)."""
-    recs = [r for r in outputs[stream]
-            if (r["ts_event_ms"] < T if strict else r["ts_event_ms"] <= T)]
+    recs = [
+        r for r in outputs[stream] if (r["ts_event_ms"] < T if strict else r["ts_event_ms"] <= T)
+    ]
     return sorted(recs, key=lambda r: r["symbol"])
 
 
@@ -64,12 +65,14 @@ def baseline(tmp_path_factory):
 @pytest.mark.parametrize("change", ["perturb", "truncate"])
 def test_changing_inputs_after_t_leaves_every_decision_up_to_t_unchanged(baseline, change):
     settings, msgs, base = baseline
-    changed = (_perturbed(msgs) if change == "perturb"
-               else [m for m in msgs if not _after_t(m)])
+    changed = _perturbed(msgs) if change == "perturb" else [m for m in msgs if not _after_t(m)]
     assert changed != msgs
     other = run_records(settings, changed)
-    decided = [d for d in _up_to_t(base, "signals") if d["decision"]["action"] != "no_trade"
-               or d["decision"]["chosen_arm"]]
+    decided = [
+        d
+        for d in _up_to_t(base, "signals")
+        if d["decision"]["action"] != "no_trade" or d["decision"]["chosen_arm"]
+    ]
     assert decided, "the window up to t must contain real decisions for the test to mean much"
     for stream in ("signals", "orders", "rejections", "ensemble", "health", "calibration"):
         assert _up_to_t(other, stream) == _up_to_t(base, stream), f"{stream} up to t changed"

@@ -210,9 +210,7 @@ def test_a_plain_entry_passes_every_guard():
 
 
 def test_halted_is_checked_first():
-    v = _veto(
-        state=TradingState.HALTED, current_qty=1.0, bars_since_entry=0, order_notional=1.0
-    )
+    v = _veto(state=TradingState.HALTED, current_qty=1.0, bars_since_entry=0, order_notional=1.0)
     assert v is Reason.TRADING_STATE_HALTED
 
 
