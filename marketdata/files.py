@@ -168,16 +168,31 @@ def _ws_capture_trades(path: Path) -> pd.DataFrame:
             if msg.get("channel") == "trades":  # Hyperliquid; users = [buyer, seller]
                 for t in msg["data"]:
                     buyer, seller = (t.get("users") or [None, None])[:2]
-                    rows.append({"ts_ms": int(t["time"]), "trade_id": str(t["tid"]),
-                                 "px": float(t["px"]), "qty": float(t["sz"]),
-                                 "side": "buy" if t["side"] == "B" else "sell",
-                                 "buyer": buyer, "seller": seller})
+                    rows.append(
+                        {
+                            "ts_ms": int(t["time"]),
+                            "trade_id": str(t["tid"]),
+                            "px": float(t["px"]),
+                            "qty": float(t["sz"]),
+                            "side": "buy" if t["side"] == "B" else "sell",
+                            "buyer": buyer,
+                            "seller": seller,
+                        }
+                    )
                 continue
             d = msg.get("data") or {}
             if d.get("e") == "trade" and d.get("X", "MARKET") == "MARKET":  # Binance
-                rows.append({"ts_ms": int(d["T"]), "trade_id": str(d["t"]), "px": float(d["p"]),
-                             "qty": float(d["q"]), "side": "sell" if d["m"] else "buy",
-                             "buyer": None, "seller": None})
+                rows.append(
+                    {
+                        "ts_ms": int(d["T"]),
+                        "trade_id": str(d["t"]),
+                        "px": float(d["p"]),
+                        "qty": float(d["q"]),
+                        "side": "sell" if d["m"] else "buy",
+                        "buyer": None,
+                        "seller": None,
+                    }
+                )
     df = pd.DataFrame(rows, columns=["ts_ms", "trade_id", "px", "qty", "side", "buyer", "seller"])
     return df.sort_values("ts_ms", kind="stable").reset_index(drop=True)
 

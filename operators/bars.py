@@ -14,6 +14,7 @@ every timeframe equals a pandas resample of the same records.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MINUTE_MS = 60_000
@@ -84,19 +85,19 @@ class BarBuilder:
             return None
         return self.max_event_ms - self.allowed_lateness_ms
 
-    def add_trade(self, ts_ms: int, px: float, qty: float) -> list[Bar] | None:
+    def add_trade(self, ts_ms: int, px: float, qty: float) -> Sequence[Bar] | None:
         """Fold one trade in; returns the bars it closed, or None if it is late."""
         return self._add(ts_ms, ts_ms, px, px, px, px, qty)
 
     def add_candle(
         self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float
-    ) -> list[Bar] | None:
+    ) -> Sequence[Bar] | None:
         """Fold one candle in (ts_ms is its open); returns closed bars, or None if late."""
         return self._add(ts_ms, ts_ms + interval_ms, o, h, low, c, v)
 
     def _add(
         self, ts: int, end_ts: int, o: float, h: float, low: float, c: float, v: float
-    ) -> list[Bar] | None:
+    ) -> Sequence[Bar] | None:
         start = ts - ts % self.width_ms
         if self.next_start_ms is not None and start < self.next_start_ms:
             return None
@@ -110,13 +111,13 @@ class BarBuilder:
             return self._close_until(end_ts - self.allowed_lateness_ms)
         return _NO_BARS
 
-    def flush(self) -> list[Bar]:
+    def flush(self) -> Sequence[Bar]:
         """Emit every open bar: the end of a finite input is a watermark at infinity."""
         if not self.buckets:
-            return []
+            return _NO_BARS
         return self._close_until(max(self.buckets) + self.width_ms)
 
-    def _close_until(self, watermark: int) -> list[Bar]:
+    def _close_until(self, watermark: int) -> Sequence[Bar]:
         if not self.buckets:
             return _NO_BARS
         start = min(self.buckets) if self.next_start_ms is None else self.next_start_ms
@@ -154,7 +155,7 @@ class BarBuilder:
         return out
 
 
-_NO_BARS: list[Bar] = []
+_NO_BARS: tuple[Bar, ...] = ()  # immutable: callers can never corrupt it
 
 
 class BarAggregator:

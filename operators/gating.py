@@ -14,6 +14,8 @@ from operators.config import GateConfig, GuardMode, Thresholds
 from operators.reasons import Reason
 
 ARMS = ("pros", "amateurs", "model_meta", "model_bma")
+# Thresholds are inclusive; this absorbs float noise such as 1 - 0.7 = 0.30000000000000004.
+EPS = 1e-12
 COHORT_ARMS = frozenset({"pros", "amateurs"})
 MODEL_ARMS = frozenset({"model_meta", "model_bma"})
 
@@ -57,15 +59,16 @@ class Signals:
 def effective_conf_min(th: Thresholds, gates: GateConfig, rv_1h_annual: float) -> float:
     """CONF_MIN, raised by dynamic_conf_step when 1h realised vol is above its threshold."""
     if gates.dynamic_conf_min is GuardMode.ON and rv_1h_annual > gates.dynamic_conf_rv_annual:
-        return min(1.0, th.CONF_MIN + gates.dynamic_conf_step)
+        # rounded: 0.65 + 0.05 is 0.7000000000000001, which would exclude conf exactly 0.70
+        return min(1.0, round(th.CONF_MIN + gates.dynamic_conf_step, 9))
     return th.CONF_MIN
 
 
 def eligibility(sig: Signals, th: Thresholds, conf_min: float) -> dict[str, bool]:
-    model_ok = sig.model.conf >= conf_min and sig.model.alpha >= th.ALPHA_MIN
+    model_ok = sig.model.conf >= conf_min - EPS and sig.model.alpha >= th.ALPHA_MIN - EPS
     return {
-        "pros": abs(sig.s_top) >= th.S_MIN,
-        "amateurs": abs(sig.s_bot) >= th.S_MIN,
+        "pros": abs(sig.s_top) >= th.S_MIN - EPS,
+        "amateurs": abs(sig.s_bot) >= th.S_MIN - EPS,
         "model_meta": model_ok,
         "model_bma": model_ok,
     }
@@ -81,7 +84,7 @@ def direction_and_alpha(arm: str, sig: Signals, th: Thresholds) -> tuple[int, fl
     Alpha is the model's alpha for model arms and |signal| for cohort arms.
     """
     raw = sig.arm_value(arm)
-    if abs(raw) < side_threshold(arm, th):
+    if abs(raw) < side_threshold(arm, th) - EPS:
         return 0, 0.0
     direction = 1 if raw > 0 else -1
     alpha = sig.model.alpha if arm in MODEL_ARMS else abs(raw)
@@ -99,7 +102,7 @@ def low_conf_veto(arm: str, conf: float, gates: GateConfig) -> Veto | None:
     """The no-trade zone: a cohort arm may not trade while the model has no view."""
     if gates.low_conf_veto is GuardMode.OFF or arm not in COHORT_ARMS:
         return None
-    if conf >= gates.low_conf_min:
+    if conf >= gates.low_conf_min - EPS:
         return None
     return Veto(
         Reason.LOW_CONF_VETO,
@@ -112,7 +115,7 @@ def consensus_veto(direction: int, trend_1h: float | None, gates: GateConfig) ->
     """Veto a trade that a strong 1h trend contradicts; a stale or missing 1h is neutral."""
     if gates.consensus_gate is GuardMode.OFF or trend_1h is None or direction == 0:
         return None
-    if abs(trend_1h) < gates.consensus_trend_min or (trend_1h > 0) == (direction > 0):
+    if abs(trend_1h) < gates.consensus_trend_min - EPS or (trend_1h > 0) == (direction > 0):
         return None
     side = "long" if direction > 0 else "short"
     return Veto(

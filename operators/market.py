@@ -15,6 +15,7 @@ are dead letters (a lone bad timestamp). Nothing is lost either way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,10 +78,15 @@ class MarketState:
     def _reject_ahead(self, out: list[Any]) -> None:
         hwm = self.builder.max_event_ms
         for h in self.ahead:
-            out.append(Late(h, f"far out of order: event time {h.ts_event_ms} is "
-                               f"{(h.ts_event_ms - (hwm or 0)) / 3.6e6:.1f} h past the stream "
-                               f"(max jump {self.max_jump_ms / 3.6e6:.1f} h, not confirmed by "
-                               f"{JUMP_CONFIRMATIONS} records in a row)"))
+            out.append(
+                Late(
+                    h,
+                    f"far out of order: event time {h.ts_event_ms} is "
+                    f"{(h.ts_event_ms - (hwm or 0)) / 3.6e6:.1f} h past the stream "
+                    f"(max jump {self.max_jump_ms / 3.6e6:.1f} h, not confirmed by "
+                    f"{JUMP_CONFIRMATIONS} records in a row)",
+                )
+            )
         self.late_count += len(self.ahead)
         self.ahead = []
 
@@ -138,7 +144,7 @@ class MarketState:
             )
         )
 
-    def _closed(self, bars: list[Bar], out: list[Any]) -> None:
+    def _closed(self, bars: Sequence[Bar], out: list[Any]) -> None:
         for b in bars:
             cohort = self.cohorts.close_bar(b)
             for agg in self.higher:  # higher bars first: usable from their close

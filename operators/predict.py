@@ -46,8 +46,10 @@ class LinearIsotonic:
     then calls predict_proba. Parity with predict_proba is tested.
     """
 
-    def __init__(self, folds: list[tuple[np.ndarray, np.ndarray, float, np.ndarray,
-                                         np.ndarray, float, float]]) -> None:
+    def __init__(
+        self,
+        folds: list[tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, float, float]],
+    ) -> None:
         self.folds = folds
 
     @classmethod
@@ -63,17 +65,31 @@ class LinearIsotonic:
         folds = []
         for cc in model.calibrated_classifiers_:
             est, cals = cc.estimator, cc.calibrators
-            if not (isinstance(est, Pipeline) and len(est.steps) == 2
-                    and isinstance(est.steps[0][1], StandardScaler)
-                    and isinstance(est.steps[1][1], LogisticRegression)
-                    and len(cals) == 1 and isinstance(cals[0], IsotonicRegression)
-                    and cals[0].out_of_bounds == "clip"):
+            if not (
+                isinstance(est, Pipeline)
+                and len(est.steps) == 2
+                and isinstance(est.steps[0][1], StandardScaler)
+                and isinstance(est.steps[1][1], LogisticRegression)
+                and len(cals) == 1
+                and isinstance(cals[0], IsotonicRegression)
+                and cals[0].out_of_bounds == "clip"
+            ):
                 return None
             sc, lr, iso = est.steps[0][1], est.steps[1][1], cals[0]
             mean = sc.mean_ if sc.with_mean else np.zeros(lr.coef_.shape[1])
             scale = sc.scale_ if sc.with_std else np.ones(lr.coef_.shape[1])
-            folds.append((mean, scale, float(lr.intercept_[0]), lr.coef_[0],
-                          iso.X_thresholds_, iso.X_min_, iso.X_max_, iso.y_thresholds_))
+            folds.append(
+                (
+                    mean,
+                    scale,
+                    float(lr.intercept_[0]),
+                    lr.coef_[0],
+                    iso.X_thresholds_,
+                    iso.X_min_,
+                    iso.X_max_,
+                    iso.y_thresholds_,
+                )
+            )
         return cls(folds)
 
     def p_up(self, x: np.ndarray) -> float:
@@ -132,8 +148,10 @@ class ModelRuntime:
 
     def predict(self, features: dict[str, float]) -> Prediction:
         x = np.array([features[name] for name in FEATURES], dtype=float)
-        return Prediction(self._p_up(self.meta, self.fast_meta, x),
-                          None if self.bma is None else self._p_up(self.bma, self.fast_bma, x))
+        return Prediction(
+            self._p_up(self.meta, self.fast_meta, x),
+            None if self.bma is None else self._p_up(self.bma, self.fast_bma, x),
+        )
 
     @staticmethod
     def _p_up(model: Any, fast: LinearIsotonic | None, x: np.ndarray) -> float:

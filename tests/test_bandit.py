@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators.bandit import ThompsonBandit
 from operators.config import BanditConfig
 from operators.gating import ARMS
-from operators.bandit import ThompsonBandit
 
 
 def _trained(cfg: BanditConfig, seed: int = 0) -> ThompsonBandit:

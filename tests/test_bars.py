@@ -35,8 +35,8 @@ def _bar(tf: str, start_ms: int, o, h, lo, c, v=1.0, count=1, complete=True) -> 
 
 def test_5m_bar_is_emitted_only_once_the_watermark_passes_its_end():
     b = BarBuilder("BTC-PERP", allowed_lateness_ms=5_000)
-    assert b.add_trade(T0 + 10_000, 100.0, 1.0) == []
-    assert b.add_trade(T0 + 5 * M + 4_999, 101.0, 1.0) == []  # watermark 1 ms short of the end
+    assert b.add_trade(T0 + 10_000, 100.0, 1.0) == ()
+    assert b.add_trade(T0 + 5 * M + 4_999, 101.0, 1.0) == ()  # watermark 1 ms short of the end
     bars = b.add_trade(T0 + 5 * M + 5_000, 102.0, 1.0)  # watermark exactly at the end
     assert [(x.start_ms, x.end_ms) for x in bars] == [(T0, T0 + 5 * M)]
 
@@ -56,8 +56,8 @@ def test_late_trade_within_lateness_folds_into_the_open_bar_by_event_time():
     b.add_trade(T0 + 60_000, 100.0, 1.0)
     b.add_trade(T0 + 120_000, 101.0, 1.0)
     b.add_trade(T0 + 5 * M + 500, 200.0, 1.0)  # next bar; watermark still before T0 + 5m
-    assert b.add_trade(T0 + 30_000, 99.0, 1.0) == []  # earlier than the first: the new open
-    assert b.add_trade(T0 + 5 * M - 1_000, 97.0, 1.0) == []  # later than the last: the close
+    assert b.add_trade(T0 + 30_000, 99.0, 1.0) == ()  # earlier than the first: the new open
+    assert b.add_trade(T0 + 5 * M - 1_000, 97.0, 1.0) == ()  # later than the last: the close
     (bar,) = b.add_trade(T0 + 5 * M + 5_000, 201.0, 1.0)
     assert (bar.open, bar.high, bar.low, bar.close) == (99.0, 101.0, 97.0, 97.0)
     assert (bar.volume, bar.count) == (4.0, 4)
@@ -89,7 +89,7 @@ def test_flush_closes_the_open_bar():
     b.add_trade(T0 + 2_000, 101.0, 2.0)
     (bar,) = b.flush()
     assert (bar.start_ms, bar.close, bar.volume, bar.complete) == (T0, 101.0, 3.0, True)
-    assert b.flush() == []
+    assert b.flush() == ()
 
 
 def test_1m_candles_fold_into_a_5m_bar_emitted_at_the_last_candles_close():
@@ -99,7 +99,7 @@ def test_1m_candles_fold_into_a_5m_bar_emitted_at_the_last_candles_close():
     out = []
     for i, (o, h, lo, c, v) in enumerate(candles):
         out.append(b.add_candle(T0 + i * M, M, o, h, lo, c, v))
-    assert out[:4] == [[], [], [], []]
+    assert [list(x) for x in out[:4]] == [[], [], [], []]
     (bar,) = out[4]
     assert (bar.open, bar.high, bar.low, bar.close) == (100, 108, 95, 98)
     assert (bar.volume, bar.count, bar.start_ms, bar.end_ms) == (15.0, 5, T0, T0 + 5 * M)
@@ -117,10 +117,10 @@ def test_candle_out_of_order_within_lateness_sets_open_by_event_time():
     b = BarBuilder("BTC-PERP", allowed_lateness_ms=2 * M)
     b.add_candle(T0 + 1 * M, M, 102, 103, 101, 103, 1.0)
     b.add_candle(T0 + 0 * M, M, 100, 102, 100, 102, 1.0)  # arrives second, opened first
-    for i in range(2, 7):
-        b.add_candle(T0 + i * M, M, 103, 104, 102, 103, 1.0)
-    (bar,) = b.add_candle(T0 + 7 * M, M, 103, 103, 103, 103, 1.0)
-    assert (bar.open, bar.close, bar.count) == (100, 103, 5)
+    for i in range(2, 6):
+        assert b.add_candle(T0 + i * M, M, 103, 104, 102, 103, 1.0) == ()
+    (bar,) = b.add_candle(T0 + 6 * M, M, 103, 103, 103, 103, 1.0)  # watermark 7m - 2m
+    assert (bar.open, bar.high, bar.low, bar.close, bar.count) == (100, 104, 100, 103, 5)
 
 
 # BarAggregator: 15m and 1h from 5m

@@ -237,12 +237,7 @@ def test_dynamic_conf_min_never_exceeds_one():
     assert effective_conf_min(th, GATES_1_1, 5.0) == 1.0
 
 
-@pytest.mark.xfail(
-    reason="BUG: effective_conf_min returns 0.65 + 0.05 = 0.7000000000000001, so a model at "
-    "exactly the raised CONF_MIN 0.70 (p_up=0.70) is excluded although eligibility is "
-    "inclusive at the threshold",
-    strict=True,
-)
+# 0.65 + 0.05 is 0.7000000000000001 in floating point; the threshold must still admit 0.70
 def test_p_up_0_70_is_eligible_at_the_raised_1_1_conf_min_of_0_70():
     conf_min = effective_conf_min(TH_1_1, GATES_1_1, 1.20)
     sig = _signals(model=model_view(0.70))
