@@ -148,3 +148,9 @@ def test_every_good_record_is_processed_as_if_the_bad_ones_were_absent(runs):
             continue
         by_symbol = sorted(mixed[stream], key=lambda r: r["symbol"])  # stable: per-symbol order
         assert by_symbol == sorted(good[stream], key=lambda r: r["symbol"]), f"{stream} changed"
+
+
+def test_dead_letters_encode_with_their_schema(runs):
+    _, mixed, _ = runs
+    for d in mixed["dead_letters"]:
+        assert codec.decode("dead_letter", codec.encode("dead_letter", d))["reason"] == d["reason"]
