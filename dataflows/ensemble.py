@@ -216,18 +216,10 @@ def features_step(stamp: Stamp, fs: FeatureState | None, item: Any) -> tuple[Fea
     fs = FeatureState() if fs is None else fs
     if not isinstance(item, BarContext):
         return fs, item
-    b = item.bar
-    ctx = {
-        "funding_rate": item.funding_rate,
-        "s_top": item.cohort.s_top,
-        "s_bot": item.cohort.s_bot,
-        "s_mood": item.cohort.s_mood,
-        "trend_15m": item.overlays["15m"].trend,
-        "trend_1h": item.overlays["1h"].trend,
-    }
     try:
-        item.features = fs.update(b.close, b.high, b.low, b.volume, ctx)
+        item.features = fs.at_close(item)
     except Exception as exc:
+        b = item.bar
         return fs, _error(stamp, "features", b.symbol, b.end_ms, exc, {"bar": repr(b)})
     return fs, item
 

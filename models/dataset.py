@@ -53,21 +53,7 @@ def _consume(items: list[Any], join: ContextJoin, fs: FeatureState) -> Iterator[
             continue
         if isinstance(it, Close):
             ctx = join.at_close(it.bar, it.cohort)
-            b = ctx.bar
-            ctx.features = fs.update(
-                b.close,
-                b.high,
-                b.low,
-                b.volume,
-                {
-                    "funding_rate": ctx.funding_rate,
-                    "s_top": ctx.cohort.s_top,
-                    "s_bot": ctx.cohort.s_bot,
-                    "s_mood": ctx.cohort.s_mood,
-                    "trend_15m": ctx.overlays["15m"].trend,
-                    "trend_1h": ctx.overlays["1h"].trend,
-                },
-            )
+            ctx.features = fs.at_close(ctx)
             yield ctx
         else:
             join.add(it)

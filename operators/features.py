@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from operators.overlays import BarContext
 
 BARS_PER_YEAR_5M = 365 * 24 * 12  # crypto trades every day
 ANNUALISE_5M = math.sqrt(BARS_PER_YEAR_5M)
@@ -56,6 +60,24 @@ class FeatureState:
     atr: float | None = None
     atr_seed: list = field(default_factory=list)
     prev_close: float | None = None
+
+    def at_close(self, ctx: BarContext) -> dict[str, float] | None:
+        """Fold in the 5m bar of a joined close; its context supplies the non-price inputs."""
+        b = ctx.bar
+        return self.update(
+            b.close,
+            b.high,
+            b.low,
+            b.volume,
+            {
+                "funding_rate": ctx.funding_rate,
+                "s_top": ctx.cohort.s_top,
+                "s_bot": ctx.cohort.s_bot,
+                "s_mood": ctx.cohort.s_mood,
+                "trend_15m": ctx.overlays["15m"].trend,
+                "trend_1h": ctx.overlays["1h"].trend,
+            },
+        )
 
     def update(
         self, close: float, high: float, low: float, volume: float, context: dict[str, float]
