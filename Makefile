@@ -3,12 +3,13 @@
 #   make test   set everything up, then run the whole test suite
 # Everything else is a building block of those two.
 
+SHELL  := bash
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench train setup clean
+.PHONY: run test lint bench train setup clean kafka-up kafka-down
 
 setup: $(STAMP)
 
@@ -23,8 +24,15 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/python -m bytewax.run dataflows.ensemble
 
+# The integration tests need a real Kafka broker: start one (or reuse a running one on
+# purpose, e.g. from `make kafka-up`), run everything, and stop the broker only if this
+# command started it.
 test: setup
-	$(BIN)/python -m pytest -q
+	@set -euo pipefail; \
+	if deploy/kafka/broker.sh status >/dev/null 2>&1; then started=0; else started=1; fi; \
+	bootstrap=$$(ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start); \
+	trap 'if [[ $$started == 1 ]]; then deploy/kafka/broker.sh stop >/dev/null; fi' EXIT; \
+	ENSEMBLE_TEST_KAFKA=$$bootstrap $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
@@ -37,3 +45,9 @@ train: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+kafka-up: setup
+	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start
+
+kafka-down:
+	deploy/kafka/broker.sh stop

@@ -28,7 +28,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
-from dataflows.io import JsonLinesSink, RawMessage
+from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.settings import Settings
 from operators.bars import Bar
@@ -91,6 +91,17 @@ def _bar_record(stamp: Stamp, b: Bar) -> dict[str, Any]:
 # -- decode ------------------------------------------------------------------------------
 def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
     """An event, or a dead letter (plus its summary count)."""
+    if raw.error is not None:
+        dl = dead_letter(
+            stamp,
+            raw.stream,
+            raw.payload,
+            raw.error,
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+        )
+        return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": raw.error})]
     try:
         event = decode(
             raw.stream, raw.payload, settings.symbols, wall_clock_ms(), settings.max_clock_skew_ms
@@ -298,7 +309,12 @@ def build_flow(
     load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not the first bar
 
     flow = Dataflow("ensemble")
-    raw = op.input("input", flow, _MarketSource(settings, messages))
+    kafka = settings.kafka_bootstrap is not None and messages is None
+    if kafka:
+        msgs = op.input("input", flow, kafka_source(settings))
+        raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
+    else:
+        raw = op.input("input", flow, _MarketSource(settings, messages))
     decoded = op.flat_map("decode", raw, partial(decode_step, settings, stamp))
     bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
@@ -312,7 +328,11 @@ def build_flow(
     )
     emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
     by_stream = op.map("by_stream", emitted, lambda e: (e.stream, e.record))
-    op.output("sink", by_stream, sink or JsonLinesSink(settings.out_dir, OUTPUT_STREAMS))
+    if sink is None and settings.kafka_bootstrap is not None:
+        to_topics = op.filter_map("to_kafka", by_stream, partial(to_kafka, settings.topic_prefix))
+        op.output("sink", to_topics, kafka_sink(settings))
+    else:
+        op.output("sink", by_stream, sink or JsonLinesSink(settings.out_dir, OUTPUT_STREAMS))
     return flow
 
 

@@ -1,10 +1,15 @@
-"""Sources and sinks: the generator or market-data files in; JSON-lines files out.
+"""Sources and sinks: the generator, market-data files or Kafka in; JSON-lines or Kafka out.
 
 The input is one partition that yields `RawMessage`s in event order; its resume state is
 the number of messages consumed, so a recovered run continues where it stopped. The
 output writes one JSON-lines file per stream (`<out>/<stream>.jsonl`), one partition
 per stream, whose resume state is the file offset: a recovered run truncates what was
 written after the last snapshot, so each file holds every record exactly once.
+
+With Kafka, input topics are read with Bytewax's KafkaSource (offsets live in Bytewax
+recovery snapshots; without recovery a run starts from the beginning of the topics) and
+records are written Avro-encoded (PlainAvro, no framing), keyed by symbol, with
+Bytewax's KafkaSink: at-least-once, so consumers deduplicate by decision id.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class RawMessage:
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    error: str | None = None  # the transport could not deliver it intact
 
 
 def market_messages(settings: Settings) -> Iterator[RawMessage]:
@@ -191,3 +197,56 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
         if for_part == "summary":
             return _SummaryPartition(self.out_dir, resume_state)
         return _JsonLinesPartition(self.out_dir / f"{for_part}.jsonl", resume_state)
+
+
+def kafka_source(settings: Settings) -> Any:
+    from bytewax.connectors.kafka import KafkaSource
+
+    from dataflows.topics import INPUT_TOPICS
+
+    assert settings.kafka_bootstrap is not None
+    return KafkaSource(
+        settings.kafka_bootstrap.split(","),
+        [t.name(settings.topic_prefix) for t in INPUT_TOPICS],
+        tail=settings.kafka_tail,
+        raise_on_errors=False,  # a broken message is a dead letter, not a crash
+    )
+
+
+def from_kafka(prefix: str, msg: Any) -> RawMessage:
+    """A KafkaSourceMessage (or KafkaError) as a RawMessage of its input stream."""
+    from bytewax.connectors.kafka import KafkaError
+
+    error = None
+    if isinstance(msg, KafkaError):
+        error, msg = f"kafka error: {msg.err.str()}", msg.msg
+    topic = msg.topic or ""
+    stream = topic[len(prefix) + 1 :] if topic.startswith(prefix + ".") else topic
+    return RawMessage(stream, msg.value or b"", topic, msg.partition, msg.offset, error)
+
+
+def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> Any:
+    """(stream, record) as an Avro-encoded KafkaSinkMessage keyed by symbol (None: no topic)."""
+    from bytewax.connectors.kafka import KafkaSinkMessage
+
+    from schemas.codec import STREAM_SCHEMAS, encode
+
+    stream, record = item
+    schema = STREAM_SCHEMAS.get(stream)
+    if schema is None:  # the local run summary has no topic
+        return None
+    key = record.get("symbol")
+    return KafkaSinkMessage(
+        key=key.encode() if key else None, value=encode(schema, record), topic=f"{prefix}.{stream}"
+    )
+
+
+def kafka_sink(settings: Settings) -> Any:
+    from bytewax.connectors.kafka import KafkaSink
+
+    assert settings.kafka_bootstrap is not None
+    return KafkaSink(
+        settings.kafka_bootstrap.split(","),
+        topic=None,
+        add_config={"enable.idempotence": "true", "linger.ms": "5"},
+    )

@@ -16,8 +16,10 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_MAX_CLOCK_SKEW_MS | 300000 | how far past the wall clock an event time may be |
 | ENSEMBLE_MAX_JUMP_MS | 21600000 | how far past the stream a trade may jump unconfirmed |
 | ENSEMBLE_MODEL_DIR | models/artifacts/default | model artifact |
-| ENSEMBLE_CLOCK | event | `event`: ts_init = ts_event (reproducible); `wall`: wall clock |
-| ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers; not supported yet |
+| ENSEMBLE_CLOCK | event (wall with Kafka) | `event`: ts_init = ts_event (reproducible); `wall`: wall clock |
+| ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers host:port[,..]: read and write Kafka, not files |
+| ENSEMBLE_TOPIC_PREFIX | ensemble | topics are PREFIX.trades, PREFIX.orders, ... (dataflows/topics.py) |
+| ENSEMBLE_KAFKA_TAIL | 1 | 0: stop at the end of the input topics (a replay with an end) |
 """
 
 from __future__ import annotations
@@ -48,15 +50,26 @@ class Settings:
     max_jump_ms: int = 6 * 3_600_000
     model_dir: Path = DEFAULT_ARTIFACT
     wall_clock: bool = False
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = "ensemble"
+    kafka_tail: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        if env.get("ENSEMBLE_KAFKA_BOOTSTRAP"):
+        bootstrap = env.get("ENSEMBLE_KAFKA_BOOTSTRAP", "").strip() or None
+        if bootstrap is not None and not all(
+            h.rpartition(":")[2].isdigit() and h.rpartition(":")[0] for h in bootstrap.split(",")
+        ):
             raise ConfigError(
-                f"ENSEMBLE_KAFKA_BOOTSTRAP={env['ENSEMBLE_KAFKA_BOOTSTRAP']!r}: Kafka input and "
-                "output are not built yet; unset it to run on files or the generator"
+                f"ENSEMBLE_KAFKA_BOOTSTRAP={bootstrap!r} must be host:port[,host:port]"
             )
+        prefix = env.get("ENSEMBLE_TOPIC_PREFIX", "ensemble")
+        if not prefix or not all(c.isalnum() or c in "._-" for c in prefix):
+            raise ConfigError(f"ENSEMBLE_TOPIC_PREFIX={prefix!r} may use letters, digits, . _ -")
+        tail = env.get("ENSEMBLE_KAFKA_TAIL", "1")
+        if tail not in ("0", "1"):
+            raise ConfigError(f"ENSEMBLE_KAFKA_TAIL={tail!r} must be 0 or 1")
         name = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
         strategy = preset(name)
         raw_overrides = env.get("ENSEMBLE_OVERRIDES", "").strip()
@@ -96,7 +109,7 @@ class Settings:
                 f"ENSEMBLE_CANDLE_SYMBOLS={sorted(candle_symbols)} must be a subset "
                 f"of the traded symbols {sorted(symbols)}"
             )
-        clock = env.get("ENSEMBLE_CLOCK", "event")
+        clock = env.get("ENSEMBLE_CLOCK", "wall" if bootstrap else "event")
         if clock not in ("event", "wall"):
             raise ConfigError(f"ENSEMBLE_CLOCK={clock!r} must be event or wall")
         model_dir = Path(env.get("ENSEMBLE_MODEL_DIR", str(DEFAULT_ARTIFACT)))
@@ -113,6 +126,9 @@ class Settings:
             max_jump_ms=_int(env, "ENSEMBLE_MAX_JUMP_MS", 6 * 3_600_000, lo=60_000),
             model_dir=model_dir,
             wall_clock=clock == "wall",
+            kafka_bootstrap=bootstrap,
+            topic_prefix=prefix,
+            kafka_tail=tail == "1",
         )
 
 

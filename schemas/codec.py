@@ -103,6 +103,15 @@ def _extra_fields(value: Any, sch: Any, path: str) -> list[str]:
     return []
 
 
+def with_defaults(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The record with every absent field that has a schema default filled in."""
+    out = dict(record)
+    for f in _raw(name)["fields"]:
+        if f["name"] not in out and "default" in f:
+            out[f["name"]] = f["default"]
+    return out
+
+
 def encode(name: str, record: dict[str, Any]) -> bytes:
     check(name, record)
     buf = io.BytesIO()
