@@ -33,7 +33,9 @@ from operators.predict import DEFAULT_ARTIFACT, ArtifactError, ModelRuntime, sha
         ({"ENSEMBLE_INPUT": "quotes:x.csv"}, "expected KIND:PATH"),
         ({"ENSEMBLE_CLOCK": "lunar"}, "ENSEMBLE_CLOCK='lunar'"),
         ({"ENSEMBLE_CANDLE_SYMBOLS": "SOL-PERP"}, "must be a subset"),
-        ({"ENSEMBLE_KAFKA_BOOTSTRAP": "127.0.0.1:9092"}, "not built yet"),
+        ({"ENSEMBLE_KAFKA_BOOTSTRAP": "localhost"}, "ENSEMBLE_KAFKA_BOOTSTRAP='localhost'"),
+        ({"ENSEMBLE_KAFKA_TAIL": "yes"}, "ENSEMBLE_KAFKA_TAIL='yes'"),
+        ({"ENSEMBLE_TOPIC_PREFIX": "a b"}, "ENSEMBLE_TOPIC_PREFIX='a b'"),
     ],
 )
 def test_a_bad_setting_stops_the_start_naming_the_value(env, named):
