@@ -81,6 +81,7 @@ class PendingIntent:
     purpose: Reason
     arm: str | None
     decided_bar: int
+    decided_ms: int  # the decision bar's close
 
 
 @dataclass
@@ -208,7 +209,7 @@ class Strategy:
         if s.pending is None:
             return []
         p, s.pending = s.pending, None
-        t = self._bar_end_of(p)
+        t = p.decided_ms
         return [
             self._rejection(
                 t,
@@ -239,9 +240,6 @@ class Strategy:
             "funding_usd": pf.funding_usd,
             "trading_state": s.risk.state.value,
         }
-
-    def _bar_end_of(self, p: PendingIntent) -> int:
-        return int(p.decision_id.rsplit(":", 1)[1])
 
     # -- execution -------------------------------------------------------------------
     def _fill(self, ctx: BarContext) -> list[Output]:
@@ -563,7 +561,7 @@ class Strategy:
     ) -> Output:
         s, bar = self.s, ctx.bar
         coid = "ens-" + hashlib.sha256(did.encode()).hexdigest()[:24]
-        s.pending = PendingIntent(did, coid, qty, purpose, arm, s.bar_index)
+        s.pending = PendingIntent(did, coid, qty, purpose, arm, s.bar_index, bar.end_ms)
         return (
             "orders",
             self.stamp(
