@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench train setup clean kafka-up kafka-down
+.PHONY: run test lint bench bench-kafka train setup clean kafka-up kafka-down
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench_flow.py
+
+bench-kafka: setup
+	@set -euo pipefail; \
+	if deploy/kafka/broker.sh status >/dev/null 2>&1; then started=0; else started=1; fi; \
+	bootstrap=$$(ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start); \
+	trap 'if [[ $$started == 1 ]]; then deploy/kafka/broker.sh stop >/dev/null; fi' EXIT; \
+	ENSEMBLE_BENCH_KAFKA=$$bootstrap $(BIN)/python bench/bench_kafka.py
 
 train: setup
 	$(BIN)/python -m models.train
