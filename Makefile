@@ -3,7 +3,6 @@
 #   make test   set everything up, then run the whole test suite
 # Everything else is a building block of those two.
 
-SHELL  := bash
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -28,11 +27,7 @@ run: setup
 # purpose, e.g. from `make kafka-up`), run everything, and stop the broker only if this
 # command started it.
 test: setup
-	@set -euo pipefail; \
-	if deploy/kafka/broker.sh status >/dev/null 2>&1; then started=0; else started=1; fi; \
-	bootstrap=$$(ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start); \
-	trap 'if [[ $$started == 1 ]]; then deploy/kafka/broker.sh stop >/dev/null; fi' EXIT; \
-	ENSEMBLE_TEST_KAFKA=$$bootstrap $(BIN)/python -m pytest -q
+	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
@@ -41,11 +36,7 @@ bench: setup
 	$(BIN)/python bench/bench_flow.py
 
 bench-kafka: setup
-	@set -euo pipefail; \
-	if deploy/kafka/broker.sh status >/dev/null 2>&1; then started=0; else started=1; fi; \
-	bootstrap=$$(ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start); \
-	trap 'if [[ $$started == 1 ]]; then deploy/kafka/broker.sh stop >/dev/null; fi' EXIT; \
-	ENSEMBLE_BENCH_KAFKA=$$bootstrap $(BIN)/python bench/bench_kafka.py
+	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka.py
 
 train: setup
 	$(BIN)/python -m models.train

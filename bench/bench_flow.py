@@ -30,7 +30,7 @@ from dataflows.settings import Settings  # noqa: E402
 from marketdata.generator import GeneratorConfig, generate  # noqa: E402
 from operators.config import CohortConfig  # noqa: E402
 from operators.events import parse_trade  # noqa: E402
-from operators.market import MarketState  # noqa: E402
+from operators.market import DEFAULT_ALLOWED_LATENESS_MS, MarketState  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -41,7 +41,7 @@ def bench_market_operator(days: float) -> tuple[int, float]:
         for s, r in generate(GeneratorConfig(days=days, candle_symbols=()))
         if s == "trades"
     ]
-    m = MarketState("BTC-PERP", False, 5_000, CohortConfig())
+    m = MarketState("BTC-PERP", False, DEFAULT_ALLOWED_LATENESS_MS, CohortConfig())
     out: list = []
     t0 = time.perf_counter()
     for t in trades:

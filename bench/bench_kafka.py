@@ -1,6 +1,6 @@
 """Kafka benchmarks (figures, not tests): `make bench-kafka`.
 
-Needs the local broker (`make kafka-up`, or ENSEMBLE_BENCH_KAFKA=host:port).
+Needs the local broker (`make kafka-up`, or ENSEMBLE_TEST_KAFKA=host:port).
 
 1. messages/s from the input topics to bars and decisions through the broker: the
    generator's trades and candles are published first (not timed), then the flow reads
@@ -32,8 +32,6 @@ from dataflows.settings import Settings  # noqa: E402
 from dataflows.topics import provision  # noqa: E402
 from marketdata.generator import GeneratorConfig, generate  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
-
-LATENESS_MS = 5_000
 
 
 def _producer(bootstrap: str):
@@ -90,6 +88,7 @@ def latency(bootstrap: str, days: float, speed: float) -> None:
     )
     try:
         time.sleep(5)  # let the flow assign its partitions before the market starts
+        lateness_ms = Settings.from_env(env).allowed_lateness_ms
         records = [(s, r) for s, r in generate(GeneratorConfig(days=days)) if s == "trades"]
         sent_at: list[tuple[int, float]] = []  # (event time, wall ms when sent)
         p = _producer(bootstrap)
@@ -114,7 +113,7 @@ def latency(bootstrap: str, days: float, speed: float) -> None:
                     eof += 1
                     continue
                 bar_end = _bar_end(m.value())
-                closer = next(w for ts, w in sent_at if ts >= bar_end + LATENESS_MS)
+                closer = next(w for ts, w in sent_at if ts >= bar_end + lateness_ms)
                 lat.append(m.timestamp()[1] - closer)
         c.close()
     finally:
@@ -138,7 +137,7 @@ def _bar_end(value: bytes) -> int:
 
 
 def main() -> None:
-    bootstrap = os.environ.get("ENSEMBLE_BENCH_KAFKA", "127.0.0.1:19092")
+    bootstrap = os.environ.get("ENSEMBLE_TEST_KAFKA", "127.0.0.1:19092")
     print(f"broker {bootstrap}, {os.cpu_count()} cores, one Bytewax worker")
     throughput(bootstrap, days=6)
     latency(bootstrap, days=1, speed=1440)

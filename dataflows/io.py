@@ -23,12 +23,15 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.settings import Settings
+from dataflows.topics import INPUT_TOPICS
 from marketdata.files import file_records
 from marketdata.generator import generate
+from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
 
@@ -199,11 +202,7 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
         return _JsonLinesPartition(self.out_dir / f"{for_part}.jsonl", resume_state)
 
 
-def kafka_source(settings: Settings) -> Any:
-    from bytewax.connectors.kafka import KafkaSource
-
-    from dataflows.topics import INPUT_TOPICS
-
+def kafka_source(settings: Settings) -> KafkaSource:
     assert settings.kafka_bootstrap is not None
     return KafkaSource(
         settings.kafka_bootstrap.split(","),
@@ -215,8 +214,6 @@ def kafka_source(settings: Settings) -> Any:
 
 def from_kafka(prefix: str, msg: Any) -> RawMessage:
     """A KafkaSourceMessage (or KafkaError) as a RawMessage of its input stream."""
-    from bytewax.connectors.kafka import KafkaError
-
     error = None
     if isinstance(msg, KafkaError):
         error, msg = f"kafka error: {msg.err.str()}", msg.msg
@@ -225,12 +222,8 @@ def from_kafka(prefix: str, msg: Any) -> RawMessage:
     return RawMessage(stream, msg.value or b"", topic, msg.partition, msg.offset, error)
 
 
-def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> Any:
+def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> KafkaSinkMessage | None:
     """(stream, record) as an Avro-encoded KafkaSinkMessage keyed by symbol (None: no topic)."""
-    from bytewax.connectors.kafka import KafkaSinkMessage
-
-    from schemas.codec import STREAM_SCHEMAS, encode
-
     stream, record = item
     schema = STREAM_SCHEMAS.get(stream)
     if schema is None:  # the local run summary has no topic
@@ -241,9 +234,7 @@ def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> Any:
     )
 
 
-def kafka_sink(settings: Settings) -> Any:
-    from bytewax.connectors.kafka import KafkaSink
-
+def kafka_sink(settings: Settings) -> KafkaSink:
     assert settings.kafka_bootstrap is not None
     return KafkaSink(
         settings.kafka_bootstrap.split(","),

@@ -33,6 +33,7 @@ from pathlib import Path
 from marketdata.files import FileSpec, FileSpecError
 from marketdata.generator import GeneratorConfig
 from operators.config import ConfigError, StrategyConfig, preset
+from operators.market import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_MAX_JUMP_MS
 from operators.predict import DEFAULT_ARTIFACT
 
 
@@ -45,9 +46,9 @@ class Settings:
     candle_symbols: frozenset[str]
     out_dir: Path
     seed: int
-    allowed_lateness_ms: int = 5_000
+    allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
     max_clock_skew_ms: int = 300_000
-    max_jump_ms: int = 6 * 3_600_000
+    max_jump_ms: int = DEFAULT_MAX_JUMP_MS
     model_dir: Path = DEFAULT_ARTIFACT
     wall_clock: bool = False
     kafka_bootstrap: str | None = None
@@ -121,9 +122,11 @@ class Settings:
             candle_symbols=frozenset(candle_symbols),
             out_dir=Path(env.get("ENSEMBLE_OUT", "out")),
             seed=seed,
-            allowed_lateness_ms=_int(env, "ENSEMBLE_ALLOWED_LATENESS_MS", 5_000, lo=0),
+            allowed_lateness_ms=_int(
+                env, "ENSEMBLE_ALLOWED_LATENESS_MS", DEFAULT_ALLOWED_LATENESS_MS, lo=0
+            ),
             max_clock_skew_ms=_int(env, "ENSEMBLE_MAX_CLOCK_SKEW_MS", 300_000, lo=0),
-            max_jump_ms=_int(env, "ENSEMBLE_MAX_JUMP_MS", 6 * 3_600_000, lo=60_000),
+            max_jump_ms=_int(env, "ENSEMBLE_MAX_JUMP_MS", DEFAULT_MAX_JUMP_MS, lo=60_000),
             model_dir=model_dir,
             wall_clock=clock == "wall",
             kafka_bootstrap=bootstrap,

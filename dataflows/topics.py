@@ -11,6 +11,9 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
 DAY_MS = 86_400_000
 
 
@@ -55,9 +58,6 @@ ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 
 def provision(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> tuple[list[str], list[str]]:
     """Create every topic; returns (created, already there). Raises on any other failure."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [

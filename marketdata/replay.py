@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from marketdata.files import FileSpec
+from kafka import KafkaProducer
+
+from marketdata.files import FileSpec, file_records
 from marketdata.generator import GeneratorConfig, generate
 from operators.events import PARSERS
 from schemas.codec import encode, with_defaults
@@ -40,8 +42,6 @@ def publish(
     progress: bool = True,
 ) -> int:
     """Produce every record; returns how many. speed 0 = as fast as possible."""
-    from kafka import KafkaProducer
-
     producer = KafkaProducer(
         bootstrap_servers=bootstrap.split(","),
         acks="all",
@@ -101,8 +101,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     if args.input:
-        from marketdata.files import file_records
-
         records = list(file_records([FileSpec.parse(s) for s in args.input]))
     else:
         records = list(generate(GeneratorConfig(seed=args.seed, days=args.days)))

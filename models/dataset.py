@@ -15,14 +15,14 @@ import numpy as np
 from operators.config import CohortConfig
 from operators.events import PARSERS
 from operators.features import FEATURES, FeatureState
-from operators.market import Close, Late, MarketState
+from operators.market import DEFAULT_ALLOWED_LATENESS_MS, Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin
 
 
 def contexts(
     records: Iterable[tuple[str, dict[str, Any]]],
     candle_symbols: frozenset[str],
-    allowed_lateness_ms: int = 5_000,
+    allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS,
 ) -> Iterator[BarContext]:
     """Every 5m close of every symbol, with its context and features (None in warm-up)."""
     markets: dict[str, MarketState] = {}

@@ -25,6 +25,8 @@ from operators.config import CohortConfig
 from operators.events import Candle, Trade
 
 JUMP_CONFIRMATIONS = 50
+DEFAULT_ALLOWED_LATENESS_MS = 5_000
+DEFAULT_MAX_JUMP_MS = 6 * 3_600_000
 
 
 @dataclass(slots=True)
@@ -47,7 +49,7 @@ class MarketState:
     bars_from_candles: bool
     allowed_lateness_ms: int
     cohort_cfg: CohortConfig
-    max_jump_ms: int = 6 * 3_600_000
+    max_jump_ms: int = DEFAULT_MAX_JUMP_MS
     ahead: list[Trade | Candle] = field(default_factory=list)
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)

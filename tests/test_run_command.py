@@ -16,21 +16,25 @@ from tests.conftest import run_records, shared_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run_command(env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    """The README's run command, as a user runs it, with `env` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_python_m_bytewax_run_prints_the_summary_and_writes_outputs(tmp_path):
     env = {
-        **os.environ,
         "ENSEMBLE_OUT": str(tmp_path / "out"),
         "ENSEMBLE_DAYS": "2",
         "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run_command(env, timeout=300)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for phrase in (
@@ -50,15 +54,7 @@ def test_python_m_bytewax_run_prints_the_summary_and_writes_outputs(tmp_path):
 
 
 def test_a_bad_setting_stops_the_run_command_with_a_clear_message(tmp_path):
-    env = {**os.environ, "ENSEMBLE_OUT": str(tmp_path), "ENSEMBLE_SEED": "-3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _run_command({"ENSEMBLE_OUT": str(tmp_path), "ENSEMBLE_SEED": "-3"}, timeout=120)
     assert done.returncode != 0
     assert "ensemble: cannot start: ENSEMBLE_SEED='-3' must be >= 0" in done.stderr
 
