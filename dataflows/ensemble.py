@@ -302,15 +302,21 @@ class StrategyLogic(StatefulLogic):
 
 # -- the flow ---------------------------------------------------------------------------------
 def build_flow(
-    settings: Settings, messages: list[RawMessage] | None = None, sink: Any = None
+    settings: Settings,
+    messages: list[RawMessage] | None = None,
+    sink: Any = None,
+    source: Any = None,
 ) -> Dataflow:
-    """The dataflow over `settings`' input (or `messages`), into `sink` (or JSON files)."""
+    """The dataflow over `settings`' input (or `messages`, or `source`), into `sink` (or
+    JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource)."""
     stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
     load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not the first bar
 
     flow = Dataflow("ensemble")
-    kafka = settings.kafka_bootstrap is not None and messages is None
-    if kafka:
+    kafka = settings.kafka_bootstrap is not None and messages is None and source is None
+    if source is not None:
+        raw = op.input("input", flow, source)
+    elif kafka:
         msgs = op.input("input", flow, kafka_source(settings))
         raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
     else:

@@ -172,7 +172,9 @@ class Strategy:
         t = bar.end_ms
         out: list[Output] = []
         if not s.started or self.resumed:
-            out.append(self._repro(t, "resume" if s.started else "start", None, {}))
+            event = "resume" if s.started else "start"
+            restored = self._restored_state() if s.started else {}
+            out.append(self._repro(t, event, None, restored))
             s.started, self.resumed = True, False
         s.bar_index += 1
         if not bar.complete and bar.count == 0:
@@ -363,6 +365,24 @@ class Strategy:
         return self._repro(
             cmd.ts_event_ms, "control", cmd, {"before": before, "after": after, "result": note}
         )
+
+    def _restored_state(self) -> dict[str, Any]:
+        """What a restart brought back, for the audit trail: an operator reading the resume
+        event sees the position, trading state and posteriors the strategy continues with."""
+        s, pf, r = self.s, self.s.portfolio, self.s.risk
+        return {
+            "bars": s.bar_index,
+            "position_qty": pf.qty,
+            "avg_px": pf.avg_px,
+            "cash_usd": pf.cash,
+            "open_decision_id": None if s.open_trade is None else s.open_trade.decision_id,
+            "pending_decision_id": None if s.pending is None else s.pending.decision_id,
+            "trading_state": r.state.value,
+            "halt_reason": r.halt_reason,
+            "peak_equity_usd": r.peak_equity,
+            "consecutive_losses": r.consecutive_losses,
+            "bandit": s.bandit.as_dict(),
+        }
 
     def _repro(
         self, t: int, event: str, cmd: ControlCommand | None, change: dict[str, Any]

@@ -7,6 +7,7 @@ replay is byte-for-byte reproducible), `strategy_id` and `schema_version`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -93,3 +94,32 @@ def dead_letter(
         "reason": reason,
         "payload": raw,
     }
+
+
+def record_key(stream: str, record: dict[str, Any]) -> tuple[Any, ...]:
+    """The identity of an output record, for at-least-once delivery.
+
+    After a crash the flow replays from its last snapshot and may publish a record a second
+    time; the copy is identical and has the same key. Decision records are keyed by their
+    decision id (one order, one execution, one costs event per decision; a rejection per
+    decision and stage); per-bar telemetry by symbol and bar close; bars by their window.
+    """
+    sym, t = record.get("symbol"), record.get("ts_event_ms")
+    if stream in ("orders", "executions", "costs"):
+        return (stream, record["decision_id"])
+    if stream == "rejections":
+        return (stream, record["decision_id"], record["stage"], record["reason"])
+    if stream == "bars":
+        return (stream, sym, record["timeframe"], record["start_ms"])
+    if stream == "repro":
+        cmd = record.get("command") or {}
+        return (stream, sym, t, record["event"], cmd.get("command_id"))
+    if stream == "dead_letters":
+        where = (record.get("source_topic"), record.get("source_partition"))
+        if record.get("source_offset") is not None:
+            return (stream, *where, record["source_offset"])
+        digest = hashlib.sha256(repr(record.get("payload")).encode()).hexdigest()
+        return (stream, *where, t, record.get("reason"), digest)
+    if stream == "errors":
+        return (stream, sym, t, record.get("stage"), record.get("message"))
+    return (stream, sym, t)  # signals, ensemble, health, calibration: one per symbol and bar
