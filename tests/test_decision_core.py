@@ -212,6 +212,7 @@ def test_vol_guard_scales_the_position_at_cap_0_8_and_min_scale_0_25(rv, scale):
 # to show the drawdown switch on its own; test_risk.py covers the daily limit.
 NO_DAILY_LIMIT = {"risk.daily_loss_limit": 0.9}
 
+
 def _into_a_drawdown_halt(sc: Scenario) -> None:
     """Long at full size, then a 30% fall: about 15% of equity lost."""
     sc.warm_up()

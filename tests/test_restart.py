@@ -147,10 +147,6 @@ def test_a_halt_survives_a_crash_and_only_the_operator_lifts_it(tmp_path):
     have = _dedup(got)
     halted_close = halt_at - halt_at % BAR_MS + BAR_MS
     reset_close = reset_at - reset_at % BAR_MS + BAR_MS
-    entries = [
-        r
-        for k, r in have.items()
-        if k[0] == "orders" and r["purpose"] in ("entry", "flip")
-    ]
+    entries = [r for k, r in have.items() if k[0] == "orders" and r["purpose"] in ("entry", "flip")]
     assert not [r for r in entries if halted_close <= r["ts_event_ms"] < reset_close]
     assert [r for r in entries if r["ts_event_ms"] >= reset_close], "trading never resumed"
