@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from dataflows.recovery import prepare
 from tests.conftest import run_records, shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +83,51 @@ def test_the_flow_trades_on_real_perp_candles_with_real_funding(tmp_path):
     assert len(out["signals"]) == 11_123
     assert len(out["executions"]) > 10
     assert any(h["funding_usd"] != 0 for h in out["health"]), "funding was never paid"
+
+
+def test_sigkill_mid_run_and_a_restart_on_the_same_recovery_dir_write_the_same_files(tmp_path):
+    """The README's recovery recipe: kill -9 halfway, start again, lose and double nothing."""
+    env = {
+        **os.environ,
+        "ENSEMBLE_DAYS": "6",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+    }
+    command = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"]
+    ref = tmp_path / "uninterrupted"
+    done = _run_command({"ENSEMBLE_OUT": str(ref), **env}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    third = (ref / "signals.jsonl").stat().st_size // 3
+
+    rec, out = tmp_path / "recovery", tmp_path / "crashed"
+    assert prepare(rec, 1).startswith("created")
+    recoverable = [*command, "-r", str(rec), "-s", "1", "-b", "0"]
+    env["ENSEMBLE_OUT"] = str(out)
+    proc = subprocess.Popen(recoverable, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    signals, wal = out / "signals.jsonl", rec / "part-0.sqlite3-wal"
+
+    def snapshotted_a_third() -> bool:  # a state snapshot is committed (WAL > 16 KiB)
+        if not (signals.exists() and wal.exists()):
+            return False
+        return signals.stat().st_size > third and wal.stat().st_size > 16_384
+
+    deadline = time.monotonic() + 120
+    while not snapshotted_a_third():
+        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+        assert time.monotonic() < deadline, "the run never took a snapshot"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+
+    again = subprocess.run(recoverable, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "Ensemble run summary" in again.stdout
+    for path in sorted(ref.iterdir()):
+        if path.name != "repro.jsonl":
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    repro = [json.loads(line) for line in (out / "repro.jsonl").read_text().splitlines()]
+    resumed = [r for r in repro if r["event"] == "resume"]
+    assert sorted(r["symbol"] for r in resumed) == ["BTC-PERP", "ETH-PERP"]
+    assert [r for r in repro if r["event"] != "resume"] == [
+        json.loads(line) for line in (ref / "repro.jsonl").read_text().splitlines()
+    ]
