@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +29,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
+from dataflows import metrics
 from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.settings import Settings
@@ -91,6 +93,7 @@ def _bar_record(stamp: Stamp, b: Bar) -> dict[str, Any]:
 # -- decode ------------------------------------------------------------------------------
 def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
     """An event, or a dead letter (plus its summary count)."""
+    metrics.count_input(raw.stream)
     if raw.error is not None:
         dl = dead_letter(
             stamp,
@@ -207,7 +210,9 @@ def context_step(
         return join, [item]
     try:
         if isinstance(item, Close):
-            return join, [join.at_close(item.bar, item.cohort)]
+            ctx = join.at_close(item.bar, item.cohort)
+            ctx.closed_ns = time.perf_counter_ns()  # for the decision-latency metric
+            return join, [ctx]
         join.add(item)
         return join, []
     except Exception as exc:
@@ -276,6 +281,7 @@ class StrategyLogic(StatefulLogic):
         strat = self._ensure(ctx.bar.symbol)
         try:
             outs = strat.on_bar(ctx)
+            metrics.observe_latency((time.perf_counter_ns() - ctx.closed_ns) / 1e9)
         except Exception as exc:
             return [
                 _error(
@@ -301,6 +307,12 @@ class StrategyLogic(StatefulLogic):
 
 
 # -- the flow ---------------------------------------------------------------------------------
+def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
+    """(stream, record), counted in the Prometheus metrics on its way out."""
+    metrics.observe(e.stream, e.record)
+    return e.stream, e.record
+
+
 def build_flow(
     settings: Settings,
     messages: list[RawMessage] | None = None,
@@ -333,7 +345,7 @@ def build_flow(
         "strategy", predicted, lambda resume: StrategyLogic(settings, stamp, resume)
     )
     emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
-    by_stream = op.map("by_stream", emitted, lambda e: (e.stream, e.record))
+    by_stream = op.map("by_stream", emitted, _observed)
     if sink is None and settings.kafka_bootstrap is not None:
         to_topics = op.filter_map("to_kafka", by_stream, partial(to_kafka, settings.topic_prefix))
         op.output("sink", to_topics, kafka_sink(settings))

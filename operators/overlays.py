@@ -94,6 +94,7 @@ class BarContext:
     p_up: float | None = None
     p_up_bma: float | None = None
     model_id: str = ""
+    closed_ns: int = 0  # perf_counter_ns when the bar left the market step (latency metric)
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""Prometheus metrics of the running flow, in prometheus-client's default registry.
+
+Bytewax's API server (`BYTEWAX_DATAFLOW_API_ENABLED=true`, port `BYTEWAX_DATAFLOW_API_PORT`,
+default 3030) serves them at `/metrics` next to Bytewax's own. They are read off what the
+flow emits (every output record passes `observe`), so a metric can never disagree with the
+telemetry topics; only input throughput and the bar close → decision latency are measured
+where they happen.
+
+Names (all prefixed `ensemble_`):
+    input_messages_total{stream}                 messages read, before validation
+    bars_total{symbol,timeframe,complete}        bars closed (complete=false: gap or partial)
+    dead_letters_total{stream,kind}              input set aside, by the reason's first word
+    late_records_total{symbol}                   records behind the watermark (also dead letters)
+    errors_total{stage}                          exceptions caught on one record
+    decisions_total{symbol,arm,action}           decisions after warm-up (arm "none": no arm)
+    rejections_total{symbol,reason}              vetoes and refusals, by typed reason
+    orders_total{symbol,purpose} / fills_total{symbol}
+    model_confidence                             histogram of conf = max(p_up, p_down)
+    decision_latency_seconds                     bar close (out of the market step) → decision
+    position_qty, position_notional_usd, equity_usd, drawdown, max_drawdown,
+    sharpe_30d, win_rate, consecutive_losses {symbol}          from the health heartbeat
+    trading_state{symbol,ensemble_trading_state} and strategy_status{symbol,...}: enums
+    last_bar_close_timestamp_seconds{symbol}     event time of the last heartbeat
+    event_lag_seconds{symbol}                    wall clock minus that event time (live lag)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import Counter, Enum, Gauge, Histogram
+
+NS = "ensemble"
+
+INPUT = Counter(
+    "input_messages", "Input messages read, before validation", ["stream"], namespace=NS
+)
+BARS = Counter("bars", "Bars closed", ["symbol", "timeframe", "complete"], namespace=NS)
+DEAD = Counter("dead_letters", "Input set aside with a reason", ["stream", "kind"], namespace=NS)
+LATE = Counter("late_records", "Records behind the watermark", ["symbol"], namespace=NS)
+ERRORS = Counter("errors", "Exceptions caught on one record", ["stage"], namespace=NS)
+DECISIONS = Counter(
+    "decisions", "Decisions after warm-up", ["symbol", "arm", "action"], namespace=NS
+)
+REJECTIONS = Counter("rejections", "Rejections by reason", ["symbol", "reason"], namespace=NS)
+ORDERS = Counter("orders", "Order intents", ["symbol", "purpose"], namespace=NS)
+FILLS = Counter("fills", "Paper executions", ["symbol"], namespace=NS)
+CONFIDENCE = Histogram(
+    "model_confidence",
+    "Model confidence max(p_up, p_down) at each decision",
+    buckets=(0.5, 0.52, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0),
+    namespace=NS,
+)
+LATENCY = Histogram(
+    "decision_latency_seconds",
+    "Wall time from a bar leaving the market step to its decision",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    namespace=NS,
+)
+HEALTH_GAUGES = {
+    name: Gauge(name, doc, ["symbol"], namespace=NS)
+    for name, doc in (
+        ("position_qty", "Position in base units"),
+        ("position_notional_usd", "Position notional at the last close"),
+        ("equity_usd", "Paper equity"),
+        ("drawdown", "Drawdown from peak equity, 0..1"),
+        ("max_drawdown", "Largest drawdown seen, 0..1"),
+        ("sharpe_30d", "Annualised Sharpe of up to 30 daily returns"),
+        ("win_rate", "Share of closed round trips that won"),
+        ("consecutive_losses", "Losing round trips in a row"),
+    )
+}
+TRADING_STATE = Enum(
+    "trading_state", "Trading state", ["symbol"], states=["ACTIVE", "REDUCING", "HALTED"],
+    namespace=NS,
+)  # fmt: skip
+STATUS = Enum(
+    "strategy_status", "Strategy status", ["symbol"], states=["ok", "needs_attention", "halted"],
+    namespace=NS,
+)  # fmt: skip
+LAST_BAR = Gauge(
+    "last_bar_close_timestamp_seconds", "Event time of the last heartbeat", ["symbol"], namespace=NS
+)
+LAG = Gauge("event_lag_seconds", "Wall clock minus the last heartbeat's event time", ["symbol"],
+            namespace=NS)  # fmt: skip
+
+
+def count_input(stream: str) -> None:
+    INPUT.labels(stream).inc()
+
+
+def observe_latency(seconds: float) -> None:
+    LATENCY.observe(seconds)
+
+
+def observe(stream: str, rec: dict[str, Any]) -> None:
+    """Update the metrics from one emitted record."""
+    sym = rec.get("symbol") or "?"
+    if stream == "bars":
+        BARS.labels(sym, rec["timeframe"], str(bool(rec["complete"])).lower()).inc()
+    elif stream == "signals":
+        d, model = rec.get("decision") or {}, rec.get("model")
+        if d.get("reason") == "warmup":
+            return
+        DECISIONS.labels(sym, d.get("chosen_arm") or "none", d.get("action", "?")).inc()
+        if model is not None:
+            CONFIDENCE.observe(model["conf"])
+    elif stream == "rejections":
+        REJECTIONS.labels(sym, rec["reason"]).inc()
+    elif stream == "orders":
+        ORDERS.labels(sym, rec["purpose"]).inc()
+    elif stream == "executions":
+        FILLS.labels(sym).inc()
+    elif stream == "health":
+        for name, gauge in HEALTH_GAUGES.items():
+            value = rec.get(name)
+            if value is not None:
+                gauge.labels(sym).set(value)
+        TRADING_STATE.labels(sym).state(rec["trading_state"])
+        STATUS.labels(sym).state(rec["strategy_status"])
+        t = rec["ts_event_ms"] / 1000.0
+        LAST_BAR.labels(sym).set(t)
+        LAG.labels(sym).set(time.time() - t)
+    elif stream == "dead_letters":
+        reason = str(rec.get("reason", ""))
+        kind = reason.split(":")[0].split(" ")[0] or "unknown"
+        DEAD.labels(rec.get("source_stream") or "?", kind).inc()
+        if kind == "late":
+            LATE.labels(sym).inc()
+    elif stream == "errors":
+        ERRORS.labels(rec.get("stage") or "?").inc()

@@ -1,0 +1,121 @@
+"""Prometheus metrics: they agree with the emitted telemetry, and a running flow serves them
+at /metrics through Bytewax's API server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.conftest import run_records, small_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.slow
+def test_metrics_count_what_the_flow_emits(tmp_path):
+    settings = small_settings(tmp_path)
+    btc_5m_labels = {"symbol": "BTC-PERP", "timeframe": "5m", "complete": "true"}
+    keys = {
+        "bars": ("ensemble_bars_total", btc_5m_labels),
+        "fills": ("ensemble_fills_total", {"symbol": "ETH-PERP"}),
+        "lat": ("ensemble_decision_latency_seconds_count", {}),
+        "conf": ("ensemble_model_confidence_count", {}),
+    }  # fmt: skip
+    out = run_records(settings)
+    rejections = Counter((r["symbol"], r["reason"]) for r in out["rejections"])
+    assert rejections
+    before = {k: _value(n, **lab) for k, (n, lab) in keys.items()}
+    rej_before = {
+        k: _value("ensemble_rejections_total", symbol=k[0], reason=k[1]) for k in rejections
+    }
+    out = run_records(settings)  # the same run again: every counter grows by its records
+
+    def grew(k: str) -> float:
+        n, lab = keys[k]
+        return _value(n, **lab) - before[k]
+
+    btc_5m = [b for b in out["bars"] if b["symbol"] == "BTC-PERP" and b["timeframe"] == "5m"]
+    assert grew("bars") == sum(b["complete"] for b in btc_5m)
+    assert grew("fills") == sum(e["symbol"] == "ETH-PERP" for e in out["executions"])
+    assert grew("lat") == len(out["signals"])
+    assert grew("conf") == sum(
+        s["model"] is not None and s["decision"]["reason"] != "warmup" for s in out["signals"]
+    )
+    for (sym, reason), n in rejections.items():
+        got = (
+            _value("ensemble_rejections_total", symbol=sym, reason=reason)
+            - rej_before[(sym, reason)]
+        )
+        assert got == n, (sym, reason)
+    last = [h for h in out["health"] if h["symbol"] == "BTC-PERP"][-1]
+    assert _value("ensemble_equity_usd", symbol="BTC-PERP") == last["equity_usd"]
+    assert _value("ensemble_position_qty", symbol="BTC-PERP") == last["position_qty"]
+    state = last["trading_state"]
+    assert _value("ensemble_trading_state", symbol="BTC-PERP", ensemble_trading_state=state) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_running_flow_serves_its_metrics_on_the_bytewax_api_server(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        "ENSEMBLE_OUT": str(tmp_path),
+        "ENSEMBLE_DAYS": "10",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        page, deadline = "", time.monotonic() + 120
+        while "ensemble_decisions_total{" not in page:
+            assert proc.poll() is None, f"the flow ended before it was scraped: {proc.stderr}"
+            assert time.monotonic() < deadline, "no ensemble metrics on /metrics"
+            try:
+                url = f"http://127.0.0.1:{port}/metrics"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    page = resp.read().decode()
+            except OSError:
+                pass
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    for name in (
+        'ensemble_input_messages_total{stream="trades"}',
+        'ensemble_bars_total{complete="true",symbol="BTC-PERP",timeframe="5m"}',
+        "ensemble_decision_latency_seconds_bucket",
+        "ensemble_model_confidence_bucket",
+        'ensemble_equity_usd{symbol="BTC-PERP"}',
+        'ensemble_drawdown{symbol="BTC-PERP"}',
+        'ensemble_trading_state{ensemble_trading_state="ACTIVE",symbol="BTC-PERP"}',
+        "ensemble_strategy_status{",
+        'ensemble_event_lag_seconds{symbol="BTC-PERP"}',
+    ):
+        assert name in page, f"{name} missing from /metrics"
