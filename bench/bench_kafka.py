@@ -45,8 +45,8 @@ def throughput(bootstrap: str, days: float) -> None:
     provision(bootstrap, prefix)
     records = [(s, r) for s, r in generate(GeneratorConfig(days=days)) if s != "funding"]
     p = _producer(bootstrap)
-    for stream, key, value, ts in encoded(records, "ensemble_1_1"):
-        p.send(f"{prefix}.{stream}", key=key, value=value, timestamp_ms=ts)
+    for stream, key, value, _ts in encoded(records, "ensemble_1_1"):
+        p.send(f"{prefix}.{stream}", key=key, value=value)
     p.flush()
     p.close()
     env = {

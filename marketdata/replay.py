@@ -4,6 +4,10 @@ The generator (default) or market-data files (`--input` specs as in ENSEMBLE_INP
 Avro-encoded with the schemas in `schemas/`, keyed by symbol, and produced with
 kafka-python to PREFIX.trades, PREFIX.candles, PREFIX.funding, in event order, as fast
 as possible (`--speed 0`) or at N x real time. Progress goes to stderr.
+
+Messages carry the time they are sent as their Kafka timestamp, not the market's event
+time (which is in the payload): the broker's time-based retention would otherwise delete
+a replay of 2024 data within minutes of publishing it.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def publish(
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            producer.send(f"{prefix}.{stream}", key=key, value=value, timestamp_ms=ts)
+            producer.send(f"{prefix}.{stream}", key=key, value=value)
             n += 1
             now = time.monotonic()
             if progress and now - last_print > 0.5:

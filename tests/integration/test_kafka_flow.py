@@ -111,7 +111,7 @@ def kafka_run(kafka_bootstrap, tmp_path_factory):
     expected: list[str] = []
     n_trades = 0
     for stream, key, value, ts in encoded(records, "ensemble_1_1"):
-        producer.send(f"{prefix}.{stream}", key=key, value=value, timestamp_ms=ts)
+        producer.send(f"{prefix}.{stream}", key=key, value=value)
         n_trades += stream == "trades"
         if stream == "trades" and n_trades % 997 == 0 and n_trades > 10_000 and len(expected) < 6:
             k, v, reason = _bad_messages(ts)[len(expected)]

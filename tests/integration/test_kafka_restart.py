@@ -39,8 +39,8 @@ DAYS = "6"  # long enough to kill mid-stream after the first one-second snapshot
 
 def _publish(bootstrap: str, prefix: str, records: list[tuple[str, dict]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for stream, key, value, ts in encoded(records, "ensemble_1_1"):
-        producer.produce(f"{prefix}.{stream}", value=value, key=key, timestamp=ts)
+    for stream, key, value, _ts in encoded(records, "ensemble_1_1"):
+        producer.produce(f"{prefix}.{stream}", value=value, key=key)
         producer.poll(0)
     assert producer.flush(60) == 0
 
