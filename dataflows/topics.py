@@ -56,13 +56,24 @@ OUTPUT_TOPICS = (
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 
 
-def provision(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> tuple[list[str], list[str]]:
-    """Create every topic; returns (created, already there). Raises on any other failure."""
+def provision(
+    bootstrap: str, prefix: str, timeout_s: float = 30.0, replication_factor: int = 1
+) -> tuple[list[str], list[str]]:
+    """Create every topic; returns (created, already there). Raises on any other failure.
+
+    With a replication factor above 1 the topics also get `min.insync.replicas` = factor - 1,
+    so an acknowledged write survives the loss of one broker."""
+    if replication_factor < 1:
+        raise ValueError(f"replication_factor={replication_factor} must be at least 1")
+    extra = {} if replication_factor == 1 else {"min.insync.replicas": str(replication_factor - 1)}
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [
             NewTopic(
-                t.name(prefix), num_partitions=t.partitions, replication_factor=1, config=t.config()
+                t.name(prefix),
+                num_partitions=t.partitions,
+                replication_factor=replication_factor,
+                config={**t.config(), **extra},
             )
             for t in ALL_TOPICS
         ],
@@ -85,8 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
     ap.add_argument("--prefix", default="ensemble")
+    ap.add_argument(
+        "--replication-factor", type=int, default=1, help="1 for a single broker; 3 in production"
+    )
     args = ap.parse_args(argv)
-    created, existing = provision(args.bootstrap, args.prefix)
+    if args.replication_factor < 1:
+        ap.error(f"--replication-factor {args.replication_factor} must be at least 1")
+    created, existing = provision(
+        args.bootstrap, args.prefix, replication_factor=args.replication_factor
+    )
     for name in created:
         print(f"created  {name}")
     for name in existing:
