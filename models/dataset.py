@@ -2,21 +2,46 @@
 
 `contexts()` replays input records through MarketState, ContextJoin and FeatureState,
 exactly as the flow's market, context_join and features steps do (without Bytewax), so
-the training matrix and the live features come from one piece of code.
+the training matrix and the live features come from one piece of code. `feature_parity()`
+recomputes the features with the vectorised twin (`operators.features.batch_features`)
+and returns the largest difference; training refuses data where the two disagree.
+
+Labels (`labelled()`): y = 1 when the close `horizon_bars` later is above this close,
+0 when below. Rows whose forward move is inside the dead zone (|log return| under
+`dead_zone_bps`) are left out of training and of every metric: such moves cannot pay
+the round-trip cost (2 x 5 bps taker fee plus slippage) and only teach the model noise.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from marketdata.files import FileSpec, file_records
 from operators.config import CohortConfig
 from operators.events import PARSERS
-from operators.features import FEATURES, FeatureState
+from operators.features import (
+    BAR_COLUMNS,
+    CONTEXT_FEATURES,
+    FEATURES,
+    FeatureState,
+    batch_features,
+    context_inputs,
+)
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin
+
+PARITY_TOLERANCE = 1e-9
+
+
+class DataError(ValueError):
+    """Training data cannot be used; the message names the file and what is wrong."""
 
 
 def contexts(
@@ -59,30 +84,133 @@ def _consume(items: list[Any], join: ContextJoin, fs: FeatureState) -> Iterator[
             join.add(it)
 
 
-def matrix(
-    ctxs: list[BarContext], horizon_bars: int, dead_zone_bps: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X, y, forward log return, bar end ms) of bars with features and a known outcome.
+def bar_frame(ctxs: list[BarContext]) -> pd.DataFrame:
+    """One symbol's 5m closes as the batch twin's input: bar columns plus context inputs."""
+    rows = []
+    for c in ctxs:
+        b = c.bar
+        rows.append(
+            {"end_ms": b.end_ms, "close": b.close, "high": b.high, "low": b.low}
+            | {"volume": b.volume, "count": b.count}
+            | context_inputs(c)
+        )
+    cols = ["end_ms", *BAR_COLUMNS, "count", *CONTEXT_FEATURES]
+    return pd.DataFrame(rows, columns=cols)
 
-    y = 1 when the close `horizon_bars` later is above this close. Rows whose forward move
-    is inside the dead zone (too small to pay costs) are left out: they teach noise.
+
+def feature_parity(ctxs: list[BarContext]) -> float:
+    """Largest |streaming - batch| over every feature of every bar of one symbol.
+
+    Raises DataError when the two disagree on which bars have features at all.
     """
-    closes = np.array([c.bar.close for c in ctxs])
-    rows, ys, fwd, ts = [], [], [], []
+    if not ctxs:
+        return 0.0
+    batch = batch_features(bar_frame(ctxs)).to_numpy()
+    has = np.array([c.features is not None for c in ctxs])
+    if not np.array_equal(has, ~np.isnan(batch).any(axis=1)):
+        raise DataError("streaming and batch features disagree on which bars are warmed up")
+    if not has.any():
+        return 0.0
+    stream = np.array([[c.features[f] for f in FEATURES] for c in ctxs if c.features])
+    return float(np.max(np.abs(stream - batch[has])))
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Bars with features and a known outcome, in time order."""
+
+    x: np.ndarray  # features, FEATURES order
+    y: np.ndarray  # 1 up, 0 down
+    fwd_ret: np.ndarray  # log return over the horizon
+    end_ms: np.ndarray  # bar close time (epoch ms)
+    past_ret: np.ndarray  # log return over the previous `horizon` bars (momentum baseline)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @staticmethod
+    def concat(parts: list[Labelled]) -> Labelled:
+        return Labelled(*(np.concatenate([getattr(p, f) for p in parts]) for f in _LABELLED))
+
+
+_LABELLED = ("x", "y", "fwd_ret", "end_ms", "past_ret")
+
+
+def labelled(ctxs: list[BarContext], horizon_bars: int, dead_zone_bps: float) -> Labelled:
+    """Rows with features whose bar and the bar `horizon_bars` later both have data."""
+    if horizon_bars < 1 or dead_zone_bps < 0:
+        raise DataError(
+            f"horizon_bars={horizon_bars}, dead_zone_bps={dead_zone_bps}: "
+            "need horizon_bars >= 1 and dead_zone_bps >= 0"
+        )
+    closes = [c.bar.close for c in ctxs]
+    rows, ys, fwd, ts, past = [], [], [], [], []
     for i, c in enumerate(ctxs):
         j = i + horizon_bars
-        if c.features is None or j >= len(ctxs) or not c.bar.count or not ctxs[j].bar.count:
+        if c.features is None or j >= len(ctxs) or i < horizon_bars:
             continue
-        r = float(np.log(closes[j] / closes[i]))
+        if not c.bar.count or not ctxs[j].bar.count:
+            continue
+        r = math.log(closes[j] / closes[i])
         if abs(r) * 1e4 < dead_zone_bps:
             continue
         rows.append([c.features[f] for f in FEATURES])
         ys.append(1 if r > 0 else 0)
         fwd.append(r)
         ts.append(c.bar.end_ms)
-    return (
-        np.array(rows, dtype=float),
+        past.append(math.log(closes[i] / closes[i - horizon_bars]))
+    return Labelled(
+        np.array(rows, dtype=float).reshape(-1, len(FEATURES)),
         np.array(ys, dtype=int),
-        np.array(fwd),
+        np.array(fwd, dtype=float),
         np.array(ts, dtype=np.int64),
+        np.array(past, dtype=float),
     )
+
+
+def matrix(
+    ctxs: list[BarContext], horizon_bars: int, dead_zone_bps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, forward log return, bar end ms) of `labelled()`."""
+    d = labelled(ctxs, horizon_bars, dead_zone_bps)
+    return d.x, d.y, d.fwd_ret, d.end_ms
+
+
+@dataclass(frozen=True)
+class Source:
+    """One training input (one or more files replayed together) and what came of it."""
+
+    spec: str  # as given, comma-separated file specs
+    files: list[FileSpec]
+    bars_5m: int
+    parity_max_abs: float
+    data: Labelled
+
+
+def parse_source(spec_text: str) -> list[FileSpec]:
+    """`candles:A.json[,funding:B.json]`: one market's files, replayed together."""
+    specs = [FileSpec.parse(part.strip()) for part in spec_text.split(",") if part.strip()]
+    if not any(s.kind in ("candles", "trades") for s in specs):
+        raise DataError(f"training input {spec_text!r} has no candles or trades file")
+    if len({s.symbol for s in specs}) != 1:
+        raise DataError(f"training input {spec_text!r} mixes symbols; give one market per input")
+    return specs
+
+
+def load_source(
+    spec_text: str, horizon_bars: int, dead_zone_bps: float, max_bars: int | None = None
+) -> Source:
+    """Replay one input through the flow's operators, check feature parity, label it.
+
+    `max_bars` keeps only the first that many 5m bars (for quick runs and tests).
+    """
+    specs = parse_source(spec_text)
+    candles = frozenset(s.symbol for s in specs if s.kind == "candles")
+    ctxs = list(itertools.islice(contexts(file_records(specs), candles), max_bars))
+    parity = feature_parity(ctxs)
+    if not parity <= PARITY_TOLERANCE:
+        raise DataError(
+            f"{spec_text}: streaming and batch features differ by {parity:.3g} "
+            f"(tolerance {PARITY_TOLERANCE}); one of the two feature codes is wrong"
+        )
+    return Source(spec_text, specs, len(ctxs), parity, labelled(ctxs, horizon_bars, dead_zone_bps))

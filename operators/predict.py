@@ -1,16 +1,29 @@
 """The model at run time: load a trained artifact, refuse a wrong one, predict one bar.
 
-An artifact is a directory with `model.pkl` (scikit-learn estimators) and
-`manifest.json` (feature names in order, horizon, training span and data, library
-versions, metrics, and the sha256 of model.pkl). The loader refuses, with a message
-saying what to do, an artifact whose checksum, feature list or scikit-learn version does
-not match this code. The model is loaded once per worker, never kept in dataflow state.
+An artifact is a directory with `model.pkl` (a dict of fitted scikit-learn estimators,
+format BUNDLE_FORMAT) and `manifest.json` (feature names in order, horizon, training
+span and data, library versions, metrics, and the sha256 of model.pkl). The loader
+refuses, with a message saying what to do, an artifact whose checksum, feature list,
+scikit-learn version or bundle format does not match this code. The model is loaded once
+per worker, never kept in dataflow state.
+
+The model (built by models/train.py): base learners (an L2 logistic regression and a
+gradient-boosted tree ensemble) each give P(up); a logistic meta-classifier stacks their
+logits; its score is calibrated (isotonic or Platt, chosen on validation) into `p_up`.
+`p_up_bma` is the second combination: a posterior-weighted average (Bayesian model
+averaging) of the separately calibrated base learners and a no-skill base-rate model.
+
+`StackedEnsemble` evaluates this with scikit-learn, vectorised over rows (training and
+tests use it); `FastEnsemble` does the same arithmetic for one row with plain numpy,
+because scikit-learn spends about a millisecond validating each call. Their parity is
+tested to 1e-12.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +36,8 @@ import sklearn
 from operators.features import FEATURES
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
+BUNDLE_FORMAT = "ensemble-stack/1"
+LOGIT_EPS = 1e-6  # base probabilities are clipped to [eps, 1-eps] before the logit
 
 
 class ArtifactError(RuntimeError):
@@ -37,68 +52,178 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class LinearIsotonic:
-    """A calibrated (isotonic) scaled logistic regression, evaluated with plain numpy.
+def logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.log(q / (1.0 - q))
 
-    scikit-learn spends ~1 ms validating a one-row input; this does the same arithmetic
-    (scale, linear score, isotonic interpolation, mean over the calibration folds) in
-    microseconds. `from_sklearn` returns None for any other model shape, and the runtime
-    then calls predict_proba. Parity with predict_proba is tested.
-    """
 
-    def __init__(
-        self,
-        folds: list[tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, float, float]],
-    ) -> None:
-        self.folds = folds
+def _expit(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
-    @classmethod
-    def from_sklearn(cls, model: Any) -> LinearIsotonic | None:
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.isotonic import IsotonicRegression
+
+def calibrate(method: str, model: Any, score: np.ndarray) -> np.ndarray:
+    """P(up) from a score with a fitted calibrator: isotonic regression or Platt scaling."""
+    if method == "isotonic":
+        return np.asarray(model.predict(score), dtype=float)
+    if method == "sigmoid":
+        return model.predict_proba(score.reshape(-1, 1))[:, 1]
+    raise ArtifactError(f"unknown calibration method {method!r}; expected isotonic or sigmoid")
+
+
+class StackedEnsemble:
+    """The bundle's estimators, evaluated with scikit-learn (the reference path)."""
+
+    def __init__(self, bundle: dict[str, Any]) -> None:
+        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+            got = bundle.get("format") if isinstance(bundle, dict) else type(bundle).__name__
+            raise ArtifactError(
+                f"model bundle format {got!r} is not {BUNDLE_FORMAT!r}, the one this code "
+                "reads; retrain with `python -m models.train`"
+            )
+        self.bases: list[tuple[str, Any]] = list(bundle["bases"])
+        self.meta = bundle["meta"]
+        self.method: str = bundle["calibration"]["method"]
+        self.calibrator = bundle["calibration"]["model"]
+        bma = bundle["bma"]
+        self.bma_members: list[tuple[str, str, Any]] = list(bma["members"])
+        self.bma_weights = np.asarray(bma["weights"], dtype=float)
+        self.null_weight = float(bma["null_weight"])
+        self.null_p = float(bma["null_p"])
+
+    def base_probs(self, x: np.ndarray) -> np.ndarray:
+        """P(up) of each base learner, one column per learner."""
+        return np.column_stack([est.predict_proba(x)[:, 1] for _, est in self.bases])
+
+    def meta_score(self, base_p: np.ndarray) -> np.ndarray:
+        return self.meta.decision_function(logit(base_p))
+
+    def bma_members_p(self, base_p: np.ndarray) -> np.ndarray:
+        z = logit(base_p)
+        return np.column_stack(
+            [calibrate(m, cal, z[:, i]) for i, (_, m, cal) in enumerate(self.bma_members)]
+        )
+
+    def bma(self, base_p: np.ndarray) -> np.ndarray:
+        return self.bma_members_p(base_p) @ self.bma_weights + self.null_weight * self.null_p
+
+    def predict_proba(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_up, p_up_bma) for every row of x."""
+        base_p = self.base_probs(x)
+        return calibrate(self.method, self.calibrator, self.meta_score(base_p)), self.bma(base_p)
+
+
+class _FastLogReg:
+    def __init__(self, est: Any) -> None:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
 
-        if not isinstance(model, CalibratedClassifierCV) or list(model.classes_) != [0, 1]:
-            return None
-        folds = []
-        for cc in model.calibrated_classifiers_:
-            est, cals = cc.estimator, cc.calibrators
-            if not (
-                isinstance(est, Pipeline)
-                and len(est.steps) == 2
-                and isinstance(est.steps[0][1], StandardScaler)
-                and isinstance(est.steps[1][1], LogisticRegression)
-                and len(cals) == 1
-                and isinstance(cals[0], IsotonicRegression)
-                and cals[0].out_of_bounds == "clip"
-            ):
-                return None
-            sc, lr, iso = est.steps[0][1], est.steps[1][1], cals[0]
-            mean = sc.mean_ if sc.with_mean else np.zeros(lr.coef_.shape[1])
-            scale = sc.scale_ if sc.with_std else np.ones(lr.coef_.shape[1])
-            folds.append(
-                (
-                    mean,
-                    scale,
-                    float(lr.intercept_[0]),
-                    lr.coef_[0],
-                    iso.X_thresholds_,
-                    iso.X_min_,
-                    iso.X_max_,
-                    iso.y_thresholds_,
-                )
-            )
-        return cls(folds)
+        steps = est.steps if isinstance(est, Pipeline) else []
+        if not (
+            len(steps) == 2
+            and isinstance(steps[0][1], StandardScaler)
+            and isinstance(steps[1][1], LogisticRegression)
+            and list(steps[1][1].classes_) == [0, 1]
+        ):
+            raise TypeError("not a StandardScaler + binary LogisticRegression pipeline")
+        sc, lr = steps[0][1], steps[1][1]
+        n = lr.coef_.shape[1]
+        self.mean = sc.mean_ if sc.with_mean else np.zeros(n)
+        self.scale = sc.scale_ if sc.with_std else np.ones(n)
+        self.coef, self.intercept = lr.coef_[0], float(lr.intercept_[0])
 
-    def p_up(self, x: np.ndarray) -> float:
-        total = 0.0
-        for mean, scale, intercept, coef, xs, lo, hi, ys in self.folds:
-            score = float(((x - mean) / scale) @ coef) + intercept
-            p = float(np.interp(min(max(score, lo), hi), xs, ys))
-            total += min(p, 1.0)
-        return total / len(self.folds)
+    def __call__(self, x: np.ndarray) -> float:
+        return _expit(float(((x - self.mean) / self.scale) @ self.coef) + self.intercept)
+
+
+class _FastTrees:
+    """A fitted binary HistGradientBoostingClassifier, every tree walked at once."""
+
+    def __init__(self, est: Any) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        if not (
+            isinstance(est, HistGradientBoostingClassifier)
+            and est.n_trees_per_iteration_ == 1
+            and est.is_categorical_ is None
+            and list(est.classes_) == [0, 1]
+        ):
+            raise TypeError("not a binary, all-numeric HistGradientBoostingClassifier")
+        nodes = [p[0].nodes for p in est._predictors]
+        offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
+        allnodes = np.concatenate(nodes)
+        rep = np.repeat(offsets, [len(n) for n in nodes])
+        self.roots = offsets.astype(np.intp)
+        self.feature = allnodes["feature_idx"].astype(np.intp)
+        self.threshold = allnodes["num_threshold"].astype(float)
+        self.nan_left = allnodes["missing_go_to_left"].astype(bool)
+        self.left = (allnodes["left"] + rep).astype(np.intp)
+        self.right = (allnodes["right"] + rep).astype(np.intp)
+        self.is_leaf = allnodes["is_leaf"].astype(bool)
+        self.value = allnodes["value"].astype(float)
+        self.depth = int(allnodes["depth"].max())
+        self.baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
+
+    def __call__(self, x: np.ndarray) -> float:
+        idx = self.roots
+        for _ in range(self.depth):
+            leaf = self.is_leaf[idx]
+            if leaf.all():
+                break
+            v = x[self.feature[idx]]
+            go_left = np.where(np.isnan(v), self.nan_left[idx], v <= self.threshold[idx])
+            idx = np.where(leaf, idx, np.where(go_left, self.left[idx], self.right[idx]))
+        return _expit(self.baseline + float(self.value[idx].sum()))
+
+
+class _FastCalibrator:
+    def __init__(self, method: str, model: Any) -> None:
+        self.method = method
+        if method == "isotonic":
+            if model.out_of_bounds != "clip":
+                raise TypeError("isotonic calibrator must clip out-of-range scores")
+            self.lo, self.hi = float(model.X_min_), float(model.X_max_)
+            self.xs, self.ys = model.X_thresholds_, model.y_thresholds_
+        elif method == "sigmoid":
+            self.a, self.b = float(model.coef_[0, 0]), float(model.intercept_[0])
+        else:
+            raise TypeError(f"unknown calibration method {method!r}")
+
+    def __call__(self, score: float) -> float:
+        if self.method == "isotonic":
+            return float(np.interp(min(max(score, self.lo), self.hi), self.xs, self.ys))
+        return _expit(self.a * score + self.b)
+
+
+class FastEnsemble:
+    """`StackedEnsemble.predict_proba` for one row, in plain numpy (parity tested)."""
+
+    def __init__(self, model: StackedEnsemble) -> None:
+        fast = {"LogisticRegression": _FastLogReg, "HistGradientBoostingClassifier": _FastTrees}
+        self.bases = []
+        for _, est in model.bases:
+            last = est.steps[-1][1] if hasattr(est, "steps") else est
+            maker = fast.get(type(last).__name__)
+            if maker is None:
+                raise TypeError(f"no fast path for {type(last).__name__}")
+            self.bases.append(maker(est))
+        self.meta_coef = model.meta.coef_[0].astype(float)
+        self.meta_intercept = float(model.meta.intercept_[0])
+        self.calibrator = _FastCalibrator(model.method, model.calibrator)
+        self.members = [_FastCalibrator(m, cal) for _, m, cal in model.bma_members]
+        self.weights = model.bma_weights
+        self.null_term = model.null_weight * model.null_p
+
+    def predict(self, x: np.ndarray) -> tuple[float, float]:
+        z = [_logit1(f(x)) for f in self.bases]
+        score = float(np.dot(self.meta_coef, z)) + self.meta_intercept
+        bma = math.fsum(w * m(zi) for w, m, zi in zip(self.weights, self.members, z, strict=True))
+        return self.calibrator(score), bma + self.null_term
+
+
+def _logit1(p: float) -> float:
+    q = min(max(p, LOGIT_EPS), 1.0 - LOGIT_EPS)
+    return math.log(q / (1.0 - q))
 
 
 @dataclass(frozen=True)
@@ -117,7 +242,12 @@ class ModelRuntime:
                 f"no model artifact in {self.dir} (need manifest.json and model.pkl); "
                 "train one with `python -m models.train` or point ENSEMBLE_MODEL_DIR at one"
             )
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except ValueError as e:
+            raise ArtifactError(
+                f"{manifest_path} is not valid JSON ({e}); restore it or retrain"
+            ) from e
         want_sha = self.manifest.get("model_sha256")
         got_sha = sha256_file(model_path)
         if want_sha != got_sha:
@@ -139,25 +269,33 @@ class ModelRuntime:
             )
         with open(model_path, "rb") as f:
             bundle = pickle.load(f)  # noqa: S301 - checksum verified above
-        self.meta = bundle["meta"]
-        self.bma = bundle.get("bma")
-        self.fast_meta = LinearIsotonic.from_sklearn(self.meta)
-        self.fast_bma = None if self.bma is None else LinearIsotonic.from_sklearn(self.bma)
+        self.model = StackedEnsemble(bundle)
+        try:
+            self.fast: FastEnsemble | None = FastEnsemble(self.model)
+        except TypeError:  # an estimator without a numpy twin: use scikit-learn
+            self.fast = None
         self.model_id: str = self.manifest["model_id"]
         self.horizon_bars: int = int(self.manifest["horizon_bars"])
 
-    def predict(self, features: dict[str, float]) -> Prediction:
-        x = np.array([features[name] for name in FEATURES], dtype=float)
-        return Prediction(
-            self._p_up(self.meta, self.fast_meta, x),
-            None if self.bma is None else self._p_up(self.bma, self.fast_bma, x),
-        )
+    def vector(self, features: dict[str, float]) -> np.ndarray:
+        """The feature dict as a row in FEATURES order; a missing or non-finite value raises."""
+        try:
+            x = np.array([features[name] for name in FEATURES], dtype=float)
+        except KeyError as e:
+            raise ValueError(f"feature {e.args[0]!r} is missing from the input") from e
+        if not np.isfinite(x).all():
+            bad = {n: float(v) for n, v in zip(FEATURES, x, strict=True) if not math.isfinite(v)}
+            raise ValueError(f"non-finite features {bad}; the model needs finite inputs")
+        return x
 
-    @staticmethod
-    def _p_up(model: Any, fast: LinearIsotonic | None, x: np.ndarray) -> float:
-        if fast is not None:
-            return fast.p_up(x)
-        return float(model.predict_proba(x.reshape(1, -1))[0, 1])
+    def predict(self, features: dict[str, float]) -> Prediction:
+        x = self.vector(features)
+        if self.fast is not None:
+            p_up, p_bma = self.fast.predict(x)
+        else:
+            p, b = self.model.predict_proba(x.reshape(1, -1))
+            p_up, p_bma = float(p[0]), float(b[0])
+        return Prediction(p_up, p_bma)
 
 
 @lru_cache(maxsize=4)

@@ -68,12 +68,15 @@ def test_the_flow_trades_on_real_perp_candles_with_real_funding(tmp_path):
 
     candles = shared_file("binance_usdm_BTC_USDT_2025-09-19_2025-10-27_5m.json")
     funding = shared_file("binance_usdm_BTC_USDT_funding_8h.json")
-    # 1.0: with the 1.1 thresholds the calibrated model is rarely confident enough to trade
+    # Candles carry no trader addresses, so only the model arms can trade; the calibrated
+    # model reaches conf 0.60 on 10 of 11,123 bars (models/artifacts/default/card.md), so
+    # this plumbing test lowers CONF_MIN to 0.55 to get enough fills to pay funding on.
     settings = Settings.from_env(
         {
             "ENSEMBLE_INPUT": f"candles:{candles},funding:{funding}",
             "ENSEMBLE_OUT": str(tmp_path),
             "STRATEGY_ID": "ensemble_1_0",
+            "ENSEMBLE_OVERRIDES": json.dumps({"thresholds.CONF_MIN": 0.55}),
         }
     )
     out = run_records(settings)

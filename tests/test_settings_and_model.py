@@ -1,17 +1,13 @@
-"""Start-up checks: a bad setting or a wrong model artifact stops the start, saying why."""
+"""Start-up checks: a bad setting stops the start, saying why (the artifact: test_model.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from dataflows.settings import Settings
 from operators.config import ENSEMBLE_1_0, ConfigError, GuardMode
-from operators.features import FEATURES
-from operators.predict import DEFAULT_ARTIFACT, ArtifactError, ModelRuntime, sha256_file
 
 
 @pytest.mark.parametrize(
@@ -62,64 +58,4 @@ def test_strategy_id_selects_the_1_0_preset_and_overrides_apply():
     assert s.strategy.risk.vol_guard is GuardMode.SHADOW
 
 
-@pytest.fixture
-def artifact(tmp_path: Path) -> Path:
-    dst = tmp_path / "artifact"
-    shutil.copytree(DEFAULT_ARTIFACT, dst)
-    return dst
-
-
-def _edit_manifest(path: Path, **changes) -> None:
-    m = json.loads((path / "manifest.json").read_text())
-    m.update(changes)
-    (path / "manifest.json").write_text(json.dumps(m))
-
-
-def test_the_shipped_artifact_loads_and_predicts_a_probability():
-    rt = ModelRuntime(DEFAULT_ARTIFACT)
-    p = rt.predict(dict.fromkeys(FEATURES, 0.0)).p_up
-    assert 0.0 <= p <= 1.0
-
-
-def test_the_fast_path_matches_scikit_learn_predict_proba():
-    import numpy as np
-
-    rt = ModelRuntime(DEFAULT_ARTIFACT)
-    assert rt.fast_meta is not None
-    x = np.random.default_rng(3).normal(0, 0.02, size=(500, len(FEATURES)))
-    x[:, FEATURES.index("rsi_14")] = 50 + 20 * x[:, 0] / 0.02
-    ref = rt.meta.predict_proba(x)[:, 1]
-    fast = np.array([rt.fast_meta.p_up(row) for row in x])
-    assert np.max(np.abs(ref - fast)) < 1e-12
-
-
-def test_a_changed_model_file_is_refused(artifact):
-    with open(artifact / "model.pkl", "ab") as f:
-        f.write(b"tampered")
-    with pytest.raises(ArtifactError, match="sha256"):
-        ModelRuntime(artifact)
-
-
-def test_a_different_feature_list_is_refused(artifact):
-    _edit_manifest(artifact, features=list(reversed(FEATURES)))
-    with pytest.raises(ArtifactError, match="retrain"):
-        ModelRuntime(artifact)
-
-
-def test_another_scikit_learn_version_is_refused(artifact):
-    m = json.loads((artifact / "manifest.json").read_text())
-    m["versions"]["scikit-learn"] = "0.0.1"
-    (artifact / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match="scikit-learn 0.0.1"):
-        ModelRuntime(artifact)
-
-
-def test_a_missing_artifact_says_how_to_make_one(tmp_path):
-    with pytest.raises(ArtifactError, match="python -m models.train"):
-        ModelRuntime(tmp_path)
-
-
-def test_the_manifest_checksum_matches_the_shipped_model():
-    m = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
-    assert m["model_sha256"] == sha256_file(DEFAULT_ARTIFACT / "model.pkl")
-    assert m["features"] == list(FEATURES)
+# The model artifact's loader, its refusals and its fast path: tests/test_model.py.

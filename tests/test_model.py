@@ -1,0 +1,278 @@
+"""The model: the loader's refusals, the fast path's parity, reproducible training.
+
+Training tests run on a small slice of the real 5m perp candles (`max_bars`), so each
+training takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.ensemble import FitError, fit_ensemble
+from models.evaluation import brier_decomposition, paired_brier_difference, quantile_bins
+from models.train import TrainConfig, baselines, train
+from operators.features import FEATURES
+from operators.predict import (
+    BUNDLE_FORMAT,
+    DEFAULT_ARTIFACT,
+    ArtifactError,
+    ModelRuntime,
+    sha256_file,
+)
+from tests.conftest import shared_file
+
+PERP_5M = "binance_usdm_BTC_USDT_2025-09-19_2025-10-27_5m.json"
+
+
+# -- the loader ---------------------------------------------------------------------------
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    dst = tmp_path / "artifact"
+    shutil.copytree(DEFAULT_ARTIFACT, dst)
+    return dst
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    edit(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_the_shipped_artifact_loads_and_predicts_probabilities():
+    rt = ModelRuntime(DEFAULT_ARTIFACT)
+    pred = rt.predict(dict.fromkeys(FEATURES, 0.0) | {"rsi_14": 50.0, "bb_pband": 0.5})
+    assert 0.0 < pred.p_up < 1.0 and pred.p_up_bma is not None and 0.0 < pred.p_up_bma < 1.0
+    assert rt.fast is not None, "the shipped model must have the numpy fast path"
+    assert rt.horizon_bars == 3 and rt.model_id.startswith("stack-")
+
+
+def test_the_shipped_manifest_matches_its_model_and_this_code():
+    m = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
+    assert m["model_sha256"] == sha256_file(DEFAULT_ARTIFACT / "model.pkl")
+    assert m["features"] == list(FEATURES)
+    assert (DEFAULT_ARTIFACT / "card.md").is_file()
+    assert (DEFAULT_ARTIFACT / "calibration.png").is_file()
+    assert all(d["spec"].startswith("candles:../shared/data/") for d in m["data"])
+
+
+def test_a_missing_artifact_says_how_to_make_one(tmp_path):
+    with pytest.raises(ArtifactError, match="python -m models.train"):
+        ModelRuntime(tmp_path)
+
+
+def test_a_changed_model_file_is_refused(artifact):
+    with open(artifact / "model.pkl", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(ArtifactError, match="sha256 .* but its manifest says"):
+        ModelRuntime(artifact)
+
+
+def test_a_different_feature_list_is_refused(artifact):
+    _edit_manifest(artifact, lambda m: m.update(features=list(reversed(FEATURES))))
+    with pytest.raises(ArtifactError, match="differ from this code's .* retrain"):
+        ModelRuntime(artifact)
+
+
+def test_a_missing_feature_is_refused(artifact):
+    _edit_manifest(artifact, lambda m: m.update(features=list(FEATURES[:-1])))
+    with pytest.raises(ArtifactError, match="retrain the model"):
+        ModelRuntime(artifact)
+
+
+def test_another_scikit_learn_version_is_refused(artifact):
+    _edit_manifest(artifact, lambda m: m["versions"].update({"scikit-learn": "0.0.1"}))
+    with pytest.raises(ArtifactError, match="trained with scikit-learn 0.0.1"):
+        ModelRuntime(artifact)
+
+
+def test_an_unreadable_manifest_is_refused(artifact):
+    (artifact / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        ModelRuntime(artifact)
+
+
+def test_a_bundle_of_another_format_is_refused(artifact):
+    with open(artifact / "model.pkl", "wb") as f:
+        pickle.dump({"format": "something-else/9"}, f)
+    sha = sha256_file(artifact / "model.pkl")
+    _edit_manifest(artifact, lambda m: m.update(model_sha256=sha))
+    with pytest.raises(ArtifactError, match=f"not '{BUNDLE_FORMAT}'"):
+        ModelRuntime(artifact)
+
+
+def test_a_missing_or_non_finite_feature_is_an_error_naming_it():
+    rt = ModelRuntime(DEFAULT_ARTIFACT)
+    row = dict.fromkeys(FEATURES, 0.0)
+    with pytest.raises(ValueError, match="'ret_48' is missing"):
+        rt.predict({k: v for k, v in row.items() if k != "ret_48"})
+    with pytest.raises(ValueError, match="non-finite features .*'atr_14': nan"):
+        rt.predict(row | {"atr_14": math.nan})
+
+
+# -- fast path ----------------------------------------------------------------------------
+def _feature_rows(n: int, seed: int) -> np.ndarray:
+    """Rows near and far outside the training distribution (tails exercise every leaf)."""
+    rng = np.random.default_rng(seed)
+    m = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
+    assert m["features"] == list(FEATURES)
+    rt = ModelRuntime(DEFAULT_ARTIFACT)
+    scaler = rt.model.bases[0][1].steps[0][1]  # the logistic regression's StandardScaler
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 0.01)
+    return scaler.mean_ + rng.standard_t(3, size=(n, len(FEATURES))) * scale
+
+
+def test_the_numpy_path_equals_scikit_learn_predict_proba():
+    rt = ModelRuntime(DEFAULT_ARTIFACT)
+    x = _feature_rows(3000, seed=3)
+    ref_p, ref_b = rt.model.predict_proba(x)
+    fast = np.array([rt.fast.predict(row) for row in x])
+    assert np.max(np.abs(fast[:, 0] - ref_p)) < 1e-12
+    assert np.max(np.abs(fast[:, 1] - ref_b)) < 1e-12
+    assert np.std(ref_p) > 1e-3, "the rows must move the model for the check to mean much"
+
+
+def test_each_base_learner_fast_path_equals_its_predict_proba():
+    from operators.predict import FastEnsemble
+
+    rt = ModelRuntime(DEFAULT_ARTIFACT)
+    fast = FastEnsemble(rt.model)
+    x = _feature_rows(1000, seed=4)
+    x[::7, 2] = np.nan  # gradient boosting routes missing values; the numpy walk must too
+    for (_, est), f in zip(rt.model.bases[1:], fast.bases[1:], strict=True):
+        ref = est.predict_proba(x)[:, 1]
+        assert np.max(np.abs(np.array([f(row) for row in x]) - ref)) < 1e-12
+
+
+# -- evaluation ---------------------------------------------------------------------------
+def test_the_brier_decomposition_is_exact_for_forecasts_with_few_values():
+    rng = np.random.default_rng(0)
+    p = rng.choice([0.3, 0.45, 0.5, 0.62, 0.8], size=5000)
+    y = (rng.random(5000) < p).astype(int)
+    d = brier_decomposition(y, p)
+    assert d["reliability"] - d["resolution"] + d["uncertainty"] == pytest.approx(
+        d["brier"], abs=1e-12
+    )
+    assert d["resolution"] > 0.01 and d["reliability"] < 0.01
+
+
+def test_equal_forecasts_share_a_bin():
+    p = np.array([0.5] * 50 + [0.6] * 3 + list(np.linspace(0.61, 0.9, 47)))
+    bins = quantile_bins(p)
+    assert len(set(bins[:50])) == 1 and len(set(bins[50:53])) == 1
+
+
+def test_a_better_forecast_has_a_negative_paired_difference():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.2, 0.8, 4800)
+    y = (rng.random(4800) < p).astype(int)
+    d = paired_brier_difference(y, p, np.full(4800, 0.5))
+    assert d["diff"] < 0 and d["z"] < -5
+
+
+def test_baselines_are_fit_on_the_training_rows_only():
+    from models.dataset import Labelled
+
+    def rows(y, past):
+        n = len(y)
+        return Labelled(
+            np.zeros((n, len(FEATURES))), np.array(y), np.zeros(n), np.arange(n), np.array(past)
+        )
+
+    train_rows = rows([1, 1, 1, 0], [0.1, -0.1, 0.2, -0.3])  # majority up; momentum right 3/4
+    test_rows = rows([0, 1], [0.5, -0.5])
+    b = baselines(train_rows, test_rows)
+    assert list(b["majority"][1]) == [1, 1] and list(b["majority"][0]) == [0.75, 0.75]
+    assert list(b["momentum"][1]) == [1, 0] and list(b["momentum"][0]) == [0.75, 0.25]
+
+
+# -- training -----------------------------------------------------------------------------
+def _small(out: Path, **kw) -> TrainConfig:
+    path = shared_file(PERP_5M)
+    return TrainConfig(data=(f"candles:{path}",), max_bars=2500, folds=2, out=out, **kw)
+
+
+def _same(a, b, path="metrics") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, z) in enumerate(zip(a, b, strict=True)):
+            _same(x, z, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-12, path
+    else:
+        assert a == b, path
+
+
+@pytest.fixture(scope="module")
+def trained_twice(tmp_path_factory):
+    quiet = lambda _msg: None  # noqa: E731
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path_factory.mktemp(name)
+        runs.append((out, train(_small(out), log=quiet)))
+    return runs
+
+
+@pytest.mark.realdata
+def test_training_twice_with_the_same_seed_gives_the_same_metrics_and_features(trained_twice):
+    (out_a, a), (out_b, b) = trained_twice
+    assert a["features"] == b["features"] == list(FEATURES)
+    _same(a["metrics"], b["metrics"])
+    _same(a["model"], b["model"], "model")
+    ra, rb = ModelRuntime(out_a), ModelRuntime(out_b)
+    x = _feature_rows(200, seed=9)
+    for row in x:
+        assert ra.fast.predict(row) == rb.fast.predict(row)
+
+
+@pytest.mark.realdata
+def test_training_writes_a_loadable_artifact_with_manifest_and_card(trained_twice):
+    out, m = trained_twice[0]
+    rt = ModelRuntime(out)
+    assert rt.model_id == m["model_id"] and rt.horizon_bars == 3
+    assert m["model_sha256"] == sha256_file(out / "model.pkl")
+    assert m["data"][0]["sha256"] == sha256_file(shared_file(PERP_5M))
+    assert m["data"][0]["feature_parity_max_abs"] <= 1e-9
+    for key in ("training_span_ms", "horizon_bars", "dead_zone_bps", "versions", "metrics"):
+        assert key in m
+    assert set(m["metrics"]["walk_forward"]) >= {"meta", "meta_raw", "bma", "majority", "momentum"}
+    card = (out / "card.md").read_text()
+    for heading in ("## Out-of-sample scores", "## Calibration", "## Hit rate by confidence"):
+        assert heading in card
+    assert ("Calibration helped" in card) != ("Calibration did not help" in card)
+    assert (out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    w = m["model"]["bma_weights"]
+    assert abs(sum(w.values()) - 1.0) < 1e-12 and min(w.values()) >= 0.0
+
+
+@pytest.mark.realdata
+def test_every_fold_is_fit_only_on_rows_before_its_purge_gap(trained_twice):
+    _, m = trained_twice[0]
+    purge_ms = m["validation"]["purge_bars"] * 300_000
+    folds = m["metrics"]["per_fold"]
+    assert len(folds) == 2
+    for f in folds:
+        assert f["train_end_ms"] + purge_ms <= f["test_span_ms"][0]
+    assert folds[0]["test_span_ms"][1] < folds[1]["test_span_ms"][0]
+
+
+def test_a_purge_gap_shorter_than_the_horizon_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--purge-bars 2 must be >= --horizon 3"):
+        TrainConfig(purge_bars=2, horizon_bars=3, out=tmp_path)
+
+
+def test_too_few_rows_to_fit_say_so():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, len(FEATURES))), rng.integers(0, 2, 120)
+    with pytest.raises(FitError, match="need at least 50 rows of both classes"):
+        fit_ensemble(x, y, np.arange(120) * 300_000, 3_600_000, seed=1)
