@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench bench-kafka train setup clean kafka-up kafka-down
+.PHONY: run test lint bench bench-kafka bench-year train backtest setup clean kafka-up kafka-down
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench_flow.py
+
+bench-year: setup
+	$(BIN)/python bench/bench_year.py
+
+backtest: setup
+	$(BIN)/python -m backtest --out out/backtest
 
 bench-kafka: setup
 	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka.py

@@ -1,0 +1,426 @@
+"""The backtest command: the dataflow replayed per preset and slippage, report.html + .json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html import escape as html_escape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import quantstats as qs
+
+from backtest import kpis, metrics, records
+from backtest.__main__ import main
+from backtest.html import SECTIONS, TOP_SECTIONS
+from tests.conftest import shared_file
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = [
+    "--data",
+    "generator",
+    "--days",
+    "3",
+    "--seed",
+    "11",
+    "--overrides",
+    json.dumps({"warmup_bars": 150}),
+    "--slippage-bps",
+    "0,5",
+]
+PRESETS = ["ensemble_1_0", "ensemble_1_1"]
+
+
+def _command(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "backtest", *args],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """`python -m backtest` on three generated days, both presets, +0 and +5 bps."""
+    d = tmp_path_factory.mktemp("backtest")
+    done = _command([*ARGS, "--out", str(d)])
+    assert done.returncode == 0, done.stderr
+    assert "ensemble_1_0" in done.stdout and "Sharpe" in done.stdout, done.stdout
+    assert "run 4/4" in done.stderr, "one progress line per run on a non-terminal stderr"
+    return d
+
+
+@pytest.fixture(scope="module")
+def report(out) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def meta(out) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+class _Page(HTMLParser):
+    """Section ids, numbers carrying data-key, charts, and scripts with a src."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.cells: list[tuple[str, str, str, str]] = []  # key, kind, value, text
+        self.charts: list[str] = []
+        self.external: list[str] = []
+        self._cell: list | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "figure" and "chart" in (a.get("class") or ""):
+            self.charts.append(a.get("data-chart", ""))
+        for attr in ("src", "href"):
+            v = a.get(attr) or ""
+            if tag != "a" and v and not v.startswith(("data:", "#")):
+                self.external.append(f"{tag} {attr}={v}")
+            if tag == "link":
+                self.external.append(f"link {a}")
+        if "data-key" in a:
+            self._cell = [a["data-key"], a["data-kind"], a["data-value"], ""]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[3] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.cells.append(tuple(self._cell))
+            self._cell = None
+
+
+def _page(out: Path) -> _Page:
+    p = _Page()
+    p.feed((out / "report.html").read_text(encoding="utf-8"))
+    return p
+
+
+def _lookup(doc, key: str):
+    for part in key.split("/"):
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc
+
+
+def _printed(text: str) -> tuple[float, int]:
+    """The number shown, and how many decimals it was printed with."""
+    digits = re.sub(r"[,%]", "", text)
+    return float(digits), len(digits.partition(".")[2])
+
+
+# -- the command writes both files ----------------------------------------------------------
+@pytest.mark.slow
+def test_the_command_writes_report_html_json_and_the_flows_own_outputs(out, report):
+    assert (out / "report.html").stat().st_size > 10_000
+    assert (out / "run.json").is_file()
+    for p in PRESETS:
+        flow_out = out / "runs" / "generator" / p
+        assert (flow_out / "signals.jsonl").is_file() and (flow_out / "summary.json").is_file()
+    assert report["presets"] == PRESETS
+    assert report["slippage_added_bps"] == [0.0, 5.0]
+    ds = report["datasets"][0]
+    assert set(ds["presets"]) == set(PRESETS)
+    for p in PRESETS:
+        assert ds["presets"][p]["kpis"]["round_trips"] > 0, f"{p} made no trades"
+
+
+@pytest.mark.slow
+def test_the_html_has_every_section_for_every_dataset_and_no_external_resource(out, report):
+    page = _page(out)
+    for s in TOP_SECTIONS:
+        assert s in page.ids, f"section {s} missing"
+    for i, _ in enumerate(report["datasets"]):
+        for s in SECTIONS:
+            assert f"ds{i}-{s}" in page.ids, f"section ds{i}-{s} missing"
+    assert {"equity", "drawdown", "calibration", "arms", "slippage", "daily_pnl"} <= set(
+        page.charts
+    )
+    assert page.external == [], "the report must open offline"
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "https://" not in html
+    no_namespaces = re.sub(r'xmlns(:\w+)?="[^"]*"', "", html)
+    assert re.findall(r"http://[^\"]+", no_namespaces) == [], "no address outside xmlns names"
+
+
+@pytest.mark.slow
+def test_every_number_in_the_html_is_the_one_in_report_json_or_run_json(out, report, meta):
+    page = _page(out)
+    assert len(page.cells) > 300
+    for key, kind, value, text in page.cells:
+        doc, path = (meta, key[4:]) if key.startswith("run:") else (report, key)
+        want = _lookup(doc, path)
+        assert json.loads(value) == want, key
+        if want is None:
+            assert text == "n/a", key
+            continue
+        shown, decimals = _printed(text)
+        scale = 100.0 if kind == "pct" else 1.0
+        assert shown == pytest.approx(want * scale, abs=0.51 * 10**-decimals), (key, text)
+
+
+@pytest.mark.slow
+def test_every_kpi_is_stated_with_its_formula_in_html_and_json(out, report):
+    html = (out / "report.html").read_text()
+    defs = {d["key"]: d for d in report["definitions"]}
+    for p in PRESETS:
+        assert set(report["datasets"][0]["presets"][p]["kpis"]) <= set(defs) | {
+            "equity_start_usd",
+            "equity_end_usd",
+            "eval_days",
+            "days",
+            "best_day_return",
+            "worst_day_return",
+            "wins",
+            "losses",
+            "notional_usd",
+            "costs_usd",
+            "fills",
+        }
+    for d in defs.values():
+        assert d["formula"] and html_escape(d["formula"], quote=True) in html
+    assert "√365" in defs["sharpe"]["formula"] and "risk-free rate 0" in defs["sharpe"]["formula"]
+    assert report["conventions"]["periods_per_year"] == 365
+    assert report["conventions"]["risk_free_rate"] == 0.0
+
+
+# -- determinism ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_runs_over_the_same_data_give_identical_report_json(tmp_path, capsys):
+    # Each +0 bps run stamps ts_init with the wall clock: it must not leak into report.json.
+    args = ["--data", "generator", "--days", "2", "--overrides", json.dumps({"warmup_bars": 150})]
+    args += ["--slippage-bps", "0", "--preset", "ensemble_1_0", "--quiet", "--discard-runs"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    first = (tmp_path / "a" / "report.json").read_bytes()
+    assert first == (tmp_path / "b" / "report.json").read_bytes()
+    assert str(tmp_path).encode() not in first and b"started_utc" not in first
+    assert (tmp_path / "a" / "run.json").read_bytes() != (tmp_path / "b" / "run.json").read_bytes()
+    assert not (tmp_path / "a" / "runs").exists(), "--discard-runs keeps no flow outputs"
+
+
+# -- the numbers against independent sources --------------------------------------------------
+def _qs(returns: np.ndarray) -> tuple[float, float, float]:
+    s = pd.Series(returns, index=pd.date_range("2024-01-01", periods=len(returns), freq="D"))
+    return (
+        qs.stats.sharpe(s, rf=0.0, periods=365, annualize=True),
+        qs.stats.sortino(s, rf=0.0, periods=365, annualize=True),
+        qs.stats.max_drawdown(s),
+    )
+
+
+@pytest.mark.slow
+def test_sharpe_sortino_max_drawdown_equal_quantstats_on_the_reports_daily_returns(report):
+    for p in PRESETS:
+        block = report["datasets"][0]["presets"][p]
+        r = np.array([d["return"] for d in block["daily"]])
+        assert len(r) >= 3
+        sharpe, sortino, mdd = _qs(r)
+        k = block["kpis"]
+        assert k["sharpe"] == pytest.approx(sharpe, abs=1e-9)
+        if k["sortino"] is None:  # no losing day: quantstats divides by zero
+            assert not np.isfinite(sortino) or np.isnan(sortino)
+        else:
+            assert k["sortino"] == pytest.approx(sortino, abs=1e-9)
+        assert k["max_drawdown_daily"] == pytest.approx(-mdd, abs=1e-9)
+
+
+@pytest.mark.parametrize("first", [0.004, -0.03])
+def test_metrics_equal_quantstats_on_a_year_of_daily_returns(first):
+    rng = np.random.default_rng(5)
+    r = rng.normal(0.0005, 0.01, 365)
+    r[0] = first  # a loss on day one is a drawdown from the starting equity
+    sharpe, sortino, mdd = _qs(r)
+    assert metrics.sharpe(r) == pytest.approx(sharpe, abs=1e-9)
+    assert metrics.sortino(r) == pytest.approx(sortino, abs=1e-9)
+    assert metrics.max_drawdown(r) == pytest.approx(-mdd, abs=1e-9)
+    assert metrics.sharpe(r) == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(365))
+
+
+@pytest.mark.slow
+def test_trades_fees_and_final_equity_agree_with_the_flows_own_run_summary(out, report):
+    for p in PRESETS:
+        summary = json.loads((out / "runs" / "generator" / p / "summary.json").read_text())
+        syms = summary["symbols"].values()
+        k = report["datasets"][0]["presets"][p]["kpis"]
+        assert k["round_trips"] == sum(s["round_trips"] for s in syms)
+        assert k["wins"] == sum(s["wins"] for s in syms)
+        assert k["losses"] == sum(s["losses"] for s in syms)
+        assert k["hit_rate"] == pytest.approx(k["wins"] / k["round_trips"])
+        assert k["fees_usd"] == pytest.approx(sum(s["fees_usd"] for s in syms), abs=1e-6)
+        assert k["equity_end_usd"] == pytest.approx(sum(s["equity"] for s in syms), abs=1e-6)
+        assert k["fills"] == sum(s["fills"] for s in syms)
+
+
+@pytest.mark.slow
+def test_daily_table_adds_up_to_the_window_and_deciles_to_the_trades(report):
+    for p in PRESETS:
+        b = report["datasets"][0]["presets"][p]
+        k, daily = b["kpis"], b["daily"]
+        assert sum(d["pnl_usd"] for d in daily) == pytest.approx(k["net_pnl_usd"], abs=1e-6)
+        growth = np.prod([1 + d["return"] for d in daily])
+        assert growth == pytest.approx(1 + k["total_return"], rel=1e-12)
+        assert sum(d["round_trips"] for d in daily) == k["round_trips"]
+        with_conf = [t for t in b["round_trips"] if t["entry_conf"] is not None]
+        assert sum(d["n"] for d in b["deciles"]) == len(with_conf)
+        assert sum(d["wins"] for d in b["deciles"]) == sum(1 for t in with_conf if t["pnl_usd"] > 0)
+        confs = [d["conf_min"] for d in b["deciles"]]
+        assert confs == sorted(confs), "deciles go from low to high confidence"
+
+
+@pytest.mark.slow
+def test_brier_over_the_flows_last_window_equals_its_calibration_record(out, report):
+    run = records.load(out / "runs" / "generator" / "ensemble_1_1")
+    h = report["model"]["horizon_bars"]
+    last = run.calibration[-1]
+    pairs = kpis.calibration_pairs(run.signals[run.signals["symbol"] == last["symbol"]], h)
+    resolved = pairs[pairs["ts_event_ms"] + h * kpis.BAR_MS <= last["ts_event_ms"]]
+    window = resolved.tail(last["window"])
+    brier = float(np.mean((window["p_up"] - window["up"]) ** 2))
+    assert brier == pytest.approx(last["brier"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_slippage_runs_fill_worse_by_the_bps_added(report):
+    for p in PRESETS:
+        rows = report["datasets"][0]["presets"][p]["slippage"]
+        assert [r["added_bps"] for r in rows] == [0.0, 5.0]
+        assert rows[1]["slippage_bps"] == rows[0]["slippage_bps"] + 5.0
+        for r in rows:
+            paid_bps = r["slippage_usd"] / r["notional_usd"] * 1e4
+            assert paid_bps == pytest.approx(r["slippage_bps"], rel=2e-3)
+        assert rows[0]["net_pnl_usd"] == report["datasets"][0]["presets"][p]["kpis"]["net_pnl_usd"]
+
+
+@pytest.mark.slow
+def test_rejections_arms_latency_and_completeness_come_from_the_flow(out, report, meta):
+    ds = report["datasets"][0]
+    for p in PRESETS:
+        b = ds["presets"][p]
+        rejections = (out / "runs" / "generator" / p / "rejections.jsonl").read_text().splitlines()
+        assert b["rejections"]["total"] == len(rejections)
+        assert sum(b["rejections"]["by_reason"].values()) == len(rejections)
+        assert sum(b["arms"]["chosen_total"].values()) == sum(
+            sum(d["chosen"].values()) for d in b["arms"]["daily"]
+        )
+        orders = (out / "runs" / "generator" / p / "orders.jsonl").read_text().splitlines()
+        lat = meta["processing_latency_ms"]["generator"][p]
+        assert lat["n"] == len(orders) and lat["p50"] >= 0 and lat["max"] >= lat["p99"]
+        assert b["latency_event_time"]["bar_close_to_order_ms"]["max"] == 0.0
+    for s in ds["completeness"]["symbols"]:
+        assert s["expected"] == 3 * 288 and s["with_data"] == s["expected"]
+        assert s["completeness"] == 1.0
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_a_missing_data_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["--data", f"candles:{tmp_path}/nope.feather", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.feather" in err and "no file" in err
+
+
+def test_an_unknown_override_stops_before_any_replay(tmp_path, capsys):
+    args = ["--data", "generator", "--overrides", '{"risk.pos_maxx": 1}', "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "pos_maxx" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_data_shorter_than_the_warm_up_says_so(tmp_path, capsys):
+    args = ["--data", "generator", "--days", "0.5", "--slippage-bps", "0", "--quiet"]
+    assert main([*args, "--preset", "ensemble_1_0", "--out", str(tmp_path)]) == 2
+    assert "warm-up" in capsys.readouterr().err
+
+
+# -- real data ------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_the_command_on_a_slice_of_real_perp_candles_matches_quantstats(tmp_path):
+    rows = json.loads(
+        shared_file("binance_usdm_BTC_USDT_2025-09-19_2025-10-27_5m.json").read_text()
+    )
+    sliced = tmp_path / "btc_perp_5m_slice.json"
+    sliced.write_text(json.dumps(rows[:3000]))
+    out = tmp_path / "out"
+    done = _command(
+        [
+            "--data",
+            f"candles:{sliced}",
+            "--overrides",  # low thresholds so both presets trade whatever the model's edge
+            json.dumps(
+                {"warmup_bars": 200, "thresholds.CONF_MIN": 0.5, "thresholds.ALPHA_MIN": 0.02}
+            ),
+            "--slippage-bps",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    ds = report["datasets"][0]
+    assert ds["input_records"] == 3000
+    assert ds["completeness"]["symbols"][0]["expected"] == 3000
+    for p in PRESETS:
+        block = ds["presets"][p]
+        r = np.array([d["return"] for d in block["daily"]])
+        assert len(r) >= 9
+        sharpe, sortino, mdd = _qs(r)
+        k = block["kpis"]
+        assert k["max_drawdown_daily"] == pytest.approx(-mdd, abs=1e-9)
+        if k["round_trips"] == 0:  # flat equity: no ratio (quantstats gives NaN)
+            assert not r.any() and k["sharpe"] is None and math.isnan(sharpe)
+            continue
+        assert k["sharpe"] == pytest.approx(sharpe, abs=1e-9)
+        assert k["sortino"] == pytest.approx(sortino, abs=1e-9)
+    assert ds["presets"]["ensemble_1_0"]["kpis"]["round_trips"] > 0
+
+
+# -- a real browser ----------------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+def test_headless_chromium_renders_every_chart(out):
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1280,2000",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    total = re.search(r'data-charts-total="(\d+)"', dom)
+    rendered = re.search(r'data-charts-rendered="(\d+)"', dom)
+    assert total and rendered, "the page's load handler did not run"
+    assert int(total.group(1)) >= 7
+    assert rendered.group(1) == total.group(1), "a chart did not render"
+    assert 'data-rendered="no"' not in dom
