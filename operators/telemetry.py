@@ -100,26 +100,31 @@ def record_key(stream: str, record: dict[str, Any]) -> tuple[Any, ...]:
     """The identity of an output record, for at-least-once delivery.
 
     After a crash the flow replays from its last snapshot and may publish a record a second
-    time; the copy is identical and has the same key. Decision records are keyed by their
-    decision id (one order, one execution, one costs event per decision; a rejection per
-    decision and stage); per-bar telemetry by symbol and bar close; bars by their window.
+    time; the copy is identical and has the same key. Decisions are identified by their
+    decision id (it names strategy, symbol and bar): one order, one execution, one costs
+    event and one signals record per decision; a decision can have a gate rejection and,
+    for its exit intent, a later execution rejection, so rejections add stage and reason.
+    Other records by (strategy, symbol, event time) and what tells them apart.
     """
-    sym, t = record.get("symbol"), record.get("ts_event_ms")
+    sid, sym, ts = record.get("strategy_id"), record.get("symbol"), record.get("ts_event_ms")
     if stream in ("orders", "executions", "costs"):
         return (stream, record["decision_id"])
+    if stream == "signals":
+        return (stream, record["decision"]["decision_id"])
     if stream == "rejections":
         return (stream, record["decision_id"], record["stage"], record["reason"])
     if stream == "bars":
-        return (stream, sym, record["timeframe"], record["start_ms"])
+        return (stream, sid, sym, record["timeframe"], ts)
     if stream == "repro":
         cmd = record.get("command") or {}
-        return (stream, sym, t, record["event"], cmd.get("command_id"))
-    if stream == "dead_letters":
-        where = (record.get("source_topic"), record.get("source_partition"))
-        if record.get("source_offset") is not None:
-            return (stream, *where, record["source_offset"])
-        digest = hashlib.sha256(repr(record.get("payload")).encode()).hexdigest()
-        return (stream, *where, t, record.get("reason"), digest)
+        return (stream, sid, sym, ts, record["event"], cmd.get("command_id"))
     if stream == "errors":
-        return (stream, sym, t, record.get("stage"), record.get("message"))
-    return (stream, sym, t)  # signals, ensemble, health, calibration: one per symbol and bar
+        return (stream, sid, sym, ts, record["stage"], record["error_type"], record["message"])
+    if stream == "dead_letters":
+        if record.get("source_offset") is not None:
+            where = (record["source_topic"], record["source_partition"], record["source_offset"])
+            return (stream, *where)
+        payload = record.get("payload")
+        raw = payload if isinstance(payload, bytes) else repr(payload).encode()
+        return (stream, sid, sym, ts, record["reason"], hashlib.sha256(raw).hexdigest())
+    return (stream, sid, sym, ts)  # health, ensemble, calibration: one per symbol and bar

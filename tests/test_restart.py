@@ -111,7 +111,7 @@ def test_a_crash_mid_stream_then_resume_gives_the_uninterrupted_outputs(tmp_path
 
     assert len(got) > len(ref), "nothing was replayed: the crash did not happen mid-stream"
     want, have = _dedup(ref), _dedup(got)
-    resumed = {k for k in have if k[0] == "repro" and k[3] == "resume"}
+    resumed = {k for k in have if k[0] == "repro" and k[4] == "resume"}
     assert len(resumed) == 2  # one audited resume per symbol
     assert {k: v for k, v in have.items() if k not in resumed} == want
     assert [r for s, r in got if s == "summary"] == [r for s, r in ref if s == "summary"]

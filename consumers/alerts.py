@@ -1,0 +1,850 @@
+"""The alerts consumer: `python -m consumers.alerts` (SPEC 9).
+
+Follows the flow's telemetry as a kafka-python consumer group and raises an alert for:
+
+- kill_switch (health): a symbol becomes HALTED by a kill-switch; resolved when ACTIVE
+  again.
+- drawdown_breach (health): drawdown from peak crosses `drawdown_breach`; re-arms below.
+- error_event (errors): the flow published an error record.
+- heartbeat_missing (a wall-clock timer): no health event for more than
+  `heartbeat_missed_intervals` x `heartbeat_interval_s`; resolved when one arrives.
+- consecutive_losses (executions): `consecutive_losses` or more losing round trips in a
+  row.
+- low_confidence_trade (signals): a trade while recent confidence is below
+  `low_conf_threshold`.
+- large_slippage (executions): a fill's slippage is over `slippage_bps`.
+
+"Confidence" as the model reports it, max(p_up, p_down), is never below 50%; the
+low-confidence rule therefore uses the model's probability for the side actually traded
+(p_up for a buy, p_down for a sell), averaged over the last `low_conf_window_trades`
+trades: below 50% means recent trades went against the model.
+
+Every alert goes to the log. Slack (an incoming webhook, URL in SLACK_WEBHOOK_URL) gets
+it unless the rule is silenced or over its rate limit. Records are deduplicated by
+decision id (the flow publishes at least once); alerts are deduplicated by their
+fingerprint within `dedup_window_s` and rate-limited per rule and symbol.
+
+Settings: defaults, then a JSON file (ENSEMBLE_ALERTS_CONFIG or --config), then
+ENSEMBLE_ALERTS_<NAME> variables; a bad value stops the start naming it. The file is
+re-read when it changes (silence a rule without a restart). See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from consumers.slack import ENV_VAR as SLACK_ENV
+from consumers.slack import SlackWebhook, WebhookConfigError
+from consumers.stream import (
+    Dedup,
+    GroupReader,
+    KafkaSettings,
+    Record,
+    TopicsMissing,
+    read_before_committed,
+)
+from operators.telemetry import REDACTED
+
+log = logging.getLogger("ensemble.alerts")
+
+RULES = (
+    "kill_switch",
+    "drawdown_breach",
+    "error_event",
+    "heartbeat_missing",
+    "consecutive_losses",
+    "low_confidence_trade",
+    "large_slippage",
+)
+STREAMS = ("health", "errors", "executions", "signals")
+ENV_PREFIX = "ENSEMBLE_ALERTS_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+# halt reasons that are kill-switches (an operator's own halt is not alerted)
+KILL_SWITCH_REASONS = ("drawdown_limit", "daily_loss_limit", "consecutive_losses")
+SEVERITY_ICON = {
+    "critical": ":rotating_light:",
+    "warning": ":warning:",
+    "resolved": ":white_check_mark:",
+}
+SEVERITY_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "resolved": logging.INFO}
+
+
+# `api_key=...`, `token: ...` and the like inside free text (an error message) are masked
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b([\w.-]*(?:key|secret|token|password)[\w.-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
+)
+
+
+def scrub(text: str) -> str:
+    """Free text with the value of any `name=value` whose name looks secret masked."""
+    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+class AlertsConfigError(ValueError):
+    """A setting is invalid; the message names the setting and the value."""
+
+
+def utc(ts_ms: int | None) -> str:
+    if ts_ms is None:
+        return "?"
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# -- configuration -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Silence:
+    """Alerts of `rule` ("*": all) for `symbol` ("*": all) skip Slack, until `until_s`."""
+
+    rule: str = "*"
+    symbol: str = "*"
+    until_s: float | None = None  # epoch seconds; None: until removed
+
+    def matches(self, rule: str, symbol: str, now_s: float) -> bool:
+        return (
+            self.rule in ("*", rule)
+            and self.symbol in ("*", symbol)
+            and (self.until_s is None or now_s < self.until_s)
+        )
+
+    def describe(self) -> str:
+        until = (
+            "until removed"
+            if self.until_s is None
+            else "until " + datetime.fromtimestamp(self.until_s, UTC).isoformat()
+        )
+        return f"{self.rule}:{self.symbol} {until}"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    drawdown_breach: float = 0.05  # fraction of peak equity; the kill-switch is at 0.10
+    consecutive_losses: int = 3  # the kill-switch halts after more than 5
+    low_conf_threshold: float = 0.50
+    low_conf_window_trades: int = 5
+    slippage_bps: float = 10.0
+    heartbeat_interval_s: float = 300.0  # one health event per 5m bar
+    heartbeat_missed_intervals: float = 2.0
+    symbols: tuple[str, ...] = ()  # expected to beat; others are learned from the stream
+    disabled_rules: tuple[str, ...] = ()
+    silence: tuple[Silence, ...] = ()
+    dedup_window_s: float = 3600.0
+    rate_limit_window_s: float = 600.0
+    rate_limit_max: int = 3  # Slack posts per rule and symbol per window
+    group_id: str = "ensemble-alerts"
+    start: str = "latest"  # where a new consumer group starts: latest or earliest
+    rebuild_messages: int = 2000  # per partition, re-read silently at start (see `rebuild`)
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_missed_intervals
+
+    def enabled(self, rule: str) -> bool:
+        return rule not in self.disabled_rules
+
+
+def _as_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError
+    return f
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError
+    return int(v)
+
+
+def _as_list(v: Any) -> list[Any]:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, list):
+        return v
+    raise ValueError
+
+
+def _parse_until(text: str) -> float:
+    s = text.strip()
+    dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # times are UTC unless they say otherwise
+    return dt.timestamp()
+
+
+def parse_silence(item: Any) -> Silence:
+    """`rule[:symbol][@until]` (until: ISO-8601, UTC unless an offset is given) or an
+    object {"rule", "symbol", "until"}."""
+    if isinstance(item, str):
+        spec, _, until = item.partition("@")
+        rule, _, symbol = spec.partition(":")
+        item = {"rule": rule.strip() or "*", "symbol": symbol.strip() or "*"}
+        if until.strip():
+            item["until"] = until.strip()
+    if not isinstance(item, dict) or set(item) - {"rule", "symbol", "until"}:
+        raise ValueError("expected rule[:symbol][@until] or {rule, symbol, until}")
+    rule, symbol = str(item.get("rule", "*")), str(item.get("symbol", "*"))
+    if rule != "*" and rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(RULES)} or *")
+    until = item.get("until")
+    return Silence(rule, symbol, None if until in (None, "") else _parse_until(str(until)))
+
+
+def _field_parser(name: str) -> tuple[Callable[[Any], Any], Callable[[Any], bool], str]:
+    """(convert, valid, rule text) for one setting."""
+
+    def unit_open(v: float) -> bool:
+        return 0.0 < v < 1.0
+
+    table: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
+        "drawdown_breach": (_as_float, unit_open, "must be a fraction in (0, 1), e.g. 0.05"),
+        "consecutive_losses": (_as_int, lambda v: v >= 1, "must be an integer >= 1"),
+        "low_conf_threshold": (_as_float, lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+        "low_conf_window_trades": (_as_int, lambda v: v >= 1, "must be an integer >= 1"),
+        "slippage_bps": (_as_float, lambda v: v > 0, "must be a number of bps > 0"),
+        "heartbeat_interval_s": (_as_float, lambda v: v > 0, "must be seconds > 0"),
+        "heartbeat_missed_intervals": (_as_float, lambda v: v >= 1, "must be >= 1"),
+        "symbols": (
+            lambda v: tuple(str(s) for s in _as_list(v)),
+            lambda v: all(s and s.strip() == s for s in v),
+            "must be a comma-separated list of symbols",
+        ),
+        "disabled_rules": (
+            lambda v: tuple(str(s) for s in _as_list(v)),
+            lambda v: all(r in RULES for r in v),
+            f"must be a list of rules from: {', '.join(RULES)}",
+        ),
+        "silence": (
+            lambda v: tuple(parse_silence(s) for s in _as_list(v)),
+            lambda v: True,
+            "must be a list of rule[:symbol][@until-UTC-ISO-time]",
+        ),
+        "dedup_window_s": (_as_float, lambda v: v >= 0, "must be seconds >= 0"),
+        "rate_limit_window_s": (_as_float, lambda v: v > 0, "must be seconds > 0"),
+        "rate_limit_max": (_as_int, lambda v: v >= 1, "must be an integer >= 1"),
+        "group_id": (str, lambda v: bool(v.strip()), "must be a non-empty consumer group id"),
+        "start": (str, lambda v: v in ("earliest", "latest"), "must be earliest or latest"),
+        "rebuild_messages": (_as_int, lambda v: v >= 0, "must be an integer >= 0"),
+    }
+    return table[name]
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(AlertsConfig))
+
+
+def _apply(values: dict[str, Any], name: str, raw: Any, source: str) -> None:
+    convert, valid, rule = _field_parser(name)
+    try:
+        value = convert(raw)
+        ok = valid(value)
+    except (ValueError, TypeError) as e:
+        detail = f" ({e})" if str(e) else ""
+        raise AlertsConfigError(f"{source}={raw!r} is invalid: {rule}{detail}") from None
+    if not ok:
+        raise AlertsConfigError(f"{source}={raw!r} is invalid: {rule}")
+    values[name] = value
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, path: str | Path | None = None
+) -> AlertsConfig:
+    """Defaults <- the JSON file (`path`, else ENSEMBLE_ALERTS_CONFIG) <- environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = path or env.get(CONFIG_ENV) or None
+    if path is not None:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except OSError as e:
+            raise AlertsConfigError(
+                f"{CONFIG_ENV}={str(p)!r}: cannot read it: {e.strerror}"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise AlertsConfigError(f"{CONFIG_ENV}={str(p)!r} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise AlertsConfigError(f"{CONFIG_ENV}={str(p)!r} must hold a JSON object")
+        unknown = sorted(set(data) - set(FIELDS))
+        if unknown:
+            raise AlertsConfigError(
+                f"{p}: unknown setting(s) {unknown}; known: {', '.join(FIELDS)}"
+            )
+        for name, raw in data.items():
+            _apply(values, name, raw, f"{p}: {name}")
+    known_env = {ENV_PREFIX + n.upper() for n in FIELDS} | {CONFIG_ENV}
+    stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env)
+    if stray:
+        raise AlertsConfigError(
+            f"unknown variable(s) {stray}; known: {', '.join(sorted(known_env))}"
+        )
+    for name in FIELDS:
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            _apply(values, name, env[var], var)
+    return AlertsConfig(**values)
+
+
+# -- alerts and rules ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Alert:
+    rule: str
+    severity: str  # critical, warning or resolved
+    symbol: str
+    text: str
+    fingerprint: str  # the same event raised twice has the same fingerprint
+    ts_event_ms: int | None = None
+
+
+@dataclass
+class _SymbolState:
+    trading_state: str | None = None  # None until the first health event
+    halt_reason: str = ""
+    in_breach: bool = False
+    loss_run: list[tuple[int, float]] = field(default_factory=list)  # (ts, pnl) of the run
+    side_probs: deque = field(default_factory=deque)  # model prob. of the side traded
+
+
+@dataclass
+class _Beat:
+    last_seen_s: float
+    last_event_ms: int | None = None
+    missing: bool = False
+
+
+class Rules:
+    """SPEC 9's rules over deduplicated records; `tick` runs the wall-clock heartbeat timer."""
+
+    def __init__(self, cfg: AlertsConfig, now_s: float) -> None:
+        self.cfg = cfg
+        self.started_s = now_s
+        self.states: dict[tuple[str, str], _SymbolState] = defaultdict(_SymbolState)
+        self.beats: dict[str, _Beat] = {s: _Beat(now_s) for s in cfg.symbols}
+
+    def reconfigure(self, cfg: AlertsConfig, now_s: float) -> None:
+        self.cfg = cfg
+        for s in cfg.symbols:
+            self.beats.setdefault(s, _Beat(now_s))
+
+    def on_record(self, stream: str, rec: dict[str, Any], now_s: float) -> list[Alert]:
+        handler = {
+            "health": self._health,
+            "errors": self._error,
+            "executions": self._execution,
+            "signals": self._signals,
+        }.get(stream)
+        alerts = handler(rec, now_s) if handler else []
+        return [a for a in alerts if self.cfg.enabled(a.rule)]
+
+    def tick(self, now_s: float) -> list[Alert]:
+        if not self.cfg.enabled("heartbeat_missing"):
+            return []
+        timeout = self.cfg.heartbeat_timeout_s
+        out = []
+        watched = dict(self.beats) or {"*": self.beats.setdefault("*", _Beat(self.started_s))}
+        for sym, beat in watched.items():
+            age = now_s - beat.last_seen_s
+            if beat.missing or age <= timeout:
+                continue
+            beat.missing = True
+            since = (
+                f"last health event {utc(beat.last_event_ms)}, received {age:.0f} s ago"
+                if beat.last_event_ms is not None
+                else f"none received since the alerts consumer started {age:.0f} s ago"
+            )
+            who = "any symbol" if sym == "*" else sym
+            out.append(
+                Alert(
+                    "heartbeat_missing",
+                    "critical",
+                    sym,
+                    f"no heartbeat from {who} for more than {self.cfg.heartbeat_missed_intervals:g}"
+                    f" x {self.cfg.heartbeat_interval_s:g} s "
+                    f"({since}). Is the dataflow running and publishing?",
+                    f"missing-since:{beat.last_seen_s:.3f}",
+                    beat.last_event_ms,
+                )
+            )
+        return out
+
+    # -- per stream -------------------------------------------------------------------------
+    def beat(self, r: dict[str, Any], now_s: float) -> list[Alert]:
+        """A health event arrived (even a republished one: the flow is publishing)."""
+        sym, ts = r["symbol"], r["ts_event_ms"]
+        out: list[Alert] = []
+        beat = self.beats.get(sym)
+        if "*" in self.beats:  # the first heartbeat replaces the any-symbol watch
+            star = self.beats.pop("*")
+            if star.missing:
+                out.append(self._beat_back("*", star, now_s, ts))
+        if beat is None:
+            beat = self.beats[sym] = _Beat(now_s)
+        elif beat.missing:
+            out.append(self._beat_back(sym, beat, now_s, ts))
+        beat.last_seen_s, beat.last_event_ms, beat.missing = now_s, ts, False
+        return [a for a in out if self.cfg.enabled(a.rule)]
+
+    def _health(self, r: dict[str, Any], now_s: float) -> list[Alert]:
+        sym, sid, ts = r["symbol"], r["strategy_id"], r["ts_event_ms"]
+        out = self.beat(r, now_s)
+        st = self.states[(sid, sym)]
+        state, reason = r["trading_state"], r["halt_reason"]
+        kill = state == "HALTED" and reason.split(":")[0] in KILL_SWITCH_REASONS
+        if kill and st.trading_state != "HALTED":
+            what = (
+                f"is HALTED by the kill-switch {reason} (first health event seen, {utc(ts)})"
+                if st.trading_state is None
+                else f"kill-switch fired: {reason} at {utc(ts)}"
+            )
+            out.append(
+                Alert(
+                    "kill_switch",
+                    "critical",
+                    sym,
+                    f"{sym} [{sid}] {what}; trading is "
+                    f"HALTED and positions are flattened. Equity {r['equity_usd']:,.2f} USD, "
+                    f"drawdown {r['drawdown']:.2%} (max {r['max_drawdown']:.2%}), "
+                    f"{r['consecutive_losses']} losing trades in a row. It stays halted until "
+                    "an operator sends reset_kill_switch.",
+                    f"{sid}:halted:{reason}:{ts}",
+                    ts,
+                )
+            )
+        elif (
+            state != "HALTED"
+            and st.trading_state == "HALTED"
+            and st.halt_reason.split(":")[0] in KILL_SWITCH_REASONS
+        ):
+            out.append(
+                Alert(
+                    "kill_switch",
+                    "resolved",
+                    sym,
+                    f"{sym} [{sid}] trading is {state} again at {utc(ts)} "
+                    f"(the kill-switch {st.halt_reason} was reset).",
+                    f"{sid}:resumed:{ts}",
+                    ts,
+                )
+            )
+        st.trading_state, st.halt_reason = state, reason
+
+        dd = r["drawdown"]
+        if dd >= self.cfg.drawdown_breach and not st.in_breach:
+            st.in_breach = True
+            out.append(
+                Alert(
+                    "drawdown_breach",
+                    "warning",
+                    sym,
+                    f"{sym} [{sid}] drawdown {dd:.2%} from the peak of "
+                    f"{r['peak_equity_usd']:,.2f} USD breaches the alert threshold "
+                    f"{self.cfg.drawdown_breach:.2%} at {utc(ts)}; equity "
+                    f"{r['equity_usd']:,.2f} USD, state {state}.",
+                    f"{sid}:breach:{ts}",
+                    ts,
+                )
+            )
+        elif dd < self.cfg.drawdown_breach:
+            st.in_breach = False
+        return out
+
+    def _beat_back(self, sym: str, beat: _Beat, now_s: float, ts: int) -> Alert:
+        who = "any symbol" if sym == "*" else sym
+        return Alert(
+            "heartbeat_missing",
+            "resolved",
+            sym,
+            f"heartbeat from {who} is back after {now_s - beat.last_seen_s:.0f} s "
+            f"(health event {utc(ts)}).",
+            f"back:{beat.last_seen_s:.3f}",
+            ts,
+        )
+
+    def _error(self, r: dict[str, Any], now_s: float) -> list[Alert]:
+        sym, sid, ts = r["symbol"], r["strategy_id"], r["ts_event_ms"]
+        message = scrub(r["message"])
+        message = message if len(message) <= 300 else message[:297] + "..."
+        return [
+            Alert(
+                "error_event",
+                "warning",
+                sym,
+                f"{sym} [{sid}] error in stage {r['stage']} at {utc(ts)}: "
+                f"{r['error_type']}: {message}. The flow went on; the record was skipped.",
+                f"{sid}:{r['stage']}:{r['error_type']}:{r['message']}",
+                ts,
+            )
+        ]
+
+    def _execution(self, r: dict[str, Any], now_s: float) -> list[Alert]:
+        sym, sid, ts = r["symbol"], r["strategy_id"], r["ts_event_ms"]
+        out: list[Alert] = []
+        slip = abs(r["slippage_bps"])
+        if slip > self.cfg.slippage_bps:
+            out.append(
+                Alert(
+                    "large_slippage",
+                    "warning",
+                    sym,
+                    f"{sym} [{sid}] slippage {slip:.1f} bps (> {self.cfg.slippage_bps:g} bps) on "
+                    f"a {r['side']} of {r['qty']:.6g} at {r['fill_px']:,.2f} against "
+                    f"{r['ref_px']:,.2f} at {utc(ts)}: "
+                    f"{abs(r['fill_px'] - r['ref_px']) * r['qty']:,.2f} USD ({r['purpose']}).",
+                    r["decision_id"],
+                    ts,
+                )
+            )
+        pnl = r["trade_pnl_usd"]
+        if pnl is None:
+            return out
+        st = self.states[(sid, sym)]
+        if pnl >= 0:  # as the risk state counts: a non-negative round trip ends the run
+            st.loss_run.clear()
+            return out
+        st.loss_run.append((ts, pnl))
+        n = len(st.loss_run)
+        if n >= self.cfg.consecutive_losses:
+            total = sum(p for _, p in st.loss_run)
+            out.append(
+                Alert(
+                    "consecutive_losses",
+                    "warning",
+                    sym,
+                    f"{sym} [{sid}] {n} losing trades in a row (alert at "
+                    f"{self.cfg.consecutive_losses}): the last closed {utc(ts)} for "
+                    f"{pnl:+,.2f} USD; the run has lost {total:+,.2f} USD since "
+                    f"{utc(st.loss_run[0][0])}.",
+                    f"{sid}:losses:{st.loss_run[0][0]}:{n}",
+                    ts,
+                )
+            )
+        return out
+
+    def _signals(self, r: dict[str, Any], now_s: float) -> list[Alert]:
+        d, model = r["decision"], r["model"]
+        if d["action"] != "trade" or model is None or d["direction"] == 0:
+            return []
+        sym, sid, ts = r["symbol"], r["strategy_id"], r["ts_event_ms"]
+        st = self.states[(sid, sym)]
+        p_side = model["p_up"] if d["direction"] > 0 else model["p_down"]
+        st.side_probs.append(p_side)
+        while len(st.side_probs) > self.cfg.low_conf_window_trades:
+            st.side_probs.popleft()
+        recent = sum(st.side_probs) / len(st.side_probs)
+        if recent >= self.cfg.low_conf_threshold:
+            return []
+        side = "long" if d["direction"] > 0 else "short"
+        return [
+            Alert(
+                "low_confidence_trade",
+                "warning",
+                sym,
+                f"{sym} [{sid}] went {side} ({d['reason']}, arm {d['chosen_arm']}) at {utc(ts)} "
+                f"while recent confidence is {recent:.1%} < {self.cfg.low_conf_threshold:.0%}: "
+                f"the model's probability for the side traded, mean of the last "
+                f"{len(st.side_probs)} trade(s); this one {p_side:.1%} (model confidence "
+                f"{model['conf']:.1%}). Trades are going against the model: review, and "
+                "consider a halt or tighter gates (gates.low_conf_min, CONF_MIN).",
+                d["decision_id"],
+                ts,
+            )
+        ]
+
+
+# -- sinks and the notifier ------------------------------------------------------------------
+class Sink(Protocol):
+    name: str
+
+    def send(self, text: str) -> Any: ...
+
+
+def slack_escape(text: str) -> str:
+    """Slack reads <...> as links and mentions: &, < and > must be sent escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_text(alert: Alert, suppressed: int) -> str:
+    icon = SEVERITY_ICON.get(alert.severity, "")
+    extra = f" (+{suppressed} more {alert.rule} alert(s) rate-limited)" if suppressed else ""
+    return f"{icon} *{alert.severity.upper()}* `{alert.rule}` {slack_escape(alert.text)}{extra}"
+
+
+class Notifier:
+    """Dedup -> log -> silence -> rate limit -> Slack. Returns what happened to an alert."""
+
+    def __init__(self, cfg: AlertsConfig, slack: Sink | None) -> None:
+        self.cfg = cfg
+        self.slack = slack
+        self._fingerprints: dict[tuple[str, str, str], float] = {}
+        self._sent: dict[tuple[str, str], deque] = defaultdict(deque)
+        self._suppressed: dict[tuple[str, str], int] = defaultdict(int)
+        self.outcomes: dict[str, int] = defaultdict(int)
+
+    def handle(self, alert: Alert, now_s: float) -> str:
+        outcome = self._route(alert, now_s)
+        self.outcomes[outcome] += 1
+        return outcome
+
+    def _route(self, alert: Alert, now_s: float) -> str:
+        fp = (alert.rule, alert.symbol, alert.fingerprint)
+        seen = self._fingerprints.get(fp)
+        if seen is not None and now_s - seen < self.cfg.dedup_window_s:
+            log.debug("duplicate alert dropped: %s %s", alert.rule, alert.fingerprint)
+            return "duplicate"
+        self._fingerprints[fp] = now_s
+        if len(self._fingerprints) > 50_000:  # forget fingerprints older than the window
+            cutoff = now_s - self.cfg.dedup_window_s
+            self._fingerprints = {k: t for k, t in self._fingerprints.items() if t >= cutoff}
+        outcome = self._deliver(alert, now_s)
+        log.log(
+            SEVERITY_LEVEL.get(alert.severity, logging.WARNING),
+            "ALERT %s %s %s: %s [slack: %s]",
+            alert.severity,
+            alert.rule,
+            alert.symbol,
+            alert.text,
+            outcome,
+        )
+        return outcome
+
+    def _deliver(self, alert: Alert, now_s: float) -> str:
+        if self.slack is None:
+            return "not configured"
+        if any(s.matches(alert.rule, alert.symbol, now_s) for s in self.cfg.silence):
+            return "silenced"
+        key = (alert.rule, alert.symbol)
+        suppressed = 0
+        if alert.severity != "resolved":  # a resolution is never held back
+            sent = self._sent[key]
+            while sent and now_s - sent[0] >= self.cfg.rate_limit_window_s:
+                sent.popleft()
+            if len(sent) >= self.cfg.rate_limit_max:
+                self._suppressed[key] += 1
+                return "rate-limited"
+            sent.append(now_s)
+            suppressed, self._suppressed[key] = self._suppressed[key], 0
+        result = self.slack.send(slack_text(alert, suppressed))
+        return "sent" if getattr(result, "ok", True) else "failed"
+
+
+# -- the loop ----------------------------------------------------------------------------------
+class Reader(Protocol):
+    def poll(self, timeout_s: float) -> tuple[list[Record], int]: ...
+
+    def commit(self) -> None: ...
+
+
+@dataclass
+class RunStats:
+    messages: int = 0
+    records: int = 0
+    duplicates: int = 0
+    alerts: dict[str, int] = field(default_factory=dict)
+
+
+class ConfigWatcher:
+    """Re-reads the config file when it changes; a bad edit is logged and ignored."""
+
+    def __init__(self, path: str | None, env: Mapping[str, str]) -> None:
+        self.path, self.env = path, env
+        self.mtime = self._mtime()
+        self.checked_s = 0.0
+
+    def _mtime(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime if self.path else None
+        except OSError:
+            return None
+
+    def changed(self, now_s: float) -> AlertsConfig | None:
+        if self.path is None or now_s - self.checked_s < 2.0:
+            return None
+        self.checked_s = now_s
+        mtime = self._mtime()
+        if mtime == self.mtime:
+            return None
+        self.mtime = mtime
+        try:
+            cfg = load_config(self.env, self.path)
+        except AlertsConfigError as e:
+            log.error("config change ignored, the previous settings stay: %s", e)
+            return None
+        log.info("config reloaded from %s: %s", self.path, describe(cfg))
+        return cfg
+
+
+def describe(cfg: AlertsConfig) -> str:
+    silences = "; ".join(s.describe() for s in cfg.silence) or "none"
+    return (
+        f"drawdown_breach {cfg.drawdown_breach:.2%}, consecutive_losses {cfg.consecutive_losses}, "
+        f"low_conf_threshold {cfg.low_conf_threshold:.0%} over {cfg.low_conf_window_trades} "
+        f"trades, slippage_bps {cfg.slippage_bps:g}, heartbeat {cfg.heartbeat_missed_intervals:g} "
+        f"x {cfg.heartbeat_interval_s:g} s, rate limit {cfg.rate_limit_max} per "
+        f"{cfg.rate_limit_window_s:g} s, dedup {cfg.dedup_window_s:g} s, disabled "
+        f"{list(cfg.disabled_rules) or 'none'}, silenced: {silences}"
+    )
+
+
+def rebuild(rules: Rules, dedup: Dedup, records: Iterable[Record], now_s: float) -> int:
+    """Replay what the group handled before a restart through the rules and the dedup
+    memory, raising nothing: a decision republished after the restart is then still a
+    duplicate, a loss run goes on counting, and a kill-switch that already fired is not
+    reported again. Returns the records replayed."""
+    n = 0
+    for stream, rec in records:
+        if dedup.first(stream, rec):
+            rules.on_record(stream, rec, now_s)  # its alerts went out before the restart
+            n += 1
+    return n
+
+
+def run(
+    reader: Reader,
+    rules: Rules,
+    notifier: Notifier,
+    *,
+    max_messages: int | None = None,
+    until_idle_s: float | None = None,
+    poll_s: float = 1.0,
+    clock: Callable[[], float] = time.time,
+    watcher: ConfigWatcher | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    dedup: Dedup | None = None,
+) -> RunStats:
+    """Poll, deduplicate, apply the rules and the heartbeat timer, notify, commit.
+
+    Ends after `max_messages` messages, after `until_idle_s` seconds without one, or when
+    `stop()` is true; otherwise runs for ever.
+    """
+    stats = RunStats()
+    dedup = dedup or Dedup()
+    last_msg_s = clock()
+    while not stop():
+        records, polled = reader.poll(poll_s)
+        now = clock()
+        if watcher is not None and (cfg := watcher.changed(now)) is not None:
+            rules.reconfigure(cfg, now)
+            notifier.cfg = cfg
+        for stream, rec in records:
+            if not dedup.first(stream, rec):
+                stats.duplicates += 1
+                if stream == "health":  # republished, but the flow is alive
+                    for alert in rules.beat(rec, now):
+                        notifier.handle(alert, now)
+                continue
+            stats.records += 1
+            for alert in rules.on_record(stream, rec, now):
+                notifier.handle(alert, now)
+        for alert in rules.tick(now):
+            notifier.handle(alert, now)
+        if polled:
+            reader.commit()  # after the alerts went out: at least once
+            stats.messages += polled
+            last_msg_s = now
+        if max_messages is not None and stats.messages >= max_messages:
+            break
+        if until_idle_s is not None and now - last_msg_s >= until_idle_s:
+            break
+    stats.alerts = dict(notifier.outcomes)
+    return stats
+
+
+def slack_from_env(env: Mapping[str, str]) -> SlackWebhook | None:
+    url = env.get(SLACK_ENV, "").strip()
+    return SlackWebhook(url) if url else None
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    ap = argparse.ArgumentParser(
+        prog="python -m consumers.alerts", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--bootstrap", default=env.get("ENSEMBLE_KAFKA_BOOTSTRAP"))
+    ap.add_argument("--prefix", default=env.get("ENSEMBLE_TOPIC_PREFIX", "ensemble"))
+    ap.add_argument("--config", default=env.get(CONFIG_ENV), help="JSON settings file")
+    ap.add_argument("--max-messages", type=int, default=None, help="stop after N messages")
+    ap.add_argument(
+        "--until-idle", type=float, default=None, metavar="SECONDS", help="stop when idle"
+    )
+    ap.add_argument("--log-level", default=env.get("ENSEMBLE_LOG_LEVEL", "INFO"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # the Kafka client's own INFO lines (joins, fetches) drown the alerts
+    logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.WARNING))
+    try:
+        kafka = KafkaSettings.from_values(args.bootstrap, args.prefix)
+        cfg = load_config(env, args.config)
+        slack = slack_from_env(env)
+    except (AlertsConfigError, WebhookConfigError, ValueError) as e:
+        print(f"alerts: cannot start: {e}", file=sys.stderr)
+        return 2
+    log.info("settings: %s", describe(cfg))
+    log.info(
+        "slack: %s",
+        "webhook configured" if slack else f"{SLACK_ENV} unset, alerts go to the log only",
+    )
+    now = time.time()
+    rules, dedup = Rules(cfg, now), Dedup()
+    try:
+        history = read_before_committed(kafka, STREAMS, cfg.group_id, cfg.rebuild_messages)
+        n = rebuild(rules, dedup, history, now)
+        if n:
+            log.info("rebuilt dedup and rule state from the %d records handled last", n)
+        reader = GroupReader(kafka, STREAMS, cfg.group_id, cfg.start, client_id="ensemble-alerts")
+    except (TopicsMissing, ConnectionError) as e:
+        print(f"alerts: cannot start: {e}", file=sys.stderr)
+        return 2
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    log.info(
+        "following %s as group %s (where it left off; a new group starts at the %s)",
+        ", ".join(f"{kafka.prefix}.{s}" for s in STREAMS),
+        cfg.group_id,
+        cfg.start,
+    )
+    try:
+        stats = run(
+            reader,
+            rules,
+            Notifier(cfg, slack),
+            max_messages=args.max_messages,
+            until_idle_s=args.until_idle,
+            watcher=ConfigWatcher(args.config, env),
+            stop=lambda: bool(stopping),
+            dedup=dedup,
+        )
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        reader.close()
+    log.info(
+        "stopped: %d messages, %d records, %d duplicates dropped, alerts %s",
+        stats.messages,
+        stats.records,
+        stats.duplicates,
+        stats.alerts or "none",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

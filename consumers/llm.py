@@ -1,0 +1,283 @@
+"""An OpenAI-compatible chat-completions client, and what may be sent to it.
+
+Endpoint from the environment: ENSEMBLE_LLM_BASE_URL (e.g. https://api.openai.com/v1 or a
+local server's http://127.0.0.1:8000/v1), ENSEMBLE_LLM_MODEL, ENSEMBLE_LLM_API_KEY
+(optional; sent as `Authorization: Bearer ...`, never logged), ENSEMBLE_LLM_TIMEOUT_S.
+The request is `POST {base}/chat/completions` with `model`, `messages` and
+`temperature: 0`; the answer is `choices[0].message.content`.
+
+Only facts pass: `sanitize` keeps the allow-listed field names (everything else, at any
+depth, is dropped) and then redacts any field whose name contains key, secret, token or
+password, as the flow's own telemetry does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from operators.telemetry import redact
+
+log = logging.getLogger("ensemble.copilot.llm")
+
+ENV_BASE_URL = "ENSEMBLE_LLM_BASE_URL"
+ENV_MODEL = "ENSEMBLE_LLM_MODEL"
+ENV_API_KEY = "ENSEMBLE_LLM_API_KEY"
+ENV_TIMEOUT = "ENSEMBLE_LLM_TIMEOUT_S"
+
+SYSTEM_PROMPT = (
+    "You are the Ensemble trading copilot for a quant, an operations engineer and a "
+    "portfolio manager. Ensemble paper-trades crypto perpetual futures. Answer ONLY from "
+    "the facts in the JSON you are given: do not use outside knowledge, do not guess, do "
+    "not invent numbers, times or reasons. If the facts do not answer the question, say "
+    "which fact is missing. Quote the numbers you rely on. Times are UTC. Keep it to one "
+    "short paragraph of plain language."
+)
+
+# Field names that may reach the model. Anything else is dropped, at any depth.
+ALLOWED_KEYS = frozenset(
+    {
+        # envelope and the question
+        "kind",
+        "question",
+        "asked_time_utc",
+        "date",
+        "strategy_id",
+        "symbol",
+        "symbols",
+        "note",
+        "dry_run",
+        # daily summary
+        "bars",
+        "missing_bars",
+        "decisions",
+        "entries",
+        "round_trips",
+        "wins",
+        "losses",
+        "win_rate",
+        "pnl_usd",
+        "fees_usd",
+        "equity_start_usd",
+        "equity_end_usd",
+        "max_drawdown_day",
+        "end_state",
+        "end_status",
+        "entries_by_arm",
+        "rejections_by_reason",
+        "notable_losses",
+        "best_trade",
+        "kill_switch_events",
+        "operator_commands",
+        "errors",
+        "errors_by_stage",
+        "dead_letters",
+        "event",
+        "command",
+        "reason",
+        # a round trip
+        "opened_utc",
+        "closed_utc",
+        "side",
+        "arm",
+        "confidence",
+        "prob_side_traded",
+        "closed_by",
+        "held_bars",
+        # a decision
+        "decision",
+        "time_utc",
+        "action",
+        "chosen_arm",
+        "eligible_arms",
+        "ineligible_arms",
+        "bandit_samples_bps",
+        "direction",
+        "alpha",
+        "conf_min",
+        "target_position",
+        "vol_scale",
+        "shadow_would_veto",
+        "exit",
+        "trading_state",
+        "shadow_mode",
+        "model",
+        "p_up",
+        "p_down",
+        "conf",
+        "s_model_meta",
+        "s_model_bma",
+        "cohort",
+        "s_top",
+        "s_bot",
+        "s_mood",
+        "stale",
+        "missing",
+        "features",
+        "ret_1",
+        "ret_12",
+        "rv_annual",
+        "rv_1h_annual",
+        "rsi_14",
+        "volume_z",
+        "funding_rate",
+        "trend_15m",
+        "trend_1h",
+        "overlays",
+        "timeframe",
+        "trend",
+        "ext_signal",
+        "ext_confidence",
+        "agreeing_overlays",
+        "usable_overlays",
+        "thresholds",
+        "S_MIN",
+        "CONF_MIN",
+        "ALPHA_MIN",
+        "low_conf_veto",
+        "low_conf_min",
+        "consensus_gate",
+        "consensus_trend_min",
+        "dynamic_conf_min",
+        "pos_max",
+        "sigma_target",
+        "vol_guard",
+        "max_hold_bars",
+        "order",
+        "qty",
+        "notional_usd",
+        "purpose",
+        "position_before",
+        "execution",
+        "status",
+        "fill_px",
+        "ref_px",
+        "slippage_bps",
+        "fee_usd",
+        "rejections",
+        "stage",
+        "detail",
+        "risk",
+        "equity_usd",
+        "drawdown",
+        "max_drawdown",
+        "consecutive_losses",
+        "halt_reason",
+        "strategy_status",
+        "position_qty",
+        "outcome",
+        "won",
+        "exit_px",
+        "opened_by",
+        "nearby_trades",
+        "count",
+        "bps",
+    }
+)
+
+
+class LLMError(RuntimeError):
+    """The endpoint did not give an answer (the message never holds the key)."""
+
+
+def allow_listed(value: Any, allowed: frozenset[str] = ALLOWED_KEYS) -> Any:
+    if isinstance(value, Mapping):
+        return {k: allow_listed(v, allowed) for k, v in value.items() if k in allowed}
+    if isinstance(value, list):
+        return [allow_listed(v, allowed) for v in value]
+    return value
+
+
+def sanitize(facts: Mapping[str, Any], allowed: frozenset[str] = ALLOWED_KEYS) -> dict[str, Any]:
+    """Only allow-listed fields, and secret-looking names redacted even if allow-listed."""
+    return redact(allow_listed(facts, allowed))
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 60.0
+
+    def __repr__(self) -> str:
+        key = "<REDACTED>" if self.api_key else None
+        return f"LLMConfig(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).netloc
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LLMConfig | None:
+        """None without ENSEMBLE_LLM_BASE_URL; a bad value raises ValueError naming it."""
+        base = env.get(ENV_BASE_URL, "").strip().rstrip("/")
+        if not base:
+            return None
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{ENV_BASE_URL}={base!r} must be an http(s) URL such as .../v1")
+        if parts.username or parts.password:
+            raise ValueError(f"{ENV_BASE_URL} must not carry credentials; use {ENV_API_KEY}")
+        model = env.get(ENV_MODEL, "").strip()
+        if not model:
+            raise ValueError(f"{ENV_MODEL} is empty: name the model to ask at {ENV_BASE_URL}")
+        raw_timeout = env.get(ENV_TIMEOUT, "60")
+        try:
+            timeout = float(raw_timeout)
+            if not timeout > 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{ENV_TIMEOUT}={raw_timeout!r} must be seconds > 0") from None
+        key = env.get(ENV_API_KEY, "").strip() or None
+        return cls(base, model, key, timeout)
+
+
+def messages(facts: Mapping[str, Any], question: str) -> list[dict[str, str]]:
+    body = json.dumps(sanitize(facts), indent=1, sort_keys=True, allow_nan=False)
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {
+            "role": "user",
+            "content": f"Facts (JSON):\n{body}\n\nQuestion: {question}\n"
+            "Answer from these facts only.",
+        },
+    ]
+
+
+def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
+    """The model's answer to `question` over the sanitized `facts`."""
+    payload = {"model": cfg.model, "messages": messages(facts, question), "temperature": 0}
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if cfg.api_key:
+        headers["Authorization"] = f"Bearer {cfg.api_key}"
+    req = urllib.request.Request(
+        f"{cfg.base_url}/chat/completions",
+        data=json.dumps(payload).encode("utf-8"),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:  # noqa: S310
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        body = e.read(300).decode("utf-8", "replace").strip()
+        raise LLMError(f"{cfg.host} answered HTTP {e.code}: {body or e.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise LLMError(f"cannot reach {cfg.host}: {type(e).__name__}: {reason}") from None
+    try:
+        answer = json.loads(raw)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise LLMError(
+            f"{cfg.host} did not answer in the chat-completions format: {raw[:200]!r}"
+        ) from None
+    if not isinstance(answer, str) or not answer.strip():
+        raise LLMError(f"{cfg.host} returned an empty answer")
+    return answer.strip()

@@ -1,0 +1,296 @@
+"""Reading the flow's telemetry off Kafka: Avro decoding, and deduplication by decision id.
+
+The flow publishes at least once (Bytewax's KafkaSink): after a crash it may publish a
+decision's order intent, execution, rejection or signals again, with the same
+`decision_id`. Every consumer therefore drops a record whose `dedup_key` it has already
+seen. Two ways to read:
+
+- `GroupReader`: a kafka-python consumer group that follows the topics (the alerts
+  consumer); offsets are committed after the records were handled (at least once).
+- `read_to_end`: every record from the beginning of the topics up to their end at the
+  time of the call, then stop (the copilot, which deduplicates them); no group, nothing
+  committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from operators.telemetry import record_key
+from schemas import codec
+
+log = logging.getLogger("ensemble.consumers")
+
+Record = tuple[str, dict[str, Any]]  # (stream, decoded record)
+
+
+class TopicsMissing(RuntimeError):
+    """The telemetry topics do not exist on the broker (auto-create is off)."""
+
+
+def topic_name(prefix: str, stream: str) -> str:
+    if stream not in codec.STREAM_SCHEMAS:
+        raise ValueError(f"unknown stream {stream!r}; known: {sorted(codec.STREAM_SCHEMAS)}")
+    return f"{prefix}.{stream}"
+
+
+# The identity of a record: a republished copy has the same key (defined next to the
+# records themselves, so the flow's tests and the consumers agree on it).
+dedup_key = record_key
+
+
+class Dedup:
+    """Keys seen recently (bounded, oldest forgotten first); `first` is True once per key."""
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys={max_keys!r} must be >= 1")
+        self.max_keys = max_keys
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self.duplicates = 0
+
+    def first(self, stream: str, rec: dict[str, Any]) -> bool:
+        key = dedup_key(stream, rec)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            self.duplicates += 1
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return True
+
+
+def unique(records: Iterable[Record], dedup: Dedup | None = None) -> Iterator[Record]:
+    dedup = dedup or Dedup()
+    for stream, rec in records:
+        if dedup.first(stream, rec):
+            yield stream, rec
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str
+    prefix: str = "ensemble"
+
+    @classmethod
+    def from_values(cls, bootstrap: str | None, prefix: str | None) -> KafkaSettings:
+        """Validated like the flow's settings; a bad value raises ValueError naming it."""
+        if not bootstrap:
+            raise ValueError(
+                "no Kafka broker: set ENSEMBLE_KAFKA_BOOTSTRAP=host:port (or pass --bootstrap)"
+            )
+        if not all(
+            h.rpartition(":")[2].isdigit() and h.rpartition(":")[0] for h in bootstrap.split(",")
+        ):
+            raise ValueError(
+                f"ENSEMBLE_KAFKA_BOOTSTRAP={bootstrap!r} must be host:port[,host:port]"
+            )
+        prefix = prefix or "ensemble"
+        if not all(c.isalnum() or c in "._-" for c in prefix):
+            raise ValueError(f"ENSEMBLE_TOPIC_PREFIX={prefix!r} may use letters, digits, . _ -")
+        return cls(bootstrap, prefix)
+
+    def servers(self) -> list[str]:
+        return self.bootstrap.split(",")
+
+
+class Decoder:
+    """Topic -> stream -> decoded record; undecodable messages are logged and counted."""
+
+    def __init__(self, prefix: str, streams: Iterable[str]) -> None:
+        self.by_topic = {topic_name(prefix, s): s for s in streams}
+        self.undecodable = 0
+
+    def __call__(
+        self, topic: str, partition: int, offset: int, value: bytes | None
+    ) -> Record | None:
+        stream = self.by_topic.get(topic)
+        if stream is None:
+            return None
+        try:
+            return stream, codec.decode(codec.STREAM_SCHEMAS[stream], value or b"")
+        except codec.SchemaError as e:
+            self.undecodable += 1
+            log.warning("skipped undecodable message %s[%d]@%d: %s", topic, partition, offset, e)
+            return None
+
+
+def _check_topics(consumer: KafkaConsumer, topics: Iterable[str]) -> None:
+    known = consumer.topics()
+    missing = sorted(t for t in topics if t not in known)
+    if missing:
+        raise TopicsMissing(
+            f"topics {missing} do not exist on the broker; create them with "
+            "`python -m dataflows.topics --bootstrap HOST:PORT --prefix PREFIX`"
+        )
+
+
+def _consumer(kafka: KafkaSettings, client_id: str, **config: Any) -> KafkaConsumer:
+    try:
+        return KafkaConsumer(
+            bootstrap_servers=kafka.servers(),
+            client_id=client_id,
+            allow_auto_create_topics=False,
+            **config,
+        )
+    except KafkaError as e:
+        raise ConnectionError(f"cannot reach Kafka at {kafka.bootstrap}: {e}") from None
+
+
+class GroupReader:
+    """A consumer group member following `streams`; commit after handling each batch."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        streams: Iterable[str],
+        group_id: str,
+        start: str = "latest",
+        client_id: str = "ensemble-consumer",
+    ) -> None:
+        if start not in ("earliest", "latest"):
+            raise ValueError(f"start={start!r} must be earliest or latest")
+        self.decode = Decoder(kafka.prefix, streams)
+        self.consumer = _consumer(
+            kafka,
+            client_id,
+            group_id=group_id,
+            auto_offset_reset=start,
+            enable_auto_commit=False,
+        )
+        try:
+            _check_topics(self.consumer, self.decode.by_topic)
+        except Exception:
+            self.consumer.close(autocommit=False)
+            raise
+        self.consumer.subscribe(sorted(self.decode.by_topic))
+
+    def poll(self, timeout_s: float, max_records: int = 500) -> tuple[list[Record], int]:
+        """(decoded records, messages polled): undecodable ones count but are not returned."""
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[Record] = []
+        n = 0
+        for tp, msgs in batches.items():
+            for m in msgs:
+                n += 1
+                rec = self.decode(tp.topic, tp.partition, m.offset, m.value)
+                if rec is not None:
+                    out.append(rec)
+        return out, n
+
+    def commit(self) -> None:
+        self.consumer.commit()
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+def read_before_committed(
+    kafka: KafkaSettings,
+    streams: Iterable[str],
+    group_id: str,
+    per_partition: int,
+    client_id: str = "ensemble-consumer-warmup",
+) -> Iterator[Record]:
+    """Up to `per_partition` records just before `group_id`'s committed offsets: what the
+    group handled last, to rebuild a restarted member's memory. Nothing is committed;
+    a new group (no committed offsets) yields nothing."""
+    decode = Decoder(kafka.prefix, streams)
+    consumer = _consumer(kafka, client_id, group_id=group_id, enable_auto_commit=False)
+    try:
+        _check_topics(consumer, decode.by_topic)
+        parts = [
+            TopicPartition(t, p)
+            for t in sorted(decode.by_topic)
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        begin = consumer.beginning_offsets(parts)
+        stop: dict[TopicPartition, int] = {}
+        for tp in parts:
+            committed = consumer.committed(tp)
+            if committed is not None and committed > begin[tp]:
+                stop[tp] = committed
+        if not stop or per_partition <= 0:
+            return
+        consumer.assign(list(stop))
+        for tp, end in stop.items():
+            consumer.seek(tp, max(begin[tp], end - per_partition))
+        todo = set(stop)
+        idle = 0
+        while todo and idle < 30:
+            batches = consumer.poll(timeout_ms=1000, max_records=5000)
+            idle = 0 if batches else idle + 1
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    if m.offset < stop[tp]:
+                        rec = decode(tp.topic, tp.partition, m.offset, m.value)
+                        if rec is not None:
+                            yield rec
+            for tp in list(todo):
+                if consumer.position(tp) >= stop[tp]:
+                    todo.discard(tp)
+                    consumer.pause(tp)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def read_to_end(
+    kafka: KafkaSettings,
+    streams: Iterable[str],
+    client_id: str = "ensemble-copilot",
+    poll_timeout_s: float = 1.0,
+    stall_timeout_s: float = 30.0,
+) -> Iterator[Record]:
+    """Every decodable record of `streams` from the beginning to the current end.
+
+    Partitions are assigned directly (no group, no commits). Republished duplicates are
+    left in: the caller deduplicates (and can count them). Raises TimeoutError if no
+    progress is made for `stall_timeout_s` before the end offsets are reached.
+    """
+    decode = Decoder(kafka.prefix, streams)
+    consumer = _consumer(kafka, client_id, group_id=None, enable_auto_commit=False)
+    try:
+        _check_topics(consumer, decode.by_topic)
+        parts = [
+            TopicPartition(t, p)
+            for t in sorted(decode.by_topic)
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        begin = consumer.beginning_offsets(parts)
+        todo = {tp for tp in parts if end[tp] > begin[tp]}
+        stalled = 0.0
+        while todo:
+            batches = consumer.poll(timeout_ms=int(poll_timeout_s * 1000), max_records=5000)
+            if not batches:
+                stalled += poll_timeout_s
+                if stalled >= stall_timeout_s:
+                    raise TimeoutError(
+                        f"no progress reading {sorted(tp.topic for tp in todo)} for "
+                        f"{stall_timeout_s:.0f} s"
+                    )
+            else:
+                stalled = 0.0
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    if m.offset >= end[tp]:
+                        continue
+                    rec = decode(tp.topic, tp.partition, m.offset, m.value)
+                    if rec is not None:
+                        yield rec
+            for tp in list(todo):
+                if consumer.position(tp) >= end[tp]:
+                    todo.discard(tp)
+                    consumer.pause(tp)
+    finally:
+        consumer.close(autocommit=False)

@@ -1,0 +1,69 @@
+"""The operator's command line reaches the flow through Kafka and is audited."""
+
+from __future__ import annotations
+
+import json
+
+from bytewax.testing import run_main
+
+from dataflows import control
+from dataflows.ensemble import build_flow
+from dataflows.settings import Settings
+from dataflows.topics import provision
+from marketdata.generator import DEFAULT_START_MS, generate
+from schemas import codec
+from tests.conftest import small_settings
+from tests.integration.kafka_io import read_topic
+from tests.integration.test_kafka_restart import _publish
+
+BAR_MS = 300_000
+HALT_AT = DEFAULT_START_MS + 250 * BAR_MS + 1_000
+RESET_AT = DEFAULT_START_MS + 400 * BAR_MS + 1_000
+
+
+def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
+    kafka_bootstrap, prefix, tmp_path, capsys
+):
+    settings = small_settings(tmp_path)
+    provision(kafka_bootstrap, prefix)
+    _publish(kafka_bootstrap, prefix, [(s, r) for s, r in generate(settings.generator)])
+    for command, at in (("halt", HALT_AT), ("reset_kill_switch", RESET_AT)):
+        argv = [command, "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--at", str(at),
+                "--operator", "ops-oncall", "--reason", f"{command} drill"]  # fmt: skip
+        assert control.main(argv) == 0
+        assert f"sent {command} for *" in capsys.readouterr().out
+
+    env = {
+        "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "ENSEMBLE_TOPIC_PREFIX": prefix,
+        "ENSEMBLE_KAFKA_TAIL": "0",
+        "ENSEMBLE_CLOCK": "event",
+        "ENSEMBLE_DAYS": "2",
+        "ENSEMBLE_SEED": "11",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+    }
+    run_main(build_flow(Settings.from_env(env)))
+
+    repro = read_topic(kafka_bootstrap, f"{prefix}.repro", codec.STREAM_SCHEMAS["repro"])
+    audits = [r for r in repro if r["event"] == "control"]
+    assert sorted((a["symbol"], a["command"]["command"]) for a in audits) == [
+        ("BTC-PERP", "halt"), ("BTC-PERP", "reset_kill_switch"),
+        ("ETH-PERP", "halt"), ("ETH-PERP", "reset_kill_switch"),
+    ]  # fmt: skip
+    for a in audits:
+        assert a["command"]["operator"] == "ops-oncall"
+        assert a["command"]["reason"] == f"{a['command']['command']} drill"
+        assert a["command"]["command_id"].startswith("cmd-")
+        change = json.loads(a["change_json"])
+        want = "HALTED" if a["command"]["command"] == "halt" else "ACTIVE"
+        assert change["after"]["trading_state"] == want
+    health = read_topic(kafka_bootstrap, f"{prefix}.health", codec.STREAM_SCHEMAS["health"])
+    btc = {h["ts_event_ms"]: h["trading_state"] for h in health if h["symbol"] == "BTC-PERP"}
+    halted = [t for t, s in btc.items() if s == "HALTED"]
+    assert halted and min(halted) > HALT_AT and max(halted) < RESET_AT + BAR_MS
+
+
+def test_a_command_without_a_reason_is_not_sent(capsys):
+    argv = ["halt", "--bootstrap", "127.0.0.1:1", "--operator", "ops", "--reason", " "]
+    assert control.main(argv) == 2
+    assert "an operator and a reason are required" in capsys.readouterr().err
