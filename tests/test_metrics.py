@@ -81,6 +81,7 @@ def test_a_running_flow_serves_its_metrics_on_the_bytewax_api_server(tmp_path):
         **os.environ,
         "BYTEWAX_DATAFLOW_API_ENABLED": "true",
         "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),  # where it writes dataflow.json
         "ENSEMBLE_OUT": str(tmp_path),
         "ENSEMBLE_DAYS": "10",
         "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
