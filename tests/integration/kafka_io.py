@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -38,3 +39,19 @@ def read_topic(bootstrap: str, topic: str, schema: str | None) -> list[dict[str,
     finally:
         consumer.close()
     return out
+
+
+def flow_env(
+    bootstrap: str, prefix: str, days: str = "2", overrides: str | None = None
+) -> dict[str, str]:
+    """Settings for the flow on `prefix`'s topics, ending at their end, stamped by event time
+    (so its records equal a file run's), on the generator seed the tests publish."""
+    return {
+        "ENSEMBLE_KAFKA_BOOTSTRAP": bootstrap,
+        "ENSEMBLE_TOPIC_PREFIX": prefix,
+        "ENSEMBLE_KAFKA_TAIL": "0",
+        "ENSEMBLE_CLOCK": "event",
+        "ENSEMBLE_DAYS": days,
+        "ENSEMBLE_SEED": "11",
+        "ENSEMBLE_OVERRIDES": overrides or json.dumps({"warmup_bars": 150}),
+    }

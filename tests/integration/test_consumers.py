@@ -223,7 +223,7 @@ def test_consumers_on_the_real_flows_kafka_output(kafka_bootstrap, tmp_path, cap
     from marketdata.generator import generate
     from marketdata.replay import publish
     from tests.conftest import run_files, small_settings
-    from tests.integration.kafka_io import read_topic
+    from tests.integration.kafka_io import flow_env, read_topic
 
     prefix = f"it-{uuid.uuid4().hex[:10]}"
     provision(kafka_bootstrap, prefix)
@@ -231,15 +231,7 @@ def test_consumers_on_the_real_flows_kafka_output(kafka_bootstrap, tmp_path, cap
     settings = small_settings(tmp_path / "files", ENSEMBLE_OVERRIDES=overrides)
     records = [(s, r) for s, r in generate(settings.generator) if s != "funding"]
     publish(kafka_bootstrap, prefix, records, progress=False)
-    env = {
-        "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "ENSEMBLE_TOPIC_PREFIX": prefix,
-        "ENSEMBLE_KAFKA_TAIL": "0",
-        "ENSEMBLE_CLOCK": "event",
-        "ENSEMBLE_DAYS": "2",
-        "ENSEMBLE_SEED": "11",
-        "ENSEMBLE_OVERRIDES": overrides,
-    }
+    env = flow_env(kafka_bootstrap, prefix, overrides=overrides)
     run_main(build_flow(Settings.from_env(env)))
     health_recs = read_topic(kafka_bootstrap, f"{prefix}.health", "health")
     halted = {h["symbol"] for h in health_recs if h["halt_reason"] == "drawdown_limit"}

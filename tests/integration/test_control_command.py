@@ -13,7 +13,7 @@ from dataflows.topics import provision
 from marketdata.generator import DEFAULT_START_MS, generate
 from schemas import codec
 from tests.conftest import small_settings
-from tests.integration.kafka_io import read_topic
+from tests.integration.kafka_io import flow_env, read_topic
 from tests.integration.test_kafka_restart import _publish
 
 BAR_MS = 300_000
@@ -33,15 +33,7 @@ def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
         assert control.main(argv) == 0
         assert f"sent {command} for *" in capsys.readouterr().out
 
-    env = {
-        "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "ENSEMBLE_TOPIC_PREFIX": prefix,
-        "ENSEMBLE_KAFKA_TAIL": "0",
-        "ENSEMBLE_CLOCK": "event",
-        "ENSEMBLE_DAYS": "2",
-        "ENSEMBLE_SEED": "11",
-        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
-    }
+    env = flow_env(kafka_bootstrap, prefix)
     run_main(build_flow(Settings.from_env(env)))
 
     repro = read_topic(kafka_bootstrap, f"{prefix}.repro", codec.STREAM_SCHEMAS["repro"])

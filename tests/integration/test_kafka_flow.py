@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from bytewax.testing import run_main
 from confluent_kafka.admin import AdminClient, ConfigResource
@@ -16,7 +14,7 @@ from marketdata.generator import generate
 from marketdata.replay import encoded, publish
 from schemas import codec
 from tests.conftest import run_records, small_settings
-from tests.integration.kafka_io import read_topic
+from tests.integration.kafka_io import flow_env, read_topic
 
 GOOD = {
     "symbol": "BTC-PERP",
@@ -120,15 +118,7 @@ def kafka_run(kafka_bootstrap, tmp_path_factory):
     producer.flush()
     producer.close()
     assert len(expected) == 6
-    env = {
-        "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "ENSEMBLE_TOPIC_PREFIX": prefix,
-        "ENSEMBLE_KAFKA_TAIL": "0",
-        "ENSEMBLE_CLOCK": "event",
-        "ENSEMBLE_DAYS": "2",
-        "ENSEMBLE_SEED": "11",
-        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
-    }
+    env = flow_env(kafka_bootstrap, prefix)
     run_main(build_flow(Settings.from_env(env)))
     out = {
         t.stream: read_topic(kafka_bootstrap, t.name(prefix), codec.STREAM_SCHEMAS[t.stream])
