@@ -332,6 +332,8 @@ def render_why(f: dict[str, Any]) -> str:
     order = f.get("order")
     base = sym.split("-")[0]
     head = f"{sym}, decision at {d['time_utc']} UTC (asked about {f['asked_time_utc']}): "
+    if "premise" in f:
+        head = f"{f['premise'][0].upper()}{f['premise'][1:]}. " + head
     if "note" in f:
         head = f"{f['note'][0].upper()}{f['note'][1:]}. "
         near = f.get("nearby_trades") or []

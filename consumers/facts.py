@@ -459,23 +459,28 @@ def _position_side(order: dict[str, Any]) -> int:
     return d if order["purpose"] in ENTRY_PURPOSES else -d
 
 
+def _mismatch(order: dict[str, Any], question: str) -> int:
+    """How many of the question's premises (a long/short position, a buy/sell) the order
+    contradicts: 0 when it is the kind of trade asked about."""
+    wrong = 0
+    if m := _POSITION.search(question):
+        wrong += _position_side(order) != (1 if m.group(1).lower() == "long" else -1)
+    if m := _ORDER_SIDE.search(question):
+        side = "buy" if m.group(1).lower().startswith(("buy", "bought")) else "sell"
+        wrong += order["side"] != side
+    return wrong
+
+
 def find_trade(tel: Telemetry, symbol: str, at_ms: int, question: str) -> str | None:
     """The decision id of the order intent nearest `at_ms` (within an hour). A position
     (long, short) or order side (buy, sell) named in the question is preferred, then the
     nearer decision, then the earlier one."""
-    want_pos = want_side = None
-    if m := _POSITION.search(question):
-        want_pos = 1 if m.group(1).lower() == "long" else -1
-    if m := _ORDER_SIDE.search(question):
-        want_side = "buy" if m.group(1).lower().startswith(("buy", "bought")) else "sell"
     best = None
     for did, o in tel.orders.items():
         dist = abs(o["ts_event_ms"] - at_ms)
         if o["symbol"] != symbol or dist > MATCH_WINDOW_MS:
             continue
-        mismatch = (want_pos is not None and _position_side(o) != want_pos) + (
-            want_side is not None and o["side"] != want_side
-        )
+        mismatch = _mismatch(o, question)
         rank = (mismatch, dist, o["ts_event_ms"] > at_ms)
         if best is None or rank < best[0]:
             best = (rank, did)
@@ -656,6 +661,13 @@ def why_facts(
         "asked_time_utc": utc_text(at_ms),
     }
     if did is not None and did in tel.signals:
+        order = tel.orders[did]
+        if _mismatch(order, question):  # answer the question asked, not a convenient one
+            base["premise"] = (
+                f"no trade of the kind asked about for {sym} within "
+                f"{MATCH_WINDOW_MS // 60_000} minutes of {utc_text(at_ms)} UTC; the nearest "
+                f"trade decision ({order['side']}, {order['purpose']}) is explained instead"
+            )
         return {**base, **decision_facts(tel, tel.signals[did])}
     sigs = tel.signals_by_symbol[sym]
     sig = tel.at_or_before(sigs, at_ms) or (sigs[0] if sigs else None)

@@ -52,6 +52,7 @@ ALLOWED_KEYS = frozenset(
         "symbol",
         "symbols",
         "note",
+        "premise",
         "dry_run",
         # daily summary
         "bars",

@@ -513,3 +513,12 @@ def test_the_copilot_counts_the_same_round_trips_as_the_flow(tmp_path):
     trade = next(o for o in tel.orders.values() if o["purpose"] == "entry")
     f = why_facts(tel, "why?", symbol=trade["symbol"], at=copilot.utc_text(trade["ts_event_ms"]))
     assert f["order"]["side"] == trade["side"] and f["decision"]["action"] == "trade"
+
+
+def test_a_question_whose_premise_is_wrong_is_corrected_before_the_answer(tel):
+    """10:00 was a long entry: asked why it was short, the copilot says there was no short."""
+    f = why_facts(tel, "why was the 10:00 trade short?")
+    assert f["order"]["side"] == "buy" and f["decision"]["time_utc"] == "2024-01-04 10:00"
+    assert f["premise"].startswith("no trade of the kind asked about for BTC-PERP")
+    assert copilot.render_why(f).startswith("No trade of the kind asked about")
+    assert "premise" not in why_facts(tel, "why was the 14:00 trade short?")
