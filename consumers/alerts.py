@@ -90,9 +90,17 @@ _SECRET_ASSIGNMENT = re.compile(
 )
 
 
+# `Bearer sk-...` and URLs with a path or query (webhook URLs carry their secret there)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
+_URL_TAIL = re.compile(r"(?i)\b(https?://[^\s/?#]+)[/?#]\S*")
+
+
 def scrub(text: str) -> str:
-    """Free text with the value of any `name=value` whose name looks secret masked."""
-    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    """Free text with secret-looking values masked: `name=value` whose name looks secret,
+    bearer tokens, and the path and query of URLs (the host stays, for diagnosis)."""
+    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return _URL_TAIL.sub(lambda m: f"{m.group(1)}/{REDACTED}", text)
 
 
 class AlertsConfigError(ValueError):
@@ -486,7 +494,7 @@ class Rules:
                 sym,
                 f"{sym} [{sid}] error in stage {r['stage']} at {utc(ts)}: "
                 f"{r['error_type']}: {message}. The flow went on; the record was skipped.",
-                f"{sid}:{r['stage']}:{r['error_type']}:{r['message']}",
+                f"{sid}:{r['stage']}:{r['error_type']}:{message}",  # scrubbed: it is logged
                 ts,
             )
         ]

@@ -370,6 +370,7 @@ def _state_changes(health: list[dict[str, Any]], t0: int, t1: int) -> list[dict[
 
 # -- "why" ---------------------------------------------------------------------------------------
 _DATE_TIME = re.compile(r"\b(\d{4}-\d{2}-\d{2})[ T](\d{1,2}):(\d{2})\b")
+_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
 _CLOCK = re.compile(r"\b(\d{1,2}):(\d{2})\s*(am|pm)?\b", re.IGNORECASE)
 _HOUR = re.compile(r"\b(\d{1,2})\s*(am|pm)\b", re.IGNORECASE)
 _POSITION = re.compile(r"\b(short|long)\b", re.IGNORECASE)
@@ -384,6 +385,17 @@ def _hour24(h: int, ampm: str | None, text: str) -> int:
     return h
 
 
+def _date_alone(question: str) -> date | None:
+    """A date written apart from the time ("the 14:00 trade on 2024-01-04")."""
+    m = _DATE.search(question)
+    if m is None:
+        return None
+    try:
+        return date.fromisoformat(m.group(1))
+    except ValueError:
+        raise CopilotError(f"{m.group(1)!r} is not a date") from None
+
+
 def parse_time(question: str) -> tuple[date | None, int, int]:
     """(date or None, hour, minute) named in the question, UTC."""
     m = _DATE_TIME.search(question)
@@ -394,10 +406,10 @@ def parse_time(question: str) -> tuple[date | None, int, int]:
             raise CopilotError(f"{m.group(1)!r} is not a date") from None
         h, mi = int(m.group(2)), int(m.group(3))
     elif m := _CLOCK.search(question):
-        d, mi = None, int(m.group(2))
+        d, mi = _date_alone(question), int(m.group(2))
         h = _hour24(int(m.group(1)), m.group(3), m.group(0))
     elif m := _HOUR.search(question):
-        d, mi = None, 0
+        d, mi = _date_alone(question), 0
         h = _hour24(int(m.group(1)), m.group(2), m.group(0))
     else:
         raise CopilotError(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from consumers.slack import _loopback
 from operators.telemetry import redact
 
 log = logging.getLogger("ensemble.copilot.llm")
@@ -237,6 +238,11 @@ class LLMConfig:
         except ValueError:
             raise ValueError(f"{ENV_TIMEOUT}={raw_timeout!r} must be seconds > 0") from None
         key = env.get(ENV_API_KEY, "").strip() or None
+        if key and parts.scheme == "http" and not _loopback(parts.hostname or ""):
+            raise ValueError(
+                f"{ENV_BASE_URL}={base!r} is plain http to another host: the API key would "
+                "travel in clear text; use https (http is accepted on loopback only)"
+            )
         return cls(base, model, key, timeout)
 
 
@@ -252,6 +258,18 @@ def messages(facts: Mapping[str, Any], question: str) -> list[dict[str, str]]:
     ]
 
 
+class _RefuseRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the Authorization header to wherever it points: refuse it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
+        raise urllib.error.HTTPError(
+            req.full_url, code, f"redirect to {urlsplit(newurl).netloc} refused", headers, fp
+        )
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirect)
+
+
 def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
     """The model's answer to `question` over the sanitized `facts`."""
     payload = {"model": cfg.model, "messages": messages(facts, question), "temperature": 0}
@@ -265,7 +283,7 @@ def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=cfg.timeout_s) as resp:  # noqa: S310
+        with _NO_REDIRECTS.open(req, timeout=cfg.timeout_s) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as e:
         body = e.read(300).decode("utf-8", "replace").strip()

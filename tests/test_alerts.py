@@ -916,3 +916,16 @@ def test_the_local_webhook_stand_in_prints_what_it_receives(capsys):
     assert "[webhook] hello ops" in capsys.readouterr().out
     with pytest.raises(ValueError, match="loopback"):
         stand_in("0.0.0.0")
+
+
+def test_scrub_masks_secret_values_bearer_tokens_and_url_paths_in_free_text():
+    from consumers.alerts import scrub
+
+    text = (
+        "post to https://hooks.slack.com/services/T0/B0/XYZ failed; "
+        "Authorization: Bearer sk-live-123; api_key=abc"
+    )
+    clean = scrub(text)
+    for secret in ("T0/B0/XYZ", "sk-live-123", "abc"):
+        assert secret not in clean
+    assert "https://hooks.slack.com/" in clean  # the host stays, for diagnosis

@@ -430,6 +430,8 @@ class ChatServer:
                     }
                 raw = json.dumps(payload).encode()
                 self.send_response(status)
+                if status == 302:  # a redirect that would carry the key elsewhere
+                    self.send_header("Location", "http://127.0.0.2:9/v1/chat/completions")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
@@ -522,3 +524,21 @@ def test_a_question_whose_premise_is_wrong_is_corrected_before_the_answer(tel):
     assert f["premise"].startswith("no trade of the kind asked about for BTC-PERP")
     assert copilot.render_why(f).startswith("No trade of the kind asked about")
     assert "premise" not in why_facts(tel, "why was the 14:00 trade short?")
+
+
+def test_the_api_key_never_travels_in_clear_text_or_follows_a_redirect(tel):
+    plain = {"ENSEMBLE_LLM_MODEL": "m", "ENSEMBLE_LLM_API_KEY": "sk-abc"}
+    with pytest.raises(ValueError, match="plain http to another host"):
+        llm.LLMConfig.from_env({**plain, "ENSEMBLE_LLM_BASE_URL": "http://llm.example.com/v1"})
+    assert llm.LLMConfig.from_env({**plain, "ENSEMBLE_LLM_BASE_URL": "http://127.0.0.1:8/v1"})
+    with ChatServer(status=302) as server:
+        cfg = llm.LLMConfig.from_env(server.env())
+        with pytest.raises(llm.LLMError, match="HTTP 302"):
+            llm.complete(cfg, why_facts(tel, "why was the 14:00 trade short?"), "why?")
+    assert len(server.requests) == 1
+
+
+def test_a_date_written_apart_from_the_time_is_used():
+    question = "why was the 14:00 trade on 2024-01-04 short?"
+    assert parse_time(question) == (date(2024, 1, 4), 14, 0)
+    assert parse_time("on 2024-01-04 at 2pm, why short?") == (date(2024, 1, 4), 14, 0)

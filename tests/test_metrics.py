@@ -86,17 +86,18 @@ def test_a_running_flow_serves_its_metrics_on_the_bytewax_api_server(tmp_path):
         "ENSEMBLE_DAYS": "10",
         "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
     }
+    log = tmp_path / "stderr.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log.open("w"),
     )
     try:
         page, deadline = "", time.monotonic() + 120
         while "ensemble_decisions_total{" not in page:
-            assert proc.poll() is None, f"the flow ended before it was scraped: {proc.stderr}"
+            assert proc.poll() is None, f"the flow ended before it was scraped:\n{log.read_text()}"
             assert time.monotonic() < deadline, "no ensemble metrics on /metrics"
             try:
                 url = f"http://127.0.0.1:{port}/metrics"
@@ -120,3 +121,10 @@ def test_a_running_flow_serves_its_metrics_on_the_bytewax_api_server(tmp_path):
         'ensemble_event_lag_seconds{symbol="BTC-PERP"}',
     ):
         assert name in page, f"{name} missing from /metrics"
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in page.splitlines()
+        if line.startswith("ensemble_") and " " in line
+    }
+    assert values["ensemble_decision_latency_seconds_count"] > 0  # the buckets exist at zero
+    assert values['ensemble_bars_total{complete="true",symbol="BTC-PERP",timeframe="5m"}'] > 0
