@@ -56,3 +56,29 @@ def run_files(settings: Settings, messages: list[RawMessage] | None = None) -> d
 
 def messages(settings: Settings) -> list[RawMessage]:
     return list(market_messages(settings))
+
+
+def kill_after_a_snapshot(proc, recovery: Path, ready, timeout_s: float = 180.0) -> None:
+    """SIGKILL `proc` (a `python -m bytewax.run ... -r recovery` process) just after Bytewax
+    commits a snapshot taken once `ready()` holds, so a restart must resume from state that
+    was built mid-stream, not start from scratch."""
+    import signal
+    import time
+
+    wal = recovery / "part-0.sqlite3-wal"
+
+    def committed() -> tuple[int, int] | None:
+        return (wal.stat().st_mtime_ns, wal.stat().st_size) if wal.exists() else None
+
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+        assert time.monotonic() < deadline, "the run never got far enough"
+        time.sleep(0.01)
+    before = committed()
+    while committed() == before:
+        assert proc.poll() is None, "the run ended before its next snapshot; make it longer"
+        assert time.monotonic() < deadline, "the run never took a snapshot"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL

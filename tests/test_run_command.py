@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from dataflows.recovery import prepare
-from tests.conftest import run_records, shared_file
+from tests.conftest import kill_after_a_snapshot, run_records, shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +90,7 @@ def test_sigkill_mid_run_and_a_restart_on_the_same_recovery_dir_write_the_same_f
     """The README's recovery recipe: kill -9 halfway, start again, lose and double nothing."""
     env = {
         **os.environ,
-        "ENSEMBLE_DAYS": "6",
+        "ENSEMBLE_DAYS": "8",
         "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
     }
     command = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"]
@@ -106,20 +104,8 @@ def test_sigkill_mid_run_and_a_restart_on_the_same_recovery_dir_write_the_same_f
     recoverable = [*command, "-r", str(rec), "-s", "1", "-b", "0"]
     env["ENSEMBLE_OUT"] = str(out)
     proc = subprocess.Popen(recoverable, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    signals, wal = out / "signals.jsonl", rec / "part-0.sqlite3-wal"
-
-    def snapshotted_a_third() -> bool:  # a state snapshot is committed (WAL > 16 KiB)
-        if not (signals.exists() and wal.exists()):
-            return False
-        return signals.stat().st_size > third and wal.stat().st_size > 16_384
-
-    deadline = time.monotonic() + 120
-    while not snapshotted_a_third():
-        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
-        assert time.monotonic() < deadline, "the run never took a snapshot"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    signals = out / "signals.jsonl"
+    kill_after_a_snapshot(proc, rec, lambda: signals.exists() and signals.stat().st_size > third)
     assert not (out / "summary.json").exists()
 
     again = subprocess.run(recoverable, cwd=ROOT, env=env, capture_output=True, text=True)

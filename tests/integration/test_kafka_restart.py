@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from marketdata.generator import generate
 from marketdata.replay import encoded
 from operators.telemetry import record_key
 from schemas import codec
-from tests.conftest import run_records, small_settings
+from tests.conftest import kill_after_a_snapshot, run_records, small_settings
 from tests.integration.kafka_io import read_topic
 
 pytestmark = pytest.mark.slow
@@ -89,18 +87,10 @@ def test_sigkill_mid_stream_and_restart_publish_the_uninterrupted_decisions(
         "-r", str(rec), "-s", "1", "-b", "0",
     ]  # fmt: skip
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    wal = rec / "part-0.sqlite3-wal"
     want_signals = len(uninterrupted["signals"])
-    deadline = time.monotonic() + 180
-    while True:  # kill once a state snapshot is committed and a third of the bars are out
-        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
-        assert time.monotonic() < deadline, "the run never took a snapshot"
-        snapshotted = wal.exists() and wal.stat().st_size > 16_384
-        if snapshotted and _count(kafka_bootstrap, prefix, "signals") > want_signals // 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    kill_after_a_snapshot(
+        proc, rec, lambda: _count(kafka_bootstrap, prefix, "signals") > want_signals // 3
+    )
     killed_at = _count(kafka_bootstrap, prefix, "signals")
     assert killed_at < want_signals, "the run had already finished when it was killed"
 
