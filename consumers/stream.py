@@ -193,6 +193,52 @@ class GroupReader:
         self.consumer.close(autocommit=False)
 
 
+def _partitions(consumer: KafkaConsumer, decode: Decoder) -> list[TopicPartition]:
+    _check_topics(consumer, decode.by_topic)
+    return [
+        TopicPartition(t, p)
+        for t in sorted(decode.by_topic)
+        for p in sorted(consumer.partitions_for_topic(t) or ())
+    ]
+
+
+def _read_until(
+    consumer: KafkaConsumer,
+    decode: Decoder,
+    stop: dict[TopicPartition, int],
+    poll_timeout_s: float,
+    stall_timeout_s: float,
+    raise_on_stall: bool = True,
+) -> Iterator[Record]:
+    """Decoded records of the assigned partitions up to (not including) their `stop` offset.
+    After `stall_timeout_s` without a message: TimeoutError, or just stop."""
+    todo = set(stop)
+    stalled = 0.0
+    while todo:
+        batches = consumer.poll(timeout_ms=int(poll_timeout_s * 1000), max_records=5000)
+        if not batches:
+            stalled += poll_timeout_s
+            if stalled >= stall_timeout_s:
+                if not raise_on_stall:
+                    return
+                raise TimeoutError(
+                    f"no progress reading {sorted(tp.topic for tp in todo)} for "
+                    f"{stall_timeout_s:.0f} s"
+                )
+        else:
+            stalled = 0.0
+        for tp, msgs in batches.items():
+            for m in msgs:
+                if m.offset < stop[tp]:
+                    rec = decode(tp.topic, tp.partition, m.offset, m.value)
+                    if rec is not None:
+                        yield rec
+        for tp in list(todo):
+            if consumer.position(tp) >= stop[tp]:
+                todo.discard(tp)
+                consumer.pause(tp)
+
+
 def read_before_committed(
     kafka: KafkaSettings,
     streams: Iterable[str],
@@ -206,12 +252,7 @@ def read_before_committed(
     decode = Decoder(kafka.prefix, streams)
     consumer = _consumer(kafka, client_id, group_id=group_id, enable_auto_commit=False)
     try:
-        _check_topics(consumer, decode.by_topic)
-        parts = [
-            TopicPartition(t, p)
-            for t in sorted(decode.by_topic)
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        parts = _partitions(consumer, decode)
         begin = consumer.beginning_offsets(parts)
         stop: dict[TopicPartition, int] = {}
         for tp in parts:
@@ -223,21 +264,7 @@ def read_before_committed(
         consumer.assign(list(stop))
         for tp, end in stop.items():
             consumer.seek(tp, max(begin[tp], end - per_partition))
-        todo = set(stop)
-        idle = 0
-        while todo and idle < 30:
-            batches = consumer.poll(timeout_ms=1000, max_records=5000)
-            idle = 0 if batches else idle + 1
-            for tp, msgs in batches.items():
-                for m in msgs:
-                    if m.offset < stop[tp]:
-                        rec = decode(tp.topic, tp.partition, m.offset, m.value)
-                        if rec is not None:
-                            yield rec
-            for tp in list(todo):
-                if consumer.position(tp) >= stop[tp]:
-                    todo.discard(tp)
-                    consumer.pause(tp)
+        yield from _read_until(consumer, decode, stop, 1.0, 30.0, raise_on_stall=False)
     finally:
         consumer.close(autocommit=False)
 
@@ -258,39 +285,12 @@ def read_to_end(
     decode = Decoder(kafka.prefix, streams)
     consumer = _consumer(kafka, client_id, group_id=None, enable_auto_commit=False)
     try:
-        _check_topics(consumer, decode.by_topic)
-        parts = [
-            TopicPartition(t, p)
-            for t in sorted(decode.by_topic)
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        parts = _partitions(consumer, decode)
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)
         begin = consumer.beginning_offsets(parts)
-        todo = {tp for tp in parts if end[tp] > begin[tp]}
-        stalled = 0.0
-        while todo:
-            batches = consumer.poll(timeout_ms=int(poll_timeout_s * 1000), max_records=5000)
-            if not batches:
-                stalled += poll_timeout_s
-                if stalled >= stall_timeout_s:
-                    raise TimeoutError(
-                        f"no progress reading {sorted(tp.topic for tp in todo)} for "
-                        f"{stall_timeout_s:.0f} s"
-                    )
-            else:
-                stalled = 0.0
-            for tp, msgs in batches.items():
-                for m in msgs:
-                    if m.offset >= end[tp]:
-                        continue
-                    rec = decode(tp.topic, tp.partition, m.offset, m.value)
-                    if rec is not None:
-                        yield rec
-            for tp in list(todo):
-                if consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
-                    consumer.pause(tp)
+        stop = {tp: end[tp] for tp in parts if end[tp] > begin[tp]}
+        yield from _read_until(consumer, decode, stop, poll_timeout_s, stall_timeout_s)
     finally:
         consumer.close(autocommit=False)
