@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from consumers.facts import FEATURES_SHOWN
 from consumers.slack import _loopback
 from operators.telemetry import redact
 
@@ -122,15 +123,7 @@ ALLOWED_KEYS = frozenset(
         "stale",
         "missing",
         "features",
-        "ret_1",
-        "ret_12",
-        "rv_annual",
-        "rv_1h_annual",
-        "rsi_14",
-        "volume_z",
-        "funding_rate",
-        "trend_15m",
-        "trend_1h",
+        *FEATURES_SHOWN,  # the features the facts carry are the ones allowed out
         "overlays",
         "timeframe",
         "trend",
