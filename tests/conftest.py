@@ -59,26 +59,40 @@ def messages(settings: Settings) -> list[RawMessage]:
 
 
 def kill_after_a_snapshot(proc, recovery: Path, ready, timeout_s: float = 180.0) -> None:
-    """SIGKILL `proc` (a `python -m bytewax.run ... -r recovery` process) just after Bytewax
-    commits a snapshot taken once `ready()` holds, so a restart must resume from state that
-    was built mid-stream, not start from scratch."""
+    """SIGKILL `proc` (a `python -m bytewax.run ... -r recovery` process) once Bytewax has
+    committed a strategy snapshot taken after `ready()` held, so a restart must resume from
+    state that was built mid-stream, not start from scratch.
+
+    Reads Bytewax's recovery database itself: a change of its write-ahead log is not yet a
+    commit (a kill between the snapshot rows and the commit row resumes from the epoch
+    before, which early in a run is no state at all)."""
     import signal
+    import sqlite3
     import time
 
-    wal = recovery / "part-0.sqlite3-wal"
+    db = recovery / "part-0.sqlite3"
 
-    def committed() -> tuple[int, int] | None:
-        return (wal.stat().st_mtime_ns, wal.stat().st_size) if wal.exists() else None
+    def committed_strategy_epoch() -> int:
+        """The newest epoch with a committed strategy snapshot (-1 when none)."""
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0) as con:
+                row = con.execute(
+                    "SELECT MAX(s.snap_epoch) FROM snaps s, commits c"
+                    " WHERE s.step_id LIKE '%strategy%' AND s.snap_epoch <= c.commit_epoch"
+                ).fetchone()
+        except sqlite3.OperationalError:  # busy, or the tables are not created yet
+            return -1
+        return -1 if row is None or row[0] is None else int(row[0])
 
     deadline = time.monotonic() + timeout_s
     while not ready():
         assert proc.poll() is None, "the run ended before it could be killed; make it longer"
         assert time.monotonic() < deadline, "the run never got far enough"
         time.sleep(0.01)
-    before = committed()
-    while committed() == before:
+    before = committed_strategy_epoch()
+    while committed_strategy_epoch() <= before:
         assert proc.poll() is None, "the run ended before its next snapshot; make it longer"
-        assert time.monotonic() < deadline, "the run never took a snapshot"
+        assert time.monotonic() < deadline, "the run never committed a strategy snapshot"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
