@@ -122,7 +122,7 @@ def new_state(cfg: StrategyConfig, symbol: str, seed: int) -> SymbolState:
         symbol=symbol,
         portfolio=Portfolio(cash=cfg.risk.initial_equity),
         risk=RiskState(peak_equity=cfg.risk.initial_equity),
-        bandit=ThompsonBandit(cfg.bandit),
+        bandit=ThompsonBandit(),
         rng=np.random.default_rng(symbol_seed(seed, symbol)),
     )
 
@@ -381,7 +381,7 @@ class Strategy:
             "halt_reason": r.halt_reason,
             "peak_equity_usd": r.peak_equity,
             "consecutive_losses": r.consecutive_losses,
-            "bandit": s.bandit.as_dict(),
+            "bandit": s.bandit.as_dict(self.cfg.bandit),
         }
 
     def _repro(
@@ -511,7 +511,7 @@ class Strategy:
         if not any(elig.values()):
             d["reason"] = Reason.NO_ELIGIBLE_ARM.value
             return None
-        arm, samples = s.bandit.select(elig, s.rng)
+        arm, samples = s.bandit.select(elig, s.rng, cfg.bandit)
         d["chosen_arm"], d["samples"] = arm, samples
         direction, alpha = direction_and_alpha(arm, sig, th)
         d["direction"], d["alpha"] = direction, alpha
@@ -749,7 +749,7 @@ class Strategy:
                 trading_state=r.state.value,
                 halt_reason=r.halt_reason,
                 strategy_status=status,
-                bandit=s.bandit.as_dict(),
+                bandit=s.bandit.as_dict(self.cfg.bandit),
             ),
         )
 

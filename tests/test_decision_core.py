@@ -92,11 +92,16 @@ class Scenario:
         for _ in range(WARMUP):
             self.bar()
 
-    def restart(self) -> None:
-        """What Bytewax recovery does: pickle the per-key state, build a new strategy on it."""
+    def restart(self, cfg: StrategyConfig | None = None, **overrides: Any) -> None:
+        """What Bytewax recovery does: pickle the per-key state, build a new strategy on it
+        (with `cfg` and `overrides`, a restart under a changed configuration)."""
         old = self.strategy
         state = pickle.loads(pickle.dumps(old.s))
-        self.strategy = Strategy(old.base_cfg, state, old.stamp, old.model_info, resumed=True)
+        if cfg is not None:
+            cfg = cfg.with_overrides({"warmup_bars": WARMUP, **overrides})
+        self.strategy = Strategy(
+            cfg or old.base_cfg, state, old.stamp, old.model_info, resumed=True
+        )
 
 
 def _one(out: list[tuple[str, dict]], stream: str) -> dict[str, Any]:
@@ -325,3 +330,30 @@ def test_a_restart_with_an_open_position_keeps_position_posteriors_and_trading_s
     assert restored["position_qty"] != 0.0
     assert outs_restarted == outs_straight
     assert [r for s, r in outs_restarted if s in ("orders", "executions")], "nothing traded"
+
+
+# -- configuration is never state ---------------------------------------------------------
+def test_a_restart_under_a_changed_bandit_config_samples_with_the_new_one():
+    """State from a run with model_optimism 0 and prior mean 0, resumed with 0.1 and 5 bps,
+    behaves exactly like a run that had the new configuration from the start."""
+    new = {"bandit.model_optimism": 0.1, "bandit.prior_mean_bps": 5.0}
+    resumed = Scenario(ENSEMBLE_1_1, **{"bandit.model_optimism": 0.0})
+    fresh = Scenario(ENSEMBLE_1_1, **new)
+    resumed.warm_up()
+    fresh.warm_up()
+    resumed.restart(ENSEMBLE_1_1, **new)
+    model_bar = {"p_up": 0.75, "s_top": 0.5, "rv": 0.3}
+    got, want = resumed.bar(**model_bar), fresh.bar(**model_bar)
+    audit = json.loads(_one(got, "repro")["config_json"])
+    assert audit["bandit"]["model_optimism"] == 0.1
+    assert _decision(got)["samples"] == _decision(want)["samples"]
+    assert _one(got, "health")["bandit"] == _one(want, "health")["bandit"]
+    assert _one(got, "health")["bandit"]["pros"]["mean_bps"] == 5.0
+
+
+def test_the_pickled_strategy_state_holds_no_configuration():
+    sc = Scenario(ENSEMBLE_1_1)
+    sc.warm_up()
+    blob = pickle.dumps(sc.strategy.s)
+    for name in ("BanditConfig", "RiskConfig", "StrategyConfig", "GateConfig"):
+        assert name.encode() not in blob, f"{name} is pickled with the state"
