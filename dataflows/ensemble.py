@@ -322,7 +322,8 @@ def build_flow(
     """The dataflow over `settings`' input (or `messages`, or `source`), into `sink` (or
     JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource)."""
     stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
-    load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not the first bar
+    rt = load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not a bar
+    settings.strategy.with_model_horizon(rt.horizon_bars)  # a hold the model disagrees with
 
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None

@@ -139,7 +139,9 @@ class RiskConfig:
     vol_guard_min_scale: float = 0.25
     adv_cap_pct: float = 0.0  # max order notional as % of trailing 1-day volume; 0 = off
     min_order_notional: float = 10.0  # USD; smaller adjustments are not worth the fee
-    max_hold_bars: int = 12  # a position is closed after this many bars; the bandit's horizon
+    # Bars a position is held before the time exit; the bandit's reward horizon. It must be
+    # the model's label horizon (manifest horizon_bars): 0 takes it from the model.
+    max_hold_bars: int = 0
     initial_equity: float = 10_000.0  # USD
     max_drawdown: float = 0.10  # from peak equity -> HALTED
     daily_loss_limit: float = 0.05  # of start-of-day equity -> HALTED
@@ -176,10 +178,10 @@ class RiskConfig:
             "must be >= 0",
         )
         _check(
-            isinstance(self.max_hold_bars, int) and self.max_hold_bars >= 1,
+            isinstance(self.max_hold_bars, int) and self.max_hold_bars >= 0,
             "risk.max_hold_bars",
             self.max_hold_bars,
-            "must be an integer >= 1",
+            "must be an integer >= 1, or 0 for the model's label horizon",
         )
         _positive("risk.initial_equity", self.initial_equity)
         _check(
@@ -255,6 +257,21 @@ class StrategyConfig:
         for path, value in overrides.items():
             cfg = _replace_path(cfg, path.split("."), value, path)
         return cfg
+
+    def with_model_horizon(self, horizon_bars: int) -> StrategyConfig:
+        """The configuration in force with a model whose labels look `horizon_bars` ahead:
+        the time exit holds exactly that long, so the hold, the bandit's reward and the
+        model's label are about the same move."""
+        hold = self.risk.max_hold_bars
+        if hold not in (0, horizon_bars):
+            raise ConfigError(
+                f"risk.max_hold_bars={hold!r} is invalid: the model's label horizon is "
+                f"horizon_bars={horizon_bars} (its manifest); use 0 or {horizon_bars}, "
+                "or train a model with the horizon you want"
+            )
+        return dataclasses.replace(
+            self, risk=dataclasses.replace(self.risk, max_hold_bars=horizon_bars)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))

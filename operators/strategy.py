@@ -11,7 +11,8 @@ At a 5m close t the strategy:
 3. marks to market at the close and checks the kill-switches;
 4. decides: eligibility → Thompson bandit → side threshold → gates → sizing → pre-trade
    guards → an order intent for the next bar, or a rejection with its reason;
-   with no new entry, a position held `max_hold_bars` is closed (time exit), and a halted
+   with no new entry, a position is closed after `max_hold_bars` (the model's label
+   horizon) bars from fill to fill (time exit), and a halted
    symbol's position is flattened;
 5. emits signals, ensemble, health and (hourly) calibration telemetry.
 An intent is answered by exactly one execution or rejection (linked by decision id).
@@ -155,6 +156,9 @@ class Strategy:
         model_info: dict[str, Any],
         resumed: bool = False,
     ) -> None:
+        if "horizon_bars" not in model_info:
+            raise ValueError("model_info needs the model's horizon_bars (its manifest)")
+        cfg = cfg.with_model_horizon(int(model_info["horizon_bars"]))
         self.base_cfg = cfg
         self.shadow_cfg = _shadowed(cfg)
         self.s = state
@@ -463,7 +467,8 @@ class Strategy:
             if s.risk.state is TradingState.HALTED:
                 exit_reason = Reason.KILL_SWITCH_FLATTEN
             elif s.open_trade is not None and (
-                s.bar_index - s.open_trade.entry_bar >= cfg.risk.max_hold_bars
+                # held from the entry bar's open to the next bar's open, where the exit fills
+                s.bar_index + 1 - s.open_trade.entry_bar >= cfg.risk.max_hold_bars
             ):
                 exit_reason = Reason.TIME_EXIT
             if exit_reason is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from operators.bars import Bar
-from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, StrategyConfig
+from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, ConfigError, StrategyConfig
 from operators.events import ControlCommand
 from operators.features import FEATURES
 from operators.overlays import BarContext, CohortView, OverlayView
@@ -28,6 +28,8 @@ BAR_MS = 300_000
 HOUR_MS = 3_600_000
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 WARMUP = 60  # the smallest warm-up the configuration accepts
+HORIZON_BARS = 3  # the label horizon in the model's manifest
+MODEL_INFO = {"model_id": "test", "horizon_bars": HORIZON_BARS}
 
 
 class Scenario:
@@ -36,7 +38,7 @@ class Scenario:
     def __init__(self, cfg: StrategyConfig, **overrides: Any) -> None:
         cfg = cfg.with_overrides({"warmup_bars": WARMUP, **overrides})
         self.strategy = Strategy(
-            cfg, new_state(cfg, SYMBOL, seed=7), Stamp(cfg.strategy_id), {"model_id": "test"}
+            cfg, new_state(cfg, SYMBOL, seed=7), Stamp(cfg.strategy_id), MODEL_INFO
         )
         self.t = T0
         self.px = 100.0
@@ -219,12 +221,12 @@ NO_DAILY_LIMIT = {"risk.daily_loss_limit": 0.9}
 
 
 def _into_a_drawdown_halt(sc: Scenario) -> None:
-    """Long at full size, then a 30% fall: about 15% of equity lost."""
+    """Long 4000 USD, then a 27.75% fall within the holding period: 11% of equity lost."""
     sc.warm_up()
     sc.bar(p_up=0.60, s_top=0.5, rv=0.05)  # target clamped to pos_max 1.0: 5000 USD long
     sc.bar()  # filled at this bar's open
-    for _ in range(6):
-        out = sc.bar(ret=-0.06)
+    for _ in range(2):
+        out = sc.bar(ret=-0.15)
         if _one(out, "health")["trading_state"] == "HALTED":
             return
     raise AssertionError("the drawdown did not halt trading")
@@ -357,3 +359,33 @@ def test_the_pickled_strategy_state_holds_no_configuration():
     blob = pickle.dumps(sc.strategy.s)
     for name in ("BanditConfig", "RiskConfig", "StrategyConfig", "GateConfig"):
         assert name.encode() not in blob, f"{name} is pickled with the state"
+
+
+# -- the holding period is the model's label horizon --------------------------------------
+def _held_bars(sc: Scenario, n_bars: int) -> tuple[int, dict[str, Any]]:
+    """Enter long, then feed quiet bars; the bars between entry fill and exit fill."""
+    sc.warm_up()
+    sc.bar(p_up=0.60, s_top=0.5, rv=0.3)
+    for _ in range(n_bars):
+        sc.bar()
+    fills = [r for s, r in sc.log if s == "executions"]
+    assert [f["purpose"] for f in fills] == ["entry", "time_exit"], fills
+    return (fills[1]["ts_event_ms"] - fills[0]["ts_event_ms"]) // BAR_MS, fills[1]
+
+
+def test_the_time_exit_holds_exactly_the_models_horizon_bars():
+    held, exit_fill = _held_bars(Scenario(ENSEMBLE_1_0), 10)
+    assert held == HORIZON_BARS
+    assert exit_fill["position_qty"] == 0.0
+
+
+def test_a_holding_period_other_than_the_models_horizon_stops_the_start():
+    cfg = ENSEMBLE_1_0.with_overrides({"warmup_bars": WARMUP, "risk.max_hold_bars": 12})
+    with pytest.raises(ConfigError, match="risk.max_hold_bars=12.*horizon_bars=3"):
+        Strategy(cfg, new_state(cfg, SYMBOL, seed=7), Stamp(cfg.strategy_id), MODEL_INFO)
+
+
+def test_the_audit_shows_the_holding_period_in_force():
+    sc = Scenario(ENSEMBLE_1_0)
+    out = sc.bar()
+    assert json.loads(_one(out, "repro")["config_json"])["risk"]["max_hold_bars"] == HORIZON_BARS
