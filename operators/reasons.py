@@ -14,6 +14,7 @@ class Reason(enum.StrEnum):
     WARMUP = "warmup"
     NO_ELIGIBLE_ARM = "no_eligible_arm"
     BELOW_SIDE_THRESHOLD = "below_side_threshold"
+    NO_VOLATILITY = "no_volatility"  # realised vol is 0: no position can be sized
     # gates (SPEC 6)
     LOW_CONF_VETO = "low_conf_veto"
     CONSENSUS_1H = "veto:1h_trend"
@@ -23,7 +24,7 @@ class Reason(enum.StrEnum):
     ADV_CAP = "adv_cap"
     BELOW_MIN_ORDER = "below_min_order"
     TRADING_STATE_HALTED = "trading_state_halted"
-    TRADING_STATE_REDUCING = "trading_state_reducing"
+    GAP_IN_LOOKBACK = "gap_in_lookback"  # the features look back over a bar without data
     # execution
     STALE_INTENT = "stale_intent"  # the next bar had no trades to fill against
     END_OF_DATA = "end_of_data"  # the input ended before the next bar

@@ -35,6 +35,7 @@ from operators.bandit import ThompsonBandit
 from operators.config import GuardMode, StrategyConfig
 from operators.events import ControlCommand
 from operators.execution import Portfolio
+from operators.features import LOOKBACK_BARS
 from operators.gating import (
     Signals,
     consensus_veto,
@@ -44,10 +45,10 @@ from operators.gating import (
     low_conf_veto,
     model_view,
 )
+from operators.kpis import is_win, returns_of, sharpe, utc_day
 from operators.overlays import BarContext
 from operators.reasons import Reason
 from operators.risk import (
-    DAY_MS,
     RiskState,
     TradingState,
     pretrade_veto,
@@ -57,6 +58,8 @@ from operators.risk import (
 from operators.telemetry import Stamp
 
 Output = tuple[str, dict[str, Any]]
+LOW_CONF_TRADES = 5  # entries averaged for "trading while recent confidence is below 50%"
+LOW_SIDE_CONF = 0.5
 CALIBRATION_EVERY_BARS = 12
 CALIBRATION_WINDOW = 288
 _BINS = 10
@@ -76,13 +79,14 @@ class OpenTrade:
 
 @dataclass
 class PendingIntent:
-    decision_id: str
+    decision_id: str  # the order's own id
     client_order_id: str
     qty: float
     purpose: Reason
     arm: str | None
     decided_bar: int
     decided_ms: int  # the decision bar's close
+    entry_decision_id: str | None = None  # the entry whose position this order closes
 
 
 @dataclass
@@ -97,7 +101,8 @@ class SymbolState:
     last_close: float = 0.0
     pending: PendingIntent | None = None
     open_trade: OpenTrade | None = None
-    last_entry_bar: int | None = None
+    last_entry_bar: int | None = None  # the bar whose open filled the last entry
+    last_gap_bar: int | None = None  # the last bar that was not complete
     shadow: bool = False
     started: bool = False
     decisions: int = 0
@@ -108,6 +113,8 @@ class SymbolState:
     rejections: dict[str, int] = field(default_factory=dict)
     daily_equity: deque = field(default_factory=lambda: deque(maxlen=31))  # (day, close equity)
     recent_conf: deque = field(default_factory=lambda: deque(maxlen=50))
+    # the model's probability of the side each recent entry took (SPEC 9: confidence < 50%)
+    recent_side_p: deque = field(default_factory=lambda: deque(maxlen=LOW_CONF_TRADES))
     volume_usd: deque = field(default_factory=lambda: deque(maxlen=288))  # 1 day of 5m bars
     calib_pending: deque = field(default_factory=deque)  # (bar_index, p_up, close)
     calib_resolved: deque = field(default_factory=lambda: deque(maxlen=CALIBRATION_WINDOW))
@@ -181,8 +188,10 @@ class Strategy:
             out.append(self._repro(t, event, None, restored))
             s.started, self.resumed = True, False
         s.bar_index += 1
-        if not bar.complete and bar.count == 0:
-            s.gap_bars += 1
+        if not bar.complete:
+            s.last_gap_bar = s.bar_index
+            if bar.count == 0:
+                s.gap_bars += 1
         if s.pending is not None:
             out.extend(self._fill(ctx))
         for f in ctx.funding_due:
@@ -281,13 +290,14 @@ class Strategy:
                 s.bandit.update(ot.arm, reward)
             s.risk.record_trade_result(trade_pnl)
             s.trades += 1
-            if trade_pnl > 0:
+            if is_win(trade_pnl):
                 s.wins += 1
             else:
                 s.losses += 1
             s.open_trade = None
         opened = abs(p.qty) - closing_qty
         if opened > 1e-12:
+            s.last_entry_bar = s.bar_index  # the cooldown counts from the fill
             s.open_trade = OpenTrade(
                 p.decision_id,
                 p.arm,
@@ -308,6 +318,7 @@ class Strategy:
                     bar.start_ms,
                     decision_id=p.decision_id,
                     client_order_id=p.client_order_id,
+                    entry_decision_id=p.entry_decision_id,
                     status="filled",
                     side="buy" if fill.qty > 0 else "sell",
                     qty=abs(fill.qty),
@@ -454,14 +465,26 @@ class Strategy:
                 adv_notional=adv,
                 cfg=cfg.risk,
             )
+            if veto is None and s.last_gap_bar is not None:
+                since = s.bar_index - s.last_gap_bar
+                if since < LOOKBACK_BARS:
+                    veto = (
+                        Reason.GAP_IN_LOOKBACK,
+                        (
+                            f"a bar without complete data {since} bar(s) ago is inside the "
+                            f"features' {LOOKBACK_BARS}-bar lookback"
+                        ),
+                    )
             if veto is not None:
                 d["action"], d["reason"] = "vetoed", veto[0].value
                 out.append(self._rejection(t, did, "risk", veto[0], veto[1], arm, direction))
             else:
                 purpose = Reason.FLIP if s.portfolio.qty != 0 else Reason.ENTRY
                 d["action"], d["reason"] = "trade", purpose.value
-                out.append(self._intent(ctx, did, order_qty, purpose, arm, target))
-                s.last_entry_bar = s.bar_index
+                closes = None if s.open_trade is None else s.open_trade.decision_id
+                out.append(self._intent(ctx, did, order_qty, purpose, arm, target, closes))
+                mv = model_view(ctx.p_up, ctx.p_up_bma, cfg.flip_model)
+                s.recent_side_p.append(mv.p_up if direction > 0 else mv.p_down)
         if s.pending is None and s.portfolio.qty != 0:
             exit_reason = None
             if s.risk.state is TradingState.HALTED:
@@ -472,17 +495,18 @@ class Strategy:
             ):
                 exit_reason = Reason.TIME_EXIT
             if exit_reason is not None:
-                if d["action"] == "no_trade":
-                    d["action"] = "exit"
-                d["exit"] = exit_reason.value
+                # the exit is an order of its own: its own id, linked to the entry it closes
+                d["action"], d["exit"] = "exit", exit_reason.value
+                ot = s.open_trade
                 out.append(
                     self._intent(
                         ctx,
-                        did,
+                        f"{did}:{exit_reason.value}",
                         -s.portfolio.qty,
                         exit_reason,
-                        s.open_trade.arm if s.open_trade else None,
+                        ot.arm if ot else None,
                         0.0,
+                        ot.decision_id if ot else None,
                     )
                 )
         return d, out
@@ -542,7 +566,7 @@ class Strategy:
             return None
         rv = feats["rv_annual"]
         if not rv > 0.0:
-            d["reason"] = "no_volatility"
+            d["reason"] = Reason.NO_VOLATILITY.value
             return None
         applied, computed = sizing_scale(rv, cfg.risk)
         if cfg.risk.vol_guard is GuardMode.SHADOW and computed < 1.0:
@@ -582,11 +606,18 @@ class Strategy:
         )
 
     def _intent(
-        self, ctx: BarContext, did: str, qty: float, purpose: Reason, arm: str | None, target: float
+        self,
+        ctx: BarContext,
+        did: str,
+        qty: float,
+        purpose: Reason,
+        arm: str | None,
+        target: float,
+        entry_did: str | None = None,
     ) -> Output:
         s, bar = self.s, ctx.bar
         coid = "ens-" + hashlib.sha256(did.encode()).hexdigest()[:24]
-        s.pending = PendingIntent(did, coid, qty, purpose, arm, s.bar_index, bar.end_ms)
+        s.pending = PendingIntent(did, coid, qty, purpose, arm, s.bar_index, bar.end_ms, entry_did)
         return (
             "orders",
             self.stamp(
@@ -594,6 +625,7 @@ class Strategy:
                 bar.end_ms,
                 decision_id=did,
                 client_order_id=coid,
+                entry_decision_id=entry_did,
                 side="buy" if qty > 0 else "sell",
                 qty=abs(qty),
                 ref_px=bar.close,
@@ -720,7 +752,7 @@ class Strategy:
         elif (
             dd > 0.5 * self.cfg.risk.max_drawdown
             or r.consecutive_losses >= self.cfg.risk.max_consecutive_losses
-            or (avg_conf is not None and avg_conf < 0.5)
+            or (s.recent_side_p and sum(s.recent_side_p) / len(s.recent_side_p) < LOW_SIDE_CONF)
         ):
             status = "needs_attention"
         else:
@@ -759,7 +791,7 @@ class Strategy:
         )
 
     def _track_daily(self, t: int, equity: float) -> None:
-        day = t // DAY_MS
+        day = utc_day(t)
         de = self.s.daily_equity
         if de and de[-1][0] == day:
             de[-1] = (day, equity)
@@ -768,13 +800,7 @@ class Strategy:
 
     def _sharpe_30d(self) -> float | None:
         """Annualised (x sqrt(365)) Sharpe of up to 30 daily returns; None under 2 returns."""
-        eq = [e for _, e in self.s.daily_equity]
-        rets = [b / a - 1.0 for a, b in zip(eq, eq[1:], strict=False) if a > 0]
-        if len(rets) < 2:
-            return None
-        m = sum(rets) / len(rets)
-        sd = math.sqrt(sum((x - m) ** 2 for x in rets) / (len(rets) - 1))
-        return None if sd == 0 else m / sd * math.sqrt(365)
+        return sharpe(returns_of([e for _, e in self.s.daily_equity]))
 
     def _resolve_calibration(self, close: float) -> None:
         s = self.s

@@ -18,8 +18,10 @@ import pytest
 from operators.bars import Bar
 from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, ConfigError, StrategyConfig
 from operators.events import ControlCommand
-from operators.features import FEATURES
+from operators.features import FEATURES, LOOKBACK_BARS
 from operators.overlays import BarContext, CohortView, OverlayView
+from operators.reasons import Reason
+from operators.risk import TradingState
 from operators.strategy import Strategy, new_state
 from operators.telemetry import Stamp
 
@@ -56,13 +58,17 @@ class Scenario:
         rv: float = 0.5,
         rv_1h: float = 0.5,
         controls: tuple[str, ...] = (),
+        gap: bool = False,
     ) -> list[tuple[str, dict[str, Any]]]:
-        """Close the next bar at px * (1 + ret) with these inputs; what the strategy emits."""
+        """Close the next bar at px * (1 + ret) with these inputs; what the strategy emits.
+        A `gap` bar had no data: flat at the last close, no trades, not complete."""
         open_, self.px = self.px, self.px * (1.0 + ret)
         start = self.t
         self.t += BAR_MS
+        if gap:
+            open_ = self.px
         bar = Bar(SYMBOL, "5m", start, self.t, open_, max(open_, self.px), min(open_, self.px),
-                  self.px, 10.0, 20, True)  # fmt: skip
+                  self.px, 0.0 if gap else 10.0, 0 if gap else 20, not gap)  # fmt: skip
         hour_close = self.t - self.t % HOUR_MS
         age = self.t - hour_close + (3 * HOUR_MS if stale_1h else 0)
         overlays = {
@@ -389,3 +395,90 @@ def test_the_audit_shows_the_holding_period_in_force():
     sc = Scenario(ENSEMBLE_1_0)
     out = sc.bar()
     assert json.loads(_one(out, "repro")["config_json"])["risk"]["max_hold_bars"] == HORIZON_BARS
+
+
+# -- order identity ------------------------------------------------------------------------
+LONG_BAR = {"p_up": 0.60, "s_top": 0.5, "rv": 0.3}
+
+
+def test_an_exit_on_a_bar_whose_entry_was_vetoed_has_its_own_id_and_names_its_entry():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    entry = _one(sc.bar(**LONG_BAR), "orders")
+    sc.bar()  # filled
+    sc.bar()
+    out = sc.bar(**LONG_BAR)  # the hold ends here, and a second long is doubling down
+    rejection, exit_order = _one(out, "rejections"), _one(out, "orders")
+    assert rejection["reason"] == "no_doubling_down"
+    assert exit_order["purpose"] == "time_exit"
+    assert exit_order["decision_id"] != rejection["decision_id"]
+    assert exit_order["client_order_id"] != entry["client_order_id"]
+    assert exit_order["entry_decision_id"] == entry["decision_id"]
+    assert entry["entry_decision_id"] is None
+    d = _decision(out)
+    assert d["action"] == "exit" and d["exit"] == "time_exit"
+    assert d["reason"] == "no_doubling_down"  # why no new entry
+    fill = _one(sc.bar(), "executions")
+    assert fill["decision_id"] == exit_order["decision_id"]
+    assert fill["entry_decision_id"] == entry["decision_id"]
+
+
+# -- small but wrong -------------------------------------------------------------------------
+def test_zero_volatility_is_a_typed_no_trade_reason():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    d = _decision(sc.bar(p_up=0.60, s_top=0.5, rv=0.0))
+    assert Reason(d["reason"]) is Reason.NO_VOLATILITY
+
+
+def test_the_cooldown_counts_from_the_fill_not_the_decision():
+    sc = Scenario(ENSEMBLE_1_0)  # cooldown_bars 1
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    _one(sc.bar(), "executions")  # filled at this bar's open
+    out = sc.bar(p_up=0.40, s_top=-0.5, rv=0.3)  # one bar after the fill: a flip is too soon
+    assert _one(out, "rejections")["reason"] == "cooldown"
+    assert _one(sc.bar(p_up=0.40, s_top=-0.5, rv=0.3), "orders")["purpose"] == "flip"
+
+
+def test_trades_against_the_models_view_make_the_strategy_need_attention():
+    """Pros long while the model gives 45% to up: the side taken had under 50% confidence."""
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    assert _one(sc.bar(), "health")["strategy_status"] == "ok"
+    _one(sc.bar(p_up=0.45, s_top=0.5, rv=0.3), "orders")
+    assert _one(sc.bar(), "health")["strategy_status"] == "needs_attention"
+
+
+def test_every_trading_state_is_one_the_strategy_can_enter():
+    sc = Scenario(ENSEMBLE_1_0)
+    seen = {_one(sc.bar(), "health")["trading_state"]}
+    seen.add(_one(sc.bar(controls=("halt",)), "health")["trading_state"])
+    assert seen == {s.value for s in TradingState}
+
+
+# -- gap bars ------------------------------------------------------------------------------
+def test_no_entry_is_sized_from_features_whose_lookback_holds_a_gap_bar():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    sc.bar(gap=True)
+    for _ in range(LOOKBACK_BARS - 1):
+        out = sc.bar(**LONG_BAR)
+        assert _one(out, "rejections")["reason"] == Reason.GAP_IN_LOOKBACK.value
+        _none(out, "orders")
+    assert _one(sc.bar(**LONG_BAR), "orders")["purpose"] == "entry"
+
+
+def test_a_gap_bar_does_not_stop_the_time_exit_or_the_kill_switch():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    sc.bar()
+    sc.bar(gap=True)
+    assert _one(sc.bar(gap=True), "orders")["purpose"] == "time_exit"
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    sc.bar()
+    out = sc.bar(gap=True, controls=("halt",))
+    assert _one(out, "orders")["purpose"] == "kill_switch_flatten"
