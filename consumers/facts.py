@@ -17,11 +17,11 @@ import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
 from consumers.stream import Dedup, Record
+from operators.kpis import RoundTrip, pair_round_trips
 
 log = logging.getLogger("ensemble.copilot")
 
@@ -77,19 +77,6 @@ def side_word(direction: int) -> str:
 
 
 # -- the telemetry, indexed -------------------------------------------------------------------
-@dataclass
-class RoundTrip:
-    symbol: str
-    entry: dict[str, Any] | None  # the execution that opened it (None: before the data)
-    exit: dict[str, Any]  # the execution that closed it
-    pnl_usd: float
-
-    @property
-    def direction(self) -> int:
-        # the closing fill trades against the position: a buy closes a short
-        return -1 if self.exit["side"] == "buy" else 1
-
-
 class Telemetry:
     """Deduplicated records of one strategy, indexed by decision id, symbol and time."""
 
@@ -143,20 +130,8 @@ class Telemetry:
         self.count = sum(len(v) for v in by_stream.values())
 
     def _pair(self, symbol: str) -> list[RoundTrip]:
-        """Round trips in time order: each closing fill with the fill that opened it."""
-        trips: list[RoundTrip] = []
-        opened: dict[str, Any] | None = None
-        execs = sorted(
-            (e for e in self.executions.values() if e["symbol"] == symbol),
-            key=lambda e: e["ts_event_ms"],
-        )
-        for e in execs:
-            if e["trade_pnl_usd"] is not None:
-                trips.append(RoundTrip(symbol, opened, e, e["trade_pnl_usd"]))
-                opened = e if abs(e["position_qty"]) > 1e-12 else None  # a flip opens anew
-            elif abs(e["position_qty"]) > 1e-12:
-                opened = e
-        return trips
+        """Round trips in time order (operators.kpis: each exit with the entry it names)."""
+        return pair_round_trips(e for e in self.executions.values() if e["symbol"] == symbol)
 
     def last_ts(self, symbol: str | None = None) -> int | None:
         pools = [self.health[symbol]] if symbol else list(self.health.values())

@@ -40,7 +40,7 @@ from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin
 from operators.predict import ArtifactError, load_runtime
-from operators.strategy import Strategy, SymbolState, new_state
+from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from schemas.codec import STREAM_SCHEMAS
 
@@ -282,17 +282,12 @@ class StrategyLogic(StatefulLogic):
         try:
             outs = strat.on_bar(ctx)
             metrics.observe_latency((time.perf_counter_ns() - ctx.closed_ns) / 1e9)
-        except Exception as exc:
-            return [
-                _error(
-                    self.stamp,
-                    "strategy",
-                    ctx.bar.symbol,
-                    ctx.bar.end_ms,
-                    exc,
-                    {"bar": repr(ctx.bar)},
-                )
-            ], StatefulLogic.RETAIN
+        except BarFailed as failed:  # what happened before the failure goes out with it
+            exc = failed.__cause__ or failed
+            err = _error(
+                self.stamp, "strategy", ctx.bar.symbol, ctx.bar.end_ms, exc, {"bar": repr(ctx.bar)}
+            )
+            return [*(Emit(s, r) for s, r in failed.outputs), err], StatefulLogic.RETAIN
         return [Emit(s, r) for s, r in outs], StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:

@@ -36,6 +36,11 @@ def utc_day(ts_close_ms: Any) -> Any:
     return (ts_close_ms - 1) // DAY_MS
 
 
+def decision_bar_ms(decision_id: str) -> int:
+    """The close of the bar a decision was taken at: ids are strategy:symbol:close[:purpose]."""
+    return int(decision_id.split(":")[2])
+
+
 def is_win(net_pnl_usd: float) -> bool:
     return net_pnl_usd > 0.0
 

@@ -45,7 +45,7 @@ from operators.gating import (
     low_conf_veto,
     model_view,
 )
-from operators.kpis import is_win, returns_of, sharpe, utc_day
+from operators.kpis import calibration, is_win, returns_of, sharpe, utc_day
 from operators.overlays import BarContext
 from operators.reasons import Reason
 from operators.risk import (
@@ -62,7 +62,14 @@ LOW_CONF_TRADES = 5  # entries averaged for "trading while recent confidence is 
 LOW_SIDE_CONF = 0.5
 CALIBRATION_EVERY_BARS = 12
 CALIBRATION_WINDOW = 288
-_BINS = 10
+
+
+class BarFailed(Exception):
+    """A step of the bar raised; `outputs` are the records of the steps that completed."""
+
+    def __init__(self, outputs: list[Output]) -> None:
+        super().__init__("the strategy step failed part-way through a bar")
+        self.outputs = outputs
 
 
 @dataclass
@@ -179,9 +186,19 @@ class Strategy:
 
     # -- the bar ---------------------------------------------------------------------
     def on_bar(self, ctx: BarContext) -> list[Output]:
+        """The bar's outputs. If a step raises, `BarFailed` carries what the steps before it
+        emitted: every state change made so far has its record (a fill its execution), so
+        state and outputs never disagree."""
+        out: list[Output] = []
+        try:
+            self._step(ctx, out)
+        except Exception as exc:
+            raise BarFailed(out) from exc
+        return out
+
+    def _step(self, ctx: BarContext, out: list[Output]) -> None:
         s, bar = self.s, ctx.bar
         t = bar.end_ms
-        out: list[Output] = []
         if not s.started or self.resumed:
             event = "resume" if s.started else "start"
             restored = self._restored_state() if s.started else {}
@@ -193,7 +210,7 @@ class Strategy:
             if bar.count == 0:
                 s.gap_bars += 1
         if s.pending is not None:
-            out.extend(self._fill(ctx))
+            self._fill(ctx, out)
         for f in ctx.funding_due:
             flow = s.portfolio.pay_funding(f.rate, bar.open if bar.count else bar.close)
             if s.open_trade is not None:
@@ -209,14 +226,12 @@ class Strategy:
         if fired is not None:
             s.risk.halt(fired.value)
         self._resolve_calibration(bar.close)
-        decision, intent_out = self._decide(ctx)
-        out.extend(intent_out)
+        decision = self._decide(ctx, out)
         out.append(self._signals(ctx, decision))
         out.append(self._ensemble(ctx, decision))
         out.append(self._health(t, equity))
         if s.bar_index % CALIBRATION_EVERY_BARS == 0 and s.calib_resolved:
             out.append(self._calibration(t))
-        return out
 
     def on_eof(self) -> list[Output]:
         """The input ended: an intent that can no longer be filled is rejected."""
@@ -257,13 +272,15 @@ class Strategy:
         }
 
     # -- execution -------------------------------------------------------------------
-    def _fill(self, ctx: BarContext) -> list[Output]:
+    def _fill(self, ctx: BarContext, out: list[Output]) -> None:
+        """Fill the pending intent at this bar's open; its records go out with the fill,
+        before the ledger books it, so no failure can leave a fill without its record."""
         s, bar, cfg = self.s, ctx.bar, self.cfg
         p, s.pending = s.pending, None
         assert p is not None
         direction = 1 if p.qty > 0 else -1
         if bar.count == 0:
-            return [
+            out.append(
                 self._rejection(
                     bar.end_ms,
                     p.decision_id,
@@ -274,10 +291,10 @@ class Strategy:
                     p.arm,
                     direction,
                 )
-            ]
+            )
+            return
         rv = (ctx.features or {}).get("rv_annual", cfg.risk.sigma_target)
         fill = s.portfolio.fill(p.qty, bar.open, cfg.execution, rv / cfg.risk.sigma_target)
-        s.fills += 1
         trade_pnl = reward = None
         closing_qty = 0.0
         ot = s.open_trade
@@ -286,15 +303,65 @@ class Strategy:
             exit_fee = fill.fee_usd * closing_qty / abs(p.qty)
             trade_pnl = fill.realized_usd - ot.fees_usd - exit_fee + ot.funding_usd
             reward = trade_pnl / (abs(ot.qty) * ot.entry_px) * 1e4
-            if ot.arm is not None:
-                s.bandit.update(ot.arm, reward)
-            s.risk.record_trade_result(trade_pnl)
+        pf = s.portfolio
+        notional = abs(fill.qty) * fill.px
+        slip_usd = abs(fill.qty) * abs(fill.px - fill.ref_px)
+        out.extend(
+            [
+                (
+                    "executions",
+                    self.stamp(
+                        s.symbol,
+                        bar.start_ms,
+                        decision_id=p.decision_id,
+                        client_order_id=p.client_order_id,
+                        entry_decision_id=p.entry_decision_id,
+                        status="filled",
+                        side="buy" if fill.qty > 0 else "sell",
+                        qty=abs(fill.qty),
+                        fill_px=fill.px,
+                        ref_px=fill.ref_px,
+                        slippage_bps=fill.slippage_bps,
+                        fee_usd=fill.fee_usd,
+                        notional_usd=notional,
+                        purpose=p.purpose.value,
+                        position_qty=pf.qty,
+                        avg_px=pf.avg_px,
+                        cash_usd=pf.cash,
+                        equity_usd=pf.equity(bar.open),
+                        realized_usd=fill.realized_usd,
+                        trade_pnl_usd=trade_pnl,
+                        reward_bps=reward,
+                        dry_run=cfg.execution.dry_run,
+                    ),
+                ),
+                (
+                    "costs",
+                    self.stamp(
+                        s.symbol,
+                        bar.start_ms,
+                        decision_id=p.decision_id,
+                        fee_usd=fill.fee_usd,
+                        fee_bps=cfg.execution.fee_bps,
+                        slippage_bps=fill.slippage_bps,
+                        slippage_usd=slip_usd,
+                        notional_usd=notional,
+                    ),
+                ),
+            ]
+        )
+        # the ledger: the closed round trip's reward and stats, then the new open trade
+        s.fills += 1
+        if trade_pnl is not None and ot is not None:
+            s.open_trade = None
             s.trades += 1
             if is_win(trade_pnl):
                 s.wins += 1
             else:
                 s.losses += 1
-            s.open_trade = None
+            s.risk.record_trade_result(trade_pnl)
+            if ot.arm is not None and reward is not None:
+                s.bandit.update(ot.arm, reward)
         opened = abs(p.qty) - closing_qty
         if opened > 1e-12:
             s.last_entry_bar = s.bar_index  # the cooldown counts from the fill
@@ -307,51 +374,6 @@ class Strategy:
                 s.portfolio.qty,
                 fill.fee_usd * opened / abs(p.qty),
             )
-        pf = s.portfolio
-        notional = abs(fill.qty) * fill.px
-        slip_usd = abs(fill.qty) * abs(fill.px - fill.ref_px)
-        return [
-            (
-                "executions",
-                self.stamp(
-                    s.symbol,
-                    bar.start_ms,
-                    decision_id=p.decision_id,
-                    client_order_id=p.client_order_id,
-                    entry_decision_id=p.entry_decision_id,
-                    status="filled",
-                    side="buy" if fill.qty > 0 else "sell",
-                    qty=abs(fill.qty),
-                    fill_px=fill.px,
-                    ref_px=fill.ref_px,
-                    slippage_bps=fill.slippage_bps,
-                    fee_usd=fill.fee_usd,
-                    notional_usd=notional,
-                    purpose=p.purpose.value,
-                    position_qty=pf.qty,
-                    avg_px=pf.avg_px,
-                    cash_usd=pf.cash,
-                    equity_usd=pf.equity(bar.open),
-                    realized_usd=fill.realized_usd,
-                    trade_pnl_usd=trade_pnl,
-                    reward_bps=reward,
-                    dry_run=cfg.execution.dry_run,
-                ),
-            ),
-            (
-                "costs",
-                self.stamp(
-                    s.symbol,
-                    bar.start_ms,
-                    decision_id=p.decision_id,
-                    fee_usd=fill.fee_usd,
-                    fee_bps=cfg.execution.fee_bps,
-                    slippage_bps=fill.slippage_bps,
-                    slippage_usd=slip_usd,
-                    notional_usd=notional,
-                ),
-            ),
-        ]
 
     # -- operator commands -------------------------------------------------------------
     def _control(self, cmd: ControlCommand, mark_px: float) -> Output:
@@ -428,7 +450,7 @@ class Strategy:
         )
 
     # -- the decision ----------------------------------------------------------------------
-    def _decide(self, ctx: BarContext) -> tuple[dict[str, Any], list[Output]]:
+    def _decide(self, ctx: BarContext, out: list[Output]) -> dict[str, Any]:
         s, cfg, bar = self.s, self.cfg, ctx.bar
         t = bar.end_ms
         did = f"{cfg.strategy_id}:{s.symbol}:{t}"
@@ -446,7 +468,6 @@ class Strategy:
             "vol_scale": None,
             "would_veto": [],
         }
-        out: list[Output] = []
         entry = self._entry_decision(ctx, d, out) if ctx.features is not None else None
         if entry is None and not d["reason"]:
             d["reason"] = Reason.WARMUP.value
@@ -509,7 +530,7 @@ class Strategy:
                         ot.decision_id if ot else None,
                     )
                 )
-        return d, out
+        return d
 
     def _entry_decision(
         self, ctx: BarContext, d: dict[str, Any], out: list[Output]
@@ -811,23 +832,7 @@ class Strategy:
 
     def _calibration(self, t: int) -> Output:
         pairs = list(self.s.calib_resolved)
-        n = len(pairs)
-        brier = sum((p - y) ** 2 for p, y in pairs) / n
-        base = sum(y for _, y in pairs) / n
-        bins = []
-        for i in range(_BINS):
-            lo, hi = i / _BINS, (i + 1) / _BINS
-            sel = [(p, y) for p, y in pairs if lo <= p < hi or (i == _BINS - 1 and p == 1.0)]
-            if sel:
-                bins.append(
-                    {
-                        "lo": lo,
-                        "hi": hi,
-                        "n": len(sel),
-                        "mean_p": sum(p for p, _ in sel) / len(sel),
-                        "freq_up": sum(y for _, y in sel) / len(sel),
-                    }
-                )
+        c = calibration([p for p, _ in pairs], [y for _, y in pairs])
         return (
             "calibration",
             self.stamp(
@@ -835,10 +840,10 @@ class Strategy:
                 t,
                 model_id=self.model_info.get("model_id", ""),
                 horizon_bars=int(self.model_info.get("horizon_bars", 1)),
-                window=n,
-                brier=brier,
-                brier_climatology=base * (1 - base),
-                hit_rate=sum(1 for p, y in pairs if (p >= 0.5) == (y == 1.0)) / n,
-                bins=bins,
+                window=c["n"],
+                brier=c["brier"],
+                brier_climatology=c["brier_climatology"],
+                hit_rate=c["hit_rate"],
+                bins=c["bins"],
             ),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -59,6 +60,7 @@ class Scenario:
         rv_1h: float = 0.5,
         controls: tuple[str, ...] = (),
         gap: bool = False,
+        broken: bool = False,
     ) -> list[tuple[str, dict[str, Any]]]:
         """Close the next bar at px * (1 + ret) with these inputs; what the strategy emits.
         A `gap` bar had no data: flat at the last close, no trades, not complete."""
@@ -78,6 +80,8 @@ class Scenario:
             ),
         }
         features = dict.fromkeys(FEATURES, 0.0) | {"rv_annual": rv, "rv_1h_annual": rv_1h}
+        if broken:  # a failure injected after the fill, in the decision
+            del features["rv_1h_annual"]
         ctx = BarContext(
             bar=bar,
             cohort=CohortView(s_top, s_bot, (s_top + s_bot) / 2, "trades", 0, False),
@@ -482,3 +486,45 @@ def test_a_gap_bar_does_not_stop_the_time_exit_or_the_kill_switch():
     sc.bar()
     out = sc.bar(gap=True, controls=("halt",))
     assert _one(out, "orders")["purpose"] == "kill_switch_flatten"
+
+
+# -- a failure part-way through a bar ---------------------------------------------------------
+def _as_the_flow(sc: Scenario, **inputs: Any) -> tuple[list[tuple[str, dict]], bool]:
+    """What the flow's strategy step emits for one bar: on an exception, what the strategy
+    hands back with it (the flow adds an error record)."""
+    try:
+        return sc.bar(**inputs), False
+    except Exception as exc:
+        partial = getattr(exc, "outputs", [])
+        sc.log.extend(partial)
+        return partial, True
+
+
+def test_a_failure_after_a_fill_still_emits_the_fill():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    order = _one(sc.bar(**LONG_BAR), "orders")
+    out, failed = _as_the_flow(sc, **LONG_BAR, broken=True)
+    assert failed
+    assert _one(out, "executions")["decision_id"] == order["decision_id"]
+    assert sc.strategy.s.portfolio.qty > 0
+
+
+def test_with_failures_injected_every_intent_has_exactly_one_execution_or_rejection():
+    sc = Scenario(ENSEMBLE_1_1)
+    sc.warm_up()
+    failures = 0
+    for i, inputs in enumerate(_trading_bars(300)):
+        _, failed = _as_the_flow(sc, **inputs, broken=i % 4 == 1)
+        failures += failed
+    assert failures > 50
+    orders = [r["decision_id"] for s, r in sc.log if s == "orders"]
+    assert len(orders) > 20
+    answers = Counter(r["decision_id"] for s, r in sc.log if s in ("executions", "rejections"))
+    pending = sc.strategy.s.pending
+    open_ids = set() if pending is None else {pending.decision_id}
+    assert {d: answers[d] for d in orders if d not in open_ids} == {
+        d: 1 for d in orders if d not in open_ids
+    }
+    fills = [r for s, r in sc.log if s == "executions"]
+    assert fills[-1]["position_qty"] == pytest.approx(sc.strategy.s.portfolio.qty)
