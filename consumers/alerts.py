@@ -75,7 +75,13 @@ STREAMS = ("health", "errors", "executions", "signals")
 ENV_PREFIX = "ENSEMBLE_ALERTS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # halt reasons that are kill-switches (an operator's own halt is not alerted)
-KILL_SWITCH_REASONS = ("drawdown_limit", "daily_loss_limit", "consecutive_losses")
+KILL_SWITCH_REASONS = (
+    "drawdown_limit",
+    "daily_loss_limit",
+    "consecutive_losses",
+    "account_drawdown_limit",
+    "account_daily_loss_limit",
+)
 SEVERITY_ICON = {
     "critical": ":rotating_light:",
     "warning": ":warning:",

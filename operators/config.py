@@ -202,6 +202,35 @@ class RiskConfig:
 
 
 @dataclass(frozen=True)
+class AccountConfig:
+    """Limits on all symbols' books together (operators/account.py)."""
+
+    max_drawdown: float = 0.10  # of the account's peak equity -> every symbol HALTED
+    daily_loss_limit: float = 0.05  # of the account's start-of-day equity -> HALTED
+    max_gross_leverage: float = 1.0  # Σ|position notional| / account equity; entries past it
+
+    def __post_init__(self) -> None:
+        _check(
+            0 < self.max_drawdown < 1,
+            "account.max_drawdown",
+            self.max_drawdown,
+            "must be in (0, 1)",
+        )
+        _check(
+            0 < self.daily_loss_limit < 1,
+            "account.daily_loss_limit",
+            self.daily_loss_limit,
+            "must be in (0, 1)",
+        )
+        _check(
+            isinstance(self.max_gross_leverage, (int, float)) and 0 < self.max_gross_leverage <= 20,
+            "account.max_gross_leverage",
+            self.max_gross_leverage,
+            "must be in (0, 20]",
+        )
+
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     dry_run: bool = True  # paper fills; live routing is not built yet
     fee_bps: float = 5.0  # taker fee on notional
@@ -234,6 +263,7 @@ class StrategyConfig:
     bandit: BanditConfig = field(default_factory=BanditConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    account: AccountConfig = field(default_factory=AccountConfig)
     flip_model: bool = False  # flip the sign of model signals
     warmup_bars: int = 1000  # 5m bars before the first decision
 

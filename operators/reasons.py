@@ -33,6 +33,10 @@ class Reason(enum.StrEnum):
     DAILY_LOSS_LIMIT = "daily_loss_limit"
     CONSECUTIVE_LOSSES = "consecutive_losses"
     OPERATOR_HALT = "operator_halt"
+    # account-wide limits (operators/account.py)
+    ACCOUNT_DRAWDOWN_LIMIT = "account_drawdown_limit"
+    ACCOUNT_DAILY_LOSS_LIMIT = "account_daily_loss_limit"
+    ACCOUNT_GROSS_EXPOSURE = "account_gross_exposure"  # an entry vetoed: too much exposure
     # why an order exists
     ENTRY = "entry"
     FLIP = "flip"

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from operators.account import AccountRisk
 from operators.bandit import ThompsonBandit
 from operators.config import GuardMode, StrategyConfig
 from operators.events import ControlCommand
@@ -169,6 +170,7 @@ class Strategy:
         stamp: Stamp,
         model_info: dict[str, Any],
         resumed: bool = False,
+        account: AccountRisk | None = None,
     ) -> None:
         if "horizon_bars" not in model_info:
             raise ValueError("model_info needs the model's horizon_bars (its manifest)")
@@ -179,6 +181,8 @@ class Strategy:
         self.stamp = stamp
         self.model_info = model_info
         self.resumed = resumed
+        # shared by every symbol of the account in the flow; a lone strategy has its own
+        self.account = account or AccountRisk.new([state.symbol], cfg.risk.initial_equity)
 
     @property
     def cfg(self) -> StrategyConfig:
@@ -225,6 +229,13 @@ class Strategy:
         fired = s.risk.check_kill_switches(equity, self.cfg.risk)
         if fired is not None:
             s.risk.halt(fired.value)
+        acct = self.account
+        acct.mark(s.symbol, equity, s.portfolio.qty * bar.close, t)
+        hit = acct.check(self.cfg.account)
+        if hit is not None:
+            acct.halt(*hit)
+        if acct.state is TradingState.HALTED and s.risk.state is TradingState.ACTIVE:
+            s.risk.halt(acct.halt_reason)  # an account halt halts and flattens every symbol
         self._resolve_calibration(bar.close)
         decision = self._decide(ctx, out)
         out.append(self._signals(ctx, decision))
@@ -394,6 +405,8 @@ class Strategy:
                 s.risk.state, s.risk.halt_reason = TradingState.ACTIVE, ""
         elif cmd.command == "reset_kill_switch":
             s.risk.reset(s.portfolio.equity(mark_px))
+            if self.account.state is TradingState.HALTED:
+                self.account.reset()
         elif cmd.command == "shadow_on":
             s.shadow = True
         elif cmd.command == "shadow_off":
@@ -419,6 +432,11 @@ class Strategy:
             "peak_equity_usd": r.peak_equity,
             "consecutive_losses": r.consecutive_losses,
             "bandit": s.bandit.as_dict(self.cfg.bandit),
+            "account": {
+                "trading_state": self.account.state.value,
+                "halt_reason": self.account.halt_reason,
+                "peak_equity_usd": self.account.peak_equity,
+            },
         }
 
     def _repro(
@@ -486,6 +504,9 @@ class Strategy:
                 adv_notional=adv,
                 cfg=cfg.risk,
             )
+            new_notional = abs(s.portfolio.qty + order_qty) * bar.close
+            if veto is None:
+                veto = self.account.entry_veto(s.symbol, new_notional, cfg.account)
             if veto is None and s.last_gap_bar is not None:
                 since = s.bar_index - s.last_gap_bar
                 if since < LOOKBACK_BARS:
@@ -504,6 +525,7 @@ class Strategy:
                 d["action"], d["reason"] = "trade", purpose.value
                 closes = None if s.open_trade is None else s.open_trade.decision_id
                 out.append(self._intent(ctx, did, order_qty, purpose, arm, target, closes))
+                self.account.commit(s.symbol, new_notional)
                 mv = model_view(ctx.p_up, ctx.p_up_bma, cfg.flip_model)
                 s.recent_side_p.append(mv.p_up if direction > 0 else mv.p_down)
         if s.pending is None and s.portfolio.qty != 0:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from operators.account import AccountRisk
 from operators.bars import Bar
 from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, ConfigError, StrategyConfig
 from operators.events import ControlCommand
@@ -38,10 +39,21 @@ MODEL_INFO = {"model_id": "test", "horizon_bars": HORIZON_BARS}
 class Scenario:
     """One symbol's strategy, fed one 5m bar at a time."""
 
-    def __init__(self, cfg: StrategyConfig, **overrides: Any) -> None:
+    def __init__(
+        self,
+        cfg: StrategyConfig,
+        symbol: str = SYMBOL,
+        account: AccountRisk | None = None,
+        **overrides: Any,
+    ) -> None:
         cfg = cfg.with_overrides({"warmup_bars": WARMUP, **overrides})
+        self.symbol = symbol
         self.strategy = Strategy(
-            cfg, new_state(cfg, SYMBOL, seed=7), Stamp(cfg.strategy_id), MODEL_INFO
+            cfg,
+            new_state(cfg, symbol, seed=7),
+            Stamp(cfg.strategy_id),
+            MODEL_INFO,
+            account=account,
         )
         self.t = T0
         self.px = 100.0
@@ -69,7 +81,7 @@ class Scenario:
         self.t += BAR_MS
         if gap:
             open_ = self.px
-        bar = Bar(SYMBOL, "5m", start, self.t, open_, max(open_, self.px), min(open_, self.px),
+        bar = Bar(self.symbol, "5m", start, self.t, open_, max(open_, self.px), min(open_, self.px),
                   self.px, 0.0 if gap else 10.0, 0 if gap else 20, not gap)  # fmt: skip
         hour_close = self.t - self.t % HOUR_MS
         age = self.t - hour_close + (3 * HOUR_MS if stale_1h else 0)
@@ -89,7 +101,7 @@ class Scenario:
             funding_rate=0.0,
             funding_due=[],
             controls_due=[
-                ControlCommand(SYMBOL, self.t - 1, c, "ops-oncall", "scenario", f"c-{self.t}")
+                ControlCommand(self.symbol, self.t - 1, c, "ops-oncall", "scenario", f"c-{self.t}")
                 for c in controls
             ],
             features=features,
@@ -227,7 +239,7 @@ def test_vol_guard_scales_the_position_at_cap_0_8_and_min_scale_0_25(rv, scale):
 # -- the drawdown kill-switch -----------------------------------------------------------
 # The whole fall happens within a day, so the daily loss limit (5%) is moved out of the way
 # to show the drawdown switch on its own; test_risk.py covers the daily limit.
-NO_DAILY_LIMIT = {"risk.daily_loss_limit": 0.9}
+NO_DAILY_LIMIT = {"risk.daily_loss_limit": 0.9, "account.daily_loss_limit": 0.9}
 
 
 def _into_a_drawdown_halt(sc: Scenario) -> None:
