@@ -22,6 +22,7 @@ from typing import Any
 
 from consumers.stream import Dedup, Record
 from operators.kpis import RoundTrip, pair_round_trips
+from operators.reasons import KILL_SWITCH_REASONS
 
 log = logging.getLogger("ensemble.copilot")
 
@@ -42,7 +43,6 @@ BAR_MS = 300_000
 MATCH_WINDOW_MS = 60 * 60_000  # a trade decision within an hour of the asked time
 NEARBY_MS = 2 * 60 * 60_000
 ENTRY_PURPOSES = ("entry", "flip")
-KILL_SWITCH_REASONS = ("drawdown_limit", "daily_loss_limit", "consecutive_losses")
 FEATURES_SHOWN = (
     "ret_1",
     "ret_12",

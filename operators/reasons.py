@@ -42,3 +42,16 @@ class Reason(enum.StrEnum):
     FLIP = "flip"
     TIME_EXIT = "time_exit"
     KILL_SWITCH_FLATTEN = "kill_switch_flatten"
+
+
+# Limits whose halt only an operator's reset_kill_switch lifts (alerts call them kill-switches).
+KILL_SWITCH_REASONS: tuple[str, ...] = tuple(
+    r.value
+    for r in (
+        Reason.DRAWDOWN_LIMIT,
+        Reason.DAILY_LOSS_LIMIT,
+        Reason.CONSECUTIVE_LOSSES,
+        Reason.ACCOUNT_DRAWDOWN_LIMIT,
+        Reason.ACCOUNT_DAILY_LOSS_LIMIT,
+    )
+)
