@@ -1,42 +1,37 @@
-"""One symbol's strategy step: fill → funding → control → mark → kill-switches → decide.
+"""One symbol's strategy step, in the order SPEC 6-7 describe it.
 
 Bytewax has no cycles, and the bandit's reward needs the outcome of earlier decisions, so
-gating, bandit, risk and the paper broker run in one step per symbol. Each concern lives
-in its own module; this one only orders them. Everything that must survive a restart is
-in `SymbolState` (plain data, picklable); the configuration is not state.
+the steps of a bar run here, one after the other; each concern lives in its own module:
 
-At a 5m close t the strategy:
-1. fills the intent decided at the previous close at this bar's open (next-bar fill);
-2. applies funding settlements and operator commands with event time <= t, in order;
-3. marks to market at the close and checks the kill-switches;
-4. decides: eligibility → Thompson bandit → side threshold → gates → sizing → pre-trade
-   guards → an order intent for the next bar, or a rejection with its reason;
+1. fill the intent decided at the previous close at this bar's open (`fills`, `ledger`,
+   the paper broker in `execution`);
+2. apply funding settlements and operator commands with event time <= t, in order;
+3. mark to market at the close; the symbol's kill-switches (`risk`) and the account's
+   limits (`account`);
+4. decide: eligibility → Thompson bandit (`bandit`) → side threshold → gates (`gating`) →
+   sizing → pre-trade guards (`risk`, the account's gross exposure, no gap bar in the
+   features' lookback) → an order intent for the next bar, or a rejection with its reason;
    with no new entry, a position is closed after `max_hold_bars` (the model's label
-   horizon) bars from fill to fill (time exit), and a halted
-   symbol's position is flattened;
-5. emits signals, ensemble, health and (hourly) calibration telemetry.
-An intent is answered by exactly one execution or rejection (linked by decision id).
+   horizon) bars from fill to fill (time exit), and a halted symbol's position is
+   flattened; an exit is an order of its own, naming the entry it closes;
+5. emit signals, ensemble, health and (hourly) calibration telemetry (`records`, `kpis`).
+Every intent is answered by exactly one execution or rejection (linked by its id). State
+(`state.SymbolState`) is data only; the configuration is passed in, never stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import zlib
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from operators import records
 from operators.account import AccountRisk
-from operators.bandit import ThompsonBandit
 from operators.config import GuardMode, StrategyConfig
 from operators.events import ControlCommand
-from operators.execution import Portfolio
 from operators.features import LOOKBACK_BARS
+from operators.fills import fill_pending
 from operators.gating import (
     Signals,
     consensus_veto,
@@ -46,23 +41,18 @@ from operators.gating import (
     low_conf_veto,
     model_view,
 )
-from operators.kpis import calibration, is_win, returns_of, sharpe, utc_day
+from operators.kpis import calibration, returns_of, sharpe, utc_day
+from operators.ledger import PendingIntent
 from operators.overlays import BarContext
 from operators.reasons import Reason
-from operators.risk import (
-    RiskState,
-    TradingState,
-    pretrade_veto,
-    sizing_scale,
-    target_position,
-)
+from operators.records import Output
+from operators.risk import TradingState, pretrade_veto, sizing_scale, target_position
+from operators.state import SymbolState, new_state, symbol_seed
 from operators.telemetry import Stamp
 
-Output = tuple[str, dict[str, Any]]
-LOW_CONF_TRADES = 5  # entries averaged for "trading while recent confidence is below 50%"
-LOW_SIDE_CONF = 0.5
+__all__ = ["BarFailed", "Output", "Strategy", "SymbolState", "new_state", "symbol_seed"]
+
 CALIBRATION_EVERY_BARS = 12
-CALIBRATION_WINDOW = 288
 
 
 class BarFailed(Exception):
@@ -71,76 +61,6 @@ class BarFailed(Exception):
     def __init__(self, outputs: list[Output]) -> None:
         super().__init__("the strategy step failed part-way through a bar")
         self.outputs = outputs
-
-
-@dataclass
-class OpenTrade:
-    decision_id: str
-    arm: str | None
-    direction: int
-    entry_bar: int
-    entry_px: float
-    qty: float
-    fees_usd: float
-    funding_usd: float = 0.0
-
-
-@dataclass
-class PendingIntent:
-    decision_id: str  # the order's own id
-    client_order_id: str
-    qty: float
-    purpose: Reason
-    arm: str | None
-    decided_bar: int
-    decided_ms: int  # the decision bar's close
-    entry_decision_id: str | None = None  # the entry whose position this order closes
-
-
-@dataclass
-class SymbolState:
-    symbol: str
-    portfolio: Portfolio
-    risk: RiskState
-    bandit: ThompsonBandit
-    rng: np.random.Generator
-    bar_index: int = 0
-    gap_bars: int = 0
-    last_close: float = 0.0
-    pending: PendingIntent | None = None
-    open_trade: OpenTrade | None = None
-    last_entry_bar: int | None = None  # the bar whose open filled the last entry
-    last_gap_bar: int | None = None  # the last bar that was not complete
-    shadow: bool = False
-    started: bool = False
-    decisions: int = 0
-    trades: int = 0  # closed round trips
-    wins: int = 0
-    losses: int = 0
-    fills: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
-    daily_equity: deque = field(default_factory=lambda: deque(maxlen=31))  # (day, close equity)
-    recent_conf: deque = field(default_factory=lambda: deque(maxlen=50))
-    # the model's probability of the side each recent entry took (SPEC 9: confidence < 50%)
-    recent_side_p: deque = field(default_factory=lambda: deque(maxlen=LOW_CONF_TRADES))
-    volume_usd: deque = field(default_factory=lambda: deque(maxlen=288))  # 1 day of 5m bars
-    calib_pending: deque = field(default_factory=deque)  # (bar_index, p_up, close)
-    calib_resolved: deque = field(default_factory=lambda: deque(maxlen=CALIBRATION_WINDOW))
-
-
-def symbol_seed(seed: int, symbol: str) -> int:
-    """A per-symbol RNG seed that does not depend on Python's hash randomisation."""
-    return (seed * 1_000_003 + zlib.crc32(symbol.encode())) % (2**32)
-
-
-def new_state(cfg: StrategyConfig, symbol: str, seed: int) -> SymbolState:
-    return SymbolState(
-        symbol=symbol,
-        portfolio=Portfolio(cash=cfg.risk.initial_equity),
-        risk=RiskState(peak_equity=cfg.risk.initial_equity),
-        bandit=ThompsonBandit(),
-        rng=np.random.default_rng(symbol_seed(seed, symbol)),
-    )
 
 
 def _shadowed(cfg: StrategyConfig) -> StrategyConfig:
@@ -213,14 +133,17 @@ class Strategy:
             s.last_gap_bar = s.bar_index
             if bar.count == 0:
                 s.gap_bars += 1
+        # 1. fill
         if s.pending is not None:
-            self._fill(ctx, out)
+            fill_pending(s, ctx, self.cfg, self.stamp, out)
+        # 2. funding and operator commands
         for f in ctx.funding_due:
             flow = s.portfolio.pay_funding(f.rate, bar.open if bar.count else bar.close)
             if s.open_trade is not None:
                 s.open_trade.funding_usd += flow
         for cmd in ctx.controls_due:
             out.append(self._control(cmd, bar.close))
+        # 3. mark, kill-switches, account limits
         s.last_close = bar.close
         s.volume_usd.append(bar.volume * bar.close)
         equity = s.portfolio.equity(bar.close)
@@ -237,12 +160,21 @@ class Strategy:
         if acct.state is TradingState.HALTED and s.risk.state is TradingState.ACTIVE:
             s.risk.halt(acct.halt_reason)  # an account halt halts and flattens every symbol
         self._resolve_calibration(bar.close)
+        # 4. decide
         decision = self._decide(ctx, out)
-        out.append(self._signals(ctx, decision))
-        out.append(self._ensemble(ctx, decision))
-        out.append(self._health(t, equity))
+        # 5. telemetry
+        cfg = self.cfg
+        mv = None if ctx.p_up is None else model_view(ctx.p_up, ctx.p_up_bma, cfg.flip_model)
+        out.append(records.signals(self.stamp, ctx, decision, mv, s.risk.state, s.shadow))
+        out.append(records.ensemble(self.stamp, ctx, decision, mv))
+        status = records.strategy_status(s, equity, cfg)
+        sharpe_30d = sharpe(returns_of([e for _, e in s.daily_equity]))
+        bandit = s.bandit.as_dict(cfg.bandit)
+        out.append(records.health(self.stamp, s, t, equity, status, sharpe_30d, bandit))
         if s.bar_index % CALIBRATION_EVERY_BARS == 0 and s.calib_resolved:
-            out.append(self._calibration(t))
+            pairs = list(s.calib_resolved)
+            c = calibration([p for p, _ in pairs], [y for _, y in pairs])
+            out.append(records.calibration(self.stamp, s.symbol, t, self.model_info, c))
 
     def on_eof(self) -> list[Output]:
         """The input ended: an intent that can no longer be filled is rejected."""
@@ -250,18 +182,13 @@ class Strategy:
         if s.pending is None:
             return []
         p, s.pending = s.pending, None
-        t = p.decided_ms
+        detail = "the input ended before the next bar"
         return [
             self._rejection(
-                t,
-                p.decision_id,
-                "execution",
-                Reason.END_OF_DATA,
-                "the input ended before the next bar",
-                p.arm,
-                1 if p.qty > 0 else -1,
+                p.decided_ms, p.decision_id, "execution", Reason.END_OF_DATA, detail, p.arm,
+                p.direction,
             )
-        ]
+        ]  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         s, pf = self.s, self.s.portfolio
@@ -281,110 +208,6 @@ class Strategy:
             "funding_usd": pf.funding_usd,
             "trading_state": s.risk.state.value,
         }
-
-    # -- execution -------------------------------------------------------------------
-    def _fill(self, ctx: BarContext, out: list[Output]) -> None:
-        """Fill the pending intent at this bar's open; its records go out with the fill,
-        before the ledger books it, so no failure can leave a fill without its record."""
-        s, bar, cfg = self.s, ctx.bar, self.cfg
-        p, s.pending = s.pending, None
-        assert p is not None
-        direction = 1 if p.qty > 0 else -1
-        if bar.count == 0:
-            out.append(
-                self._rejection(
-                    bar.end_ms,
-                    p.decision_id,
-                    "execution",
-                    Reason.STALE_INTENT,
-                    f"no trades in the bar after the decision "
-                    f"(starting {bar.start_ms}) to fill against",
-                    p.arm,
-                    direction,
-                )
-            )
-            return
-        rv = (ctx.features or {}).get("rv_annual", cfg.risk.sigma_target)
-        fill = s.portfolio.fill(p.qty, bar.open, cfg.execution, rv / cfg.risk.sigma_target)
-        trade_pnl = reward = None
-        closing_qty = 0.0
-        ot = s.open_trade
-        if ot is not None and (ot.qty > 0) != (p.qty > 0):
-            closing_qty = min(abs(p.qty), abs(ot.qty))
-            exit_fee = fill.fee_usd * closing_qty / abs(p.qty)
-            trade_pnl = fill.realized_usd - ot.fees_usd - exit_fee + ot.funding_usd
-            reward = trade_pnl / (abs(ot.qty) * ot.entry_px) * 1e4
-        pf = s.portfolio
-        notional = abs(fill.qty) * fill.px
-        slip_usd = abs(fill.qty) * abs(fill.px - fill.ref_px)
-        out.extend(
-            [
-                (
-                    "executions",
-                    self.stamp(
-                        s.symbol,
-                        bar.start_ms,
-                        decision_id=p.decision_id,
-                        client_order_id=p.client_order_id,
-                        entry_decision_id=p.entry_decision_id,
-                        status="filled",
-                        side="buy" if fill.qty > 0 else "sell",
-                        qty=abs(fill.qty),
-                        fill_px=fill.px,
-                        ref_px=fill.ref_px,
-                        slippage_bps=fill.slippage_bps,
-                        fee_usd=fill.fee_usd,
-                        notional_usd=notional,
-                        purpose=p.purpose.value,
-                        position_qty=pf.qty,
-                        avg_px=pf.avg_px,
-                        cash_usd=pf.cash,
-                        equity_usd=pf.equity(bar.open),
-                        realized_usd=fill.realized_usd,
-                        trade_pnl_usd=trade_pnl,
-                        reward_bps=reward,
-                        dry_run=cfg.execution.dry_run,
-                    ),
-                ),
-                (
-                    "costs",
-                    self.stamp(
-                        s.symbol,
-                        bar.start_ms,
-                        decision_id=p.decision_id,
-                        fee_usd=fill.fee_usd,
-                        fee_bps=cfg.execution.fee_bps,
-                        slippage_bps=fill.slippage_bps,
-                        slippage_usd=slip_usd,
-                        notional_usd=notional,
-                    ),
-                ),
-            ]
-        )
-        # the ledger: the closed round trip's reward and stats, then the new open trade
-        s.fills += 1
-        if trade_pnl is not None and ot is not None:
-            s.open_trade = None
-            s.trades += 1
-            if is_win(trade_pnl):
-                s.wins += 1
-            else:
-                s.losses += 1
-            s.risk.record_trade_result(trade_pnl)
-            if ot.arm is not None and reward is not None:
-                s.bandit.update(ot.arm, reward)
-        opened = abs(p.qty) - closing_qty
-        if opened > 1e-12:
-            s.last_entry_bar = s.bar_index  # the cooldown counts from the fill
-            s.open_trade = OpenTrade(
-                p.decision_id,
-                p.arm,
-                direction,
-                s.bar_index,
-                fill.px,
-                s.portfolio.qty,
-                fill.fee_usd * opened / abs(p.qty),
-            )
 
     # -- operator commands -------------------------------------------------------------
     def _control(self, cmd: ControlCommand, mark_px: float) -> Output:
@@ -442,29 +265,8 @@ class Strategy:
     def _repro(
         self, t: int, event: str, cmd: ControlCommand | None, change: dict[str, Any]
     ) -> Output:
-        command = (
-            None
-            if cmd is None
-            else {
-                "command": cmd.command,
-                "operator": cmd.operator,
-                "reason": cmd.reason,
-                "command_id": cmd.command_id,
-                "ts_command_ms": cmd.ts_event_ms,
-            }
-        )
-        return (
-            "repro",
-            self.stamp(
-                self.s.symbol,
-                t,
-                event=event,
-                config_json=json.dumps(self.cfg.as_dict(), sort_keys=True),
-                model_id=self.model_info.get("model_id", ""),
-                model_sha256=self.model_info.get("model_sha256", ""),
-                command=command,
-                change_json=json.dumps(change, sort_keys=True),
-            ),
+        return records.repro(
+            self.stamp, self.s.symbol, t, event, cmd, change, self.cfg, self.model_info
         )
 
     # -- the decision ----------------------------------------------------------------------
@@ -619,9 +421,6 @@ class Strategy:
         d["target_position"] = target
         return direction, target, arm
 
-    def _count_rejection(self, reason: Reason) -> None:
-        self.s.rejections[reason.value] = self.s.rejections.get(reason.value, 0) + 1
-
     def _rejection(
         self,
         t: int,
@@ -632,21 +431,11 @@ class Strategy:
         arm: str | None,
         direction: int,
     ) -> Output:
-        self._count_rejection(reason)
-        return (
-            "rejections",
-            self.stamp(
-                self.s.symbol,
-                t,
-                decision_id=did,
-                stage=stage,
-                reason=reason.value,
-                detail=detail,
-                arm=arm,
-                direction=direction,
-                trading_state=self.s.risk.state.value,
-            ),
-        )
+        self.s.count_rejection(reason.value)
+        return records.rejection(
+            self.stamp, self.s.symbol, t, did, stage, reason, detail, arm, direction,
+            self.s.risk.state,
+        )  # fmt: skip
 
     def _intent(
         self,
@@ -661,178 +450,12 @@ class Strategy:
         s, bar = self.s, ctx.bar
         coid = "ens-" + hashlib.sha256(did.encode()).hexdigest()[:24]
         s.pending = PendingIntent(did, coid, qty, purpose, arm, s.bar_index, bar.end_ms, entry_did)
-        return (
-            "orders",
-            self.stamp(
-                s.symbol,
-                bar.end_ms,
-                decision_id=did,
-                client_order_id=coid,
-                entry_decision_id=entry_did,
-                side="buy" if qty > 0 else "sell",
-                qty=abs(qty),
-                ref_px=bar.close,
-                notional_usd=abs(qty) * bar.close,
-                purpose=purpose.value,
-                arm=arm,
-                target_position=target,
-                position_qty=s.portfolio.qty,
-                fill_rule="next_bar_open",
-                dry_run=self.cfg.execution.dry_run,
-            ),
-        )
+        return records.order(
+            self.stamp, s.symbol, bar.end_ms, s.pending, bar.close, target, s.portfolio.qty,
+            self.cfg.execution.dry_run,
+        )  # fmt: skip
 
-    # -- telemetry ------------------------------------------------------------------------
-    def _signals(self, ctx: BarContext, d: dict[str, Any]) -> Output:
-        bar = ctx.bar
-        model = None
-        if ctx.p_up is not None:
-            mv = model_view(ctx.p_up, ctx.p_up_bma, self.cfg.flip_model)
-            model = {
-                "p_up": mv.p_up,
-                "p_down": mv.p_down,
-                "conf": mv.conf,
-                "alpha": mv.alpha,
-                "s_model_meta": mv.s_model_meta,
-                "s_model_bma": mv.s_model_bma,
-                "model_id": ctx.model_id,
-            }
-        c = ctx.cohort
-        decision = dict(d)
-        decision.setdefault("exit", None)
-        return (
-            "signals",
-            self.stamp(
-                self.s.symbol,
-                bar.end_ms,
-                bar={
-                    "open": bar.open,
-                    "high": bar.high,
-                    "low": bar.low,
-                    "close": bar.close,
-                    "volume": bar.volume,
-                    "count": bar.count,
-                    "complete": bar.complete,
-                },
-                features=ctx.features,
-                model=model,
-                cohort={
-                    "s_top": c.s_top,
-                    "s_bot": c.s_bot,
-                    "s_mood": c.s_mood,
-                    "source": c.source,
-                    "age_ms": c.age_ms,
-                    "stale": c.stale,
-                },
-                decision=decision,
-                trading_state=self.s.risk.state.value,
-                shadow=self.s.shadow,
-            ),
-        )
-
-    def _ensemble(self, ctx: BarContext, d: dict[str, Any]) -> Output:
-        rows = []
-        s5 = (
-            0.0
-            if ctx.p_up is None
-            else model_view(ctx.p_up, ctx.p_up_bma, self.cfg.flip_model).s_model_meta
-        )
-        rows.append(
-            {
-                "timeframe": "5m",
-                "signal": s5,
-                "trend": ctx.bar.ret if ctx.bar.count else 0.0,
-                "age_ms": 0,
-                "stale": False,
-                "missing": ctx.p_up is None,
-                "ext_signal": 0.0,
-                "ext_confidence": 0.0,
-                "ext_stale": False,
-            }
-        )
-        for tf in ("15m", "1h"):
-            o = ctx.overlays[tf]
-            rows.append(
-                {
-                    "timeframe": tf,
-                    "signal": o.ext_signal,
-                    "trend": o.trend,
-                    "age_ms": o.age_ms,
-                    "stale": o.stale,
-                    "missing": o.missing,
-                    "ext_signal": o.ext_signal,
-                    "ext_confidence": o.ext_confidence,
-                    "ext_stale": o.ext_stale,
-                }
-            )
-        direction = d["direction"]
-        usable = [ctx.overlays[tf].usable_trend for tf in ("15m", "1h")]
-        usable = [u for u in usable if u is not None and u != 0.0]
-        agree = sum(1 for u in usable if (u > 0) == (direction > 0)) if direction else 0
-        return (
-            "ensemble",
-            self.stamp(
-                self.s.symbol,
-                ctx.bar.end_ms,
-                timeframes=rows,
-                combined={
-                    "direction": direction,
-                    "chosen_arm": d["chosen_arm"],
-                    "agreeing_overlays": agree,
-                    "usable_overlays": len(usable),
-                    "action": d["action"],
-                },
-            ),
-        )
-
-    def _health(self, t: int, equity: float) -> Output:
-        s, pf, r = self.s, self.s.portfolio, self.s.risk
-        closed = s.wins + s.losses
-        avg_conf = sum(s.recent_conf) / len(s.recent_conf) if s.recent_conf else None
-        dd = r.drawdown(equity)
-        if r.state is TradingState.HALTED:
-            status = "halted"
-        elif (
-            dd > 0.5 * self.cfg.risk.max_drawdown
-            or r.consecutive_losses >= self.cfg.risk.max_consecutive_losses
-            or (s.recent_side_p and sum(s.recent_side_p) / len(s.recent_side_p) < LOW_SIDE_CONF)
-        ):
-            status = "needs_attention"
-        else:
-            status = "ok"
-        return (
-            "health",
-            self.stamp(
-                s.symbol,
-                t,
-                heartbeat_seq=s.bar_index,
-                bars=s.bar_index,
-                gap_bars=s.gap_bars,
-                equity_usd=equity,
-                cash_usd=pf.cash,
-                position_qty=pf.qty,
-                position_notional_usd=pf.qty * s.last_close,
-                unrealized_usd=pf.unrealized(s.last_close),
-                realized_usd=pf.realized_usd,
-                fees_usd=pf.fees_usd,
-                funding_usd=pf.funding_usd,
-                drawdown=dd,
-                max_drawdown=r.max_drawdown_seen,
-                peak_equity_usd=r.peak_equity,
-                round_trips=s.trades,
-                wins=s.wins,
-                losses=s.losses,
-                win_rate=None if closed == 0 else s.wins / closed,
-                avg_conf=avg_conf,
-                sharpe_30d=self._sharpe_30d(),
-                consecutive_losses=r.consecutive_losses,
-                trading_state=r.state.value,
-                halt_reason=r.halt_reason,
-                strategy_status=status,
-                bandit=s.bandit.as_dict(self.cfg.bandit),
-            ),
-        )
-
+    # -- daily equity and calibration ---------------------------------------------------------
     def _track_daily(self, t: int, equity: float) -> None:
         day = utc_day(t)
         de = self.s.daily_equity
@@ -841,31 +464,9 @@ class Strategy:
         else:
             de.append((day, equity))
 
-    def _sharpe_30d(self) -> float | None:
-        """Annualised (x sqrt(365)) Sharpe of up to 30 daily returns; None under 2 returns."""
-        return sharpe(returns_of([e for _, e in self.s.daily_equity]))
-
     def _resolve_calibration(self, close: float) -> None:
         s = self.s
         h = int(self.model_info.get("horizon_bars", 1))
         while s.calib_pending and s.bar_index - s.calib_pending[0][0] >= h:
             _, p, c0 = s.calib_pending.popleft()
             s.calib_resolved.append((p, 1.0 if close > c0 else 0.0))
-
-    def _calibration(self, t: int) -> Output:
-        pairs = list(self.s.calib_resolved)
-        c = calibration([p for p, _ in pairs], [y for _, y in pairs])
-        return (
-            "calibration",
-            self.stamp(
-                self.s.symbol,
-                t,
-                model_id=self.model_info.get("model_id", ""),
-                horizon_bars=int(self.model_info.get("horizon_bars", 1)),
-                window=c["n"],
-                brier=c["brier"],
-                brier_climatology=c["brier_climatology"],
-                hit_rate=c["hit_rate"],
-                bins=c["bins"],
-            ),
-        )
