@@ -4,7 +4,8 @@ Wiring only; every rule lives in `operators/`. Reads top to bottom like the diag
 
     input → decode → by_symbol → market (5m bars by event time, cohorts, 15m/1h bars)
           → context_join (as-of overlays, cohort, funding, control; staleness)
-          → features → predict → strategy (fill → control → mark → kill-switch → decide)
+          → features → predict → by_account → strategy (all symbols in event-time order;
+            fill → control → mark → kill-switch and account limits → decide)
           → outputs (one JSON-lines file per stream)
 
 Bad input never stops the flow: undecodable or invalid records, late trades and unused
