@@ -41,6 +41,11 @@ def decision_bar_ms(decision_id: str) -> int:
     return int(decision_id.split(":")[2])
 
 
+def decision_of(order_id: str) -> str:
+    """The decision (strategy:symbol:close) an order belongs to; an exit adds :purpose."""
+    return ":".join(order_id.split(":")[:3])
+
+
 def is_win(net_pnl_usd: float) -> bool:
     return net_pnl_usd > 0.0
 
