@@ -24,7 +24,7 @@ from operators.features import FEATURES, LOOKBACK_BARS
 from operators.overlays import BarContext, CohortView, OverlayView
 from operators.reasons import Reason
 from operators.risk import TradingState
-from operators.strategy import Strategy, new_state
+from operators.strategy import BarFailed, Strategy, new_state
 from operators.telemetry import Stamp
 
 SYMBOL = "BTC-PERP"
@@ -108,6 +108,7 @@ class Scenario:
             p_up=p_up,
             model_id="test",
         )
+        self.last_ctx = ctx
         out = self.strategy.on_bar(ctx)
         self.log.extend(out)
         return out
@@ -540,3 +541,26 @@ def test_with_failures_injected_every_intent_has_exactly_one_execution_or_reject
     }
     fills = [r for s, r in sc.log if s == "executions"]
     assert fills[-1]["position_qty"] == pytest.approx(sc.strategy.s.portfolio.qty)
+
+
+def test_the_flows_strategy_step_emits_the_fill_and_the_error_of_a_failing_bar(tmp_path):
+    """dataflows.ensemble.StrategyLogic, fed the contexts of a scenario: the bar that fails
+    after its fill still sends the execution, followed by the error record."""
+    from dataflows.ensemble import Emit, StrategyLogic
+    from tests.conftest import small_settings
+
+    settings = small_settings(
+        tmp_path, STRATEGY_ID="ensemble_1_0", ENSEMBLE_OVERRIDES=json.dumps({"warmup_bars": 60})
+    )
+    logic = StrategyLogic(settings, Stamp("ensemble_1_0"), None)
+    sc = Scenario(ENSEMBLE_1_0)
+    sent: list[Emit] = []
+    for inputs in [{}] * WARMUP + [LONG_BAR]:
+        sc.bar(**inputs)
+        sent += logic.on_item(sc.last_ctx)[0]
+    assert [e.record["purpose"] for e in sent if e.stream == "orders"] == ["entry"]
+    with pytest.raises(BarFailed):  # the scenario's own strategy fails the same way
+        sc.bar(**LONG_BAR, broken=True)
+    out = logic.on_item(sc.last_ctx)[0]
+    assert [e.stream for e in out] == ["executions", "costs", "errors"]
+    assert out[2].record["error_type"] == "KeyError"
