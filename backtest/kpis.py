@@ -23,12 +23,12 @@ import pandas as pd
 
 from backtest import metrics
 from backtest.records import RunOutputs
+from operators import kpis as shared
+from operators.kpis import DAY_MS, pair_round_trips
 
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 BAR_MS = 300_000
 DECILES = 10
-CALIBRATION_BINS = 10
 ENTRY_PURPOSES = ("entry", "flip")
 
 
@@ -38,7 +38,7 @@ class NothingDecided(ValueError):
 
 def day_of_mark(ts_ms: int | np.ndarray) -> Any:
     """The UTC day a 5m close belongs to: a mark at 24:00 closes the day before."""
-    return (ts_ms - 1) // DAY_MS
+    return shared.utc_day(ts_ms)
 
 
 def iso_day(day: int) -> str:
@@ -111,44 +111,29 @@ class Book:
 
 # -- trades -----------------------------------------------------------------------------
 def round_trips(run: RunOutputs) -> list[dict[str, Any]]:
-    """Closed round trips: each closing fill (trade_pnl_usd set) with the fill that opened it."""
+    """Closed round trips (operators.kpis pairs each closing fill with its entry's fill)."""
     arm_of = {o["decision_id"]: o.get("arm") for o in run.orders}
     conf_of: dict[str, float | None] = {}
     if run.signals is not None:
         conf_of = dict(zip(run.signals["decision_id"], run.signals["conf"], strict=True))
     trips = []
-    by_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for e in run.executions:
-        by_symbol[e["symbol"]].append(e)
-    for symbol in sorted(by_symbol):
-        position, entry = 0.0, None
-        for e in sorted(by_symbol[symbol], key=lambda x: x["ts_event_ms"]):
-            qty = e["qty"] if e["side"] == "buy" else -e["qty"]
-            closing = 0.0
-            if position != 0 and (position > 0) != (qty > 0):
-                closing = min(abs(qty), abs(position))
-            if e.get("trade_pnl_usd") is not None:
-                conf = None if entry is None else conf_of.get(entry["decision_id"])
-                trips.append(
-                    {
-                        "symbol": symbol,
-                        "entry_decision_id": None if entry is None else entry["decision_id"],
-                        "exit_decision_id": e["decision_id"],
-                        "entry_ms": None if entry is None else entry["ts_event_ms"],
-                        "exit_ms": e["ts_event_ms"],
-                        "direction": 1 if position > 0 else -1,
-                        "arm": None if entry is None else arm_of.get(entry["decision_id"]),
-                        "entry_conf": _f(conf),
-                        "pnl_usd": e["trade_pnl_usd"],
-                        "reward_bps": e.get("reward_bps"),
-                        "exit_purpose": e["purpose"],
-                    }
-                )
-            if abs(qty) - closing > 1e-12:
-                entry = e
-            elif abs(e["position_qty"]) < 1e-12:
-                entry = None
-            position = e["position_qty"]
+    for t in pair_round_trips(run.executions):
+        entry, e = t.entry, t.exit
+        trips.append(
+            {
+                "symbol": t.symbol,
+                "entry_decision_id": None if entry is None else entry["decision_id"],
+                "exit_decision_id": e["decision_id"],
+                "entry_ms": None if entry is None else entry["ts_event_ms"],
+                "exit_ms": e["ts_event_ms"],
+                "direction": t.direction,
+                "arm": None if entry is None else arm_of.get(entry["decision_id"]),
+                "entry_conf": None if entry is None else _f(conf_of.get(entry["decision_id"])),
+                "pnl_usd": t.pnl_usd,
+                "reward_bps": e.get("reward_bps"),
+                "exit_purpose": e["purpose"],
+            }
+        )
     trips.sort(key=lambda t: (t["exit_ms"], t["symbol"]))
     return trips
 
@@ -233,38 +218,19 @@ def calibration_pairs(signals: pd.DataFrame, horizon_bars: int) -> pd.DataFrame:
 
 
 def calibration(pairs: pd.DataFrame, horizon_bars: int) -> dict[str, Any]:
-    n = len(pairs)
-    if n == 0:
+    c = shared.calibration(pairs["p_up"].to_numpy(dtype=float), pairs["up"].to_numpy(dtype=float))
+    if c["n"] == 0:
         return {"n": 0, "horizon_bars": horizon_bars, "brier": None, "bins": []}
-    p, y = pairs["p_up"].to_numpy(dtype=float), pairs["up"].to_numpy(dtype=float)
-    brier = float(np.mean((p - y) ** 2))
-    base = float(np.mean(y))
-    clim = base * (1 - base)
-    bins = []
-    for i in range(CALIBRATION_BINS):
-        lo, hi = i / CALIBRATION_BINS, (i + 1) / CALIBRATION_BINS
-        sel = (p >= lo) & (p < hi)
-        if i == CALIBRATION_BINS - 1:
-            sel |= p == 1.0
-        if sel.any():
-            bins.append(
-                {
-                    "lo": lo,
-                    "hi": hi,
-                    "n": int(sel.sum()),
-                    "mean_p": float(p[sel].mean()),
-                    "freq_up": float(y[sel].mean()),
-                }
-            )
+    clim = c["brier_climatology"]
     return {
-        "n": n,
+        "n": c["n"],
         "horizon_bars": horizon_bars,
-        "brier": brier,
-        "base_rate_up": base,
+        "brier": c["brier"],
+        "base_rate_up": c["base_rate_up"],
         "brier_climatology": clim,
-        "brier_skill": _f(1 - brier / clim) if clim > 0 else None,
-        "hit_rate": float(np.mean((p >= 0.5) == (y == 1.0))),
-        "bins": bins,
+        "brier_skill": _f(1 - c["brier"] / clim) if clim > 0 else None,
+        "hit_rate": c["hit_rate"],
+        "bins": c["bins"],
     }
 
 
@@ -333,7 +299,7 @@ def halts(run: RunOutputs) -> list[dict[str, Any]]:
 def event_time_latency(run: RunOutputs) -> dict[str, Any]:
     """From ts_event_ms: decision bar close → order, and order → the fill it was priced at."""
     orders = {o["decision_id"]: o for o in run.orders}
-    to_order = [o["ts_event_ms"] - int(o["decision_id"].rsplit(":", 1)[1]) for o in run.orders]
+    to_order = [o["ts_event_ms"] - shared.decision_bar_ms(o["decision_id"]) for o in run.orders]
     to_fill = [
         e["ts_event_ms"] - orders[e["decision_id"]]["ts_event_ms"]
         for e in run.executions

@@ -18,19 +18,11 @@ import math
 
 import numpy as np
 
-PERIODS_PER_YEAR = 365
+from operators.kpis import PERIODS_PER_YEAR, sharpe
+
+__all__ = ["PERIODS_PER_YEAR", "drawdowns", "max_drawdown", "sharpe", "sortino"]
+
 RISK_FREE = 0.0
-
-
-def sharpe(daily_returns: np.ndarray) -> float | None:
-    """Annualised Sharpe; None under two days or with no variation."""
-    r = np.asarray(daily_returns, dtype=float)
-    if len(r) < 2:
-        return None
-    sd = float(np.std(r, ddof=1))
-    if not sd > 0.0:
-        return None
-    return float(np.mean(r)) / sd * math.sqrt(PERIODS_PER_YEAR)
 
 
 def sortino(daily_returns: np.ndarray) -> float | None:

@@ -58,6 +58,7 @@ from consumers.stream import (
     TopicsMissing,
     read_before_committed,
 )
+from operators.reasons import KILL_SWITCH_REASONS
 from operators.telemetry import REDACTED
 
 log = logging.getLogger("ensemble.alerts")
@@ -75,7 +76,6 @@ STREAMS = ("health", "errors", "executions", "signals")
 ENV_PREFIX = "ENSEMBLE_ALERTS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # halt reasons that are kill-switches (an operator's own halt is not alerted)
-KILL_SWITCH_REASONS = ("drawdown_limit", "daily_loss_limit", "consecutive_losses")
 SEVERITY_ICON = {
     "critical": ":rotating_light:",
     "warning": ":warning:",

@@ -17,11 +17,12 @@ import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
 
 from consumers.stream import Dedup, Record
+from operators.kpis import RoundTrip, decision_of, pair_round_trips
+from operators.reasons import KILL_SWITCH_REASONS
 
 log = logging.getLogger("ensemble.copilot")
 
@@ -42,7 +43,6 @@ BAR_MS = 300_000
 MATCH_WINDOW_MS = 60 * 60_000  # a trade decision within an hour of the asked time
 NEARBY_MS = 2 * 60 * 60_000
 ENTRY_PURPOSES = ("entry", "flip")
-KILL_SWITCH_REASONS = ("drawdown_limit", "daily_loss_limit", "consecutive_losses")
 FEATURES_SHOWN = (
     "ret_1",
     "ret_12",
@@ -77,19 +77,6 @@ def side_word(direction: int) -> str:
 
 
 # -- the telemetry, indexed -------------------------------------------------------------------
-@dataclass
-class RoundTrip:
-    symbol: str
-    entry: dict[str, Any] | None  # the execution that opened it (None: before the data)
-    exit: dict[str, Any]  # the execution that closed it
-    pnl_usd: float
-
-    @property
-    def direction(self) -> int:
-        # the closing fill trades against the position: a buy closes a short
-        return -1 if self.exit["side"] == "buy" else 1
-
-
 class Telemetry:
     """Deduplicated records of one strategy, indexed by decision id, symbol and time."""
 
@@ -119,6 +106,10 @@ class Telemetry:
 
         self.signals = {r["decision"]["decision_id"]: r for r in mine("signals")}
         self.orders = {r["decision_id"]: r for r in mine("orders")}
+        # a decision's orders: its entry (same id) or its exit (<decision>:<purpose>)
+        self.orders_of: dict[str, list[str]] = defaultdict(list)
+        for oid in self.orders:
+            self.orders_of[decision_of(oid)].append(oid)
         self.executions = {r["decision_id"]: r for r in mine("executions")}
         self.costs = {r["decision_id"]: r for r in mine("costs")}
         self.rejections: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -143,20 +134,8 @@ class Telemetry:
         self.count = sum(len(v) for v in by_stream.values())
 
     def _pair(self, symbol: str) -> list[RoundTrip]:
-        """Round trips in time order: each closing fill with the fill that opened it."""
-        trips: list[RoundTrip] = []
-        opened: dict[str, Any] | None = None
-        execs = sorted(
-            (e for e in self.executions.values() if e["symbol"] == symbol),
-            key=lambda e: e["ts_event_ms"],
-        )
-        for e in execs:
-            if e["trade_pnl_usd"] is not None:
-                trips.append(RoundTrip(symbol, opened, e, e["trade_pnl_usd"]))
-                opened = e if abs(e["position_qty"]) > 1e-12 else None  # a flip opens anew
-            elif abs(e["position_qty"]) > 1e-12:
-                opened = e
-        return trips
+        """Round trips in time order (operators.kpis: each exit with the entry it names)."""
+        return pair_round_trips(e for e in self.executions.values() if e["symbol"] == symbol)
 
     def last_ts(self, symbol: str | None = None) -> int | None:
         pools = [self.health[symbol]] if symbol else list(self.health.values())
@@ -499,10 +478,14 @@ def find_trade(tel: Telemetry, symbol: str, at_ms: int, question: str) -> str | 
     return best[1] if best else None
 
 
-def decision_facts(tel: Telemetry, sig: dict[str, Any]) -> dict[str, Any]:
-    """Everything logged about one decision bar, allow-listed field by field."""
+def decision_facts(
+    tel: Telemetry, sig: dict[str, Any], order_id: str | None = None
+) -> dict[str, Any]:
+    """Everything logged about one decision bar (and `order_id`, or the bar's own order),
+    allow-listed field by field."""
     d, sym, ts = sig["decision"], sig["symbol"], sig["ts_event_ms"]
-    did = d["decision_id"]
+    bar_did = d["decision_id"]
+    did = order_id or next(iter(tel.orders_of.get(bar_did, [])), bar_did)
     elig = d["eligible"]
     facts: dict[str, Any] = {
         "decision": {
@@ -587,7 +570,8 @@ def decision_facts(tel: Telemetry, sig: dict[str, Any]) -> dict[str, Any]:
     )
     facts["rejections"] = [
         {"stage": r["stage"], "reason": r["reason"], "detail": r["detail"]}
-        for r in tel.rejections.get(did, [])
+        for r in tel.rejections.get(bar_did, [])
+        + (tel.rejections.get(did, []) if did != bar_did else [])
     ]
     h = tel.health_at(sym, ts)
     facts["risk"] = (
@@ -672,7 +656,7 @@ def why_facts(
         "strategy_id": tel.strategy_id,
         "asked_time_utc": utc_text(at_ms),
     }
-    if did is not None and did in tel.signals:
+    if did is not None and decision_of(did) in tel.signals:
         order = tel.orders[did]
         if _mismatch(order, question):  # answer the question asked, not a convenient one
             base["premise"] = (
@@ -680,7 +664,7 @@ def why_facts(
                 f"{MATCH_WINDOW_MS // 60_000} minutes of {utc_text(at_ms)} UTC; the nearest "
                 f"trade decision ({order['side']}, {order['purpose']}) is explained instead"
             )
-        return {**base, **decision_facts(tel, tel.signals[did])}
+        return {**base, **decision_facts(tel, tel.signals[decision_of(did)], did)}
     sigs = tel.signals_by_symbol[sym]
     sig = tel.at_or_before(sigs, at_ms) or (sigs[0] if sigs else None)
     if sig is None:

@@ -4,7 +4,8 @@ Wiring only; every rule lives in `operators/`. Reads top to bottom like the diag
 
     input → decode → by_symbol → market (5m bars by event time, cohorts, 15m/1h bars)
           → context_join (as-of overlays, cohort, funding, control; staleness)
-          → features → predict → strategy (fill → control → mark → kill-switch → decide)
+          → features → predict → by_account → strategy (all symbols in event-time order;
+            fill → control → mark → kill-switch and account limits → decide)
           → outputs (one JSON-lines file per stream)
 
 Bad input never stops the flow: undecodable or invalid records, late trades and unused
@@ -33,6 +34,7 @@ from dataflows import metrics
 from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.settings import Settings
+from operators.account import AccountRisk, EventTimeAligner
 from operators.bars import Bar
 from operators.config import ConfigError
 from operators.events import ControlCommand, InvalidRecord, decode
@@ -40,7 +42,7 @@ from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin
 from operators.predict import ArtifactError, load_runtime
-from operators.strategy import Strategy, SymbolState, new_state
+from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from schemas.codec import STREAM_SCHEMAS
 
@@ -254,15 +256,33 @@ def predict_step(settings: Settings, stamp: Stamp, item: Any) -> Any:
     return item
 
 
-# -- strategy -----------------------------------------------------------------------------
+# -- strategy ---------------------------------------------------------------------------
+ACCOUNT_KEY = "account"  # every symbol's strategy runs under this one key: see AccountBook
+
+
+@dataclass
+class AccountBook:
+    """The strategy step's state: the account's risk and every symbol's book, together,
+    because account limits need every symbol's equity and Bytewax has no cycles."""
+
+    account: AccountRisk
+    symbols: dict[str, SymbolState]
+    aligner: EventTimeAligner = dataclasses.field(default_factory=EventTimeAligner)
+
+
 class StrategyLogic(StatefulLogic):
-    def __init__(self, settings: Settings, stamp: Stamp, resume: SymbolState | None) -> None:
+    def __init__(self, settings: Settings, stamp: Stamp, resume: AccountBook | None) -> None:
         self.settings, self.stamp = settings, stamp
-        self.resume = resume
-        self.strategy: Strategy | None = None
+        cfg = settings.strategy
+        self.book = resume or AccountBook(
+            AccountRisk.new(settings.symbols, cfg.risk.initial_equity), {}
+        )
+        self.resumed = set(self.book.symbols) if resume is not None else set()
+        self.strategies: dict[str, Strategy] = {}
 
     def _ensure(self, symbol: str) -> Strategy:
-        if self.strategy is None:
+        strat = self.strategies.get(symbol)
+        if strat is None:
             rt = load_runtime(str(self.settings.model_dir))
             info = {
                 "model_id": rt.model_id,
@@ -270,43 +290,59 @@ class StrategyLogic(StatefulLogic):
                 "horizon_bars": rt.horizon_bars,
             }
             cfg = self.settings.strategy
-            state = self.resume or new_state(cfg, symbol, self.settings.seed)
-            self.strategy = Strategy(cfg, state, self.stamp, info, resumed=self.resume is not None)
-        return self.strategy
+            state = self.book.symbols.get(symbol) or new_state(cfg, symbol, self.settings.seed)
+            self.book.symbols[symbol] = state
+            strat = Strategy(
+                cfg,
+                state,
+                self.stamp,
+                info,
+                resumed=symbol in self.resumed,
+                account=self.book.account,
+            )
+            self.strategies[symbol] = strat
+        return strat
 
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         if isinstance(value, Emit):
             return [value], StatefulLogic.RETAIN
-        ctx: BarContext = value
+        outs: list[Any] = []
+        for ctx in self.book.aligner.add(value):  # every symbol's bars in event-time order
+            outs.extend(self._bar(ctx))
+        return outs, StatefulLogic.RETAIN
+
+    def _bar(self, ctx: BarContext) -> list[Any]:
         strat = self._ensure(ctx.bar.symbol)
         try:
             outs = strat.on_bar(ctx)
             metrics.observe_latency((time.perf_counter_ns() - ctx.closed_ns) / 1e9)
-        except Exception as exc:
-            return [
-                _error(
-                    self.stamp,
-                    "strategy",
-                    ctx.bar.symbol,
-                    ctx.bar.end_ms,
-                    exc,
-                    {"bar": repr(ctx.bar)},
-                )
-            ], StatefulLogic.RETAIN
-        return [Emit(s, r) for s, r in outs], StatefulLogic.RETAIN
+        except BarFailed as failed:  # what happened before the failure goes out with it
+            exc = failed.__cause__ or failed
+            err = _error(
+                self.stamp, "strategy", ctx.bar.symbol, ctx.bar.end_ms, exc, {"bar": repr(ctx.bar)}
+            )
+            return [*(Emit(s, r) for s, r in failed.outputs), err]
+        return [Emit(s, r) for s, r in outs]
 
     def on_eof(self) -> tuple[list[Any], bool]:
-        if self.strategy is None:
-            return [], StatefulLogic.RETAIN
-        outs = [Emit(s, r) for s, r in self.strategy.on_eof()]
-        outs.append(Emit("summary", self.strategy.summary()))
+        outs: list[Any] = []
+        for ctx in self.book.aligner.flush():
+            outs.extend(self._bar(ctx))
+        for symbol in sorted(self.strategies):
+            strat = self.strategies[symbol]
+            outs.extend(Emit(s, r) for s, r in strat.on_eof())
+            outs.append(Emit("summary", strat.summary()))
         return outs, StatefulLogic.RETAIN
 
-    def snapshot(self) -> SymbolState | None:
-        return copy.deepcopy(self.strategy.s if self.strategy else self.resume)
+    def snapshot(self) -> AccountBook:
+        return copy.deepcopy(self.book)
 
 
 # -- the flow ---------------------------------------------------------------------------------
+def _account_key(_item: Any) -> str:
+    return ACCOUNT_KEY
+
+
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
     """(stream, record), counted in the Prometheus metrics on its way out."""
     metrics.observe(e.stream, e.record)
@@ -322,7 +358,8 @@ def build_flow(
     """The dataflow over `settings`' input (or `messages`, or `source`), into `sink` (or
     JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource)."""
     stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
-    load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not the first bar
+    rt = load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not a bar
+    settings.strategy.with_model_horizon(rt.horizon_bars)  # a hold the model disagrees with
 
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
@@ -341,8 +378,9 @@ def build_flow(
     contexts = op.stateful_flat_map("context_join", market, partial(context_step, settings, stamp))
     featured = op.stateful_map("features", contexts, partial(features_step, stamp))
     predicted = op.map_value("predict", featured, partial(predict_step, settings, stamp))
+    by_account = op.key_on("by_account", op.key_rm("to_account", predicted), _account_key)
     decided = op.stateful(
-        "strategy", predicted, lambda resume: StrategyLogic(settings, stamp, resume)
+        "strategy", by_account, lambda resume: StrategyLogic(settings, stamp, resume)
     )
     emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
     by_stream = op.map("by_stream", emitted, _observed)

@@ -72,7 +72,7 @@ HEALTH_GAUGES = {
     )
 }
 TRADING_STATE = Enum(
-    "trading_state", "Trading state", ["symbol"], states=["ACTIVE", "REDUCING", "HALTED"],
+    "trading_state", "Trading state", ["symbol"], states=["ACTIVE", "HALTED"],
     namespace=NS,
 )  # fmt: skip
 STATUS = Enum(

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.evaluation import reliability_table
-from operators.config import RiskConfig
 
 if TYPE_CHECKING:
     from models.train import WalkForward
@@ -365,12 +364,11 @@ def card_markdown(m: dict[str, Any]) -> str:
         "learners fit on fewer rows than the shipped ones; the shipped bases are a little "
         "sharper than what they were calibrated on.",
     ]
-    hold = RiskConfig().max_hold_bars
-    if h != hold:
-        L.append(
-            f"- The label horizon ({h} bars) differs from the strategy's default holding "
-            f"period (`risk.max_hold_bars` = {hold}); the probabilities are about {h}-bar moves."
-        )
+    L.append(
+        f"- The strategy holds a position exactly the label horizon ({h} bars; "
+        "`risk.max_hold_bars` must equal it), so the probabilities, the time exit and the "
+        "bandit's reward are about the same move."
+    )
     L += [
         "",
     ]

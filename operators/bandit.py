@@ -5,7 +5,9 @@ an unknown mean; its posterior mean shrinks toward the prior with `prior_weight`
 pseudo-observations, and its noise variance shrinks toward `prior_sd_bps`^2 the same way.
 Selection draws one sample per eligible arm and takes the largest; `model_optimism`
 (in units of prior_sd_bps) is added to model arms' posterior means at selection only.
-The state is plain data (picklable), so it survives restarts through Bytewax recovery.
+The bandit is plain data (the arms' statistics, picklable), so it survives restarts
+through Bytewax recovery; its `BanditConfig` is passed in on every call and never stored,
+so a restart under a changed configuration runs on the new one.
 """
 
 from __future__ import annotations
@@ -28,28 +30,29 @@ class ArmStats:
 
 @dataclass
 class ThompsonBandit:
-    cfg: BanditConfig
     stats: dict[str, ArmStats] = field(default_factory=lambda: {a: ArmStats() for a in ARMS})
 
-    def posterior(self, arm: str) -> tuple[float, float]:
+    def posterior(self, arm: str, cfg: BanditConfig) -> tuple[float, float]:
         """Posterior mean and standard deviation of the arm's mean reward, in bps."""
-        s, c = self.stats[arm], self.cfg
+        s, c = self.stats[arm], cfg
         w = c.prior_weight
         mu = (w * c.prior_mean_bps + s.n * s.mean) / (w + s.n)
         noise_var = (s.m2 + w * c.prior_sd_bps**2) / (max(s.n - 1, 0) + w)
         return mu, math.sqrt(noise_var / (w + s.n))
 
-    def select(self, eligible: dict[str, bool], rng: np.random.Generator) -> tuple[str, dict]:
+    def select(
+        self, eligible: dict[str, bool], rng: np.random.Generator, cfg: BanditConfig
+    ) -> tuple[str, dict]:
         """Choose among eligible arms; returns the arm and the per-arm samples drawn."""
         arms = [a for a in ARMS if eligible.get(a)]
         if not arms:
             raise ValueError("select() needs at least one eligible arm")
-        if self.cfg.epsilon > 0.0 and rng.random() < self.cfg.epsilon:
+        if cfg.epsilon > 0.0 and rng.random() < cfg.epsilon:
             return arms[int(rng.integers(len(arms)))], {"explore": 1.0}
-        bonus = self.cfg.model_optimism * self.cfg.prior_sd_bps
+        bonus = cfg.model_optimism * cfg.prior_sd_bps
         samples: dict[str, float] = {}
         for a in arms:
-            mu, sd = self.posterior(a)
+            mu, sd = self.posterior(a, cfg)
             samples[a] = float(rng.normal(mu + (bonus if a in MODEL_ARMS else 0.0), sd))
         best = max(arms, key=lambda a: samples[a])  # ties: first in ARMS order
         return best, samples
@@ -63,9 +66,9 @@ class ThompsonBandit:
         s.mean += delta / s.n
         s.m2 += delta * (reward_bps - s.mean)
 
-    def as_dict(self) -> dict[str, dict[str, float]]:
+    def as_dict(self, cfg: BanditConfig) -> dict[str, dict[str, float]]:
         out = {}
         for a in ARMS:
-            mu, sd = self.posterior(a)
+            mu, sd = self.posterior(a, cfg)
             out[a] = {"n": float(self.stats[a].n), "mean_bps": mu, "sd_bps": sd}
         return out

@@ -139,7 +139,9 @@ class RiskConfig:
     vol_guard_min_scale: float = 0.25
     adv_cap_pct: float = 0.0  # max order notional as % of trailing 1-day volume; 0 = off
     min_order_notional: float = 10.0  # USD; smaller adjustments are not worth the fee
-    max_hold_bars: int = 12  # a position is closed after this many bars; the bandit's horizon
+    # Bars a position is held before the time exit; the bandit's reward horizon. It must be
+    # the model's label horizon (manifest horizon_bars): 0 takes it from the model.
+    max_hold_bars: int = 0
     initial_equity: float = 10_000.0  # USD
     max_drawdown: float = 0.10  # from peak equity -> HALTED
     daily_loss_limit: float = 0.05  # of start-of-day equity -> HALTED
@@ -176,10 +178,10 @@ class RiskConfig:
             "must be >= 0",
         )
         _check(
-            isinstance(self.max_hold_bars, int) and self.max_hold_bars >= 1,
+            isinstance(self.max_hold_bars, int) and self.max_hold_bars >= 0,
             "risk.max_hold_bars",
             self.max_hold_bars,
-            "must be an integer >= 1",
+            "must be an integer >= 1, or 0 for the model's label horizon",
         )
         _positive("risk.initial_equity", self.initial_equity)
         _check(
@@ -196,6 +198,35 @@ class RiskConfig:
             "risk.max_consecutive_losses",
             self.max_consecutive_losses,
             "must be an integer >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """Limits on all symbols' books together (operators/account.py)."""
+
+    max_drawdown: float = 0.10  # of the account's peak equity -> every symbol HALTED
+    daily_loss_limit: float = 0.05  # of the account's start-of-day equity -> HALTED
+    max_gross_leverage: float = 1.0  # Σ|position notional| / account equity; entries past it
+
+    def __post_init__(self) -> None:
+        _check(
+            0 < self.max_drawdown < 1,
+            "account.max_drawdown",
+            self.max_drawdown,
+            "must be in (0, 1)",
+        )
+        _check(
+            0 < self.daily_loss_limit < 1,
+            "account.daily_loss_limit",
+            self.daily_loss_limit,
+            "must be in (0, 1)",
+        )
+        _check(
+            isinstance(self.max_gross_leverage, (int, float)) and 0 < self.max_gross_leverage <= 20,
+            "account.max_gross_leverage",
+            self.max_gross_leverage,
+            "must be in (0, 20]",
         )
 
 
@@ -232,6 +263,7 @@ class StrategyConfig:
     bandit: BanditConfig = field(default_factory=BanditConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    account: AccountConfig = field(default_factory=AccountConfig)
     flip_model: bool = False  # flip the sign of model signals
     warmup_bars: int = 1000  # 5m bars before the first decision
 
@@ -255,6 +287,21 @@ class StrategyConfig:
         for path, value in overrides.items():
             cfg = _replace_path(cfg, path.split("."), value, path)
         return cfg
+
+    def with_model_horizon(self, horizon_bars: int) -> StrategyConfig:
+        """The configuration in force with a model whose labels look `horizon_bars` ahead:
+        the time exit holds exactly that long, so the hold, the bandit's reward and the
+        model's label are about the same move."""
+        hold = self.risk.max_hold_bars
+        if hold not in (0, horizon_bars):
+            raise ConfigError(
+                f"risk.max_hold_bars={hold!r} is invalid: the model's label horizon is "
+                f"horizon_bars={horizon_bars} (its manifest); use 0 or {horizon_bars}, "
+                "or train a model with the horizon you want"
+            )
+        return dataclasses.replace(
+            self, risk=dataclasses.replace(self.risk, max_hold_bars=horizon_bars)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))

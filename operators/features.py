@@ -39,6 +39,9 @@ BB_K = 2.0
 # Every feature is defined after 49 bars; the EMAs (span 26) started at the first close
 # carry (25/27)^100 < 5e-4 of their start-up value by bar 100, so features start there.
 READY_AFTER = 100
+# Bars a feature vector looks back over (rv_annual: 48 returns need 49 closes); the
+# MACD EMAs reach further back with decaying weight.
+LOOKBACK_BARS = WINDOW_RV + 1
 
 CONTEXT_FEATURES: tuple[str, ...] = (
     "funding_rate",  # latest funding rate at or before the close, as a fraction

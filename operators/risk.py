@@ -5,7 +5,7 @@ fraction of base_notional, where vol_scale = max(min_scale, sigma_cap / rv) when
 rv > sigma_cap (the vol guard) and 1 otherwise. Kill-switches: drawdown from peak
 equity over max_drawdown, a day's loss over daily_loss_limit, or more than
 max_consecutive_losses losing trades in a row put the symbol in HALTED until an operator
-resets it.
+resets it. There is no reduce-only state: SPEC 6 has every limit halt and flatten.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import enum
 from dataclasses import dataclass
 
 from operators.config import GuardMode, RiskConfig
+from operators.kpis import DAY_MS, is_win, utc_day
 from operators.reasons import Reason
 
-DAY_MS = 86_400_000
+__all__ = ["DAY_MS", "RiskState", "TradingState", "pretrade_veto", "sizing_scale"]
 
 
 class TradingState(enum.StrEnum):
     ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"  # only exposure-reducing orders pass
     HALTED = "HALTED"  # no new exposure; open exposure is flattened
 
 
@@ -58,6 +58,7 @@ class RiskState:
     peak_equity: float = 0.0
     day: int = -1  # UTC day number of day_start_equity
     day_start_equity: float = 0.0
+    last_equity: float | None = None  # at the last mark: the next day's start
     consecutive_losses: int = 0
     max_drawdown_seen: float = 0.0
 
@@ -65,15 +66,17 @@ class RiskState:
         return 0.0 if self.peak_equity <= 0 else max(0.0, 1.0 - equity / self.peak_equity)
 
     def mark(self, equity: float, ts_ms: int) -> None:
-        """Track peak, day start and max drawdown at a mark-to-market."""
-        day = ts_ms // DAY_MS
+        """Track peak, day start and max drawdown at a mark-to-market (a 5m close)."""
+        day = utc_day(ts_ms)
         if day != self.day:
-            self.day, self.day_start_equity = day, equity
+            start = equity if self.last_equity is None else self.last_equity
+            self.day, self.day_start_equity = day, start
+        self.last_equity = equity
         self.peak_equity = max(self.peak_equity, equity)
         self.max_drawdown_seen = max(self.max_drawdown_seen, self.drawdown(equity))
 
     def record_trade_result(self, net_pnl: float) -> None:
-        self.consecutive_losses = self.consecutive_losses + 1 if net_pnl < 0 else 0
+        self.consecutive_losses = 0 if is_win(net_pnl) else self.consecutive_losses + 1
 
     def check_kill_switches(self, equity: float, cfg: RiskConfig) -> Reason | None:
         """The kill-switch that fires now, if any (only while not already HALTED)."""
@@ -117,8 +120,6 @@ def pretrade_veto(
     """
     if state is TradingState.HALTED:
         return Reason.TRADING_STATE_HALTED, "trading is halted until an operator resets it"
-    if state is TradingState.REDUCING:
-        return Reason.TRADING_STATE_REDUCING, "only exposure-reducing orders pass"
     if current_qty != 0 and (current_qty > 0) == (direction > 0):
         return Reason.NO_DOUBLING_DOWN, "already positioned in this direction"
     if bars_since_entry is not None and bars_since_entry <= cfg.cooldown_bars:

@@ -100,11 +100,11 @@ def record_key(stream: str, record: dict[str, Any]) -> tuple[Any, ...]:
     """The identity of an output record, for at-least-once delivery.
 
     After a crash the flow replays from its last snapshot and may publish a record a second
-    time; the copy is identical and has the same key. Decisions are identified by their
-    decision id (it names strategy, symbol and bar): one order, one execution, one costs
-    event and one signals record per decision; a decision can have a gate rejection and,
-    for its exit intent, a later execution rejection, so rejections add stage and reason.
-    Other records by (strategy, symbol, event time) and what tells them apart.
+    time; the copy is identical and has the same key. Orders, executions and costs are
+    identified by the order's own id (strategy:symbol:bar close, plus :purpose for an
+    exit), signals by the bar's decision id; a decision can have a gate or risk rejection
+    and an order of its own can later be rejected at execution, so rejections add stage
+    and reason. Other records by (strategy, symbol, event time) and what tells them apart.
     """
     sid, sym, ts = record.get("strategy_id"), record.get("symbol"), record.get("ts_event_ms")
     if stream in ("orders", "executions", "costs"):

@@ -565,6 +565,14 @@ def test_kill_switch_alerts_once_when_it_fires_and_resolves_when_reset():
     assert back.severity == "resolved" and "ACTIVE again" in back.text
 
 
+def test_an_account_limit_halt_is_a_kill_switch_alert():
+    r = rules_for(disabled_rules=("drawdown_breach",))
+    fire(r, "health", health(ts=T0))
+    reason = "account_drawdown_limit: account equity 17,900.00 USD is 10.50% below its peak"
+    [a] = fire(r, "health", health(ts=T0 + 5 * MIN, trading_state="HALTED", halt_reason=reason))
+    assert (a.rule, a.severity) == ("kill_switch", "critical")
+
+
 def test_an_operator_halt_is_not_a_kill_switch_alert():
     r = rules_for()
     fire(r, "health", health(ts=T0))

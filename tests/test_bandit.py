@@ -14,7 +14,7 @@ from operators.gating import ARMS
 
 def _trained(cfg: BanditConfig, seed: int = 0) -> ThompsonBandit:
     """A bandit with some history, so posteriors differ between arms."""
-    b = ThompsonBandit(cfg)
+    b = ThompsonBandit()
     rng = np.random.default_rng(seed)
     for arm, mu in zip(ARMS, (30.0, -10.0, 5.0, 0.0), strict=True):
         for r in rng.normal(mu, 50.0, 20):
@@ -31,36 +31,38 @@ def _trained(cfg: BanditConfig, seed: int = 0) -> ThompsonBandit:
 )
 def test_select_never_returns_an_ineligible_arm(mask, seed, optimism, epsilon):
     eligible = dict(zip(ARMS, mask, strict=True))
-    b = _trained(BanditConfig(model_optimism=optimism, epsilon=epsilon))
-    arm, _ = b.select(eligible, np.random.default_rng(seed))
+    cfg = BanditConfig(model_optimism=optimism, epsilon=epsilon)
+    arm, _ = _trained(cfg).select(eligible, np.random.default_rng(seed), cfg)
     assert eligible[arm]
 
 
 def test_select_samples_only_the_eligible_arms():
     b = _trained(BanditConfig())
-    _, samples = b.select({"amateurs": True, "model_bma": True}, np.random.default_rng(1))
+    eligible = {"amateurs": True, "model_bma": True}
+    _, samples = b.select(eligible, np.random.default_rng(1), BanditConfig())
     assert set(samples) == {"amateurs", "model_bma"}
 
 
 def test_select_with_no_eligible_arm_raises():
-    b = ThompsonBandit(BanditConfig())
+    b = ThompsonBandit()
     with pytest.raises(ValueError, match="at least one eligible arm"):
-        b.select(dict.fromkeys(ARMS, False), np.random.default_rng(0))
+        b.select(dict.fromkeys(ARMS, False), np.random.default_rng(0), BanditConfig())
 
 
 def test_same_seed_gives_the_same_choices():
-    b = _trained(BanditConfig(model_optimism=0.1))
+    cfg = BanditConfig(model_optimism=0.1)
+    b = _trained(cfg)
     eligible = dict.fromkeys(ARMS, True)
     r1, r2 = np.random.default_rng(42), np.random.default_rng(42)
-    first = [b.select(eligible, r1)[0] for _ in range(200)]
-    second = [b.select(eligible, r2)[0] for _ in range(200)]
+    first = [b.select(eligible, r1, cfg)[0] for _ in range(200)]
+    second = [b.select(eligible, r2, cfg)[0] for _ in range(200)]
     assert first == second
     assert len(set(first)) > 1  # the draws really vary
 
 
 def test_welford_update_matches_numpy_mean_and_sample_variance():
     xs = np.random.default_rng(3).normal(12.0, 40.0, 500)
-    b = ThompsonBandit(BanditConfig())
+    b = ThompsonBandit()
     for x in xs:
         b.update("pros", float(x))
     s = b.stats["pros"]
@@ -70,14 +72,14 @@ def test_welford_update_matches_numpy_mean_and_sample_variance():
 
 
 def test_update_refuses_a_non_finite_reward():
-    b = ThompsonBandit(BanditConfig())
+    b = ThompsonBandit()
     with pytest.raises(ValueError, match="finite"):
         b.update("pros", float("nan"))
 
 
 def test_posterior_without_data_is_the_prior():
-    b = ThompsonBandit(BanditConfig(prior_mean_bps=0.0, prior_sd_bps=50.0, prior_weight=1.0))
-    assert b.posterior("model_meta") == (0.0, 50.0)
+    cfg = BanditConfig(prior_mean_bps=0.0, prior_sd_bps=50.0, prior_weight=1.0)
+    assert ThompsonBandit().posterior("model_meta", cfg) == (0.0, 50.0)
 
 
 def _better_arm_share(best: str, optimism: float, seed: int = 2024) -> tuple[float, float]:
@@ -85,12 +87,12 @@ def _better_arm_share(best: str, optimism: float, seed: int = 2024) -> tuple[flo
 
     `best` pays N(+20, 50) bps, the others N(0, 50); every arm is always eligible.
     """
-    b = ThompsonBandit(BanditConfig(model_optimism=optimism))
+    b, cfg = ThompsonBandit(), BanditConfig(model_optimism=optimism)
     rng = np.random.default_rng(seed)
     eligible = dict.fromkeys(ARMS, True)
     picks = []
     for _ in range(2000):
-        arm, _ = b.select(eligible, rng)
+        arm, _ = b.select(eligible, rng, cfg)
         b.update(arm, float(rng.normal(20.0 if arm == best else 0.0, 50.0)))
         picks.append(arm == best)
     picks = np.array(picks)

@@ -517,6 +517,21 @@ def test_the_copilot_counts_the_same_round_trips_as_the_flow(tmp_path):
     assert f["order"]["side"] == trade["side"] and f["decision"]["action"] == "trade"
 
 
+def test_a_question_about_a_flow_exit_explains_the_exit_order_and_its_entry(tmp_path):
+    """Exits are orders of their own (`<decision>:time_exit`) that name their entry."""
+    from tests.conftest import run_files, small_settings
+
+    run_files(small_settings(tmp_path))
+    tel = Telemetry(copilot.records_from_dir(tmp_path))
+    exit_order = next(o for o in tel.orders.values() if o["purpose"] == "time_exit")
+    at = copilot.utc_text(exit_order["ts_event_ms"])
+    f = why_facts(tel, "why did it close?", symbol=exit_order["symbol"], at=at)
+    assert f["order"]["purpose"] == "time_exit"
+    assert f["decision"]["action"] == "exit"
+    entry = tel.orders[exit_order["entry_decision_id"]]
+    assert f["opened_by"]["opened_utc"] == copilot.utc_text(entry["ts_event_ms"])
+
+
 def test_a_question_whose_premise_is_wrong_is_corrected_before_the_answer(tel):
     """10:00 was a long entry: asked why it was short, the copilot says there was no short."""
     f = why_facts(tel, "why was the 10:00 trade short?")

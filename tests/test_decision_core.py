@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 from typing import Any
 
 import pytest
 
+from operators.account import AccountRisk
 from operators.bars import Bar
-from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, StrategyConfig
+from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, ConfigError, StrategyConfig
 from operators.events import ControlCommand
-from operators.features import FEATURES
+from operators.features import FEATURES, LOOKBACK_BARS
 from operators.overlays import BarContext, CohortView, OverlayView
-from operators.strategy import Strategy, new_state
+from operators.reasons import Reason
+from operators.risk import TradingState
+from operators.strategy import BarFailed, Strategy, new_state
 from operators.telemetry import Stamp
 
 SYMBOL = "BTC-PERP"
@@ -28,15 +32,28 @@ BAR_MS = 300_000
 HOUR_MS = 3_600_000
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 WARMUP = 60  # the smallest warm-up the configuration accepts
+HORIZON_BARS = 3  # the label horizon in the model's manifest
+MODEL_INFO = {"model_id": "test", "horizon_bars": HORIZON_BARS}
 
 
 class Scenario:
     """One symbol's strategy, fed one 5m bar at a time."""
 
-    def __init__(self, cfg: StrategyConfig, **overrides: Any) -> None:
+    def __init__(
+        self,
+        cfg: StrategyConfig,
+        symbol: str = SYMBOL,
+        account: AccountRisk | None = None,
+        **overrides: Any,
+    ) -> None:
         cfg = cfg.with_overrides({"warmup_bars": WARMUP, **overrides})
+        self.symbol = symbol
         self.strategy = Strategy(
-            cfg, new_state(cfg, SYMBOL, seed=7), Stamp(cfg.strategy_id), {"model_id": "test"}
+            cfg,
+            new_state(cfg, symbol, seed=7),
+            Stamp(cfg.strategy_id),
+            MODEL_INFO,
+            account=account,
         )
         self.t = T0
         self.px = 100.0
@@ -54,13 +71,18 @@ class Scenario:
         rv: float = 0.5,
         rv_1h: float = 0.5,
         controls: tuple[str, ...] = (),
+        gap: bool = False,
+        broken: bool = False,
     ) -> list[tuple[str, dict[str, Any]]]:
-        """Close the next bar at px * (1 + ret) with these inputs; what the strategy emits."""
+        """Close the next bar at px * (1 + ret) with these inputs; what the strategy emits.
+        A `gap` bar had no data: flat at the last close, no trades, not complete."""
         open_, self.px = self.px, self.px * (1.0 + ret)
         start = self.t
         self.t += BAR_MS
-        bar = Bar(SYMBOL, "5m", start, self.t, open_, max(open_, self.px), min(open_, self.px),
-                  self.px, 10.0, 20, True)  # fmt: skip
+        if gap:
+            open_ = self.px
+        bar = Bar(self.symbol, "5m", start, self.t, open_, max(open_, self.px), min(open_, self.px),
+                  self.px, 0.0 if gap else 10.0, 0 if gap else 20, not gap)  # fmt: skip
         hour_close = self.t - self.t % HOUR_MS
         age = self.t - hour_close + (3 * HOUR_MS if stale_1h else 0)
         overlays = {
@@ -70,6 +92,8 @@ class Scenario:
             ),
         }
         features = dict.fromkeys(FEATURES, 0.0) | {"rv_annual": rv, "rv_1h_annual": rv_1h}
+        if broken:  # a failure injected after the fill, in the decision
+            del features["rv_1h_annual"]
         ctx = BarContext(
             bar=bar,
             cohort=CohortView(s_top, s_bot, (s_top + s_bot) / 2, "trades", 0, False),
@@ -77,13 +101,14 @@ class Scenario:
             funding_rate=0.0,
             funding_due=[],
             controls_due=[
-                ControlCommand(SYMBOL, self.t - 1, c, "ops-oncall", "scenario", f"c-{self.t}")
+                ControlCommand(self.symbol, self.t - 1, c, "ops-oncall", "scenario", f"c-{self.t}")
                 for c in controls
             ],
             features=features,
             p_up=p_up,
             model_id="test",
         )
+        self.last_ctx = ctx
         out = self.strategy.on_bar(ctx)
         self.log.extend(out)
         return out
@@ -92,11 +117,16 @@ class Scenario:
         for _ in range(WARMUP):
             self.bar()
 
-    def restart(self) -> None:
-        """What Bytewax recovery does: pickle the per-key state, build a new strategy on it."""
+    def restart(self, cfg: StrategyConfig | None = None, **overrides: Any) -> None:
+        """What Bytewax recovery does: pickle the per-key state, build a new strategy on it
+        (with `cfg` and `overrides`, a restart under a changed configuration)."""
         old = self.strategy
         state = pickle.loads(pickle.dumps(old.s))
-        self.strategy = Strategy(old.base_cfg, state, old.stamp, old.model_info, resumed=True)
+        if cfg is not None:
+            cfg = cfg.with_overrides({"warmup_bars": WARMUP, **overrides})
+        self.strategy = Strategy(
+            cfg or old.base_cfg, state, old.stamp, old.model_info, resumed=True
+        )
 
 
 def _one(out: list[tuple[str, dict]], stream: str) -> dict[str, Any]:
@@ -210,16 +240,16 @@ def test_vol_guard_scales_the_position_at_cap_0_8_and_min_scale_0_25(rv, scale):
 # -- the drawdown kill-switch -----------------------------------------------------------
 # The whole fall happens within a day, so the daily loss limit (5%) is moved out of the way
 # to show the drawdown switch on its own; test_risk.py covers the daily limit.
-NO_DAILY_LIMIT = {"risk.daily_loss_limit": 0.9}
+NO_DAILY_LIMIT = {"risk.daily_loss_limit": 0.9, "account.daily_loss_limit": 0.9}
 
 
 def _into_a_drawdown_halt(sc: Scenario) -> None:
-    """Long at full size, then a 30% fall: about 15% of equity lost."""
+    """Long 4000 USD, then a 27.75% fall within the holding period: 11% of equity lost."""
     sc.warm_up()
     sc.bar(p_up=0.60, s_top=0.5, rv=0.05)  # target clamped to pos_max 1.0: 5000 USD long
     sc.bar()  # filled at this bar's open
-    for _ in range(6):
-        out = sc.bar(ret=-0.06)
+    for _ in range(2):
+        out = sc.bar(ret=-0.15)
         if _one(out, "health")["trading_state"] == "HALTED":
             return
     raise AssertionError("the drawdown did not halt trading")
@@ -325,3 +355,212 @@ def test_a_restart_with_an_open_position_keeps_position_posteriors_and_trading_s
     assert restored["position_qty"] != 0.0
     assert outs_restarted == outs_straight
     assert [r for s, r in outs_restarted if s in ("orders", "executions")], "nothing traded"
+
+
+# -- configuration is never state ---------------------------------------------------------
+def test_a_restart_under_a_changed_bandit_config_samples_with_the_new_one():
+    """State from a run with model_optimism 0 and prior mean 0, resumed with 0.1 and 5 bps,
+    behaves exactly like a run that had the new configuration from the start."""
+    new = {"bandit.model_optimism": 0.1, "bandit.prior_mean_bps": 5.0}
+    resumed = Scenario(ENSEMBLE_1_1, **{"bandit.model_optimism": 0.0})
+    fresh = Scenario(ENSEMBLE_1_1, **new)
+    resumed.warm_up()
+    fresh.warm_up()
+    resumed.restart(ENSEMBLE_1_1, **new)
+    model_bar = {"p_up": 0.75, "s_top": 0.5, "rv": 0.3}
+    got, want = resumed.bar(**model_bar), fresh.bar(**model_bar)
+    audit = json.loads(_one(got, "repro")["config_json"])
+    assert audit["bandit"]["model_optimism"] == 0.1
+    assert _decision(got)["samples"] == _decision(want)["samples"]
+    assert _one(got, "health")["bandit"] == _one(want, "health")["bandit"]
+    assert _one(got, "health")["bandit"]["pros"]["mean_bps"] == 5.0
+
+
+def test_the_pickled_strategy_state_holds_no_configuration():
+    sc = Scenario(ENSEMBLE_1_1)
+    sc.warm_up()
+    blob = pickle.dumps(sc.strategy.s)
+    for name in ("BanditConfig", "RiskConfig", "StrategyConfig", "GateConfig"):
+        assert name.encode() not in blob, f"{name} is pickled with the state"
+
+
+# -- the holding period is the model's label horizon --------------------------------------
+def _held_bars(sc: Scenario, n_bars: int) -> tuple[int, dict[str, Any]]:
+    """Enter long, then feed quiet bars; the bars between entry fill and exit fill."""
+    sc.warm_up()
+    sc.bar(p_up=0.60, s_top=0.5, rv=0.3)
+    for _ in range(n_bars):
+        sc.bar()
+    fills = [r for s, r in sc.log if s == "executions"]
+    assert [f["purpose"] for f in fills] == ["entry", "time_exit"], fills
+    return (fills[1]["ts_event_ms"] - fills[0]["ts_event_ms"]) // BAR_MS, fills[1]
+
+
+def test_the_time_exit_holds_exactly_the_models_horizon_bars():
+    held, exit_fill = _held_bars(Scenario(ENSEMBLE_1_0), 10)
+    assert held == HORIZON_BARS
+    assert exit_fill["position_qty"] == 0.0
+
+
+def test_a_holding_period_other_than_the_models_horizon_stops_the_start():
+    cfg = ENSEMBLE_1_0.with_overrides({"warmup_bars": WARMUP, "risk.max_hold_bars": 12})
+    with pytest.raises(ConfigError, match="risk.max_hold_bars=12.*horizon_bars=3"):
+        Strategy(cfg, new_state(cfg, SYMBOL, seed=7), Stamp(cfg.strategy_id), MODEL_INFO)
+
+
+def test_the_audit_shows_the_holding_period_in_force():
+    sc = Scenario(ENSEMBLE_1_0)
+    out = sc.bar()
+    assert json.loads(_one(out, "repro")["config_json"])["risk"]["max_hold_bars"] == HORIZON_BARS
+
+
+# -- order identity ------------------------------------------------------------------------
+LONG_BAR = {"p_up": 0.60, "s_top": 0.5, "rv": 0.3}
+
+
+def test_an_exit_on_a_bar_whose_entry_was_vetoed_has_its_own_id_and_names_its_entry():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    entry = _one(sc.bar(**LONG_BAR), "orders")
+    sc.bar()  # filled
+    sc.bar()
+    out = sc.bar(**LONG_BAR)  # the hold ends here, and a second long is doubling down
+    rejection, exit_order = _one(out, "rejections"), _one(out, "orders")
+    assert rejection["reason"] == "no_doubling_down"
+    assert exit_order["purpose"] == "time_exit"
+    assert exit_order["decision_id"] != rejection["decision_id"]
+    assert exit_order["client_order_id"] != entry["client_order_id"]
+    assert exit_order["entry_decision_id"] == entry["decision_id"]
+    assert entry["entry_decision_id"] is None
+    d = _decision(out)
+    assert d["action"] == "exit" and d["exit"] == "time_exit"
+    assert d["reason"] == "no_doubling_down"  # why no new entry
+    fill = _one(sc.bar(), "executions")
+    assert fill["decision_id"] == exit_order["decision_id"]
+    assert fill["entry_decision_id"] == entry["decision_id"]
+
+
+# -- small but wrong -------------------------------------------------------------------------
+def test_zero_volatility_is_a_typed_no_trade_reason():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    d = _decision(sc.bar(p_up=0.60, s_top=0.5, rv=0.0))
+    assert Reason(d["reason"]) is Reason.NO_VOLATILITY
+
+
+def test_the_cooldown_counts_from_the_fill_not_the_decision():
+    sc = Scenario(ENSEMBLE_1_0)  # cooldown_bars 1
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    _one(sc.bar(), "executions")  # filled at this bar's open
+    out = sc.bar(p_up=0.40, s_top=-0.5, rv=0.3)  # one bar after the fill: a flip is too soon
+    assert _one(out, "rejections")["reason"] == "cooldown"
+    assert _one(sc.bar(p_up=0.40, s_top=-0.5, rv=0.3), "orders")["purpose"] == "flip"
+
+
+def test_trades_against_the_models_view_make_the_strategy_need_attention():
+    """Pros long while the model gives 45% to up: the side taken had under 50% confidence."""
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    assert _one(sc.bar(), "health")["strategy_status"] == "ok"
+    _one(sc.bar(p_up=0.45, s_top=0.5, rv=0.3), "orders")
+    assert _one(sc.bar(), "health")["strategy_status"] == "needs_attention"
+
+
+def test_every_trading_state_is_one_the_strategy_can_enter():
+    sc = Scenario(ENSEMBLE_1_0)
+    seen = {_one(sc.bar(), "health")["trading_state"]}
+    seen.add(_one(sc.bar(controls=("halt",)), "health")["trading_state"])
+    assert seen == {s.value for s in TradingState}
+
+
+# -- gap bars ------------------------------------------------------------------------------
+def test_no_entry_is_sized_from_features_whose_lookback_holds_a_gap_bar():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    sc.bar(gap=True)
+    for _ in range(LOOKBACK_BARS - 1):
+        out = sc.bar(**LONG_BAR)
+        assert _one(out, "rejections")["reason"] == Reason.GAP_IN_LOOKBACK.value
+        _none(out, "orders")
+    assert _one(sc.bar(**LONG_BAR), "orders")["purpose"] == "entry"
+
+
+def test_a_gap_bar_does_not_stop_the_time_exit_or_the_kill_switch():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    sc.bar()
+    sc.bar(gap=True)
+    assert _one(sc.bar(gap=True), "orders")["purpose"] == "time_exit"
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    sc.bar()
+    out = sc.bar(gap=True, controls=("halt",))
+    assert _one(out, "orders")["purpose"] == "kill_switch_flatten"
+
+
+# -- a failure part-way through a bar ---------------------------------------------------------
+def _as_the_flow(sc: Scenario, **inputs: Any) -> tuple[list[tuple[str, dict]], bool]:
+    """What the flow's strategy step emits for one bar: on an exception, what the strategy
+    hands back with it (the flow adds an error record)."""
+    try:
+        return sc.bar(**inputs), False
+    except Exception as exc:
+        partial = getattr(exc, "outputs", [])
+        sc.log.extend(partial)
+        return partial, True
+
+
+def test_a_failure_after_a_fill_still_emits_the_fill():
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    order = _one(sc.bar(**LONG_BAR), "orders")
+    out, failed = _as_the_flow(sc, **LONG_BAR, broken=True)
+    assert failed
+    assert _one(out, "executions")["decision_id"] == order["decision_id"]
+    assert sc.strategy.s.portfolio.qty > 0
+
+
+def test_with_failures_injected_every_intent_has_exactly_one_execution_or_rejection():
+    sc = Scenario(ENSEMBLE_1_1)
+    sc.warm_up()
+    failures = 0
+    for i, inputs in enumerate(_trading_bars(300)):
+        _, failed = _as_the_flow(sc, **inputs, broken=i % 4 == 1)
+        failures += failed
+    assert failures > 50
+    orders = [r["decision_id"] for s, r in sc.log if s == "orders"]
+    assert len(orders) > 20
+    answers = Counter(r["decision_id"] for s, r in sc.log if s in ("executions", "rejections"))
+    pending = sc.strategy.s.pending
+    open_ids = set() if pending is None else {pending.decision_id}
+    assert {d: answers[d] for d in orders if d not in open_ids} == {
+        d: 1 for d in orders if d not in open_ids
+    }
+    fills = [r for s, r in sc.log if s == "executions"]
+    assert fills[-1]["position_qty"] == pytest.approx(sc.strategy.s.portfolio.qty)
+
+
+def test_the_flows_strategy_step_emits_the_fill_and_the_error_of_a_failing_bar(tmp_path):
+    """dataflows.ensemble.StrategyLogic, fed the contexts of a scenario: the bar that fails
+    after its fill still sends the execution, followed by the error record."""
+    from dataflows.ensemble import Emit, StrategyLogic
+    from tests.conftest import small_settings
+
+    settings = small_settings(
+        tmp_path, STRATEGY_ID="ensemble_1_0", ENSEMBLE_OVERRIDES=json.dumps({"warmup_bars": 60})
+    )
+    logic = StrategyLogic(settings, Stamp("ensemble_1_0"), None)
+    sc = Scenario(ENSEMBLE_1_0)
+    sent: list[Emit] = []
+    for inputs in [{}] * WARMUP + [LONG_BAR]:
+        sc.bar(**inputs)
+        sent += logic.on_item(sc.last_ctx)[0]
+    assert [e.record["purpose"] for e in sent if e.stream == "orders"] == ["entry"]
+    with pytest.raises(BarFailed):  # the scenario's own strategy fails the same way
+        sc.bar(**LONG_BAR, broken=True)
+    out = logic.on_item(sc.last_ctx)[0]
+    assert [e.stream for e in out] == ["executions", "costs", "errors"]
+    assert out[2].record["error_type"] == "KeyError"

@@ -48,11 +48,31 @@ def test_every_emitted_record_encodes_with_its_schema(outputs):
 
 def test_every_intent_has_exactly_one_execution_or_rejection(outputs):
     intents = [o["decision_id"] for o in outputs["orders"]]
-    assert len(intents) == len(set(intents)), "one intent per decision"
+    assert len(intents) == len(set(intents)), "every order has its own id"
+    coids = [o["client_order_id"] for o in outputs["orders"]]
+    assert len(coids) == len(set(coids)), "every order has its own client order id"
     answers = Counter(e["decision_id"] for e in outputs["executions"])
-    answers.update(r["decision_id"] for r in outputs["rejections"] if r["stage"] == "execution")
+    answers.update(r["decision_id"] for r in outputs["rejections"])  # every rejection counts
     assert {d: answers[d] for d in intents} == dict.fromkeys(intents, 1)
-    assert set(answers) <= set(intents), "no execution without an intent"
+    assert {e["decision_id"] for e in outputs["executions"]} <= set(intents)
+
+
+def test_every_exit_names_the_entry_it_closes_and_no_signal_says_vetoed_then(outputs):
+    orders = {o["decision_id"]: o for o in outputs["orders"]}
+    exits = [o for o in orders.values() if o["purpose"] in ("time_exit", "kill_switch_flatten")]
+    assert exits
+    for x in exits:
+        entry = orders[x["entry_decision_id"]]
+        assert entry["purpose"] in ("entry", "flip") and entry["symbol"] == x["symbol"]
+        assert entry["ts_event_ms"] < x["ts_event_ms"]
+    exit_bars = {(x["symbol"], x["ts_event_ms"]) for x in exits}
+    for sig in outputs["signals"]:
+        if (sig["symbol"], sig["ts_event_ms"]) in exit_bars:
+            assert sig["decision"]["action"] == "exit", sig["decision"]
+    fills = {e["decision_id"]: e for e in outputs["executions"]}
+    for x in exits:
+        if x["decision_id"] in fills:
+            assert fills[x["decision_id"]]["entry_decision_id"] == x["entry_decision_id"]
 
 
 def test_fills_happen_at_the_next_bars_open_never_the_decision_bar(outputs):

@@ -150,3 +150,34 @@ def test_a_halt_survives_a_crash_and_only_the_operator_lifts_it(tmp_path):
     entries = [r for k, r in have.items() if k[0] == "orders" and r["purpose"] in ("entry", "flip")]
     assert not [r for r in entries if halted_close <= r["ts_event_ms"] < reset_close]
     assert [r for r in entries if r["ts_event_ms"] >= reset_close], "trading never resumed"
+
+
+def test_a_restart_with_a_changed_preset_runs_and_audits_the_new_configuration(tmp_path):
+    """Crash under one bandit configuration, resume under another: the resume audit shows
+    the new one and the posteriors the strategy reports are computed with it."""
+    old = small_settings(tmp_path / "a")
+    new_overrides = {"warmup_bars": 150, "bandit.prior_mean_bps": 7.0, "bandit.prior_weight": 2.0}
+    new = small_settings(tmp_path / "b", ENSEMBLE_OVERRIDES=json.dumps(new_overrides))
+    msgs = messages(old)
+    crash = len(msgs) * 2 // 3
+    recovery = RecoveryConfig(str(_recovery_dir(tmp_path)))
+    items: list[tuple[str, dict[str, Any]]] = []
+    first = msgs[:crash] + [TestingSource.ABORT()] + msgs[crash:]
+    for settings in (old, new):
+        flow = build_flow(settings, sink=TestingSink(items), source=TestingSource(first, 256))
+        run_main(flow, epoch_interval=EPOCH, recovery_config=recovery)
+    resumes = _resumes(items)
+    assert {r["symbol"] for r in resumes} == {"BTC-PERP", "ETH-PERP"}
+    for r in resumes:
+        audit = json.loads(r["config_json"])
+        assert audit["bandit"]["prior_mean_bps"] == 7.0
+        after = [
+            h
+            for s, h in items
+            if s == "health" and h["symbol"] == r["symbol"] and h["ts_event_ms"] >= r["ts_event_ms"]
+        ]
+        assert after
+        for h in after:
+            for arm, post in h["bandit"].items():
+                if post["n"] == 0:  # an arm without data reports the new prior
+                    assert post["mean_bps"] == 7.0, (arm, post)

@@ -133,12 +133,32 @@ def test_daily_loss_limit_measures_from_the_new_day_start_after_utc_midnight():
     s = _state_at(10_000.0)
     s.mark(9_600.0, DAY0 + DAY_MS - 1)  # day 0 ends 4% down: no fire
     assert s.check_kill_switches(9_600.0, cfg) is None
-    s.mark(9_600.0, DAY0 + DAY_MS)  # day 1 starts at 9,600
-    assert s.day_start_equity == 9_600.0
+    s.mark(9_600.0, DAY0 + DAY_MS)  # the close at 24:00 is day 0's last mark
     s.mark(9_300.0, DAY0 + DAY_MS + 60_000)  # 3.1% on the day (7% below yesterday's start)
+    assert s.day_start_equity == 9_600.0  # day 1 starts at day 0's close
     assert s.check_kill_switches(9_300.0, cfg) is None
     s.mark(9_100.0, DAY0 + DAY_MS + 120_000)  # 5.2% on the day
     assert s.check_kill_switches(9_100.0, cfg) is Reason.DAILY_LOSS_LIMIT
+
+
+def test_a_loss_in_the_bar_ending_at_midnight_counts_for_the_day_it_closes():
+    s = _state_at(10_000.0, DAY0 + 300_000)
+    s.mark(9_400.0, DAY0 + DAY_MS)  # the bar 23:55-24:00 loses 6% of day 0's start
+    assert s.check_kill_switches(9_400.0, RiskConfig()) is Reason.DAILY_LOSS_LIMIT
+
+
+def test_a_day_starts_at_the_previous_days_last_mark():
+    s = _state_at(10_000.0, DAY0 + 300_000)
+    s.mark(9_800.0, DAY0 + DAY_MS)
+    s.mark(9_700.0, DAY0 + DAY_MS + 300_000)
+    assert s.day_start_equity == 9_800.0
+
+
+def test_a_zero_pnl_trade_is_a_loss_in_the_streak_as_in_the_stats():
+    s = _state_at(10_000.0)
+    for _ in range(6):
+        s.record_trade_result(0.0)
+    assert s.consecutive_losses == 6
 
 
 def test_six_consecutive_losses_fire_consecutive_losses():
@@ -181,9 +201,11 @@ def test_reset_resumes_trading_and_rearms_the_limits_from_current_equity():
     s.reset(8_000.0)
     assert s.state is TradingState.ACTIVE
     assert s.check_kill_switches(8_000.0, cfg) is None
-    s.mark(7_300.0, DAY0 + DAY_MS)  # a new day at 7,300: 8.75% below the re-armed peak
+    s.mark(7_650.0, DAY0 + DAY_MS)  # day 0 closes 4.4% down
+    assert s.check_kill_switches(7_650.0, cfg) is None
+    s.mark(7_300.0, DAY0 + DAY_MS + 300_000)  # 4.6% on day 1, 8.75% below the re-armed peak
     assert s.check_kill_switches(7_300.0, cfg) is None
-    s.mark(7_190.0, DAY0 + DAY_MS + 1)  # 10.1% below 8,000
+    s.mark(7_190.0, DAY0 + DAY_MS + 600_000)  # 10.1% below 8,000
     assert s.check_kill_switches(7_190.0, cfg) is Reason.DRAWDOWN_LIMIT
 
 
@@ -212,11 +234,6 @@ def test_a_plain_entry_passes_every_guard():
 def test_halted_is_checked_first():
     v = _veto(state=TradingState.HALTED, current_qty=1.0, bars_since_entry=0, order_notional=1.0)
     assert v is Reason.TRADING_STATE_HALTED
-
-
-def test_reducing_is_checked_before_the_position_guards():
-    v = _veto(state=TradingState.REDUCING, current_qty=1.0, bars_since_entry=0)
-    assert v is Reason.TRADING_STATE_REDUCING
 
 
 def test_no_doubling_down_on_a_long():

@@ -1,0 +1,148 @@
+"""Account-level risk: limits on all symbols' books together (SPEC 6 rules, account-wide).
+
+Each symbol keeps its own book and kill-switches; the account adds, across symbols:
+- drawdown of the account's equity (the sum of every book) from its peak over
+  `account.max_drawdown`, or a UTC day's account loss over `account.daily_loss_limit`
+  → every symbol HALTED and flattened (each at its own next 5m close), until an operator's
+  `reset_kill_switch` (which re-arms the account from its current equity);
+- gross exposure: an entry that would take Σ|position notional| over
+  `account.max_gross_leverage` × account equity is vetoed (`account_gross_exposure`);
+  exits always pass.
+The flow runs every symbol's strategy in one keyed step on a single account key, so this
+state is seen by every symbol in event order and snapshotted with their books.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from operators.config import AccountConfig
+from operators.kpis import utc_day
+from operators.reasons import Reason
+from operators.risk import TradingState
+
+
+@dataclass
+class AccountRisk:
+    equity_by_symbol: dict[str, float] = field(default_factory=dict)
+    notional_by_symbol: dict[str, float] = field(default_factory=dict)  # |position| in USD
+    state: TradingState = TradingState.ACTIVE
+    halt_reason: str = ""
+    peak_equity: float = 0.0
+    day: int = -1
+    day_start_equity: float = 0.0
+    last_equity: float | None = None
+    max_drawdown_seen: float = 0.0
+
+    @classmethod
+    def new(cls, symbols: list[str] | frozenset[str], initial_equity: float) -> AccountRisk:
+        """An account whose books all start at `initial_equity`, before any mark."""
+        books = dict.fromkeys(sorted(symbols), initial_equity)
+        return cls(books, dict.fromkeys(books, 0.0), peak_equity=sum(books.values()))
+
+    def equity(self) -> float:
+        return sum(self.equity_by_symbol.values())
+
+    def gross_usd(self) -> float:
+        return sum(self.notional_by_symbol.values())
+
+    def drawdown(self) -> float:
+        e = self.equity()
+        return 0.0 if self.peak_equity <= 0 else max(0.0, 1.0 - e / self.peak_equity)
+
+    def mark(self, symbol: str, equity: float, notional_usd: float, ts_ms: int) -> None:
+        """One symbol's mark-to-market at its 5m close."""
+        self.equity_by_symbol[symbol] = equity
+        self.notional_by_symbol[symbol] = abs(notional_usd)
+        total = self.equity()
+        day = utc_day(ts_ms)
+        if day != self.day:
+            start = total if self.last_equity is None else self.last_equity
+            self.day, self.day_start_equity = day, start
+        self.last_equity = total
+        self.peak_equity = max(self.peak_equity, total)
+        self.max_drawdown_seen = max(self.max_drawdown_seen, self.drawdown())
+
+    def check(self, cfg: AccountConfig) -> tuple[Reason, str] | None:
+        """The account limit that fires now, if any (only while not already HALTED)."""
+        if self.state is TradingState.HALTED:
+            return None
+        e = self.equity()
+        if self.drawdown() > cfg.max_drawdown:
+            return Reason.ACCOUNT_DRAWDOWN_LIMIT, (
+                f"account equity {e:,.2f} USD is {self.drawdown():.2%} below its peak "
+                f"{self.peak_equity:,.2f} (limit {cfg.max_drawdown:.0%})"
+            )
+        if self.day_start_equity > 0 and 1.0 - e / self.day_start_equity > cfg.daily_loss_limit:
+            return Reason.ACCOUNT_DAILY_LOSS_LIMIT, (
+                f"account equity {e:,.2f} USD lost {1.0 - e / self.day_start_equity:.2%} "
+                f"since the day's start {self.day_start_equity:,.2f} "
+                f"(limit {cfg.daily_loss_limit:.0%})"
+            )
+        return None
+
+    def halt(self, reason: Reason, detail: str) -> None:
+        self.state, self.halt_reason = TradingState.HALTED, f"{reason.value}: {detail}"
+
+    def reset(self) -> None:
+        """An operator's reset: the account limits re-arm from the current equity."""
+        self.state, self.halt_reason = TradingState.ACTIVE, ""
+        self.peak_equity = self.day_start_equity = self.equity()
+
+    def entry_veto(
+        self, symbol: str, new_notional_usd: float, cfg: AccountConfig
+    ) -> tuple[Reason, str] | None:
+        """Veto an entry that would take gross exposure past the account's limit."""
+        held = self.notional_by_symbol.get(symbol, 0.0)
+        if new_notional_usd <= held:
+            return None  # it reduces (or keeps) this symbol's exposure
+        gross_after = self.gross_usd() - held + new_notional_usd
+        cap = cfg.max_gross_leverage * self.equity()
+        if gross_after > cap:
+            return Reason.ACCOUNT_GROSS_EXPOSURE, (
+                f"gross exposure would be {gross_after:,.0f} USD, over "
+                f"{cfg.max_gross_leverage} x account equity {self.equity():,.0f} USD"
+            )
+        return None
+
+    def commit(self, symbol: str, new_notional_usd: float) -> None:
+        """An entry intent: count its exposure now, before its fill at the next open."""
+        self.notional_by_symbol[symbol] = max(
+            self.notional_by_symbol.get(symbol, 0.0), abs(new_notional_usd)
+        )
+
+
+@dataclass
+class EventTimeAligner:
+    """Releases 5m bar contexts of all symbols in event-time order, (close, symbol).
+
+    The account reads every symbol's marks, so a bar must not be decided on before the
+    other symbols' bars up to its close have been marked: a bar closing at t goes out once
+    every symbol seen so far has a bar closing at or after t (the market emits a gap bar
+    for an empty window, so each symbol keeps advancing). Symbols that have not sent any
+    bar yet do not hold the others back; their first bars arrive during the warm-up.
+    """
+
+    latest_close_ms: dict[str, int] = field(default_factory=dict)
+    waiting: list[Any] = field(default_factory=list)  # sorted by (close, symbol)
+
+    def add(self, ctx: Any) -> list[Any]:
+        bar = ctx.bar
+        self.latest_close_ms[bar.symbol] = max(
+            bar.end_ms, self.latest_close_ms.get(bar.symbol, bar.end_ms)
+        )
+        bisect.insort(self.waiting, ctx, key=_order)
+        until = min(self.latest_close_ms.values())
+        n = bisect.bisect_right(self.waiting, (until, "\uffff"), key=_order)
+        ready, self.waiting = self.waiting[:n], self.waiting[n:]
+        return ready
+
+    def flush(self) -> list[Any]:
+        ready, self.waiting = self.waiting, []
+        return ready
+
+
+def _order(ctx: Any) -> tuple[int, str]:
+    return ctx.bar.end_ms, ctx.bar.symbol

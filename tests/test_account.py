@@ -1,0 +1,120 @@
+"""Account-level risk across symbols: drawdown, daily loss and gross exposure limits on
+all books together, with SPEC 6's halt (flatten, stay halted) and operator reset rules."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from bytewax.testing import TestingSink, run_main
+
+from dataflows.ensemble import build_flow
+from operators.account import AccountRisk, EventTimeAligner
+from operators.config import ENSEMBLE_1_0
+from tests.conftest import small_settings
+from tests.test_decision_core import Scenario, _one
+
+BTC, ETH = "BTC-PERP", "ETH-PERP"
+LONG_BAR = {"p_up": 0.60, "s_top": 0.5, "rv": 0.05}  # 4,000 USD long at px 100
+SHORT_BAR = {"p_up": 0.40, "s_top": -0.5, "rv": 0.05}
+
+
+def _pair(**overrides):
+    account = AccountRisk.new([BTC, ETH], 10_000.0)
+    btc = Scenario(ENSEMBLE_1_0, symbol=BTC, account=account, **overrides)
+    eth = Scenario(ENSEMBLE_1_0, symbol=ETH, account=account, **overrides)
+    for _ in range(60):  # the warm-up, both symbols marking in turn
+        btc.bar()
+        eth.bar()
+    return account, btc, eth
+
+
+def test_an_account_drawdown_halts_and_flattens_every_symbol_until_reset():
+    # BTC loses 4.8% of its own book: under its own limits, 2.4% of the account's (limit 2%)
+    account, btc, eth = _pair(**{"account.max_drawdown": 0.02})
+    btc.bar(**LONG_BAR)
+    eth.bar(**SHORT_BAR)
+    btc.bar()
+    eth.bar()  # both filled
+    out = btc.bar(ret=-0.12)
+    health = _one(out, "health")
+    assert health["trading_state"] == "HALTED"
+    assert health["halt_reason"].startswith("account_drawdown_limit")
+    assert _one(out, "orders")["purpose"] == "kill_switch_flatten"
+    out = eth.bar()  # ETH made no loss of its own; the account halts it at its next close
+    assert _one(out, "health")["halt_reason"].startswith("account_drawdown_limit")
+    assert _one(out, "orders")["purpose"] == "kill_switch_flatten"
+    btc.bar()
+    eth.bar()  # both flat now
+    for _ in range(3):  # halted: entries refused, even after the equity stops falling
+        assert _one(btc.bar(**LONG_BAR), "rejections")["reason"] == "trading_state_halted"
+        assert _one(eth.bar(**LONG_BAR), "rejections")["reason"] == "trading_state_halted"
+    out = btc.bar(**LONG_BAR, controls=("reset_kill_switch",))
+    assert account.state.value == "ACTIVE"
+    assert _one(out, "orders")["purpose"] == "entry"
+    assert _one(eth.bar(**LONG_BAR), "rejections")["reason"] == "trading_state_halted"
+    out = eth.bar(**LONG_BAR, controls=("reset_kill_switch",))
+    assert _one(out, "orders")["purpose"] == "entry"
+
+
+def test_an_account_daily_loss_over_its_limit_halts_every_symbol():
+    account, btc, eth = _pair(**{"account.daily_loss_limit": 0.02})
+    btc.bar(**LONG_BAR)
+    btc.bar()
+    out = btc.bar(ret=-0.12)
+    assert _one(out, "health")["halt_reason"].startswith("account_daily_loss_limit")
+    assert _one(eth.bar(), "health")["halt_reason"].startswith("account_daily_loss_limit")
+
+
+def test_an_entry_past_the_gross_exposure_limit_is_vetoed_and_exits_still_pass():
+    # 20,000 USD of account equity at 0.3x: 6,000 USD of gross exposure in all
+    account, btc, eth = _pair(**{"account.max_gross_leverage": 0.3})
+    assert _one(btc.bar(**LONG_BAR), "orders")["notional_usd"] > 2_500
+    btc.bar()
+    rejection = _one(eth.bar(**LONG_BAR), "rejections")
+    assert rejection["reason"] == "account_gross_exposure"
+    assert account.gross_usd() <= 0.3 * account.equity()
+    btc.bar()
+    assert _one(btc.bar(), "orders")["purpose"] == "time_exit"  # the exit is not held back
+    btc.bar()
+    eth.bar()
+    assert _one(eth.bar(**LONG_BAR), "orders")["purpose"] == "entry"
+
+
+def test_in_the_flow_an_account_halt_reaches_a_symbol_that_never_traded(tmp_path):
+    """The generator's ETH-PERP does not trade under 1.1; BTC-PERP's losses halt it too.
+    The account sees bars in the order the flow processes them, so the rule is: once a
+    halt is out, no symbol sends another entry."""
+    overrides = {"warmup_bars": 150, "account.max_drawdown": 0.0002}
+    settings = small_settings(tmp_path, ENSEMBLE_OVERRIDES=json.dumps(overrides))
+    items: list[tuple[str, dict]] = []
+    run_main(build_flow(settings, sink=TestingSink(items)))
+    health = [r for s, r in items if s == "health"]
+    halted = {h["symbol"] for h in health if h["halt_reason"].startswith("account_drawdown")}
+    assert halted == {BTC, ETH}
+    first_halt = {
+        sym: min(h["ts_event_ms"] for h in health if h["symbol"] == sym and h["halt_reason"])
+        for sym in (BTC, ETH)
+    }
+    # no symbol is halted at an event time before the losses that caused it
+    assert first_halt[ETH] >= first_halt[BTC]
+    assert not [r for s, r in items if s == "orders" and r["symbol"] == ETH]
+    first = next(
+        i for i, (s, r) in enumerate(items) if s == "health" and r["trading_state"] == "HALTED"
+    )
+    late = [r for s, r in items[first:] if s == "orders" and r["purpose"] in ("entry", "flip")]
+    assert not late, "an entry after the account halt"
+    assert [r for s, r in items if s == "orders" and r["purpose"] == "kill_switch_flatten"]
+
+
+def _ctx(symbol: str, end_ms: int) -> SimpleNamespace:
+    return SimpleNamespace(bar=SimpleNamespace(symbol=symbol, end_ms=end_ms))
+
+
+def test_bars_of_all_symbols_reach_the_account_in_event_time_order():
+    aligner = EventTimeAligner()
+    out = []
+    for sym, t in [(BTC, 1), (ETH, 1), (BTC, 2), (BTC, 3), (BTC, 4), (ETH, 2), (ETH, 3)]:
+        out += [(c.bar.end_ms, c.bar.symbol) for c in aligner.add(_ctx(sym, t))]
+    assert out == [(1, BTC), (1, ETH), (2, BTC), (2, ETH), (3, BTC), (3, ETH)]
+    assert [(c.bar.end_ms, c.bar.symbol) for c in aligner.flush()] == [(4, BTC)]
