@@ -1,16 +1,16 @@
 """Event-time tumbling bars, aligned to the UTC epoch.
 
-`BarBuilder` folds trades or 1m candles into 5m bars. Its clock is event time only: the
-watermark is the latest event time seen minus the allowed lateness, and a bar is emitted
-once the watermark passes its end. A candle is published at its close, so the candle that
-ends a bucket closes it at once (no wait for the next candle). A record for a bar that is
-already emitted is late; it is returned to the caller (which dead-letters and counts it),
-never folded in
-silently and never dropped silently. A window with no data is emitted as a gap bar
-(`complete=False`, flat at the previous close, no volume) so the series stays regular
-and data completeness can be measured. A bar from candles is complete only with every one
-of its candles (five 1m candles for a 5m bar); one with a missing minute is emitted with
-`complete=False`.
+`BarBuilder` folds trades or 1m candles into 5m bars. Its clock is event time (live, the
+market step may also advance it by processing time, `advance_to`): the watermark is the
+latest event time seen minus the allowed lateness, and a bar is emitted once the
+watermark passes its end. A candle is published at its close, so the candle that ends a
+bucket closes it at once (no wait for the next candle). A record for a bar already
+emitted is late; it is returned to the caller (which dead-letters and counts it), never
+folded in silently and never dropped silently. A window with no data is emitted as a gap
+bar (`complete=False`, flat at the previous close, no volume) so the series stays
+regular and data completeness can be measured. A bar from candles is complete only with
+every one of its candles (five 1m candles for a 5m bar); one with a missing minute is
+emitted with `complete=False`.
 
 `BarAggregator` composes 15m and 1h bars from closed 5m bars. OHLCV composes exactly, so
 every timeframe equals a pandas resample of the same records.
