@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -38,13 +39,14 @@ from operators.config import ConfigError
 from operators.events import ControlCommand, InvalidRecord, decode
 from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
-from operators.overlays import BarContext, ContextJoin
+from operators.overlays import BarContext, ContextJoin, Staleness
 from operators.predict import ArtifactError, load_runtime
 from operators.strategy import Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from schemas.codec import STREAM_SCHEMAS
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
+TICK = timedelta(seconds=1)  # live processing-time progress: quiet bars close within ~1 s
 
 
 @dataclass(slots=True)
@@ -53,6 +55,14 @@ class Emit:
 
     stream: str
     record: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Duplicates:
+    """Trades dropped as duplicates by the market step in one batch (for the summary)."""
+
+    symbol: str
+    count: int
 
 
 def _error(
@@ -127,26 +137,44 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
 
 # -- market -----------------------------------------------------------------------------
 class MarketLogic(StatefulBatchLogic):
-    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState) -> None:
+    """The market step of one symbol; the running settings are bound at every build."""
+
+    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState | None) -> None:
         self.settings, self.stamp, self.state = settings, stamp, state
+        if state is not None:
+            self._configure(state)
+        # Wall time of the last record (a restart counts as one): the tick's idle time.
+        self.last_arrival_ms = wall_clock_ms()
 
     @classmethod
     def build(cls, settings: Settings, stamp: Stamp, resume: MarketState | None) -> MarketLogic:
-        return cls(settings, stamp, resume)  # type: ignore[arg-type]
+        return cls(settings, stamp, resume)
+
+    def _configure(self, state: MarketState) -> MarketState:
+        s = self.settings
+        return state.configure(
+            state.symbol in s.candle_symbols,
+            s.allowed_lateness_ms,
+            s.strategy.cohorts,
+            s.max_jump_ms,
+        )
 
     def _ensure(self, symbol: str) -> MarketState:
         if self.state is None:
+            s = self.settings
             self.state = MarketState(
                 symbol,
-                symbol in self.settings.candle_symbols,
-                self.settings.allowed_lateness_ms,
-                self.settings.strategy.cohorts,
-                self.settings.max_jump_ms,
+                symbol in s.candle_symbols,
+                s.allowed_lateness_ms,
+                s.strategy.cohorts,
+                s.max_jump_ms,
             )
         return self.state
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        st: MarketState | None = None
+        dups = 0 if self.state is None else self.state.duplicate_count
         for e in values:
             st = self._ensure(e.symbol)
             try:
@@ -155,6 +183,26 @@ class MarketLogic(StatefulBatchLogic):
                 out.append(
                     _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
                 )
+        if self.settings.wall_clock:
+            self.last_arrival_ms = wall_clock_ms()
+        if st is not None and st.duplicate_count > dups:
+            out.append(Duplicates(st.symbol, st.duplicate_count - dups))
+        return self._emit(out), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Live only: a wall-clock tick; replays (event clock) stay deterministic."""
+        if not self.settings.wall_clock:
+            return None
+        return datetime.now(UTC) + TICK
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        if self.state is not None:
+            now = wall_clock_ms()
+            try:
+                self.state.on_tick(now, now - self.last_arrival_ms, out)
+            except Exception as exc:  # a tick must not stop the flow either
+                out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
@@ -171,6 +219,9 @@ class MarketLogic(StatefulBatchLogic):
                 res.append(Emit("bars", _bar_record(self.stamp, it.bar)))
             elif isinstance(it, Bar):
                 res.append(Emit("bars", _bar_record(self.stamp, it)))
+            elif isinstance(it, Duplicates):
+                res.append(Emit("summary", {"symbol": it.symbol, "duplicates": it.count}))
+                continue
             elif isinstance(it, Late):
                 e = it.event
                 res.append(
@@ -203,14 +254,12 @@ def _event_dict(e: Any) -> dict[str, Any]:
 def context_step(
     settings: Settings, stamp: Stamp, join: ContextJoin | None, item: Any
 ) -> tuple[ContextJoin, list[Any]]:
-    if join is None:
-        cfg = settings.strategy
-        join = ContextJoin(cfg.gates.overlay_stale_intervals, cfg.cohorts.stale_intervals)
+    join = ContextJoin() if join is None else join
     if isinstance(item, Emit):
         return join, [item]
     try:
         if isinstance(item, Close):
-            ctx = join.at_close(item.bar, item.cohort)
+            ctx = join.at_close(item.bar, item.cohort, Staleness.of(settings.strategy))
             ctx.closed_ns = time.perf_counter_ns()  # for the decision-latency metric
             return join, [ctx]
         join.add(item)

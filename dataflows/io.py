@@ -140,10 +140,14 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
     def __init__(self, out_dir: Path, resume: dict | None) -> None:
         self.out_dir = out_dir
         self.state = resume or {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
+        self.state.setdefault("duplicate_trades", {})
 
     def write_batch(self, values: list[dict[str, Any]]) -> None:
         for v in values:
-            if "dead_letter" in v:
+            if "duplicates" in v:
+                dups = self.state["duplicate_trades"]
+                dups[v["symbol"]] = dups.get(v["symbol"], 0) + v["duplicates"]
+            elif "dead_letter" in v:
                 self.state["dead_letters"] += 1
                 kind = v["dead_letter"].split(":")[0].split(" ")[0]
                 reasons = self.state["dead_letter_reasons"]
@@ -155,7 +159,8 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
         return json.loads(json.dumps(self.state))
 
     def close(self) -> None:
-        if not self.state["symbols"] and not self.state["dead_letters"]:
+        st = self.state
+        if not (st["symbols"] or st["dead_letters"] or st["duplicate_trades"]):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "summary.json").write_text(
@@ -179,6 +184,12 @@ def format_summary(state: dict, out_dir: Path) -> str:
         ]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(state["dead_letter_reasons"].items()))
     lines.append(f"  dead letters: {state['dead_letters']}" + (f" ({reasons})" if reasons else ""))
+    dups = state.get("duplicate_trades") or {}
+    by_symbol = ", ".join(f"{k} {v}" for k, v in sorted(dups.items()))
+    lines.append(
+        f"  duplicate trades dropped: {sum(dups.values())}"
+        + (f" ({by_symbol})" if by_symbol else "")
+    )
     lines.append(f"  outputs: {out_dir}/<stream>.jsonl and {out_dir}/summary.json")
     return "\n".join(lines)
 

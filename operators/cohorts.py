@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from operators.bars import Bar
 from operators.config import CohortConfig
@@ -57,6 +58,13 @@ class CohortTracker:
     gross_top: float = 0.0
     net_bot: float = 0.0
     gross_bot: float = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Data only: the cohort settings are bound again on resume."""
+        return {k: v for k, v in self.__dict__.items() if k != "cfg"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def add_trade(
         self, ts_ms: int, px: float, qty: float, buyer: str | None, seller: str | None

@@ -39,6 +39,7 @@ class Trade:
     trade_id: str
     buyer: str | None = None
     seller: str | None = None
+    venue: str | None = None  # with trade_id, the trade's identity
 
 
 @dataclass(slots=True)
@@ -182,6 +183,7 @@ def parse_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade:
         trade_id=_str(rec, "trade_id"),
         buyer=_opt_str(rec, "buyer"),
         seller=_opt_str(rec, "seller"),
+        venue=_opt_str(rec, "venue"),
     )
 
 
