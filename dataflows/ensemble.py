@@ -120,16 +120,17 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
             raw.stream, raw.payload, settings.symbols, wall_clock_ms(), settings.max_clock_skew_ms
         )
     except InvalidRecord as e:
+        reason = str(e) if raw.origin is None else f"{e} (at {raw.origin})"
         dl = dead_letter(
             stamp,
             raw.stream,
             raw.payload,
-            str(e),
+            reason,
             topic=raw.topic,
             partition=raw.partition,
             offset=raw.offset,
         )
-        return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": str(e)})]
+        return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
     if isinstance(event, ControlCommand) and event.symbol == "*":
         return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
     return [event]

@@ -29,7 +29,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.settings import Settings
 from dataflows.topics import INPUT_TOPICS
-from marketdata.files import file_records
+from marketdata.files import file_rows
 from marketdata.generator import generate
 from schemas.codec import STREAM_SCHEMAS, encode
 
@@ -46,16 +46,17 @@ class RawMessage:
     partition: int | None = None
     offset: int | None = None
     error: str | None = None  # the transport could not deliver it intact
+    origin: str | None = None  # file and row it was read from (input files)
 
 
 def market_messages(settings: Settings) -> Iterator[RawMessage]:
-    records = (
-        generate(settings.generator)
-        if settings.generator is not None
-        else file_records(list(settings.files))
-    )
-    for stream, rec in records:
-        yield RawMessage(stream, rec)
+    if settings.generator is not None:
+        for stream, rec in generate(settings.generator):
+            yield RawMessage(stream, rec)
+        return
+    for r in file_rows(list(settings.files)):
+        error = None if r.error is None else f"unreadable: {r.error} (at {r.origin})"
+        yield RawMessage(r.stream, r.record, r.path, None, r.row, error, r.origin)
 
 
 class _IterPartition(StatefulSourcePartition[RawMessage, int]):
