@@ -41,6 +41,7 @@ from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin, Staleness
 from operators.predict import ArtifactError, load_runtime
+from operators.redaction import clean, scrub
 from operators.strategy import Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from schemas.codec import STREAM_SCHEMAS
@@ -75,9 +76,9 @@ def _error(
             ts_ms,
             stage=stage,
             error_type=type(exc).__name__,
-            message=str(exc),
+            message=scrub(str(exc)),  # SPEC 9: events' reprs and messages may hold secrets
             context_json=json.dumps(
-                {**context, "traceback": traceback.format_exc(limit=5)}, default=repr
+                clean({**context, "traceback": traceback.format_exc(limit=5)}), default=repr
             ),
         ),
     )
