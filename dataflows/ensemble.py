@@ -257,8 +257,6 @@ def context_step(
     settings: Settings, stamp: Stamp, join: ContextJoin | None, item: Any
 ) -> tuple[ContextJoin, list[Any]]:
     join = ContextJoin() if join is None else join
-    if isinstance(item, Emit):
-        return join, [item]
     try:
         if isinstance(item, Close):
             ctx = join.at_close(item.bar, item.cohort, Staleness.of(settings.strategy))
@@ -358,6 +356,11 @@ class StrategyLogic(StatefulLogic):
 
 
 # -- the flow ---------------------------------------------------------------------------------
+def _is_record(kv: tuple[str, Any]) -> bool:
+    """A finished output record (not market data for the next step)."""
+    return isinstance(kv[1], Emit)
+
+
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
     """(stream, record), counted in the Prometheus metrics on its way out."""
     metrics.observe(e.stream, e.record)
@@ -389,13 +392,29 @@ def build_flow(
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
     keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
     market = op.stateful_batch("market", keyed, partial(MarketLogic.build, settings, stamp))
-    contexts = op.stateful_flat_map("context_join", market, partial(context_step, settings, stamp))
-    featured = op.stateful_map("features", contexts, partial(features_step, stamp))
-    predicted = op.map_value("predict", featured, partial(predict_step, settings, stamp))
-    decided = op.stateful(
-        "strategy", predicted, lambda resume: StrategyLogic(settings, stamp, resume)
+    # Records (bars, dead letters, errors) branch off to the sink after each step; only
+    # market data rides on through the keyed stateful steps.
+    market_out = op.branch("market_records", market, _is_record)
+    contexts = op.stateful_flat_map(
+        "context_join", market_out.falses, partial(context_step, settings, stamp)
     )
-    emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
+    context_out = op.branch("context_records", contexts, _is_record)
+    featured = op.stateful_map("features", context_out.falses, partial(features_step, stamp))
+    features_out = op.branch("features_records", featured, _is_record)
+    predicted = op.map_value("predict", features_out.falses, partial(predict_step, settings, stamp))
+    predict_out = op.branch("predict_records", predicted, _is_record)
+    decided = op.stateful(
+        "strategy", predict_out.falses, lambda resume: StrategyLogic(settings, stamp, resume)
+    )
+    emitted: Stream[Emit] = op.merge(
+        "outputs",
+        bad,
+        op.key_rm("market_unkey", market_out.trues),
+        op.key_rm("context_unkey", context_out.trues),
+        op.key_rm("features_unkey", features_out.trues),
+        op.key_rm("predict_unkey", predict_out.trues),
+        op.key_rm("unkey", decided),
+    )
     by_stream = op.map("by_stream", emitted, _observed)
     if sink is None and settings.kafka_bootstrap is not None:
         to_topics = op.filter_map("to_kafka", by_stream, partial(to_kafka, settings.topic_prefix))

@@ -247,3 +247,33 @@ def test_replays_on_the_event_clock_never_tick(tmp_path: Path):
     assert logic.notify_at() is None
     live = MarketLogic.build(small_settings(tmp_path, ENSEMBLE_CLOCK="wall"), Stamp("x"), None)
     assert live.notify_at() is not None
+
+
+# -- item 17: records branch off to the sink ----------------------------------------------
+
+
+def test_dead_letters_and_bars_never_ride_the_keyed_stream_into_the_later_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import dataflows.ensemble as ens
+
+    seen: list[str] = []
+    context_step, features_step = ens.context_step, ens.features_step
+
+    def spy_context(settings, stamp, join, item):
+        seen.append(type(item).__name__)
+        return context_step(settings, stamp, join, item)
+
+    def spy_features(stamp, fs, item):
+        seen.append(type(item).__name__)
+        return features_step(stamp, fs, item)
+
+    monkeypatch.setattr(ens, "context_step", spy_context)
+    monkeypatch.setattr(ens, "features_step", spy_features)
+    msgs = [_trade(T0 + i * 20_000) for i in range(40)] + [_trade(T0 + 1_000, trade_id="late")]
+    msgs += [_trade(T0 + 15 * M)]
+    out = run_records(small_settings(tmp_path), msgs)
+    assert [d["reason"].split(":")[0] for d in out["dead_letters"]] == ["late"]
+    assert len([b for b in out["bars"] if b["timeframe"] == "5m"]) == 4
+    assert "Emit" not in seen
+    assert {"Close", "BarContext"} <= set(seen)
