@@ -257,6 +257,8 @@ def context_step(
     settings: Settings, stamp: Stamp, join: ContextJoin | None, item: Any
 ) -> tuple[ContextJoin, list[Any]]:
     join = ContextJoin() if join is None else join
+    if settings.wall_clock and isinstance(item, ControlCommand):
+        return join, [item]  # live: the operator's command acts now, not at the next close
     try:
         if isinstance(item, Close):
             ctx = join.at_close(item.bar, item.cohort, Staleness.of(settings.strategy))
@@ -326,6 +328,9 @@ class StrategyLogic(StatefulLogic):
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         if isinstance(value, Emit):
             return [value], StatefulLogic.RETAIN
+        if isinstance(value, ControlCommand):  # live: between bars (see context_step)
+            strat = self._ensure(value.symbol)
+            return [Emit(st, r) for st, r in strat.on_control(value)], StatefulLogic.RETAIN
         ctx: BarContext = value
         strat = self._ensure(ctx.bar.symbol)
         try:

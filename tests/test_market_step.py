@@ -3,6 +3,7 @@ and processing-time progress in live mode (issue 12, items 1, 5 and 12)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from datetime import UTC, datetime, timedelta
@@ -277,3 +278,23 @@ def test_dead_letters_and_bars_never_ride_the_keyed_stream_into_the_later_steps(
     assert len([b for b in out["bars"] if b["timeframe"] == "5m"]) == 4
     assert "Emit" not in seen
     assert {"Close", "BarContext"} <= set(seen)
+
+
+@pytest.mark.slow
+def test_live_an_operator_halt_acts_on_arrival_not_at_the_next_bar_close(tmp_path: Path):
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall")
+    now = time.time_ns() // 1_000_000
+    start = now - now % (5 * M)  # the open bar: it closes minutes from now
+    msgs = [_trade(start + i, 100.0) for i in range(3)]
+    halt = {"symbol": "BTC-PERP", "ts_event_ms": now, "command": "halt",
+            "operator": "ops", "reason": "drill", "command_id": "c1"}  # fmt: skip
+    msgs.append(RawMessage("control", halt))
+    ended_ms: list[int] = []
+    items: list[tuple[str, dict[str, Any]]] = []
+    run_main(
+        build_flow(settings, sink=TestingSink(items), source=_QuietSource(msgs, 2.0, ended_ms))
+    )
+    (audit,) = [r for s, r in items if s == "repro" and r["event"] == "control"]
+    assert audit["ts_init_ms"] < ended_ms[0], "applied only when the input ended"
+    assert audit["command"]["command_id"] == "c1"
+    assert json.loads(audit["change_json"])["after"]["trading_state"] == "HALTED"
