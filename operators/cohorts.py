@@ -82,6 +82,11 @@ class CohortTracker:
         return {k: v for k, v in self.__dict__.items() if k != "cfg"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "skill" in state:  # a snapshot from before the bound: scores and decile sets
+            skill, top = state.pop("skill"), state.pop("top")
+            state.pop("bot")
+            state.update(raw=dict(skill), scale=1.0, n_cohort=len(top), evicted=0)
+            state["ranked"] = SortedList((r, a) for a, r in skill.items())
         self.__dict__.update(state)
 
     @property

@@ -4,6 +4,7 @@ unbounded tracker it replaces (kept here as the reference)."""
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 
@@ -176,3 +177,18 @@ def test_a_snapshot_round_trips_and_holds_no_settings():
 def test_a_cap_below_min_ranked_stops_the_start():
     with pytest.raises(ConfigError, match="cohorts.max_addresses"):
         CohortConfig(min_ranked=20, max_addresses=10)
+
+
+def test_a_snapshot_taken_before_the_bound_resumes_with_the_same_scores_and_deciles():
+    cfg = CohortConfig(skill_halflife_bars=4.0)
+    old = _UnboundedReference(cfg)
+    _one_off_addresses([old], bars=50, new_per_bar=10)
+    state = copy.deepcopy({k: v for k, v in vars(old).items() if k != "cfg"})
+    state.update(width_ms=300_000, closed_through_ms=None)  # fields the old tracker had too
+    resumed = CohortTracker.__new__(CohortTracker)
+    resumed.__setstate__(state)
+    resumed.cfg = cfg
+    assert resumed.skill == old.skill
+    assert resumed.top == old.top and resumed.bot == old.bot
+    after_new, after_old = _one_off_addresses([resumed, old], bars=20, new_per_bar=10)[-1]
+    assert after_new.s_top == pytest.approx(after_old.s_top, abs=1e-9)
