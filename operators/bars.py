@@ -60,6 +60,11 @@ class _Bucket:
         self.parts: set[int] | None = None  # candle opens folded in (None: built from trades)
         self.part_ms = 0  # the candle interval
 
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        self.parts, self.part_ms = None, 0  # snapshots from before candle completeness
+        for k, v in state[1].items():
+            setattr(self, k, v)
+
     def has_every_part(self, width_ms: int) -> bool:
         """Trades: yes; candles: one per interval of the bar (a missing minute: no)."""
         return self.parts is None or len(self.parts) * self.part_ms >= width_ms

@@ -98,6 +98,8 @@ class MarketState:
         return {k: v for k, v in self.__dict__.items() if k not in _CONFIG}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("recent", RecentTrades())  # snapshots from before deduplication
+        state.setdefault("duplicate_count", 0)
         self.__dict__.update(state)
 
     def on_tick(self, now_ms: int, idle_ms: int, out: list[Any]) -> None:

@@ -104,6 +104,21 @@ def test_a_restart_with_changed_settings_runs_with_the_new_settings(tmp_path: Pa
     assert bar["low"] == 99.0  # the 90 s late trade is in it
 
 
+def test_a_market_snapshot_from_before_these_fields_resumes():
+    st = _market()
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000), out)
+    del st.recent, st.duplicate_count  # what an older snapshot lacks
+    for b in st.builder.buckets.values():
+        del b.parts, b.part_ms
+    back = pickle.loads(pickle.dumps(st)).configure(False, 5_000, CohortConfig(), 3_600_000)
+    back.on_event(_t(T0 + 2_000), out)
+    back.on_event(_t(T0 + 2_000), out)  # a duplicate: dropped and counted
+    back.flush(out)
+    (close,) = [o for o in out if hasattr(o, "bar")]
+    assert (close.bar.count, close.bar.complete, back.duplicate_count) == (2, True, 1)
+
+
 # -- item 12: duplicate trades -------------------------------------------------------------
 
 
