@@ -470,7 +470,9 @@ def file_rows(specs: list[FileSpec]) -> Iterator[FileRow]:
 
 
 def file_records(specs: list[FileSpec]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stream, record) of the good rows of every file, merged by availability time."""
+    """(stream, record) of every file, merged by availability time, for the tools that
+    have no dead letters (training, the Kafka replay): a bad row raises, naming it."""
     for r in file_rows(specs):
-        if r.error is None:
-            yield r.stream, r.record
+        if r.error is not None:
+            raise FileSpecError(f"{r.origin}: {r.error}")
+        yield r.stream, r.record

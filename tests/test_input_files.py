@@ -203,3 +203,12 @@ def test_bytewax_run_on_a_bad_file_prints_one_line_and_exits_2(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("ensemble: cannot start: ENSEMBLE_INPUT: ")
     assert str(path) in lines[0] and "header" in lines[0]
+
+
+def test_tools_without_dead_letters_stop_at_a_bad_row_naming_it(tmp_path: Path):
+    df = _nautilus_trades(0.05).astype({"price": object})
+    df.loc[2, "price"] = "abc"
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(FileSpecError, match=rf"{path} row 3: column 'price' is not a number"):
+        list(file_records([FileSpec.parse(f"trades:{path}")]))
