@@ -133,14 +133,20 @@ class CohortTracker:
         self.n_cohort = 0 if n < self.cfg.min_ranked else max(1, int(n * self.cfg.top_frac))
         k = _decay(self.cfg.flow_halflife_bars)
         net_t = gross_t = net_b = gross_b = 0.0
-        for addr, f in flows.items():
-            side = self._cohort_of(addr)
-            if side > 0:
-                net_t += f
-                gross_t += abs(f)
-            elif side < 0:
-                net_b += f
-                gross_b += abs(f)
+        if self.n_cohort:
+            # The cohorts are the two ends of the ranking: compare with their inner bounds.
+            top_from, bot_to = self.ranked[n - self.n_cohort], self.ranked[self.n_cohort - 1]
+            raw = self.raw
+            for addr, f in flows.items():
+                r = raw.get(addr)
+                if r is None:
+                    continue
+                if (r, addr) >= top_from:  # top wins where the two overlap, as ranks do
+                    net_t += f
+                    gross_t += abs(f)
+                elif (r, addr) <= bot_to:
+                    net_b += f
+                    gross_b += abs(f)
         self.net_top = k * self.net_top + net_t
         self.gross_top = k * self.gross_top + gross_t
         self.net_bot = k * self.net_bot + net_b
@@ -149,16 +155,6 @@ class CohortTracker:
         s_top = self.net_top / self.gross_top if self.gross_top > 0 else 0.0
         s_bot = self.net_bot / self.gross_bot if self.gross_bot > 0 else 0.0
         return CohortValues(s_top, s_bot, (s_top - s_bot) / 2.0, self.n_cohort, self.n_cohort)
-
-    def _cohort_of(self, addr: str) -> int:
-        """+1 top, -1 bottom, 0 neither (top wins where the two overlap, as ranks do)."""
-        r = self.raw.get(addr)
-        if r is None or self.n_cohort == 0:
-            return 0
-        i = self.ranked.index((r, addr))
-        if i >= len(self.ranked) - self.n_cohort:
-            return 1
-        return -1 if i < self.n_cohort else 0
 
     def _set(self, addr: str, raw: float) -> None:
         old = self.raw.get(addr)
@@ -180,8 +176,14 @@ class CohortTracker:
         for _, addr in list(self.ranked.islice(lo, hi)):
             if addr not in self.prev_flows and abs(self.raw[addr] * self.scale) < _PRUNE_BELOW:
                 self._drop(addr)
-        for addr, f in self.prev_flows.items():
-            self._set(addr, self.raw.get(addr, 0.0) + f * ret / self.scale)
+        flows, raw = self.prev_flows, self.raw
+        if 4 * len(flows) > len(raw):  # most addresses moved: one sort beats many moves
+            for addr, f in flows.items():
+                raw[addr] = raw.get(addr, 0.0) + f * ret / self.scale
+            self.ranked = SortedList((r, a) for a, r in raw.items())
+            return
+        for addr, f in flows.items():
+            self._set(addr, raw.get(addr, 0.0) + f * ret / self.scale)
 
     def _rescale(self) -> None:
         self.raw = {a: r * self.scale for a, r in self.raw.items()}
