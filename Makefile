@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench bench-kafka bench-year train backtest setup clean kafka-up kafka-down
+.PHONY: run test lint bench bench-kafka bench-year bench-cohorts train backtest setup clean kafka-up kafka-down
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ bench: setup
 
 bench-year: setup
 	$(BIN)/python bench/bench_year.py
+
+bench-cohorts: setup
+	$(BIN)/python bench/bench_cohorts.py --reference 4
 
 backtest: setup
 	$(BIN)/python -m backtest --out out/backtest

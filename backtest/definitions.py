@@ -169,7 +169,8 @@ LATENCY_FORMULA = (
 )
 COMPLETENESS_FORMULA = (
     "Expected = every 5m slot from the first bar's start to the last bar's end; emitted = 5m "
-    "bars the flow closed (gap bars included); with data = bars built from at least one "
-    "record; completeness = with data / expected."
+    "bars the flow closed (gap bars included); with data = complete bars (built from all "
+    "their data: every 1m candle of a candle bar; gap bars and partial bars are not); "
+    "completeness = with data / expected."
 )
 TURNOVER_FORMULA = KPI_BY_KEY["turnover_per_day"].formula

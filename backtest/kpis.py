@@ -330,14 +330,16 @@ def processing_latency(run: RunOutputs) -> dict[str, Any]:
 
 # -- data --------------------------------------------------------------------------------
 def completeness(bars_5m: pd.DataFrame) -> dict[str, Any]:
-    """5m bars expected (every 5m slot from the first bar to the last), emitted, with data."""
+    """5m bars expected (every 5m slot from the first bar to the last), emitted, complete.
+
+    A bar counts only if complete: a gap bar, or a bar missing some of its 1m candles, not."""
     symbols = []
     for symbol, g in bars_5m.groupby("symbol", sort=True):
         first, last = int(g["start_ms"].min()), int(g["end_ms"].max())
         slots = np.arange(first, last, BAR_MS)
         exp_days = pd.Series(slots // DAY_MS).value_counts().sort_index()
         days = g["start_ms"].to_numpy() // DAY_MS
-        with_data = g["count"].to_numpy() > 0
+        with_data = g["complete"].astype(bool).to_numpy()
         emitted_by_day = pd.Series(days).value_counts()
         data_by_day = pd.Series(days[with_data]).value_counts()
         daily = []
@@ -360,7 +362,7 @@ def completeness(bars_5m: pd.DataFrame) -> dict[str, Any]:
                 "expected": len(slots),
                 "emitted": len(g),
                 "with_data": int(with_data.sum()),
-                "gap_bars": int((~with_data).sum()),
+                "gap_bars": int((g["count"].to_numpy() == 0).sum()),
                 "incomplete_bars": int((~g["complete"].astype(bool)).sum()),
                 "completeness": int(with_data.sum()) / len(slots),
                 "days_below_100pct": sum(1 for r in daily if r["completeness"] < 1.0),

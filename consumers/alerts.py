@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -59,7 +58,7 @@ from consumers.stream import (
     read_before_committed,
 )
 from operators.reasons import KILL_SWITCH_REASONS
-from operators.telemetry import REDACTED
+from operators.redaction import scrub
 
 log = logging.getLogger("ensemble.alerts")
 
@@ -82,25 +81,6 @@ SEVERITY_ICON = {
     "resolved": ":white_check_mark:",
 }
 SEVERITY_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "resolved": logging.INFO}
-
-
-# `api_key=...`, `token: ...` and the like inside free text (an error message) are masked
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b([\w.-]*(?:key|secret|token|password)[\w.-]*)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
-)
-
-
-# `Bearer sk-...` and URLs with a path or query (webhook URLs carry their secret there)
-_BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
-_URL_TAIL = re.compile(r"(?i)\b(https?://[^\s/?#]+)[/?#]\S*")
-
-
-def scrub(text: str) -> str:
-    """Free text with secret-looking values masked: `name=value` whose name looks secret,
-    bearer tokens, and the path and query of URLs (the host stays, for diagnosis)."""
-    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    return _URL_TAIL.sub(lambda m: f"{m.group(1)}/{REDACTED}", text)
 
 
 class AlertsConfigError(ValueError):

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from consumers.facts import FEATURES_SHOWN
 from consumers.slack import _loopback
-from operators.telemetry import redact
+from operators.redaction import redact
 
 log = logging.getLogger("ensemble.copilot.llm")
 

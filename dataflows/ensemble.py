@@ -23,6 +23,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -40,13 +41,15 @@ from operators.config import ConfigError
 from operators.events import ControlCommand, InvalidRecord, decode
 from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
-from operators.overlays import BarContext, ContextJoin
+from operators.overlays import BarContext, ContextJoin, Staleness
 from operators.predict import ArtifactError, load_runtime
+from operators.redaction import clean, scrub
 from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from schemas.codec import STREAM_SCHEMAS
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
+TICK = timedelta(seconds=1)  # live processing-time progress: quiet bars close within ~1 s
 
 
 @dataclass(slots=True)
@@ -55,6 +58,14 @@ class Emit:
 
     stream: str
     record: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Duplicates:
+    """Trades dropped as duplicates by the market step in one batch (for the summary)."""
+
+    symbol: str
+    count: int
 
 
 def _error(
@@ -67,9 +78,9 @@ def _error(
             ts_ms,
             stage=stage,
             error_type=type(exc).__name__,
-            message=str(exc),
+            message=scrub(str(exc)),  # SPEC 9: events' reprs and messages may hold secrets
             context_json=json.dumps(
-                {**context, "traceback": traceback.format_exc(limit=5)}, default=repr
+                clean({**context, "traceback": traceback.format_exc(limit=5)}), default=repr
             ),
         ),
     )
@@ -112,16 +123,17 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
             raw.stream, raw.payload, settings.symbols, wall_clock_ms(), settings.max_clock_skew_ms
         )
     except InvalidRecord as e:
+        reason = str(e) if raw.origin is None else f"{e} (at {raw.origin})"
         dl = dead_letter(
             stamp,
             raw.stream,
             raw.payload,
-            str(e),
+            reason,
             topic=raw.topic,
             partition=raw.partition,
             offset=raw.offset,
         )
-        return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": str(e)})]
+        return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
     if isinstance(event, ControlCommand) and event.symbol == "*":
         return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
     return [event]
@@ -129,26 +141,44 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
 
 # -- market -----------------------------------------------------------------------------
 class MarketLogic(StatefulBatchLogic):
-    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState) -> None:
+    """The market step of one symbol; the running settings are bound at every build."""
+
+    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState | None) -> None:
         self.settings, self.stamp, self.state = settings, stamp, state
+        if state is not None:
+            self._configure(state)
+        # Wall time of the last record (a restart counts as one): the tick's idle time.
+        self.last_arrival_ms = wall_clock_ms()
 
     @classmethod
     def build(cls, settings: Settings, stamp: Stamp, resume: MarketState | None) -> MarketLogic:
-        return cls(settings, stamp, resume)  # type: ignore[arg-type]
+        return cls(settings, stamp, resume)
+
+    def _configure(self, state: MarketState) -> MarketState:
+        s = self.settings
+        return state.configure(
+            state.symbol in s.candle_symbols,
+            s.allowed_lateness_ms,
+            s.strategy.cohorts,
+            s.max_jump_ms,
+        )
 
     def _ensure(self, symbol: str) -> MarketState:
         if self.state is None:
+            s = self.settings
             self.state = MarketState(
                 symbol,
-                symbol in self.settings.candle_symbols,
-                self.settings.allowed_lateness_ms,
-                self.settings.strategy.cohorts,
-                self.settings.max_jump_ms,
+                symbol in s.candle_symbols,
+                s.allowed_lateness_ms,
+                s.strategy.cohorts,
+                s.max_jump_ms,
             )
         return self.state
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        st: MarketState | None = None
+        dups = 0 if self.state is None else self.state.duplicate_count
         for e in values:
             st = self._ensure(e.symbol)
             try:
@@ -157,6 +187,26 @@ class MarketLogic(StatefulBatchLogic):
                 out.append(
                     _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
                 )
+        if self.settings.wall_clock:
+            self.last_arrival_ms = wall_clock_ms()
+        if st is not None and st.duplicate_count > dups:
+            out.append(Duplicates(st.symbol, st.duplicate_count - dups))
+        return self._emit(out), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Live only: a wall-clock tick; replays (event clock) stay deterministic."""
+        if not self.settings.wall_clock:
+            return None
+        return datetime.now(UTC) + TICK
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        if self.state is not None:
+            now = wall_clock_ms()
+            try:
+                self.state.on_tick(now, now - self.last_arrival_ms, out)
+            except Exception as exc:  # a tick must not stop the flow either
+                out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
@@ -173,6 +223,9 @@ class MarketLogic(StatefulBatchLogic):
                 res.append(Emit("bars", _bar_record(self.stamp, it.bar)))
             elif isinstance(it, Bar):
                 res.append(Emit("bars", _bar_record(self.stamp, it)))
+            elif isinstance(it, Duplicates):
+                res.append(Emit("summary", {"symbol": it.symbol, "duplicates": it.count}))
+                continue
             elif isinstance(it, Late):
                 e = it.event
                 res.append(
@@ -205,14 +258,12 @@ def _event_dict(e: Any) -> dict[str, Any]:
 def context_step(
     settings: Settings, stamp: Stamp, join: ContextJoin | None, item: Any
 ) -> tuple[ContextJoin, list[Any]]:
-    if join is None:
-        cfg = settings.strategy
-        join = ContextJoin(cfg.gates.overlay_stale_intervals, cfg.cohorts.stale_intervals)
-    if isinstance(item, Emit):
-        return join, [item]
+    join = ContextJoin() if join is None else join
+    if settings.wall_clock and isinstance(item, ControlCommand):
+        return join, [item]  # live: the operator's command acts now, not at the next close
     try:
         if isinstance(item, Close):
-            ctx = join.at_close(item.bar, item.cohort)
+            ctx = join.at_close(item.bar, item.cohort, Staleness.of(settings.strategy))
             ctx.closed_ns = time.perf_counter_ns()  # for the decision-latency metric
             return join, [ctx]
         join.add(item)
@@ -306,6 +357,9 @@ class StrategyLogic(StatefulLogic):
     def on_item(self, value: Any) -> tuple[list[Any], bool]:
         if isinstance(value, Emit):
             return [value], StatefulLogic.RETAIN
+        if isinstance(value, ControlCommand):  # live: between bars (see context_step)
+            strat = self._ensure(value.symbol)
+            return [Emit(st, r) for st, r in strat.on_control(value)], StatefulLogic.RETAIN
         outs: list[Any] = []
         for ctx in self.book.aligner.add(value):  # every symbol's bars in event-time order
             outs.extend(self._bar(ctx))
@@ -343,6 +397,11 @@ def _account_key(_item: Any) -> str:
     return ACCOUNT_KEY
 
 
+def _is_record(kv: tuple[str, Any]) -> bool:
+    """A finished output record (not market data for the next step)."""
+    return isinstance(kv[1], Emit)
+
+
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
     """(stream, record), counted in the Prometheus metrics on its way out."""
     metrics.observe(e.stream, e.record)
@@ -375,14 +434,32 @@ def build_flow(
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
     keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
     market = op.stateful_batch("market", keyed, partial(MarketLogic.build, settings, stamp))
-    contexts = op.stateful_flat_map("context_join", market, partial(context_step, settings, stamp))
-    featured = op.stateful_map("features", contexts, partial(features_step, stamp))
-    predicted = op.map_value("predict", featured, partial(predict_step, settings, stamp))
-    by_account = op.key_on("by_account", op.key_rm("to_account", predicted), _account_key)
+    # Records (bars, dead letters, errors) branch off to the sink after each step; only
+    # market data rides on through the keyed stateful steps.
+    market_out = op.branch("market_records", market, _is_record)
+    contexts = op.stateful_flat_map(
+        "context_join", market_out.falses, partial(context_step, settings, stamp)
+    )
+    context_out = op.branch("context_records", contexts, _is_record)
+    featured = op.stateful_map("features", context_out.falses, partial(features_step, stamp))
+    features_out = op.branch("features_records", featured, _is_record)
+    predicted = op.map_value("predict", features_out.falses, partial(predict_step, settings, stamp))
+    predict_out = op.branch("predict_records", predicted, _is_record)
+    by_account = op.key_on(
+        "by_account", op.key_rm("to_account", predict_out.falses), _account_key
+    )
     decided = op.stateful(
         "strategy", by_account, lambda resume: StrategyLogic(settings, stamp, resume)
     )
-    emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
+    emitted: Stream[Emit] = op.merge(
+        "outputs",
+        bad,
+        op.key_rm("market_unkey", market_out.trues),
+        op.key_rm("context_unkey", context_out.trues),
+        op.key_rm("features_unkey", features_out.trues),
+        op.key_rm("predict_unkey", predict_out.trues),
+        op.key_rm("unkey", decided),
+    )
     by_stream = op.map("by_stream", emitted, _observed)
     if sink is None and settings.kafka_bootstrap is not None:
         to_topics = op.filter_map("to_kafka", by_stream, partial(to_kafka, settings.topic_prefix))

@@ -29,7 +29,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.settings import Settings
 from dataflows.topics import INPUT_TOPICS
-from marketdata.files import file_records
+from marketdata.files import file_rows
 from marketdata.generator import generate
 from schemas.codec import STREAM_SCHEMAS, encode
 
@@ -46,16 +46,17 @@ class RawMessage:
     partition: int | None = None
     offset: int | None = None
     error: str | None = None  # the transport could not deliver it intact
+    origin: str | None = None  # file and row it was read from (input files)
 
 
 def market_messages(settings: Settings) -> Iterator[RawMessage]:
-    records = (
-        generate(settings.generator)
-        if settings.generator is not None
-        else file_records(list(settings.files))
-    )
-    for stream, rec in records:
-        yield RawMessage(stream, rec)
+    if settings.generator is not None:
+        for stream, rec in generate(settings.generator):
+            yield RawMessage(stream, rec)
+        return
+    for r in file_rows(list(settings.files)):
+        error = None if r.error is None else f"unreadable: {r.error} (at {r.origin})"
+        yield RawMessage(r.stream, r.record, r.path, None, r.row, error, r.origin)
 
 
 class _IterPartition(StatefulSourcePartition[RawMessage, int]):
@@ -140,10 +141,14 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
     def __init__(self, out_dir: Path, resume: dict | None) -> None:
         self.out_dir = out_dir
         self.state = resume or {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
+        self.state.setdefault("duplicate_trades", {})
 
     def write_batch(self, values: list[dict[str, Any]]) -> None:
         for v in values:
-            if "dead_letter" in v:
+            if "duplicates" in v:
+                dups = self.state["duplicate_trades"]
+                dups[v["symbol"]] = dups.get(v["symbol"], 0) + v["duplicates"]
+            elif "dead_letter" in v:
                 self.state["dead_letters"] += 1
                 kind = v["dead_letter"].split(":")[0].split(" ")[0]
                 reasons = self.state["dead_letter_reasons"]
@@ -155,7 +160,8 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
         return json.loads(json.dumps(self.state))
 
     def close(self) -> None:
-        if not self.state["symbols"] and not self.state["dead_letters"]:
+        st = self.state
+        if not (st["symbols"] or st["dead_letters"] or st["duplicate_trades"]):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "summary.json").write_text(
@@ -179,6 +185,12 @@ def format_summary(state: dict, out_dir: Path) -> str:
         ]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(state["dead_letter_reasons"].items()))
     lines.append(f"  dead letters: {state['dead_letters']}" + (f" ({reasons})" if reasons else ""))
+    dups = state.get("duplicate_trades") or {}
+    by_symbol = ", ".join(f"{k} {v}" for k, v in sorted(dups.items()))
+    lines.append(
+        f"  duplicate trades dropped: {sum(dups.values())}"
+        + (f" ({by_symbol})" if by_symbol else "")
+    )
     lines.append(f"  outputs: {out_dir}/<stream>.jsonl and {out_dir}/summary.json")
     return "\n".join(lines)
 

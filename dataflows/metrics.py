@@ -11,6 +11,7 @@ Names (all prefixed `ensemble_`):
     bars_total{symbol,timeframe,complete}        bars closed (complete=false: gap or partial)
     dead_letters_total{stream,kind}              input set aside, by the reason's first word
     late_records_total{symbol}                   records behind the watermark (also dead letters)
+    duplicate_trades_total{symbol}               trades dropped: same (venue, trade id) seen before
     errors_total{stage}                          exceptions caught on one record
     decisions_total{symbol,arm,action}           decisions after warm-up (arm "none": no arm)
     rejections_total{symbol,reason}              vetoes and refusals, by typed reason
@@ -39,6 +40,9 @@ INPUT = Counter(
 BARS = Counter("bars", "Bars closed", ["symbol", "timeframe", "complete"], namespace=NS)
 DEAD = Counter("dead_letters", "Input set aside with a reason", ["stream", "kind"], namespace=NS)
 LATE = Counter("late_records", "Records behind the watermark", ["symbol"], namespace=NS)
+DUPLICATES = Counter(
+    "duplicate_trades", "Trades dropped as already seen (venue, trade id)", ["symbol"], namespace=NS
+)
 ERRORS = Counter("errors", "Exceptions caught on one record", ["stage"], namespace=NS)
 DECISIONS = Counter(
     "decisions", "Decisions after warm-up", ["symbol", "arm", "action"], namespace=NS
@@ -137,3 +141,5 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
             LATE.labels(sym).inc()
     elif stream == "errors":
         ERRORS.labels(rec.get("stage") or "?").inc()
+    elif stream == "summary" and "duplicates" in rec:
+        DUPLICATES.labels(sym).inc(rec["duplicates"])

@@ -7,11 +7,19 @@ then it is converted with the candle's close.
 Trades: parquet or CSV with timestamp, trade_id, price, quantity, buyer_maker (nautilus
 layout), or a raw WebSocket capture (`.jsonl.gz`, `<recv_ns> <frame>`): Hyperliquid `trades`
 frames, whose trades carry buyer and seller addresses, or Binance `trade` frames.
-Funding: freqtrade JSON `[[ts_ms, rate, ...], ...]`.
+Funding: freqtrade JSON `[[ts_ms, rate, ...], ...]` or freqtrade feather (`date`, `open` =
+the rate per interval).
 
-A spec names one file: `KIND:PATH[?symbol=BTC-PERP&volume=quote]`, KIND one of
-candles, trades, funding. Records come out in the order they became available
-(a candle at its close), merged across files.
+A spec names one file: `KIND:PATH[?symbol=BTC-PERP&volume=quote&venue=binance]`, KIND one
+of candles, trades, funding. Every file is sorted by event time on read (trade files too:
+an hour-shuffled file would otherwise lose its trades as late), and records come out in
+the order they became available (a candle at its close), merged across files.
+
+Problems with a whole file (format, header, columns) raise `FileSpecError` naming the file
+before the flow starts (`check_file`). A bad row (a value that is not a number or a time)
+does not stop the run: it comes out as a `FileRow` with its `error`, naming the file and
+the row (the 1-based data row, in file order; a line for WebSocket captures), and the
+flow dead-letters it.
 """
 
 from __future__ import annotations
@@ -28,8 +36,15 @@ from urllib.parse import parse_qs
 import numpy as np
 import pandas as pd
 
-Timed = tuple[int, str, dict[str, Any]]
 KINDS = ("candles", "trades", "funding")
+CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
+TIME_COLUMNS = ("date", "timestamp", "time")
+TRADE_COLUMNS = ("timestamp", "trade_id", "price", "quantity", "buyer_maker")
+SUFFIXES = {
+    "candles": (".feather", ".json", ".csv"),
+    "trades": (".parquet", ".csv", ".jsonl.gz"),
+    "funding": (".json", ".feather"),
+}
 
 
 class FileSpecError(ValueError):
@@ -42,6 +57,7 @@ class FileSpec:
     path: Path
     symbol: str = "BTC-PERP"
     volume: str = "base"
+    venue: str | None = None  # trades: with the trade id, a trade's identity
 
     @classmethod
     def parse(cls, text: str) -> FileSpec:
@@ -53,11 +69,11 @@ class FileSpec:
             )
         path, _, query = rest.partition("?")
         opts = {k: v[-1] for k, v in parse_qs(query).items()}
-        unknown = set(opts) - {"symbol", "volume"}
+        unknown = set(opts) - {"symbol", "volume", "venue"}
         if unknown:
             raise FileSpecError(
                 f"input file spec {text!r}: unknown option(s) {sorted(unknown)}; "
-                "known: symbol, volume"
+                "known: symbol, volume, venue"
             )
         volume = opts.get("volume", "base")
         if volume not in ("base", "quote"):
@@ -67,39 +83,179 @@ class FileSpec:
         p = Path(path)
         if not p.is_file():
             raise FileSpecError(f"input file spec {text!r}: no file at {p}")
-        return cls(kind, p, opts.get("symbol", "BTC-PERP"), volume)
+        spec = cls(kind, p, opts.get("symbol", "BTC-PERP"), volume, opts.get("venue") or None)
+        check_file(spec)
+        return spec
 
 
-def _to_ms(values: pd.Series) -> np.ndarray:
-    s = pd.to_datetime(values, utc=True)
-    return (s.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000).to_numpy()
+@dataclass(slots=True)
+class FileRow:
+    """One record read from a file, or the reason its row could not be read."""
+
+    avail_ms: int  # when it became available: merge order across files
+    stream: str
+    record: dict[str, Any]
+    path: str
+    row: int  # 1-based data row (line, for WebSocket captures)
+    error: str | None = None  # why the row could not be read
+
+    @property
+    def origin(self) -> str:
+        return f"{self.path} row {self.row}"
 
 
-def load_candles(spec: FileSpec) -> pd.DataFrame:
-    """A frame with ts_ms (open), open, high, low, close, volume (base units)."""
-    suffix = spec.path.suffix.lower()
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
+
+
+def check_file(spec: FileSpec) -> None:
+    """Format and columns, before the flow starts; raises FileSpecError naming the file."""
+    suffix = _suffix(spec.path)
+    if suffix not in SUFFIXES[spec.kind]:
+        raise FileSpecError(
+            f"{spec.path}: {spec.kind} files must be {', '.join(SUFFIXES[spec.kind])}"
+        )
+    try:
+        columns = _columns(spec, suffix)
+    except FileSpecError:
+        raise
+    except Exception as e:  # any reader's error: the file is not what its name says
+        why = " ".join(str(e).split())  # one line, whatever the reader wrote
+        raise FileSpecError(
+            f"{spec.path}: cannot read it as {suffix}: {type(e).__name__}: {why}"
+        ) from None
+    if columns is None:
+        return
+    if spec.kind == "candles":
+        need = set(CANDLE_COLUMNS)
+        if "ts_ms" not in columns and not set(TIME_COLUMNS) & set(columns):
+            raise FileSpecError(
+                f"{spec.path}, header: no time column (one of {list(TIME_COLUMNS)}); "
+                f"columns are {list(columns)}"
+            )
+    elif spec.kind == "trades":
+        need = set(TRADE_COLUMNS)
+    else:
+        need = {"date", "open"}
+    missing = need - set(columns)
+    if missing:
+        raise FileSpecError(
+            f"{spec.path}, header: missing columns {sorted(missing)}; columns are {list(columns)}"
+        )
+
+
+def _columns(spec: FileSpec, suffix: str) -> list[str] | None:
+    """The column names of a table file (None: a JSON or capture file, checked here)."""
+    if suffix == ".feather":
+        import pyarrow.feather as feather
+
+        return list(feather.read_table(spec.path, memory_map=True).schema.names)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(spec.path).names)
+    if suffix == ".csv":  # read whole: a ragged line is a file problem (pandas names it)
+        return [str(c) for c in pd.read_csv(spec.path).columns]
+    if suffix == ".json":
+        rows = json.loads(spec.path.read_text())
+        width = 6 if spec.kind == "candles" else 2
+        layout = (
+            "[open_ms, open, high, low, close, volume]"
+            if spec.kind == "candles"
+            else "[ts_ms, rate, ...]"
+        )
+        if not isinstance(rows, list):
+            raise FileSpecError(f"{spec.path}: expected a JSON list of {layout} rows")
+        for i, r in enumerate(rows, 1):
+            if not isinstance(r, list) or len(r) < width:
+                raise FileSpecError(f"{spec.path}, row {i}: expected {layout}, got {r!r:.80}")
+        return None
+    with gzip.open(spec.path, "rt") as f:  # a capture: `<recv_ns> <frame json>` lines
+        first = f.readline()
+    recv, _, frame = first.partition(" ")
+    if not recv.isdigit() or not frame.lstrip().startswith("{"):
+        raise FileSpecError(
+            f"{spec.path}, line 1: expected `<recv_ns> <frame json>`, got {first[:80]!r}"
+        )
+    return None
+
+
+def _to_ms(values: pd.Series, numbers_in: str = "ns") -> np.ndarray:
+    """Epoch ms as float (NaN where the value is not a time); plain numbers are in
+    `numbers_in` units (pandas' default ns; the freqtrade JSON layouts have ms)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        s = pd.to_datetime(values, unit=numbers_in, utc=True, errors="coerce")
+    else:
+        s = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    ns = s.astype("datetime64[ns, UTC]").astype("int64").to_numpy().astype("float64")
+    ns[s.isna().to_numpy()] = np.nan
+    return ns // 1_000_000
+
+
+def _numbers(df: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series]:
+    """The columns as floats, and per row the first problem (None where all are numbers)."""
+    out = pd.DataFrame(index=df.index)
+    error = pd.Series([None] * len(df), index=df.index, dtype=object)
+    for c in columns:
+        v = pd.to_numeric(df[c], errors="coerce")
+        out[c] = v.astype("float64")
+        _flag(error, v.isna().to_numpy(), df[c], f"column {c!r} is not a number")
+    return out, error
+
+
+def _flag(error: pd.Series, bad: np.ndarray, values: pd.Series, problem: str) -> None:
+    """Give rows in `bad` that have no problem yet `problem` (with the value it is about)."""
+    bad = np.asarray(bad) & error.isna().to_numpy()
+    if bad.any():
+        error[bad] = [f"{problem}: {x!r}" for x in values[bad]]
+
+
+def _with_rows(df: pd.DataFrame, error: pd.Series) -> pd.DataFrame:
+    df = df.copy()
+    df["row"] = np.arange(1, len(df) + 1)
+    df["error"] = error.to_numpy()
+    return df
+
+
+def _problem(err: Any) -> str | None:
+    """The error cell of a row: a string, or None (pandas may hold NaN for None)."""
+    return err if isinstance(err, str) else None
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    """By event time; rows without one (errors) first, in file order."""
+    return df.sort_values("ts_ms", kind="stable", na_position="first").reset_index(drop=True)
+
+
+def _candles_frame(spec: FileSpec) -> pd.DataFrame:
+    """ts_ms (open), open..volume (base units), row, error; sorted by time."""
+    suffix = _suffix(spec.path)
     if suffix == ".feather":
         df = pd.read_feather(spec.path)
     elif suffix == ".json":
         rows = json.loads(spec.path.read_text())
-        df = pd.DataFrame(rows, columns=["ts_ms", "open", "high", "low", "close", "volume"])
+        df = pd.DataFrame([r[:6] for r in rows], columns=["ts_ms", *CANDLE_COLUMNS])
     elif suffix == ".csv":
         df = pd.read_csv(spec.path)
     else:
         raise FileSpecError(f"{spec.path}: candle files must be .feather, .json or .csv")
-    if "ts_ms" not in df.columns:
-        col = next((c for c in ("date", "timestamp", "time") if c in df.columns), None)
-        if col is None:
-            raise FileSpecError(f"{spec.path}: no date, timestamp or time column")
-        df["ts_ms"] = _to_ms(df[col])
-    missing = {"open", "high", "low", "close", "volume"} - set(df.columns)
-    if missing:
-        raise FileSpecError(f"{spec.path}: missing columns {sorted(missing)}")
-    out = df[["ts_ms", "open", "high", "low", "close", "volume"]].copy()
-    out["ts_ms"] = out["ts_ms"].astype("int64")
+    col = "ts_ms" if "ts_ms" in df.columns else next(c for c in TIME_COLUMNS if c in df.columns)
+    out, error = _numbers(df, CANDLE_COLUMNS)
+    out.insert(0, "ts_ms", _to_ms(df[col], "ms" if col == "ts_ms" else "ns"))
+    _flag(error, np.isnan(out["ts_ms"].to_numpy()), df[col], f"column {col!r} is not a time")
     if spec.volume == "quote":
         out["volume"] = out["volume"] / out["close"]
-    return out.sort_values("ts_ms", kind="stable").reset_index(drop=True)
+    return _sorted(_with_rows(out, error))
+
+
+def load_candles(spec: FileSpec) -> pd.DataFrame:
+    """A frame with ts_ms (open), open, high, low, close, volume (base units): good rows."""
+    df = _candles_frame(spec)
+    good = df[df["error"].isna()]
+    out = good[["ts_ms", *CANDLE_COLUMNS]].copy()
+    out["ts_ms"] = out["ts_ms"].astype("int64")
+    return out.reset_index(drop=True)
 
 
 def candle_interval_ms(ts_ms: np.ndarray) -> int:
@@ -108,125 +264,215 @@ def candle_interval_ms(ts_ms: np.ndarray) -> int:
     return int(np.median(np.diff(ts_ms)))
 
 
-def candle_records(spec: FileSpec) -> Iterator[Timed]:
-    df = load_candles(spec)
-    interval = candle_interval_ms(df["ts_ms"].to_numpy())
-    for ts, o, h, lo, c, v in df.itertuples(index=False, name=None):
-        yield (
-            int(ts) + interval,
+def candle_rows(spec: FileSpec) -> Iterator[FileRow]:
+    df = _candles_frame(spec)
+    ok = df["error"].isna().to_numpy()
+    interval = candle_interval_ms(df["ts_ms"].to_numpy()[ok].astype("int64"))
+    path, last = str(spec.path), 0
+    for ts, o, h, lo, c, v, row, err in df.itertuples(index=False, name=None):
+        if _problem(err) is not None:
+            yield FileRow(last, "candles", {"symbol": spec.symbol}, path, int(row), str(err))
+            continue
+        last = int(ts) + interval
+        yield FileRow(
+            last,
             "candles",
             {
                 "symbol": spec.symbol,
                 "ts_event_ms": int(ts),
                 "interval_ms": interval,
-                "open": float(o),
-                "high": float(h),
-                "low": float(lo),
-                "close": float(c),
-                "volume": float(v),
+                "open": o,
+                "high": h,
+                "low": lo,
+                "close": c,
+                "volume": v,
             },
+            path,
+            int(row),
         )
+
+
+def _trades_frame(spec: FileSpec) -> pd.DataFrame:
+    """ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error; sorted by time."""
+    if _suffix(spec.path) == ".jsonl.gz":
+        df = _ws_capture_trades(spec.path)
+        if spec.venue is not None:
+            df["venue"] = spec.venue
+        return _sorted(df)
+    parquet = _suffix(spec.path) == ".parquet"
+    df = pd.read_parquet(spec.path) if parquet else pd.read_csv(spec.path)
+    nums, error = _numbers(df, ("price", "quantity"))
+    ts = _to_ms(df["timestamp"])
+    no_time = np.isnan(ts) & error.isna().to_numpy()
+    error[no_time] = [
+        f"column 'timestamp' is not a time: {x!r}" for x in df.loc[no_time, "timestamp"]
+    ]
+    maker = df["buyer_maker"].astype(str).str.lower()
+    bad_side = ~maker.isin(["true", "false"]) & error.isna()
+    error[bad_side] = [
+        f"column 'buyer_maker' is not true/false: {x!r}" for x in df.loc[bad_side, "buyer_maker"]
+    ]
+    out = pd.DataFrame(
+        {
+            "ts_ms": ts,
+            "trade_id": df["trade_id"].astype(str).to_numpy(),
+            "px": nums["price"].to_numpy(),
+            "qty": nums["quantity"].to_numpy(),
+            "side": np.where(maker == "true", "sell", "buy"),  # the buyer made: a seller crossed
+            "buyer": None,
+            "seller": None,
+            "venue": spec.venue,
+        }
+    )
+    return _sorted(_with_rows(out, error))
 
 
 def load_trades(spec: FileSpec) -> pd.DataFrame:
-    """A frame with ts_ms, trade_id, px, qty, side (buy/sell aggressor), buyer, seller."""
-    name = spec.path.name.lower()
-    if name.endswith(".jsonl.gz"):
-        return _ws_capture_trades(spec.path)
-    if name.endswith(".parquet"):
-        df = pd.read_parquet(spec.path)
-    elif name.endswith(".csv"):
-        df = pd.read_csv(spec.path)
-    else:
-        raise FileSpecError(
-            f"{spec.path}: trade files must be .parquet, .csv or a WebSocket .jsonl.gz capture"
-        )
-    missing = {"timestamp", "trade_id", "price", "quantity", "buyer_maker"} - set(df.columns)
-    if missing:
-        raise FileSpecError(f"{spec.path}: missing columns {sorted(missing)}")
-    maker_is_buyer = df["buyer_maker"].astype(str).str.lower() == "true"
-    return pd.DataFrame(
-        {
-            "ts_ms": _to_ms(df["timestamp"]),
-            "trade_id": df["trade_id"].astype(str),
-            "px": df["price"].astype(float),
-            "qty": df["quantity"].astype(float),
-            "side": np.where(maker_is_buyer, "sell", "buy"),  # the buyer made: a seller crossed
-            "buyer": None,
-            "seller": None,
-        }
-    )
+    """A frame with ts_ms, trade_id, px, qty, side (buy/sell aggressor), buyer, seller, venue:
+    the good rows, sorted by event time."""
+    df = _trades_frame(spec)
+    good = df[df["error"].isna()].drop(columns=["row", "error"])
+    good = good.astype({"ts_ms": "int64"})
+    return good.reset_index(drop=True)
 
 
 def _ws_capture_trades(path: Path) -> pd.DataFrame:
     """Trades from a raw WebSocket capture: Hyperliquid `trades` or Binance `trade` frames."""
-    rows = []
+    rows: list[dict[str, Any]] = []
+    n = 0
     with gzip.open(path, "rt") as f:
-        for line in f:
-            _, _, frame = line.partition(" ")
-            msg = json.loads(frame)
-            if msg.get("channel") == "trades":  # Hyperliquid; users = [buyer, seller]
-                for t in msg["data"]:
-                    buyer, seller = (t.get("users") or [None, None])[:2]
-                    rows.append(
-                        {
-                            "ts_ms": int(t["time"]),
-                            "trade_id": str(t["tid"]),
-                            "px": float(t["px"]),
-                            "qty": float(t["sz"]),
-                            "side": "buy" if t["side"] == "B" else "sell",
-                            "buyer": buyer,
-                            "seller": seller,
-                        }
-                    )
-                continue
-            d = msg.get("data") or {}
-            if d.get("e") == "trade" and d.get("X", "MARKET") == "MARKET":  # Binance
-                rows.append(
+        try:
+            for n, line in enumerate(f, 1):  # noqa: B007 - n names the line of a bad frame
+                rows.extend(_ws_frame_trades(line, n))
+        except (EOFError, OSError) as e:  # a truncated capture: what was read is kept
+            rows.append(_bad_line(n + 1, f"the file ends early: {e}"))
+    cols = ["ts_ms", "trade_id", "px", "qty", "side", "buyer", "seller", "venue", "row", "error"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _bad_line(n: int, problem: str) -> dict[str, Any]:
+    return {"ts_ms": np.nan, "row": n, "error": problem}
+
+
+def _ws_frame_trades(line: str, n: int) -> list[dict[str, Any]]:
+    _, _, frame = line.partition(" ")
+    try:
+        msg = json.loads(frame)
+        if msg.get("channel") == "trades":  # Hyperliquid; users = [buyer, seller]
+            out = []
+            for t in msg["data"]:
+                buyer, seller = (t.get("users") or [None, None])[:2]
+                out.append(
                     {
-                        "ts_ms": int(d["T"]),
-                        "trade_id": str(d["t"]),
-                        "px": float(d["p"]),
-                        "qty": float(d["q"]),
-                        "side": "sell" if d["m"] else "buy",
-                        "buyer": None,
-                        "seller": None,
+                        "ts_ms": int(t["time"]),
+                        "trade_id": str(t["tid"]),
+                        "px": float(t["px"]),
+                        "qty": float(t["sz"]),
+                        "side": "buy" if t["side"] == "B" else "sell",
+                        "buyer": buyer,
+                        "seller": seller,
+                        "venue": "hyperliquid",
+                        "row": n,
+                        "error": None,
                     }
                 )
-    df = pd.DataFrame(rows, columns=["ts_ms", "trade_id", "px", "qty", "side", "buyer", "seller"])
-    return df.sort_values("ts_ms", kind="stable").reset_index(drop=True)
+            return out
+        d = msg.get("data") or {}
+        if d.get("e") == "trade" and d.get("X", "MARKET") == "MARKET":  # Binance
+            return [
+                {
+                    "ts_ms": int(d["T"]),
+                    "trade_id": str(d["t"]),
+                    "px": float(d["p"]),
+                    "qty": float(d["q"]),
+                    "side": "sell" if d["m"] else "buy",
+                    "buyer": None,
+                    "seller": None,
+                    "venue": "binance",
+                    "row": n,
+                    "error": None,
+                }
+            ]
+        return []
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [_bad_line(n, f"unreadable frame: {type(e).__name__}: {e}")]
 
 
-def trade_records(spec: FileSpec) -> Iterator[Timed]:
-    df = load_trades(spec)
-    for ts, tid, px, qty, side, buyer, seller in df.itertuples(index=False, name=None):
-        yield (
-            int(ts),
-            "trades",
-            {
-                "symbol": spec.symbol,
-                "ts_event_ms": int(ts),
-                "trade_id": tid,
-                "px": float(px),
-                "qty": float(qty),
-                "side": side,
-                "buyer": buyer,
-                "seller": seller,
-            },
-        )
+def trade_rows(spec: FileSpec) -> Iterator[FileRow]:
+    df = _trades_frame(spec)
+    path, last = str(spec.path), 0
+    for ts, tid, px, qty, side, buyer, seller, venue, row, err in df.itertuples(
+        index=False, name=None
+    ):
+        if _problem(err) is not None:
+            yield FileRow(last, "trades", {"symbol": spec.symbol}, path, int(row), str(err))
+            continue
+        last = int(ts)
+        rec = {
+            "symbol": spec.symbol,
+            "ts_event_ms": last,
+            "trade_id": tid,
+            "px": px,
+            "qty": qty,
+            "side": side,
+            "buyer": buyer,
+            "seller": seller,
+        }
+        if venue is not None:
+            rec["venue"] = venue
+        yield FileRow(last, "trades", rec, path, int(row))
 
 
-def funding_records(spec: FileSpec) -> Iterator[Timed]:
-    rows = json.loads(spec.path.read_text())
-    for row in rows:
-        ts, rate = int(row[0]), float(row[1])
-        yield ts, "funding", {"symbol": spec.symbol, "ts_event_ms": ts, "rate": rate}
+def _funding_frame(spec: FileSpec) -> pd.DataFrame:
+    """ts_ms, rate, row, error; sorted by time. freqtrade JSON or feather (`open` = rate)."""
+    if _suffix(spec.path) == ".feather":
+        df = pd.read_feather(spec.path)
+        time_col, rate_col = "date", "open"
+    else:
+        rows = json.loads(spec.path.read_text())
+        df = pd.DataFrame([r[:2] for r in rows], columns=["ts_ms", "rate"])
+        time_col, rate_col = "ts_ms", "rate"
+    nums, error = _numbers(df, (rate_col,))
+    unit = "ms" if time_col == "ts_ms" else "ns"
+    out = pd.DataFrame({"ts_ms": _to_ms(df[time_col], unit), "rate": nums[rate_col].to_numpy()})
+    no_time = np.isnan(out["ts_ms"].to_numpy()) & error.isna().to_numpy()
+    error[no_time] = [
+        f"column {time_col!r} is not a time: {x!r}" for x in df.loc[no_time, time_col]
+    ]
+    return _sorted(_with_rows(out, error))
 
 
-_READERS = {"candles": candle_records, "trades": trade_records, "funding": funding_records}
+def load_funding(spec: FileSpec) -> pd.DataFrame:
+    """A frame with ts_ms and rate (per funding interval, a fraction): the good rows."""
+    df = _funding_frame(spec)
+    good = df[df["error"].isna()][["ts_ms", "rate"]].astype({"ts_ms": "int64"})
+    return good.reset_index(drop=True)
+
+
+def funding_rows(spec: FileSpec) -> Iterator[FileRow]:
+    df = _funding_frame(spec)
+    path, last = str(spec.path), 0
+    for ts, rate, row, err in df.itertuples(index=False, name=None):
+        if _problem(err) is not None:
+            yield FileRow(last, "funding", {"symbol": spec.symbol}, path, int(row), str(err))
+            continue
+        last = int(ts)
+        rec = {"symbol": spec.symbol, "ts_event_ms": last, "rate": rate}
+        yield FileRow(last, "funding", rec, path, int(row))
+
+
+_READERS = {"candles": candle_rows, "trades": trade_rows, "funding": funding_rows}
+
+
+def file_rows(specs: list[FileSpec]) -> Iterator[FileRow]:
+    """Every row of every file, merged by availability time (bad rows with their error)."""
+    yield from heapq.merge(*(_READERS[s.kind](s) for s in specs), key=lambda r: r.avail_ms)
 
 
 def file_records(specs: list[FileSpec]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stream, record) from every file, merged by availability time."""
-    for _, stream, rec in heapq.merge(*(_READERS[s.kind](s) for s in specs), key=lambda x: x[0]):
-        yield stream, rec
+    """(stream, record) of every file, merged by availability time, for the tools that
+    have no dead letters (training, the Kafka replay): a bad row raises, naming it."""
+    for r in file_rows(specs):
+        if r.error is not None:
+            raise FileSpecError(f"{r.origin}: {r.error}")
+        yield r.stream, r.record

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from marketdata.files import FileSpec, file_records
-from operators.config import CohortConfig
+from operators.config import CohortConfig, StrategyConfig
 from operators.events import PARSERS
 from operators.features import (
     BAR_COLUMNS,
@@ -35,9 +35,10 @@ from operators.features import (
     context_inputs,
 )
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, Close, Late, MarketState
-from operators.overlays import BarContext, ContextJoin
+from operators.overlays import BarContext, ContextJoin, Staleness
 
 PARITY_TOLERANCE = 1e-9
+_STALENESS = Staleness.of(StrategyConfig())  # training sees the default staleness limits
 
 
 class DataError(ValueError):
@@ -77,7 +78,7 @@ def _consume(items: list[Any], join: ContextJoin, fs: FeatureState) -> Iterator[
         if isinstance(it, Late):
             continue
         if isinstance(it, Close):
-            ctx = join.at_close(it.bar, it.cohort)
+            ctx = join.at_close(it.bar, it.cohort, _STALENESS)
             ctx.features = fs.at_close(ctx)
             yield ctx
         else:

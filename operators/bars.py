@@ -1,12 +1,16 @@
 """Event-time tumbling bars, aligned to the UTC epoch.
 
-`BarBuilder` folds trades or 1m candles into 5m bars. Its clock is event time only: the
-watermark is the latest event time seen minus the allowed lateness, and a bar is emitted
-once the watermark passes its end. A record for a bar that is already emitted is late;
-it is returned to the caller (which dead-letters and counts it), never folded in
-silently and never dropped silently. A window with no data is emitted as a gap bar
-(`complete=False`, flat at the previous close, no volume) so the series stays regular
-and data completeness can be measured.
+`BarBuilder` folds trades or 1m candles into 5m bars. Its clock is event time (live, the
+market step may also advance it by processing time, `advance_to`): the watermark is the
+latest event time seen minus the allowed lateness, and a bar is emitted once the
+watermark passes its end. A candle is published at its close, so the candle that ends a
+bucket closes it at once (no wait for the next candle). A record for a bar already
+emitted is late; it is returned to the caller (which dead-letters and counts it), never
+folded in silently and never dropped silently. A window with no data is emitted as a gap
+bar (`complete=False`, flat at the previous close, no volume) so the series stays
+regular and data completeness can be measured. A bar from candles is complete only with
+every one of its candles (five 1m candles for a 5m bar); one with a missing minute is
+emitted with `complete=False`.
 
 `BarAggregator` composes 15m and 1h bars from closed 5m bars. OHLCV composes exactly, so
 every timeframe equals a pandas resample of the same records.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MINUTE_MS = 60_000
 TIMEFRAME_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": 60 * MINUTE_MS}
@@ -42,7 +47,9 @@ class Bar:
 
 
 class _Bucket:
-    __slots__ = ("open", "high", "low", "close", "volume", "count", "first_ts", "last_ts")
+    __slots__ = (
+        "open", "high", "low", "close", "volume", "count", "first_ts", "last_ts", "parts", "part_ms"
+    )  # fmt: skip
 
     def __init__(self, ts: int, o: float, h: float, low: float, c: float, v: float) -> None:
         self.open, self.high, self.low, self.close = o, h, low, c
@@ -50,6 +57,17 @@ class _Bucket:
         self.count = 1
         self.first_ts = ts
         self.last_ts = ts
+        self.parts: set[int] | None = None  # candle opens folded in (None: built from trades)
+        self.part_ms = 0  # the candle interval
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        self.parts, self.part_ms = None, 0  # snapshots from before candle completeness
+        for k, v in state[1].items():
+            setattr(self, k, v)
+
+    def has_every_part(self, width_ms: int) -> bool:
+        """Trades: yes; candles: one per interval of the bar (a missing minute: no)."""
+        return self.parts is None or len(self.parts) * self.part_ms >= width_ms
 
     def add(self, ts: int, o: float, h: float, low: float, c: float, v: float) -> None:
         # Open and close follow event time, not arrival order; ties keep arrival order,
@@ -79,6 +97,10 @@ class BarBuilder:
         self.next_start_ms: int | None = None  # start of the first bar not yet emitted
         self.last_close: float | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Data only: the allowed lateness is a setting, bound again on resume."""
+        return {k: v for k, v in self.__dict__.items() if k != "allowed_lateness_ms"}
+
     @property
     def watermark_ms(self) -> int | None:
         if self.max_event_ms is None:
@@ -87,29 +109,53 @@ class BarBuilder:
 
     def add_trade(self, ts_ms: int, px: float, qty: float) -> Sequence[Bar] | None:
         """Fold one trade in; returns the bars it closed, or None if it is late."""
-        return self._add(ts_ms, ts_ms, px, px, px, px, qty)
+        return self._add(ts_ms, ts_ms, px, px, px, px, qty, None)
 
     def add_candle(
         self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float
     ) -> Sequence[Bar] | None:
         """Fold one candle in (ts_ms is its open); returns closed bars, or None if late."""
-        return self._add(ts_ms, ts_ms + interval_ms, o, h, low, c, v)
+        return self._add(ts_ms, ts_ms + interval_ms, o, h, low, c, v, interval_ms)
 
     def _add(
-        self, ts: int, end_ts: int, o: float, h: float, low: float, c: float, v: float
+        self,
+        ts: int,
+        end_ts: int,
+        o: float,
+        h: float,
+        low: float,
+        c: float,
+        v: float,
+        interval_ms: int | None,
     ) -> Sequence[Bar] | None:
         start = ts - ts % self.width_ms
         if self.next_start_ms is not None and start < self.next_start_ms:
             return None
         bucket = self.buckets.get(start)
         if bucket is None:
-            self.buckets[start] = _Bucket(ts, o, h, low, c, v)
+            bucket = self.buckets[start] = _Bucket(ts, o, h, low, c, v)
         else:
             bucket.add(ts, o, h, low, c, v)
-        if self.max_event_ms is None or end_ts > self.max_event_ms:
+        if interval_ms is not None:
+            if bucket.parts is None:
+                bucket.parts, bucket.part_ms = set(), interval_ms
+            bucket.parts.add(ts)
+        advanced = self.max_event_ms is None or end_ts > self.max_event_ms
+        if advanced:
             self.max_event_ms = end_ts
-            return self._close_until(end_ts - self.allowed_lateness_ms)
-        return _NO_BARS
+        watermark = end_ts - self.allowed_lateness_ms
+        if interval_ms is not None and end_ts == start + self.width_ms:
+            watermark = max(watermark, end_ts)  # the candle ending its bucket closes it now
+        elif not advanced:
+            return _NO_BARS
+        return self._close_until(watermark)
+
+    def advance_to(self, now_ms: int) -> Sequence[Bar]:
+        """Processing-time progress: close every bar whose end is `allowed_lateness_ms` or
+        more before `now_ms` (gap bars for empty windows); nothing before the first bar."""
+        if self.next_start_ms is None and not self.buckets:
+            return _NO_BARS
+        return self._close_until(now_ms - self.allowed_lateness_ms, gaps_past_data=True)
 
     def flush(self) -> Sequence[Bar]:
         """Emit every open bar: the end of a finite input is a watermark at infinity."""
@@ -117,14 +163,17 @@ class BarBuilder:
             return _NO_BARS
         return self._close_until(max(self.buckets) + self.width_ms)
 
-    def _close_until(self, watermark: int) -> Sequence[Bar]:
-        if not self.buckets:
-            return _NO_BARS
-        start = min(self.buckets) if self.next_start_ms is None else self.next_start_ms
+    def _close_until(self, watermark: int, gaps_past_data: bool = False) -> Sequence[Bar]:
+        if self.next_start_ms is None:
+            if not self.buckets:
+                return _NO_BARS
+            start = min(self.buckets)
+        else:
+            start = self.next_start_ms
         if start + self.width_ms > watermark:
             return _NO_BARS
         out: list[Bar] = []
-        while start + self.width_ms <= watermark and self.buckets:
+        while start + self.width_ms <= watermark and (self.buckets or gaps_past_data):
             b = self.buckets.pop(start, None)
             end = start + self.width_ms
             if b is not None:
@@ -140,7 +189,7 @@ class BarBuilder:
                         b.close,
                         b.volume,
                         b.count,
-                        True,
+                        b.has_every_part(self.width_ms),
                     )
                 )
                 self.last_close = b.close

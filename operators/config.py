@@ -62,9 +62,16 @@ class CohortConfig:
     flow_halflife_bars: float = 6.0  # smoothing of cohort flow
     skill_halflife_bars: float = 288.0  # memory of an address's skill (1 day of 5m bars)
     stale_intervals: float = 2.0  # an external cohort snapshot older than this many 5m bars
+    max_addresses: int = 20_000  # address table cap; the smallest |skill| is evicted first
 
     def __post_init__(self) -> None:
         _check(0 < self.top_frac <= 0.5, "cohorts.top_frac", self.top_frac, "must be in (0, 0.5]")
+        _check(
+            isinstance(self.max_addresses, int) and self.max_addresses >= self.min_ranked,
+            "cohorts.max_addresses",
+            self.max_addresses,
+            "must be an integer >= cohorts.min_ranked",
+        )
         _check(
             isinstance(self.min_ranked, int) and self.min_ranked >= 2,
             "cohorts.min_ranked",

@@ -23,6 +23,7 @@ SELL = -1
 CONTROL_COMMANDS = ("halt", "resume", "reset_kill_switch", "shadow_on", "shadow_off")
 OVERLAY_TIMEFRAMES = ("15m", "1h")
 CANDLE_INTERVALS_MS = (60_000, 300_000)
+MAX_ADDRESS_CHARS = 128  # an on-chain address is 42; a longer one is garbage or an attack
 
 
 class InvalidRecord(ValueError):
@@ -39,6 +40,7 @@ class Trade:
     trade_id: str
     buyer: str | None = None
     seller: str | None = None
+    venue: str | None = None  # with trade_id, the trade's identity
 
 
 @dataclass(slots=True)
@@ -139,6 +141,16 @@ def _opt_str(rec: dict[str, Any], name: str) -> str | None:
     return v or None
 
 
+def _address(rec: dict[str, Any], name: str) -> str | None:
+    v = _opt_str(rec, name)
+    if v is not None and len(v) > MAX_ADDRESS_CHARS:
+        raise InvalidRecord(
+            f"field '{name}' is {len(v)} characters long; an address has at most "
+            f"{MAX_ADDRESS_CHARS} ({v[:20]!r}...)"
+        )
+    return v
+
+
 def _bounded(rec: dict[str, Any], name: str, lo: float, hi: float) -> float:
     v = _float(rec, name)
     if not lo <= v <= hi:
@@ -180,8 +192,9 @@ def parse_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade:
         qty=_positive(rec, "qty"),
         side=BUY if side == "buy" else SELL,
         trade_id=_str(rec, "trade_id"),
-        buyer=_opt_str(rec, "buyer"),
-        seller=_opt_str(rec, "seller"),
+        buyer=_address(rec, "buyer"),
+        seller=_address(rec, "seller"),
+        venue=_opt_str(rec, "venue"),
     )
 
 

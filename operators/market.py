@@ -11,6 +11,18 @@ would close every bar in between; it is held back instead. If `JUMP_CONFIRMATION
 records in a row agree that time jumped (the market came back after an outage), they are
 all processed in order; if a record in line with the stream arrives first, the held ones
 are dead letters (a lone bad timestamp). Nothing is lost either way.
+
+A trade seen before (same venue and trade id) while its bar is still open is dropped and
+counted (`duplicate_count`): a replayed or doubled feed must not double the volume.
+
+Configuration is not state: the lateness, the jump limit, whether bars come from candles
+and the cohort settings are bound by `configure` at every build or resume and are left out
+of every snapshot (`__getstate__`), so a restart always runs with the current settings.
+
+Live (wall clock), `on_tick` gives processing-time progress: with no new record, the
+stream's event time is taken to advance with the wall clock since its last record, so a
+quiet symbol's bars (gap bars for empty windows) still close after the allowed lateness.
+While records keep arriving (catching up a backlog) this adds nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from typing import Any
 from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import CohortConfig
+from operators.dedup import RecentTrades
 from operators.events import Candle, Trade
 
 JUMP_CONFIRMATIONS = 50
@@ -43,6 +56,9 @@ class Late:
     reason: str
 
 
+_CONFIG = ("bars_from_candles", "allowed_lateness_ms", "cohort_cfg", "max_jump_ms")
+
+
 @dataclass
 class MarketState:
     symbol: str
@@ -54,12 +70,44 @@ class MarketState:
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)
     cohorts: CohortTracker = field(init=False)
+    recent: RecentTrades = field(default_factory=RecentTrades)
     late_count: int = 0
+    duplicate_count: int = 0
 
     def __post_init__(self) -> None:
         self.builder = BarBuilder(self.symbol, self.allowed_lateness_ms)
         self.higher = [BarAggregator(self.symbol, "15m"), BarAggregator(self.symbol, "1h")]
         self.cohorts = CohortTracker(self.cohort_cfg)
+
+    def configure(
+        self,
+        bars_from_candles: bool,
+        allowed_lateness_ms: int,
+        cohort_cfg: CohortConfig,
+        max_jump_ms: int,
+    ) -> MarketState:
+        """Bind the running settings (after a resume: the state holds none)."""
+        self.bars_from_candles = bars_from_candles
+        self.allowed_lateness_ms = self.builder.allowed_lateness_ms = allowed_lateness_ms
+        self.cohort_cfg = self.cohorts.cfg = cohort_cfg
+        self.max_jump_ms = max_jump_ms
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Data only: the settings are bound again by `configure` on resume."""
+        return {k: v for k, v in self.__dict__.items() if k not in _CONFIG}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("recent", RecentTrades())  # snapshots from before deduplication
+        state.setdefault("duplicate_count", 0)
+        self.__dict__.update(state)
+
+    def on_tick(self, now_ms: int, idle_ms: int, out: list[Any]) -> None:
+        """Processing-time progress: `idle_ms` of wall time passed since the last record."""
+        hwm = self.builder.max_event_ms
+        if hwm is None or idle_ms <= 0:
+            return
+        self._closed(self.builder.advance_to(min(hwm + idle_ms, now_ms)), out)
 
     def on_event(self, e: Any, out: list[Any]) -> None:
         """Append what `e` produces to `out` (in order)."""
@@ -94,6 +142,9 @@ class MarketState:
 
     def _market(self, e: Any, out: list[Any]) -> None:
         if isinstance(e, Trade):
+            if self.recent.seen(e.ts_event_ms, (e.venue, e.trade_id)):
+                self.duplicate_count += 1
+                return
             if self.bars_from_candles:
                 if not self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller):
                     self._late(e, out)
@@ -148,6 +199,7 @@ class MarketState:
 
     def _closed(self, bars: Sequence[Bar], out: list[Any]) -> None:
         for b in bars:
+            self.recent.forget_before(b.end_ms)
             cohort = self.cohorts.close_bar(b)
             for agg in self.higher:  # higher bars first: usable from their close
                 hb = agg.add(b)

@@ -5,7 +5,8 @@ Higher timeframes are usable from their close (a 1h bar opening 13:00 is usable 
 wait in as-of buffers ordered by event time; the join takes the latest value with event
 time <= t, so a value that arrived early (event time > t) is never used for t: no
 lookahead, whatever the arrival order. A value older than `stale_intervals` x its
-interval is neutral and flagged stale; a missing one is neutral.
+interval is neutral and flagged stale; a missing one is neutral. The staleness limits are
+settings, passed in at every close (`Staleness`), never kept in the join's state.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from operators.bars import TIMEFRAME_MS, Bar
 from operators.cohorts import CohortValues
+from operators.config import StrategyConfig
 from operators.events import CohortSnapshot, ControlCommand, Funding, OverlaySignal
 
 T = TypeVar("T")
@@ -97,10 +99,20 @@ class BarContext:
     closed_ns: int = 0  # perf_counter_ns when the bar left the market step (latency metric)
 
 
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    """How old an input may be, in its own intervals, before it is stale and neutral."""
+
+    overlay_intervals: float  # gates.overlay_stale_intervals
+    cohort_intervals: float  # cohorts.stale_intervals (5m bars)
+
+    @classmethod
+    def of(cls, cfg: StrategyConfig) -> Staleness:
+        return cls(cfg.gates.overlay_stale_intervals, cfg.cohorts.stale_intervals)
+
+
 @dataclass
 class ContextJoin:
-    stale_intervals: float = 2.0
-    cohort_stale_intervals: float = 2.0
     last_bars: dict[str, Bar] = field(default_factory=dict)
     external: dict[str, AsOf[OverlaySignal]] = field(
         default_factory=lambda: {"15m": AsOf(), "1h": AsOf()}
@@ -125,20 +137,20 @@ class ContextJoin:
         else:
             raise TypeError(f"context join cannot use {type(item).__name__}")
 
-    def at_close(self, bar: Bar, internal: CohortValues | None) -> BarContext:
+    def at_close(self, bar: Bar, internal: CohortValues | None, limits: Staleness) -> BarContext:
         t = bar.end_ms
         rate = self.funding_rates.latest(t)
         return BarContext(
             bar=bar,
-            cohort=self._cohort(t, internal),
-            overlays={tf: self._overlay(tf, t) for tf in ("15m", "1h")},
+            cohort=self._cohort(t, internal, limits.cohort_intervals),
+            overlays={tf: self._overlay(tf, t, limits.overlay_intervals) for tf in ("15m", "1h")},
             funding_rate=0.0 if rate is None else rate[1],
             funding_due=self.funding.take_due(t),
             controls_due=self.controls.take_due(t),
         )
 
-    def _overlay(self, tf: str, t: int) -> OverlayView:
-        limit = self.stale_intervals * TIMEFRAME_MS[tf]
+    def _overlay(self, tf: str, t: int, stale_intervals: float) -> OverlayView:
+        limit = stale_intervals * TIMEFRAME_MS[tf]
         b = self.last_bars.get(tf)
         if b is None or b.end_ms > t:
             view = OverlayView(tf, 0.0, None, None, stale=False, missing=True)
@@ -155,14 +167,14 @@ class ContextJoin:
                 view.ext_signal, view.ext_confidence = ext[1].signal, ext[1].confidence
         return view
 
-    def _cohort(self, t: int, internal: CohortValues | None) -> CohortView:
+    def _cohort(self, t: int, internal: CohortValues | None, stale_intervals: float) -> CohortView:
         if internal is not None and internal.ready:
             return CohortView(internal.s_top, internal.s_bot, internal.s_mood, "trades", 0, False)
         snap = self.cohorts.latest(t)
         if snap is None:
             return CohortView(0.0, 0.0, 0.0, "none", None, False)
         age = t - snap[0]
-        if age > self.cohort_stale_intervals * TIMEFRAME_MS["5m"]:
+        if age > stale_intervals * TIMEFRAME_MS["5m"]:
             return CohortView(0.0, 0.0, 0.0, "external", age, True)
         s = snap[1]
         return CohortView(s.s_top, s.s_bot, s.s_mood, "external", age, False)

@@ -210,6 +210,10 @@ class Strategy:
         }
 
     # -- operator commands -------------------------------------------------------------
+    def on_control(self, cmd: ControlCommand) -> list[Output]:
+        """Live: a command applied on arrival, between bars, marked at the last close."""
+        return [self._control(cmd, self.s.last_close)]
+
     def _control(self, cmd: ControlCommand, mark_px: float) -> Output:
         s = self.s
         before = {"trading_state": s.risk.state.value, "shadow": s.shadow}

@@ -1,4 +1,4 @@
-"""What every emitted record carries, and the redaction of anything secret-looking.
+"""What every emitted record carries; dead letters keep their input, secrets redacted.
 
 Every record has `symbol`, `ts_event_ms` (when it happened in the market), `ts_init_ms`
 (when we created it: wall clock in live runs; equal to ts_event_ms in replays, so a
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+from operators.redaction import clean, scrub, scrub_bytes
+
 SCHEMA_VERSION = "v1"
-REDACTED = "<REDACTED>"
-_SECRET_NAME = re.compile(r"key|secret|token|password", re.IGNORECASE)
 
 
 def wall_clock_ms() -> int:
@@ -42,22 +41,6 @@ class Stamp:
         return rec
 
 
-def redact(value: Any) -> Any:
-    """A copy with every field whose name contains key, secret, token or password redacted."""
-    if isinstance(value, dict):
-        return {
-            k: (
-                REDACTED
-                if isinstance(k, str) and _SECRET_NAME.search(k) and v is not None
-                else redact(v)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
 def dead_letter(
     stamp: Stamp,
     stream: str,
@@ -70,11 +53,14 @@ def dead_letter(
     partition: int | None = None,
     offset: int | None = None,
 ) -> dict[str, Any]:
-    """A dead-letter record keeping the original bytes (a record dict is kept as JSON)."""
+    """A dead-letter record keeping the original bytes (a record dict is kept as JSON), with
+    secret-looking fields and text redacted (SPEC 9); the reason then says so."""
     if isinstance(payload, (bytes, bytearray)):
-        raw = bytes(payload)
+        raw = scrub_bytes(bytes(payload))
+        if raw != payload:
+            reason = f"{reason} (secret-looking text in the payload redacted)"
     else:
-        raw = json.dumps(payload, sort_keys=True, default=repr).encode()
+        raw = json.dumps(clean(payload), sort_keys=True, default=repr).encode()
     if symbol is None and isinstance(payload, dict) and isinstance(payload.get("symbol"), str):
         symbol = payload["symbol"]
     if ts_event_ms is None and isinstance(payload, dict):
@@ -91,7 +77,7 @@ def dead_letter(
         "source_topic": topic,
         "source_partition": partition,
         "source_offset": offset,
-        "reason": reason,
+        "reason": scrub(reason),
         "payload": raw,
     }
 

@@ -117,10 +117,73 @@ def test_candle_out_of_order_within_lateness_sets_open_by_event_time():
     b = BarBuilder("BTC-PERP", allowed_lateness_ms=2 * M)
     b.add_candle(T0 + 1 * M, M, 102, 103, 101, 103, 1.0)
     b.add_candle(T0 + 0 * M, M, 100, 102, 100, 102, 1.0)  # arrives second, opened first
-    for i in range(2, 6):
+    for i in range(2, 4):
         assert b.add_candle(T0 + i * M, M, 103, 104, 102, 103, 1.0) == ()
-    (bar,) = b.add_candle(T0 + 6 * M, M, 103, 103, 103, 103, 1.0)  # watermark 7m - 2m
+    (bar,) = b.add_candle(T0 + 4 * M, M, 103, 104, 102, 103, 1.0)  # ends the bucket
     assert (bar.open, bar.high, bar.low, bar.close, bar.count) == (100, 104, 100, 103, 5)
+
+
+def test_the_1m_candle_ending_a_5m_bucket_closes_the_bar_at_once_despite_lateness():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=5_000)
+    for i in range(4):
+        assert b.add_candle(T0 + i * M, M, 100, 101, 99, 100, 1.0) == ()
+    (bar,) = b.add_candle(T0 + 4 * M, M, 100, 102, 99, 101, 1.0)  # not one candle later
+    assert (bar.start_ms, bar.end_ms, bar.close, bar.count, bar.complete) == (
+        T0, T0 + 5 * M, 101, 5, True
+    )  # fmt: skip
+    assert b.add_candle(T0 + 5 * M, M, 101, 101, 101, 101, 1.0) == ()
+
+
+def test_a_5m_candle_closes_its_bar_at_once_despite_lateness():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=5_000)
+    (bar,) = b.add_candle(T0, 5 * M, 100.0, 110.0, 90.0, 105.0, 7.0)
+    assert (bar.start_ms, bar.close, bar.complete) == (T0, 105.0, True)
+
+
+def test_a_5m_bar_from_fewer_than_five_1m_candles_is_incomplete():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=0)
+    for i in (0, 1, 4):  # minutes 2 and 3 are missing
+        out = b.add_candle(T0 + i * M, M, 100, 101, 99, 100, 1.0)
+    (bar,) = out
+    assert (bar.count, bar.complete) == (3, False)
+
+
+def test_a_5m_bar_from_a_1m_candle_sent_twice_is_still_incomplete():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=0)
+    for i in (0, 1, 2, 2, 4):  # minute 3 missing, minute 2 twice: five candles, four minutes
+        out = b.add_candle(T0 + i * M, M, 100, 101, 99, 100, 1.0)
+    (bar,) = out
+    assert bar.complete is False
+
+
+def test_a_partial_5m_bar_makes_its_15m_bar_incomplete():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=0)
+    agg = BarAggregator("BTC-PERP", "15m")
+    closed = []
+    for i in range(15):
+        if i == 7:
+            continue  # one minute of the second 5m bar is missing
+        for bar in b.add_candle(T0 + i * M, M, 100, 101, 99, 100, 1.0):
+            closed.append(agg.add(bar))
+    (h,) = [x for x in closed if x is not None]
+    assert (h.timeframe, h.count, h.complete) == ("15m", 14, False)
+
+
+def test_processing_time_progress_closes_open_and_empty_bars_after_the_lateness():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=5_000)
+    b.add_trade(T0 + 1_000, 100.0, 1.0)
+    assert b.advance_to(T0 + 5 * M + 4_999) == ()
+    (bar,) = b.advance_to(T0 + 5 * M + 5_000)
+    assert (bar.start_ms, bar.count, bar.complete) == (T0, 1, True)
+    gaps = b.advance_to(T0 + 15 * M + 5_000)  # nothing traded: two empty windows
+    assert [(g.start_ms, g.count, g.complete, g.close) for g in gaps] == [
+        (T0 + 5 * M, 0, False, 100.0), (T0 + 10 * M, 0, False, 100.0)
+    ]  # fmt: skip
+    assert b.add_trade(T0 + 14 * M, 101.0, 1.0) is None  # that window is closed: late
+
+
+def test_processing_time_progress_before_any_record_closes_nothing():
+    assert BarBuilder("BTC-PERP", allowed_lateness_ms=0).advance_to(T0 + 60 * M) == ()
 
 
 # BarAggregator: 15m and 1h from 5m
@@ -337,3 +400,16 @@ def test_arrival_delayed_within_allowed_lateness_gives_the_same_bars_as_sorted(
     trades = [(t, float(p), q / 256) for t, p, q in zip(ts, px, qty, strict=True)]
     arrival = sorted(range(n), key=lambda i: (ts[i] + delays[i], i))
     assert _build_all([trades[i] for i in arrival], lateness) == _build_all(trades, lateness)
+
+
+def test_the_completeness_kpi_does_not_count_a_partial_bar_as_complete():
+    from backtest.kpis import completeness
+
+    rows = [
+        {"symbol": "BTC-PERP", "start_ms": T0 + i * 5 * M, "end_ms": T0 + (i + 1) * 5 * M,
+         "count": count, "complete": complete}
+        for i, (count, complete) in enumerate([(5, True), (2, False), (0, False), (5, True)])
+    ]  # fmt: skip
+    (s,) = completeness(pd.DataFrame(rows))["symbols"]
+    assert (s["expected"], s["with_data"], s["gap_bars"], s["incomplete_bars"]) == (4, 2, 1, 2)
+    assert s["completeness"] == 0.5

@@ -11,7 +11,7 @@ from operators.bars import Bar, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import CohortConfig
 from operators.events import CohortSnapshot, OverlaySignal
-from operators.overlays import AsOf, ContextJoin
+from operators.overlays import AsOf, ContextJoin, Staleness
 
 M = 60_000
 H = 60 * M
@@ -122,6 +122,8 @@ def test_take_due_returns_values_up_to_t_in_time_order_and_keeps_the_rest():
 
 # ContextJoin: overlays usable from their close, staleness, no lookahead
 
+LIMITS = Staleness(overlay_intervals=2.0, cohort_intervals=2.0)
+
 
 def _feed_market_order(join: ContextJoin, first_end: int, last_end: int) -> Bar:
     """Higher bars first at each end, as the market step emits them; the last 5m bar."""
@@ -138,7 +140,7 @@ def _feed_market_order(join: ContextJoin, first_end: int, last_end: int) -> Bar:
 def test_at_14_35_the_latest_15m_closed_at_14_30_and_the_1h_at_14_00():
     join = ContextJoin()
     bar_5m = _feed_market_order(join, T0 + 12 * H + 5 * M, T0 + 14 * H + 35 * M)
-    ctx = join.at_close(bar_5m, None)
+    ctx = join.at_close(bar_5m, None, LIMITS)
     o15, o1h = ctx.overlays["15m"], ctx.overlays["1h"]
     assert o15.close_ms == T0 + 14 * H + 30 * M
     assert o1h.close_ms == T0 + 14 * H
@@ -150,23 +152,24 @@ def test_at_14_35_the_latest_15m_closed_at_14_30_and_the_1h_at_14_00():
 def test_1h_bar_opening_13_00_is_used_from_14_00():
     join = ContextJoin()
     bar_5m = _feed_market_order(join, T0 + 12 * H + 5 * M, T0 + 13 * H + 55 * M)
-    assert join.at_close(bar_5m, None).overlays["1h"].close_ms == T0 + 13 * H
+    assert join.at_close(bar_5m, None, LIMITS).overlays["1h"].close_ms == T0 + 13 * H
     join.add(_bar("1h", T0 + 14 * H))
-    assert join.at_close(_bar("5m", T0 + 14 * H), None).overlays["1h"].close_ms == T0 + 14 * H
+    view = join.at_close(_bar("5m", T0 + 14 * H), None, LIMITS).overlays["1h"]
+    assert view.close_ms == T0 + 14 * H
 
 
 def test_higher_bar_closing_after_t_is_not_used_for_t():
     join = ContextJoin()
     join.add(_bar("1h", T0 + 15 * H, o=100.0, c=110.0))
-    view = join.at_close(_bar("5m", T0 + 14 * H + 35 * M), None).overlays["1h"]
+    view = join.at_close(_bar("5m", T0 + 14 * H + 35 * M), None, LIMITS).overlays["1h"]
     assert view.trend == 0.0 and view.usable_trend is None
 
 
 def test_overlay_older_than_two_intervals_is_stale_and_neutral():
-    join = ContextJoin(stale_intervals=2.0)
+    join = ContextJoin()
     join.add(_bar("15m", T0 + 14 * H, o=100.0, c=105.0))
     join.add(_bar("1h", T0 + 12 * H, o=100.0, c=105.0))
-    ctx = join.at_close(_bar("5m", T0 + 14 * H + 35 * M), None)
+    ctx = join.at_close(_bar("5m", T0 + 14 * H + 35 * M), None, LIMITS)
     for tf in ("15m", "1h"):
         view = ctx.overlays[tf]
         assert view.stale and not view.missing, tf
@@ -174,9 +177,9 @@ def test_overlay_older_than_two_intervals_is_stale_and_neutral():
 
 
 def test_overlay_exactly_two_intervals_old_is_still_used():
-    join = ContextJoin(stale_intervals=2.0)
+    join = ContextJoin()
     join.add(_bar("15m", T0 + 14 * H, o=100.0, c=105.0))
-    view = join.at_close(_bar("5m", T0 + 14 * H + 30 * M), None).overlays["15m"]
+    view = join.at_close(_bar("5m", T0 + 14 * H + 30 * M), None, LIMITS).overlays["15m"]
     assert not view.stale
     assert view.usable_trend == pytest.approx(0.05)
 
@@ -184,12 +187,12 @@ def test_overlay_exactly_two_intervals_old_is_still_used():
 def test_overlay_bar_without_trades_is_stale_and_neutral():
     join = ContextJoin()
     join.add(_bar("15m", T0 + 14 * H + 30 * M, count=0))
-    view = join.at_close(_bar("5m", T0 + 14 * H + 35 * M), None).overlays["15m"]
+    view = join.at_close(_bar("5m", T0 + 14 * H + 35 * M), None, LIMITS).overlays["15m"]
     assert view.stale and view.usable_trend is None
 
 
 def test_missing_overlay_is_neutral():
-    ctx = ContextJoin().at_close(_bar("5m", T0 + 14 * H + 35 * M), None)
+    ctx = ContextJoin().at_close(_bar("5m", T0 + 14 * H + 35 * M), None, LIMITS)
     for view in ctx.overlays.values():
         assert view.missing and not view.stale
         assert (view.trend, view.usable_trend, view.ext_signal) == (0.0, None, 0.0)
@@ -203,7 +206,7 @@ def test_external_overlay_signal_after_t_is_not_used_for_t():
     t = T0 + 14 * H + 35 * M
     join = ContextJoin()
     join.add(_signal(t + 1, 0.9))
-    view = join.at_close(_bar("5m", t), None).overlays["1h"]
+    view = join.at_close(_bar("5m", t), None, LIMITS).overlays["1h"]
     assert (view.ext_signal, view.ext_confidence, view.ext_age_ms) == (0.0, 0.0, None)
 
 
@@ -212,7 +215,7 @@ def test_external_overlay_signal_at_or_before_t_is_used_even_if_a_later_one_arri
     join = ContextJoin()
     join.add(_signal(t + 1, 0.9))
     join.add(_signal(t - 10 * M, -0.3))
-    view = join.at_close(_bar("5m", t), None).overlays["1h"]
+    view = join.at_close(_bar("5m", t), None, LIMITS).overlays["1h"]
     assert (view.ext_signal, view.ext_confidence, view.ext_age_ms) == (-0.3, 0.8, 10 * M)
 
 
@@ -220,7 +223,7 @@ def test_external_overlay_signal_older_than_two_intervals_is_stale_and_neutral()
     t = T0 + 14 * H + 35 * M
     join = ContextJoin()
     join.add(_signal(t - 31 * M, 0.7, tf="15m"))
-    view = join.at_close(_bar("5m", t), None).overlays["15m"]
+    view = join.at_close(_bar("5m", t), None, LIMITS).overlays["15m"]
     assert view.ext_stale and view.ext_signal == 0.0
 
 
@@ -228,7 +231,7 @@ def test_external_overlay_signal_older_than_two_intervals_is_stale_and_neutral()
 
 
 def test_missing_cohort_is_neutral():
-    view = ContextJoin().at_close(_bar("5m", T0 + 5 * M), None).cohort
+    view = ContextJoin().at_close(_bar("5m", T0 + 5 * M), None, LIMITS).cohort
     assert (view.s_top, view.s_bot, view.s_mood, view.source) == (0.0, 0.0, 0.0, "none")
 
 
@@ -236,7 +239,7 @@ def test_external_cohort_snapshot_older_than_two_5m_bars_is_stale_and_neutral():
     t = T0 + H
     join = ContextJoin()
     join.add(CohortSnapshot("BTC-PERP", t - 10 * M - 1, 0.5, -0.5, 0.5, "ext"))
-    view = join.at_close(_bar("5m", t), None).cohort
+    view = join.at_close(_bar("5m", t), None, LIMITS).cohort
     assert view.stale and (view.s_top, view.s_mood) == (0.0, 0.0)
 
 
@@ -244,5 +247,5 @@ def test_ready_internal_cohorts_take_precedence_over_an_external_snapshot():
     t = T0 + H
     join = ContextJoin()
     join.add(CohortSnapshot("BTC-PERP", t - M, 0.5, -0.5, 0.5, "ext"))
-    view = join.at_close(_bar("5m", t), CohortValues(0.2, -0.1, 0.15, 3, 3)).cohort
+    view = join.at_close(_bar("5m", t), CohortValues(0.2, -0.1, 0.15, 3, 3), LIMITS).cohort
     assert (view.source, view.s_top) == ("trades", 0.2)

@@ -14,7 +14,7 @@ import pytest
 from consumers import copilot, llm
 from consumers.facts import CopilotError, Telemetry, parse_time, summary_facts, why_facts
 from operators.config import ENSEMBLE_1_1
-from operators.telemetry import redact
+from operators.redaction import redact
 from tests.test_alerts import (
     MIN,
     T0,

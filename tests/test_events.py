@@ -355,3 +355,13 @@ def test_decode_turns_garbage_bytes_into_an_undecodable_record():
 def test_decode_refuses_an_unknown_stream():
     with pytest.raises(InvalidRecord, match="unknown input stream 'orders'"):
         decode("orders", {}, SYMBOLS, now_ms=T0, max_clock_skew_ms=60_000)
+
+
+def test_an_address_longer_than_128_characters_is_refused_with_its_length():
+    from operators.events import InvalidRecord, parse_trade
+
+    rec = {"symbol": "BTC-PERP", "ts_event_ms": 1_704_067_200_000, "trade_id": "1",
+           "px": 1.0, "qty": 1.0, "side": "buy", "buyer": "0x" + "a" * 127}  # fmt: skip
+    with pytest.raises(InvalidRecord, match="field 'buyer' is 129 characters long"):
+        parse_trade(rec, frozenset({"BTC-PERP"}))
+    assert parse_trade({**rec, "buyer": "0x" + "a" * 126}, frozenset({"BTC-PERP"})).buyer

@@ -1,0 +1,315 @@
+"""The per-symbol market step in the running flow: settings on resume, duplicate trades,
+and processing-time progress in live mode (issue 12, items 1, 5 and 12)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from dataflows import metrics
+from dataflows.ensemble import build_flow
+from dataflows.io import RawMessage
+from operators.config import CohortConfig
+from operators.events import Trade
+from operators.market import MarketState
+from operators.overlays import ContextJoin
+from tests.conftest import messages, run_records, small_settings
+
+M = 60_000
+T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def _trade(ts_ms: int, px: float = 100.0, trade_id: str | None = None, **kw: Any) -> RawMessage:
+    rec = {
+        "symbol": "BTC-PERP",
+        "ts_event_ms": ts_ms,
+        "trade_id": trade_id or f"t{ts_ms}",
+        "px": px,
+        "qty": 1.0,
+        "side": "buy",
+        **kw,
+    }
+    return RawMessage("trades", rec)
+
+
+def _market(lateness_ms: int = 5_000) -> MarketState:
+    return MarketState("BTC-PERP", False, lateness_ms, CohortConfig())
+
+
+def _t(ts_ms: int, trade_id: str | None = None, venue: str | None = None) -> Trade:
+    return Trade("BTC-PERP", ts_ms, 100.0, 1.0, 1, trade_id or f"t{ts_ms}", venue=venue)
+
+
+# -- item 1: configuration is not state ----------------------------------------------------
+
+
+def test_a_snapshot_of_the_market_state_holds_no_settings():
+    st = _market(lateness_ms=12_345)
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000), out)
+    blob = pickle.dumps(st)
+    assert b"CohortConfig" not in blob and b"allowed_lateness_ms" not in blob
+    assert b"cohort_cfg" not in blob and b"max_jump_ms" not in blob
+
+
+def test_a_snapshot_of_the_context_join_holds_no_staleness_settings():
+    blob = pickle.dumps(ContextJoin())
+    assert b"stale" not in blob
+
+
+def test_a_resumed_market_state_runs_with_the_settings_it_is_configured_with():
+    st = _market(lateness_ms=5_000)
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000), out)
+    resumed = pickle.loads(pickle.dumps(st)).configure(False, 120_000, CohortConfig(), 3_600_000)
+    resumed.on_event(_t(T0 + 5 * M + 30_000), out)  # 5 s lateness would close the bar here
+    resumed.on_event(_t(T0 + 4 * M), out)  # 29 s behind: within 120 s, folds in
+    assert out == [] and resumed.late_count == 0
+
+
+@pytest.mark.slow
+def test_a_restart_with_changed_settings_runs_with_the_new_settings(tmp_path: Path):
+    """Lateness 5 s before the crash, 120 s after: the resumed flow folds a trade 90 s
+    late into its bar instead of dead-lettering it."""
+    rec = tmp_path / "recovery"
+    rec.mkdir()
+    init_db_dir(rec, 1)
+    before = [_trade(T0 + i * 10_000, 100.0 + i) for i in range(40)]  # into T0 + 6.5 min
+    after = [_trade(T0 + 10 * M + 30_000, 101.0), _trade(T0 + 9 * M, 99.0)]
+    msgs: list[Any] = [*before, TestingSource.ABORT(), *after]
+    items: list[tuple[str, dict[str, Any]]] = []
+    for lateness in ("5000", "120000"):
+        settings = small_settings(tmp_path / "out", ENSEMBLE_ALLOWED_LATENESS_MS=lateness)
+        flow = build_flow(settings, sink=TestingSink(items), source=TestingSource(msgs, 1))
+        run_main(
+            flow, epoch_interval=timedelta(milliseconds=1), recovery_config=RecoveryConfig(str(rec))
+        )
+    assert [r["message"] for s, r in items if s == "errors"] == []
+    late = [r for s, r in items if s == "dead_letters"]
+    assert late == [], [r["reason"] for r in late]
+    bar = next(
+        r
+        for s, r in items
+        if s == "bars" and r["timeframe"] == "5m" and r["start_ms"] == T0 + 5 * M
+    )
+    assert bar["low"] == 99.0  # the 90 s late trade is in it
+
+
+def test_a_market_snapshot_from_before_these_fields_resumes():
+    st = _market()
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000), out)
+    del st.recent, st.duplicate_count  # what an older snapshot lacks
+    for b in st.builder.buckets.values():
+        del b.parts, b.part_ms
+    back = pickle.loads(pickle.dumps(st)).configure(False, 5_000, CohortConfig(), 3_600_000)
+    back.on_event(_t(T0 + 2_000), out)
+    back.on_event(_t(T0 + 2_000), out)  # a duplicate: dropped and counted
+    back.flush(out)
+    (close,) = [o for o in out if hasattr(o, "bar")]
+    assert (close.bar.count, close.bar.complete, back.duplicate_count) == (2, True, 1)
+
+
+# -- item 12: duplicate trades -------------------------------------------------------------
+
+
+def test_a_trade_seen_twice_in_an_open_bar_is_dropped_and_counted():
+    st = _market()
+    out: list[Any] = []
+    for e in (_t(T0 + 1_000, "a", "x"), _t(T0 + 1_000, "a", "x"), _t(T0 + 2_000, "b", "x")):
+        st.on_event(e, out)
+    st.flush(out)
+    (close,) = [o for o in out if hasattr(o, "bar")]
+    assert (close.bar.count, close.bar.volume, st.duplicate_count) == (2, 2.0, 1)
+
+
+def test_the_same_trade_id_on_another_venue_is_another_trade():
+    st = _market()
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000, "a", "binance"), out)
+    st.on_event(_t(T0 + 1_000, "a", "hyperliquid"), out)
+    assert st.duplicate_count == 0
+
+
+def test_the_dedup_window_is_the_open_bars_and_is_forgotten_at_their_close():
+    st = _market(lateness_ms=0)
+    out: list[Any] = []
+    for i in range(100):
+        st.on_event(_t(T0 + i * 1_000), out)
+    assert len(st.recent) == 100
+    st.on_event(_t(T0 + 5 * M + 1), out)  # closes the first bar
+    assert len(st.recent) == 1
+    st.on_event(_t(T0 + 1_000), out)  # a copy after its bar closed: late, not folded in
+    assert (st.late_count, st.duplicate_count) == (1, 0)
+
+
+@pytest.mark.slow
+def test_a_feed_with_every_trade_twice_gives_the_bars_of_the_single_feed_and_counts_the_copies(
+    tmp_path: Path,
+):
+    settings = small_settings(tmp_path, ENSEMBLE_DAYS="0.3")
+    msgs = messages(settings)
+    doubled = [m2 for m in msgs for m2 in ([m, m] if m.stream == "trades" else [m])]
+    n_trades = sum(m.stream == "trades" for m in msgs)
+    before = metrics.DUPLICATES.labels("BTC-PERP")._value.get()
+    single, double = run_records(settings, msgs), run_records(settings, doubled)
+    for stream in ("bars", "signals", "orders"):  # symbols interleave by batch: compare each
+        for sym in ("BTC-PERP", "ETH-PERP"):
+            assert [r for r in double[stream] if r["symbol"] == sym] == [
+                r for r in single[stream] if r["symbol"] == sym
+            ]
+    dup = sum(r["duplicates"] for r in double["summary"] if "duplicates" in r)
+    assert dup == n_trades
+    assert metrics.DUPLICATES.labels("BTC-PERP")._value.get() - before == n_trades
+
+
+def test_the_run_summary_prints_the_duplicates_dropped():
+    from dataflows.io import format_summary
+
+    state = {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
+    state["duplicate_trades"] = {"BTC-PERP": 7}
+    assert "duplicate trades dropped: 7 (BTC-PERP 7)" in format_summary(state, Path("out"))
+
+
+# -- item 5: processing-time progress in live mode -----------------------------------------
+
+
+def test_a_tick_closes_a_quiet_symbols_bars_and_gap_bars_after_the_lateness():
+    st = _market(lateness_ms=5_000)
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000), out)
+    st.on_tick(T0 + 5 * M + 4_999, 5 * M + 3_999, out)  # quiet since T0 + 1 s
+    assert out == []
+    st.on_tick(T0 + 15 * M + 5_000, 15 * M + 4_000, out)
+    closes = [o.bar for o in out if hasattr(o, "bar")]
+    assert [(b.start_ms, b.count) for b in closes] == [(T0, 1), (T0 + 5 * M, 0), (T0 + 10 * M, 0)]
+
+
+def test_a_tick_while_records_keep_arriving_closes_nothing_early():
+    """Catching up a backlog: the wall clock is hours ahead, but the stream is not idle."""
+    st = _market(lateness_ms=5_000)
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000), out)
+    st.on_tick(T0 + 10 * 60 * M, 0, out)
+    assert out == []
+
+
+class _QuietPartition(StatefulSourcePartition[RawMessage, None]):
+    """Sends its messages, stays quiet for `quiet_s` without ending, then ends."""
+
+    def __init__(self, msgs: list[RawMessage], quiet_s: float, ended_ms: list[int]) -> None:
+        self.msgs, self.quiet_s, self.ended_ms = msgs, quiet_s, ended_ms
+        self.end_at: float | None = None
+
+    def next_batch(self) -> list[RawMessage]:
+        if self.msgs:
+            batch, self.msgs = self.msgs, []
+            self.end_at = time.time() + self.quiet_s
+            return batch
+        assert self.end_at is not None
+        if time.time() >= self.end_at:
+            self.ended_ms.append(time.time_ns() // 1_000_000)
+            raise StopIteration
+        return []
+
+    def next_awake(self) -> datetime:
+        return datetime.now(UTC) + timedelta(milliseconds=50)
+
+    def snapshot(self) -> None:
+        return None
+
+
+class _QuietSource(FixedPartitionedSource[RawMessage, None]):
+    def __init__(self, msgs: list[RawMessage], quiet_s: float, ended_ms: list[int]) -> None:
+        self.msgs, self.quiet_s, self.ended_ms = msgs, quiet_s, ended_ms
+
+    def list_parts(self) -> list[str]:
+        return ["quiet"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _QuietPartition:
+        return _QuietPartition(self.msgs, self.quiet_s, self.ended_ms)
+
+
+@pytest.mark.slow
+def test_live_a_bar_closes_by_the_wall_clock_when_its_symbol_goes_quiet(tmp_path: Path):
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall", ENSEMBLE_ALLOWED_LATENESS_MS="300")
+    now = time.time_ns() // 1_000_000
+    end = now - now % (5 * M)  # the last 5m boundary: its bar ends here
+    msgs = [_trade(end - 2_000 + i * 100, 100.0 + i) for i in range(5)]
+    ended_ms: list[int] = []
+    items: list[tuple[str, dict[str, Any]]] = []
+    run_main(
+        build_flow(settings, sink=TestingSink(items), source=_QuietSource(msgs, 3.0, ended_ms))
+    )
+    (bar,) = [r for s, r in items if s == "bars" and r["timeframe"] == "5m"]
+    assert (bar["end_ms"], bar["count"]) == (end, 5)
+    assert bar["ts_init_ms"] < ended_ms[0], "closed only by the end of input, not by the tick"
+
+
+def test_replays_on_the_event_clock_never_tick(tmp_path: Path):
+    from dataflows.ensemble import MarketLogic
+    from operators.telemetry import Stamp
+
+    logic = MarketLogic.build(small_settings(tmp_path), Stamp("x"), None)
+    assert logic.notify_at() is None
+    live = MarketLogic.build(small_settings(tmp_path, ENSEMBLE_CLOCK="wall"), Stamp("x"), None)
+    assert live.notify_at() is not None
+
+
+# -- item 17: records branch off to the sink ----------------------------------------------
+
+
+def test_dead_letters_and_bars_never_ride_the_keyed_stream_into_the_later_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import dataflows.ensemble as ens
+
+    seen: list[str] = []
+    context_step, features_step = ens.context_step, ens.features_step
+
+    def spy_context(settings, stamp, join, item):
+        seen.append(type(item).__name__)
+        return context_step(settings, stamp, join, item)
+
+    def spy_features(stamp, fs, item):
+        seen.append(type(item).__name__)
+        return features_step(stamp, fs, item)
+
+    monkeypatch.setattr(ens, "context_step", spy_context)
+    monkeypatch.setattr(ens, "features_step", spy_features)
+    msgs = [_trade(T0 + i * 20_000) for i in range(40)] + [_trade(T0 + 1_000, trade_id="late")]
+    msgs += [_trade(T0 + 15 * M)]
+    out = run_records(small_settings(tmp_path), msgs)
+    assert [d["reason"].split(":")[0] for d in out["dead_letters"]] == ["late"]
+    assert len([b for b in out["bars"] if b["timeframe"] == "5m"]) == 4
+    assert "Emit" not in seen
+    assert {"Close", "BarContext"} <= set(seen)
+
+
+@pytest.mark.slow
+def test_live_an_operator_halt_acts_on_arrival_not_at_the_next_bar_close(tmp_path: Path):
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall")
+    now = time.time_ns() // 1_000_000
+    start = now - now % (5 * M)  # the open bar: it closes minutes from now
+    msgs = [_trade(start + i, 100.0) for i in range(3)]
+    halt = {"symbol": "BTC-PERP", "ts_event_ms": now, "command": "halt",
+            "operator": "ops", "reason": "drill", "command_id": "c1"}  # fmt: skip
+    msgs.append(RawMessage("control", halt))
+    ended_ms: list[int] = []
+    items: list[tuple[str, dict[str, Any]]] = []
+    run_main(
+        build_flow(settings, sink=TestingSink(items), source=_QuietSource(msgs, 2.0, ended_ms))
+    )
+    (audit,) = [r for s, r in items if s == "repro" and r["event"] == "control"]
+    assert audit["ts_init_ms"] < ended_ms[0], "applied only when the input ended"
+    assert audit["command"]["command_id"] == "c1"
+    assert json.loads(audit["change_json"])["after"]["trading_state"] == "HALTED"

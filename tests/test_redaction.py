@@ -1,0 +1,73 @@
+"""SPEC 9 redaction in the flow's own records (issue 12, item 10): `errors` and
+`dead_letters` carry the reprs of events and the raw input bytes, so a field whose name
+contains key, secret, token or password is redacted there too, by the one function the
+consumers use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dataflows.ensemble import _error
+from dataflows.io import RawMessage
+from operators.redaction import REDACTED, scrub, scrub_bytes
+from operators.telemetry import Stamp
+from tests.conftest import run_records, small_settings
+
+GOOD = {"symbol": "BTC-PERP", "ts_event_ms": 1_704_067_201_000, "trade_id": "t1", "qty": 1.0}
+
+
+def test_scrub_masks_secret_values_in_json_repr_and_assignments():
+    text = (
+        '{"api_key": "sk-json", "px": 1} '
+        "Trade(password='hunter2', buyer='0xabc') "
+        "token=tok123; client_secret: s3cr3t"
+    )
+    clean = scrub(text)
+    for secret in ("sk-json", "hunter2", "tok123", "s3cr3t"):
+        assert secret not in clean
+    assert "buyer='0xabc'" in clean and '"px": 1' in clean
+
+
+def test_bytes_without_secrets_come_back_unchanged_whatever_their_encoding():
+    raw = bytes(range(256)) * 3
+    assert scrub_bytes(raw) is raw
+
+
+def test_a_dead_letter_of_a_record_with_a_secret_field_keeps_everything_but_the_secret(
+    tmp_path: Path,
+):
+    bad = {**GOOD, "api_key": "sk-live-123"}  # no px: a dead letter
+    out = run_records(small_settings(tmp_path, ENSEMBLE_DAYS="0.05"), [RawMessage("trades", bad)])
+    (dl,) = out["dead_letters"]
+    payload = json.loads(dl["payload"])
+    assert payload["api_key"] == REDACTED
+    assert payload["trade_id"] == "t1"
+    assert b"sk-live-123" not in dl["payload"]
+
+
+def test_a_dead_letter_of_raw_bytes_with_a_secret_is_redacted_and_says_so(tmp_path: Path):
+    raw = b'{"symbol": "BTC-PERP", "token": "abc123"}'  # JSON where Avro was expected
+    out = run_records(small_settings(tmp_path, ENSEMBLE_DAYS="0.05"), [RawMessage("trades", raw)])
+    (dl,) = out["dead_letters"]
+    assert b"abc123" not in dl["payload"] and REDACTED.encode() in dl["payload"]
+    assert dl["reason"].startswith("undecodable")
+    assert "redacted" in dl["reason"]
+
+
+def test_an_error_record_redacts_its_message_and_the_reprs_in_its_context():
+    try:
+        raise ValueError("exchange said: invalid api_key=sk-abc")
+    except ValueError as exc:
+        rec = _error(
+            Stamp("s"),
+            "market",
+            "BTC-PERP",
+            1,
+            exc,
+            {"event": "Trade(password='hunter2', px=1.0)", "secret_note": "xyz"},
+        ).record
+    assert "sk-abc" not in rec["message"] and REDACTED in rec["message"]
+    ctx = json.loads(rec["context_json"])
+    assert ctx["secret_note"] == REDACTED
+    assert "hunter2" not in ctx["event"] and "px=1.0" in ctx["event"]
