@@ -23,6 +23,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from dataflows.kafka_security import kafka_python_config
 from operators.telemetry import record_key
 from schemas import codec
 
@@ -136,10 +137,9 @@ def _check_topics(consumer: KafkaConsumer, topics: Iterable[str]) -> None:
 def _consumer(kafka: KafkaSettings, client_id: str, **config: Any) -> KafkaConsumer:
     try:
         return KafkaConsumer(
-            bootstrap_servers=kafka.servers(),
-            client_id=client_id,
-            allow_auto_create_topics=False,
-            **config,
+            **kafka_python_config(
+                kafka.servers(), client_id=client_id, allow_auto_create_topics=False, **config
+            )
         )
     except KafkaError as e:
         raise ConnectionError(f"cannot reach Kafka at {kafka.bootstrap}: {e}") from None

@@ -20,6 +20,7 @@ import uuid
 
 from confluent_kafka import Producer
 
+from dataflows.kafka_security import confluent_config
 from operators.events import CONTROL_COMMANDS, InvalidRecord, parse_control
 from schemas.codec import encode, with_defaults
 
@@ -55,7 +56,7 @@ def command_record(
 def send(bootstrap: str, prefix: str, rec: dict, timeout_s: float = 30.0) -> tuple[int, int]:
     """Publish one command; returns (partition, offset) once the broker acknowledged it."""
     delivered: list = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer(confluent_config(bootstrap, **{"enable.idempotence": True}))
     producer.produce(
         f"{prefix}.control",
         value=encode(SCHEMA, rec),

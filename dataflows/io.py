@@ -9,7 +9,8 @@ written after the last snapshot, so each file holds every record exactly once.
 With Kafka, input topics are read with Bytewax's KafkaSource (offsets live in Bytewax
 recovery snapshots; without recovery a run starts from the beginning of the topics) and
 records are written Avro-encoded (PlainAvro, no framing), keyed by symbol, with
-Bytewax's KafkaSink: at-least-once, so consumers deduplicate by decision id.
+`DeliveredSink` (dataflows/kafka_sink.py): at-least-once, so consumers deduplicate by
+decision id, and a delivery that fails stops the flow instead of losing the record.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
 from dataflows.settings import Settings
-from dataflows.topics import INPUT_TOPICS
+from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import file_records
 from marketdata.generator import generate
 from schemas.codec import STREAM_SCHEMAS, encode
@@ -203,12 +205,25 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
 
 
 def kafka_source(settings: Settings) -> KafkaSource:
+    """The input topics, once the broker answers and they exist (bounded wait, else a clear
+    error: Bytewax's own listing would wait forever)."""
     assert settings.kafka_bootstrap is not None
+    topics = [t.name(settings.topic_prefix) for t in INPUT_TOPICS]
+    wait_for_kafka(
+        {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_security.confluent()},
+        topics,
+        settings.kafka_startup_timeout_s,
+    )
     return KafkaSource(
         settings.kafka_bootstrap.split(","),
-        [t.name(settings.topic_prefix) for t in INPUT_TOPICS],
+        topics,
         tail=settings.kafka_tail,
         raise_on_errors=False,  # a broken message is a dead letter, not a crash
+        add_config={
+            **settings.kafka_security.confluent(),
+            "group.id": FLOW_GROUP,  # the one group the flow's ACLs name
+            "logger": client_logger(),
+        },
     )
 
 
@@ -234,10 +249,16 @@ def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> KafkaSinkMessage 
     )
 
 
-def kafka_sink(settings: Settings) -> KafkaSink:
+def kafka_sink(settings: Settings) -> DeliveredSink:
+    """Every output acknowledged by the broker, or the flow stops (dataflows/kafka_sink.py)."""
     assert settings.kafka_bootstrap is not None
-    return KafkaSink(
-        settings.kafka_bootstrap.split(","),
-        topic=None,
-        add_config={"enable.idempotence": "true", "linger.ms": "5"},
+    return DeliveredSink(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka_security.confluent(),
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": settings.kafka_delivery_timeout_ms,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+        }
     )

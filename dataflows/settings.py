@@ -20,6 +20,9 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers host:port[,..]: read and write Kafka, not files |
 | ENSEMBLE_TOPIC_PREFIX | ensemble | topics are PREFIX.trades, PREFIX.orders, ... (dataflows/topics.py) |
 | ENSEMBLE_KAFKA_TAIL | 1 | 0: stop at the end of the input topics (a replay with an end) |
+| ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS | 300000 | an output message unacknowledged this long stops the flow (before the next snapshot) |
+| ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S | 60 | how long the start waits for the broker and the input topics |
+| ENSEMBLE_KAFKA_SECURITY_PROTOCOL, ..._SASL_USERNAME, ..._SASL_PASSWORD(_FILE), ..._SSL_CA | PLAINTEXT | how the flow authenticates (dataflows/kafka_security.py) |
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflows.kafka_security import KafkaSecurity
 from marketdata.files import FileSpec, FileSpecError
 from marketdata.generator import GeneratorConfig
 from operators.config import ConfigError, StrategyConfig, preset
@@ -54,6 +58,9 @@ class Settings:
     kafka_bootstrap: str | None = None
     topic_prefix: str = "ensemble"
     kafka_tail: bool = True
+    kafka_security: KafkaSecurity = KafkaSecurity()
+    kafka_delivery_timeout_ms: int = 300_000
+    kafka_startup_timeout_s: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +121,10 @@ class Settings:
         if clock not in ("event", "wall"):
             raise ConfigError(f"ENSEMBLE_CLOCK={clock!r} must be event or wall")
         model_dir = Path(env.get("ENSEMBLE_MODEL_DIR", str(DEFAULT_ARTIFACT)))
+        try:
+            security = KafkaSecurity.from_env(env)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         return cls(
             strategy=strategy,
             generator=generator,
@@ -132,6 +143,11 @@ class Settings:
             kafka_bootstrap=bootstrap,
             topic_prefix=prefix,
             kafka_tail=tail == "1",
+            kafka_security=security,
+            kafka_delivery_timeout_ms=_int(
+                env, "ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS", 300_000, lo=1_000
+            ),
+            kafka_startup_timeout_s=_int(env, "ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S", 60, lo=1),
         )
 
 

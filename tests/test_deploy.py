@@ -1183,7 +1183,9 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     assert done.returncode == 0, done.stderr
     from confluent_kafka.admin import AdminClient
 
-    topics = AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=30).topics
+    from dataflows.kafka_security import confluent_config
+
+    topics = AdminClient(confluent_config(kafka)).list_topics(timeout=30).topics
     assert {t.name(prefix) for t in ALL_TOPICS} <= set(topics)
 
     # 2. the init container, then the dataflow container, twice: the second start resumes
