@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AclBinding,
+    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -145,7 +147,19 @@ def grant(bootstrap: str, prefix: str, timeout_s: float = 30.0) -> int:
             fut.result()
         except KafkaException as e:
             raise RuntimeError(f"could not create ACL {binding}: {e.args[0].str()}") from None
-    return len(bindings)
+    # the authorizer applies new ACLs a moment later: return once it reports them all
+    deadline = time.monotonic() + timeout_s
+    want = {(b.name, b.principal, b.operation) for b in bindings}
+    everything = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+        AclOperation.ANY, AclPermissionType.ANY,
+    )  # fmt: skip
+    while time.monotonic() < deadline:
+        have = admin.describe_acls(everything, request_timeout=timeout_s).result()
+        if want <= {(b.name, b.principal, b.operation) for b in have}:
+            return len(bindings)
+        time.sleep(0.2)
+    raise RuntimeError(f"the broker did not apply the ACLs of {prefix!r} within {timeout_s} s")
 
 
 def provision(
