@@ -34,6 +34,7 @@ from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafk
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.settings import Settings
 from operators.bars import Bar
+from operators.commands import CommandGate, CommandRefused, verify
 from operators.config import ConfigError
 from operators.events import ControlCommand, InvalidRecord, decode
 from operators.features import FeatureState
@@ -120,9 +121,42 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
             offset=raw.offset,
         )
         return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": str(e)})]
-    if isinstance(event, ControlCommand) and event.symbol == "*":
-        return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
+    if isinstance(event, ControlCommand):
+        try:
+            event = verify(event, settings.operator_keys, settings.strategy.strategy_id)
+        except CommandRefused as e:
+            dl = dead_letter(
+                stamp,
+                raw.stream,
+                raw.payload,
+                str(e),
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+            )
+            return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": str(e)})]
+        if event.symbol == "*":
+            return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
     return [event]
+
+
+def commands_step(
+    settings: Settings, stamp: Stamp, gate: CommandGate | None, event: Any
+) -> tuple[CommandGate, list[Any]]:
+    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on."""
+    gate = gate or CommandGate(window_ms=settings.command_window_ms)
+    out: list[Any] = []
+    for item in gate.on_event(event):
+        if isinstance(item, CommandRefused):
+            cmd = item.command  # type: ignore[attr-defined]
+            fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
+            out += [
+                Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
+                Emit("summary", {"dead_letter": str(item)}),
+            ]
+        else:
+            out.append(item)
+    return gate, out
 
 
 # -- market -----------------------------------------------------------------------------
@@ -337,14 +371,19 @@ def build_flow(
     bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
     keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
-    market = op.stateful_batch("market", keyed, partial(MarketLogic.build, settings, stamp))
+    checked = op.stateful_flat_map("commands", keyed, partial(commands_step, settings, stamp))
+    refused = op.filter_map(
+        "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
+    )
+    accepted = op.filter("accepted", checked, lambda kv: not isinstance(kv[1], Emit))
+    market = op.stateful_batch("market", accepted, partial(MarketLogic.build, settings, stamp))
     contexts = op.stateful_flat_map("context_join", market, partial(context_step, settings, stamp))
     featured = op.stateful_map("features", contexts, partial(features_step, stamp))
     predicted = op.map_value("predict", featured, partial(predict_step, settings, stamp))
     decided = op.stateful(
         "strategy", predicted, lambda resume: StrategyLogic(settings, stamp, resume)
     )
-    emitted: Stream[Emit] = op.merge("outputs", bad, op.key_rm("unkey", decided))
+    emitted: Stream[Emit] = op.merge("outputs", bad, refused, op.key_rm("unkey", decided))
     by_stream = op.map("by_stream", emitted, _observed)
     if sink is None and settings.kafka_bootstrap is not None:
         to_topics = op.filter_map("to_kafka", by_stream, partial(to_kafka, settings.topic_prefix))

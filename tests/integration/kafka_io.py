@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from dataflows.kafka_security import confluent_config
 from schemas import codec
+from tests.conftest import OPERATOR_KEYS_JSON
 
 
 def principal_env(user: str) -> dict[str, str]:
@@ -75,4 +76,5 @@ def flow_env(
         "ENSEMBLE_DAYS": days,
         "ENSEMBLE_SEED": "11",
         "ENSEMBLE_OVERRIDES": overrides or json.dumps({"warmup_bars": 150}),
+        "ENSEMBLE_OPERATOR_KEYS_JSON": OPERATOR_KEYS_JSON,
     }
