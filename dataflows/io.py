@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -27,8 +28,10 @@ from typing import Any
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import KafkaException
 
 from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
+from dataflows.readiness import Readiness, serve
 from dataflows.settings import Settings
 from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import file_records
@@ -36,6 +39,7 @@ from marketdata.generator import generate
 from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
+READINESS: Readiness | None = None  # the process's /ready state, when served
 
 
 @dataclass(slots=True)
@@ -206,15 +210,20 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
 
 def kafka_source(settings: Settings) -> KafkaSource:
     """The input topics, once the broker answers and they exist (bounded wait, else a clear
-    error: Bytewax's own listing would wait forever)."""
+    error: Bytewax's own listing would wait forever). Starts the `/ready` server if set."""
     assert settings.kafka_bootstrap is not None
     topics = [t.name(settings.topic_prefix) for t in INPUT_TOPICS]
-    wait_for_kafka(
-        {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_security.confluent()},
-        topics,
-        settings.kafka_startup_timeout_s,
-    )
-    return KafkaSource(
+    client = {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_security.confluent()}
+    wait_for_kafka(client, topics, settings.kafka_startup_timeout_s)
+    if settings.ready_port:
+        global READINESS
+        READINESS = Readiness(
+            {**client, "group.id": FLOW_GROUP, "logger": client_logger()},
+            topics,
+            settings.ready_stall_s,
+        )
+        serve(READINESS, settings.ready_port)
+    return _WatchedKafkaSource(
         settings.kafka_bootstrap.split(","),
         topics,
         tail=settings.kafka_tail,
@@ -227,11 +236,71 @@ def kafka_source(settings: Settings) -> KafkaSource:
     )
 
 
+class InputTopicGone(RuntimeError):
+    """An input topic or partition vanished under the running flow: stop, do not stall."""
+
+
+TOPIC_CHECK_S = 10.0  # how often each input partition asks whether its topic still exists
+
+
+class _WatchedPartition(StatefulSourcePartition):
+    """Bytewax's Kafka partition, plus a periodic check that its topic still exists:
+    librdkafka may stop fetching a deleted topic without an error, a silent stall."""
+
+    def __init__(self, inner: Any, topic: str) -> None:
+        self.inner, self.topic = inner, topic
+        self.next_check_s = time.monotonic() + TOPIC_CHECK_S
+
+    def next_batch(self) -> list[Any]:
+        now = time.monotonic()
+        if now >= self.next_check_s:
+            self.next_check_s = now + TOPIC_CHECK_S
+            try:
+                md = self.inner._consumer.list_topics(self.topic, timeout=5)
+            except KafkaException:  # broker away: /ready reports it, the flow waits
+                md = None
+            t = None if md is None else md.topics.get(self.topic)
+            if md is not None and (t is None or (t.error is not None and t.error.name() in _GONE)):
+                raise InputTopicGone(
+                    f"input topic {self.topic!r} is gone: recreate it with `python -m "
+                    "dataflows.topics` and restart (with recovery the flow resumes from its "
+                    "last snapshot)"
+                )
+        return self.inner.next_batch()
+
+    def next_awake(self) -> Any:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _WatchedKafkaSource(KafkaSource):
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _WatchedPartition(inner, for_part.split("-", 1)[1])
+
+
+# librdkafka error codes that mean the input topic itself is gone
+_GONE = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
+
+
 def from_kafka(prefix: str, msg: Any) -> RawMessage:
     """A KafkaSourceMessage (or KafkaError) as a RawMessage of its input stream."""
     error = None
     if isinstance(msg, KafkaError):
+        if msg.err.name() in _GONE:
+            raise InputTopicGone(
+                f"input topic {msg.msg.topic!r} partition {msg.msg.partition} is gone "
+                f"({msg.err.str()}): recreate it with `python -m dataflows.topics` and restart "
+                "(with recovery the flow resumes from its last snapshot)"
+            )
         error, msg = f"kafka error: {msg.err.str()}", msg.msg
+    if READINESS is not None:
+        READINESS.saw(msg.topic, msg.partition, msg.offset)
     topic = msg.topic or ""
     stream = topic[len(prefix) + 1 :] if topic.startswith(prefix + ".") else topic
     return RawMessage(stream, msg.value or b"", topic, msg.partition, msg.offset, error)

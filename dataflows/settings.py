@@ -24,6 +24,8 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_OPERATOR_KEYS_JSON | (unset) | the same JSON inline (instead of the file) |
 | ENSEMBLE_COMMAND_WINDOW_MS | 900000 | a command further than this from its symbol's latest event time is stale |
 | ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS | 300000 | an output message unacknowledged this long stops the flow (before the next snapshot) |
+| ENSEMBLE_READY_PORT | 0 (off) | with Kafka: serve GET /ready (broker answers, input topics exist, input progresses) |
+| ENSEMBLE_READY_STALL_S | 120 | /ready fails when messages wait and nothing was read for this long |
 | ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S | 60 | how long the start waits for the broker and the input topics |
 | ENSEMBLE_KAFKA_SECURITY_PROTOCOL, ..._SASL_USERNAME, ..._SASL_PASSWORD(_FILE), ..._SSL_CA | PLAINTEXT | how the flow authenticates (dataflows/kafka_security.py) |
 """
@@ -66,6 +68,8 @@ class Settings:
     kafka_delivery_timeout_ms: int = 300_000
     kafka_startup_timeout_s: int = 60
     operator_keys: OperatorKeys = OperatorKeys()
+    ready_port: int = 0
+    ready_stall_s: int = 120
     command_window_ms: int = DEFAULT_WINDOW_MS
 
     @classmethod
@@ -156,6 +160,8 @@ class Settings:
             ),
             kafka_startup_timeout_s=_int(env, "ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S", 60, lo=1),
             operator_keys=operator_keys,
+            ready_port=_int(env, "ENSEMBLE_READY_PORT", 0, lo=0),
+            ready_stall_s=_int(env, "ENSEMBLE_READY_STALL_S", 120, lo=1),
             command_window_ms=_int(env, "ENSEMBLE_COMMAND_WINDOW_MS", DEFAULT_WINDOW_MS, lo=1_000),
         )
 

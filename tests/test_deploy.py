@@ -770,8 +770,11 @@ def test_the_dataflow_statefulset_wires_process_id_hostfile_recovery_and_api_for
     assert int(init_env["BYTEWAX_PROCESS_PORT"]) == ports["process"]
     assert env["BYTEWAX_DATAFLOW_API_ENABLED"] == "true"
     assert int(env["BYTEWAX_DATAFLOW_API_PORT"]) == ports["http-metrics"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert main[probe]["httpGet"] == {"path": "/metrics", "port": "http-metrics"}
+    # ready only while the broker answers and the input progresses (dataflows/readiness.py)
+    assert main["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http-ready"}
+    assert int(env["ENSEMBLE_READY_PORT"]) == ports["http-ready"]
 
     def mount(c, path_var, env_):
         path = env_[path_var]
@@ -1222,7 +1225,7 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     pod = f"{sts['metadata']['name']}-0"
     main = container(sts, "dataflow")
     init_argv, init_env = _local_run(objs, sts, container(sts, "init-dataflow"), volumes, pod)
-    api_port = _free_port()  # the test's own port, not 3030
+    api_port, ready_port = _free_port(), _free_port()  # the test's own, not 3030 and 3031
     argv, env = _local_run(
         objs,
         sts,
@@ -1230,9 +1233,12 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
         volumes,
         pod,
         BYTEWAX_DATAFLOW_API_PORT=str(api_port),
+        ENSEMBLE_READY_PORT=str(ready_port),
         BYTEWAX_SNAPSHOT_INTERVAL="1",
     )
-    probe = main["readinessProbe"]["httpGet"]
+    probe = main["livenessProbe"]["httpGet"]
+    ready = main["readinessProbe"]["httpGet"]
+    assert (probe["port"], ready["port"]) == ("http-metrics", "http-ready")
     for start in ("first", "second"):
         done = subprocess.run(
             init_argv, env=init_env, cwd=cwd, capture_output=True, text=True, timeout=60
@@ -1245,6 +1251,9 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
         try:
             body = _scrape(f"http://127.0.0.1:{api_port}{probe['path']}", 120, proc)
             assert "bytewax_" in body
+            assert _scrape(f"http://127.0.0.1:{ready_port}{ready['path']}", 60, proc).startswith(
+                "ok"
+            )
             time.sleep(2.5)  # at least one recovery snapshot
         finally:
             proc.send_signal(signal.SIGTERM)

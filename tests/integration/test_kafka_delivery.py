@@ -5,6 +5,7 @@ temporary state directory), so stopping it never disturbs the other tests' broke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -117,3 +118,73 @@ def test_missing_input_topics_stop_the_start_with_a_clear_message(kafka_bootstra
     done = _start_flow(env)  # nothing provisioned for this prefix
     assert done.returncode != 0
     assert f"{prefix}.trades" in done.stderr and "do not exist" in done.stderr
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_ready_reflects_the_broker_and_a_deleted_input_topic_stops_the_flow(
+    kafka_bootstrap, prefix, tmp_path
+):
+    from confluent_kafka.admin import AdminClient
+
+    from dataflows.kafka_security import confluent_config
+    from marketdata.generator import generate
+    from tests.conftest import small_settings
+    from tests.integration.test_kafka_restart import _publish
+
+    provision(kafka_bootstrap, prefix)
+    settings = small_settings(tmp_path / "files")
+    _publish(kafka_bootstrap, prefix, list(generate(settings.generator))[:2000])
+    port = _free_port()
+    env = {
+        **os.environ,
+        **flow_env(kafka_bootstrap, prefix),
+        "ENSEMBLE_KAFKA_TAIL": "1",  # a live flow: keeps waiting for input
+        "ENSEMBLE_READY_PORT": str(port),
+        "ENSEMBLE_READY_STALL_S": "5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        status = (0, "")
+        while time.monotonic() < deadline and status[0] != 200:
+            assert proc.poll() is None, proc.stderr.read()
+            with contextlib.suppress(OSError):  # not listening yet
+                status = _get(f"http://127.0.0.1:{port}/ready")
+            time.sleep(0.5)
+        assert status[0] == 200 and status[1].startswith("ok"), status
+
+        admin = AdminClient(confluent_config(kafka_bootstrap))
+        admin.delete_topics([f"{prefix}.trades"])[f"{prefix}.trades"].result(30)
+        out = proc.communicate(timeout=120)[1]
+        assert proc.returncode != 0
+        assert f"input topic '{prefix}.trades'" in out and "is gone" in out, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_ready_is_false_with_the_reason_while_the_broker_is_away():
+    from dataflows.readiness import Readiness
+
+    r = Readiness({"bootstrap.servers": f"127.0.0.1:{_free_port()}", "group.id": "x",
+                   "log_level": 0}, ["t.trades"])  # fmt: skip
+    ready, reason = r.check()
+    assert not ready and reason.startswith("broker unreachable")
