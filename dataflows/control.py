@@ -14,7 +14,7 @@ replayed or stale commands (operators/commands.py).
     python -m dataflows.control keygen --out ~/.ensemble/alice.key   # once per operator
 
 writes a new private key (mode 600) and prints the public key line for the flow's
-ENSEMBLE_OPERATOR_KEYS file. The flow applies it at the first 5m close at or
+ENSEMBLE_OPERATOR_KEYS_FILE file. The flow applies it at the first 5m close at or
 after its event time (`--at`, default now) and writes a `repro` event `control` naming
 who, why, when and the state before and after: that event is the receipt.
 """
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         except FileExistsError:
             print(f"control: {args.out} exists; not overwritten", file=sys.stderr)
             return 2
-        print(f"private key written to {args.out}; add to ENSEMBLE_OPERATOR_KEYS: {line}")
+        print(f"private key written to {args.out}; add to ENSEMBLE_OPERATOR_KEYS_FILE: {line}")
         return 0
     ap = argparse.ArgumentParser(prog="python -m dataflows.control", description=__doc__)
     ap.add_argument("command", choices=CONTROL_COMMANDS)

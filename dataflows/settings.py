@@ -20,7 +20,7 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers host:port[,..]: read and write Kafka, not files |
 | ENSEMBLE_TOPIC_PREFIX | ensemble | topics are PREFIX.trades, PREFIX.orders, ... (dataflows/topics.py) |
 | ENSEMBLE_KAFKA_TAIL | 1 | 0: stop at the end of the input topics (a replay with an end) |
-| ENSEMBLE_OPERATOR_KEYS | (none: every command refused) | JSON file {"operator": "<base64 Ed25519 public key>"} of who may sign commands |
+| ENSEMBLE_OPERATOR_KEYS_FILE | (none: every command refused) | JSON file {"operator": "<base64 Ed25519 public key>"} of who may sign commands |
 | ENSEMBLE_OPERATOR_KEYS_JSON | (unset) | the same JSON inline (instead of the file) |
 | ENSEMBLE_COMMAND_WINDOW_MS | 900000 | a command further than this from its symbol's latest event time is stale |
 | ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS | 300000 | an output message unacknowledged this long stops the flow (before the next snapshot) |
@@ -169,7 +169,7 @@ class Settings:
 def _operator_keys(env: Mapping[str, str]) -> OperatorKeys:
     """The public keys of the operators allowed to sign commands (none: all refused)."""
     inline = env.get("ENSEMBLE_OPERATOR_KEYS_JSON", "").strip()
-    path = env.get("ENSEMBLE_OPERATOR_KEYS", "").strip()
+    path = env.get("ENSEMBLE_OPERATOR_KEYS_FILE", "").strip()
     try:
         if inline:
             return OperatorKeys.from_json(inline, "ENSEMBLE_OPERATOR_KEYS_JSON")
@@ -178,9 +178,9 @@ def _operator_keys(env: Mapping[str, str]) -> OperatorKeys:
                 text = Path(path).read_text()
             except OSError as e:
                 raise ValueError(
-                    f"ENSEMBLE_OPERATOR_KEYS={path!r} cannot be read: {e.strerror}"
+                    f"ENSEMBLE_OPERATOR_KEYS_FILE={path!r} cannot be read: {e.strerror}"
                 ) from None
-            return OperatorKeys.from_json(text, f"ENSEMBLE_OPERATOR_KEYS={path!r}")
+            return OperatorKeys.from_json(text, f"ENSEMBLE_OPERATOR_KEYS_FILE={path!r}")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return OperatorKeys()

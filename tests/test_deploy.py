@@ -837,8 +837,12 @@ def test_the_settings_configmap_holds_valid_settings_for_the_flow_and_the_consum
     assert data["ENSEMBLE_KAFKA_SSL_CA"].startswith(mounts["kafka-ca"])
     (tmp_path / "password").write_text("pw")
     (tmp_path / "ca.crt").write_text("ca")
+    keys_cm = find(objs, "ConfigMap", "ensemble-operator-keys")["data"]
+    (tmp_path / "keys.json").write_text(keys_cm["operator-keys.json"])
+    assert pod_env["ENSEMBLE_OPERATOR_KEYS_FILE"].startswith(mounts["operator-keys"])
     local = {"ENSEMBLE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "password"),
-             "ENSEMBLE_KAFKA_SSL_CA": str(tmp_path / "ca.crt")}  # fmt: skip
+             "ENSEMBLE_KAFKA_SSL_CA": str(tmp_path / "ca.crt"),
+             "ENSEMBLE_OPERATOR_KEYS_FILE": str(tmp_path / "keys.json")}  # fmt: skip
     settings = Settings.from_env({**data, **pod_env, **local})  # raises, naming a bad value
     assert settings.kafka_security.authenticated and settings.kafka_security.username == "flow"
     assert settings.kafka_bootstrap == data["ENSEMBLE_KAFKA_BOOTSTRAP"]
