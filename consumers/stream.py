@@ -25,7 +25,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from dataflows.kafka_security import kafka_python_config
+from dataflows.kafka_security import KafkaSecurity, kafka_python_config
 from operators.telemetry import record_key
 from schemas import codec
 
@@ -127,6 +127,7 @@ class KafkaSettings:
         prefix = prefix or "ensemble"
         if not all(c.isalnum() or c in "._-" for c in prefix):
             raise ValueError(f"ENSEMBLE_TOPIC_PREFIX={prefix!r} may use letters, digits, . _ -")
+        KafkaSecurity.from_env()  # a bad security setting stops the start, naming it
         return cls(bootstrap, prefix)
 
     def servers(self) -> list[str]:

@@ -32,6 +32,7 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 from dataflows import metrics
 from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
 from dataflows.io import MarketSource as _MarketSource
+from dataflows.kafka_sink import KafkaUnavailable
 from dataflows.settings import Settings
 from operators.bars import Bar
 from operators.commands import CommandGate, CommandRefused, verify
@@ -396,7 +397,7 @@ def build_flow(
 def _flow_from_env() -> Dataflow:
     try:
         return build_flow(Settings.from_env())
-    except (ConfigError, ArtifactError) as e:
+    except (ConfigError, ArtifactError, KafkaUnavailable) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
