@@ -31,13 +31,15 @@ def _produce(bootstrap: str, user: str, topic: str) -> KafkaError | None:
     return result[0]
 
 
-def _read_error(bootstrap: str, user: str, topic: str) -> KafkaError | None:
+def _read_error(
+    bootstrap: str, user: str, topic: str, group: str = "ensemble-flow"
+) -> KafkaError | None:
     """Fetch from `topic` as `user`: the first error, or None when the read is allowed."""
     c = Consumer(
         confluent_config(
             bootstrap,
             principal_env(user),
-            **{"group.id": "ensemble-flow", "enable.partition.eof": True, "log_level": 0},
+            **{"group.id": group, "enable.partition.eof": True, "log_level": 0},
         )
     )
     c.assign([TopicPartition(topic, 0, 0)])
@@ -76,6 +78,7 @@ def test_each_component_may_do_its_own_job(kafka_bootstrap, prefix):
     assert _produce(kafka_bootstrap, "ingestor", f"{prefix}.trades") is None
     assert _produce(kafka_bootstrap, "flow", f"{prefix}.health") is None
     assert _read_error(kafka_bootstrap, "flow", f"{prefix}.trades") is None
+    assert _read_error(kafka_bootstrap, "alerts", f"{prefix}.health", "ensemble-alerts") is None
 
 
 def test_a_wrong_password_is_refused(kafka_bootstrap, tmp_path):
