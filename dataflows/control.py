@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             args.command, args.symbol, args.operator, args.reason, args.at, args.strategy_id
         )
         partition, offset = send(args.bootstrap, args.prefix, rec)
-    except (InvalidRecord, RuntimeError) as e:
+    except (InvalidRecord, RuntimeError, ValueError) as e:
         print(f"control: not sent: {e}", file=sys.stderr)
         return 2
     print(
