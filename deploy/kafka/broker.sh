@@ -429,10 +429,12 @@ cmd_start() {
   fi
 
   find_probe || true
+  local first="ApiVersions on port $PORT"
+  if [[ "$SECURITY" == sasl_ssl ]]; then first="TLS port $PORT open"; fi
   if [[ -n "$PROBE_KIND" ]]; then
-    say "readiness: ApiVersions on port $PORT + 'Kafka Server started' + metadata request via $PROBE_PY ($PROBE_KIND)"
+    say "readiness: $first + 'Kafka Server started' + metadata request via $PROBE_PY ($PROBE_KIND)"
   else
-    say "readiness: ApiVersions on port $PORT + 'Kafka Server started' (no python with confluent_kafka or kafka-python for a metadata check)"
+    say "readiness: $first + 'Kafka Server started' (no python with confluent_kafka or kafka-python for a metadata check)"
   fi
   local deadline=$((SECONDS + START_TIMEOUT)) t0=$SECONDS
   while :; do
