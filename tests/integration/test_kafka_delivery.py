@@ -188,3 +188,88 @@ def test_ready_is_false_with_the_reason_while_the_broker_is_away():
                    "log_level": 0}, ["t.trades"])  # fmt: skip
     ready, reason = r.check()
     assert not ready and reason.startswith("broker unreachable")
+
+
+@pytest.mark.slow
+def test_a_flow_whose_broker_is_away_past_the_delivery_timeout_stops_and_loses_nothing(
+    own_broker, prefix, tmp_path, monkeypatch
+):
+    """The whole flow with recovery: the broker freezes (SIGSTOP: it holds every connection
+    and answers nothing) for longer than the 3 s delivery timeout while the flow publishes;
+    the flow stops with DeliveryFailed instead of dropping output; after the broker is back,
+    a restart on the same recovery directory publishes exactly the uninterrupted run's
+    records (after deduplication)."""
+    import json
+    import signal
+
+    from dataflows.io import RawMessage
+    from dataflows.recovery import prepare
+    from marketdata.generator import generate
+    from operators.telemetry import record_key
+    from schemas import codec
+    from tests.conftest import OPERATOR_KEYS_JSON, run_records, small_settings
+    from tests.integration.test_kafka_restart import _count, _publish
+
+    bootstrap, broker = own_broker
+    for k in [k for k in os.environ if k.startswith("ENSEMBLE_KAFKA_S")]:
+        monkeypatch.delenv(k)  # this broker is the plain-text one
+    settings = small_settings(tmp_path / "files", ENSEMBLE_DAYS="6")
+    records = [(s, r) for s, r in generate(settings.generator) if s != "funding"]
+    provision(bootstrap, prefix)
+    _publish(bootstrap, prefix, records)
+    uninterrupted = run_records(settings, [RawMessage(s, r) for s, r in records])
+
+    rec = tmp_path / "recovery"
+    prepare(rec, 1)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_")},
+        "ENSEMBLE_KAFKA_BOOTSTRAP": bootstrap,
+        "ENSEMBLE_TOPIC_PREFIX": prefix,
+        "ENSEMBLE_KAFKA_TAIL": "0",
+        "ENSEMBLE_CLOCK": "event",
+        "ENSEMBLE_DAYS": "6",
+        "ENSEMBLE_SEED": "11",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+        "ENSEMBLE_OPERATOR_KEYS_JSON": OPERATOR_KEYS_JSON,
+        "ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS": "3000",
+    }
+    command = [
+        sys.executable, "-m", "bytewax.run", "dataflows.ensemble",
+        "-r", str(rec), "-s", "1", "-b", "0",
+    ]  # fmt: skip
+    want = len(uninterrupted["signals"])
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    pid = int((tmp_path / "kafka" / "broker.pid").read_text())  # own_broker's state dir
+    try:
+        deadline = time.monotonic() + 180
+        while _count(bootstrap, prefix, "signals") <= want // 3:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the flow never got a third of the way"
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGSTOP)  # the outage begins
+        try:
+            err = proc.communicate(timeout=120)[1]
+        finally:
+            os.kill(pid, signal.SIGCONT)  # the broker is back
+        assert proc.returncode != 0, "the flow finished although its output could not be delivered"
+        assert "DeliveryFailed" in err and "not delivered" in err, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stream in ("bars", "orders", "executions", "rejections", "signals", "health", "costs"):
+        published = read_topic(bootstrap, f"{prefix}.{stream}", codec.STREAM_SCHEMAS[stream])
+        got = {}
+        for r in published:
+            clean = {k: v for k, v in r.items() if not k.startswith("_")}
+            got.setdefault(record_key(stream, clean), clean)
+        schema = codec.STREAM_SCHEMAS[stream]
+        expected = {
+            record_key(stream, r): codec.decode(schema, codec.encode(schema, r))
+            for r in uninterrupted[stream]
+        }
+        assert got == expected, f"{stream}: {len(got)} unique published, {len(expected)} expected"
