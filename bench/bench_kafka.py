@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bytewax.testing import run_main  # noqa: E402
 
 from dataflows.ensemble import build_flow  # noqa: E402
+from dataflows.kafka_security import confluent_config, kafka_python_config  # noqa: E402
 from dataflows.settings import Settings  # noqa: E402
 from dataflows.topics import provision  # noqa: E402
 from marketdata.generator import GeneratorConfig, generate  # noqa: E402
@@ -37,7 +38,7 @@ from marketdata.replay import encoded  # noqa: E402
 def _producer(bootstrap: str):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+    return KafkaProducer(**kafka_python_config(bootstrap, acks=1, linger_ms=5))
 
 
 def throughput(bootstrap: str, days: float) -> None:
@@ -50,6 +51,7 @@ def throughput(bootstrap: str, days: float) -> None:
     p.flush()
     p.close()
     env = {
+        **os.environ,  # the Kafka security settings (deploy/kafka/with-broker.sh)
         "ENSEMBLE_KAFKA_BOOTSTRAP": bootstrap,
         "ENSEMBLE_TOPIC_PREFIX": prefix,
         "ENSEMBLE_KAFKA_TAIL": "0",
@@ -103,7 +105,7 @@ def latency(bootstrap: str, days: float, speed: float) -> None:
         p.close()
         time.sleep(3)
         c = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.partition.eof": True}
+            confluent_config(bootstrap, **{"group.id": "bench", "enable.partition.eof": True})
         )
         c.assign([TopicPartition(f"{prefix}.orders", i, 0) for i in range(3)])
         lat, eof = [], 0

@@ -50,11 +50,14 @@ from typing import Any, Protocol
 from consumers.slack import ENV_VAR as SLACK_ENV
 from consumers.slack import SlackWebhook, WebhookConfigError
 from consumers.stream import (
+    CONFLICT,
+    DUPLICATE,
     Dedup,
     GroupReader,
     KafkaSettings,
     Record,
     TopicsMissing,
+    dedup_key,
     read_before_committed,
 )
 from operators.reasons import KILL_SWITCH_REASONS
@@ -70,6 +73,7 @@ RULES = (
     "consecutive_losses",
     "low_confidence_trade",
     "large_slippage",
+    "conflicting_duplicate",  # a telemetry key seen again with other content
 )
 STREAMS = ("health", "errors", "executions", "signals")
 ENV_PREFIX = "ENSEMBLE_ALERTS_"
@@ -297,6 +301,24 @@ class Alert:
     text: str
     fingerprint: str  # the same event raised twice has the same fingerprint
     ts_event_ms: int | None = None
+
+
+def conflict_alert(stream: str, rec: dict[str, Any]) -> Alert:
+    """A record whose key was seen with other content: the first copy stands, and someone
+    must look (the flow republishes only identical copies)."""
+    key = dedup_key(stream, rec)
+    return Alert(
+        rule="conflicting_duplicate",
+        severity="critical",
+        symbol=str(rec.get("symbol") or "?"),
+        text=(
+            f"a {stream} record with key {key!r} arrived again with different content; the "
+            "first copy was kept. The flow republishes only identical copies: check who "
+            "can write the telemetry topics (only the flow's principal should)."
+        ),
+        fingerprint=f"conflict:{stream}:{key!r}",
+        ts_event_ms=rec.get("ts_event_ms"),
+    )
 
 
 @dataclass
@@ -729,7 +751,11 @@ def run(
             rules.reconfigure(cfg, now)
             notifier.cfg = cfg
         for stream, rec in records:
-            if not dedup.first(stream, rec):
+            seen = dedup.check(stream, rec)
+            if seen == CONFLICT:
+                notifier.handle(conflict_alert(stream, rec), now)
+                continue
+            if seen == DUPLICATE:
                 stats.duplicates += 1
                 if stream == "health":  # republished, but the flow is alive
                     for alert in rules.beat(rec, now):

@@ -14,6 +14,8 @@ seen. Two ways to read:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator
@@ -23,6 +25,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from dataflows.kafka_security import KafkaSecurity, kafka_python_config
 from operators.telemetry import record_key
 from schemas import codec
 
@@ -46,26 +49,54 @@ def topic_name(prefix: str, stream: str) -> str:
 dedup_key = record_key
 
 
+FIRST, DUPLICATE, CONFLICT = "first", "duplicate", "conflict"
+
+
+def _digest(rec: dict[str, Any]) -> bytes:
+    """A fingerprint of the whole record: equal only for identical copies (the same Avro
+    bytes decode to the same record, and a different record to a different digest)."""
+    body = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(body.encode()).digest()[:16]
+
+
 class Dedup:
-    """Keys seen recently (bounded, oldest forgotten first); `first` is True once per key."""
+    """Keys seen recently (bounded, oldest forgotten first), with each first copy's digest.
+
+    A republished copy is identical to the first and is dropped. A record with a seen key
+    but different content is a conflict: also dropped (the first copy stands), counted,
+    and reported by `check` so the caller raises an alert, since the flow never
+    republishes a record differently (a forger, or a bug, did)."""
 
     def __init__(self, max_keys: int = 200_000) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r} must be >= 1")
         self.max_keys = max_keys
-        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self._seen: OrderedDict[Hashable, bytes] = OrderedDict()
         self.duplicates = 0
+        self.conflicts = 0
 
-    def first(self, stream: str, rec: dict[str, Any]) -> bool:
+    def check(self, stream: str, rec: dict[str, Any]) -> str:
+        """FIRST (keep it), DUPLICATE (an identical copy) or CONFLICT (same key, new bytes)."""
         key = dedup_key(stream, rec)
-        if key in self._seen:
+        digest = _digest(rec)
+        seen = self._seen.get(key)
+        if seen is not None:
             self._seen.move_to_end(key)
-            self.duplicates += 1
-            return False
-        self._seen[key] = None
+            if seen == digest:
+                self.duplicates += 1
+                return DUPLICATE
+            self.conflicts += 1
+            log.warning(
+                "conflicting copy of %s record %r dropped; the first copy stands", stream, key
+            )
+            return CONFLICT
+        self._seen[key] = digest
         if len(self._seen) > self.max_keys:
             self._seen.popitem(last=False)
-        return True
+        return FIRST
+
+    def first(self, stream: str, rec: dict[str, Any]) -> bool:
+        return self.check(stream, rec) == FIRST
 
 
 def unique(records: Iterable[Record], dedup: Dedup | None = None) -> Iterator[Record]:
@@ -96,6 +127,7 @@ class KafkaSettings:
         prefix = prefix or "ensemble"
         if not all(c.isalnum() or c in "._-" for c in prefix):
             raise ValueError(f"ENSEMBLE_TOPIC_PREFIX={prefix!r} may use letters, digits, . _ -")
+        KafkaSecurity.from_env()  # a bad security setting stops the start, naming it
         return cls(bootstrap, prefix)
 
     def servers(self) -> list[str]:
@@ -136,10 +168,9 @@ def _check_topics(consumer: KafkaConsumer, topics: Iterable[str]) -> None:
 def _consumer(kafka: KafkaSettings, client_id: str, **config: Any) -> KafkaConsumer:
     try:
         return KafkaConsumer(
-            bootstrap_servers=kafka.servers(),
-            client_id=client_id,
-            allow_auto_create_topics=False,
-            **config,
+            **kafka_python_config(
+                kafka.servers(), client_id=client_id, allow_auto_create_topics=False, **config
+            )
         )
     except KafkaError as e:
         raise ConnectionError(f"cannot reach Kafka at {kafka.bootstrap}: {e}") from None

@@ -5,8 +5,16 @@
 
 Commands: halt, resume (lifts only an operator's halt), reset_kill_switch (lifts any halt
 and re-arms the limits from current equity), shadow_on, shadow_off. The command is
-validated exactly as the flow will validate it, Avro-encoded, keyed by symbol ("*" = every
-symbol) and published to PREFIX.control. The flow applies it at the first 5m close at or
+validated exactly as the flow will validate it, signed with the operator's Ed25519 private
+key (ENSEMBLE_OPERATOR_KEY_FILE: a file holding it, or ENSEMBLE_OPERATOR_KEY: the base64
+key itself; never in the repository), Avro-encoded, keyed by symbol ("*" = every symbol)
+and published to PREFIX.control. The flow refuses unsigned, badly signed, unknown,
+replayed or stale commands (operators/commands.py).
+
+    python -m dataflows.control keygen --out ~/.ensemble/alice.key   # once per operator
+
+writes a new private key (mode 600) and prints the public key line for the flow's
+ENSEMBLE_OPERATOR_KEYS_FILE file. The flow applies it at the first 5m close at or
 after its event time (`--at`, default now) and writes a `repro` event `control` naming
 who, why, when and the state before and after: that event is the receipt.
 """
@@ -14,12 +22,20 @@ who, why, when and the state before and after: that event is the receipt.
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Producer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataflows.kafka_security import confluent_config
+from operators.commands import private_key_from_b64, public_key_b64, sign
 from operators.events import CONTROL_COMMANDS, InvalidRecord, parse_control
 from schemas.codec import encode, with_defaults
 
@@ -34,8 +50,10 @@ def command_record(
     at_ms: int | None = None,
     strategy_id: str = "ensemble_1_1",
     command_id: str | None = None,
+    key: Ed25519PrivateKey | None = None,
 ) -> dict:
-    """A control record the flow will accept; InvalidRecord names what is wrong."""
+    """A control record the flow will accept, signed with `key` (default: the operator's key
+    from the environment); InvalidRecord names what is wrong."""
     rec = {
         "symbol": symbol,
         "ts_event_ms": int(time.time() * 1000) if at_ms is None else at_ms,
@@ -49,13 +67,48 @@ def command_record(
     parse_control(rec, symbols)
     if not operator.strip() or not reason.strip():
         raise InvalidRecord("an operator and a reason are required: the command is audited")
+    rec["signature"] = sign(rec, key or operator_key())
     return with_defaults(SCHEMA, rec)
+
+
+def operator_key(env: dict[str, str] | None = None) -> Ed25519PrivateKey:
+    """The operator's private key: ENSEMBLE_OPERATOR_KEY_FILE (base64 or PEM) or
+    ENSEMBLE_OPERATOR_KEY (base64). InvalidRecord says what is missing or wrong."""
+    env = dict(os.environ) if env is None else env
+    path = env.get("ENSEMBLE_OPERATOR_KEY_FILE", "").strip()
+    try:
+        if path:
+            text = Path(path).expanduser().read_text()
+            if text.lstrip().startswith("-----BEGIN"):
+                key = serialization.load_pem_private_key(text.encode(), password=None)
+                if not isinstance(key, Ed25519PrivateKey):
+                    raise ValueError("the PEM key is not an Ed25519 key")
+                return key
+            return private_key_from_b64(text)
+        if env.get("ENSEMBLE_OPERATOR_KEY", "").strip():
+            return private_key_from_b64(env["ENSEMBLE_OPERATOR_KEY"])
+    except (OSError, ValueError) as e:
+        raise InvalidRecord(f"cannot read the operator's signing key: {e}") from None
+    raise InvalidRecord(
+        "no signing key: set ENSEMBLE_OPERATOR_KEY_FILE (a file with your Ed25519 private key) "
+        "or ENSEMBLE_OPERATOR_KEY; `python -m dataflows.control keygen --out FILE` makes one"
+    )
+
+
+def keygen(out: Path, operator: str) -> str:
+    """Write a new private key to `out` (mode 600); returns the public key's config line."""
+    key = Ed25519PrivateKey.generate()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(key.private_bytes_raw()).decode("ascii") + "\n")
+    return json.dumps({operator: public_key_b64(key)})
 
 
 def send(bootstrap: str, prefix: str, rec: dict, timeout_s: float = 30.0) -> tuple[int, int]:
     """Publish one command; returns (partition, offset) once the broker acknowledged it."""
     delivered: list = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer(confluent_config(bootstrap, **{"enable.idempotence": True}))
     producer.produce(
         f"{prefix}.control",
         value=encode(SCHEMA, rec),
@@ -72,6 +125,19 @@ def send(bootstrap: str, prefix: str, rec: dict, timeout_s: float = 30.0) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        kp = argparse.ArgumentParser(prog="python -m dataflows.control keygen")
+        kp.add_argument("--out", required=True, type=Path, help="private key file (new)")
+        kp.add_argument("--operator", default="OPERATOR", help="name for the config line")
+        args = kp.parse_args(argv[1:])
+        try:
+            line = keygen(args.out, args.operator)
+        except FileExistsError:
+            print(f"control: {args.out} exists; not overwritten", file=sys.stderr)
+            return 2
+        print(f"private key written to {args.out}; add to ENSEMBLE_OPERATOR_KEYS_FILE: {line}")
+        return 0
     ap = argparse.ArgumentParser(prog="python -m dataflows.control", description=__doc__)
     ap.add_argument("command", choices=CONTROL_COMMANDS)
     ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
@@ -87,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             args.command, args.symbol, args.operator, args.reason, args.at, args.strategy_id
         )
         partition, offset = send(args.bootstrap, args.prefix, rec)
-    except (InvalidRecord, RuntimeError) as e:
+    except (InvalidRecord, RuntimeError, ValueError) as e:
         print(f"control: not sent: {e}", file=sys.stderr)
         return 2
     print(

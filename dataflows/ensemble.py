@@ -34,9 +34,11 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 from dataflows import metrics
 from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
 from dataflows.io import MarketSource as _MarketSource
+from dataflows.kafka_sink import KafkaUnavailable
 from dataflows.settings import Settings
 from operators.account import AccountRisk, EventTimeAligner
 from operators.bars import Bar
+from operators.commands import CommandGate, CommandRefused, verify
 from operators.config import ConfigError
 from operators.events import ControlCommand, InvalidRecord, decode
 from operators.features import FeatureState
@@ -134,9 +136,42 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
             offset=raw.offset,
         )
         return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
-    if isinstance(event, ControlCommand) and event.symbol == "*":
-        return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
+    if isinstance(event, ControlCommand):
+        try:
+            event = verify(event, settings.operator_keys, settings.strategy.strategy_id)
+        except CommandRefused as e:
+            dl = dead_letter(
+                stamp,
+                raw.stream,
+                raw.payload,
+                str(e),
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+            )
+            return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": str(e)})]
+        if event.symbol == "*":
+            return [dataclasses.replace(event, symbol=s) for s in sorted(settings.symbols)]
     return [event]
+
+
+def commands_step(
+    settings: Settings, stamp: Stamp, gate: CommandGate | None, event: Any
+) -> tuple[CommandGate, list[Any]]:
+    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on."""
+    gate = gate or CommandGate(window_ms=settings.command_window_ms)
+    out: list[Any] = []
+    for item in gate.on_event(event):
+        if isinstance(item, CommandRefused):
+            cmd = item.command  # type: ignore[attr-defined]
+            fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
+            out += [
+                Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
+                Emit("summary", {"dead_letter": str(item)}),
+            ]
+        else:
+            out.append(item)
+    return gate, out
 
 
 # -- market -----------------------------------------------------------------------------
@@ -433,7 +468,12 @@ def build_flow(
     bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
     keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
-    market = op.stateful_batch("market", keyed, partial(MarketLogic.build, settings, stamp))
+    checked = op.stateful_flat_map("commands", keyed, partial(commands_step, settings, stamp))
+    refused = op.filter_map(
+        "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
+    )
+    accepted = op.filter("accepted", checked, lambda kv: not isinstance(kv[1], Emit))
+    market = op.stateful_batch("market", accepted, partial(MarketLogic.build, settings, stamp))
     # Records (bars, dead letters, errors) branch off to the sink after each step; only
     # market data rides on through the keyed stateful steps.
     market_out = op.branch("market_records", market, _is_record)
@@ -454,6 +494,7 @@ def build_flow(
     emitted: Stream[Emit] = op.merge(
         "outputs",
         bad,
+        refused,
         op.key_rm("market_unkey", market_out.trues),
         op.key_rm("context_unkey", context_out.trues),
         op.key_rm("features_unkey", features_out.trues),
@@ -472,7 +513,7 @@ def build_flow(
 def _flow_from_env() -> Dataflow:
     try:
         return build_flow(Settings.from_env())
-    except (ConfigError, ArtifactError) as e:
+    except (ConfigError, ArtifactError, KafkaUnavailable) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

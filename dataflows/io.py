@@ -9,7 +9,8 @@ written after the last snapshot, so each file holds every record exactly once.
 With Kafka, input topics are read with Bytewax's KafkaSource (offsets live in Bytewax
 recovery snapshots; without recovery a run starts from the beginning of the topics) and
 records are written Avro-encoded (PlainAvro, no framing), keyed by symbol, with
-Bytewax's KafkaSink: at-least-once, so consumers deduplicate by decision id.
+`DeliveredSink` (dataflows/kafka_sink.py): at-least-once, so consumers deduplicate by
+decision id, and a delivery that fails stops the flow instead of losing the record.
 """
 
 from __future__ import annotations
@@ -17,23 +18,28 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaError, KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import KafkaException
 
+from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
+from dataflows.readiness import Readiness, serve
 from dataflows.settings import Settings
-from dataflows.topics import INPUT_TOPICS
+from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import file_rows
 from marketdata.generator import generate
 from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
+READINESS: Readiness | None = None  # the process's /ready state, when served
 
 
 @dataclass(slots=True)
@@ -215,20 +221,98 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
 
 
 def kafka_source(settings: Settings) -> KafkaSource:
+    """The input topics, once the broker answers and they exist (bounded wait, else a clear
+    error: Bytewax's own listing would wait forever). Starts the `/ready` server if set."""
     assert settings.kafka_bootstrap is not None
-    return KafkaSource(
+    topics = [t.name(settings.topic_prefix) for t in INPUT_TOPICS]
+    client = {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_security.confluent()}
+    wait_for_kafka(client, topics, settings.kafka_startup_timeout_s)
+    if settings.ready_port:
+        global READINESS
+        READINESS = Readiness(
+            {**client, "group.id": FLOW_GROUP, "logger": client_logger()},
+            topics,
+            settings.ready_stall_s,
+        )
+        serve(READINESS, settings.ready_port)
+    return _WatchedKafkaSource(
         settings.kafka_bootstrap.split(","),
-        [t.name(settings.topic_prefix) for t in INPUT_TOPICS],
+        topics,
         tail=settings.kafka_tail,
         raise_on_errors=False,  # a broken message is a dead letter, not a crash
+        add_config={
+            **settings.kafka_security.confluent(),
+            "group.id": FLOW_GROUP,  # the one group the flow's ACLs name
+            "logger": client_logger(),
+        },
     )
+
+
+class InputTopicGone(RuntimeError):
+    """An input topic or partition vanished under the running flow: stop, do not stall."""
+
+
+TOPIC_CHECK_S = 10.0  # how often each input partition asks whether its topic still exists
+
+
+class _WatchedPartition(StatefulSourcePartition):
+    """Bytewax's Kafka partition, plus a periodic check that its topic still exists:
+    librdkafka may stop fetching a deleted topic without an error, a silent stall."""
+
+    def __init__(self, inner: Any, topic: str) -> None:
+        self.inner, self.topic = inner, topic
+        self.next_check_s = time.monotonic() + TOPIC_CHECK_S
+
+    def next_batch(self) -> list[Any]:
+        now = time.monotonic()
+        if now >= self.next_check_s:
+            self.next_check_s = now + TOPIC_CHECK_S
+            try:
+                md = self.inner._consumer.list_topics(self.topic, timeout=5)
+            except KafkaException:  # broker away: /ready reports it, the flow waits
+                md = None
+            t = None if md is None else md.topics.get(self.topic)
+            if md is not None and (t is None or (t.error is not None and t.error.name() in _GONE)):
+                raise InputTopicGone(
+                    f"input topic {self.topic!r} is gone: recreate it with `python -m "
+                    "dataflows.topics` and restart (with recovery the flow resumes from its "
+                    "last snapshot)"
+                )
+        return self.inner.next_batch()
+
+    def next_awake(self) -> Any:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _WatchedKafkaSource(KafkaSource):
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _WatchedPartition(inner, for_part.split("-", 1)[1])
+
+
+# librdkafka error codes that mean the input topic itself is gone
+_GONE = {"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"}
 
 
 def from_kafka(prefix: str, msg: Any) -> RawMessage:
     """A KafkaSourceMessage (or KafkaError) as a RawMessage of its input stream."""
     error = None
     if isinstance(msg, KafkaError):
+        if msg.err.name() in _GONE:
+            raise InputTopicGone(
+                f"input topic {msg.msg.topic!r} partition {msg.msg.partition} is gone "
+                f"({msg.err.str()}): recreate it with `python -m dataflows.topics` and restart "
+                "(with recovery the flow resumes from its last snapshot)"
+            )
         error, msg = f"kafka error: {msg.err.str()}", msg.msg
+    if READINESS is not None:
+        READINESS.saw(msg.topic, msg.partition, msg.offset)
     topic = msg.topic or ""
     stream = topic[len(prefix) + 1 :] if topic.startswith(prefix + ".") else topic
     return RawMessage(stream, msg.value or b"", topic, msg.partition, msg.offset, error)
@@ -246,10 +330,16 @@ def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> KafkaSinkMessage 
     )
 
 
-def kafka_sink(settings: Settings) -> KafkaSink:
+def kafka_sink(settings: Settings) -> DeliveredSink:
+    """Every output acknowledged by the broker, or the flow stops (dataflows/kafka_sink.py)."""
     assert settings.kafka_bootstrap is not None
-    return KafkaSink(
-        settings.kafka_bootstrap.split(","),
-        topic=None,
-        add_config={"enable.idempotence": "true", "linger.ms": "5"},
+    return DeliveredSink(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka_security.confluent(),
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": settings.kafka_delivery_timeout_ms,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+        }
     )

@@ -20,6 +20,14 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers host:port[,..]: read and write Kafka, not files |
 | ENSEMBLE_TOPIC_PREFIX | ensemble | topics are PREFIX.trades, PREFIX.orders, ... (dataflows/topics.py) |
 | ENSEMBLE_KAFKA_TAIL | 1 | 0: stop at the end of the input topics (a replay with an end) |
+| ENSEMBLE_OPERATOR_KEYS_FILE | (none: every command refused) | JSON file {"operator": "<base64 Ed25519 public key>"} of who may sign commands |
+| ENSEMBLE_OPERATOR_KEYS_JSON | (unset) | the same JSON inline (instead of the file) |
+| ENSEMBLE_COMMAND_WINDOW_MS | 900000 | a command further than this from its symbol's latest event time is stale |
+| ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS | 300000 | an output message unacknowledged this long stops the flow (before the next snapshot) |
+| ENSEMBLE_READY_PORT | 0 (off) | with Kafka: serve GET /ready (broker answers, input topics exist, input progresses) |
+| ENSEMBLE_READY_STALL_S | 120 | /ready fails when messages wait and nothing was read for this long |
+| ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S | 60 | how long the start waits for the broker and the input topics |
+| ENSEMBLE_KAFKA_SECURITY_PROTOCOL, ..._SASL_USERNAME, ..._SASL_PASSWORD(_FILE), ..._SSL_CA | PLAINTEXT | how the flow authenticates (dataflows/kafka_security.py) |
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflows.kafka_security import KafkaSecurity
 from marketdata.files import FileSpec, FileSpecError
 from marketdata.generator import GeneratorConfig
+from operators.commands import DEFAULT_WINDOW_MS, OperatorKeys
 from operators.config import ConfigError, StrategyConfig, preset
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_MAX_JUMP_MS
 from operators.predict import DEFAULT_ARTIFACT
@@ -54,6 +64,13 @@ class Settings:
     kafka_bootstrap: str | None = None
     topic_prefix: str = "ensemble"
     kafka_tail: bool = True
+    kafka_security: KafkaSecurity = KafkaSecurity()
+    kafka_delivery_timeout_ms: int = 300_000
+    kafka_startup_timeout_s: int = 60
+    operator_keys: OperatorKeys = OperatorKeys()
+    ready_port: int = 0
+    ready_stall_s: int = 120
+    command_window_ms: int = DEFAULT_WINDOW_MS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +131,11 @@ class Settings:
         if clock not in ("event", "wall"):
             raise ConfigError(f"ENSEMBLE_CLOCK={clock!r} must be event or wall")
         model_dir = Path(env.get("ENSEMBLE_MODEL_DIR", str(DEFAULT_ARTIFACT)))
+        operator_keys = _operator_keys(env)
+        try:
+            security = KafkaSecurity.from_env(env)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         return cls(
             strategy=strategy,
             generator=generator,
@@ -132,7 +154,36 @@ class Settings:
             kafka_bootstrap=bootstrap,
             topic_prefix=prefix,
             kafka_tail=tail == "1",
+            kafka_security=security,
+            kafka_delivery_timeout_ms=_int(
+                env, "ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS", 300_000, lo=1_000
+            ),
+            kafka_startup_timeout_s=_int(env, "ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S", 60, lo=1),
+            operator_keys=operator_keys,
+            ready_port=_int(env, "ENSEMBLE_READY_PORT", 0, lo=0),
+            ready_stall_s=_int(env, "ENSEMBLE_READY_STALL_S", 120, lo=1),
+            command_window_ms=_int(env, "ENSEMBLE_COMMAND_WINDOW_MS", DEFAULT_WINDOW_MS, lo=1_000),
         )
+
+
+def _operator_keys(env: Mapping[str, str]) -> OperatorKeys:
+    """The public keys of the operators allowed to sign commands (none: all refused)."""
+    inline = env.get("ENSEMBLE_OPERATOR_KEYS_JSON", "").strip()
+    path = env.get("ENSEMBLE_OPERATOR_KEYS_FILE", "").strip()
+    try:
+        if inline:
+            return OperatorKeys.from_json(inline, "ENSEMBLE_OPERATOR_KEYS_JSON")
+        if path:
+            try:
+                text = Path(path).read_text()
+            except OSError as e:
+                raise ValueError(
+                    f"ENSEMBLE_OPERATOR_KEYS_FILE={path!r} cannot be read: {e.strerror}"
+                ) from None
+            return OperatorKeys.from_json(text, f"ENSEMBLE_OPERATOR_KEYS_FILE={path!r}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return OperatorKeys()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int) -> int:

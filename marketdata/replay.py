@@ -20,6 +20,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from dataflows.kafka_security import kafka_python_config
 from marketdata.files import FileSpec, file_records
 from marketdata.generator import GeneratorConfig, generate
 from operators.events import PARSERS
@@ -47,11 +48,10 @@ def publish(
 ) -> int:
     """Produce every record; returns how many. speed 0 = as fast as possible."""
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap.split(","),
-        acks="all",
-        linger_ms=5,
-        max_in_flight_requests_per_connection=1,
-    )  # keeps order on retry
+        **kafka_python_config(
+            bootstrap, acks="all", linger_ms=5, max_in_flight_requests_per_connection=1
+        )
+    )  # one request in flight keeps order on retry
     n, t_start, last_print = 0, time.monotonic(), 0.0
     first_ts: int | None = None
     try:

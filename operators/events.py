@@ -6,6 +6,7 @@ the dataflow turns that into a dead letter. Nothing here knows about Kafka or fi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,23 @@ class ControlCommand:
     operator: str
     reason: str
     command_id: str
+    strategy_id: str = "ensemble_1_1"
+    signature: str = ""  # base64 Ed25519 over operators.commands.canonical_bytes
+    signer: str = ""  # set once verified: operator/key fingerprint, kept in the audit
+
+    def signed_fields(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "ts_event_ms": self.ts_event_ms,
+            "strategy_id": self.strategy_id,
+            "command": self.command,
+            "operator": self.operator,
+            "reason": self.reason,
+            "command_id": self.command_id,
+        }
+
+    def with_signer(self, signer: str) -> ControlCommand:
+        return dataclasses.replace(self, signer=signer)
 
 
 Event = Trade | Candle | Funding | OverlaySignal | CohortSnapshot | ControlCommand
@@ -268,6 +286,8 @@ def parse_control(rec: dict[str, Any], symbols: frozenset[str]) -> ControlComman
         operator=_str(rec, "operator"),
         reason=_str(rec, "reason"),
         command_id=_str(rec, "command_id"),
+        strategy_id=_opt_str(rec, "strategy_id") or "ensemble_1_1",
+        signature=_opt_str(rec, "signature") or "",
     )
 
 

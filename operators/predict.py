@@ -7,6 +7,12 @@ refuses, with a message saying what to do, an artifact whose checksum, feature l
 scikit-learn version or bundle format does not match this code. The model is loaded once
 per worker, never kept in dataflow state.
 
+The sha256 in the manifest proves integrity, not authenticity (both files sit in the same
+directory), so `model.pkl` is read by `SafeUnpickler`: it may build only the numpy and
+scikit-learn types listed in `MODEL_GLOBALS`, so a crafted pickle cannot call `os.system`
+or anything else. A retrained model that needs another type fails to load with a message
+naming it; add it to `MODEL_GLOBALS` after checking it is a plain estimator class.
+
 The model (built by models/train.py): base learners (an L2 logistic regression and a
 gradient-boosted tree ensemble) each give P(up); a logistic meta-classifier stacks their
 logits; its score is calibrated (isotonic or Platt, chosen on validation) into `p_up`.
@@ -42,6 +48,56 @@ LOGIT_EPS = 1e-6  # base probabilities are clipped to [eps, 1-eps] before the lo
 
 class ArtifactError(RuntimeError):
     """The model artifact cannot be used; the message says why and what to do."""
+
+
+# Everything model.pkl may reference: numpy's array and RNG reconstruction helpers and the
+# estimator classes models/ensemble.py fits (numpy 1.x spells numpy._core as numpy.core).
+MODEL_GLOBALS = frozenset(
+    {
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        *(
+            (f"numpy.{core}.{mod}", name)
+            for core in ("_core", "core")
+            for mod, name in (
+                ("multiarray", "_reconstruct"),
+                ("multiarray", "scalar"),
+                ("numeric", "_frombuffer"),
+            )
+        ),
+        ("numpy.random._pcg64", "PCG64"),
+        ("numpy.random._mt19937", "MT19937"),
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__generator_ctor"),
+        ("numpy.random._pickle", "__randomstate_ctor"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+        ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        ("sklearn._loss._loss", "CyHalfBinomialLoss"),
+        ("sklearn._loss.link", "Interval"),
+        ("sklearn._loss.link", "LogitLink"),
+        ("sklearn._loss.loss", "HalfBinomialLoss"),
+        ("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper"),
+        (
+            "sklearn.ensemble._hist_gradient_boosting.gradient_boosting",
+            "HistGradientBoostingClassifier",
+        ),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor"),
+        ("sklearn.isotonic", "IsotonicRegression"),
+        ("sklearn.linear_model._logistic", "LogisticRegression"),
+        ("sklearn.pipeline", "Pipeline"),
+        ("sklearn.preprocessing._data", "StandardScaler"),
+        ("sklearn.preprocessing._label", "LabelEncoder"),
+    }
+)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only the globals in MODEL_GLOBALS: no arbitrary code runs on load."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in MODEL_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not an allowed model type")
+        return super().find_class(module, name)
 
 
 def sha256_file(path: Path) -> str:
@@ -267,8 +323,14 @@ class ModelRuntime:
                 f"artifact was trained with scikit-learn {want_skl}, this is "
                 f"{sklearn.__version__}; install scikit-learn=={want_skl} or retrain"
             )
-        with open(model_path, "rb") as f:
-            bundle = pickle.load(f)  # noqa: S301 - checksum verified above
+        try:
+            with open(model_path, "rb") as f:
+                bundle = SafeUnpickler(f).load()
+        except pickle.UnpicklingError as e:
+            raise ArtifactError(
+                f"{model_path} refused: {e} (operators/predict.py MODEL_GLOBALS lists what a "
+                "model may contain); retrain, or add the type there after review"
+            ) from None
         self.model = StackedEnsemble(bundle)
         try:
             self.fast: FastEnsemble | None = FastEnsemble(self.model)

@@ -160,6 +160,7 @@ def repro(
             "reason": cmd.reason,
             "command_id": cmd.command_id,
             "ts_command_ms": cmd.ts_event_ms,
+            "signer": cmd.signer,
         }
     )
     return (

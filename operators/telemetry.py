@@ -41,6 +41,12 @@ class Stamp:
         return rec
 
 
+# A dead letter keeps at most this much of the original payload (plus its length and
+# sha256), far under the topics' and producer's MAX_MESSAGE_BYTES (dataflows/topics.py).
+MAX_DEAD_LETTER_PAYLOAD_BYTES = 65_536
+MAX_DEAD_LETTER_REASON_CHARS = 2_000
+
+
 def dead_letter(
     stamp: Stamp,
     stream: str,
@@ -67,6 +73,7 @@ def dead_letter(
         ts = payload.get("ts_event_ms")
         ts_event_ms = ts if isinstance(ts, int) and not isinstance(ts, bool) else None
     now = wall_clock_ms() if stamp.clock is not None else (ts_event_ms or 0)
+    digest = hashlib.sha256(raw).hexdigest()
     return {
         "symbol": symbol,
         "ts_event_ms": ts_event_ms,
@@ -77,8 +84,12 @@ def dead_letter(
         "source_topic": topic,
         "source_partition": partition,
         "source_offset": offset,
-        "reason": scrub(reason),
-        "payload": raw,
+        "reason": scrub(reason)[:MAX_DEAD_LETTER_REASON_CHARS],
+        # a poison pill must not make a dead letter the producer or topic refuses
+        "payload": raw[:MAX_DEAD_LETTER_PAYLOAD_BYTES],
+        "payload_bytes": len(raw),
+        "payload_sha256": digest,
+        "payload_truncated": len(raw) > MAX_DEAD_LETTER_PAYLOAD_BYTES,
     }
 
 

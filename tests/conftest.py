@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from bytewax.testing import TestingSink, run_main
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataflows.ensemble import build_flow
 from dataflows.io import RawMessage, market_messages
 from dataflows.settings import Settings
+from operators.commands import public_key_b64, sign
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -24,6 +26,17 @@ def shared_file(name: str) -> Path:
     return path
 
 
+# Operators whose commands the test flows accept; keys made per test session, never stored.
+OPERATOR_KEYS = {name: Ed25519PrivateKey.generate() for name in ("alice", "ops-oncall", "ops")}
+OPERATOR_KEYS_JSON = json.dumps({n: public_key_b64(k) for n, k in OPERATOR_KEYS.items()})
+
+
+def signed(cmd: dict[str, Any], key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+    """`cmd` (strategy ensemble_1_1 unless it names one) signed by its operator's key."""
+    full = {"strategy_id": "ensemble_1_1", **cmd}
+    return {**full, "signature": sign(full, key or OPERATOR_KEYS[full["operator"]])}
+
+
 def small_settings(out: Path, **env: str) -> Settings:
     """Two generated days, a short warm-up, so a run takes about a second."""
     base = {
@@ -31,6 +44,7 @@ def small_settings(out: Path, **env: str) -> Settings:
         "ENSEMBLE_SEED": "11",
         "ENSEMBLE_OUT": str(out),
         "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+        "ENSEMBLE_OPERATOR_KEYS_JSON": OPERATOR_KEYS_JSON,
     }
     base.update(env)
     return Settings.from_env(base)

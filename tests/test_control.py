@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataflows.io import RawMessage
 from marketdata.generator import DEFAULT_START_MS
-from tests.conftest import messages, run_records, small_settings
+from tests.conftest import messages, run_records, signed, small_settings
 
 HALT_AT = DEFAULT_START_MS + 250 * 300_000 + 90_000  # inside the 251st 5m bar
 RESUME_AT = DEFAULT_START_MS + 400 * 300_000 + 10_000
@@ -13,14 +13,16 @@ RESUME_AT = DEFAULT_START_MS + 400 * 300_000 + 10_000
 def _command(ts: int, command: str, cid: str) -> RawMessage:
     return RawMessage(
         "control",
-        {
-            "symbol": "*",
-            "ts_event_ms": ts,
-            "command": command,
-            "operator": "alice",
-            "reason": "drill",
-            "command_id": cid,
-        },
+        signed(
+            {
+                "symbol": "*",
+                "ts_event_ms": ts,
+                "command": command,
+                "operator": "alice",
+                "reason": "drill",
+                "command_id": cid,
+            }
+        ),
     )
 
 

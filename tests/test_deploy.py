@@ -770,8 +770,11 @@ def test_the_dataflow_statefulset_wires_process_id_hostfile_recovery_and_api_for
     assert int(init_env["BYTEWAX_PROCESS_PORT"]) == ports["process"]
     assert env["BYTEWAX_DATAFLOW_API_ENABLED"] == "true"
     assert int(env["BYTEWAX_DATAFLOW_API_PORT"]) == ports["http-metrics"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert main[probe]["httpGet"] == {"path": "/metrics", "port": "http-metrics"}
+    # ready only while the broker answers and the input progresses (dataflows/readiness.py)
+    assert main["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http-ready"}
+    assert int(env["ENSEMBLE_READY_PORT"]) == ports["http-ready"]
 
     def mount(c, path_var, env_):
         path = env_[path_var]
@@ -819,12 +822,29 @@ def test_the_dataflow_statefulset_wires_process_id_hostfile_recovery_and_api_for
 
 
 @pytest.mark.parametrize("directory", DEPLOYABLE, ids=lambda d: str(d.relative_to(K8S)))
-def test_the_settings_configmap_holds_valid_settings_for_the_flow_and_the_consumers(directory):
+def test_the_settings_configmap_holds_valid_settings_for_the_flow_and_the_consumers(
+    directory, tmp_path
+):
     from dataflows.settings import Settings
 
     objs = render(directory)
     data = find(objs, "ConfigMap", "ensemble-settings")["data"]
-    settings = Settings.from_env(data)  # raises, naming the variable, on a bad value
+    # as the dataflow pod sees them: its own principal, the mounted password and CA files
+    main = container(workload(objs, "StatefulSet", "ensemble-dataflow"), "dataflow")
+    pod_env = {e["name"]: e["value"] for e in main["env"] if "value" in e}
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert pod_env["ENSEMBLE_KAFKA_SASL_PASSWORD_FILE"].startswith(mounts["kafka-credentials"])
+    assert data["ENSEMBLE_KAFKA_SSL_CA"].startswith(mounts["kafka-ca"])
+    (tmp_path / "password").write_text("pw")
+    (tmp_path / "ca.crt").write_text("ca")
+    keys_cm = find(objs, "ConfigMap", "ensemble-operator-keys")["data"]
+    (tmp_path / "keys.json").write_text(keys_cm["operator-keys.json"])
+    assert pod_env["ENSEMBLE_OPERATOR_KEYS_FILE"].startswith(mounts["operator-keys"])
+    local = {"ENSEMBLE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "password"),
+             "ENSEMBLE_KAFKA_SSL_CA": str(tmp_path / "ca.crt"),
+             "ENSEMBLE_OPERATOR_KEYS_FILE": str(tmp_path / "keys.json")}  # fmt: skip
+    settings = Settings.from_env({**data, **pod_env, **local})  # raises, naming a bad value
+    assert settings.kafka_security.authenticated and settings.kafka_security.username == "flow"
     assert settings.kafka_bootstrap == data["ENSEMBLE_KAFKA_BOOTSTRAP"]
     assert settings.wall_clock and settings.kafka_tail
     assert not any(k.startswith("ENSEMBLE_ALERTS_") for k in data), (
@@ -877,6 +897,8 @@ def test_secrets_are_referenced_by_the_names_the_consumers_read():
     for o in objs:
         for _, c in containers(o):
             for e in c.get("env", []):
+                if e["name"].endswith("_FILE"):  # a path to a mounted Secret, not a secret
+                    continue
                 if re.search(r"key|secret|token|password|webhook", e["name"], re.I):
                     assert "value" not in e, f"{c['name']}: {e['name']} has a literal value"
 
@@ -1110,7 +1132,8 @@ def _free_port() -> int:
 
 
 def _pod_volumes(objs, o: dict[str, Any], where: Path) -> dict[str, Path]:
-    """Local directories standing in for a pod's volumes, ConfigMaps written out as files."""
+    """Local directories standing in for a pod's volumes, ConfigMaps written out as files,
+    the Kafka Secrets filled from the test broker (deploy/kafka/broker.sh's files)."""
     ((_, spec),) = pod_specs(o)
     out = {}
     for v in spec.get("volumes", []) + o["spec"].get("volumeClaimTemplates", []):
@@ -1120,6 +1143,16 @@ def _pod_volumes(objs, o: dict[str, Any], where: Path) -> dict[str, Path]:
         if "configMap" in v:
             for k, text in find(objs, "ConfigMap", v["configMap"]["name"])["data"].items():
                 (d / k).write_text(text)
+        secret = v.get("secret", {}).get("secretName", "")
+        admin_pw = os.environ.get("ENSEMBLE_KAFKA_SASL_PASSWORD_FILE")
+        if secret.startswith("ensemble-kafka-") and admin_pw:
+            if secret == "ensemble-kafka-ca":
+                (d / "ca.crt").write_text(Path(os.environ["ENSEMBLE_KAFKA_SSL_CA"]).read_text())
+            else:
+                user = secret.removeprefix("ensemble-kafka-")
+                (d / "password").write_text(
+                    (Path(admin_pw).parent / f"{user}.password").read_text()
+                )
         out[name] = d
     return out
 
@@ -1171,6 +1204,8 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     prefix = f"it-deploy-{uuid.uuid4().hex[:8]}"
     settings = find(objs, "ConfigMap", "ensemble-settings")["data"]
     settings.update(ENSEMBLE_KAFKA_BOOTSTRAP=kafka, ENSEMBLE_TOPIC_PREFIX=prefix)
+    if os.environ.get("ENSEMBLE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") == "PLAINTEXT":
+        pytest.skip("the manifests authenticate; the test broker runs plain text")
     cwd = tmp_path / "workdir"  # the image's WORKDIR, read-only in the pod
     cwd.mkdir()
 
@@ -1183,7 +1218,9 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     assert done.returncode == 0, done.stderr
     from confluent_kafka.admin import AdminClient
 
-    topics = AdminClient({"bootstrap.servers": kafka}).list_topics(timeout=30).topics
+    from dataflows.kafka_security import confluent_config
+
+    topics = AdminClient(confluent_config(kafka)).list_topics(timeout=30).topics
     assert {t.name(prefix) for t in ALL_TOPICS} <= set(topics)
 
     # 2. the init container, then the dataflow container, twice: the second start resumes
@@ -1192,7 +1229,7 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     pod = f"{sts['metadata']['name']}-0"
     main = container(sts, "dataflow")
     init_argv, init_env = _local_run(objs, sts, container(sts, "init-dataflow"), volumes, pod)
-    api_port = _free_port()  # the test's own port, not 3030
+    api_port, ready_port = _free_port(), _free_port()  # the test's own, not 3030 and 3031
     argv, env = _local_run(
         objs,
         sts,
@@ -1200,9 +1237,12 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
         volumes,
         pod,
         BYTEWAX_DATAFLOW_API_PORT=str(api_port),
+        ENSEMBLE_READY_PORT=str(ready_port),
         BYTEWAX_SNAPSHOT_INTERVAL="1",
     )
-    probe = main["readinessProbe"]["httpGet"]
+    probe = main["livenessProbe"]["httpGet"]
+    ready = main["readinessProbe"]["httpGet"]
+    assert (probe["port"], ready["port"]) == ("http-metrics", "http-ready")
     for start in ("first", "second"):
         done = subprocess.run(
             init_argv, env=init_env, cwd=cwd, capture_output=True, text=True, timeout=60
@@ -1215,6 +1255,9 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
         try:
             body = _scrape(f"http://127.0.0.1:{api_port}{probe['path']}", 120, proc)
             assert "bytewax_" in body
+            assert _scrape(f"http://127.0.0.1:{ready_port}{ready['path']}", 60, proc).startswith(
+                "ok"
+            )
             time.sleep(2.5)  # at least one recovery snapshot
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -1227,3 +1270,119 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     assert list(cwd.iterdir()) == [], "the process wrote into its working directory"
     assert list(volumes["recovery"].glob("part-*.sqlite3-wal")), "no recovery snapshot written"
     assert (volumes["tmp"] / "dataflow.json").is_file(), "the API cache is not in /tmp"
+
+
+# -- tests: network policies and what the pods hold (issue 14) ----------------------------------
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics for matchLabels and matchExpressions (In/NotIn/
+    Exists/DoesNotExist); an empty selector selects everything."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        k, op, vals = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": labels.get(k) in vals,
+            "NotIn": labels.get(k) not in vals,
+            "Exists": k in labels,
+            "DoesNotExist": k not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _pod_policies(objs, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [p for p in by_kind(objs, "NetworkPolicy") if _selects(p["spec"]["podSelector"], labels)]
+
+
+def _allowed(policies, direction: str) -> list[tuple[int, list[dict[str, Any]]]]:
+    """(port, peers) for every port a set of policies allows in `direction` (ingress/egress);
+    peers [] means any peer."""
+    key = "from" if direction == "ingress" else "to"
+    return [
+        (p["port"], rule.get(key, []))
+        for pol in policies
+        for rule in pol["spec"].get(direction, [])
+        for p in rule.get("ports", [])
+    ]
+
+
+def test_every_pod_is_under_a_default_deny_policy_for_both_directions(rendered):
+    for o in rendered:
+        for meta, _ in pod_specs(o):
+            pols = _pod_policies(rendered, meta["labels"])
+            types = {t for p in pols for t in p["spec"]["policyTypes"]}
+            assert {"Ingress", "Egress"} <= types, (o["metadata"]["name"], types)
+            # nothing allows traffic without naming a port
+            for p in pols:
+                for direction in ("ingress", "egress"):
+                    for rule in p["spec"].get(direction, []):
+                        assert rule.get("ports"), (p["metadata"]["name"], direction, rule)
+
+
+def test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_3030(rendered):
+    sts = workload(rendered, "StatefulSet", "ensemble-dataflow")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    ingress = _allowed(_pod_policies(rendered, labels), "ingress")
+    assert sorted({port for port, _ in ingress}) == [3030, 9999]
+    for port, peers in ingress:
+        assert peers, f"port {port} is open to every peer in the cluster"
+        for peer in peers:
+            assert "ipBlock" not in peer
+            pod_sel = peer.get("podSelector")
+            assert pod_sel and (pod_sel.get("matchLabels") or pod_sel.get("matchExpressions"))
+            if port == 9999:
+                assert "namespaceSelector" not in peer and _selects(pod_sel, labels)
+            else:
+                assert pod_sel["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # no other Ensemble pod accepts anything
+    for o in rendered:
+        for meta, _ in pod_specs(o):
+            if o is not sts:
+                assert not _allowed(_pod_policies(rendered, meta["labels"]), "ingress"), o[
+                    "metadata"
+                ]["name"]
+
+
+def test_each_pod_may_reach_kafka_and_dns_and_only_the_notifiers_https(rendered):
+    for o in rendered:
+        for meta, _ in pod_specs(o):
+            egress = {
+                port for port, _ in _allowed(_pod_policies(rendered, meta["labels"]), "egress")
+            }
+            name = o["metadata"]["name"]
+            assert {53, 9092} <= egress, (name, egress)
+            notifier = meta["labels"]["app.kubernetes.io/component"] in (
+                "alerts", "copilot", "copilot-summary",
+            )  # fmt: skip
+            assert (443 in egress) == notifier, (name, egress)
+            assert 3030 not in egress
+
+
+def test_the_dataflow_pod_holds_no_exchange_keys_and_every_kafka_client_its_own_principal(rendered):
+    sts = workload(rendered, "StatefulSet", "ensemble-dataflow")
+    text = json.dumps(sts)
+    assert "exchange" not in text.lower(), "the dataflow pod references exchange keys"
+    users = {}
+    for o in rendered:
+        for spec, c in containers(o):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if "ENSEMBLE_KAFKA_SASL_USERNAME" in env:
+                users[c["name"]] = env["ENSEMBLE_KAFKA_SASL_USERNAME"]
+                secret = next(v for v in spec["volumes"] if v["name"] == "kafka-credentials")
+                assert secret["secret"]["secretName"] == f"ensemble-kafka-{users[c['name']]}"
+    assert users == {
+        "dataflow": "flow", "alerts": "alerts", "copilot": "copilot", "summary": "copilot",
+        "topics": "admin",
+    }  # fmt: skip
+    from dataflows.topics import ACCESS
+
+    assert {u for u in users.values() if u != "admin"} <= {a.principal for a in ACCESS}
+
+
+def test_the_policy_checks_catch_an_open_metrics_port():
+    objs = copy.deepcopy(render(BASE))
+    pol = find(objs, "NetworkPolicy", "ensemble-dataflow")
+    pol["spec"]["ingress"].append({"ports": [{"port": 3030, "protocol": "TCP"}]})
+    with pytest.raises(AssertionError, match="open to every peer"):
+        test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_3030(objs)

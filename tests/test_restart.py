@@ -25,7 +25,7 @@ from dataflows.io import RawMessage
 from dataflows.settings import Settings
 from marketdata.generator import DEFAULT_START_MS
 from operators.telemetry import record_key
-from tests.conftest import messages, small_settings
+from tests.conftest import messages, signed, small_settings
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_a_halt_survives_a_crash_and_only_the_operator_lifts_it(tmp_path):
             "reason": "restart drill",
             "command_id": f"drill-{command}",
         }
-        msgs.insert(_index_at(msgs, ts), RawMessage("control", cmd))
+        msgs.insert(_index_at(msgs, ts), RawMessage("control", signed(cmd)))
     crash = _index_at(msgs, halt_at + 30 * BAR_MS)
 
     ref = _run(settings, msgs)

@@ -6,6 +6,15 @@
 #                      prints the bootstrap address (127.0.0.1:PORT) on stdout when ready
 #   broker.sh stop     stop the broker this script started (only that PID)
 #   broker.sh status   running or not, and on which port
+#   broker.sh env USER print `export ENSEMBLE_KAFKA_...` lines that make a client USER
+#                      (admin, flow, ingestor, alerts, copilot, operator)
+#
+# Secured by default (ENSEMBLE_KAFKA_SECURITY=sasl_ssl): SASL/SCRAM-SHA-512 over TLS on the
+# client port, mutual TLS on the controller port, KRaft's StandardAuthorizer with no access
+# unless an ACL grants it. A CA, the broker's certificate and one SCRAM user per component
+# are made at the first start (kept in <state>/secrets, mode 700). ACLs per topic prefix are
+# granted by `python -m dataflows.topics` (run as admin). ENSEMBLE_KAFKA_SECURITY=plaintext
+# gives the unauthenticated broker: for the quick start on a laptop only.
 #
 # Messages go to stderr; stdout carries only the bootstrap address, so
 #   BOOTSTRAP=$(deploy/kafka/broker.sh start)
@@ -27,6 +36,9 @@ STOP_TIMEOUT="${ENSEMBLE_KAFKA_STOP_TIMEOUT:-30}"
 HEAP_OPTS="${ENSEMBLE_KAFKA_HEAP_OPTS:--Xms512m -Xmx512m}"
 EXTRA_JAVA_OPTS="${ENSEMBLE_KAFKA_JAVA_OPTS:-}"
 MVN="${ENSEMBLE_KAFKA_MVN:-mvn}"
+SECURITY="${ENSEMBLE_KAFKA_SECURITY:-sasl_ssl}"
+# One SCRAM principal per component; admin is the broker's own and the only super user.
+USERS="admin flow ingestor alerts copilot operator"
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
   JAVA="${ENSEMBLE_KAFKA_JAVA:-$JAVA_HOME/bin/java}"
 else
@@ -40,6 +52,8 @@ LOG_DIR="$STATE_DIR/logs"
 PID_FILE="$STATE_DIR/broker.pid"
 PORT_FILE="$STATE_DIR/broker.port"
 CONFIG_FILE="$STATE_DIR/server.properties"
+SECRETS_DIR="$STATE_DIR/secrets"
+TLS_DIR="$SECRETS_DIR/tls"
 SERVER_LOG="$LOG_DIR/server.log"
 JVM_OUT="$LOG_DIR/broker.out"
 
@@ -49,6 +63,7 @@ say() { echo "broker.sh: $*" >&2; }
 for v in PORT CONTROLLER_PORT START_TIMEOUT STOP_TIMEOUT; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a number, got '${!v}'"
 done
+[[ "$SECURITY" == sasl_ssl || "$SECURITY" == plaintext ]] || die "ENSEMBLE_KAFKA_SECURITY must be sasl_ssl or plaintext, got '$SECURITY'"
 [[ "$PORT" != "$CONTROLLER_PORT" ]] || die "ENSEMBLE_KAFKA_PORT and ENSEMBLE_KAFKA_CONTROLLER_PORT must differ"
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\([^<]*\)</kafka.version>.*:\1:p' "$POM" | head -n1)"
@@ -121,17 +136,117 @@ ensure_classpath() {
   say "classpath ready: $(ls "$LIB_DIR" | wc -l) jars in $((SECONDS - t0)) s"
 }
 
-write_config() {
-  cat >"$CONFIG_FILE" <<EOF
-# Written by deploy/kafka/broker.sh: single-node KRaft broker, loopback only.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
+# A random secret of 32 hex characters (no shell or JAAS metacharacters).
+random_secret() { openssl rand -hex 16; }
+
+# The CA, the broker's key and certificate (SAN 127.0.0.1, localhost) and one password per
+# user, made once per state directory and kept across starts (so exported settings stay
+# valid); `rm -rf <state>/secrets` makes new ones.
+ensure_secrets() {
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$SECRETS_DIR"
+  local u
+  for u in $USERS; do
+    [[ -s "$SECRETS_DIR/$u.password" ]] || (umask 077; random_secret >"$SECRETS_DIR/$u.password")
+  done
+  [[ -s "$SECRETS_DIR/tls.password" ]] || (umask 077; random_secret >"$SECRETS_DIR/tls.password")
+  if [[ -s "$TLS_DIR/ca.pem" && -s "$TLS_DIR/broker.p12" ]] \
+     && openssl x509 -checkend 86400 -noout -in "$TLS_DIR/broker.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "making a test CA and the broker's TLS certificate in $TLS_DIR"
+  local pw
+  pw="$(cat "$SECRETS_DIR/tls.password")"
+  (
+    umask 077
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+      -subj "/CN=ensemble-test-ca" -keyout ca.key -out ca.pem \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=ensemble-broker" -keyout broker.key -out broker.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n' >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
+      -extfile broker.ext -out broker.pem 2>/dev/null
+    # A PKCS#12 key store (Java 17 cannot read PBES2-encrypted PEM keys).
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -passout "pass:$pw" -out broker.p12
+    rm -f broker.csr broker.ext broker.key ca.srl
+  ) || die "openssl could not make the TLS certificates in $TLS_DIR"
+}
+
+# `--add-scram` arguments for StorageTool: KRaft keeps SCRAM credentials in the metadata
+# log, so they are written at format time (the broker itself authenticates as admin).
+scram_args() {
+  local u
+  for u in $USERS; do
+    printf '%s\n' "--add-scram" "SCRAM-SHA-512=[name=$u,password=$(cat "$SECRETS_DIR/$u.password")]"
+  done
+}
+
+write_listeners() {
+  if [[ "$SECURITY" == plaintext ]]; then
+    cat <<EOF
+# PLAINTEXT: no authentication, no authorisation. Quick start only (ENSEMBLE_KAFKA_SECURITY=plaintext).
 listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://$HOST:$PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+    return 0
+  fi
+  local tls_pw admin_pw
+  tls_pw="$(cat "$SECRETS_DIR/tls.password")"
+  admin_pw="$(cat "$SECRETS_DIR/admin.password")"
+  cat <<EOF
+# SASL/SCRAM over TLS for clients and the broker itself; mutual TLS to the controller.
+listeners=SASL_SSL://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
+advertised.listeners=SASL_SSL://$HOST:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin_pw";
+listener.name.controller.ssl.client.auth=required
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=$tls_pw
+ssl.key.password=$tls_pw
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+# No access unless an ACL grants it; the broker (admin, and its certificate on the
+# controller listener) is the only super user.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:admin;User:CN=ensemble-broker
+EOF
+}
+
+# The client settings that make a Python client of the project USER (dataflows/kafka_security.py).
+cmd_env() {
+  local u="${1:-}"
+  [[ " $USERS " == *" $u "* ]] || die "env: USER must be one of: $USERS"
+  if [[ "$SECURITY" == plaintext ]]; then
+    echo "export ENSEMBLE_KAFKA_SECURITY_PROTOCOL=PLAINTEXT"
+    return 0
+  fi
+  [[ -s "$SECRETS_DIR/$u.password" ]] || die "no credentials in $SECRETS_DIR yet: run 'broker.sh start' first"
+  echo "export ENSEMBLE_KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+  echo "export ENSEMBLE_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+  echo "export ENSEMBLE_KAFKA_SASL_USERNAME=$u"
+  echo "export ENSEMBLE_KAFKA_SASL_PASSWORD_FILE=$SECRETS_DIR/$u.password"
+  echo "export ENSEMBLE_KAFKA_SSL_CA=$TLS_DIR/ca.pem"
+}
+
+write_config() {
+  (umask 077; cat >"$CONFIG_FILE" <<EOF
+# Written by deploy/kafka/broker.sh: single-node KRaft broker, loopback only.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
+$(write_listeners)
 log.dirs=$DATA_DIR
 # Topics are provisioned explicitly, never created by a stray producer or consumer.
 auto.create.topics.enable=false
@@ -149,6 +264,7 @@ share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 log.segment.bytes=1048576
 EOF
+  )
 }
 
 # Short-lived JVM runs (StorageTool): small heap, fast startup.
@@ -178,19 +294,30 @@ find_probe() {
 }
 
 # One client-level request: fetch cluster metadata and require our broker in it.
+# On the secured broker it authenticates as admin over TLS.
 client_probe() {
-  timeout 20 "$PROBE_PY" - "$BOOTSTRAP" "$PROBE_KIND" >/dev/null 2>&1 <<'PY'
+  local sec=("" "" "")
+  if [[ "$SECURITY" == sasl_ssl ]]; then
+    sec=(admin "$SECRETS_DIR/admin.password" "$TLS_DIR/ca.pem")
+  fi
+  timeout 20 "$PROBE_PY" - "$BOOTSTRAP" "$PROBE_KIND" "${sec[@]}" >/dev/null 2>&1 <<'PY'
 import sys
-bootstrap, kind = sys.argv[1], sys.argv[2]
+bootstrap, kind, user, pw_file, ca = sys.argv[1:6]
+pw = open(pw_file).read().strip() if user else ""
 if kind == "confluent_kafka":
     from confluent_kafka.admin import AdminClient
-    md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=5)
+    sec = {"security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512",
+           "sasl.username": user, "sasl.password": pw, "ssl.ca.location": ca} if user else {}
+    md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, **sec}).list_topics(timeout=5)
     ok = len(md.brokers) > 0
 else:
     from kafka import KafkaAdminClient
     cfg = dict(bootstrap_servers=bootstrap, client_id="ensemble-broker-probe",
                request_timeout_ms=5000, bootstrap_timeout_ms=5000,
                api_version_auto_timeout_ms=5000)
+    if user:
+        cfg.update(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                   sasl_plain_username=user, sasl_plain_password=pw, ssl_cafile=ca)
     # kafka-python 2.x and 3.x accept different keys and reject unknown ones.
     admin = KafkaAdminClient(**{k: v for k, v in cfg.items()
                                 if k in KafkaAdminClient.DEFAULT_CONFIG})
@@ -203,8 +330,13 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# The raw ApiVersions ping speaks plain TCP: on the TLS port an open port must do.
+listener_up() {
+  if [[ "$SECURITY" == sasl_ssl ]]; then port_open "$1"; else kafka_ping "$1"; fi
+}
+
 is_ready() {
-  kafka_ping "$PORT" || return 1
+  listener_up "$PORT" || return 1
   grep -q "Kafka Server started" "$SERVER_LOG" 2>/dev/null || return 1
   if [[ -n "$PROBE_KIND" ]]; then client_probe || return 1; fi
   return 0
@@ -236,7 +368,7 @@ cmd_start() {
     say "broker already running (started by this script, pid $pid): reusing it"
   elif port_open "$PORT"; then
     find_probe || true
-    if ! kafka_ping "$PORT" || { [[ -n "$PROBE_KIND" ]] && ! client_probe; }; then
+    if ! listener_up "$PORT" || { [[ -n "$PROBE_KIND" ]] && ! client_probe; }; then
       die "port $PORT is in use by something that does not answer as a Kafka broker; set ENSEMBLE_KAFKA_PORT"
     fi
     say "a broker is already listening on $BOOTSTRAP: reusing it (not starting another; 'stop' will not touch it)"
@@ -260,6 +392,7 @@ cmd_start() {
     for f in "$SERVER_LOG" "$JVM_OUT"; do
       if [[ -f "$f" ]]; then mv -f "$f" "$f.prev"; fi
     done
+    if [[ "$SECURITY" == sasl_ssl ]]; then ensure_secrets; fi
     write_config
 
     local cluster_id
@@ -271,7 +404,9 @@ cmd_start() {
       echo "$cluster_id" >"$STATE_DIR/cluster.id"
     fi
     # -g (--ignore-formatted): a no-op on a directory that is already formatted.
-    if ! run_tool format -t "$cluster_id" -c "$CONFIG_FILE" -g >>"$JVM_OUT" 2>&1; then
+    local scram=()
+    if [[ "$SECURITY" == sasl_ssl ]]; then mapfile -t scram < <(scram_args); fi
+    if ! run_tool format -t "$cluster_id" -c "$CONFIG_FILE" -g "${scram[@]}" >>"$JVM_OUT" 2>&1; then
       show_logs; die "StorageTool format failed"
     fi
 
@@ -294,10 +429,12 @@ cmd_start() {
   fi
 
   find_probe || true
+  local first="ApiVersions on port $PORT"
+  if [[ "$SECURITY" == sasl_ssl ]]; then first="TLS port $PORT open"; fi
   if [[ -n "$PROBE_KIND" ]]; then
-    say "readiness: ApiVersions on port $PORT + 'Kafka Server started' + metadata request via $PROBE_PY ($PROBE_KIND)"
+    say "readiness: $first + 'Kafka Server started' + metadata request via $PROBE_PY ($PROBE_KIND)"
   else
-    say "readiness: ApiVersions on port $PORT + 'Kafka Server started' (no python with confluent_kafka or kafka-python for a metadata check)"
+    say "readiness: $first + 'Kafka Server started' (no python with confluent_kafka or kafka-python for a metadata check)"
   fi
   local deadline=$((SECONDS + START_TIMEOUT)) t0=$SECONDS
   while :; do
@@ -379,7 +516,7 @@ cmd_status() {
   local pid port="$PORT"
   if [[ -s "$PORT_FILE" ]]; then port="$(cat "$PORT_FILE")"; fi
   if pid="$(recorded_pid)"; then
-    if kafka_ping "$port"; then
+    if listener_up "$port"; then
       echo "running: Kafka $KAFKA_VERSION, pid $pid, bootstrap $HOST:$port (state $STATE_DIR)"
     else
       echo "starting: pid $pid, $HOST:$port not answering yet (state $STATE_DIR)"
@@ -400,10 +537,11 @@ cmd_status() {
 
 usage() {
   cat >&2 <<EOF
-usage: $(basename "$0") start|stop|status
+usage: $(basename "$0") start|stop|status|env USER
 
 Environment (defaults):
   ENSEMBLE_KAFKA_PORT=$PORT  ENSEMBLE_KAFKA_CONTROLLER_PORT=$CONTROLLER_PORT
+  ENSEMBLE_KAFKA_SECURITY=$SECURITY (sasl_ssl, or plaintext for the quick start only)
   ENSEMBLE_KAFKA_HOME=$KAFKA_HOME_DIR   (classpath cache)
   ENSEMBLE_KAFKA_STATE=$STATE_DIR       (config, data, logs, pid)
   ENSEMBLE_KAFKA_KEEP_DATA=0 (1 keeps the data dir across starts)
@@ -417,6 +555,7 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  env) cmd_env "${2:-}" ;;
   -h|--help|help) usage ;;
   *) usage; exit 2 ;;
 esac

@@ -17,6 +17,7 @@ import pytest
 from kafka import KafkaProducer
 
 from consumers import alerts, copilot, llm
+from dataflows.kafka_security import kafka_python_config
 from dataflows.topics import provision
 from schemas import codec
 from tests.test_alerts import MIN, T0, WebhookServer, execution, health, signals
@@ -24,7 +25,7 @@ from tests.test_copilot import SECRETS, ChatServer, H, day_records
 
 
 def produce(bootstrap: str, prefix: str, records: list[tuple[str, dict[str, Any]]]) -> int:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = KafkaProducer(**kafka_python_config(bootstrap, acks="all"))
     for stream, rec in records:
         value = codec.encode(codec.STREAM_SCHEMAS[stream], rec)
         producer.send(f"{prefix}.{stream}", key=rec["symbol"].encode(), value=value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from bytewax.testing import run_main
@@ -12,8 +13,8 @@ from dataflows.settings import Settings
 from dataflows.topics import provision
 from marketdata.generator import DEFAULT_START_MS, generate
 from schemas import codec
-from tests.conftest import small_settings
-from tests.integration.kafka_io import flow_env, read_topic
+from tests.conftest import OPERATOR_KEYS, small_settings
+from tests.integration.kafka_io import flow_env, principal_env, read_topic
 from tests.integration.test_kafka_restart import _publish
 
 BAR_MS = 300_000
@@ -22,18 +23,28 @@ RESET_AT = DEFAULT_START_MS + 400 * BAR_MS + 1_000
 
 
 def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
-    kafka_bootstrap, prefix, tmp_path, capsys
+    kafka_bootstrap, prefix, tmp_path, capsys, monkeypatch
 ):
     settings = small_settings(tmp_path)
     provision(kafka_bootstrap, prefix)
     _publish(kafka_bootstrap, prefix, [(s, r) for s, r in generate(settings.generator)])
-    for command, at in (("halt", HALT_AT), ("reset_kill_switch", RESET_AT)):
-        argv = [command, "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--at", str(at),
-                "--operator", "ops-oncall", "--reason", f"{command} drill"]  # fmt: skip
-        assert control.main(argv) == 0
-        assert f"sent {command} for *" in capsys.readouterr().out
+    key_file = tmp_path / "ops-oncall.key"
+    key_file.write_text(base64.b64encode(OPERATOR_KEYS["ops-oncall"].private_bytes_raw()).decode())
+    with monkeypatch.context() as m:  # as the operator's own Kafka principal and key
+        m.setenv("ENSEMBLE_OPERATOR_KEY_FILE", str(key_file))
+        for k, v in principal_env("operator").items():
+            m.setenv(k, v)
+        forged = control.command_record("reset_kill_switch", "*", "ops-oncall", "forged", HALT_AT)
+        forged["signature"] = ""  # what anyone with network access could send before
+        for command, at in (("halt", HALT_AT), ("reset_kill_switch", RESET_AT)):
+            argv = [command, "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--at", str(at),
+                    "--operator", "ops-oncall", "--reason", f"{command} drill"]  # fmt: skip
+            assert control.main(argv) == 0
+            assert f"sent {command} for *" in capsys.readouterr().out
+        control.send(kafka_bootstrap, prefix, forged)
 
-    env = flow_env(kafka_bootstrap, prefix)
+    # the replay's commands lie hours of event time past where the flow starts reading
+    env = {**flow_env(kafka_bootstrap, prefix), "ENSEMBLE_COMMAND_WINDOW_MS": str(2 * 86_400_000)}
     run_main(build_flow(Settings.from_env(env)))
 
     repro = read_topic(kafka_bootstrap, f"{prefix}.repro", codec.STREAM_SCHEMAS["repro"])
@@ -42,7 +53,12 @@ def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
         ("BTC-PERP", "halt"), ("BTC-PERP", "reset_kill_switch"),
         ("ETH-PERP", "halt"), ("ETH-PERP", "reset_kill_switch"),
     ]  # fmt: skip
+    dead = read_topic(
+        kafka_bootstrap, f"{prefix}.dead_letters", codec.STREAM_SCHEMAS["dead_letters"]
+    )
+    assert [d["reason"].split(":")[0] for d in dead] == ["command_unsigned"]
     for a in audits:
+        assert a["command"]["signer"].startswith("ops-oncall/ed25519:")
         assert a["command"]["operator"] == "ops-oncall"
         assert a["command"]["reason"] == f"{a['command']['command']} drill"
         assert a["command"]["command_id"].startswith("cmd-")

@@ -8,6 +8,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from dataflows.ensemble import build_flow
 from dataflows.io import RawMessage
+from dataflows.kafka_security import confluent_config, kafka_python_config
 from dataflows.settings import Settings
 from dataflows.topics import ALL_TOPICS, OUTPUT_TOPICS, provision
 from marketdata.generator import generate
@@ -35,7 +36,7 @@ def test_provisioning_creates_every_topic_with_partitions_retention_and_cleanup(
     created, existing = provision(kafka_bootstrap, prefix)
     assert len(created) == len(ALL_TOPICS) and not existing
     assert provision(kafka_bootstrap, prefix) == ([], sorted(created)), "idempotent"
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = AdminClient(confluent_config(kafka_bootstrap))
     md = admin.list_topics(timeout=10)
     for t in ALL_TOPICS:
         assert len(md.topics[t.name(prefix)].partitions) == t.partitions
@@ -104,7 +105,7 @@ def kafka_run(kafka_bootstrap, tmp_path_factory):
     settings = small_settings(tmp_path_factory.mktemp("files"))
     records = [(s, r) for s, r in generate(settings.generator) if s != "funding"]
     producer = KafkaProducer(
-        bootstrap_servers=kafka_bootstrap, acks="all", max_in_flight_requests_per_connection=1
+        **kafka_python_config(kafka_bootstrap, acks="all", max_in_flight_requests_per_connection=1)
     )
     expected: list[str] = []
     n_trades = 0

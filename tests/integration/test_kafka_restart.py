@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Producer
 
 from dataflows.io import RawMessage
+from dataflows.kafka_security import confluent_config
 from dataflows.recovery import prepare
 from dataflows.topics import OUTPUT_TOPICS, provision
 from marketdata.generator import generate
@@ -27,7 +28,7 @@ from marketdata.replay import encoded
 from operators.telemetry import record_key
 from schemas import codec
 from tests.conftest import kill_after_a_snapshot, run_records, small_settings
-from tests.integration.kafka_io import read_topic
+from tests.integration.kafka_io import principal_env, read_topic
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ DAYS = "6"  # long enough to kill mid-stream after the first one-second snapshot
 
 
 def _publish(bootstrap: str, prefix: str, records: list[tuple[str, dict]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer(confluent_config(bootstrap, **{"enable.idempotence": True}))
     for stream, key, value, _ts in encoded(records, "ensemble_1_1"):
         producer.produce(f"{prefix}.{stream}", value=value, key=key)
         producer.poll(0)
@@ -46,7 +47,7 @@ def _publish(bootstrap: str, prefix: str, records: list[tuple[str, dict]]) -> No
 def _count(bootstrap: str, prefix: str, stream: str) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "ensemble-tests-count"})
+    c = Consumer(confluent_config(bootstrap, **{"group.id": "ensemble-tests-count"}))
     try:
         md = c.list_topics(f"{prefix}.{stream}", timeout=10)
         parts = md.topics[f"{prefix}.{stream}"].partitions
@@ -74,6 +75,7 @@ def test_sigkill_mid_stream_and_restart_publish_the_uninterrupted_decisions(
     prepare(rec, 1)
     env = {
         **os.environ,
+        **principal_env("flow"),
         "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "ENSEMBLE_TOPIC_PREFIX": prefix,
         "ENSEMBLE_KAFKA_TAIL": "0",

@@ -1,0 +1,115 @@
+"""Readiness of a Kafka-fed flow: `GET /ready` on ENSEMBLE_READY_PORT (default 3031).
+
+Bytewax's API server answers `/metrics` whatever the broker does, so a probe on it stays
+green through an outage. `/ready` answers 200 only while the broker answers, every input
+topic exists and the input makes progress: messages waiting on a partition while nothing
+was read for `stall_s` seconds (default 120) means not ready (503, with the reason).
+Checked every `interval_s` seconds in a background thread, with the flow's own client
+settings; the first check runs at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+log = logging.getLogger("ensemble.readiness")
+
+
+class Readiness:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topics: Iterable[str],
+        stall_s: float = 120.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.topics = sorted(topics)
+        self.stall_s = stall_s
+        self.clock = clock
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self.last_input_s = clock()
+        self.ready, self.reason = False, "not checked yet"
+        self._lock = threading.Lock()
+        self._consumer: Consumer | None = None
+
+    def saw(self, topic: str | None, partition: int | None, offset: int | None) -> None:
+        """The flow read this message (called from the `from_kafka` step)."""
+        self.last_input_s = self.clock()
+        if topic is not None and partition is not None and offset is not None and offset >= 0:
+            self.next_offset[(topic, partition)] = offset + 1
+
+    def check(self) -> tuple[bool, str]:
+        """Ask the broker: topics there, and either caught up or reading."""
+        if self._consumer is None:
+            self._consumer = Consumer({**self.config, "enable.auto.commit": False})
+        c = self._consumer
+        try:
+            md = c.list_topics(timeout=5)
+            missing = [t for t in self.topics if t not in md.topics or md.topics[t].error]
+            if missing:
+                return self._set(False, f"input topics missing: {missing}")
+            waiting = 0
+            for t in self.topics:
+                for p in md.topics[t].partitions:
+                    lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=5, cached=False)
+                    waiting += max(0, hi - max(lo, self.next_offset.get((t, p), lo)))
+        except KafkaException as e:
+            return self._set(False, f"broker unreachable: {e.args[0].str()}")
+        idle_s = self.clock() - self.last_input_s
+        if waiting and idle_s > self.stall_s:
+            return self._set(
+                False, f"no input read for {idle_s:.0f} s with {waiting} messages waiting"
+            )
+        return self._set(True, f"ok: broker answers, {waiting} input messages waiting")
+
+    def _set(self, ready: bool, reason: str) -> tuple[bool, str]:
+        with self._lock:
+            if ready != self.ready:
+                log.log(logging.INFO if ready else logging.WARNING, "readiness: %s", reason)
+            self.ready, self.reason = ready, reason
+        return ready, reason
+
+    def status(self) -> tuple[bool, str]:
+        with self._lock:
+            return self.ready, self.reason
+
+
+def serve(readiness: Readiness, port: int, interval_s: float = 5.0) -> ThreadingHTTPServer:
+    """Check every `interval_s` and answer `/ready` on 0.0.0.0:port, both in daemon threads."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path != "/ready":
+                self.send_error(404)
+                return
+            ready, reason = readiness.status()
+            body = (reason + "\n").encode()
+            self.send_response(200 if ready else 503)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # probes every few seconds: not logged
+            pass
+
+    def loop() -> None:
+        while True:
+            try:
+                readiness.check()
+            except Exception as e:  # a failed check means not ready, never a dead thread
+                readiness._set(False, f"check failed: {e}")
+            time.sleep(interval_s)
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="ensemble-ready", daemon=True).start()
+    threading.Thread(target=loop, name="ensemble-ready-check", daemon=True).start()
+    return server

@@ -1,0 +1,210 @@
+"""Operator commands are signed, fresh and used once: who may change the strategy's state.
+
+A command is accepted only if all hold, else it is a dead letter with the typed reason and
+never reaches the strategy:
+
+- at decode (stateless, `verify`): it carries an Ed25519 signature (`signature`, base64)
+  over `canonical_bytes` of its fields, made with the private key of an operator whose
+  public key is in the configuration (`OperatorKeys`), and names this flow's strategy;
+- per symbol (`CommandGate`, between `by_symbol` and `market`): its `command_id` was not
+  seen before (bounded memory), and its event time lies within `window_ms` of the
+  symbol's latest market event time. A command that arrives before any market event of
+  its symbol is held until the first one tells the flow's time.
+
+Private keys never live in the repository: `python -m dataflows.control` reads one from
+the environment or a file; tests generate theirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from operators.events import ControlCommand
+
+# What is signed: these fields, as sorted compact JSON (UTF-8) after a domain tag, so a
+# signature over anything else (another message type, a later format) never verifies.
+SIGNED_FIELDS = (
+    "symbol",
+    "ts_event_ms",
+    "strategy_id",
+    "command",
+    "operator",
+    "reason",
+    "command_id",
+)
+DOMAIN = b"ensemble-control-command-v1\n"
+DEFAULT_WINDOW_MS = 900_000  # a command more than 15 min from the flow's time is stale
+MAX_SEEN_IDS = 100_000  # per symbol; the oldest ids are forgotten first
+MAX_HELD = 1_000  # commands held per symbol before its first market event
+
+
+class CommandReject(enum.StrEnum):
+    """Why a command was refused (the dead letter's reason starts with it)."""
+
+    UNSIGNED = "command_unsigned"
+    BAD_SIGNATURE = "command_bad_signature"
+    UNKNOWN_OPERATOR = "command_unknown_operator"
+    FOREIGN_STRATEGY = "command_foreign_strategy"
+    REPLAYED = "command_replayed"
+    STALE = "command_stale"
+    TOO_MANY_HELD = "command_too_many_held"
+
+
+class CommandRefused(ValueError):
+    def __init__(self, reason: CommandReject, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+
+
+def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
+    """The bytes an operator signs: the signed fields of the command, canonically."""
+    missing = [f for f in SIGNED_FIELDS if f not in fields]
+    if missing:
+        raise ValueError(f"a command needs {missing} to be signed")
+    body = {f: fields[f] for f in SIGNED_FIELDS}
+    return DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def sign(fields: Mapping[str, Any], key: Ed25519PrivateKey) -> str:
+    """The base64 signature to put in the command's `signature` field."""
+    return base64.b64encode(key.sign(canonical_bytes(fields))).decode("ascii")
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A short fingerprint of a public key, kept in the audit record as the signer."""
+    raw = public.public_bytes_raw()
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    """How a public key is written in the operators' key configuration."""
+    return base64.b64encode(key.public_key().public_bytes_raw()).decode("ascii")
+
+
+def private_key_from_b64(text: str) -> Ed25519PrivateKey:
+    """A private key from its base64 raw 32-byte seed (how the CLI reads it)."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+        return Ed25519PrivateKey.from_private_bytes(raw)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"not a base64 Ed25519 private key (32 raw bytes): {e}") from None
+
+
+@dataclass(frozen=True)
+class OperatorKeys:
+    """The allowed operators: name -> Ed25519 public key."""
+
+    keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "operator keys") -> OperatorKeys:
+        """`{"alice": "<base64 raw public key>", ...}`; ValueError naming what is wrong."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}: not JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: must be a JSON object of operator -> public key")
+        keys: dict[str, Ed25519PublicKey] = {}
+        for name, b64 in raw.items():
+            if not isinstance(name, str) or not name.strip() or not isinstance(b64, str):
+                raise ValueError(f"{source}: entry {name!r} must be a name and a base64 key")
+            try:
+                keys[name] = Ed25519PublicKey.from_public_bytes(
+                    base64.b64decode(b64, validate=True)
+                )
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    f"{source}: the key of {name!r} is not a base64 Ed25519 public key"
+                ) from None
+        return cls(keys)
+
+
+def verify(cmd: ControlCommand, keys: OperatorKeys, strategy_id: str) -> ControlCommand:
+    """The command with its signer's key id, or CommandRefused (stateless checks)."""
+    if cmd.strategy_id != strategy_id:
+        raise CommandRefused(
+            CommandReject.FOREIGN_STRATEGY,
+            f"strategy_id {cmd.strategy_id!r} is not this flow's {strategy_id!r}",
+        )
+    public = keys.keys.get(cmd.operator)
+    if public is None:
+        raise CommandRefused(
+            CommandReject.UNKNOWN_OPERATOR, f"operator {cmd.operator!r} has no configured key"
+        )
+    if not cmd.signature:
+        raise CommandRefused(CommandReject.UNSIGNED, "the command carries no signature")
+    try:
+        sig = base64.b64decode(cmd.signature, validate=True)
+        public.verify(sig, canonical_bytes(cmd.signed_fields()))
+    except (binascii.Error, ValueError, InvalidSignature):
+        raise CommandRefused(
+            CommandReject.BAD_SIGNATURE,
+            f"the signature does not verify with {cmd.operator!r}'s key",
+        ) from None
+    return cmd.with_signer(f"{cmd.operator}/{key_id(public)}")
+
+
+@dataclass
+class CommandGate:
+    """One symbol's replay and staleness checks; its state is part of the flow's snapshot."""
+
+    window_ms: int = DEFAULT_WINDOW_MS
+    latest_event_ms: int | None = None
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    held: list[ControlCommand] = field(default_factory=list)
+
+    def on_event(self, event: Any) -> list[Any]:
+        """What passes on, in order: events, accepted commands, and CommandRefused for the
+        dead letters (with the refused command attached as `.command`)."""
+        if not isinstance(event, ControlCommand):
+            out: list[Any] = []
+            if self.latest_event_ms is None or event.ts_event_ms > self.latest_event_ms:
+                self.latest_event_ms = event.ts_event_ms
+            if self.held:
+                held, self.held = self.held, []
+                out += [self._judge(c) for c in held]
+            out.append(event)
+            return out
+        if self.latest_event_ms is None:
+            if len(self.held) >= MAX_HELD:
+                return [_refused(event, CommandReject.TOO_MANY_HELD, f"{MAX_HELD} already held")]
+            self.held.append(event)
+            return []
+        return [self._judge(event)]
+
+    def _judge(self, cmd: ControlCommand) -> Any:
+        if cmd.command_id in self.seen:
+            return _refused(
+                cmd, CommandReject.REPLAYED, f"command_id {cmd.command_id!r} seen before"
+            )
+        assert self.latest_event_ms is not None
+        off_ms = cmd.ts_event_ms - self.latest_event_ms
+        if abs(off_ms) > self.window_ms:
+            return _refused(
+                cmd,
+                CommandReject.STALE,
+                f"event time {cmd.ts_event_ms} is {off_ms / 1000:+.0f} s from the flow's "
+                f"{self.latest_event_ms} (window ±{self.window_ms / 1000:.0f} s)",
+            )
+        self.seen[cmd.command_id] = None
+        if len(self.seen) > MAX_SEEN_IDS:
+            self.seen.popitem(last=False)
+        return cmd
+
+
+def _refused(cmd: ControlCommand, reason: CommandReject, detail: str) -> CommandRefused:
+    e = CommandRefused(reason, detail)
+    e.command = cmd  # type: ignore[attr-defined]
+    return e

@@ -1,0 +1,178 @@
+"""Operator commands: only signed, fresh, first-seen commands of this strategy change state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dataflows.io import RawMessage
+from marketdata.generator import DEFAULT_START_MS
+from operators.commands import (
+    CommandGate,
+    CommandRefused,
+    CommandReject,
+    OperatorKeys,
+    canonical_bytes,
+    public_key_b64,
+    verify,
+)
+from operators.config import ConfigError
+from operators.events import ControlCommand
+from tests.conftest import OPERATOR_KEYS, messages, run_records, signed, small_settings
+from tests.test_decision_core import (
+    ENSEMBLE_1_0,
+    NO_DAILY_LIMIT,
+    Scenario,
+    _into_a_drawdown_halt,
+    _one,
+)
+
+BAR_MS = 300_000
+HALT_AT = DEFAULT_START_MS + 250 * BAR_MS + 90_000
+KEYS = OperatorKeys.from_json(json.dumps({"alice": public_key_b64(OPERATOR_KEYS["alice"])}))
+
+
+def _cmd(**kw) -> dict:
+    base = {
+        "symbol": "*",
+        "ts_event_ms": HALT_AT,
+        "command": "halt",
+        "operator": "alice",
+        "reason": "drill",
+        "command_id": "c-1",
+    }
+    return {**base, **kw}
+
+
+def _control(rec: dict) -> ControlCommand:
+    fields = {k: rec[k] for k in ("symbol", "ts_event_ms", "command", "operator", "reason")}
+    return ControlCommand(
+        **fields,
+        command_id=rec["command_id"],
+        strategy_id=rec.get("strategy_id", "ensemble_1_1"),
+        signature=rec.get("signature", ""),
+    )
+
+
+def test_a_signed_command_verifies_and_names_its_signer():
+    cmd = verify(_control(signed(_cmd())), KEYS, "ensemble_1_1")
+    assert cmd.signer.startswith("alice/ed25519:")
+
+
+@pytest.mark.parametrize(
+    "rec, reason",
+    [
+        (_cmd(), CommandReject.UNSIGNED),
+        ({**signed(_cmd()), "reason": "changed after signing"}, CommandReject.BAD_SIGNATURE),
+        (signed(_cmd(), Ed25519PrivateKey.generate()), CommandReject.BAD_SIGNATURE),
+        ({**signed(_cmd()), "signature": "not base64!"}, CommandReject.BAD_SIGNATURE),
+        (
+            signed(_cmd(operator="mallory"), Ed25519PrivateKey.generate()),
+            CommandReject.UNKNOWN_OPERATOR,
+        ),
+        (signed(_cmd(strategy_id="someone_else")), CommandReject.FOREIGN_STRATEGY),
+    ],
+)
+def test_unsigned_badly_signed_unknown_and_foreign_commands_are_refused(rec, reason):
+    with pytest.raises(CommandRefused) as e:
+        verify(_control(rec), KEYS, "ensemble_1_1")
+    assert e.value.reason is reason and str(e.value).startswith(reason.value)
+
+
+def test_the_canonical_encoding_covers_every_field_that_changes_the_effect():
+    base = canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1"})
+    for field, other in (("symbol", "BTC-PERP"), ("ts_event_ms", 1), ("command", "resume"),
+                         ("operator", "bob"), ("reason", "x"), ("command_id", "c-2"),
+                         ("strategy_id", "s")):  # fmt: skip
+        assert canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1", field: other}) != base
+
+
+def test_gate_holds_commands_until_the_flow_knows_its_time_then_refuses_replays_and_stale():
+    gate = CommandGate(window_ms=900_000)
+    c1 = _control(_cmd(symbol="BTC-PERP"))
+    assert gate.on_event(c1) == []  # no market time yet: held
+
+    class Tick:
+        ts_event_ms = HALT_AT - 60_000
+
+    out = gate.on_event(Tick())
+    assert out[0] is c1 and isinstance(out[1], Tick)
+    replay = gate.on_event(_control(_cmd(symbol="BTC-PERP", reason="again")))[0]
+    assert isinstance(replay, CommandRefused) and replay.reason is CommandReject.REPLAYED
+    old = gate.on_event(
+        _control(_cmd(symbol="BTC-PERP", command_id="c-9", ts_event_ms=1230768000000))
+    )
+    assert isinstance(old[0], CommandRefused) and old[0].reason is CommandReject.STALE
+    ahead = gate.on_event(_control(_cmd(command_id="c-10", ts_event_ms=HALT_AT + 86_400_000)))
+    assert isinstance(ahead[0], CommandRefused) and ahead[0].reason is CommandReject.STALE
+
+
+def _run_with(tmp_path, commands: list[dict]) -> dict:
+    settings = small_settings(tmp_path)
+    msgs = messages(settings)
+    out: list[RawMessage] = []
+    pending = sorted(commands, key=lambda c: c["ts_event_ms"])
+    for m in msgs:
+        while pending and m.payload["ts_event_ms"] >= max(pending[0]["ts_event_ms"], HALT_AT):
+            out.append(RawMessage("control", pending.pop(0)))
+        out.append(m)
+    return run_records(settings, out)
+
+
+def test_forged_commands_in_the_flow_are_dead_letters_and_never_change_state(tmp_path):
+    mallory = Ed25519PrivateKey.generate()
+    forged = [
+        _cmd(command_id="f-1"),  # unsigned
+        {**signed(_cmd(command_id="f-2")), "reason": "tampered"},
+        signed(_cmd(operator="mallory", command_id="f-3"), mallory),
+        signed(_cmd(command_id="f-4", strategy_id="other_strategy")),
+        signed(_cmd(command_id="f-5", ts_event_ms=1230768000000)),  # stamped 2009-01-01
+    ]
+    out = _run_with(tmp_path, forged)
+    assert not [r for r in out["repro"] if r["event"] == "control"], "no command was applied"
+    assert {s["trading_state"] for s in out["signals"]} == {"ACTIVE"}
+    reasons = sorted(d["reason"].split(":")[0] for d in out["dead_letters"])
+    assert reasons == sorted(
+        [
+            "command_unsigned",
+            "command_bad_signature",
+            "command_unknown_operator",
+            "command_foreign_strategy",
+            "command_stale",
+            "command_stale",
+        ]
+    )  # fmt: skip  (the 2009 reset is refused once per symbol)
+
+
+def test_a_replayed_command_id_is_a_dead_letter_and_the_audit_keeps_the_signer(tmp_path):
+    halt = signed(_cmd(command_id="c-1"))
+    resume = signed(_cmd(command="resume", command_id="c-1", ts_event_ms=HALT_AT + 60_000))
+    out = _run_with(tmp_path, [halt, resume])
+    audits = [r for r in out["repro"] if r["event"] == "control"]
+    assert sorted(a["command"]["command"] for a in audits) == ["halt", "halt"]
+    assert all(a["command"]["signer"].startswith("alice/ed25519:") for a in audits)
+    dead = [d for d in out["dead_letters"] if d["reason"].startswith("command_replayed")]
+    assert len(dead) == 2  # one per symbol
+
+
+def test_halt_then_resume_never_lifts_a_kill_switch_halt():
+    sc = Scenario(ENSEMBLE_1_0, **NO_DAILY_LIMIT)
+    _into_a_drawdown_halt(sc)
+    sc.bar()
+    sc.bar(controls=("halt",))
+    out = sc.bar(p_up=0.60, s_top=0.5, rv=0.05, controls=("resume",))
+    resume = json.loads(next(r for s, r in out if s == "repro")["change_json"])
+    # the resume is refused outright (before, it was applied and the drawdown re-fired)
+    assert resume["result"].startswith("ignored: halted by kill-switch 'drawdown_limit")
+    assert resume["after"]["trading_state"] == "HALTED"
+    health = _one(out, "health")
+    assert health["trading_state"] == "HALTED" and health["halt_reason"].startswith("drawdown")
+
+
+def test_bad_operator_keys_stop_the_start_naming_the_setting():
+    with pytest.raises(ConfigError, match="ENSEMBLE_OPERATOR_KEYS_JSON"):
+        small_settings(
+            __import__("pathlib").Path("/tmp"), ENSEMBLE_OPERATOR_KEYS_JSON='{"a": "xx"}'
+        )
