@@ -16,7 +16,6 @@ candles, trades, funding. Records come out in the order they became available
 
 from __future__ import annotations
 
-import gzip
 import heapq
 import json
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
+
+from marketdata.live.capture import capture_items
 
 Timed = tuple[int, str, dict[str, Any]]
 KINDS = ("candles", "trades", "funding")
@@ -159,41 +160,10 @@ def load_trades(spec: FileSpec) -> pd.DataFrame:
 
 
 def _ws_capture_trades(path: Path) -> pd.DataFrame:
-    """Trades from a raw WebSocket capture: Hyperliquid `trades` or Binance `trade` frames."""
-    rows = []
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            _, _, frame = line.partition(" ")
-            msg = json.loads(frame)
-            if msg.get("channel") == "trades":  # Hyperliquid; users = [buyer, seller]
-                for t in msg["data"]:
-                    buyer, seller = (t.get("users") or [None, None])[:2]
-                    rows.append(
-                        {
-                            "ts_ms": int(t["time"]),
-                            "trade_id": str(t["tid"]),
-                            "px": float(t["px"]),
-                            "qty": float(t["sz"]),
-                            "side": "buy" if t["side"] == "B" else "sell",
-                            "buyer": buyer,
-                            "seller": seller,
-                        }
-                    )
-                continue
-            d = msg.get("data") or {}
-            if d.get("e") == "trade" and d.get("X", "MARKET") == "MARKET":  # Binance
-                rows.append(
-                    {
-                        "ts_ms": int(d["T"]),
-                        "trade_id": str(d["t"]),
-                        "px": float(d["p"]),
-                        "qty": float(d["q"]),
-                        "side": "sell" if d["m"] else "buy",
-                        "buyer": None,
-                        "seller": None,
-                    }
-                )
-    df = pd.DataFrame(rows, columns=["ts_ms", "trade_id", "px", "qty", "side", "buyer", "seller"])
+    """Trades from a raw WebSocket capture, through the live feed's own parsers."""
+    records = [item.record for _, item in capture_items(path) if item.stream == "trades"]
+    cols = ["ts_event_ms", "trade_id", "px", "qty", "side", "buyer", "seller"]
+    df = pd.DataFrame(records, columns=cols).rename(columns={"ts_event_ms": "ts_ms"})
     return df.sort_values("ts_ms", kind="stable").reset_index(drop=True)
 
 

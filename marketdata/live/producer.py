@@ -1,0 +1,87 @@
+"""The ingestor's Kafka side: Avro records keyed by symbol on PREFIX.<stream>, dead
+letters on PREFIX.dead_letters, through one idempotent producer.
+
+Receive time travels as the Kafka timestamp and the `ts_init_ms` header (the input
+schemas have no such field), so the event time stays the venue's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from operators.events import PARSERS
+from operators.telemetry import Stamp, dead_letter, wall_clock_ms
+from schemas.codec import encode, with_defaults
+
+log = logging.getLogger(__name__)
+
+
+def producer_config(bootstrap: str, client_id: str = "ensemble-live") -> dict[str, Any]:
+    """Every producer setting in one place (security settings belong here too)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "enable.idempotence": True,  # retries never duplicate nor reorder
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+
+
+class Publisher:
+    def __init__(self, bootstrap: str, prefix: str, strategy_id: str) -> None:
+        self.prefix = prefix
+        self.strategy_id = strategy_id
+        self.stamp = Stamp(strategy_id, clock=wall_clock_ms)
+        self.producer = Producer(producer_config(bootstrap))
+        self.delivered = 0
+        self.failed = 0
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        log.error("Kafka delivery failed: %s", err)
+        if err.fatal():
+            raise KafkaException(err)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, recv_ms: int) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    timestamp=recv_ms,
+                    headers={"ts_init_ms": str(recv_ms).encode()},
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def publish(self, stream: str, record: dict[str, Any], recv_ms: int) -> None:
+        schema = PARSERS[stream][0]
+        full = with_defaults(schema, {"strategy_id": self.strategy_id, **record})
+        self._produce(
+            f"{self.prefix}.{stream}", record["symbol"].encode(), encode(schema, full), recv_ms
+        )
+
+    def dead_letter(self, source_stream: str, raw: str | bytes, reason: str, recv_ms: int) -> None:
+        payload = raw.encode() if isinstance(raw, str) else raw
+        rec = dead_letter(self.stamp, source_stream, payload, reason)
+        rec["ts_init_ms"] = recv_ms
+        key = rec["symbol"].encode() if rec["symbol"] else None
+        self._produce(f"{self.prefix}.dead_letters", key, encode("dead_letter", rec), recv_ms)
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float) -> int:
+        """Messages still undelivered after `timeout_s` (0 when all are on the broker)."""
+        return self.producer.flush(timeout_s)
