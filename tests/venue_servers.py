@@ -104,12 +104,16 @@ def load_frames(venue: str, path: Path) -> list[Frame]:
             else:
                 continue
             ts = trades[-1].ts_ms
-            if minute_trades and ts // MINUTE_MS > minute_trades[0].ts_ms // MINUTE_MS:
-                if venue == "binance":  # the closed kline, sent as the next minute starts
-                    frames.append(Frame(ts, _kline_frame(_candle(minute_trades), closed=True)))
-                minute_trades = []
             frames.append(Frame(ts, text, trades))
-            minute_trades += trades
+            for t in trades:
+                if minute_trades and t.ts_ms // MINUTE_MS > minute_trades[0].ts_ms // MINUTE_MS:
+                    closed = _candle(minute_trades)  # the minute's final state
+                    if venue == "binance":
+                        frames.append(Frame(ts, _kline_frame(closed, closed=True)))
+                    else:
+                        frames.append(Frame(ts, _hl_candle_frame(closed)))
+                    minute_trades = []
+                minute_trades.append(t)
             if venue == "hyperliquid":  # an update of the open candle after every trade
                 frames.append(Frame(ts, _hl_candle_frame(_candle(minute_trades))))
             elif len(minute_trades) == 1:  # one open-kline update per minute
@@ -150,6 +154,7 @@ class VenueServer:
         self.cursor = 0  # frames that have "happened"
         self.connections = 0
         self.sent = 0  # frames sent over WebSockets, malformed ones included
+        self.sent_per_connection: list[int] = []
         self.paths: list[str] = []
         self.subscriptions: list[dict[str, Any]] = []
         self.pings = 0
@@ -209,6 +214,7 @@ class VenueServer:
     async def _ws(self, conn: ServerConnection) -> None:
         self.connections += 1
         first = self.connections == 1
+        self.sent_per_connection.append(0)
         self.paths.append(conn.request.path if conn.request else "")
         if not first:  # the client was away: the market went on without it
             self.cursor = min(len(self.frames), self.cursor + self.script.skip)
@@ -226,10 +232,10 @@ class VenueServer:
                     await asyncio.Event().wait()  # hung: no frames, no pongs
                 for bad in self.script.malformed.pop(self.cursor, []):
                     await conn.send(bad)
-                    self.sent += 1
+                    self._count_sent()
                 await conn.send(self.frames[self.cursor].text)
                 self.cursor += 1
-                self.sent += 1
+                self._count_sent()
                 await asyncio.sleep(self.script.pace_s)
             self.done.set()
             await conn.wait_closed()
@@ -238,6 +244,15 @@ class VenueServer:
         finally:
             reader.cancel()
 
+    def _count_sent(self) -> None:
+        self.sent += 1
+        self.sent_per_connection[-1] += 1
+
+    @property
+    def sent_last(self) -> int:
+        """Frames sent on the latest connection."""
+        return self.sent_per_connection[-1] if self.sent_per_connection else 0
+
     async def _read(self, conn: ServerConnection, silent: asyncio.Event) -> None:
         async for raw in conn:
             msg = json.loads(raw)
@@ -245,9 +260,10 @@ class VenueServer:
                 self.subscriptions.append(msg["subscription"])
                 ack = {"channel": "subscriptionResponse", "data": msg}
                 await conn.send(json.dumps(ack))
-            elif msg.get("method") == "ping" and not silent.is_set():
+            elif msg.get("method") == "ping":
                 self.pings += 1
-                await conn.send(json.dumps({"channel": "pong"}))
+                if not silent.is_set():
+                    await conn.send(json.dumps({"channel": "pong"}))
 
     # -- REST ------------------------------------------------------------------------------------
     def _happened(self) -> list[VenueTrade]:

@@ -25,7 +25,7 @@ from marketdata.live.producer import Publisher
 from marketdata.live.ratelimit import WeightBudget
 from marketdata.live.rest import RestClient, RestError
 from marketdata.live.symbols import SYMBOLS, VENUES
-from marketdata.live.venue import FeedPosition, Venue
+from marketdata.live.venue import FeedPosition, Gap, Venue
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,15 @@ class Ingestor:
             if cfg.max_connection_age_s is None
             else cfg.max_connection_age_s
         )
-        self.gaps: list = []
+        self.gaps: list[Gap] = []
+        self.frames_received = 0
+        self.frames_this_connection = 0
 
     # -- records ---------------------------------------------------------------------------------
     def handle_frame(self, frame: str | bytes, recv_ns: int) -> None:
         """Record, parse, deduplicate and publish one frame; a bad frame is a dead letter."""
+        self.frames_received += 1
+        self.frames_this_connection += 1
         if self.recorder:
             self.recorder.write(recv_ns, frame)
         recv_ms = recv_ns // 1_000_000
@@ -209,8 +213,6 @@ class Ingestor:
         try:
             result = await self.venue.backfill(rest, self.symbols, self.position)
         except (RestError, FrameError) as e:
-            from marketdata.live.venue import Gap
-
             gap = Gap("all", "*", self.position.last_event_ms, recv_ms, f"backfill failed: {e}")
             self._report_gap(gap)
             return
@@ -220,7 +222,7 @@ class Ingestor:
             self._report_gap(gap)
         log.info("%s: backfilled %d records (%d already had)", self.venue.name, n, len(items) - n)
 
-    def _report_gap(self, gap) -> None:
+    def _report_gap(self, gap: Gap) -> None:
         self.gaps.append(gap)
         self.metrics.gaps.labels(self.venue.name, gap.stream).inc()
         log.error(
@@ -273,6 +275,8 @@ class Ingestor:
                 for msg in self.venue.subscribe_messages(self.symbols):
                     await ws.send(msg)
                 self.connections += 1
+                self.parser = self.venue.parser()  # no half-built candle across connections
+                self.frames_this_connection = 0
                 if self.connections > 1:
                     await self.backfill(rest)
                 return await self._read(ws, stop)
