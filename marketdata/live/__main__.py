@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 from marketdata.live import VENUE_CLASSES
 from marketdata.live.ingestor import ConfigError, Ingestor, IngestorConfig
 from marketdata.live.metrics import FeedMetrics
-from marketdata.live.producer import Publisher
+from marketdata.live.producer import Publisher, PublisherError
 
 FLUSH_TIMEOUT_S = 30.0
 
@@ -70,6 +70,11 @@ async def run(cfg: IngestorConfig, metrics_port: int | None) -> int:
     if metrics_port is not None:
         start_http_server(metrics_port, registry=metrics.registry)
     publisher = Publisher(cfg.bootstrap, cfg.prefix, cfg.strategy_id)
+    try:
+        publisher.check_topics()
+    except PublisherError as e:
+        logging.error("%s", e)
+        return 2
     ingestor = Ingestor(cfg, VENUE_CLASSES[cfg.venue](), publisher, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,6 +19,10 @@ from schemas.codec import encode, with_defaults
 log = logging.getLogger(__name__)
 
 
+class PublisherError(RuntimeError):
+    """Kafka cannot take our records; the message says what to do."""
+
+
 def producer_config(bootstrap: str, client_id: str = "ensemble-live") -> dict[str, Any]:
     """Every producer setting in one place (security settings belong here too)."""
     return {
@@ -40,6 +44,20 @@ class Publisher:
         self.delivered = 0
         self.failed = 0
 
+    def check_topics(self, timeout_s: float = 15.0) -> None:
+        """Stop the start when the broker is unreachable or a topic we write is missing."""
+        streams = ("trades", "candles", "funding", "dead_letters")
+        try:
+            md = self.producer.list_topics(timeout=timeout_s)
+        except KafkaException as e:
+            raise PublisherError(f"Kafka unreachable: {e.args[0].str()}") from None
+        missing = [f"{self.prefix}.{s}" for s in streams if f"{self.prefix}.{s}" not in md.topics]
+        if missing:
+            raise PublisherError(
+                f"topics {missing} do not exist; create them with "
+                f"`python -m dataflows.topics --bootstrap HOST:PORT --prefix {self.prefix}`"
+            )
+
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is None:
             self.delivered += 1
@@ -48,6 +66,10 @@ class Publisher:
         log.error("Kafka delivery failed: %s", err)
         if err.fatal():
             raise KafkaException(err)
+
+    def delivery_callback(self) -> Any:
+        """The callback of the next message (the benchmark wraps it to time deliveries)."""
+        return self._on_delivery
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, recv_ms: int) -> None:
         while True:
@@ -58,7 +80,7 @@ class Publisher:
                     key=key,
                     timestamp=recv_ms,
                     headers={"ts_init_ms": str(recv_ms).encode()},
-                    on_delivery=self._on_delivery,
+                    on_delivery=self.delivery_callback(),
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain

@@ -265,3 +265,11 @@ def test_sigterm_mid_stream_flushes_everything_received_and_exits_0(
     assert sorted(r["trade_id"] for r in got) == sorted(received), (
         "everything received is on the broker"
     )
+
+
+def test_the_start_stops_with_a_message_when_the_topics_do_not_exist(kafka_bootstrap, prefix):
+    cmd = [sys.executable, "-m", "marketdata.live", "--venue", "binance", "--symbols", "BTC-PERP"]
+    cmd += ["--bootstrap", kafka_bootstrap, "--prefix", prefix, "--ws-url", "ws://127.0.0.1:9"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"'{prefix}.trades'" in done.stderr and "python -m dataflows.topics" in done.stderr
