@@ -980,8 +980,9 @@ def test_the_docker_context_holds_every_copied_path_and_package_and_nothing_priv
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     copied = {s for stage in stages[:1] for srcs, _ in context_copies(stage) for s in srcs}
     for pkg in project["tool"]["setuptools"]["packages"]:
-        assert pkg in copied, f"package {pkg} is not copied into the build stage"
-        assert in_docker_context(f"{pkg}/__init__.py")
+        top = pkg.split(".")[0]  # a subpackage comes with its parent's directory
+        assert top in copied, f"package {pkg} is not copied into the build stage"
+        assert in_docker_context(f"{pkg.replace('.', '/')}/__init__.py")
     assert project["project"]["readme"] in copied
     for private in (
         ".venv/bin/python",
@@ -1227,3 +1228,74 @@ def test_the_topic_job_and_the_statefulset_commands_run_serve_metrics_and_resume
     assert list(cwd.iterdir()) == [], "the process wrote into its working directory"
     assert list(volumes["recovery"].glob("part-*.sqlite3-wal")), "no recovery snapshot written"
     assert (volumes["tmp"] / "dataflow.json").is_file(), "the API cache is not in /tmp"
+
+
+# -- tests: the live market-data ingestor ---------------------------------------------------------
+def test_the_ingestor_deployment_runs_one_venue_once_with_the_command_line_s_own_arguments():
+    from marketdata.live.__main__ import parse_args
+
+    objs = render(BASE)
+    dep = workload(objs, "Deployment", "ensemble-ingestor")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    c = container(dep, "ingestor")
+    env = container_env(objs, c, "ensemble-ingestor-x", "ns")
+    argv = container_argv(c, env)
+    assert argv[:3] == ["python", "-m", "marketdata.live"]
+    cfg, metrics_port = parse_args(argv[3:])  # the ingestor's own parser and validation
+    assert cfg.venue == "hyperliquid", "the venue whose trades carry addresses"
+    assert ",".join(cfg.symbols) == env["ENSEMBLE_SYMBOLS"]
+    assert cfg.bootstrap == env["ENSEMBLE_KAFKA_BOOTSTRAP"]
+    assert cfg.prefix == env["ENSEMBLE_TOPIC_PREFIX"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http-metrics"] == metrics_port
+    for kind in ("livenessProbe", "readinessProbe"):
+        assert c[kind]["httpGet"] == {"path": "/metrics", "port": "http-metrics"}
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30, (
+        "time to flush to Kafka after SIGTERM"
+    )
+
+
+@pytest.mark.slow
+def test_the_ingestor_command_serves_metrics_publishes_and_exits_0_on_sigterm(kafka, tmp_path):
+    from dataflows.topics import provision
+    from tests.integration.kafka_io import read_topic
+    from tests.venue_servers import HL_CAPTURE, Script, VenueServer, capture_or_skip, load_frames
+
+    frames = load_frames("hyperliquid", capture_or_skip(HL_CAPTURE))
+    objs = render(BASE)
+    prefix = f"it-deploy-{uuid.uuid4().hex[:8]}"
+    settings = find(objs, "ConfigMap", "ensemble-settings")["data"]
+    settings.update(ENSEMBLE_KAFKA_BOOTSTRAP=kafka, ENSEMBLE_TOPIC_PREFIX=prefix)
+    settings.update(ENSEMBLE_SYMBOLS="BTC-PERP")
+    provision(kafka, prefix)
+    dep = workload(objs, "Deployment", "ensemble-ingestor")
+    c = container(dep, "ingestor")
+    argv, env = _local_run(objs, dep, c, _pod_volumes(objs, dep, tmp_path), "x")
+    port = _free_port()
+    argv[argv.index("--metrics-port") + 1] = str(port)
+    cwd = tmp_path / "workdir"
+    cwd.mkdir()
+    with VenueServer("hyperliquid", frames, Script(pace_s=0.05)) as server:
+        argv += ["--ws-url", server.ws_url, "--rest-url", server.rest_url]  # not the internet
+        proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            body = _scrape(
+                f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", 60, proc
+            )
+            assert server.done.wait(30), "the server did not get to the end of its capture"
+            time.sleep(0.5)
+            body = _scrape(f"http://127.0.0.1:{port}/metrics", 10, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out = proc.communicate(timeout=60)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    assert 'ensemble_live_frames_total{stream="trades",venue="hyperliquid"} 9.0' in body
+    trades = read_topic(kafka, f"{prefix}.trades", "trade")
+    assert len(trades) == sum(len(f.trades) for f in frames)
+    assert list(cwd.iterdir()) == [], "the process wrote into its working directory"
