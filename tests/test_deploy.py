@@ -1246,6 +1246,7 @@ def test_the_ingestor_deployment_runs_one_venue_once_with_the_command_line_s_own
     assert ",".join(cfg.symbols) == env["ENSEMBLE_SYMBOLS"]
     assert cfg.bootstrap == env["ENSEMBLE_KAFKA_BOOTSTRAP"]
     assert cfg.prefix == env["ENSEMBLE_TOPIC_PREFIX"]
+    assert ",".join(cfg.candle_symbols) == env["ENSEMBLE_CANDLE_SYMBOLS"], "as the flow reads"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["http-metrics"] == metrics_port
     for kind in ("livenessProbe", "readinessProbe"):
@@ -1266,7 +1267,7 @@ def test_the_ingestor_command_serves_metrics_publishes_and_exits_0_on_sigterm(ka
     prefix = f"it-deploy-{uuid.uuid4().hex[:8]}"
     settings = find(objs, "ConfigMap", "ensemble-settings")["data"]
     settings.update(ENSEMBLE_KAFKA_BOOTSTRAP=kafka, ENSEMBLE_TOPIC_PREFIX=prefix)
-    settings.update(ENSEMBLE_SYMBOLS="BTC-PERP")
+    settings.update(ENSEMBLE_SYMBOLS="BTC-PERP", ENSEMBLE_CANDLE_SYMBOLS="")
     provision(kafka, prefix)
     dep = workload(objs, "Deployment", "ensemble-ingestor")
     c = container(dep, "ingestor")

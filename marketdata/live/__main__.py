@@ -34,6 +34,11 @@ def parse_args(argv: list[str] | None) -> tuple[IngestorConfig, int | None]:
     ap.add_argument("--bootstrap", required=True, help="Kafka host:port[,host:port]")
     ap.add_argument("--prefix", default=d.prefix, help="topic prefix")
     ap.add_argument("--strategy-id", default=d.strategy_id)
+    ap.add_argument(
+        "--candle-symbols",
+        help="as the flow's ENSEMBLE_CANDLE_SYMBOLS: these get 1m candles and no trades, the "
+        "others trades and no candles (default: publish both for every symbol)",
+    )
     ap.add_argument("--ws-url", help="WebSocket base URL (default: the venue's public one)")
     ap.add_argument("--rest-url", help="REST base URL (default: the venue's public one)")
     ap.add_argument("--record", type=Path, help="append every raw frame to FILE (.jsonl.gz)")
@@ -51,6 +56,9 @@ def parse_args(argv: list[str] | None) -> tuple[IngestorConfig, int | None]:
             bootstrap=args.bootstrap,
             prefix=args.prefix,
             strategy_id=args.strategy_id,
+            candle_symbols=None
+            if args.candle_symbols is None
+            else tuple(s.strip() for s in args.candle_symbols.split(",") if s.strip()),
             ws_url=args.ws_url,
             rest_url=args.rest_url,
             record_path=args.record,

@@ -51,6 +51,9 @@ class IngestorConfig:
     clock_skew_bound_ms: int = 2_000
     keepalive_interval_s: float | None = None  # None: the venue's rule
     max_connection_age_s: float | None = None  # None: the venue's rule
+    # As the flow's ENSEMBLE_CANDLE_SYMBOLS: these get candles and no trades, the others
+    # trades and no candles (the flow dead-letters the rest). None: publish both.
+    candle_symbols: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.venue not in VENUES:
@@ -60,6 +63,9 @@ class IngestorConfig:
         unknown = [s for s in self.symbols if s not in SYMBOLS]
         if unknown:
             raise ConfigError(f"symbols={unknown}: unknown; known: {sorted(SYMBOLS)}")
+        extra = sorted(set(self.candle_symbols or ()) - set(self.symbols))
+        if extra:
+            raise ConfigError(f"candle_symbols={extra}: not among symbols={list(self.symbols)}")
         for name in ("silence_timeout_s", "backoff_initial_s", "backoff_max_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
@@ -159,8 +165,17 @@ class Ingestor:
         for item in parsed.items:
             self._publish(item, recv_ms, backfilled=False)
 
+    def wanted(self, item: Item) -> bool:
+        """Whether the flow reads this record (see `IngestorConfig.candle_symbols`)."""
+        candles = self.cfg.candle_symbols
+        if candles is None or item.stream == "funding":
+            return True
+        return (item.stream == "candles") == (item.record["symbol"] in candles)
+
     def _publish(self, item: Item, recv_ms: int, backfilled: bool) -> bool:
         stream = item.stream
+        if not self.wanted(item):
+            return False
         if not self.seen.add(item.dedup_key):
             self.metrics.duplicates.labels(self.venue.name, stream).inc()
             return False

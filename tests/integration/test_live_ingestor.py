@@ -273,3 +273,52 @@ def test_the_start_stops_with_a_message_when_the_topics_do_not_exist(kafka_boots
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"'{prefix}.trades'" in done.stderr and "python -m dataflows.topics" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("venue", ["hyperliquid", "binance"])
+def test_the_flow_computes_the_same_bars_and_cohorts_from_the_topics_as_from_the_capture_file(
+    kafka_bootstrap, prefix, venue, tmp_path
+):
+    from dataflows.settings import Settings
+    from tests.conftest import run_records
+
+    provision(kafka_bootstrap, prefix)
+    with VenueServer(venue, frames_of(venue)) as server:
+        run_ingestor(server, kafka_bootstrap, prefix)
+    common = {
+        "ENSEMBLE_CLOCK": "event",
+        "ENSEMBLE_SYMBOLS": "BTC-PERP",
+        "ENSEMBLE_CANDLE_SYMBOLS": "",
+        "ENSEMBLE_OVERRIDES": '{"warmup_bars": 60}',
+    }
+    kafka_env = {
+        **common,
+        "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "ENSEMBLE_TOPIC_PREFIX": prefix,
+        "ENSEMBLE_KAFKA_TAIL": "0",
+        "ENSEMBLE_OUT": str(tmp_path / "kafka"),
+    }
+    file_env = {
+        **common,
+        "ENSEMBLE_INPUT": f"trades:{CAPTURES[venue]}",
+        "ENSEMBLE_OUT": str(tmp_path / "file"),
+    }
+    from_topics = run_records(Settings.from_env(kafka_env))
+    from_file = run_records(Settings.from_env(file_env))
+    assert from_file["bars"], "the capture makes bars"
+    assert from_topics["bars"] == from_file["bars"]
+    assert from_topics["bars"][-1]["count"] > 0
+    cohort = ("s_top", "s_bot", "s_mood")
+    pick = [{k: r.get(k) for k in ("ts_event_ms", *cohort)} for r in from_topics["signals"]]
+    assert pick == [{k: r.get(k) for k in ("ts_event_ms", *cohort)} for r in from_file["signals"]]
+
+
+def test_candle_symbols_get_candles_and_the_others_trades_as_the_flow_reads_them(
+    kafka_bootstrap, prefix
+):
+    provision(kafka_bootstrap, prefix)
+    with VenueServer("binance", frames_of("binance")[:3000]) as server:
+        run_ingestor(server, kafka_bootstrap, prefix, candle_symbols=("BTC-PERP",))
+    assert read_topic(kafka_bootstrap, f"{prefix}.trades", "trade") == []
+    assert len(read_topic(kafka_bootstrap, f"{prefix}.candles", "candle")) >= 1
