@@ -156,14 +156,21 @@ class Ingestor:
         try:
             parsed = self.parser.parse(frame, recv_ms)
         except FrameError as e:
-            self.metrics.frames.labels(self.venue.name, "malformed").inc()
-            self.metrics.dead_letters.labels(self.venue.name).inc()
-            self.publisher.dead_letter(f"{self.venue.name}.ws", frame, str(e), recv_ms)
-            log.warning("%s: dead letter: %s", self.venue.name, e)
+            self._dead_letter(frame, str(e), recv_ms)
+            return
+        except Exception as e:  # a frame shape the parser never met: still only one frame
+            log.exception("%s: parser failed on a frame", self.venue.name)
+            self._dead_letter(frame, f"parser error {type(e).__name__}: {e}", recv_ms)
             return
         self.metrics.frames.labels(self.venue.name, parsed.kind).inc()
         for item in parsed.items:
             self._publish(item, recv_ms, backfilled=False)
+
+    def _dead_letter(self, frame: str | bytes, reason: str, recv_ms: int) -> None:
+        self.metrics.frames.labels(self.venue.name, "malformed").inc()
+        self.metrics.dead_letters.labels(self.venue.name).inc()
+        self.publisher.dead_letter(f"{self.venue.name}.ws", frame, reason, recv_ms)
+        log.warning("%s: dead letter: %s", self.venue.name, reason)
 
     def wanted(self, item: Item) -> bool:
         """Whether the flow reads this record (see `IngestorConfig.candle_symbols`)."""

@@ -62,7 +62,7 @@ class RestClient:
                         text = (await resp.text())[:200]
                         raise RestError(f"{method} {url} {kw}: HTTP {resp.status}: {text}")
                     return await resp.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:  # ValueError: bad JSON
                 if attempt == MAX_ATTEMPTS - 1:
                     raise RestError(f"{method} {url}: {type(e).__name__}: {e}") from None
                 await asyncio.sleep(0.5 * 2**attempt)

@@ -6,6 +6,7 @@ frames, SIGTERM mid-stream, and recording read back by the same parser."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -322,3 +323,30 @@ def test_candle_symbols_get_candles_and_the_others_trades_as_the_flow_reads_them
         run_ingestor(server, kafka_bootstrap, prefix, candle_symbols=("BTC-PERP",))
     assert read_topic(kafka_bootstrap, f"{prefix}.trades", "trade") == []
     assert len(read_topic(kafka_bootstrap, f"{prefix}.candles", "candle")) >= 1
+
+
+def test_connections_are_replaced_before_the_venue_s_age_limit_without_losing_a_trade(
+    kafka_bootstrap, prefix
+):
+    provision(kafka_bootstrap, prefix)
+    with VenueServer("binance", frames_of("binance")[:4000], Script(pace_s=0.0005)) as server:
+        ing = run_ingestor(server, kafka_bootstrap, prefix, max_connection_age_s=0.7)
+    assert metric(ing, "ensemble_live_reconnects_total", venue="binance", reason="max_age") >= 1
+    got = read_topic(kafka_bootstrap, f"{prefix}.trades", "trade")
+    want = {str(t.tid) for f in server.frames for t in f.trades}
+    assert sorted(r["trade_id"] for r in got) == sorted(want), "every trade, once"
+
+
+def test_an_event_time_ahead_of_our_clock_is_reported_as_clock_skew_and_still_published(
+    kafka_bootstrap, prefix
+):
+    provision(kafka_bootstrap, prefix)
+    ahead_ms = int(time.time() * 1000) + 60_000
+    trade = {"coin": "BTC", "side": "B", "px": "100000.0", "sz": "0.1", "time": ahead_ms}
+    trade.update({"hash": "0x1", "tid": 1, "users": ["0xa", "0xb"]})
+    frame = json.dumps({"channel": "trades", "data": [trade]})
+    with VenueServer("hyperliquid", frames_of("hyperliquid"), Script(malformed={5: [frame]})) as s:
+        ing = run_ingestor(s, kafka_bootstrap, prefix, clock_skew_bound_ms=2_000)
+    assert metric(ing, "ensemble_live_clock_skew_total", venue="hyperliquid") == 1
+    got = read_topic(kafka_bootstrap, f"{prefix}.trades", "trade")
+    assert [r["ts_event_ms"] for r in got if r["trade_id"] == "1"] == [ahead_ms]
