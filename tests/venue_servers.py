@@ -229,7 +229,8 @@ class VenueServer:
                         conn.transport.abort()
                         return
                     silent.set()
-                    await asyncio.Event().wait()  # hung: no frames, no pongs
+                    await conn.wait_closed()  # hung: no frames, no pongs, until the client leaves
+                    return
                 for bad in self.script.malformed.pop(self.cursor, []):
                     await conn.send(bad)
                     self._count_sent()
