@@ -68,6 +68,7 @@ class Script:
     malformed: dict[int, list[str | bytes]] = field(default_factory=dict)  # before frame i
     pace_s: float = 0.0  # pause between frames
     recent_trades: int = 100  # what Hyperliquid's recentTrades returns at most
+    funding: list[tuple[int, str]] = field(default_factory=list)  # settled (ms, rate) for REST
 
 
 def _candle(trades: list[VenueTrade]) -> dict[str, Any]:
@@ -308,7 +309,11 @@ class VenueServer:
             ]
             return web.json_response(out)
         if kind == "fundingHistory":
-            return web.json_response([])
+            rows = [
+                {"coin": body["coin"], "fundingRate": rate, "premium": "0", "time": ts}
+                for ts, rate in self._settled(body["startTime"])
+            ]
+            return web.json_response(rows)
         return web.json_response({"error": f"unknown info type {kind!r}"}, status=422)
 
     def _weighted(self, payload: Any, weight: int) -> web.Response:
@@ -350,5 +355,15 @@ class VenueServer:
         return self._weighted(rows, 5)
 
     async def _bn_funding(self, request: web.Request) -> web.Response:
-        self.rest_calls.append(("/fapi/v1/fundingRate", dict(request.query)))
-        return self._weighted([], 1)
+        q = dict(request.query)
+        self.rest_calls.append(("/fapi/v1/fundingRate", q))
+        rows = [
+            {"symbol": q["symbol"], "fundingTime": ts, "fundingRate": rate, "markPrice": "1"}
+            for ts, rate in self._settled(int(q.get("startTime", 0)))
+        ]
+        return self._weighted(rows, 1)
+
+    def _settled(self, start_ms: int) -> list[tuple[int, str]]:
+        """Funding settled by now: from the start time up to the server's position."""
+        now_ms = self.frames[self.cursor - 1].ts_ms if self.cursor else 0
+        return [(ts, r) for ts, r in self.script.funding if start_ms <= ts <= now_ms]

@@ -173,8 +173,12 @@ def test_after_a_drop_or_a_silent_feed_the_missed_window_is_backfilled_once(
     kafka_bootstrap, prefix, venue, cut_mode, cut_after, skip
 ):
     provision(kafka_bootstrap, prefix)
-    script = Script(cut_after=cut_after, cut_mode=cut_mode, skip=skip)
-    with VenueServer(venue, frames_of(venue), script) as server:
+    frames = frames_of(venue)
+    # a funding settlement while the client is away (the venues stamp it a few ms late)
+    settled_ms = frames[cut_after + skip // 2].ts_ms // MINUTE_MS * MINUTE_MS
+    funding = [(settled_ms + 3, "0.0000125")]
+    script = Script(cut_after=cut_after, cut_mode=cut_mode, skip=skip, funding=funding)
+    with VenueServer(venue, frames, script) as server:
         ing = run_ingestor(
             server, kafka_bootstrap, prefix, keepalive_interval_s=0.2, silence_timeout_s=1.5
         )
@@ -189,6 +193,8 @@ def test_after_a_drop_or_a_silent_feed_the_missed_window_is_backfilled_once(
     assert metric(ing, "ensemble_live_gaps_total", venue=venue, stream="trades") == 0
     assert ing.gaps == []
     assert_every_trade_once_and_every_closed_candle(kafka_bootstrap, prefix, server)
+    got_funding = read_topic(kafka_bootstrap, f"{prefix}.funding", "funding")
+    assert [(f["ts_event_ms"], f["rate"]) for f in got_funding] == [(settled_ms, 0.0000125)]
     if venue == "hyperliquid":
         if cut_mode == "silent":  # the silent connection lives long enough to be pinged
             assert server.pings > 0, "Hyperliquid gets its application ping"
