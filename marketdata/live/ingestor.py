@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
@@ -85,12 +86,15 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) 
     return rng.uniform(0.0, min(max_s, initial_s * 2.0**attempt))
 
 
-class SilentFeed(Exception):
-    """No frame within the silence timeout."""
+class ConnectionEnd(StrEnum):
+    """Why a connection ended: the `reason` label of the reconnect counter."""
 
-
-class ConnectionTooOld(Exception):
-    """Replaced before the venue's own maximum connection age."""
+    DROPPED = "closed"  # the TCP connection went without a close frame
+    CLOSED_BY_VENUE = "closed_by_venue"  # a close frame (its code is logged)
+    SILENT = "silent"  # no frame within the silence timeout
+    MAX_AGE = "max_age"  # replaced before the venue's own connection age limit
+    CONNECT_FAILED = "connect_failed"
+    STOPPED = "stopped"
 
 
 class Recorder:
@@ -272,10 +276,13 @@ class Ingestor:
                     if stop.is_set():
                         break
                     self.metrics.reconnects.labels(self.venue.name, reason).inc()
+                    if self.frames_this_connection > 0:  # it worked: back off from scratch
+                        attempt = 0
+                    self.frames_this_connection = 0
                     delay = backoff_s(
                         attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng
                     )
-                    attempt = 0 if reason in ("silent", "max_age") else attempt + 1
+                    attempt += 1
                     log.warning("%s: %s; reconnecting in %.2f s", self.venue.name, reason, delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
@@ -283,7 +290,7 @@ class Ingestor:
             if self.recorder:
                 self.recorder.close()
 
-    async def _connection(self, url: str, rest: RestClient, stop: asyncio.Event) -> str:
+    async def _connection(self, url: str, rest: RestClient, stop: asyncio.Event) -> ConnectionEnd:
         """One connection's life; returns why it ended."""
         try:
             async with websockets.connect(
@@ -303,12 +310,17 @@ class Ingestor:
                     await self.backfill(rest)
                 return await self._read(ws, stop)
         except ConnectionClosed as e:
-            return "closed" if e.rcvd is None else f"closed_{e.rcvd.code}"
+            if e.rcvd is None:
+                return ConnectionEnd.DROPPED
+            log.warning(
+                "%s: closed by the venue: %s %s", self.venue.name, e.rcvd.code, e.rcvd.reason
+            )
+            return ConnectionEnd.CLOSED_BY_VENUE
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
             log.warning("%s: connect failed: %s", self.venue.name, e)
-            return "connect_failed"
+            return ConnectionEnd.CONNECT_FAILED
 
-    async def _read(self, ws, stop: asyncio.Event) -> str:
+    async def _read(self, ws, stop: asyncio.Event) -> ConnectionEnd:
         opened = time.monotonic()
         keepalive = self.venue.keepalive_message()
         last_ping = last_frame = opened
@@ -318,7 +330,7 @@ class Ingestor:
                 now = time.monotonic()
                 if self.max_age_s and now - opened > self.max_age_s:
                     await ws.close()
-                    return "max_age"
+                    return ConnectionEnd.MAX_AGE
                 if keepalive and self.keepalive_s and now - last_ping >= self.keepalive_s:
                     await ws.send(keepalive)
                     last_ping = now
@@ -338,9 +350,9 @@ class Ingestor:
                     await recv
                 if stopper in done:
                     await ws.close()
-                    return "stopped"
+                    return ConnectionEnd.STOPPED
                 if time.monotonic() - last_frame >= self.cfg.silence_timeout_s:
                     await ws.close()
-                    return "silent"
+                    return ConnectionEnd.SILENT
         finally:
             stopper.cancel()
