@@ -485,9 +485,7 @@ def build_flow(
     features_out = op.branch("features_records", featured, _is_record)
     predicted = op.map_value("predict", features_out.falses, partial(predict_step, settings, stamp))
     predict_out = op.branch("predict_records", predicted, _is_record)
-    by_account = op.key_on(
-        "by_account", op.key_rm("to_account", predict_out.falses), _account_key
-    )
+    by_account = op.key_on("by_account", op.key_rm("to_account", predict_out.falses), _account_key)
     decided = op.stateful(
         "strategy", by_account, lambda resume: StrategyLogic(settings, stamp, resume)
     )

@@ -99,7 +99,7 @@ ACCESS = (
         writes=TELEMETRY_STREAMS,
         group_prefixes=(FLOW_GROUP,),
     ),
-    Access("ingestor", writes=MARKET_STREAMS),
+    Access("ingestor", writes=(*MARKET_STREAMS, "dead_letters")),  # bad frames, with reason
     Access("operator", reads=("repro",), writes=("control",)),
     Access("alerts", reads=TELEMETRY_STREAMS, group_prefixes=("ensemble-alerts",)),
     Access("copilot", reads=TELEMETRY_STREAMS),

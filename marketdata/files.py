@@ -36,6 +36,9 @@ from urllib.parse import parse_qs
 import numpy as np
 import pandas as pd
 
+from marketdata.live.capture import capture_frames
+from marketdata.live.frames import FrameError
+
 KINDS = ("candles", "trades", "funding")
 CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
 TIME_COLUMNS = ("date", "timestamp", "time")
@@ -337,65 +340,27 @@ def load_trades(spec: FileSpec) -> pd.DataFrame:
 
 
 def _ws_capture_trades(path: Path) -> pd.DataFrame:
-    """Trades from a raw WebSocket capture: Hyperliquid `trades` or Binance `trade` frames."""
+    """Trades from a raw WebSocket capture, through the live feed's own parsers (Hyperliquid
+    `trades`, Binance `aggTrade` or `trade`); a frame the live feed would dead-letter is a
+    bad row with its line number."""
     rows: list[dict[str, Any]] = []
-    n = 0
-    with gzip.open(path, "rt") as f:
-        try:
-            for n, line in enumerate(f, 1):  # noqa: B007 - n names the line of a bad frame
-                rows.extend(_ws_frame_trades(line, n))
-        except (EOFError, OSError) as e:  # a truncated capture: what was read is kept
-            rows.append(_bad_line(n + 1, f"the file ends early: {e}"))
+    for n, _, items in capture_frames(path):
+        if isinstance(items, FrameError):
+            rows.append({"ts_ms": np.nan, "row": n, "error": f"unreadable frame: {items}"})
+            continue
+        rows.extend(
+            {
+                "ts_ms": it.record["ts_event_ms"],
+                **{k: it.record[k] for k in ("trade_id", "px", "qty", "side", "buyer", "seller")},
+                "venue": it.record["venue"],
+                "row": n,
+                "error": None,
+            }
+            for it in items
+            if it.stream == "trades"
+        )
     cols = ["ts_ms", "trade_id", "px", "qty", "side", "buyer", "seller", "venue", "row", "error"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def _bad_line(n: int, problem: str) -> dict[str, Any]:
-    return {"ts_ms": np.nan, "row": n, "error": problem}
-
-
-def _ws_frame_trades(line: str, n: int) -> list[dict[str, Any]]:
-    _, _, frame = line.partition(" ")
-    try:
-        msg = json.loads(frame)
-        if msg.get("channel") == "trades":  # Hyperliquid; users = [buyer, seller]
-            out = []
-            for t in msg["data"]:
-                buyer, seller = (t.get("users") or [None, None])[:2]
-                out.append(
-                    {
-                        "ts_ms": int(t["time"]),
-                        "trade_id": str(t["tid"]),
-                        "px": float(t["px"]),
-                        "qty": float(t["sz"]),
-                        "side": "buy" if t["side"] == "B" else "sell",
-                        "buyer": buyer,
-                        "seller": seller,
-                        "venue": "hyperliquid",
-                        "row": n,
-                        "error": None,
-                    }
-                )
-            return out
-        d = msg.get("data") or {}
-        if d.get("e") == "trade" and d.get("X", "MARKET") == "MARKET":  # Binance
-            return [
-                {
-                    "ts_ms": int(d["T"]),
-                    "trade_id": str(d["t"]),
-                    "px": float(d["p"]),
-                    "qty": float(d["q"]),
-                    "side": "sell" if d["m"] else "buy",
-                    "buyer": None,
-                    "seller": None,
-                    "venue": "binance",
-                    "row": n,
-                    "error": None,
-                }
-            ]
-        return []
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        return [_bad_line(n, f"unreadable frame: {type(e).__name__}: {e}")]
 
 
 def trade_rows(spec: FileSpec) -> Iterator[FileRow]:

@@ -1002,8 +1002,9 @@ def test_the_docker_context_holds_every_copied_path_and_package_and_nothing_priv
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     copied = {s for stage in stages[:1] for srcs, _ in context_copies(stage) for s in srcs}
     for pkg in project["tool"]["setuptools"]["packages"]:
-        assert pkg in copied, f"package {pkg} is not copied into the build stage"
-        assert in_docker_context(f"{pkg}/__init__.py")
+        top = pkg.split(".")[0]  # a subpackage comes with its parent's directory
+        assert top in copied, f"package {pkg} is not copied into the build stage"
+        assert in_docker_context(f"{pkg.replace('.', '/')}/__init__.py")
     assert project["project"]["readme"] in copied
     for private in (
         ".venv/bin/python",
@@ -1320,7 +1321,7 @@ def test_every_pod_is_under_a_default_deny_policy_for_both_directions(rendered):
                         assert rule.get("ports"), (p["metadata"]["name"], direction, rule)
 
 
-def test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_3030(rendered):
+def test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_the_metrics_ports(rendered):
     sts = workload(rendered, "StatefulSet", "ensemble-dataflow")
     labels = sts["spec"]["template"]["metadata"]["labels"]
     ingress = _allowed(_pod_policies(rendered, labels), "ingress")
@@ -1335,16 +1336,23 @@ def test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_3030(rendered
                 assert "namespaceSelector" not in peer and _selects(pod_sel, labels)
             else:
                 assert pod_sel["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
-    # no other Ensemble pod accepts anything
+    # no other Ensemble pod accepts anything but Prometheus on the ingestor's metrics port
     for o in rendered:
         for meta, _ in pod_specs(o):
-            if o is not sts:
-                assert not _allowed(_pod_policies(rendered, meta["labels"]), "ingress"), o[
-                    "metadata"
-                ]["name"]
+            if o is sts:
+                continue
+            ingress = _allowed(_pod_policies(rendered, meta["labels"]), "ingress")
+            if o["metadata"]["name"] == "ensemble-ingestor":
+                assert [port for port, _ in ingress] == [9108]
+                for peer in ingress[0][1]:
+                    assert peer["podSelector"]["matchLabels"] == {
+                        "app.kubernetes.io/name": "prometheus"
+                    }
+            else:
+                assert not ingress, o["metadata"]["name"]
 
 
-def test_each_pod_may_reach_kafka_and_dns_and_only_the_notifiers_https(rendered):
+def test_each_pod_may_reach_kafka_and_dns_and_only_the_notifiers_and_the_ingestor_https(rendered):
     for o in rendered:
         for meta, _ in pod_specs(o):
             egress = {
@@ -1353,7 +1361,7 @@ def test_each_pod_may_reach_kafka_and_dns_and_only_the_notifiers_https(rendered)
             name = o["metadata"]["name"]
             assert {53, 9092} <= egress, (name, egress)
             notifier = meta["labels"]["app.kubernetes.io/component"] in (
-                "alerts", "copilot", "copilot-summary",
+                "ingestor", "alerts", "copilot", "copilot-summary",
             )  # fmt: skip
             assert (443 in egress) == notifier, (name, egress)
             assert 3030 not in egress
@@ -1372,8 +1380,8 @@ def test_the_dataflow_pod_holds_no_exchange_keys_and_every_kafka_client_its_own_
                 secret = next(v for v in spec["volumes"] if v["name"] == "kafka-credentials")
                 assert secret["secret"]["secretName"] == f"ensemble-kafka-{users[c['name']]}"
     assert users == {
-        "dataflow": "flow", "alerts": "alerts", "copilot": "copilot", "summary": "copilot",
-        "topics": "admin",
+        "dataflow": "flow", "ingestor": "ingestor", "alerts": "alerts", "copilot": "copilot",
+        "summary": "copilot", "topics": "admin",
     }  # fmt: skip
     from dataflows.topics import ACCESS
 
@@ -1385,4 +1393,76 @@ def test_the_policy_checks_catch_an_open_metrics_port():
     pol = find(objs, "NetworkPolicy", "ensemble-dataflow")
     pol["spec"]["ingress"].append({"ports": [{"port": 3030, "protocol": "TCP"}]})
     with pytest.raises(AssertionError, match="open to every peer"):
-        test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_3030(objs)
+        test_only_dataflow_pods_reach_9999_and_only_prometheus_reaches_the_metrics_ports(objs)
+
+
+# -- tests: the live market-data ingestor ---------------------------------------------------------
+def test_the_ingestor_deployment_runs_one_venue_once_with_the_command_line_s_own_arguments():
+    from marketdata.live.__main__ import parse_args
+
+    objs = render(BASE)
+    dep = workload(objs, "Deployment", "ensemble-ingestor")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    c = container(dep, "ingestor")
+    env = container_env(objs, c, "ensemble-ingestor-x", "ns")
+    argv = container_argv(c, env)
+    assert argv[:3] == ["python", "-m", "marketdata.live"]
+    cfg, metrics_port = parse_args(argv[3:])  # the ingestor's own parser and validation
+    assert cfg.venue == "hyperliquid", "the venue whose trades carry addresses"
+    assert ",".join(cfg.symbols) == env["ENSEMBLE_SYMBOLS"]
+    assert cfg.bootstrap == env["ENSEMBLE_KAFKA_BOOTSTRAP"]
+    assert cfg.prefix == env["ENSEMBLE_TOPIC_PREFIX"]
+    assert ",".join(cfg.candle_symbols) == env["ENSEMBLE_CANDLE_SYMBOLS"], "as the flow reads"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http-metrics"] == metrics_port
+    for kind in ("livenessProbe", "readinessProbe"):
+        assert c[kind]["httpGet"] == {"path": "/metrics", "port": "http-metrics"}
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30, (
+        "time to flush to Kafka after SIGTERM"
+    )
+
+
+@pytest.mark.slow
+def test_the_ingestor_command_serves_metrics_publishes_and_exits_0_on_sigterm(kafka, tmp_path):
+    from dataflows.topics import provision
+    from tests.integration.kafka_io import read_topic
+    from tests.venue_servers import HL_CAPTURE, Script, VenueServer, capture_or_skip, load_frames
+
+    frames = load_frames("hyperliquid", capture_or_skip(HL_CAPTURE))
+    objs = render(BASE)
+    prefix = f"it-deploy-{uuid.uuid4().hex[:8]}"
+    settings = find(objs, "ConfigMap", "ensemble-settings")["data"]
+    settings.update(ENSEMBLE_KAFKA_BOOTSTRAP=kafka, ENSEMBLE_TOPIC_PREFIX=prefix)
+    settings.update(ENSEMBLE_SYMBOLS="BTC-PERP", ENSEMBLE_CANDLE_SYMBOLS="")
+    provision(kafka, prefix)
+    dep = workload(objs, "Deployment", "ensemble-ingestor")
+    c = container(dep, "ingestor")
+    argv, env = _local_run(objs, dep, c, _pod_volumes(objs, dep, tmp_path), "x")
+    port = _free_port()
+    argv[argv.index("--metrics-port") + 1] = str(port)
+    cwd = tmp_path / "workdir"
+    cwd.mkdir()
+    with VenueServer("hyperliquid", frames, Script(pace_s=0.05)) as server:
+        argv += ["--ws-url", server.ws_url, "--rest-url", server.rest_url]  # not the internet
+        proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            body = _scrape(
+                f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", 60, proc
+            )
+            assert server.done.wait(30), "the server did not get to the end of its capture"
+            time.sleep(0.5)
+            body = _scrape(f"http://127.0.0.1:{port}/metrics", 10, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out = proc.communicate(timeout=60)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    assert 'ensemble_live_frames_total{stream="trades",venue="hyperliquid"} 9.0' in body
+    trades = read_topic(kafka, f"{prefix}.trades", "trade")
+    assert len(trades) == sum(len(f.trades) for f in frames)
+    assert list(cwd.iterdir()) == [], "the process wrote into its working directory"

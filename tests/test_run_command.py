@@ -68,13 +68,17 @@ def test_the_flow_trades_on_real_perp_candles_with_real_funding(tmp_path):
     funding = shared_file("binance_usdm_BTC_USDT_funding_8h.json")
     # Candles carry no trader addresses, so only the model arms can trade; the calibrated
     # model reaches conf 0.60 on 10 of 11,123 bars (models/artifacts/default/card.md), so
-    # this plumbing test lowers CONF_MIN to 0.55 to get enough fills to pay funding on.
+    # this plumbing test lowers CONF_MIN to 0.55 to get enough fills to pay funding on, and
+    # lifts the loss-streak kill-switch: with 3-bar holds, a halt after the first losing
+    # streak would leave no position open at any 8 h settlement.
     settings = Settings.from_env(
         {
             "ENSEMBLE_INPUT": f"candles:{candles},funding:{funding}",
             "ENSEMBLE_OUT": str(tmp_path),
             "STRATEGY_ID": "ensemble_1_0",
-            "ENSEMBLE_OVERRIDES": json.dumps({"thresholds.CONF_MIN": 0.55}),
+            "ENSEMBLE_OVERRIDES": json.dumps(
+                {"thresholds.CONF_MIN": 0.55, "risk.max_consecutive_losses": 1000}
+            ),
         }
     )
     out = run_records(settings)
