@@ -28,7 +28,6 @@ from models.dataset import bar_frame, contexts, feature_parity, parse_source
 from operators.features import (
     CONTEXT_FEATURES,
     EXTRA_FEATURES,
-    FEATURES,
     FEATURES_V2,
     READY_AFTER,
     FeatureState,
