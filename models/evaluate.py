@@ -57,6 +57,7 @@ from models.card import utc_text
 from models.dataset import Labelled, check_parity, contexts, labelled
 from models.ensemble import FitError, fit_ensemble
 from models.evaluation import quantile_bins
+from models.metalabel import fit_metalabel
 from models.research_card import write_research_card
 from models.train import SHARED, display_spec
 from operators.features import FEATURES, FEATURES_V2
@@ -102,6 +103,7 @@ class Candidate:
     label: LabelSpec
     features: tuple[str, ...]
     what: str
+    primary: str | None = None  # meta-labelling: the baseline rule whose calls it filters
 
 
 SHIPPED_LABEL = LabelSpec(3, dead_zone_bps=5.0)
@@ -119,6 +121,14 @@ CANDIDATES = (
         LabelSpec(48, dead_zone_sigma=0.5),
         FEATURES_V2,
         "v2 features, 4 h, moves under 0.5 sigma left out",
+    ),
+    Candidate(
+        "metalabel_rev15m",
+        SHIPPED_LABEL,
+        FEATURES_V2,
+        "meta-labelling: reversal_15m says the side, the stacked ensemble on v2 features "
+        "says whether it is right (primary chosen by walk-forward baseline skill)",
+        primary="reversal_15m",
     ),
 )
 
@@ -251,16 +261,24 @@ class Spans:
 
 
 def flow_run(
-    spec: str, artifact: Path, preset_name: str, out: Path, horizon: int
+    spec: str,
+    artifact: Path,
+    preset_name: str,
+    out: Path,
+    horizon: int,
+    warmup_bars: int | None = None,
 ) -> dict[str, Any]:
     """One replay of dataflows.ensemble; the figures pooled across folds."""
     from backtest import kpis, records
     from backtest.runner import Dataset, Options, Run, replay
 
-    opts = Options(
-        overrides={"execution.fee_bps": FEE_BPS, "execution.slippage_bps": SLIPPAGE_BPS},
-        model_dir=artifact,
-    )
+    overrides: dict[str, Any] = {
+        "execution.fee_bps": FEE_BPS,
+        "execution.slippage_bps": SLIPPAGE_BPS,
+    }
+    if warmup_bars is not None:  # tests replay short spans
+        overrides["warmup_bars"] = warmup_bars
+    opts = Options(overrides=overrides, model_dir=artifact)
     run = Run(Dataset.parse(spec), preset_name)
     settings = run.settings(opts, out)
     if out.exists():
@@ -512,7 +530,13 @@ def _forecasts_of(
     for c in candidates:
         t = _sub(train[c.label.name], _cols(c.features))
         log(f"  fit {c.name} on {len(t)} rows")
-        out[c.name] = (fit_candidate(c, t, log=lambda _: None), c.label, c.features, None)
+        if c.primary is None:
+            out[c.name] = (fit_candidate(c, t, log=lambda _: None), c.label, c.features, None)
+            continue
+        primary = fit_baseline(c.primary, t.x, t.y, c.features)
+        purge_ms = c.label.purge_bars * BAR_MS
+        ml = fit_metalabel(primary, t.x, t.y, t.end_ms, purge_ms, SEED, HGB_ITER)
+        out[c.name] = (rule_bundle(c.name, ml), c.label, c.features, None)
     return out
 
 
