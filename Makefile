@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench bench-kafka bench-year train backtest setup clean kafka-up kafka-down
+.PHONY: run test lint bench bench-kafka bench-year train evaluate backtest setup clean kafka-up kafka-down
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ bench-kafka: setup
 
 train: setup
 	$(BIN)/python -m models.train
+
+# Signal research (issue 13): candidates and baselines on purged walk-forward folds and
+# the untouched test block; rewrites models/research/card.md and results.json.
+evaluate: setup
+	$(BIN)/python -m models.evaluate
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

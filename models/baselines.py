@@ -41,6 +41,12 @@ class RuleModel:
             return np.full(len(x), int(self.p_up >= 0.5))
         return (self.direction * x[:, self.feature_index] > 0).astype(int)
 
+    def predict_one(self, x: np.ndarray) -> float:
+        """P(up) of one row (the flow's per-bar fast path)."""
+        if self.feature_index is None:
+            return self.p_up
+        return self.p_up if self.direction * x[self.feature_index] > 0 else 1.0 - self.p_up
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if self.feature_index is None:
             p = np.full(len(x), self.p_up)

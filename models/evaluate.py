@@ -339,7 +339,7 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
             reasons[k] = reasons.get(k, 0) + n
     return {
         "net_pnl_usd": float(sum(r["net_pnl_usd"] for r in runs)),
-        "sharpe": float(rets.mean() / sd * math.sqrt(365)) if sd > 0 else 0.0,
+        "sharpe": float(rets.mean() / sd * math.sqrt(365)) if sd > 0 else None,  # flat: none
         "max_drawdown": float(max(r["max_drawdown_5m"] for r in runs)),
         "round_trips": int(trips),
         "trades_per_week": trips / days * 7 if days else 0.0,
@@ -483,7 +483,6 @@ def _run(
         "walk_forward": wf,
         "block": block,
         "shipped_new_artifact": False,
-        "seconds": round(time.perf_counter() - t0),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(_clean(result), indent=2) + "\n")

@@ -38,11 +38,13 @@ class MetaLabelModel:
     def __getstate__(self) -> dict[str, Any]:
         return {"primary": self.primary, "secondary": self.secondary}
 
+    def predict_one(self, x: np.ndarray) -> float:
+        """P(up) of one row through the secondary's numpy path (the flow's per bar)."""
+        q = self._fast.predict(x)[0]
+        return q if self.primary.calls(x.reshape(1, -1))[0] == 1 else 1.0 - q
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if len(x) == 1:  # one bar in the flow: the numpy path (parity tested in predict)
-            q = np.array([self._fast.predict(x[0])[0]])
-        else:
-            q = self._model.predict_proba(x)[0]
+        q = self._model.predict_proba(x)[0]
         p = np.where(self.primary.calls(x) == 1, q, 1.0 - q)
         return np.column_stack([1.0 - p, p])
 

@@ -53,6 +53,16 @@ def table(rows: dict[str, Any]) -> list[str]:
     return out
 
 
+def outcomes(rows: dict[str, Any]) -> list[str]:
+    """What the 1.1 preset decided at each bar, most frequent first (from the flow)."""
+    out = []
+    for name, r in rows.items():
+        top = r["pnl"]["ensemble_1_1"].get("top_outcomes") or {}
+        if top:
+            out.append(f"- `{name}`: " + ", ".join(f"{k} {n}" for k, n in top.items()))
+    return out
+
+
 def write_research_card(path: Path, res: dict[str, Any]) -> None:
     d, block = res["data"], res["block"]
     wf_rows = res["walk_forward"]["rows"]
@@ -98,6 +108,12 @@ def write_research_card(path: Path, res: dict[str, Any]) -> None:
         "",
         *table(wf_rows),
         "",
+        "The flow's decisions under 1.1 (bars, most frequent outcomes first; a model arm "
+        "needs conf ≥ CONF_MIN 0.65 and alpha ≥ ALPHA_MIN 0.10, the cohort arms need "
+        "addresses, which candles do not have):",
+        "",
+        *outcomes(wf_rows),
+        "",
         "## The test block",
         "",
         "Pre-registered rule: a candidate is scored on the block only if its walk-forward "
@@ -108,6 +124,8 @@ def write_research_card(path: Path, res: dict[str, Any]) -> None:
         "baselines are scored as the reference.",
         "",
         *table(block["rows"]),
+        "",
+        *outcomes(block["rows"]),
         "",
         "## Verdict",
         "",

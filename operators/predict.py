@@ -204,9 +204,12 @@ class FastEnsemble:
         for _, est in model.bases:
             last = est.steps[-1][1] if hasattr(est, "steps") else est
             maker = fast.get(type(last).__name__)
-            if maker is None:
+            if maker is not None:
+                self.bases.append(maker(est))
+            elif callable(getattr(est, "predict_one", None)):  # research rules bring their own
+                self.bases.append(est.predict_one)
+            else:
                 raise TypeError(f"no fast path for {type(last).__name__}")
-            self.bases.append(maker(est))
         self.meta_coef = model.meta.coef_[0].astype(float)
         self.meta_intercept = float(model.meta.intercept_[0])
         self.calibrator = _FastCalibrator(model.method, model.calibrator)

@@ -295,6 +295,7 @@ def test_the_runtime_loads_a_v2_artifact_and_reads_its_features_in_its_order(tmp
     assert rule.p_up == pytest.approx(0.75)
     art = write_artifact(tmp_path / "a", rule_bundle("r", rule), FEATURES_V2, 3, "r")
     rt = ModelRuntime(art)
+    assert rt.fast is not None
     row = dict.fromkeys(FEATURES_V2, 0.0)
     assert rt.predict(row | {"ret_3": 0.004}).p_up == pytest.approx(0.25)
     assert rt.predict(row | {"ret_3": -0.004}).p_up_bma == pytest.approx(0.75)
@@ -383,6 +384,7 @@ def test_a_meta_labelling_artifact_predicts_the_same_in_the_flow_as_in_batch(tmp
     ml = fit_metalabel(primary, x, y, end_ms, 3_600_000, 7, 20)
     art = write_artifact(tmp_path / "m", rule_bundle("m", ml), FEATURES_V2, 3, "m")
     rt = ModelRuntime(art)
+    assert rt.fast is not None, "a research artifact must not fall back to scikit-learn per bar"
     batch = rt.model.predict_proba(x[:50])[0]
     flow = [rt.predict(dict(zip(FEATURES_V2, row, strict=True))).p_up for row in x[:50]]
     np.testing.assert_allclose(flow, batch, atol=1e-9)
