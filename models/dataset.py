@@ -144,17 +144,22 @@ def labelled(
     dead_zone_bps: float,
     features: tuple[str, ...] = FEATURES,
     dead_zone_sigma: float = 0.0,
+    barrier_sigma: float = 0.0,
 ) -> Labelled:
     """Rows with features whose bar and the bar `horizon_bars` later both have data.
 
     `dead_zone_sigma` > 0 also leaves out moves under that many of the bar's expected
     horizon move (rv_annual de-annualised to `horizon_bars` bars, known at the close):
     a volatility-scaled label threshold.
+    `barrier_sigma` > 0 labels by triple barrier instead: 1 when the highs reach
+    +barrier_sigma expected moves before the lows reach -barrier_sigma within the horizon,
+    0 the other way round; rows touching neither, or both in one bar, are left out.
     """
-    if horizon_bars < 1 or dead_zone_bps < 0 or dead_zone_sigma < 0:
+    if horizon_bars < 1 or min(dead_zone_bps, dead_zone_sigma, barrier_sigma) < 0:
         raise DataError(
             f"horizon_bars={horizon_bars}, dead_zone_bps={dead_zone_bps}, "
-            f"dead_zone_sigma={dead_zone_sigma}: need horizon_bars >= 1 and both >= 0"
+            f"dead_zone_sigma={dead_zone_sigma}, barrier_sigma={barrier_sigma}: "
+            "need horizon_bars >= 1 and the others >= 0"
         )
     sigma_scale = math.sqrt(horizon_bars) / ANNUALISE_5M
     closes = [c.bar.close for c in ctxs]
@@ -168,10 +173,18 @@ def labelled(
         r = math.log(closes[j] / closes[i])
         if abs(r) * 1e4 < dead_zone_bps:
             continue
-        if abs(r) < dead_zone_sigma * c.features["rv_annual"] * sigma_scale:
+        expected = c.features["rv_annual"] * sigma_scale
+        if abs(r) < dead_zone_sigma * expected:
             continue
+        y = 1 if r > 0 else 0
+        if barrier_sigma > 0:
+            path = [(b.bar.high, b.bar.low) for b in ctxs[i + 1 : j + 1]]
+            touched = first_touch(closes[i], path, barrier_sigma * expected)
+            if touched is None:
+                continue
+            y = touched
         rows.append([c.features[f] for f in features])
-        ys.append(1 if r > 0 else 0)
+        ys.append(y)
         fwd.append(r)
         ts.append(c.bar.end_ms)
         past.append(math.log(closes[i] / closes[i - horizon_bars]))
@@ -182,6 +195,19 @@ def labelled(
         np.array(ts, dtype=np.int64),
         np.array(past, dtype=float),
     )
+
+
+def first_touch(close: float, path: list[tuple[float, float]], barrier_log: float) -> int | None:
+    """1 if the bars' highs reach close·e^b before their lows reach close·e^-b, 0 the
+    other way round, None when neither is reached or both are in the same bar."""
+    if not barrier_log > 0:
+        return None
+    up, down = close * math.exp(barrier_log), close * math.exp(-barrier_log)
+    for high, low in path:
+        hit_up, hit_down = high >= up, low <= down
+        if hit_up or hit_down:
+            return None if hit_up and hit_down else int(hit_up)
+    return None
 
 
 def matrix(

@@ -85,11 +85,13 @@ class LabelSpec:
     horizon_bars: int
     dead_zone_bps: float = 0.0
     dead_zone_sigma: float = 0.0
+    barrier_sigma: float = 0.0  # > 0: triple-barrier labels (models/dataset.py)
 
     @property
     def name(self) -> str:
         zone = f"{self.dead_zone_bps:g}bps" if self.dead_zone_bps else ""
         zone += f"{self.dead_zone_sigma:g}sigma" if self.dead_zone_sigma else ""
+        zone += f"barrier{self.barrier_sigma:g}sigma" if self.barrier_sigma else ""
         return f"h{self.horizon_bars}/{zone or 'none'}"
 
     @property
@@ -121,6 +123,12 @@ CANDIDATES = (
         LabelSpec(48, dead_zone_sigma=0.5),
         FEATURES_V2,
         "v2 features, 4 h, moves under 0.5 sigma left out",
+    ),
+    Candidate(
+        "stack_v2_tb12",
+        LabelSpec(12, barrier_sigma=1.0),
+        FEATURES_V2,
+        "v2 features, triple barrier: ±1 expected 1 h move (from rv_annual) within 1 h",
     ),
     Candidate(
         "metalabel_rev15m",
@@ -387,7 +395,14 @@ def fold_bounds(dev_end_ms: np.ndarray) -> list[tuple[int, int]]:
 def dev_and_block(
     ctxs: list[BarContext], label: LabelSpec, features: tuple[str, ...]
 ) -> tuple[Labelled, Labelled]:
-    d = labelled(ctxs, label.horizon_bars, label.dead_zone_bps, features, label.dead_zone_sigma)
+    d = labelled(
+        ctxs,
+        label.horizon_bars,
+        label.dead_zone_bps,
+        features,
+        label.dead_zone_sigma,
+        label.barrier_sigma,
+    )
     horizon_ms = label.horizon_bars * BAR_MS
     dev = np.flatnonzero(d.end_ms + horizon_ms < TEST_BLOCK_START_MS)
     block = np.flatnonzero(d.end_ms >= TEST_BLOCK_START_MS)

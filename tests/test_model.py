@@ -390,3 +390,14 @@ def test_a_meta_labelling_artifact_predicts_the_same_in_the_flow_as_in_batch(tmp
     np.testing.assert_allclose(flow, batch, atol=1e-9)
     calls = primary.calls(x[:50])
     assert np.mean((batch > 0.5) == (calls == 1)) > 0.5  # mostly the primary's side
+
+
+def test_triple_barrier_labels_the_first_barrier_touched_and_leaves_out_ties_and_timeouts():
+    from models.dataset import first_touch
+
+    b = math.log(1.01)  # barriers at 101 and 100 / 1.01
+    assert first_touch(100.0, [(100.5, 99.5), (101.0, 100.2), (100.0, 98.0)], b) == 1
+    assert first_touch(100.0, [(100.5, 99.0), (102.0, 100.2)], b) == 0
+    assert first_touch(100.0, [(100.5, 99.5), (100.9, 99.2)], b) is None  # neither: left out
+    assert first_touch(100.0, [(101.5, 98.5)], b) is None  # both in one bar: ambiguous
+    assert first_touch(100.0, [(101.5, 99.5)], 0.0) is None
