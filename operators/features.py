@@ -117,6 +117,7 @@ class FeatureState:
     lows: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H))
     fundings: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H + 1))
     n_bars: int = 0
+    v2_bars: int = 0  # bars since the v2 windows started (= n_bars unless resumed from v1)
     ema_fast: float | None = None
     ema_slow: float | None = None
     macd_signal: float | None = None
@@ -125,6 +126,16 @@ class FeatureState:
     atr: float | None = None
     atr_seed: list = field(default_factory=list)
     prev_close: float | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Resume a snapshot, also one written before the v2 features existed: its short
+        windows are widened, and the v2 features return once their windows have refilled."""
+        fresh = FeatureState()
+        if "v2_bars" not in state:
+            state = dict(state)
+            for name in ("closes", "log_rets", "volumes"):
+                state[name] = deque(state[name], maxlen=getattr(fresh, name).maxlen)
+        self.__dict__.update({**fresh.__dict__, **state})
 
     def at_close(self, ctx: BarContext) -> dict[str, float] | None:
         """Fold in the 5m bar of a joined close; its context supplies the non-price inputs."""
@@ -145,6 +156,7 @@ class FeatureState:
             )
         prev = self.prev_close
         self.n_bars += 1
+        self.v2_bars += 1
         self.closes.append(close)
         self.bb_closes.append(close)
         self.volumes.append(volume)
@@ -209,6 +221,8 @@ class FeatureState:
         )
         for name in CONTEXT_FEATURES:
             out[name] = float(context.get(name, 0.0))
+        if self.v2_bars < READY_AFTER:  # resumed from a v1 snapshot: windows still refilling
+            return out
         out.update(
             {
                 "ret_96": math.log(c[-1] / c[-1 - WINDOW_8H]),

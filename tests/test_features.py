@@ -14,6 +14,7 @@ by 0.8^274 < 1e-26 there):
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import pickle
@@ -28,6 +29,7 @@ from models.dataset import bar_frame, contexts, feature_parity, parse_source
 from operators.features import (
     CONTEXT_FEATURES,
     EXTRA_FEATURES,
+    FEATURES,
     FEATURES_V2,
     READY_AFTER,
     FeatureState,
@@ -177,6 +179,33 @@ def test_a_snapshotted_state_continues_exactly_like_the_original():
         want = fs.update(r.close, r.high, r.low, r.volume, {})
         for other in copies:
             assert other.update(r.close, r.high, r.low, r.volume, {}) == want
+
+
+def test_a_snapshot_from_before_the_v2_features_resumes_and_refills_them():
+    """A recovery snapshot written by the v1 code: v1 features go on unchanged, the v2
+    ones come back once their windows have refilled (never computed on short windows)."""
+    frame = _random_bars(500, seed=9)
+    rows = list(frame.itertuples(index=False))
+    fs = FeatureState()
+    for r in rows[:250]:
+        fs.update(r.close, r.high, r.low, r.volume, {})
+    old = copy.deepcopy(fs.__dict__)  # the v1 state's fields and window lengths
+    for name in ("highs", "lows", "fundings", "v2_bars"):
+        old.pop(name)
+    old["closes"] = collections.deque(list(fs.closes)[-49:], maxlen=49)
+    old["log_rets"] = collections.deque(list(fs.log_rets)[-48:], maxlen=48)
+    old["volumes"] = collections.deque(list(fs.volumes)[-20:], maxlen=20)
+    resumed = FeatureState.__new__(FeatureState)
+    resumed.__setstate__(old)
+    for k, r in enumerate(rows[250:]):
+        want = fs.update(r.close, r.high, r.low, r.volume, {})
+        got = resumed.update(r.close, r.high, r.low, r.volume, {})
+        assert got is not None and want is not None
+        assert {n: got[n] for n in FEATURES} == {n: want[n] for n in FEATURES}
+        if k + 1 < READY_AFTER:
+            assert not set(EXTRA_FEATURES) & set(got), k
+        else:
+            assert got == want, k
 
 
 @pytest.mark.parametrize(
