@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench bench-kafka bench-live bench-year bench-cohorts train backtest setup clean kafka-up kafka-down live
+.PHONY: run test lint bench bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup clean kafka-up kafka-down live
 
 setup: $(STAMP)
 
@@ -74,6 +74,11 @@ live: setup
 
 train: setup
 	$(BIN)/python -m models.train
+
+# Signal research (issue 13): candidates and baselines on purged walk-forward folds and
+# the untouched test block; rewrites models/research/card.md and results.json.
+evaluate: setup
+	$(BIN)/python -m models.evaluate
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -579,11 +579,19 @@ def _dataset(i: int, ds: dict[str, Any], presets: list[str], meta: dict[str, Any
         if ds["files"]
         else "<p>Input: the embedded generator (synthetic market).</p>"
     )
+    span = ds.get("model_training_span") or [None, None]
     warn = (
         '<p class="warn">In-sample: the model artifact was trained on this data (its manifest '
-        "lists the same file checksum), so these results flatter the model.</p>"
+        "lists the same file checksum, or candles of the same days), so these results flatter "
+        "the model.</p>"
         if ds["model_in_sample"]
-        else ""
+        else (
+            "<p><b>Out of sample</b>: no file of this dataset, nor any of its days, is in the "
+            f"model's training data (trained on {_e(str(span[0]))} .. {_e(str(span[1]))}, "
+            "from the files its manifest lists).</p>"
+            if ds["model_in_sample"] is False
+            else ""
+        )
     )
     parts = {
         "headline": _headline(i, ds, presets),

@@ -25,6 +25,7 @@ import pandas as pd
 from backtest import definitions, kpis, records
 from backtest.progress import Progress
 from backtest.runner import BacktestError, Dataset, Options, Run, count_messages, replay
+from marketdata.files import FileSpec, candle_interval_ms, load_candles
 from operators.predict import ArtifactError, load_runtime, sha256_file
 
 DEFAULT_SLIPPAGE_BPS = (0.0, 2.0, 5.0, 10.0)
@@ -91,22 +92,43 @@ def _model_info(model_dir: Path) -> dict[str, Any]:
         "horizon_bars": rt.horizon_bars,
         "training_span": [None if t is None else kpis.iso_time(t) for t in span],
         "training_data_sha256": sorted(d["sha256"] for d in m.get("data", []) if "sha256" in d),
+        "training_spans_ms": sorted(
+            {tuple(_utc_ms(t) for t in d["span_utc"]) for d in m.get("data", []) if "span_utc" in d}
+        ),
         "holdout_metrics": m.get("metrics", {}).get("holdout_calibrated"),
     }
 
 
+def _utc_ms(text: str) -> int:
+    return int(pd.Timestamp(text, tz="UTC").value // 1_000_000)
+
+
+def _candle_span_ms(spec: FileSpec) -> tuple[int, int] | None:
+    """First open and last close of a candle file; None for other kinds."""
+    if spec.kind != "candles":
+        return None
+    ts = load_candles(spec)["ts_ms"].to_numpy()
+    return int(ts[0]), int(ts[-1]) + candle_interval_ms(ts)
+
+
 def _dataset_info(ds: Dataset, model: dict[str, Any], n_records: int) -> dict[str, Any]:
+    """Which files the model was trained on: the same checksum, or candles of the same days
+    (a slice or another download of a training file is in-sample too)."""
     known = model["training_data_sha256"]  # empty: the manifest lists no checksums
+    spans = model.get("training_spans_ms", [])
     files = []
     for spec in ds.files:
         sha = sha256_file(spec.path)
+        span = _candle_span_ms(spec)
+        overlaps = span is not None and any(a < span[1] and span[0] < b for a, b in spans)
         files.append(
             {
                 "kind": spec.kind,
                 "path": str(spec.path),
                 "symbol": spec.symbol,
                 "sha256": sha,
-                "in_model_training_data": (sha in known) if known else None,
+                "span": None if span is None else [kpis.iso_time(t) for t in span],
+                "in_model_training_data": (sha in known or overlaps) if known or spans else None,
             }
         )
     flags = [f["in_model_training_data"] for f in files]
@@ -116,6 +138,7 @@ def _dataset_info(ds: Dataset, model: dict[str, Any], n_records: int) -> dict[st
         "files": files,
         "input_records": n_records,
         "model_in_sample": True if any(flags) else (None if None in flags else False),
+        "model_training_span": model["training_span"],
     }
 
 

@@ -27,9 +27,11 @@ from marketdata.files import FileSpec, file_records
 from operators.config import CohortConfig, StrategyConfig
 from operators.events import PARSERS
 from operators.features import (
+    ANNUALISE_5M,
     BAR_COLUMNS,
     CONTEXT_FEATURES,
     FEATURES,
+    FEATURES_V2,
     FeatureState,
     batch_features,
     context_inputs,
@@ -99,20 +101,20 @@ def bar_frame(ctxs: list[BarContext]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def feature_parity(ctxs: list[BarContext]) -> float:
-    """Largest |streaming - batch| over every feature of every bar of one symbol.
+def feature_parity(ctxs: list[BarContext], names: tuple[str, ...] = FEATURES_V2) -> float:
+    """Largest |streaming - batch| over the `names` features of every bar of one symbol.
 
     Raises DataError when the two disagree on which bars have features at all.
     """
     if not ctxs:
         return 0.0
-    batch = batch_features(bar_frame(ctxs)).to_numpy()
+    batch = batch_features(bar_frame(ctxs))[list(names)].to_numpy()
     has = np.array([c.features is not None for c in ctxs])
     if not np.array_equal(has, ~np.isnan(batch).any(axis=1)):
         raise DataError("streaming and batch features disagree on which bars are warmed up")
     if not has.any():
         return 0.0
-    stream = np.array([[c.features[f] for f in FEATURES] for c in ctxs if c.features])
+    stream = np.array([[c.features[f] for f in names] for c in ctxs if c.features])
     return float(np.max(np.abs(stream - batch[has])))
 
 
@@ -137,13 +139,30 @@ class Labelled:
 _LABELLED = ("x", "y", "fwd_ret", "end_ms", "past_ret")
 
 
-def labelled(ctxs: list[BarContext], horizon_bars: int, dead_zone_bps: float) -> Labelled:
-    """Rows with features whose bar and the bar `horizon_bars` later both have data."""
-    if horizon_bars < 1 or dead_zone_bps < 0:
+def labelled(
+    ctxs: list[BarContext],
+    horizon_bars: int,
+    dead_zone_bps: float,
+    features: tuple[str, ...] = FEATURES,
+    dead_zone_sigma: float = 0.0,
+    barrier_sigma: float = 0.0,
+) -> Labelled:
+    """Rows with features whose bar and the bar `horizon_bars` later both have data.
+
+    `dead_zone_sigma` > 0 also leaves out moves under that many of the bar's expected
+    horizon move (rv_annual de-annualised to `horizon_bars` bars, known at the close):
+    a volatility-scaled label threshold.
+    `barrier_sigma` > 0 labels by triple barrier instead: 1 when the highs reach
+    +barrier_sigma expected moves before the lows reach -barrier_sigma within the horizon,
+    0 the other way round; rows touching neither, or both in one bar, are left out.
+    """
+    if horizon_bars < 1 or min(dead_zone_bps, dead_zone_sigma, barrier_sigma) < 0:
         raise DataError(
-            f"horizon_bars={horizon_bars}, dead_zone_bps={dead_zone_bps}: "
-            "need horizon_bars >= 1 and dead_zone_bps >= 0"
+            f"horizon_bars={horizon_bars}, dead_zone_bps={dead_zone_bps}, "
+            f"dead_zone_sigma={dead_zone_sigma}, barrier_sigma={barrier_sigma}: "
+            "need horizon_bars >= 1 and the others >= 0"
         )
+    sigma_scale = math.sqrt(horizon_bars) / ANNUALISE_5M
     closes = [c.bar.close for c in ctxs]
     rows, ys, fwd, ts, past = [], [], [], [], []
     for i, c in enumerate(ctxs):
@@ -155,18 +174,41 @@ def labelled(ctxs: list[BarContext], horizon_bars: int, dead_zone_bps: float) ->
         r = math.log(closes[j] / closes[i])
         if abs(r) * 1e4 < dead_zone_bps:
             continue
-        rows.append([c.features[f] for f in FEATURES])
-        ys.append(1 if r > 0 else 0)
+        expected = c.features["rv_annual"] * sigma_scale
+        if abs(r) < dead_zone_sigma * expected:
+            continue
+        y = 1 if r > 0 else 0
+        if barrier_sigma > 0:
+            path = [(b.bar.high, b.bar.low) for b in ctxs[i + 1 : j + 1]]
+            touched = first_touch(closes[i], path, barrier_sigma * expected)
+            if touched is None:
+                continue
+            y = touched
+        rows.append([c.features[f] for f in features])
+        ys.append(y)
         fwd.append(r)
         ts.append(c.bar.end_ms)
         past.append(math.log(closes[i] / closes[i - horizon_bars]))
     return Labelled(
-        np.array(rows, dtype=float).reshape(-1, len(FEATURES)),
+        np.array(rows, dtype=float).reshape(-1, len(features)),
         np.array(ys, dtype=int),
         np.array(fwd, dtype=float),
         np.array(ts, dtype=np.int64),
         np.array(past, dtype=float),
     )
+
+
+def first_touch(close: float, path: list[tuple[float, float]], barrier_log: float) -> int | None:
+    """1 if the bars' highs reach close·e^b before their lows reach close·e^-b, 0 the
+    other way round, None when neither is reached or both are in the same bar."""
+    if not barrier_log > 0:
+        return None
+    up, down = close * math.exp(barrier_log), close * math.exp(-barrier_log)
+    for high, low in path:
+        hit_up, hit_down = high >= up, low <= down
+        if hit_up or hit_down:
+            return None if hit_up and hit_down else int(hit_up)
+    return None
 
 
 def matrix(
@@ -208,10 +250,18 @@ def load_source(
     specs = parse_source(spec_text)
     candles = frozenset(s.symbol for s in specs if s.kind == "candles")
     ctxs = list(itertools.islice(contexts(file_records(specs), candles), max_bars))
-    parity = feature_parity(ctxs)
+    check_parity(ctxs, spec_text)
+    # The manifest records the parity of the v1 features the shipped model uses.
+    parity = feature_parity(ctxs, FEATURES)
+    return Source(spec_text, specs, len(ctxs), parity, labelled(ctxs, horizon_bars, dead_zone_bps))
+
+
+def check_parity(ctxs: list[BarContext], what: str) -> float:
+    """Every feature (v1 and v2) streaming vs batch; DataError beyond PARITY_TOLERANCE."""
+    parity = feature_parity(ctxs, FEATURES_V2)
     if not parity <= PARITY_TOLERANCE:
         raise DataError(
-            f"{spec_text}: streaming and batch features differ by {parity:.3g} "
+            f"{what}: streaming and batch features differ by {parity:.3g} "
             f"(tolerance {PARITY_TOLERANCE}); one of the two feature codes is wrong"
         )
-    return Source(spec_text, specs, len(ctxs), parity, labelled(ctxs, horizon_bars, dead_zone_bps))
+    return parity

@@ -14,7 +14,13 @@ Conventions (the `ta` package's, checked against it in tests):
 - ATR(14) is seeded with the mean of the first 14 true ranges (the first is high - low),
   then Wilder-smoothed; divided by the close;
 - realised volatility is the sample standard deviation (ddof=1) of 5m log returns,
-  annualised with 365 days of 288 bars (crypto trades every day).
+  annualised with 365 days of 288 bars (crypto trades every day);
+- realised skew is the population skewness m3 / m2^1.5 of the last 48 5m log returns.
+
+Two feature sets: FEATURES (the shipped artifact's, "v1") and FEATURES_V2 (v1 plus the
+regime, range, volume-dynamics, skew and funding-change features of EXTRA_FEATURES, for
+the research candidates of models/evaluate.py). The stream computes both; every window
+fits in READY_AFTER, so both sets start on the same bar.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ ANNUALISE_5M = math.sqrt(BARS_PER_YEAR_5M)
 
 MOMENTUM_BARS = (1, 3, 12, 48)  # 5m, 15m, 1h, 4h
 WINDOW_RV, WINDOW_RV_1H, WINDOW_BB, WINDOW_VOL, N_RSI, N_ATR = 48, 12, 20, 20, 14, 14
+WINDOW_8H = 96  # the v2 regime window: 8h of 5m bars (one funding interval)
+WINDOW_VOL_SHORT = 12  # volume dynamics: the last hour against the last 8h
+WINDOW_SKEW = 48
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 BB_K = 2.0
 # Every feature is defined after 49 bars; the EMAs (span 26) started at the first close
@@ -66,6 +75,18 @@ FEATURES: tuple[str, ...] = (
     "close_loc",  # where the close sits in the bar's range: 0 at the low, 1 at the high
     *CONTEXT_FEATURES,
 )
+EXTRA_FEATURES: tuple[str, ...] = (
+    "ret_96",  # log return over 96 bars (8h)
+    "rv_8h_annual",  # realised vol over 96 bars, annualised (volatility regime)
+    "rv_ratio",  # rv_1h_annual / rv_annual: is volatility rising (>1) or falling (<1)
+    "range_pos_96",  # close in the 96-bar high-low range: 0 at the low, 1 at the high
+    "volume_ratio",  # mean volume of the last 12 bars / of the last 96
+    "skew_48",  # realised skew of the last 48 5m log returns
+    "funding_change_8h",  # funding rate now minus 96 bars ago (fraction)
+)
+FEATURES_V2: tuple[str, ...] = (*FEATURES, *EXTRA_FEATURES)
+# The feature lists an artifact may name (the runtime refuses any other).
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"v1": FEATURES, "v2": FEATURES_V2}
 BAR_COLUMNS: tuple[str, ...] = ("close", "high", "low", "volume")
 
 
@@ -91,11 +112,15 @@ def context_inputs(ctx: BarContext) -> dict[str, float]:
 
 @dataclass
 class FeatureState:
-    closes: deque = field(default_factory=lambda: deque(maxlen=max(MOMENTUM_BARS) + 1))
-    log_rets: deque = field(default_factory=lambda: deque(maxlen=WINDOW_RV))
+    closes: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H + 1))
+    log_rets: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H))
     bb_closes: deque = field(default_factory=lambda: deque(maxlen=WINDOW_BB))
-    volumes: deque = field(default_factory=lambda: deque(maxlen=WINDOW_VOL))
+    volumes: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H))
+    highs: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H))
+    lows: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H))
+    fundings: deque = field(default_factory=lambda: deque(maxlen=WINDOW_8H + 1))
     n_bars: int = 0
+    v2_bars: int = 0  # bars since the v2 windows started (= n_bars unless resumed from v1)
     ema_fast: float | None = None
     ema_slow: float | None = None
     macd_signal: float | None = None
@@ -104,6 +129,16 @@ class FeatureState:
     atr: float | None = None
     atr_seed: list = field(default_factory=list)
     prev_close: float | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Resume a snapshot, also one written before the v2 features existed: its short
+        windows are widened, and the v2 features return once their windows have refilled."""
+        fresh = FeatureState()
+        if "v2_bars" not in state:
+            state = dict(state)
+            for name in ("closes", "log_rets", "volumes"):
+                state[name] = deque(state[name], maxlen=getattr(fresh, name).maxlen)
+        self.__dict__.update({**fresh.__dict__, **state})
 
     def at_close(self, ctx: BarContext) -> dict[str, float] | None:
         """Fold in the 5m bar of a joined close; its context supplies the non-price inputs."""
@@ -124,9 +159,13 @@ class FeatureState:
             )
         prev = self.prev_close
         self.n_bars += 1
+        self.v2_bars += 1
         self.closes.append(close)
         self.bb_closes.append(close)
         self.volumes.append(volume)
+        self.highs.append(high)
+        self.lows.append(low)
+        self.fundings.append(float(context.get("funding_rate", 0.0)))
 
         if self.ema_fast is None:
             self.ema_fast = self.ema_slow = close
@@ -160,15 +199,21 @@ class FeatureState:
             return None
 
         c = self.closes
-        rets = list(self.log_rets)
+        rets_8h = list(self.log_rets)
+        rets = rets_8h[-WINDOW_RV:]
+        vols = list(self.volumes)
         mid, sd = _mean_sd(self.bb_closes, ddof=0)
-        vmean, vsd = _mean_sd(self.volumes, ddof=0)
+        vmean, vsd = _mean_sd(vols[-WINDOW_VOL:], ddof=0)
         gain, loss = self.rsi_gain, self.rsi_loss
         out = {f"ret_{k}": math.log(c[-1] / c[-1 - k]) for k in MOMENTUM_BARS}
+        rv = _mean_sd(rets, ddof=1)[1] * ANNUALISE_5M
+        rv_1h = _mean_sd(rets[-WINDOW_RV_1H:], ddof=1)[1] * ANNUALISE_5M
+        hi, lo = max(self.highs), min(self.lows)
+        v_long = math.fsum(vols) / len(vols)
         out.update(
             {
-                "rv_annual": _mean_sd(rets, ddof=1)[1] * ANNUALISE_5M,
-                "rv_1h_annual": _mean_sd(rets[-WINDOW_RV_1H:], ddof=1)[1] * ANNUALISE_5M,
+                "rv_annual": rv,
+                "rv_1h_annual": rv_1h,
                 "rsi_14": 50.0 if gain + loss == 0 else 100.0 * gain / (gain + loss),
                 "macd_hist": (macd - self.macd_signal) / close,
                 "bb_pband": 0.5 if sd == 0 else (close - (mid - BB_K * sd)) / (2 * BB_K * sd),
@@ -179,6 +224,21 @@ class FeatureState:
         )
         for name in CONTEXT_FEATURES:
             out[name] = float(context.get(name, 0.0))
+        if self.v2_bars < READY_AFTER:  # resumed from a v1 snapshot: windows still refilling
+            return out
+        out.update(
+            {
+                "ret_96": math.log(c[-1] / c[-1 - WINDOW_8H]),
+                "rv_8h_annual": _mean_sd(rets_8h, ddof=1)[1] * ANNUALISE_5M,
+                "rv_ratio": 1.0 if rv == 0 else rv_1h / rv,
+                "range_pos_96": 0.5 if hi == lo else (close - lo) / (hi - lo),
+                "volume_ratio": 1.0
+                if v_long == 0
+                else math.fsum(vols[-WINDOW_VOL_SHORT:]) / WINDOW_VOL_SHORT / v_long,
+                "skew_48": _skew(rets),
+                "funding_change_8h": self.fundings[-1] - self.fundings[0],
+            }
+        )
         return out
 
 
@@ -189,8 +249,16 @@ def _mean_sd(xs: Any, ddof: int) -> tuple[float, float]:
     return m, math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (n - ddof))
 
 
+def _skew(xs: list[float]) -> float:
+    """Population skewness m3 / m2^1.5; 0 for a flat window."""
+    m = math.fsum(xs) / len(xs)
+    m2 = math.fsum((x - m) ** 2 for x in xs) / len(xs)
+    m3 = math.fsum((x - m) ** 3 for x in xs) / len(xs)
+    return 0.0 if m2 == 0 else m3 / m2**1.5
+
+
 def batch_features(bars: pd.DataFrame) -> pd.DataFrame:
-    """The vectorised twin of `FeatureState`: one row of FEATURES per bar, NaN in warm-up.
+    """The vectorised twin of `FeatureState`: one row of FEATURES_V2 per bar, NaN in warm-up.
 
     `bars` holds one row per consecutive 5m bar (gap bars included, as the stream sees
     them) with columns close, high, low, volume and the CONTEXT_FEATURES (missing = 0).
@@ -208,7 +276,7 @@ def batch_features(bars: pd.DataFrame) -> pd.DataFrame:
     high = bars["high"].to_numpy(dtype=float)
     low = bars["low"].to_numpy(dtype=float)
     volume = bars["volume"].to_numpy(dtype=float)
-    out = pd.DataFrame(index=bars.index, columns=list(FEATURES), dtype=float)
+    out = pd.DataFrame(index=bars.index, columns=list(FEATURES_V2), dtype=float)
 
     def rolling(x: np.ndarray, w: int, ddof: int) -> tuple[np.ndarray, np.ndarray]:
         mean, sd = np.full(len(x), np.nan), np.full(len(x), np.nan)
@@ -263,5 +331,36 @@ def batch_features(bars: pd.DataFrame) -> pd.DataFrame:
         out["close_loc"] = np.where(high == low, 0.5, (close - low) / (high - low))
     for name in CONTEXT_FEATURES:
         out[name] = bars[name].to_numpy(dtype=float) if name in bars.columns else 0.0
+
+    r = np.full(n, np.nan)
+    r[WINDOW_8H:] = np.log(close[WINDOW_8H:] / close[:-WINDOW_8H])
+    out["ret_96"] = r
+    sd_8h = np.full(n, np.nan)
+    sd_8h[1:] = rolling(log_ret[1:], WINDOW_8H, ddof=1)[1]
+    out["rv_8h_annual"] = sd_8h * ANNUALISE_5M
+    rv, rv_1h = out["rv_annual"].to_numpy(), out["rv_1h_annual"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["rv_ratio"] = np.where(rv == 0, 1.0, rv_1h / rv)
+    hi, lo = np.full(n, np.nan), np.full(n, np.nan)
+    if n >= WINDOW_8H:
+        hi[WINDOW_8H - 1 :] = sliding_window_view(high, WINDOW_8H).max(axis=1)
+        lo[WINDOW_8H - 1 :] = sliding_window_view(low, WINDOW_8H).min(axis=1)
+    v_short = rolling(volume, WINDOW_VOL_SHORT, ddof=0)[0]
+    v_long = rolling(volume, WINDOW_8H, ddof=0)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["range_pos_96"] = np.where(hi == lo, 0.5, (close - lo) / (hi - lo))
+        out["volume_ratio"] = np.where(v_long == 0, 1.0, v_short / v_long)
+    skew = np.full(n, np.nan)
+    if n > WINDOW_SKEW:
+        win = sliding_window_view(log_ret[1:], WINDOW_SKEW)
+        d = win - win.mean(axis=1)[:, None]
+        m2, m3 = (d**2).mean(axis=1), (d**3).mean(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            skew[WINDOW_SKEW:] = np.where(m2 == 0, 0.0, m3 / m2**1.5)
+    out["skew_48"] = skew
+    funding = out["funding_rate"].to_numpy()
+    change = np.full(n, np.nan)
+    change[WINDOW_8H:] = funding[WINDOW_8H:] - funding[:-WINDOW_8H]
+    out["funding_change_8h"] = change
     out.iloc[: READY_AFTER - 1] = np.nan
     return out

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import sklearn
 
-from operators.features import FEATURES
+from operators.features import FEATURE_SETS, FEATURES
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 BUNDLE_FORMAT = "ensemble-stack/1"
@@ -260,9 +260,12 @@ class FastEnsemble:
         for _, est in model.bases:
             last = est.steps[-1][1] if hasattr(est, "steps") else est
             maker = fast.get(type(last).__name__)
-            if maker is None:
+            if maker is not None:
+                self.bases.append(maker(est))
+            elif callable(getattr(est, "predict_one", None)):  # research rules bring their own
+                self.bases.append(est.predict_one)
+            else:
                 raise TypeError(f"no fast path for {type(last).__name__}")
-            self.bases.append(maker(est))
         self.meta_coef = model.meta.coef_[0].astype(float)
         self.meta_intercept = float(model.meta.intercept_[0])
         self.calibrator = _FastCalibrator(model.method, model.calibrator)
@@ -312,11 +315,14 @@ class ModelRuntime:
                 "was changed or belongs to another manifest; retrain or restore the artifact"
             )
         features = self.manifest.get("features")
-        if features != list(FEATURES):
+        known = {name: list(fs) for name, fs in FEATURE_SETS.items()}
+        if features not in known.values():
             raise ArtifactError(
-                f"artifact features {features} differ from this code's {list(FEATURES)}; "
+                f"artifact features {features} differ from this code's {list(FEATURES)} "
+                f"(and from every other set it computes: {sorted(known)}); "
                 "retrain the model with `python -m models.train`"
             )
+        self.features: tuple[str, ...] = tuple(features)
         want_skl = self.manifest.get("versions", {}).get("scikit-learn")
         if want_skl != sklearn.__version__:
             raise ArtifactError(
@@ -340,13 +346,15 @@ class ModelRuntime:
         self.horizon_bars: int = int(self.manifest["horizon_bars"])
 
     def vector(self, features: dict[str, float]) -> np.ndarray:
-        """The feature dict as a row in FEATURES order; a missing or non-finite value raises."""
+        """The feature dict as a row in the artifact's order; missing or non-finite raises."""
         try:
-            x = np.array([features[name] for name in FEATURES], dtype=float)
+            x = np.array([features[name] for name in self.features], dtype=float)
         except KeyError as e:
             raise ValueError(f"feature {e.args[0]!r} is missing from the input") from e
         if not np.isfinite(x).all():
-            bad = {n: float(v) for n, v in zip(FEATURES, x, strict=True) if not math.isfinite(v)}
+            bad = {
+                n: float(v) for n, v in zip(self.features, x, strict=True) if not math.isfinite(v)
+            }
             raise ValueError(f"non-finite features {bad}; the model needs finite inputs")
         return x
 

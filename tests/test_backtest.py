@@ -424,3 +424,40 @@ def test_headless_chromium_renders_every_chart(out):
     assert int(total.group(1)) >= 7
     assert rendered.group(1) == total.group(1), "a chart did not render"
     assert 'data-rendered="no"' not in dom
+
+
+# -- in-sample vs out of sample ------------------------------------------------------------
+@pytest.mark.realdata
+def test_a_slice_of_a_training_file_is_in_sample_by_its_time_span_not_only_its_checksum(tmp_path):
+    from backtest.report import _dataset_info, _model_info
+    from backtest.runner import Dataset
+    from operators.predict import DEFAULT_ARTIFACT
+
+    rows = json.loads(
+        shared_file("binance_usdm_BTC_USDT_2025-09-19_2025-10-27_5m.json").read_text()
+    )
+    sliced = tmp_path / "slice.json"
+    sliced.write_text(json.dumps(rows[5000:6000]))  # another checksum, the same days
+    model = _model_info(DEFAULT_ARTIFACT)
+    info = _dataset_info(Dataset.parse(f"candles:{sliced}"), model, 1000)
+    assert info["model_in_sample"] is True
+    assert info["files"][0]["in_model_training_data"] is True
+
+
+@pytest.mark.realdata
+def test_the_default_backtest_runs_on_the_untouched_block_and_says_it_is_out_of_sample(tmp_path):
+    shared_file("binance_usdm_BTC_USDT_2025-08-01_2026-02-19_5m.feather")
+    out = tmp_path / "out"
+    done = _command(
+        ["--preset", "ensemble_1_1", "--slippage-bps", "0", "--discard-runs", "--out", str(out)]
+    )
+    assert done.returncode == 0, done.stderr
+    assert "out of sample" in done.stdout, done.stdout
+    report = json.loads((out / "report.json").read_text())
+    [ds] = report["datasets"]
+    assert ds["model_in_sample"] is False and "test_block" in ds["label"]
+    block = ds["presets"]["ensemble_1_1"]
+    assert block["evaluation"]["start"].startswith("2026-01-08")
+    assert ds["model_training_span"][1] < block["evaluation"]["start"]
+    page = (out / "report.html").read_text()
+    assert "Out of sample" in page and "2026-01-08" in page

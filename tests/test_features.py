@@ -14,6 +14,7 @@ by 0.8^274 < 1e-26 there):
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import pickle
@@ -27,7 +28,9 @@ from marketdata.files import file_records
 from models.dataset import bar_frame, contexts, feature_parity, parse_source
 from operators.features import (
     CONTEXT_FEATURES,
+    EXTRA_FEATURES,
     FEATURES,
+    FEATURES_V2,
     READY_AFTER,
     FeatureState,
     batch_features,
@@ -52,8 +55,8 @@ def real_contexts(request):
 
 
 def _streamed(ctxs) -> pd.DataFrame:
-    nan_row = dict.fromkeys(FEATURES, math.nan)
-    return pd.DataFrame([c.features or nan_row for c in ctxs], columns=list(FEATURES))
+    nan_row = dict.fromkeys(FEATURES_V2, math.nan)
+    return pd.DataFrame([c.features or nan_row for c in ctxs], columns=list(FEATURES_V2))
 
 
 def _random_bars(n: int, seed: int) -> pd.DataFrame:
@@ -80,8 +83,8 @@ def _stream_frame(frame: pd.DataFrame) -> pd.DataFrame:
     for r in frame.itertuples(index=False):
         ctx = {k: getattr(r, k) for k in CONTEXT_FEATURES}
         rows.append(fs.update(r.close, r.high, r.low, r.volume, ctx))
-    nan_row = dict.fromkeys(FEATURES, math.nan)
-    return pd.DataFrame([x or nan_row for x in rows], columns=list(FEATURES))
+    nan_row = dict.fromkeys(FEATURES_V2, math.nan)
+    return pd.DataFrame([x or nan_row for x in rows], columns=list(FEATURES_V2))
 
 
 # -- streaming vs batch -------------------------------------------------------------------
@@ -96,6 +99,20 @@ def test_streaming_features_equal_the_batch_twin_on_real_data(real_contexts):
     assert (~np.isnan(streamed).any(axis=1)).sum() == len(ctxs) - (READY_AFTER - 1)
 
 
+@pytest.mark.realdata
+def test_every_v2_feature_equals_its_batch_twin_on_the_new_perp_file_with_varying_funding():
+    from models.evaluate import research_contexts
+
+    ctxs = research_contexts(max_bars=6000)
+    streamed, batch = _streamed(ctxs), batch_features(bar_frame(ctxs))
+    assert streamed["funding_change_8h"].abs().max() > 0, "funding must vary in this file"
+    for name in FEATURES_V2:
+        diff = (streamed[name] - batch[name]).abs().max()
+        assert diff <= 1e-9, (name, diff)
+    for name in EXTRA_FEATURES:  # a parity of constants would prove nothing
+        assert streamed[name].iloc[READY_AFTER:].std() > 0, f"{name} is constant"
+
+
 def test_streaming_features_equal_the_batch_twin_with_gap_bars_and_context():
     frame = _random_bars(1500, seed=5)
     streamed, batch = _stream_frame(frame), batch_features(frame)
@@ -104,6 +121,30 @@ def test_streaming_features_equal_the_batch_twin_with_gap_bars_and_context():
     assert np.nanmax(diff) <= 1e-9
     for name in CONTEXT_FEATURES:  # the context inputs pass through as they were at the close
         assert streamed[name].iloc[-1] == frame[name].iloc[-1]
+    for name in EXTRA_FEATURES:  # every new feature, one by one
+        assert np.nanmax(diff[:, list(FEATURES_V2).index(name)]) <= 1e-9, name
+
+
+def test_the_v2_features_match_independent_pandas_and_scipy_formulas():
+    from scipy.stats import skew
+
+    frame = _random_bars(600, seed=11)
+    streamed = _stream_frame(frame).iloc[READY_AFTER - 1 :]
+    idx = streamed.index
+    log_ret = np.log(frame["close"]).diff()
+    lo, hi = frame["low"].rolling(96).min(), frame["high"].rolling(96).max()
+    vol = frame["volume"]
+    expected = {
+        "ret_96": np.log(frame["close"] / frame["close"].shift(96)),
+        "rv_8h_annual": log_ret.rolling(96).std() * math.sqrt(365 * 288),
+        "range_pos_96": (frame["close"] - lo) / (hi - lo),
+        "volume_ratio": vol.rolling(12).mean() / vol.rolling(96).mean(),
+        "skew_48": log_ret.rolling(48).apply(lambda w: skew(w, bias=True), raw=True),
+        "funding_change_8h": frame["funding_rate"].diff(96),
+        "rv_ratio": log_ret.rolling(12).std() / log_ret.rolling(48).std(),
+    }
+    for name, series in expected.items():
+        np.testing.assert_allclose(streamed[name], series[idx], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 def test_features_start_after_the_warm_up():
@@ -123,6 +164,8 @@ def test_a_flat_market_gives_neutral_features():
     assert out["rv_annual"] == 0.0 and out["macd_hist"] == 0.0 and out["close_loc"] == 0.5
     assert all(out[f"ret_{k}"] == 0.0 for k in (1, 3, 12, 48))
     assert all(out[name] == 0.0 for name in CONTEXT_FEATURES)  # missing context is neutral
+    assert out["rv_ratio"] == 1.0 and out["range_pos_96"] == 0.5 and out["volume_ratio"] == 1.0
+    assert out["skew_48"] == 0.0 and out["ret_96"] == 0.0 and out["funding_change_8h"] == 0.0
 
 
 def test_a_snapshotted_state_continues_exactly_like_the_original():
@@ -136,6 +179,33 @@ def test_a_snapshotted_state_continues_exactly_like_the_original():
         want = fs.update(r.close, r.high, r.low, r.volume, {})
         for other in copies:
             assert other.update(r.close, r.high, r.low, r.volume, {}) == want
+
+
+def test_a_snapshot_from_before_the_v2_features_resumes_and_refills_them():
+    """A recovery snapshot written by the v1 code: v1 features go on unchanged, the v2
+    ones come back once their windows have refilled (never computed on short windows)."""
+    frame = _random_bars(500, seed=9)
+    rows = list(frame.itertuples(index=False))
+    fs = FeatureState()
+    for r in rows[:250]:
+        fs.update(r.close, r.high, r.low, r.volume, {})
+    old = copy.deepcopy(fs.__dict__)  # the v1 state's fields and window lengths
+    for name in ("highs", "lows", "fundings", "v2_bars"):
+        old.pop(name)
+    old["closes"] = collections.deque(list(fs.closes)[-49:], maxlen=49)
+    old["log_rets"] = collections.deque(list(fs.log_rets)[-48:], maxlen=48)
+    old["volumes"] = collections.deque(list(fs.volumes)[-20:], maxlen=20)
+    resumed = FeatureState.__new__(FeatureState)
+    resumed.__setstate__(old)
+    for k, r in enumerate(rows[250:]):
+        want = fs.update(r.close, r.high, r.low, r.volume, {})
+        got = resumed.update(r.close, r.high, r.low, r.volume, {})
+        assert got is not None and want is not None
+        assert {n: got[n] for n in FEATURES} == {n: want[n] for n in FEATURES}
+        if k + 1 < READY_AFTER:
+            assert not set(EXTRA_FEATURES) & set(got), k
+        else:
+            assert got == want, k
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models.ensemble import FitError, fit_ensemble
@@ -276,3 +277,127 @@ def test_too_few_rows_to_fit_say_so():
     x, y = rng.normal(size=(120, len(FEATURES))), rng.integers(0, 2, 120)
     with pytest.raises(FitError, match="need at least 50 rows of both classes"):
         fit_ensemble(x, y, np.arange(120) * 300_000, 3_600_000, seed=1)
+
+
+# -- research harness (models/evaluate.py) -------------------------------------------------
+RESEARCH_5M = "binance_usdm_BTC_USDT_2025-08-01_2026-02-19_5m.feather"
+
+
+def test_the_runtime_loads_a_v2_artifact_and_reads_its_features_in_its_order(tmp_path):
+    from models.baselines import fit_baseline, rule_bundle
+    from models.evaluate import write_artifact
+    from operators.features import FEATURES_V2
+
+    x = np.zeros((4, len(FEATURES_V2)))
+    x[:, FEATURES_V2.index("ret_3")] = [0.01, 0.02, -0.01, -0.02]
+    y = np.array([0, 0, 1, 0])  # the reversal call is right on 3 of 4 rows
+    rule = fit_baseline("reversal_15m", x, y, FEATURES_V2)
+    assert rule.p_up == pytest.approx(0.75)
+    art = write_artifact(tmp_path / "a", rule_bundle("r", rule), FEATURES_V2, 3, "r")
+    rt = ModelRuntime(art)
+    assert rt.fast is not None
+    row = dict.fromkeys(FEATURES_V2, 0.0)
+    assert rt.predict(row | {"ret_3": 0.004}).p_up == pytest.approx(0.25)
+    assert rt.predict(row | {"ret_3": -0.004}).p_up_bma == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="'ret_96' is missing"):
+        rt.predict(dict.fromkeys(FEATURES, 0.0))
+
+
+def test_ece_is_zero_when_calibrated_and_the_offset_when_biased():
+    from models.evaluate import ece
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.2, 0.8, 200_000)
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    assert ece(y, p) < 0.005
+    assert ece(y, np.clip(p + 0.1, 0, 1)) == pytest.approx(0.1, abs=0.005)
+
+
+@pytest.fixture(scope="module")
+def research_ctxs():
+    shared_file(RESEARCH_5M)
+    from models.evaluate import research_contexts
+
+    return research_contexts()
+
+
+@pytest.mark.realdata
+def test_no_walk_forward_row_or_label_reaches_into_the_test_block(research_ctxs):
+    from models.evaluate import CANDIDATES, TEST_BLOCK_START_MS, dev_and_block, fold_bounds
+
+    for c in CANDIDATES:
+        dev, block = dev_and_block(research_ctxs, c.label, c.features)
+        horizon_ms = c.label.horizon_bars * 300_000
+        assert dev.end_ms.max() + horizon_ms < TEST_BLOCK_START_MS, c.name
+        assert block.end_ms.min() >= TEST_BLOCK_START_MS and len(block) > 5000, c.name
+    closes = np.array([x.bar.end_ms for x in research_ctxs if x.bar.end_ms < TEST_BLOCK_START_MS])
+    bounds = fold_bounds(closes)
+    assert bounds[-1][1] < TEST_BLOCK_START_MS
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(bounds, bounds[1:], strict=False))
+
+
+@pytest.mark.realdata
+def test_fold_pnl_comes_from_the_dataflow_with_fee_and_slippage(tmp_path):
+    """A rule confident enough to trade: its round trips and PnL are the flow's own."""
+    from backtest import records
+    from models.baselines import RuleModel, rule_bundle
+    from models.evaluate import (
+        FEE_BPS,
+        SLIPPAGE_BPS,
+        Spans,
+        candle_frame,
+        flow_run,
+        funding_frame,
+        write_artifact,
+    )
+    from operators.features import FEATURES_V2
+
+    shared_file(RESEARCH_5M)
+    rule = RuleModel(0.9, FEATURES_V2.index("ret_12"), 1)  # conf 0.9: the model arms trade
+    art = write_artifact(tmp_path / "a", rule_bundle("m", rule), FEATURES_V2, 3, "m")
+    start = int(pd.Timestamp("2025-11-03T00:00Z").value // 1_000_000)
+    spec = Spans(candle_frame(), funding_frame(), tmp_path).input(
+        start, start + 2 * 86_400_000, 150
+    )
+    out = tmp_path / "run"
+    got = flow_run(spec, art, "ensemble_1_0", out, 3, warmup_bars=150)
+    run = records.load(out)
+    assert got["round_trips"] > 0 and got["days"] == pytest.approx(2.0, abs=0.01)
+    assert {c["fee_bps"] for c in run.costs} == {FEE_BPS}
+    assert {c["slippage_bps"] for c in run.costs} == {SLIPPAGE_BPS}
+    final = run.summary["symbols"]["BTC-PERP"]["equity"]
+    assert got["net_pnl_usd"] == pytest.approx(final - got["initial_equity_usd"], abs=0.01)
+
+
+def test_a_meta_labelling_artifact_predicts_the_same_in_the_flow_as_in_batch(tmp_path):
+    from models.baselines import fit_baseline, rule_bundle
+    from models.evaluate import write_artifact
+    from models.metalabel import fit_metalabel
+    from operators.features import FEATURES_V2
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    x = rng.normal(size=(n, len(FEATURES_V2)))
+    y = (x[:, FEATURES_V2.index("ret_3")] + rng.normal(size=n) < 0).astype(int)
+    end_ms = np.arange(n, dtype=np.int64) * 300_000
+    primary = fit_baseline("reversal_15m", x, y, FEATURES_V2)
+    ml = fit_metalabel(primary, x, y, end_ms, 3_600_000, 7, 20)
+    art = write_artifact(tmp_path / "m", rule_bundle("m", ml), FEATURES_V2, 3, "m")
+    rt = ModelRuntime(art)
+    assert rt.fast is not None, "a research artifact must not fall back to scikit-learn per bar"
+    batch = rt.model.predict_proba(x[:50])[0]
+    flow = [rt.predict(dict(zip(FEATURES_V2, row, strict=True))).p_up for row in x[:50]]
+    np.testing.assert_allclose(flow, batch, atol=1e-9)
+    calls = primary.calls(x[:50])
+    assert np.mean((batch > 0.5) == (calls == 1)) > 0.5  # mostly the primary's side
+
+
+def test_triple_barrier_labels_the_first_barrier_touched_and_leaves_out_ties_and_timeouts():
+    from models.dataset import first_touch
+
+    b = math.log(1.01)  # barriers at 101 and 100 / 1.01
+    assert first_touch(100.0, [(100.5, 99.5), (101.0, 100.2), (100.0, 98.0)], b) == 1
+    assert first_touch(100.0, [(100.5, 99.0), (102.0, 100.2)], b) == 0
+    assert first_touch(100.0, [(100.5, 99.5), (100.9, 99.2)], b) is None  # neither: left out
+    assert first_touch(100.0, [(101.5, 98.5)], b) is None  # both in one bar: ambiguous
+    assert first_touch(100.0, [(101.5, 99.5)], 0.0) is None
