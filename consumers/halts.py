@@ -69,8 +69,8 @@ def last_trade_facts(tel: Telemetry, question: str, symbol: str | None) -> dict[
     if _mismatch(last, question):  # answer the question asked, not a convenient one
         pos = "short" if last["side"] == "sell" else "long"
         facts["premise"] = (
-            f"the last trade for {sym} ({utc_text(ts)} UTC) was a {pos}, not what the "
-            "question says; it is explained"
+            f"the last trade for {sym} ({utc_text(ts)} UTC) was a {pos}, not a "
+            f"{'long' if pos == 'short' else 'short'}; it is explained"
         )
     return {**facts, **decision_facts(tel, sig)}
 

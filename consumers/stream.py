@@ -159,7 +159,7 @@ class GroupReader:
         if start not in ("earliest", "latest"):
             raise ValueError(f"start={start!r} must be earliest or latest")
         self.decode = Decoder(kafka.prefix, streams)
-        self.decode_prefix = kafka.prefix
+        self.prefix = kafka.prefix
         self.consumer = _consumer(
             kafka,
             client_id,
@@ -193,7 +193,7 @@ class GroupReader:
     def unread(self, stream: str) -> int:
         """Records of `stream` on the broker not read yet, from the high-water marks of the
         last fetches (no request is sent; a partition not fetched yet counts 0)."""
-        topic = topic_name(self.decode_prefix, stream)
+        topic = topic_name(self.prefix, stream)
         n = 0
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp) if tp.topic == topic else None
