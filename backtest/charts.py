@@ -42,6 +42,32 @@ RC = {
 }
 
 
+WIDE = 12.0  # inches: the page's width (CSS stretches wide charts to it)
+MAX_POINTS = 1500  # per line: more than a page's width of pixels adds bytes, not detail
+
+
+def _plain_y(ax: Any) -> None:
+    """Full numbers on the y axis: no "+1e4" offset that leaves the reader to add it back."""
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+
+
+def thin(t: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, Any]:
+    """At most about `max_points` points, keeping each bucket's lowest and highest (in time
+    order), so peaks and troughs (a drawdown's bottom) survive."""
+    n = len(y)
+    if n <= max_points:
+        return t, y
+    edges = np.linspace(0, n, max_points // 2 + 1, dtype=int)
+    keep = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b > a:
+            seg = y[a:b]
+            keep.extend(sorted({a + int(np.argmin(seg)), a + int(np.argmax(seg))}))
+    keep[-1:] = [keep[-1]] if keep[-1] == n - 1 else [keep[-1], n - 1]
+    idx = np.array(keep)
+    return t[idx], y[idx]
+
+
 def color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
@@ -72,11 +98,20 @@ def _date_axis(ax: Any) -> None:
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
 
 
-def equity(curves: dict[str, pd.Series]) -> str:
+def equity(curves: dict[str, pd.Series], benchmark: pd.Series | None = None) -> str:
     with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=(9, 3.2))
+        fig, ax = plt.subplots(figsize=(WIDE, 3.4))
         for i, (name, s) in enumerate(curves.items()):
-            ax.plot(_times(s.index), s.to_numpy(), color=color(i), lw=1.1, label=name)
+            ax.plot(*thin(_times(s.index), s.to_numpy()), color=color(i), lw=1.1, label=name)
+        if benchmark is not None:
+            ax.plot(
+                *thin(_times(benchmark.index), benchmark.to_numpy()),
+                color="#555555",
+                lw=1.0,
+                ls="--",
+                label="buy and hold",
+            )
+        _plain_y(ax)
         ax.set_ylabel("account equity, USD")
         ax.set_title("Equity at every 5m close (UTC)")
         _date_axis(ax)
@@ -86,10 +121,9 @@ def equity(curves: dict[str, pd.Series]) -> str:
 
 def drawdown(curves: dict[str, pd.Series]) -> str:
     with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=(9, 2.6))
+        fig, ax = plt.subplots(figsize=(WIDE, 2.6))
         for i, (name, s) in enumerate(curves.items()):
-            dd = -100.0 * metrics.drawdowns(s.to_numpy())
-            t = _times(s.index)
+            t, dd = thin(_times(s.index), -100.0 * metrics.drawdowns(s.to_numpy()))
             ax.fill_between(t, dd, 0.0, color=color(i), alpha=0.25, lw=0)
             ax.plot(t, dd, color=color(i), lw=0.9, label=name)
         ax.set_ylabel("drawdown, %")
@@ -131,7 +165,7 @@ def arms(arm_blocks: dict[str, dict[str, Any]], window: tuple[str, str] | None =
     names = list(arm_blocks)
     with plt.rc_context(RC):
         fig, axes = plt.subplots(
-            len(names), 1, figsize=(9, 1.9 * len(names) + 0.4), sharex=True, squeeze=False
+            len(names), 1, figsize=(WIDE, 1.9 * len(names) + 0.4), sharex=True, squeeze=False
         )
         for ax, name in zip(axes[:, 0], names, strict=True):
             block = arm_blocks[name]
@@ -180,7 +214,7 @@ def slippage(rows: dict[str, list[dict[str, Any]]]) -> str:
 def daily_pnl(daily: dict[str, list[dict[str, Any]]]) -> str:
     names = list(daily)
     with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=(9, 2.8))
+        fig, ax = plt.subplots(figsize=(WIDE, 2.8))
         width = 0.8 / max(len(names), 1)
         for i, name in enumerate(names):
             days = mdates.date2num([_noon(r["date"]) for r in daily[name]])
@@ -213,4 +247,65 @@ def deciles(blocks: dict[str, list[dict[str, Any]]]) -> str:
         ax.set_ylim(0, 100)
         ax.set_title("Hit rate by confidence decile")
         ax.legend(loc="best", frameon=False)
+        return _svg(fig)
+
+
+MARKERS = ("o", "s", "D", "P")
+
+
+def price_trades(closes: dict[str, pd.Series], trade_rows: dict[str, list[dict[str, Any]]]) -> str:
+    """Each symbol's 5m close with every round trip's entry (▲ long, ▼ short) and exit (×),
+    one colour per preset."""
+    syms = list(closes)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(len(syms), 1, figsize=(WIDE, 2.8 * len(syms) + 0.3), squeeze=False)
+        for ax, sym in zip(axes[:, 0], syms, strict=True):
+            px = closes[sym]
+            ax.plot(*thin(_times(px.index), px.to_numpy()), color="#444444", lw=0.8, label="close")
+            for i, (name, rows) in enumerate(trade_rows.items()):
+                mine = [r for r in rows if r["symbol"] == sym]
+                for side, mark in (("long", "^"), ("short", "v")):
+                    ent = [r for r in mine if r["side"] == side and r["entry_ms"] is not None]
+                    if ent:
+                        ax.scatter(
+                            _times(pd.Index([r["entry_ms"] for r in ent])),
+                            [r["entry_px"] for r in ent],
+                            marker=mark, s=28, color=color(i), zorder=3,
+                            label=f"{name} {side} entry",
+                        )  # fmt: skip
+                if mine:
+                    ax.scatter(
+                        _times(pd.Index([r["exit_ms"] for r in mine])),
+                        [r["exit_px"] for r in mine],
+                        marker="x", s=22, color=color(i), zorder=3, label=f"{name} exit",
+                    )  # fmt: skip
+            _plain_y(ax)
+            ax.set_ylabel(f"{sym}, USD")
+            ax.set_title(f"{sym}: 5m close with entries and exits", loc="left")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            _date_axis(ax)
+        return _svg(fig)
+
+
+def exposure(positions: dict[str, dict[str, pd.Series]], closes: dict[str, pd.Series]) -> str:
+    """Position notional (base units × 5m close) per symbol over time, one line per preset."""
+    syms = list(closes)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(
+            len(syms), 1, figsize=(WIDE, 2.0 * len(syms) + 0.3), sharex=True, squeeze=False
+        )
+        for ax, sym in zip(axes[:, 0], syms, strict=True):
+            for i, (name, pos) in enumerate(positions.items()):
+                q = pos.get(sym)
+                if q is None:
+                    continue
+                notional = q.to_numpy() * closes[sym].reindex(q.index).to_numpy()
+                ax.step(*thin(_times(q.index), notional), where="post", color=color(i), lw=0.9,
+                        label=name)  # fmt: skip
+            ax.axhline(0, color="#999999", lw=0.6)
+            _plain_y(ax)
+            ax.set_ylabel("USD")
+            ax.set_title(f"{sym}: position notional (+ long, − short)", loc="left")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        _date_axis(axes[-1, 0])
         return _svg(fig)

@@ -19,6 +19,10 @@ from backtest import charts, definitions
 SECTIONS = (
     "headline",
     "equity",
+    "tradelist",
+    "prices",
+    "symbols",
+    "monthly",
     "slippage",
     "trades",
     "calibration",
@@ -44,9 +48,16 @@ SUMMARY_KPIS = (
     "costs_pct_of_gross",
     "brier",
 )
+# the KPIs a small sample makes meaningless, flagged next to their value
+SMALL_SAMPLE_KPIS = ("sharpe", "sortino", "hit_rate")
+TRADE_ROWS_SHOWN = 200  # per preset on the page; trades.csv has them all
 TITLES = {
     "headline": "KPIs, presets side by side",
-    "equity": "Equity and drawdown",
+    "equity": "Equity and drawdown, against buy and hold",
+    "tradelist": "Trade list",
+    "prices": "Prices with entries and exits; position over time",
+    "symbols": "Per symbol",
+    "monthly": "Monthly returns",
     "slippage": "Slippage sensitivity",
     "trades": "Trades and hit rate by confidence decile",
     "calibration": "Model calibration",
@@ -70,6 +81,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.formula,p.formula{color:#555;font-size:12px}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 figure{margin:6px 0}figure svg{max-width:100%;height:auto}
+figure.wide svg{width:100%}
+.small-sample{color:#a05a00;font-size:12px;font-weight:normal;white-space:nowrap}
+details.dataset>summary{cursor:pointer}details.dataset>summary h2{display:inline}
 .warn{background:#fff4e0;border:1px solid #f0b060;padding:8px 12px;border-radius:4px}
 nav a{margin-right:10px}details{margin:6px 0}
 code{background:#f4f4f4;padding:0 3px}
@@ -136,9 +150,10 @@ def _table(head: list[str], rows: list[str], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _figure(name: str, svg: str, caption: str) -> str:
+def _figure(name: str, svg: str, caption: str, wide: bool = True) -> str:
+    cls = "chart wide" if wide else "chart"
     return (
-        f'<figure class="chart" data-chart="{_e(name)}">{svg}'
+        f'<figure class="{cls}" data-chart="{_e(name)}">{svg}'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
 
@@ -163,8 +178,17 @@ def _headline(i: int, ds: dict[str, Any], presets: list[str]) -> str:
     head += [f"{_e(o)} − {_e(cmp['baseline'])}" for o in others]
     head.append("formula")
     rows = []
+    warned = {p: ds["presets"][p].get("sample_warning") for p in presets}
     for k in definitions.KPIS:
-        cells = [f"<td>{_e(k.name)}</td>"]
+        note = ""
+        if k.key in SMALL_SAMPLE_KPIS and any(warned.values()):
+            note = "".join(
+                f'<br><span class="small-sample" data-warning="{_e(p)}">⚠ {_e(p)}: '
+                f"{_e(w)}; read it as noise</span>"
+                for p, w in warned.items()
+                if w
+            )
+        cells = [f"<td>{_e(k.name)}{note}</td>"]
         for p in presets:
             cells.append(
                 num(
@@ -191,14 +215,166 @@ def _headline(i: int, ds: dict[str, Any], presets: list[str]) -> str:
     return f"<p>Evaluation window (after the warm-up): {windows}.</p>" + _table(head, rows)
 
 
+def _benchmark_table(i: int, ds: dict[str, Any], presets: list[str]) -> str:
+    cols = (("net_pnl_usd", "net PnL", "usd"), ("total_return", "total return", "pct"),
+            ("max_drawdown_5m", "max drawdown (5m)", "pct"))  # fmt: skip
+    rows = []
+    for p in presets:
+        base = _key("datasets", i, "presets", p, "kpis")
+        rows.append(
+            f"<td>{_e(p)}</td>"
+            + "".join(
+                num(ds["presets"][p]["kpis"].get(c), kind, _key(base, c)) for c, _, kind in cols
+            )  # fmt: skip
+        )
+    bench = ds["presets"][presets[0]].get("benchmark")
+    if bench:
+        base = _key("datasets", i, "presets", presets[0], "benchmark")
+        rows.append(
+            "<td>buy and hold (same data, each symbol's book held from the first close)</td>"
+            + "".join(num(bench.get(c), kind, _key(base, c)) for c, _, kind in cols)
+        )
+    return _table(["", *[label for _, label, _ in cols]], rows)
+
+
 def _equity(i: int, ds: dict[str, Any], presets: list[str], ch: Any) -> str:
     curves = {p: ch.equity_5m[(i, p)] for p in presets if (i, p) in ch.equity_5m}
     if not curves:
         return "<p>No equity curve.</p>"
+    bench = getattr(ch, "benchmark_5m", {}).get(i)
+    return (
+        _benchmark_table(i, ds, presets)
+        + _figure(
+            "equity",
+            charts.equity(curves, bench),
+            "Account equity, USD, at every 5m close; dashed: buy and hold of the same data.",
+        )
+        + _figure(
+            "drawdown",
+            charts.drawdown(curves),
+            "Drawdown from the running peak, at every 5m close.",
+        )
+    )
+
+
+def _trade_list(i: int, ds: dict[str, Any], presets: list[str]) -> str:
+    parts = []
+    for p in presets:
+        rows_all = ds["presets"][p].get("trade_list") or []
+        rows = []
+        for j, r in enumerate(rows_all[:TRADE_ROWS_SHOWN]):
+            base = _key("datasets", i, "presets", p, "trade_list", j)
+            rows.append(
+                f"<td>{_e(r['symbol'])}</td><td>{_e(r['side'])}</td>"
+                f"<td>{_e(r['entry_time'] or 'before the data')}</td>"
+                + num(r["entry_px"], "usd", _key(base, "entry_px"))
+                + f"<td>{_e(r['exit_time'])}</td>"
+                + num(r["exit_px"], "usd", _key(base, "exit_px"))
+                + num(r["qty"], "ratio", _key(base, "qty"))
+                + f"<td>{_e(r['arm'] or '')}</td>"
+                + num(r["entry_conf"], "prob", _key(base, "entry_conf"))
+                + f"<td>{_e(r['exit_reason'])}</td>"
+                + num(r["pnl_usd"], "usd", _key(base, "pnl_usd"))
+                + num(r["fees_usd"], "usd", _key(base, "fees_usd"))
+            )
+        more = (
+            f"<p>The first {TRADE_ROWS_SHOWN} of {len(rows_all)}; all are in trades.csv.</p>"
+            if len(rows_all) > TRADE_ROWS_SHOWN
+            else ""
+        )
+        body = (
+            _table(
+                [
+                    "symbol",
+                    "side",
+                    "entry (UTC)",
+                    "entry px",
+                    "exit (UTC)",
+                    "exit px",
+                    "size",
+                    "arm",
+                    "conf at entry",
+                    "exit reason",
+                    "PnL (net)",
+                    "fees",
+                ],
+                rows,
+            )  # fmt: skip
+            + more
+            if rows
+            else "<p>No closed round trips.</p>"
+        )
+        parts.append(_details(f"{p}: {len(rows_all)} round trips", body))
+    return (
+        "<p>Every closed round trip of the +0 bps runs (also in <code>trades.csv</code> next "
+        "to this page). PnL is the flow's realised net PnL of the round trip; fees are the "
+        "entry's and exit's fees (a flip's fee split by the quantity it closed and opened).</p>"
+        + "".join(parts)
+    )
+
+
+def _prices(i: int, ds: dict[str, Any], presets: list[str], ch: Any) -> str:
+    closes = getattr(ch, "closes_5m", {}).get(i)
+    if not closes:
+        return "<p>No prices.</p>"
+    rows = {p: ds["presets"][p].get("trade_list") or [] for p in presets}
+    pos = {p: ch.positions_5m[(i, p)] for p in presets if (i, p) in ch.positions_5m}
     return _figure(
-        "equity", charts.equity(curves), "Account equity, USD, at every 5m close."
+        "prices",
+        charts.price_trades(closes, rows),
+        "5m closes; ▲ long entry, ▼ short entry, × exit, one colour per preset.",
     ) + _figure(
-        "drawdown", charts.drawdown(curves), "Drawdown from the running peak, at every 5m close."
+        "exposure",
+        charts.exposure(pos, closes),
+        "Position notional at every 5m close (position × close), per symbol and preset.",
+    )
+
+
+def _symbols(i: int, ds: dict[str, Any], presets: list[str]) -> str:
+    rows = []
+    for p in presets:
+        for j, r in enumerate(ds["presets"][p].get("per_symbol") or []):
+            base = _key("datasets", i, "presets", p, "per_symbol", j)
+            rows.append(
+                f"<td>{_e(p)}</td><td>{_e(r['symbol'])}</td>"
+                + num(r["round_trips"], "int", _key(base, "round_trips"))
+                + num(r["longs"], "int", _key(base, "longs"))
+                + num(r["shorts"], "int", _key(base, "shorts"))
+                + num(r["hit_rate"], "pct", _key(base, "hit_rate"))
+                + num(r["pnl_usd"], "usd", _key(base, "pnl_usd"))
+                + num(r["fees_usd"], "usd", _key(base, "fees_usd"))
+                + num(r["return_on_book"], "pct", _key(base, "return_on_book"))
+                + num(r["buy_and_hold_return"], "pct", _key(base, "buy_and_hold_return"))
+            )
+    return _table(
+        ["preset", "symbol", "round trips", "longs", "shorts", "hit rate", "PnL (net)", "fees",
+         "PnL / the symbol's book", "buy and hold"],
+        rows,
+    )  # fmt: skip
+
+
+def _monthly(i: int, ds: dict[str, Any], presets: list[str]) -> str:
+    first = ds["presets"][presets[0]].get("monthly") or []
+    rows = []
+    for j, m in enumerate(first):
+        cells = [f"<td>{_e(m['month'])}</td>"]
+        for p in presets:
+            base = _key("datasets", i, "presets", p, "monthly", j)
+            r = ds["presets"][p]["monthly"][j]
+            cells += [
+                num(r["return"], "pct", _key(base, "return")),
+                num(r["pnl_usd"], "usd", _key(base, "pnl_usd")),
+            ]
+        base = _key("datasets", i, "presets", presets[0], "monthly", j)
+        cells.append(num(m["benchmark_return"], "pct", _key(base, "benchmark_return")))
+        rows.append("".join(cells))
+    head = ["month (UTC)"]
+    for p in presets:
+        head += [f"{_e(p)} return", f"{_e(p)} PnL"]
+    head.append("buy and hold")
+    return (
+        "<p>Account return from the previous month's last 5m mark (the window's first mark "
+        "for the first month) to this month's last.</p>" + _table(head, rows)
     )
 
 
@@ -231,6 +407,7 @@ def _slippage(i: int, ds: dict[str, Any], presets: list[str]) -> str:
         "slippage",
         charts.slippage({p: ds["presets"][p]["slippage"] for p in presets}),
         "Net PnL against slippage added to every fill.",
+        wide=False,
     )
     return f'<p class="formula">{_e(definitions.SLIPPAGE_FORMULA)}</p>' + _table(head, rows) + fig
 
@@ -273,6 +450,7 @@ def _trades(i: int, ds: dict[str, Any], presets: list[str]) -> str:
             "deciles",
             charts.deciles({p: ds["presets"][p]["deciles"] for p in presets}),
             "Hit rate of round trips by the model confidence at entry.",
+            wide=False,
         )
     return (
         f'<p class="formula">{_e(definitions.DECILE_FORMULA)}</p>'
@@ -319,6 +497,7 @@ def _calibration(i: int, ds: dict[str, Any], presets: list[str]) -> str:
         "calibration",
         charts.calibration({p: ds["presets"][p]["calibration"] for p in presets}),
         "Reliability diagram of p_up.",
+        wide=False,
     )
     return (
         f'<p class="formula">{_e(definitions.KPI_BY_KEY["brier"].formula)}. '
@@ -596,6 +775,10 @@ def _dataset(i: int, ds: dict[str, Any], presets: list[str], meta: dict[str, Any
     parts = {
         "headline": _headline(i, ds, presets),
         "equity": _equity(i, ds, presets, ch),
+        "tradelist": _trade_list(i, ds, presets),
+        "prices": _prices(i, ds, presets, ch),
+        "symbols": _symbols(i, ds, presets),
+        "monthly": _monthly(i, ds, presets),
         "slippage": _slippage(i, ds, presets),
         "trades": _trades(i, ds, presets),
         "calibration": _calibration(i, ds, presets),
@@ -607,9 +790,11 @@ def _dataset(i: int, ds: dict[str, Any], presets: list[str], meta: dict[str, Any
         "config": _config(i, ds, presets),
     }
     body = "".join(_section(f"ds{i}-{s}", TITLES[s], parts[s]) for s in SECTIONS)
+    # one collapsible block per dataset, open: collapse the ones not being read
     return (
-        f'<section id="ds{i}" class="dataset"><h2>{_e(ds["label"])}</h2>'
-        f"<p>Input: <code>{_e(ds['input'])}</code></p>{files}{warn}{body}</section>"
+        f'<section id="ds{i}"><details class="dataset" open><summary><h2>{_e(ds["label"])}'
+        f"</h2></summary><p>Input: <code>{_e(ds['input'])}</code></p>{files}{warn}{body}"
+        "</details></section>"
     )
 
 
@@ -663,7 +848,7 @@ def _top(report: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
 
 def _summary(report: dict[str, Any]) -> str:
     head = ["dataset", "preset", *[_e(definitions.KPI_BY_KEY[k].name) for k in SUMMARY_KPIS]]
-    head.append("net PnL at the largest slippage added")
+    head += ["net PnL at the largest slippage added", "Sharpe, Sortino, hit rate"]
     rows = []
     for i, ds in enumerate(report["datasets"]):
         for p in report["presets"]:
@@ -685,6 +870,8 @@ def _summary(report: dict[str, Any]) -> str:
                     _key("datasets", i, "presets", p, "slippage", j, "net_pnl_usd"),
                 )
             )
+            w = b.get("sample_warning")
+            cells.append(f'<td class="small-sample">{_e("⚠ " + w) if w else ""}</td>')
             rows.append("".join(cells))
     return _table(head, rows)
 

@@ -3,6 +3,7 @@
 Output directory:
   report.json   every figure of the report; identical for identical inputs (no wall clock)
   report.html   the same figures with charts, one file that opens offline
+  trades.csv    every closed round trip of every dataset and preset (+0 bps runs)
   run.json      what varies from run to run: when, how long, processing latency, versions
   runs/<dataset>/<preset>/   the flow's own JSON-lines outputs of each +0 bps run
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from backtest import definitions, kpis, records
+from backtest import definitions, kpis, records, trades
 from backtest.progress import Progress
 from backtest.runner import BacktestError, Dataset, Options, Run, count_messages, replay
 from marketdata.files import FileSpec, candle_interval_ms, load_candles
@@ -37,6 +38,9 @@ class Charts:
     """What the charts need beyond report.json: every 5m mark of each equity curve."""
 
     equity_5m: dict[tuple[int, str], pd.Series] = field(default_factory=dict)
+    benchmark_5m: dict[int, pd.Series] = field(default_factory=dict)  # buy-and-hold, per dataset
+    closes_5m: dict[int, dict[str, pd.Series]] = field(default_factory=dict)  # symbol -> closes
+    positions_5m: dict[tuple[int, str], dict[str, pd.Series]] = field(default_factory=dict)
 
 
 def _jsonable(v: Any) -> Any:
@@ -215,7 +219,9 @@ def _preset_block(
     meta["processing_latency_ms"].setdefault(ds.label, {})[preset_name] = kpis.processing_latency(
         out
     )
-    charts.equity_5m[(i, preset_name)] = kpis.Book(out, initial, t_start).equity
+    equity = kpis.Book(out, initial, t_start).equity
+    charts.equity_5m[(i, preset_name)] = equity
+    _trader_view(i, preset_name, block, out, initial, equity, charts)
     if "completeness" not in info:  # bars do not depend on the preset
         info["completeness"] = kpis.completeness(out.bars_5m)
         info["dead_letters"] = out.summary.get("dead_letters", 0)
@@ -243,6 +249,33 @@ def _preset_block(
         r["pnl_change_usd"] = r["net_pnl_usd"] - rows[0]["net_pnl_usd"]
     block["slippage"] = rows
     return block
+
+
+def _trader_view(
+    i: int,
+    preset_name: str,
+    block: dict[str, Any],
+    out: records.RunOutputs,
+    initial: float,
+    equity: pd.Series,
+    charts: Charts,
+) -> None:
+    """The trade list, per-symbol breakdown, monthly returns, buy-and-hold benchmark and
+    the small-sample warning of one preset, added to its block; price, position and the
+    benchmark curve kept for the charts."""
+    t_start = block["evaluation"]["start_ms"]
+    marks = trades.closes(out, t_start)
+    bench = trades.buy_and_hold(marks, initial, equity.index)
+    rows = trades.trade_list(out, block["round_trips"])
+    block["trade_list"] = rows
+    block["per_symbol"] = trades.per_symbol(rows, marks, initial)
+    block["monthly"] = trades.monthly(equity, bench)
+    block["benchmark"] = trades.curve_kpis(bench)
+    k = block["kpis"]
+    block["sample_warning"] = trades.sample_warning(k["round_trips"], k["eval_days"])
+    charts.benchmark_5m[i] = bench
+    charts.closes_5m[i] = marks
+    charts.positions_5m[(i, preset_name)] = trades.positions(out, marks)
 
 
 def run_backtest(
@@ -360,3 +393,10 @@ def write(out_dir: Path, report: dict[str, Any], meta: dict[str, Any], charts: C
     (out_dir / "report.json").write_text(dumps(report), encoding="utf-8")
     (out_dir / "run.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     (out_dir / "report.html").write_text(render(report, meta, charts), encoding="utf-8")
+    rows = [
+        {"dataset": ds["label"], "preset": p, **r}
+        for ds in report["datasets"]
+        for p in report["presets"]
+        for r in ds["presets"][p].get("trade_list", [])
+    ]
+    (out_dir / "trades.csv").write_text(trades.to_csv(rows), encoding="utf-8")

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from consumers.delivery import QueuedSink
 from consumers.slack import ENV_VAR as SLACK_ENV
 from consumers.slack import SlackWebhook, WebhookConfigError
 from consumers.stream import (
@@ -361,8 +362,11 @@ class Rules:
         alerts = handler(rec, now_s) if handler else []
         return [a for a in alerts if self.cfg.enabled(a.rule)]
 
-    def tick(self, now_s: float) -> list[Alert]:
-        if not self.cfg.enabled("heartbeat_missing"):
+    def tick(self, now_s: float, unread_health: int = 0) -> list[Alert]:
+        """Heartbeats older than the timeout, judged on what has been read: while health
+        records wait unread on the broker (reading fell behind) nothing is judged, since
+        the missing heartbeat may be among them."""
+        if not self.cfg.enabled("heartbeat_missing") or unread_health > 0:
             return []
         timeout = self.cfg.heartbeat_timeout_s
         out = []
@@ -649,11 +653,16 @@ class Notifier:
             sent.append(now_s)
             suppressed, self._suppressed[key] = self._suppressed[key], 0
         result = self.slack.send(slack_text(alert, suppressed))
-        return "sent" if getattr(result, "ok", True) else "failed"
+        # a queued sink answers at once ("queued"); a direct one after posting
+        return getattr(result, "outcome", None) or (
+            "sent" if getattr(result, "ok", True) else "failed"
+        )
 
 
 # -- the loop ----------------------------------------------------------------------------------
 class Reader(Protocol):
+    """`unread_health() -> int`, optional: health records on the broker not read yet."""
+
     def poll(self, timeout_s: float) -> tuple[list[Record], int]: ...
 
     def commit(self) -> None: ...
@@ -743,6 +752,7 @@ def run(
     """
     stats = RunStats()
     dedup = dedup or Dedup()
+    unread_health = getattr(reader, "unread_health", lambda: 0)
     last_msg_s = clock()
     while not stop():
         records, polled = reader.poll(poll_s)
@@ -764,7 +774,7 @@ def run(
             stats.records += 1
             for alert in rules.on_record(stream, rec, now):
                 notifier.handle(alert, now)
-        for alert in rules.tick(now):
+        for alert in rules.tick(now, unread_health()):
             notifier.handle(alert, now)
         if polled:
             reader.commit()  # after the alerts went out: at least once
@@ -778,9 +788,15 @@ def run(
     return stats
 
 
-def slack_from_env(env: Mapping[str, str]) -> SlackWebhook | None:
+def slack_from_env(env: Mapping[str, str]) -> QueuedSink | None:
+    """The webhook behind a bounded queue and its own thread: reading never waits on Slack."""
     url = env.get(SLACK_ENV, "").strip()
-    return SlackWebhook(url) if url else None
+    if not url:
+        return None
+    webhook = SlackWebhook(url)
+    queued = QueuedSink(webhook)
+    webhook.sleep = queued.stopping.wait  # a retry's wait ends when the consumer stops
+    return queued
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -850,12 +866,17 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return 0
     finally:
         reader.close()
+        undelivered = slack.close() if slack is not None else 0
     log.info(
-        "stopped: %d messages, %d records, %d duplicates dropped, alerts %s",
+        "stopped: %d messages, %d records, %d duplicates dropped, alerts %s%s",
         stats.messages,
         stats.records,
         stats.duplicates,
         stats.alerts or "none",
+        ""
+        if slack is None
+        else f"; slack: {slack.delivered} delivered, {slack.failed} failed, "
+        f"{slack.dropped} dropped (queue full), {undelivered} undelivered at stop",
     )
     return 0
 

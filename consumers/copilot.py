@@ -33,13 +33,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from consumers import llm
+from consumers import halts, llm
 from consumers.facts import (
     ENTRY_PURPOSES,
     STREAMS,
     CopilotError,
     Telemetry,
     parse_time,
+    pick_symbol,
     side_word,
     summary_facts,
     utc_text,
@@ -372,6 +373,49 @@ def render_why(f: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def render_halt(f: dict[str, Any]) -> str:
+    h, r, lim, sym = f["halt"], f["risk"], f.get("limits") or {}, f["symbol"]
+    if h["kill_switch"]:
+        limit = {
+            "consecutive_losses": f"more than {lim.get('max_consecutive_losses', '?')} losing "
+            "round trips in a row",
+            "drawdown_limit": f"drawdown from peak above {lim.get('max_drawdown_limit', '?')}",
+            "daily_loss_limit": f"a day's loss above {lim.get('daily_loss_limit', '?')} of "
+            "start-of-day equity",
+        }.get(h["reason"].split(":")[0], h["reason"])
+        head = (
+            f"{sym} stopped trading because the kill-switch {h['reason']} fired at "
+            f"{h['time_utc']} UTC (the limit: {limit})."
+        )
+    else:
+        head = (
+            f"{sym} stopped trading at {h['time_utc']} UTC: halted by {h['reason'] or '?'} "
+            "(an operator's halt, not a kill-switch)."
+        )
+    text = [
+        head,
+        f"Then: equity {r['equity_usd']:,.2f} USD, drawdown {r['drawdown']:.2%} (max "
+        f"{r['max_drawdown']:.2%}), {r['consecutive_losses']} losing trades in a row.",
+    ]
+    if f["losing_trades"]:
+        text.append(
+            "The losing run before it: "
+            + "; ".join(_trip_text(t) for t in f["losing_trades"])
+            + "."
+        )
+    if h["flattened_utc"]:
+        text.append(f"The position was flattened at {h['flattened_utc']} UTC.")
+    text.append(
+        f"Trading resumed at {h['resumed_utc']} UTC after an operator's reset_kill_switch."
+        if h["resumed_utc"] and h["kill_switch"]
+        else f"Trading resumed at {h['resumed_utc']} UTC."
+        if h["resumed_utc"]
+        else "It was still halted at the end of the data; it stays halted until an operator "
+        "sends reset_kill_switch."
+    )
+    return " ".join(text)
+
+
 # -- loading and answering --------------------------------------------------------------------
 def records_from_dir(path: Path) -> list[Record]:
     """The flow's JSON-lines outputs (`make run` writes them to out/)."""
@@ -432,8 +476,25 @@ def ask(
     day: date | None = None,
     at: str | None = None,
 ) -> Answer:
+    if halts.is_halt_question(question):
+        facts = halts.halt_facts(tel, question, symbol, at)
+        return answer(facts, question, llm_cfg, render_halt(facts))
+    if at is None and halts.is_last_trade_question(question):
+        facts = halts.last_trade_facts(tel, question, _named_symbol(tel, question, symbol))
+        return answer(facts, question, llm_cfg, render_why(facts))
     facts = why_facts(tel, question, symbol, day, at)
     return answer(facts, question, llm_cfg, render_why(facts))
+
+
+def _named_symbol(tel: Telemetry, question: str, symbol: str | None) -> str | None:
+    """--symbol or the one symbol the question names; None: any symbol."""
+    if symbol or len(tel.symbols) <= 1:
+        return symbol or (tel.symbols[0] if tel.symbols else None)
+    try:
+        named = pick_symbol(tel, question, None)
+    except CopilotError:
+        return None
+    return named if named.split("-")[0].upper() in question.upper() else None
 
 
 def _date_arg(text: str) -> date:
@@ -443,28 +504,97 @@ def _date_arg(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2024-01-04") from None
 
 
+def _add_common(p: argparse.ArgumentParser, env: Mapping[str, str], sub: bool) -> None:
+    """The options every command takes. On a subcommand they default to nothing (SUPPRESS),
+    so that the same option placed before the subcommand is not overwritten by a default."""
+
+    def dflt(value: Any) -> Any:
+        return argparse.SUPPRESS if sub else value
+
+    dest = (lambda n: f"sub_{n}") if sub else (lambda n: n)
+    p.add_argument(
+        "--bootstrap", dest=dest("bootstrap"), default=dflt(env.get("ENSEMBLE_KAFKA_BOOTSTRAP"))
+    )
+    p.add_argument(
+        "--prefix", dest=dest("prefix"), default=dflt(env.get("ENSEMBLE_TOPIC_PREFIX", "ensemble"))
+    )
+    p.add_argument(
+        "--from-dir",
+        dest=dest("from_dir"),
+        type=Path,
+        default=dflt(None),
+        help="read the flow's JSON-lines files instead",
+    )
+    p.add_argument(
+        "--strategy",
+        dest=dest("strategy"),
+        default=dflt(None),
+        help="strategy id, when the topics hold several",
+    )
+    p.add_argument(
+        "--date",
+        dest=dest("date"),
+        type=_date_arg,
+        default=dflt(None),
+        help="UTC day, e.g. 2024-01-04",
+    )
+    p.add_argument(
+        "--no-llm",
+        dest=dest("no_llm"),
+        action="store_true",
+        default=dflt(False),
+        help="the deterministic answer only",
+    )
+    p.add_argument(
+        "--show-facts",
+        dest=dest("show_facts"),
+        action="store_true",
+        default=dflt(False),
+        help="print the facts the LLM would get",
+    )
+
+
+COMMON = ("bootstrap", "prefix", "from_dir", "strategy", "date", "no_llm", "show_facts")
+
+
+def _merge_common(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An option after the subcommand counts as if given before it; given in both places
+    with different values it is refused, never silently one of them."""
+    for name in COMMON:
+        sub = f"sub_{name}"
+        if not hasattr(args, sub):
+            continue
+        value, before = getattr(args, sub), getattr(args, name)
+        default = ap.get_default(name)
+        if before != default and before != value:
+            ap.error(f"--{name.replace('_', '-')} given twice ({before} and {value}); give it once")
+        setattr(args, name, value)
+        delattr(args, sub)
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bootstrap", default=env.get("ENSEMBLE_KAFKA_BOOTSTRAP"))
-    common.add_argument("--prefix", default=env.get("ENSEMBLE_TOPIC_PREFIX", "ensemble"))
-    common.add_argument("--from-dir", type=Path, help="read the flow's JSON-lines files instead")
-    common.add_argument("--strategy", help="strategy id, when the topics hold several")
-    common.add_argument("--date", type=_date_arg, help="UTC day, e.g. 2024-01-04")
-    common.add_argument("--no-llm", action="store_true", help="the deterministic answer only")
-    common.add_argument(
-        "--show-facts", action="store_true", help="print the facts the LLM would get"
-    )
     ap = argparse.ArgumentParser(
-        prog="python -m consumers.copilot", description=__doc__.splitlines()[0], parents=[common]
+        prog="python -m consumers.copilot", description=__doc__.splitlines()[0]
     )
+    _add_common(ap, env, sub=False)
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("summary", parents=[common], help="the day in one paragraph per symbol")
-    q = sub.add_parser("ask", parents=[common], help='e.g. "why was the 14:00 trade short?"')
+    s = sub.add_parser("summary", help="the day in one paragraph per symbol")
+    _add_common(s, env, sub=True)
+    q = sub.add_parser(
+        "ask",
+        help='e.g. "why was the 14:00 trade short?", "why was the last trade short?", '
+        '"why did we stop trading at 21:25?"',
+    )
+    _add_common(q, env, sub=True)
     q.add_argument("question")
     q.add_argument("--symbol")
     q.add_argument("--at", help="the time asked about, ISO (UTC), instead of the question's")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+        _merge_common(ap, args)
+    except SystemExit as e:
+        return int(e.code or 0)
     logging.basicConfig(
         level=env.get("ENSEMBLE_LOG_LEVEL", "WARNING").upper(),
         format="%(levelname)s %(name)s: %(message)s",

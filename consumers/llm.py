@@ -171,6 +171,16 @@ ALLOWED_KEYS = frozenset(
         "exit_px",
         "opened_by",
         "nearby_trades",
+        # a halt (consumers/halts.py)
+        "halt",
+        "kill_switch",
+        "resumed_utc",
+        "flattened_utc",
+        "limits",
+        "max_drawdown_limit",
+        "daily_loss_limit",
+        "max_consecutive_losses",
+        "losing_trades",
         "count",
         "bps",
     }

@@ -190,6 +190,7 @@ class GroupReader:
         if start not in ("earliest", "latest"):
             raise ValueError(f"start={start!r} must be earliest or latest")
         self.decode = Decoder(kafka.prefix, streams)
+        self.prefix = kafka.prefix
         self.consumer = _consumer(
             kafka,
             client_id,
@@ -219,6 +220,21 @@ class GroupReader:
 
     def commit(self) -> None:
         self.consumer.commit()
+
+    def unread(self, stream: str) -> int:
+        """Records of `stream` on the broker not read yet, from the high-water marks of the
+        last fetches (no request is sent; a partition not fetched yet counts 0)."""
+        topic = topic_name(self.prefix, stream)
+        n = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp) if tp.topic == topic else None
+            pos = self.consumer.position(tp, timeout_ms=0) if high is not None else None
+            if pos is not None:
+                n += max(0, high - pos)
+        return n
+
+    def unread_health(self) -> int:
+        return self.unread("health")
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)

@@ -21,6 +21,9 @@ Names (all prefixed `ensemble_`):
     position_qty, position_notional_usd, equity_usd, drawdown, max_drawdown,
     sharpe_30d, win_rate, consecutive_losses {symbol}          from the health heartbeat
     trading_state{symbol,ensemble_trading_state} and strategy_status{symbol,...}: enums
+    kill_switch{symbol,ensemble_kill_switch}     enum: the kill-switch that halted, or "none"
+    trade_side_probability{symbol}               histogram: model probability of the side traded
+    fill_slippage_bps{symbol}                    histogram: |slippage| of each fill
     last_bar_close_timestamp_seconds{symbol}     event time of the last heartbeat
     event_lag_seconds{symbol}                    wall clock minus that event time (live lag)
 """
@@ -31,6 +34,11 @@ import time
 from typing import Any
 
 from prometheus_client import Counter, Enum, Gauge, Histogram
+
+from operators.reasons import Reason
+
+# the halt reasons that are kill-switches (an operator's own halt is not one)
+KILL_SWITCH_REASONS = (Reason.DRAWDOWN_LIMIT, Reason.DAILY_LOSS_LIMIT, Reason.CONSECUTIVE_LOSSES)
 
 NS = "ensemble"
 
@@ -83,6 +91,19 @@ STATUS = Enum(
     "strategy_status", "Strategy status", ["symbol"], states=["ok", "needs_attention", "halted"],
     namespace=NS,
 )  # fmt: skip
+KILL_SWITCH = Enum(
+    "kill_switch", "The kill-switch that halted trading, none when not halted by one", ["symbol"],
+    states=["none", *map(str, KILL_SWITCH_REASONS)], namespace=NS,
+)  # fmt: skip
+# what the alerts consumer's low_confidence_trade and large_slippage rules look at
+SIDE_PROB = Histogram(
+    "trade_side_probability", "Model probability of the side traded, per trade", ["symbol"],
+    buckets=(0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 1.0), namespace=NS,
+)  # fmt: skip
+SLIPPAGE = Histogram(
+    "fill_slippage_bps", "Absolute slippage of each fill against the bar open, bps", ["symbol"],
+    buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0), namespace=NS,
+)  # fmt: skip
 LAST_BAR = Gauge(
     "last_bar_close_timestamp_seconds", "Event time of the last heartbeat", ["symbol"], namespace=NS
 )
@@ -117,12 +138,15 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
         DECISIONS.labels(sym, d.get("chosen_arm") or "none", d.get("action", "?")).inc()
         if model is not None:
             CONFIDENCE.observe(model["conf"])
+            if d.get("action") == "trade" and d.get("direction"):
+                SIDE_PROB.labels(sym).observe(model["p_up" if d["direction"] > 0 else "p_down"])
     elif stream == "rejections":
         REJECTIONS.labels(sym, rec["reason"]).inc()
     elif stream == "orders":
         ORDERS.labels(sym, rec["purpose"]).inc()
     elif stream == "executions":
         FILLS.labels(sym).inc()
+        SLIPPAGE.labels(sym).observe(abs(rec["slippage_bps"]))
     elif stream == "health":
         for name, gauge in HEALTH_GAUGES.items():
             value = rec.get(name)
@@ -130,6 +154,8 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
                 gauge.labels(sym).set(value)
         TRADING_STATE.labels(sym).state(rec["trading_state"])
         STATUS.labels(sym).state(rec["strategy_status"])
+        kill = rec["halt_reason"].split(":")[0] if rec["trading_state"] == "HALTED" else "none"
+        KILL_SWITCH.labels(sym).state(kill if kill in KILL_SWITCH_REASONS else "none")
         t = rec["ts_event_ms"] / 1000.0
         LAST_BAR.labels(sym).set(t)
         LAG.labels(sym).set(time.time() - t)

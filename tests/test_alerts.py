@@ -937,3 +937,95 @@ def test_scrub_masks_secret_values_bearer_tokens_and_url_paths_in_free_text():
     for secret in ("T0/B0/XYZ", "sk-live-123", "abc"):
         assert secret not in clean
     assert "https://hooks.slack.com/" in clean  # the host stays, for diagnosis
+
+
+# -- issue 15 §4: delivery off the reading thread, heartbeats judged on what was read ---------
+class BlockedSlack:
+    """A sink that holds every post until released (Slack down), then answers ok."""
+
+    name = "slack"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.texts: list[str] = []
+
+    def send(self, text: str) -> Any:
+        self.started.set()
+        self.release.wait(30)
+        self.texts.append(text)
+        return type("R", (), {"ok": self.release.is_set()})()
+
+
+def test_an_alert_is_logged_at_once_and_posted_from_a_queue(caplog):
+    from consumers.delivery import QueuedSink
+
+    slack = BlockedSlack()
+    sink = QueuedSink(slack, max_alerts=2)
+    n = Notifier(AlertsConfig(rate_limit_max=10), sink)
+    with caplog.at_level(logging.WARNING, logger="ensemble.alerts"):
+        outcomes = [n.handle(_alert("0"), 0.0)]
+        assert slack.started.wait(5)  # the first post is in flight, Slack does not answer
+        outcomes += [n.handle(_alert(str(i)), float(i)) for i in range(1, 4)]
+        logged = [r.getMessage() for r in caplog.records if "ALERT" in r.getMessage()]
+    # all four were logged while Slack had answered nothing
+    assert outcomes == ["queued"] * 4 and len(logged) == 4 and slack.texts == []
+    assert all("[slack: queued]" in m for m in logged)
+    # one post in flight, two waiting (the bound), the oldest waiting one dropped
+    assert sink.dropped == 1 and "queue full" in caplog.text
+    slack.release.set()
+    assert sink.close(timeout_s=5) == 0
+    assert [t.rsplit("(", 1)[1] for t in slack.texts] == ["0)", "2)", "3)"]
+    assert sink.delivered == 3
+
+
+def test_alerts_left_in_the_queue_at_stop_are_reported(caplog):
+    from consumers.delivery import QueuedSink
+
+    slack = BlockedSlack()
+    sink = QueuedSink(slack)
+    sink.send("a")
+    sink.send("b")
+    assert slack.started.wait(5)
+    with caplog.at_level(logging.ERROR, logger="ensemble.alerts"):
+        assert sink.close(timeout_s=0.2) == 2
+    assert "2 alert(s) not delivered at stop" in caplog.text
+    slack.release.set()
+
+
+class LaggingReader(ListReader):
+    """A reader that says how many health records are still unread on the broker."""
+
+    def __init__(self, batches, unread: list[int]) -> None:
+        super().__init__(batches)
+        self.unread = list(unread)
+        self.last = 0
+
+    def poll(self, timeout_s: float) -> tuple[list, int]:
+        self.last = self.unread.pop(0) if self.unread else 0
+        return super().poll(timeout_s)
+
+    def unread_health(self) -> int:
+        return self.last
+
+
+def test_no_heartbeat_missing_while_health_records_wait_unread():
+    """Reading fell 100 s behind (a slow batch): the heartbeats sit unread in the topic.
+    The timer waits until they are read instead of counting the time reading took."""
+    slack = FakeSlack()
+    cfg = AlertsConfig(heartbeat_interval_s=2.0, heartbeat_missed_intervals=2)
+    hb = [("health", health(ts=T0 + i * 5 * MIN)) for i in range(4)]
+    sig = [("signals", signals("BTC-PERP", T0 + i * 5 * MIN)) for i in range(3)]
+    clock = Clock(t=0.0, step=1.0)
+    reader = LaggingReader([[hb[0]], sig, [hb[1]], [hb[2], hb[3]]], unread=[0, 3, 2, 0])
+    polls = reader.poll
+
+    def slow_poll(timeout_s: float) -> tuple[list, int]:
+        if len(reader.batches) == 3:  # the signals batch took 100 s to handle
+            clock.t += 100.0
+        return polls(timeout_s)
+
+    reader.poll = slow_poll  # type: ignore[method-assign]
+    slow_clock = clock
+    stats = run(reader, Rules(cfg, 0.0), Notifier(cfg, slack), max_messages=7, clock=slow_clock)
+    assert stats.records == 7 and slack.texts == [], slack.texts

@@ -461,3 +461,122 @@ def test_the_default_backtest_runs_on_the_untouched_block_and_says_it_is_out_of_
     assert ds["model_training_span"][1] < block["evaluation"]["start"]
     page = (out / "report.html").read_text()
     assert "Out of sample" in page and "2026-01-08" in page
+
+
+# -- issue 15 §5: what a trader reads first ---------------------------------------------------
+@pytest.mark.slow
+def test_the_trade_list_is_every_round_trip_with_prices_fees_and_a_csv(out, report):
+    import csv
+
+    flow = {}
+    for p in PRESETS:
+        d = out / "runs" / "generator" / p
+        flow[p] = [json.loads(line) for line in (d / "executions.jsonl").read_text().splitlines()]
+    csv_rows = list(csv.DictReader((out / "trades.csv").open()))
+    for p in PRESETS:
+        b = report["datasets"][0]["presets"][p]
+        rows = b["trade_list"]
+        assert len(rows) == b["kpis"]["round_trips"] > 0
+        closing = [e for e in flow[p] if e["trade_pnl_usd"] is not None]
+        assert sorted(r["pnl_usd"] for r in rows) == sorted(e["trade_pnl_usd"] for e in closing)
+        assert {r["exit_px"] for r in rows} <= {e["fill_px"] for e in flow[p]}
+        fees = sum(e["fee_usd"] for e in flow[p])
+        assert sum(r["fees_usd"] for r in rows) <= fees + 1e-9  # an open position's entry
+        for r in rows:
+            assert r["side"] in ("long", "short") and r["exit_reason"]
+            assert r["entry_time"] is None or r["entry_time"] < r["exit_time"]
+            sign = 1 if r["side"] == "long" else -1
+            if r["entry_px"] is not None:  # the price move is what the exit fill realised
+                gross = sign * (r["exit_px"] - r["entry_px"]) * r["qty"]
+                exit_fill = next(
+                    e
+                    for e in flow[p]
+                    if e["ts_event_ms"] == r["exit_ms"] and e["symbol"] == r["symbol"]
+                )
+                assert gross == pytest.approx(exit_fill["realized_usd"], rel=1e-6, abs=1e-6), r
+        mine = [c for c in csv_rows if c["preset"] == p]
+        assert len(mine) == len(rows)
+        assert [float(c["pnl_usd"]) for c in mine] == [r["pnl_usd"] for r in rows]
+
+
+@pytest.mark.slow
+def test_per_symbol_monthly_and_buy_and_hold_add_up(out, report):
+    ds = report["datasets"][0]
+    for p in PRESETS:
+        b = ds["presets"][p]
+        syms = b["per_symbol"]
+        assert sum(s["round_trips"] for s in syms) == b["kpis"]["round_trips"]
+        assert sum(s["pnl_usd"] for s in syms) == pytest.approx(
+            sum(r["pnl_usd"] for r in b["trade_list"])
+        )
+        growth = math.prod(1 + m["return"] for m in b["monthly"])
+        assert growth - 1 == pytest.approx(b["kpis"]["total_return"], rel=1e-9, abs=1e-12)
+    # buy and hold: each symbol's book in the symbol from the window's first close
+    lines = (out / "runs" / "generator" / PRESETS[0] / "signals.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    sig = pd.DataFrame(
+        {"symbol": r["symbol"], "ts": r["ts_event_ms"], "close": r["bar"]["close"]} for r in recs
+    )
+    b = ds["presets"][PRESETS[0]]
+    t0 = b["evaluation"]["start_ms"]
+    per = {s["symbol"]: s["buy_and_hold_return"] for s in b["per_symbol"]}
+    start, end = 0.0, 0.0
+    for sym, g in sig[sig["ts"] >= t0].groupby("symbol"):
+        c = g.sort_values("ts")["close"].to_numpy()
+        assert per[sym] == pytest.approx(c[-1] / c[0] - 1)
+        start, end = start + 1, end + c[-1] / c[0]
+    assert b["benchmark"]["total_return"] == pytest.approx(end / start - 1)
+
+
+@pytest.mark.slow
+def test_a_small_sample_is_flagged_next_to_sharpe_sortino_and_hit_rate(out, report):
+    b = report["datasets"][0]["presets"][PRESETS[0]]
+    assert b["kpis"]["eval_days"] < 30 and b["sample_warning"].startswith("small sample:")
+    assert "days (< 30)" in b["sample_warning"]
+    assert ("round trips (< 30)" in b["sample_warning"]) == (b["kpis"]["round_trips"] < 30)
+    html = (out / "report.html").read_text()
+    headline = html.split('id="ds0-headline"')[1].split("</section>")[0]
+    for name in ("Sharpe", "Sortino", "Hit rate"):
+        row = next(r for r in headline.split("<tr>") if f"<td>{name}" in r)
+        assert 'class="small-sample"' in row, name
+
+
+@pytest.mark.slow
+def test_each_dataset_collapses_and_charts_use_the_page_width(out, report):
+    html = (out / "report.html").read_text()
+    assert html.count('<details class="dataset" open>') == len(report["datasets"])
+    page = _page(out)
+    assert {"prices", "exposure"} <= set(page.charts)
+    assert 'class="chart wide" data-chart="equity"' in html
+    for s in ("tradelist", "prices", "symbols", "monthly"):
+        assert f"ds0-{s}" in page.ids
+
+
+def test_the_equity_axis_shows_whole_dollars_without_an_offset():
+    from backtest import charts
+
+    t = pd.Index(np.arange(300, dtype="int64") * 300_000 + 1_704_067_200_000)
+    flat = pd.Series(10_000.0 + np.linspace(0.0, 0.05, 300), index=t)  # a quiet day
+    svg = charts.equity({"ensemble_1_1": flat})
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg) + re.findall(r"<!-- (.*?) -->", svg)
+    assert not [x for x in texts if re.search(r"\de[+−-]?\d|^[+−]\s?\d", x)], texts
+    assert any("10000" in x.replace(",", "") for x in texts), texts
+
+
+def test_the_small_sample_rule_counts_round_trips_and_days():
+    from backtest.trades import sample_warning
+
+    assert sample_warning(2, 400.0) == "small sample: 2 round trips (< 30)"
+    assert sample_warning(100, 3.0) == "small sample: 3.0 days (< 30)"
+    assert sample_warning(30, 30.0) is None
+
+
+def test_long_curves_are_thinned_but_keep_their_extremes():
+    from backtest import charts
+
+    n = 20_000
+    y = np.sin(np.arange(n) / 500.0)
+    y[12_345] = -5.0  # a drawdown's bottom
+    t, yy = charts.thin(np.arange(n), y)
+    assert len(yy) <= charts.MAX_POINTS + 2 and yy.min() == -5.0 and t[-1] == n - 1
+    assert list(t) == sorted(t)

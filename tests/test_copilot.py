@@ -557,3 +557,69 @@ def test_a_date_written_apart_from_the_time_is_used():
     question = "why was the 14:00 trade on 2024-01-04 short?"
     assert parse_time(question) == (date(2024, 1, 4), 14, 0)
     assert parse_time("on 2024-01-04 at 2pm, why short?") == (date(2024, 1, 4), 14, 0)
+
+
+# -- issue 15 §4: options before the subcommand, "the last trade", "why did we stop" -----------
+def _write_dir(tmp_path, records) -> str:
+    for stream in copilot.STREAMS:
+        lines = [json.dumps(r) for s, r in records if s == stream]
+        (tmp_path / f"{stream}.jsonl").write_text("\n".join(lines) + "\n")
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_options_before_or_after_the_subcommand_are_both_used(tmp_path, capsys, where):
+    d = _write_dir(tmp_path, day_records())
+    opts = ["--from-dir", d, "--date", "2024-01-03"]
+    argv = [*opts, "summary"] if where == "before" else ["summary", *opts]
+    assert copilot.main(argv, env={}) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2024-01-03 (UTC)"), out  # the day asked for, not the latest
+    assert "1 trades closed, 1 wins, 0 losses" in out
+
+
+def test_an_option_given_twice_with_different_values_is_refused(tmp_path, capsys):
+    d = _write_dir(tmp_path, day_records())
+    argv = ["--date", "2024-01-03", "summary", "--from-dir", d, "--date", "2024-01-04"]
+    assert copilot.main(argv, env={}) == 2
+    assert "--date given twice" in capsys.readouterr().err
+
+
+def _short_last() -> list[tuple[str, dict[str, Any]]]:
+    """day_records with the 16:00 long left out: the 14:00 short is the last trade."""
+    recs = day_records()
+    return [(s, r) for s, r in recs if r.get("ts_event_ms") not in (T0 + 16 * H, T0 + 17 * H)]
+
+
+def test_why_was_the_last_trade_short_explains_the_latest_entry():
+    ans = copilot.ask(Telemetry(_short_last()), "why was the last trade short?", None)
+    f = ans.facts
+    assert f["decision"]["time_utc"] == "2024-01-04 14:00" and f["order"]["side"] == "sell"
+    assert "premise" not in f
+    assert "the strategy went SHORT" in ans.text and "pros" in ans.text
+
+
+def test_the_last_trade_asked_with_the_wrong_side_is_corrected(tel):
+    ans = copilot.ask(tel, "why was the last trade short?", None)
+    assert ans.facts["decision"]["time_utc"] == "2024-01-04 16:00"
+    assert ans.text.startswith("The last trade for BTC-PERP (2024-01-04 16:00 UTC) was a long")
+
+
+def test_why_did_we_stop_trading_finds_the_kill_switch_that_fired_then(tel):
+    ans = copilot.ask(tel, "why did we stop trading at 18:00?", None)
+    f = ans.facts
+    assert f["kind"] == "halt" and f["halt"]["time_utc"] == "2024-01-04 18:00"
+    assert f["halt"]["reason"] == "consecutive_losses" and f["halt"]["kill_switch"]
+    assert f["halt"]["resumed_utc"] == "2024-01-04 19:00"
+    assert [t["pnl_usd"] for t in f["losing_trades"]] == [-12.5, -3.0]
+    assert "kill-switch consecutive_losses fired at 2024-01-04 18:00 UTC" in ans.text
+    assert "reset_kill_switch" in ans.text
+    assert set(llm.sanitize(f)) == set(f), "every halt fact may reach the LLM"
+    # a few minutes off still finds it; a quiet time says there was no halt
+    assert (
+        copilot.ask(tel, "why did we halt at 18:10?", None)
+        .facts["halt"]["time_utc"]
+        .endswith("18:00")
+    )
+    with pytest.raises(CopilotError, match="no halt of BTC-PERP within 60 minutes"):
+        copilot.ask(tel, "why did trading stop at 09:00?", None)

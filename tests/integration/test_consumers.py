@@ -10,6 +10,7 @@ and without a local chat-completions server. A slow test runs the real flow onto
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from typing import Any
 
@@ -262,3 +263,102 @@ def test_consumers_on_the_real_flows_kafka_output(kafka_bootstrap, tmp_path, cap
         trips = tel.round_trips[sym]
         assert len(trips) == s["round_trips"], sym
         assert sum(t.pnl_usd > 0 for t in trips) == s["wins"], sym
+
+
+class HangingWebhook(WebhookServer):
+    """Slack down: every POST is held unanswered until `release` (then 503)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.held = 0
+        handler = self.httpd.RequestHandlerClass
+        server = self
+
+        def do_post(h: Any) -> None:
+            server.held += 1
+            server.release.wait(120)
+            h.send_response(503)
+            h.end_headers()
+
+        handler.do_POST = do_post  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release.set()
+        super().__exit__(*exc)
+
+
+def test_a_slack_outage_neither_stops_reading_nor_raises_false_heartbeat_alerts(
+    kafka_bootstrap, telemetry, caplog
+):
+    """Slack holds every post unanswered. The consumer still reads everything, logs every
+    alert at once, and the heartbeats the flow keeps publishing meanwhile (one per 0.2 s)
+    are read: no heartbeat_missing. Before, the first post blocked reading for a minute."""
+    prefix, records, sent = telemetry
+    live = f"it-{uuid.uuid4().hex[:10]}"
+    provision(kafka_bootstrap, live)
+    produce(kafka_bootstrap, live, records)
+    stop_beats = threading.Event()
+
+    def beat() -> None:  # the flow, alive, publishing health
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks=1)
+        i = 0
+        while not stop_beats.wait(0.2):
+            i += 1
+            for sym in ("BTC-PERP", "ETH-PERP"):
+                rec = health(sym, T0 + 86_400_000 + i * 300_000)
+                value = codec.encode(codec.STREAM_SCHEMAS["health"], rec)
+                producer.send(f"{live}.health", key=sym.encode(), value=value)
+            producer.flush()
+        producer.close()
+
+    env = {
+        **ALERT_ENV,
+        "ENSEMBLE_ALERTS_GROUP_ID": f"alerts-{uuid.uuid4().hex[:8]}",
+        "ENSEMBLE_ALERTS_HEARTBEAT_INTERVAL_S": "1.0",
+        "ENSEMBLE_ALERTS_HEARTBEAT_MISSED_INTERVALS": "2",
+    }
+    args = ["--bootstrap", kafka_bootstrap, "--prefix", live, "--until-idle", "1"]
+    beats = threading.Thread(target=beat, daemon=True)
+    with HangingWebhook() as hook, caplog.at_level("INFO", logger="ensemble.alerts"):
+        beats.start()
+        threading.Timer(6.0, stop_beats.set).start()  # the flow publishes for 6 s
+        # a safety net: on the old code reading waited on Slack, which answers after 30 s
+        give_up = threading.Timer(30.0, hook.release.set)
+        give_up.start()
+        done = [alerts.main(args, env={**env, "SLACK_WEBHOOK_URL": hook.url})]
+        answered_before_stop = hook.release.is_set()
+        stop_beats.set()
+        give_up.cancel()
+    assert done == [0]
+    assert hook.held >= 1 and not answered_before_stop, "reading waited on Slack"
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
+    assert len(logged) == 7 and all("[slack: queued]" in m for m in logged), logged
+    assert not any("heartbeat_missing" in m for m in logged)
+    followed = sum(1 for stream, _ in records if stream in alerts.STREAMS)
+    stopped = next(r.getMessage() for r in caplog.records if "stopped:" in r.getMessage())
+    assert int(stopped.split("stopped: ")[1].split()[0]) > followed, "the heartbeats were read"
+    assert "undelivered at stop" in stopped
+
+
+def test_the_group_reader_counts_health_records_not_read_yet(kafka_bootstrap):
+    from consumers.stream import GroupReader, KafkaSettings
+
+    prefix = f"it-{uuid.uuid4().hex[:10]}"
+    provision(kafka_bootstrap, prefix)
+    produce(kafka_bootstrap, prefix, [("health", health("BTC-PERP", T0 + i * MIN))
+                                      for i in range(600)])  # fmt: skip
+    reader = GroupReader(KafkaSettings(kafka_bootstrap, prefix), ("health", "signals"),
+                         f"g-{uuid.uuid4().hex[:8]}", "earliest")  # fmt: skip
+    try:
+        read = 0
+        while read == 0:
+            read += reader.poll(1.0, max_records=100)[1]
+        assert reader.unread_health() == 600 - read > 0
+        for _ in range(60):
+            if read == 600:
+                break
+            read += reader.poll(1.0, max_records=100)[1]
+        assert read == 600 and reader.unread_health() == 0
+    finally:
+        reader.close()
