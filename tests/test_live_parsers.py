@@ -70,6 +70,7 @@ def test_hyperliquid_trade_keeps_both_addresses_and_the_aggressor_side():
         "side": "sell",  # A: the aggressor sold
         "buyer": "0xbuyer",
         "seller": "0xseller",
+        "venue": "hyperliquid",  # the flow's duplicate check is by (venue, trade id)
     }
     assert item.dedup_key == ("trades", "BTC-PERP", "42")
 

@@ -22,7 +22,7 @@ from operators.config import CohortConfig
 from operators.events import Trade
 from operators.market import MarketState
 from operators.overlays import ContextJoin
-from tests.conftest import messages, run_records, small_settings
+from tests.conftest import messages, run_records, signed, small_settings
 
 M = 60_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -301,8 +301,8 @@ def test_live_an_operator_halt_acts_on_arrival_not_at_the_next_bar_close(tmp_pat
     now = time.time_ns() // 1_000_000
     start = now - now % (5 * M)  # the open bar: it closes minutes from now
     msgs = [_trade(start + i, 100.0) for i in range(3)]
-    halt = {"symbol": "BTC-PERP", "ts_event_ms": now, "command": "halt",
-            "operator": "ops", "reason": "drill", "command_id": "c1"}  # fmt: skip
+    halt = signed({"symbol": "BTC-PERP", "ts_event_ms": now, "command": "halt",
+                   "operator": "ops", "reason": "drill", "command_id": "c1"})  # fmt: skip
     msgs.append(RawMessage("control", halt))
     ended_ms: list[int] = []
     items: list[tuple[str, dict[str, Any]]] = []

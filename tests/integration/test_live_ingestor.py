@@ -308,6 +308,7 @@ def test_the_flow_computes_the_same_bars_and_cohorts_from_the_topics_as_from_the
     }
     kafka_env = {
         **common,
+        **principal_env("flow"),  # the flow's own principal reads what the ingestor's wrote
         "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "ENSEMBLE_TOPIC_PREFIX": prefix,
         "ENSEMBLE_KAFKA_TAIL": "0",
