@@ -48,25 +48,17 @@ bench-kafka: setup
 	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka.py
 
 bench-live: setup
-	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_live.py
-
-# Paper trading on a live market (README "Live market data"): the local broker, the topics,
-# the ingestor in the background (recording every frame), the flow in the foreground with
-# recovery; Ctrl-C stops the flow, then the ingestor flushes and exits.
-LIVE_VENUE          ?= hyperliquid
-LIVE_SYMBOLS        ?= BTC-PERP,ETH-PERP
-LIVE_CANDLE_SYMBOLS ?= ETH-PERP
-LIVE_DIR            ?= out/live
-LIVE_ARGS           ?=
-live: setup
 	@mkdir -p $(LIVE_DIR)
 	bootstrap=$$(ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start) && \
-	$(BIN)/python -m dataflows.topics --bootstrap $$bootstrap && \
+	( eval "$$(deploy/kafka/broker.sh env admin)" && \
+	  $(BIN)/python -m dataflows.topics --bootstrap $$bootstrap ) && \
 	$(BIN)/python -m dataflows.recovery $(LIVE_DIR)/state && \
-	{ $(BIN)/python -m marketdata.live --venue $(LIVE_VENUE) --symbols $(LIVE_SYMBOLS) \
+	{ ( eval "$$(deploy/kafka/broker.sh env ingestor)" && \
+	    exec $(BIN)/python -m marketdata.live --venue $(LIVE_VENUE) --symbols $(LIVE_SYMBOLS) \
 	    --candle-symbols "$(LIVE_CANDLE_SYMBOLS)" --bootstrap $$bootstrap --metrics-port 9108 \
-	    --record $(LIVE_DIR)/$(LIVE_VENUE)-$$(date -u +%Y%m%dT%H%M%SZ).jsonl.gz $(LIVE_ARGS) & \
+	    --record $(LIVE_DIR)/$(LIVE_VENUE)-$$(date -u +%Y%m%dT%H%M%SZ).jsonl.gz $(LIVE_ARGS) ) & \
 	  ingest=$$!; trap 'kill -TERM '$$ingest' 2>/dev/null; wait '$$ingest'' EXIT INT TERM; \
+	  eval "$$(deploy/kafka/broker.sh env flow)" && \
 	  ENSEMBLE_KAFKA_BOOTSTRAP=$$bootstrap ENSEMBLE_KAFKA_TAIL=1 ENSEMBLE_CLOCK=wall \
 	  ENSEMBLE_SYMBOLS=$(LIVE_SYMBOLS) ENSEMBLE_CANDLE_SYMBOLS="$(LIVE_CANDLE_SYMBOLS)" \
 	  BYTEWAX_DATAFLOW_API_ENABLED=true \

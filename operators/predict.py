@@ -50,10 +50,13 @@ class ArtifactError(RuntimeError):
     """The model artifact cannot be used; the message says why and what to do."""
 
 
-# Everything model.pkl may reference: numpy's array and RNG reconstruction helpers and the
-# estimator classes models/ensemble.py fits (numpy 1.x spells numpy._core as numpy.core).
+# Everything model.pkl may reference: numpy's array and RNG reconstruction helpers, the
+# estimator classes models/ensemble.py fits (numpy 1.x spells numpy._core as numpy.core),
+# and the research harness's own plain-data models (models/baselines.py, metalabel.py).
 MODEL_GLOBALS = frozenset(
     {
+        ("models.baselines", "RuleModel"),
+        ("models.metalabel", "MetaLabelModel"),
         ("numpy", "dtype"),
         ("numpy", "ndarray"),
         *(

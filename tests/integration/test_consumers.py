@@ -301,7 +301,7 @@ def test_a_slack_outage_neither_stops_reading_nor_raises_false_heartbeat_alerts(
     stop_beats = threading.Event()
 
     def beat() -> None:  # the flow, alive, publishing health
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks=1)
+        producer = KafkaProducer(**kafka_python_config(kafka_bootstrap, acks=1))
         i = 0
         while not stop_beats.wait(0.2):
             i += 1
