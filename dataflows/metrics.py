@@ -30,6 +30,7 @@ Names (all prefixed `ensemble_`):
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -149,9 +150,8 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
         SLIPPAGE.labels(sym).observe(abs(rec["slippage_bps"]))
     elif stream == "health":
         for name, gauge in HEALTH_GAUGES.items():
-            value = rec.get(name)
-            if value is not None:
-                gauge.labels(sym).set(value)
+            value = rec.get(name)  # None (e.g. Sharpe under two days): NaN, never a stale value
+            gauge.labels(sym).set(math.nan if value is None else value)
         TRADING_STATE.labels(sym).state(rec["trading_state"])
         STATUS.labels(sym).state(rec["strategy_status"])
         kill = rec["halt_reason"].split(":")[0] if rec["trading_state"] == "HALTED" else "none"
