@@ -27,6 +27,7 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_READY_PORT | 0 (off) | with Kafka: serve GET /ready (broker answers, input topics exist, input progresses) |
 | ENSEMBLE_READY_STALL_S | 120 | /ready fails when messages wait and nothing was read for this long |
 | ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S | 60 | how long the start waits for the broker and the input topics |
+| ENSEMBLE_STATUS_INTERVAL_S | 15 | seconds between status lines on stderr (0: none) |
 | ENSEMBLE_KAFKA_SECURITY_PROTOCOL, ..._SASL_USERNAME, ..._SASL_PASSWORD(_FILE), ..._SSL_CA | PLAINTEXT | how the flow authenticates (dataflows/kafka_security.py) |
 """
 
@@ -71,6 +72,7 @@ class Settings:
     ready_port: int = 0
     ready_stall_s: int = 120
     command_window_ms: int = DEFAULT_WINDOW_MS
+    status_interval_s: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +165,7 @@ class Settings:
             ready_port=_int(env, "ENSEMBLE_READY_PORT", 0, lo=0),
             ready_stall_s=_int(env, "ENSEMBLE_READY_STALL_S", 120, lo=1),
             command_window_ms=_int(env, "ENSEMBLE_COMMAND_WINDOW_MS", DEFAULT_WINDOW_MS, lo=1_000),
+            status_interval_s=_int(env, "ENSEMBLE_STATUS_INTERVAL_S", 15, lo=0),
         )
 
 
