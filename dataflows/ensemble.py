@@ -456,6 +456,8 @@ def _is_record(kv: tuple[str, Any]) -> bool:
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
     """(stream, record), counted in the Prometheus metrics on its way out."""
     metrics.observe(e.stream, e.record)
+    if e.stream == "health":
+        progress.heartbeat(e.record)
     return e.stream, e.record
 
 
@@ -522,7 +524,7 @@ def build_flow(
         op.output("sink", to_topics, kafka_sink(settings))
         summary = op.filter("summary", by_stream, lambda kv: kv[0] == "summary")
         outputs = f"Kafka topics {settings.topic_prefix}.<stream>"
-        op.output("summary_out", summary, SummarySink(settings.out_dir, outputs))
+        op.output("summary_out", summary, SummarySink(outputs))
     else:
         op.output("sink", by_stream, sink or JsonLinesSink(settings.out_dir, OUTPUT_STREAMS))
     return flow
@@ -537,6 +539,8 @@ def _flow_from_env() -> Dataflow:
     except (ConfigError, ArtifactError, KafkaUnavailable) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not progress.main_job():  # imported (tests, tools): no signal handlers, no output
+        return built
     model_id = load_runtime(str(settings.model_dir)).model_id
     recovery = progress.recovery_from_argv(sys.argv[1:])
     print(progress.start_line(settings, model_id, recovery), file=sys.stderr, flush=True)

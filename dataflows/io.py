@@ -143,9 +143,10 @@ class _JsonLinesPartition(StatefulSinkPartition[dict[str, Any], int]):
 
 
 class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
-    """Collects per-symbol run summaries and dead-letter counts; prints them at the end."""
+    """Collects per-symbol run summaries and dead-letter counts; prints them at the end
+    (and writes `summary.json` beside the output files; a Kafka run has none)."""
 
-    def __init__(self, out_dir: Path, resume: dict | None, outputs: str | None = None) -> None:
+    def __init__(self, out_dir: Path | None, resume: dict | None, outputs: str) -> None:
         self.out_dir, self.outputs = out_dir, outputs
         self.state = resume or {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
         self.state.setdefault("duplicate_trades", {})
@@ -167,14 +168,15 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
         return json.loads(json.dumps(self.state))
 
     def close(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "summary.json").write_text(
-            json.dumps(self.state, indent=2, sort_keys=True) + "\n"
-        )
-        print(format_summary(self.state, self.out_dir, self.outputs), flush=True)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "summary.json").write_text(
+                json.dumps(self.state, indent=2, sort_keys=True) + "\n"
+            )
+        print(format_summary(self.state, self.outputs), flush=True)
 
 
-def format_summary(state: dict, out_dir: Path, outputs: str | None = None) -> str:
+def format_summary(state: dict, outputs: str) -> str:
     lines = ["", "Ensemble run summary (paper trading)"]
     for sym, s in sorted(state["symbols"].items()):
         rej = ", ".join(f"{k} {v}" for k, v in s["rejections"].items()) or "none"
@@ -198,8 +200,7 @@ def format_summary(state: dict, out_dir: Path, outputs: str | None = None) -> st
     lines += [f"  warning: {w}" for w in no_decision_reasons(state)]
     if stopping():
         lines.append("  stopped by a signal before the end of the input (state kept for recovery)")
-    outputs = outputs or f"{out_dir}/<stream>.jsonl"
-    lines.append(f"  outputs: {outputs} and {out_dir}/summary.json")
+    lines.append(f"  outputs: {outputs}")
     return "\n".join(lines)
 
 
@@ -218,21 +219,23 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSinkPartition:
         if for_part == "summary":
-            return _SummaryPartition(self.out_dir, resume_state)
+            outputs = f"{self.out_dir}/<stream>.jsonl and {self.out_dir}/summary.json"
+            return _SummaryPartition(self.out_dir, resume_state, outputs)
         return _JsonLinesPartition(self.out_dir / f"{for_part}.jsonl", resume_state)
 
 
 class SummarySink(FixedPartitionedSink[dict[str, Any], Any]):
-    """The run summary alone (a Kafka run's records go to topics): printed at the end."""
+    """The run summary alone, printed at the end: a Kafka run's records go to topics and its
+    container may have no writable directory."""
 
-    def __init__(self, out_dir: Path, outputs: str) -> None:
-        self.out_dir, self.outputs = out_dir, outputs
+    def __init__(self, outputs: str) -> None:
+        self.outputs = outputs
 
     def list_parts(self) -> list[str]:
         return ["summary"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _SummaryPartition:
-        return _SummaryPartition(self.out_dir, resume_state, self.outputs)
+        return _SummaryPartition(None, resume_state, self.outputs)
 
 
 def kafka_source(settings: Settings) -> KafkaSource:

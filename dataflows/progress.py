@@ -94,6 +94,12 @@ class StoppableSource(FixedPartitionedSource):
 
 
 # -- start -------------------------------------------------------------------------------
+def main_job() -> bool:
+    """True when this process is `python -m bytewax.run ...`, not a test importing the flow."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == "bytewax.run"
+
+
 def recovery_from_argv(argv: list[str]) -> Path | None:
     """The `-r` directory of `python -m bytewax.run` (or BYTEWAX_RECOVERY_DIRECTORY), read
     with Bytewax's own argument parser so the two cannot disagree."""
@@ -124,7 +130,7 @@ def _days(bars: int) -> str:
 def start_line(settings: Settings, model_id: str, recovery: Path | None) -> str:
     s = settings
     if s.kafka_bootstrap is not None:
-        topics = ",".join(t.name for t in INPUT_TOPICS)
+        topics = ",".join(t.stream for t in INPUT_TOPICS)
         mode = "following" if s.kafka_tail else "to the end of"
         source = f"Kafka {s.kafka_bootstrap} ({mode} {s.topic_prefix}.{{{topics}}})"
         outputs = f"Kafka topics {s.topic_prefix}.<stream>"
@@ -194,21 +200,28 @@ def no_decision_reasons(summary: dict[str, Any]) -> list[str]:
 
 
 # -- status ------------------------------------------------------------------------------
-def _by_symbol(metric: Any, label: str = "symbol", where: dict[str, str] | None = None) -> dict:
-    """Sum of a metric's `_total` (or plain) samples by one label."""
+def _by_symbol(metric: Any, label: str = "symbol") -> dict[str, float]:
+    """A counter's totals summed by one label."""
     out: dict[str, float] = defaultdict(float)
     for fam in metric.collect():
         for smp in fam.samples:
-            if smp.name.endswith("_created"):
-                continue
-            if where and any(smp.labels.get(k) != v for k, v in where.items()):
-                continue
-            out[smp.labels.get(label, "")] += smp.value
+            if smp.name.endswith("_total"):
+                out[smp.labels.get(label, "")] += smp.value
     return out
 
 
+HEARTBEATS: dict[str, dict[str, Any]] = {}  # each symbol's latest health record
+
+
+def heartbeat(record: dict[str, Any]) -> None:
+    """The strategy's per-bar health record: how far each symbol got, and its state."""
+    HEARTBEATS[record["symbol"]] = record
+
+
 class Status:
-    """The one-line status, from the flow's metrics; rates are since the previous line."""
+    """The one-line status, from the flow's metrics and each symbol's latest heartbeat
+    (the strategy's own bar count: the market step may run ahead of it); rates are since
+    the previous line."""
 
     def __init__(self, warmup_bars: int) -> None:
         self.warmup_bars = warmup_bars
@@ -220,24 +233,20 @@ class Status:
         inputs = sum(_by_symbol(metrics.INPUT, "stream").values())
         rate = (inputs - self.last_inputs) / max(now - self.last_t, 1e-9)
         self.last_inputs, self.last_t = inputs, now
-        last = _by_symbol(metrics.LAST_BAR)
-        bars = _by_symbol(metrics.BARS, where={"timeframe": "5m"})
+        beats = dict(HEARTBEATS)
         decisions = _by_symbol(metrics.DECISIONS)
         fills = _by_symbol(metrics.FILLS)
-        halted = _by_symbol(metrics.TRADING_STATE, where={"ensemble_trading_state": "HALTED"})
         parts = [f"{int(inputs):,} records ({rate:,.0f}/s)"]
-        if last:
-            reached = min(last.values())  # the slowest symbol bounds what was decided
-            lag_s = time.time() - reached
+        if beats:
+            reached = min(b["ts_event_ms"] for b in beats.values()) / 1000  # all decided to here
             stamp = datetime.fromtimestamp(reached, UTC).strftime("%Y-%m-%d %H:%M")
-            parts.append(f"event time {stamp}Z (lag {_duration(lag_s)})")
+            parts.append(f"event time {stamp}Z (lag {_duration(time.time() - reached)})")
         else:
             parts.append("no bar yet")
-        for sym in sorted(set(bars) | set(last)):
-            n = int(bars.get(sym, 0))
-            state = "HALTED" if halted.get(sym) else "ACTIVE"
-            if n <= self.warmup_bars:
-                state = f"warm-up {n}/{self.warmup_bars}"
+        for sym, b in sorted(beats.items()):
+            state = b["trading_state"]
+            if b["bars"] <= self.warmup_bars:
+                state = f"warm-up {b['bars']}/{self.warmup_bars}"
             parts.append(
                 f"{sym} {int(decisions.get(sym, 0))} decisions {int(fills.get(sym, 0))} fills "
                 f"{state}"
