@@ -975,7 +975,7 @@ def test_the_image_is_slim_python_and_runs_as_the_numeric_non_root_user_of_the_p
 def test_the_image_installs_the_package_without_dev_extras_and_carries_the_model():
     stages = dockerfile_stages(DOCKERFILE.read_text())
     runs = " ".join(rest for s in stages for word, rest in s["steps"] if word == "RUN")
-    assert re.search(r"pip install (--[\w-]+ )*\.(\s|$)", runs), "the image must install the project"
+    assert re.search(r"pip install (--[\w-]+ )*\.(\s|$)", runs), "the project is installed"
     assert "--require-hashes -r requirements.lock" in runs, "dependencies come from the lock"
     assert "[dev]" not in runs and "-e " not in runs
     env = dockerfile_env(stages[-1])
