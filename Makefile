@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 LOCK   := requirements-dev.lock
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
+.PHONY: show-config run test lint bench bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ lock: setup
 	$(COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
 	cp requirements-dev.lock requirements.lock
 	$(COMPILE) -o requirements.lock pyproject.toml
+
+# The configuration in force and where each value came from (file, environment, default).
+show-config: setup
+	$(BIN)/python -m dataflows.show_config
 
 run: setup
 	$(BIN)/python -m bytewax.run dataflows.ensemble

@@ -1,6 +1,8 @@
 """Run settings from the environment (prefix ENSEMBLE_), validated before the flow starts.
 
-A bad value stops the start with a message naming the variable and the value.
+A bad value stops the start with a message naming the variable and the value. The same
+names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overrides it);
+`python -m dataflows.show_config` prints what is in force and where each value came from.
 
 | variable | default | meaning |
 |---|---|---|
@@ -34,11 +36,11 @@ A bad value stops the start with a message naming the variable and the value.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflows.environment import environ
 from dataflows.kafka_security import KafkaSecurity
 from marketdata.files import FileSpec, FileSpecError
 from marketdata.generator import GeneratorConfig
@@ -76,7 +78,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        """From `env` (default os.environ) over the ENSEMBLE_CONFIG file; an `ENSEMBLE_*`
+        name that is no command's setting is refused (dataflows/environment.py)."""
+        env = environ(env)
         bootstrap = env.get("ENSEMBLE_KAFKA_BOOTSTRAP", "").strip() or None
         if bootstrap is not None and not all(
             h.rpartition(":")[2].isdigit() and h.rpartition(":")[0] for h in bootstrap.split(",")
