@@ -110,17 +110,19 @@ def recovery_from_argv(argv: list[str]) -> Path | None:
 
 
 def resumed_epoch(recovery: Path) -> int | None:
-    """The newest committed epoch in the recovery partitions (None: nothing to resume)."""
-    newest: int | None = None
+    """The epoch a run on these recovery partitions resumes from: the frontier the workers
+    of the last execution reached (None: no execution recorded, a fresh start)."""
+    fronts: list[tuple[int, int]] = []  # (execution, worker frontier)
     for db in sorted(recovery.glob("part-*.sqlite3")):
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0) as con:
-                row = con.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
+                fronts += con.execute("SELECT ex_num, worker_frontier FROM fronts").fetchall()
         except sqlite3.OperationalError:  # no tables yet: a partition never run
             continue
-        if row and row[0] is not None:
-            newest = row[0] if newest is None else max(newest, row[0])
-    return newest
+    if not fronts:
+        return None
+    last = max(ex for ex, _ in fronts)
+    return min(front for ex, front in fronts if ex == last)
 
 
 def _days(bars: int) -> str:
