@@ -6,19 +6,38 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Every dependency is installed at the version and hash in the lock files (pip-tools):
+# requirements-dev.lock here, requirements.lock (no dev tools) in deploy/Dockerfile.
+LOCK   := requirements-dev.lock
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: run test lint bench bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup clean kafka-up kafka-down live
+.PHONY: show-config run test lint bench bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Ensemble needs Python 3.11 (Bytewax 0.21.1 has no wheels past 3.12)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# After changing a dependency in pyproject.toml: re-resolve both lock files (with every
+# file's hash). Versions already locked stay unless pyproject rules them out; the runtime
+# lock starts from the dev lock's pins, so the two agree (tests/test_lock.py checks).
+# `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed versions.
+LOCK_ARGS ?=
+COMPILE   := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+lock: setup
+	$(COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
+	cp requirements-dev.lock requirements.lock
+	$(COMPILE) -o requirements.lock pyproject.toml
+
+# The configuration in force and where each value came from (file, environment, default).
+show-config: setup
+	$(BIN)/python -m dataflows.show_config
 
 run: setup
 	$(BIN)/python -m bytewax.run dataflows.ensemble
@@ -64,8 +83,11 @@ bench-live: setup
 	  BYTEWAX_DATAFLOW_API_ENABLED=true \
 	  $(BIN)/python -m bytewax.run dataflows.ensemble -r $(LIVE_DIR)/state -s 30 -b 0; }
 
+# A new artifact in out/models/<model_id>; the shipped one is replaced only when asked:
+#   make train TRAIN_ARGS="--out models/artifacts/default --overwrite"
+TRAIN_ARGS ?=
 train: setup
-	$(BIN)/python -m models.train
+	$(BIN)/python -m models.train $(TRAIN_ARGS)
 
 # Signal research (issue 13): candidates and baselines on purged walk-forward folds and
 # the untouched test block; rewrites models/research/card.md and results.json.

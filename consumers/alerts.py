@@ -61,6 +61,8 @@ from consumers.stream import (
     dedup_key,
     read_before_committed,
 )
+from dataflows.environment import environ
+from operators.config import ConfigError
 from operators.reasons import KILL_SWITCH_REASONS
 from operators.redaction import scrub
 
@@ -800,7 +802,11 @@ def slack_from_env(env: Mapping[str, str]) -> QueuedSink | None:
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
+    try:  # the ENSEMBLE_CONFIG file under the environment; unknown ENSEMBLE_* names refused
+        env = environ(env)
+    except ConfigError as e:
+        print(f"alerts: cannot start: {e}", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(
         prog="python -m consumers.alerts", description=__doc__.splitlines()[0]
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ from consumers.facts import (
     why_facts,
 )
 from consumers.stream import KafkaSettings, Record, TopicsMissing, read_to_end
+from dataflows.environment import environ
+from operators.config import ConfigError
 
 __all__ = [
     "STREAMS",
@@ -573,7 +574,11 @@ def _merge_common(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
+    try:  # the ENSEMBLE_CONFIG file under the environment; unknown ENSEMBLE_* names refused
+        env = environ(env)
+    except ConfigError as e:
+        print(f"copilot: cannot start: {e}", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(
         prog="python -m consumers.copilot", description=__doc__.splitlines()[0]
     )

@@ -34,6 +34,7 @@ from confluent_kafka import Producer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataflows.environment import add_kafka_arguments, environ, kafka_arguments
 from dataflows.kafka_security import confluent_config
 from operators.commands import private_key_from_b64, public_key_b64, sign
 from operators.events import CONTROL_COMMANDS, InvalidRecord, parse_control
@@ -74,7 +75,7 @@ def command_record(
 def operator_key(env: dict[str, str] | None = None) -> Ed25519PrivateKey:
     """The operator's private key: ENSEMBLE_OPERATOR_KEY_FILE (base64 or PEM) or
     ENSEMBLE_OPERATOR_KEY (base64). InvalidRecord says what is missing or wrong."""
-    env = dict(os.environ) if env is None else env
+    env = environ(env)  # the ENSEMBLE_CONFIG file under the environment
     path = env.get("ENSEMBLE_OPERATOR_KEY_FILE", "").strip()
     try:
         if path:
@@ -140,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ap = argparse.ArgumentParser(prog="python -m dataflows.control", description=__doc__)
     ap.add_argument("command", choices=CONTROL_COMMANDS)
-    ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
-    ap.add_argument("--prefix", default="ensemble", help="topic prefix (ENSEMBLE_TOPIC_PREFIX)")
+    add_kafka_arguments(ap)
     ap.add_argument("--symbol", default="*", help='a symbol, or "*" for every symbol')
     ap.add_argument("--operator", required=True, help="who sends it (audited)")
     ap.add_argument("--reason", required=True, help="why (audited)")
     ap.add_argument("--at", type=int, default=None, help="event time, epoch ms (default: now)")
     ap.add_argument("--strategy-id", default="ensemble_1_1")
     args = ap.parse_args(argv)
+    kafka_arguments(ap, args)
     try:
         rec = command_record(
             args.command, args.symbol, args.operator, args.reason, args.at, args.strategy_id

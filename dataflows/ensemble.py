@@ -31,10 +31,19 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic, StatefulLogic
 
-from dataflows import metrics
-from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
+from dataflows import metrics, progress
+from dataflows.io import (
+    JsonLinesSink,
+    RawMessage,
+    SummarySink,
+    from_kafka,
+    kafka_sink,
+    kafka_source,
+    to_kafka,
+)
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.kafka_sink import KafkaUnavailable
+from dataflows.progress import StoppableSource, stopping
 from dataflows.settings import Settings
 from operators.account import AccountRisk, EventTimeAligner
 from operators.bars import Bar
@@ -246,6 +255,8 @@ class MarketLogic(StatefulBatchLogic):
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        if stopping():  # stopped, not ended: the open bars stay open for a restart
+            return out, StatefulBatchLogic.RETAIN
         if self.state is not None:
             self.state.flush(out)
         return self._emit(out), StatefulBatchLogic.RETAIN
@@ -414,12 +425,17 @@ class StrategyLogic(StatefulLogic):
         return [Emit(s, r) for s, r in outs]
 
     def on_eof(self) -> tuple[list[Any], bool]:
+        """At the end of the input: decide the bars still waiting and reject intents that
+        can no longer fill. Stopped by a signal: keep both for a restart, only summarise."""
         outs: list[Any] = []
-        for ctx in self.book.aligner.flush():
-            outs.extend(self._bar(ctx))
+        ended = not stopping()
+        if ended:
+            for ctx in self.book.aligner.flush():
+                outs.extend(self._bar(ctx))
         for symbol in sorted(self.strategies):
             strat = self.strategies[symbol]
-            outs.extend(Emit(s, r) for s, r in strat.on_eof())
+            if ended:
+                outs.extend(Emit(s, r) for s, r in strat.on_eof())
             outs.append(Emit("summary", strat.summary()))
         return outs, StatefulLogic.RETAIN
 
@@ -440,6 +456,8 @@ def _is_record(kv: tuple[str, Any]) -> bool:
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
     """(stream, record), counted in the Prometheus metrics on its way out."""
     metrics.observe(e.stream, e.record)
+    if e.stream == "health":
+        progress.heartbeat(e.record)
     return e.stream, e.record
 
 
@@ -450,7 +468,8 @@ def build_flow(
     source: Any = None,
 ) -> Dataflow:
     """The dataflow over `settings`' input (or `messages`, or `source`), into `sink` (or
-    JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource)."""
+    JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource).
+    Every input ends early once a signal asks the run to stop (dataflows/progress.py)."""
     stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
     rt = load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not a bar
     settings.strategy.with_model_horizon(rt.horizon_bars)  # a hold the model disagrees with
@@ -458,12 +477,12 @@ def build_flow(
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
     if source is not None:
-        raw = op.input("input", flow, source)
+        raw = op.input("input", flow, StoppableSource(source))
     elif kafka:
-        msgs = op.input("input", flow, kafka_source(settings))
+        msgs = op.input("input", flow, StoppableSource(kafka_source(settings)))
         raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
     else:
-        raw = op.input("input", flow, _MarketSource(settings, messages))
+        raw = op.input("input", flow, StoppableSource(_MarketSource(settings, messages)))
     decoded = op.flat_map("decode", raw, partial(decode_step, settings, stamp))
     bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
@@ -503,17 +522,35 @@ def build_flow(
     if sink is None and settings.kafka_bootstrap is not None:
         to_topics = op.filter_map("to_kafka", by_stream, partial(to_kafka, settings.topic_prefix))
         op.output("sink", to_topics, kafka_sink(settings))
+        summary = op.filter("summary", by_stream, lambda kv: kv[0] == "summary")
+        outputs = f"Kafka topics {settings.topic_prefix}.<stream>"
+        op.output("summary_out", summary, SummarySink(outputs))
     else:
         op.output("sink", by_stream, sink or JsonLinesSink(settings.out_dir, OUTPUT_STREAMS))
     return flow
 
 
 def _flow_from_env() -> Dataflow:
+    """The main job: the flow, a start line and warm-up warning on stderr, a status line
+    every ENSEMBLE_STATUS_INTERVAL_S, and a clean stop with the summary on SIGINT/SIGTERM."""
     try:
-        return build_flow(Settings.from_env())
+        settings = Settings.from_env()
+        built = build_flow(settings)
     except (ConfigError, ArtifactError, KafkaUnavailable) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not progress.main_job():  # imported (tests, tools): no signal handlers, no output
+        return built
+    model_id = load_runtime(str(settings.model_dir)).model_id
+    recovery = progress.recovery_from_argv(sys.argv[1:])
+    print(progress.start_line(settings, model_id, recovery), file=sys.stderr, flush=True)
+    warning = progress.warmup_warning(settings)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    progress.install_stop_handlers()
+    if settings.status_interval_s:
+        progress.report_status(settings.status_interval_s, settings.strategy.warmup_bars)
+    return built
 
 
 flow = _flow_from_env()

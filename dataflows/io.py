@@ -31,6 +31,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaException
 
 from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
+from dataflows.progress import no_decision_reasons, stopping
 from dataflows.readiness import Readiness, serve
 from dataflows.settings import Settings
 from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
@@ -142,10 +143,11 @@ class _JsonLinesPartition(StatefulSinkPartition[dict[str, Any], int]):
 
 
 class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
-    """Collects per-symbol run summaries and dead-letter counts; prints them at the end."""
+    """Collects per-symbol run summaries and dead-letter counts; prints them at the end
+    (and writes `summary.json` beside the output files; a Kafka run has none)."""
 
-    def __init__(self, out_dir: Path, resume: dict | None) -> None:
-        self.out_dir = out_dir
+    def __init__(self, out_dir: Path | None, resume: dict | None, outputs: str) -> None:
+        self.out_dir, self.outputs = out_dir, outputs
         self.state = resume or {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
         self.state.setdefault("duplicate_trades", {})
 
@@ -166,17 +168,15 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
         return json.loads(json.dumps(self.state))
 
     def close(self) -> None:
-        st = self.state
-        if not (st["symbols"] or st["dead_letters"] or st["duplicate_trades"]):
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "summary.json").write_text(
-            json.dumps(self.state, indent=2, sort_keys=True) + "\n"
-        )
-        print(format_summary(self.state, self.out_dir), flush=True)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "summary.json").write_text(
+                json.dumps(self.state, indent=2, sort_keys=True) + "\n"
+            )
+        print(format_summary(self.state, self.outputs), flush=True)
 
 
-def format_summary(state: dict, out_dir: Path) -> str:
+def format_summary(state: dict, outputs: str) -> str:
     lines = ["", "Ensemble run summary (paper trading)"]
     for sym, s in sorted(state["symbols"].items()):
         rej = ", ".join(f"{k} {v}" for k, v in s["rejections"].items()) or "none"
@@ -197,7 +197,10 @@ def format_summary(state: dict, out_dir: Path) -> str:
         f"  duplicate trades dropped: {sum(dups.values())}"
         + (f" ({by_symbol})" if by_symbol else "")
     )
-    lines.append(f"  outputs: {out_dir}/<stream>.jsonl and {out_dir}/summary.json")
+    lines += [f"  warning: {w}" for w in no_decision_reasons(state)]
+    if stopping():
+        lines.append("  stopped by a signal before the end of the input (state kept for recovery)")
+    lines.append(f"  outputs: {outputs}")
     return "\n".join(lines)
 
 
@@ -216,8 +219,23 @@ class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSinkPartition:
         if for_part == "summary":
-            return _SummaryPartition(self.out_dir, resume_state)
+            outputs = f"{self.out_dir}/<stream>.jsonl and {self.out_dir}/summary.json"
+            return _SummaryPartition(self.out_dir, resume_state, outputs)
         return _JsonLinesPartition(self.out_dir / f"{for_part}.jsonl", resume_state)
+
+
+class SummarySink(FixedPartitionedSink[dict[str, Any], Any]):
+    """The run summary alone, printed at the end: a Kafka run's records go to topics and its
+    container may have no writable directory."""
+
+    def __init__(self, outputs: str) -> None:
+        self.outputs = outputs
+
+    def list_parts(self) -> list[str]:
+        return ["summary"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _SummaryPartition:
+        return _SummaryPartition(None, resume_state, self.outputs)
 
 
 def kafka_source(settings: Settings) -> KafkaSource:

@@ -16,11 +16,12 @@ The market-data ingestor and every consumer call the same functions.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dataflows.environment import environ
 
 PROTOCOLS = ("PLAINTEXT", "SASL_SSL", "SSL")
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
@@ -36,7 +37,7 @@ class KafkaSecurity:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSecurity:
-        env = os.environ if env is None else env
+        env = environ(env)  # the ENSEMBLE_CONFIG file under the environment
         protocol = env.get("ENSEMBLE_KAFKA_SECURITY_PROTOCOL", "").strip().upper() or "PLAINTEXT"
         if protocol not in PROTOCOLS:
             raise ValueError(

@@ -1,6 +1,8 @@
 """Run settings from the environment (prefix ENSEMBLE_), validated before the flow starts.
 
-A bad value stops the start with a message naming the variable and the value.
+A bad value stops the start with a message naming the variable and the value. The same
+names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overrides it);
+`python -m dataflows.show_config` prints what is in force and where each value came from.
 
 | variable | default | meaning |
 |---|---|---|
@@ -27,17 +29,18 @@ A bad value stops the start with a message naming the variable and the value.
 | ENSEMBLE_READY_PORT | 0 (off) | with Kafka: serve GET /ready (broker answers, input topics exist, input progresses) |
 | ENSEMBLE_READY_STALL_S | 120 | /ready fails when messages wait and nothing was read for this long |
 | ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S | 60 | how long the start waits for the broker and the input topics |
+| ENSEMBLE_STATUS_INTERVAL_S | 15 | seconds between status lines on stderr (0: none) |
 | ENSEMBLE_KAFKA_SECURITY_PROTOCOL, ..._SASL_USERNAME, ..._SASL_PASSWORD(_FILE), ..._SSL_CA | PLAINTEXT | how the flow authenticates (dataflows/kafka_security.py) |
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataflows.environment import environ
 from dataflows.kafka_security import KafkaSecurity
 from marketdata.files import FileSpec, FileSpecError
 from marketdata.generator import GeneratorConfig
@@ -71,10 +74,13 @@ class Settings:
     ready_port: int = 0
     ready_stall_s: int = 120
     command_window_ms: int = DEFAULT_WINDOW_MS
+    status_interval_s: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        """From `env` (default os.environ) over the ENSEMBLE_CONFIG file; an `ENSEMBLE_*`
+        name that is no command's setting is refused (dataflows/environment.py)."""
+        env = environ(env)
         bootstrap = env.get("ENSEMBLE_KAFKA_BOOTSTRAP", "").strip() or None
         if bootstrap is not None and not all(
             h.rpartition(":")[2].isdigit() and h.rpartition(":")[0] for h in bootstrap.split(",")
@@ -163,6 +169,7 @@ class Settings:
             ready_port=_int(env, "ENSEMBLE_READY_PORT", 0, lo=0),
             ready_stall_s=_int(env, "ENSEMBLE_READY_STALL_S", 120, lo=1),
             command_window_ms=_int(env, "ENSEMBLE_COMMAND_WINDOW_MS", DEFAULT_WINDOW_MS, lo=1_000),
+            status_interval_s=_int(env, "ENSEMBLE_STATUS_INTERVAL_S", 15, lo=0),
         )
 
 

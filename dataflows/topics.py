@@ -28,6 +28,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from dataflows.environment import add_kafka_arguments, kafka_arguments
 from dataflows.kafka_security import KafkaSecurity, confluent_config
 
 DAY_MS = 86_400_000
@@ -207,8 +208,7 @@ def provision(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
-    ap.add_argument("--prefix", default="ensemble")
+    add_kafka_arguments(ap)
     ap.add_argument(
         "--replication-factor", type=int, default=1, help="1 for a single broker; 3 in production"
     )
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         help="grant each component's ACLs (default: yes when the client authenticates)",
     )
     args = ap.parse_args(argv)
+    kafka_arguments(ap, args)
     if args.replication_factor < 1:
         ap.error(f"--replication-factor {args.replication_factor} must be at least 1")
     acls = KafkaSecurity.from_env().authenticated if args.acls is None else args.acls

@@ -20,6 +20,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
+from dataflows.environment import add_kafka_arguments, kafka_arguments
 from dataflows.kafka_security import kafka_python_config
 from marketdata.files import FileSpec, file_records
 from marketdata.generator import GeneratorConfig, generate
@@ -91,8 +92,7 @@ def _progress(n: int, total: int | None, secs: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bootstrap", required=True, help="host:port[,host:port]")
-    ap.add_argument("--prefix", default="ensemble")
+    add_kafka_arguments(ap)
     ap.add_argument(
         "--input",
         action="append",
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         "--speed", type=float, default=0.0, help="N x real time; 0 = as fast as possible"
     )
     args = ap.parse_args(argv)
+    kafka_arguments(ap, args)
     if args.input:
         records = list(file_records([FileSpec.parse(s) for s in args.input]))
     else:

@@ -17,15 +17,20 @@ and scored on the same test rows.
 Model (models/ensemble.py): L2 logistic regression and gradient boosting, stacked by a
 logistic meta-classifier, calibrated with isotonic or Platt (chosen on validation inside
 each fit), plus a Bayesian-model-averaging combination. The shipped model is fit on all
-rows. Writes model.pkl, manifest.json, card.md and calibration.png to `--out`.
+rows. Writes model.pkl, manifest.json, card.md and calibration.png to a new directory,
+`out/models/<model_id>` (run the flow on it with ENSEMBLE_MODEL_DIR), or to `--out`. A
+directory that already holds an artifact, the shipped one included, is replaced only
+with `--overwrite`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +56,8 @@ from models.evaluation import (
 )
 from operators.features import FEATURES
 from operators.predict import DEFAULT_ARTIFACT, sha256_file
+
+NEW_ARTIFACTS = Path("out/models")  # where `make train` puts a new artifact (not committed)
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEFAULT_DATA = (
@@ -430,8 +437,25 @@ def main(argv: list[str] | None = None) -> None:
         default=HGB_MAX_ITER,
         help="boosting iterations of the gradient-boosting base learner",
     )
-    ap.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"artifact directory (default: a new {NEW_ARTIFACTS}/<model_id>)",
+    )
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace the artifact in --out (e.g. the shipped {DEFAULT_ARTIFACT})",
+    )
     a = ap.parse_args(argv)
+    if a.out is not None and (a.out / "manifest.json").exists() and not a.overwrite:
+        raise SystemExit(
+            f"models.train: {a.out} already holds an artifact; add --overwrite to replace it, "
+            f"or leave out --out to write a new directory under {NEW_ARTIFACTS}/"
+        )
+    staging = NEW_ARTIFACTS / f".training-{os.getpid()}"
+    out = a.out if a.out is not None else staging
     train(
         TrainConfig(
             data=tuple(a.data) if a.data else DEFAULT_DATA,
@@ -443,9 +467,18 @@ def main(argv: list[str] | None = None) -> None:
             seed=a.seed,
             max_bars=a.max_bars,
             hgb_max_iter=a.hgb_iter,
-            out=a.out,
+            out=out,
         )
     )
+    if a.out is None:  # named by what it is, so a retrain never replaces another artifact
+        model_id = json.loads((staging / "manifest.json").read_text())["model_id"]
+        final = NEW_ARTIFACTS / model_id
+        if final.exists():
+            shutil.rmtree(staging)
+            _stderr(f"{final} already holds this artifact (same model_id); kept it")
+        else:
+            staging.rename(final)
+            _stderr(f"artifact in {final}; run the flow on it with ENSEMBLE_MODEL_DIR={final}")
 
 
 if __name__ == "__main__":

@@ -207,6 +207,7 @@ class Strategy:
             "fees_usd": pf.fees_usd,
             "funding_usd": pf.funding_usd,
             "trading_state": s.risk.state.value,
+            "warmup_bars": self.cfg.warmup_bars,  # so the summary can say why nothing decided
         }
 
     # -- operator commands -------------------------------------------------------------

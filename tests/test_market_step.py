@@ -177,7 +177,7 @@ def test_the_run_summary_prints_the_duplicates_dropped():
 
     state = {"symbols": {}, "dead_letters": 0, "dead_letter_reasons": {}}
     state["duplicate_trades"] = {"BTC-PERP": 7}
-    assert "duplicate trades dropped: 7 (BTC-PERP 7)" in format_summary(state, Path("out"))
+    assert "duplicate trades dropped: 7 (BTC-PERP 7)" in format_summary(state, "out/")
 
 
 # -- item 5: processing-time progress in live mode -----------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -124,3 +126,68 @@ def test_sigkill_mid_run_and_a_restart_on_the_same_recovery_dir_write_the_same_f
     assert [r for r in repro if r["event"] != "resume"] == [
         json.loads(line) for line in (ref / "repro.jsonl").read_text().splitlines()
     ]
+
+
+def test_a_generated_market_shorter_than_the_warm_up_warns_at_start_and_in_the_summary(tmp_path):
+    done = _run_command({"ENSEMBLE_OUT": str(tmp_path), "ENSEMBLE_DAYS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    start, warning = done.stderr.splitlines()[:2]
+    assert start.startswith("ensemble: start: input generated market (seed 7, 1 days)")
+    assert "warm-up 1000 5m bars (3.5 days) per symbol" in start
+    assert warning.startswith("ensemble: warning: the generated market has 288 5m bars")
+    assert "no decision will be made" in warning
+    assert "BTC-PERP: 288 5m bars (0 missing), 0 decisions" in done.stdout
+    assert (
+        "warning: BTC-PERP made no decision: 288 5m bars (1.0 days) is not past the warm-up "
+        "of 1000 (3.5 days)"
+    ) in done.stdout
+
+
+def test_sigint_mid_run_stops_cleanly_with_the_summary_and_a_restart_continues_exactly(
+    tmp_path,
+):
+    """Ctrl-C ends the input, keeps the open bars and pending intents, prints the summary;
+    the restart on the same recovery directory writes what an uninterrupted run writes."""
+    env = {
+        **os.environ,
+        "ENSEMBLE_DAYS": "6",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+    }
+    ref = tmp_path / "uninterrupted"
+    done = _run_command({**env, "ENSEMBLE_OUT": str(ref)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    third = (ref / "signals.jsonl").stat().st_size // 3
+
+    rec, out = tmp_path / "recovery", tmp_path / "stopped"
+    prepare(rec, 1)
+    command = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"]
+    recoverable = [*command, "-r", str(rec), "-s", "1", "-b", "0"]
+    env["ENSEMBLE_OUT"] = str(out)
+    proc = subprocess.Popen(
+        recoverable, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    signals = out / "signals.jsonl"
+    deadline = time.monotonic() + 180
+    while not (signals.exists() and signals.stat().st_size > third):
+        assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
+        assert time.monotonic() < deadline, "the run never got far enough"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "panicked" not in stderr and "Traceback" not in stderr, stderr
+    assert "ensemble: SIGINT received: stopping" in stderr
+    assert "recovery " + str(rec) + " (fresh)" in stderr
+    assert "Ensemble run summary" in stdout
+    assert "stopped by a signal before the end of the input" in stdout
+    stopped = json.loads((out / "summary.json").read_text())
+    full = json.loads((ref / "summary.json").read_text())
+    assert 0 < stopped["symbols"]["BTC-PERP"]["bars"] < full["symbols"]["BTC-PERP"]["bars"]
+
+    again = subprocess.run(recoverable, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"recovery {rec} (resuming from epoch" in again.stderr
+    assert "stopped by a signal" not in again.stdout
+    for path in sorted(ref.iterdir()):
+        if path.name != "repro.jsonl":
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name

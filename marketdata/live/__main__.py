@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from dataflows.environment import add_kafka_arguments, kafka_arguments
 from marketdata.live import VENUE_CLASSES
 from marketdata.live.ingestor import ConfigError, Ingestor, IngestorConfig
 from marketdata.live.metrics import FeedMetrics
@@ -31,8 +32,7 @@ def parse_args(argv: list[str] | None) -> tuple[IngestorConfig, int | None]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--venue", required=True, choices=sorted(VENUE_CLASSES))
     ap.add_argument("--symbols", required=True, help="comma-separated, e.g. BTC-PERP,ETH-PERP")
-    ap.add_argument("--bootstrap", required=True, help="Kafka host:port[,host:port]")
-    ap.add_argument("--prefix", default=d.prefix, help="topic prefix")
+    add_kafka_arguments(ap)
     ap.add_argument("--strategy-id", default=d.strategy_id)
     ap.add_argument(
         "--candle-symbols",
@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> tuple[IngestorConfig, int | None]:
     ap.add_argument("--dedup-window", type=int, default=d.dedup_window)
     ap.add_argument("--clock-skew-bound-ms", type=int, default=d.clock_skew_bound_ms)
     args = ap.parse_args(argv)
+    kafka_arguments(ap, args)
     try:
         cfg = IngestorConfig(
             venue=args.venue,
