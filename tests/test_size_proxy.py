@@ -16,7 +16,7 @@ import pytest
 
 from consumers import copilot
 from consumers.facts import Telemetry, why_facts
-from dataflows.io import RawMessage
+from models.size_proxy_eval import without_addresses
 from operators.bandit import ThompsonBandit
 from operators.bars import Bar
 from operators.config import (
@@ -230,16 +230,6 @@ def test_with_the_proxy_off_the_presets_outputs_are_byte_identical_to_before(tmp
     assert _digest(files) == PRESET_DIGESTS[preset]
 
 
-def _without_addresses(settings) -> list[RawMessage]:
-    """The generator's market as Binance would send it: trades with no addresses."""
-    out = []
-    for m in messages(settings):
-        if m.stream == "trades":
-            m = RawMessage(m.stream, {**m.payload, "buyer": None, "seller": None})
-        out.append(m)
-    return out
-
-
 def _proxy_settings(out: Path, on: bool) -> Any:
     overrides = {"warmup_bars": 150, "size_proxy.enabled": on}
     return small_settings(out, STRATEGY_ID="ensemble_1_0", ENSEMBLE_OVERRIDES=json.dumps(overrides))
@@ -249,7 +239,7 @@ def _proxy_settings(out: Path, on: bool) -> Any:
 def anonymous_runs(tmp_path_factory):
     on = _proxy_settings(tmp_path_factory.mktemp("on"), True)
     off = _proxy_settings(tmp_path_factory.mktemp("off"), False)
-    msgs = _without_addresses(on)
+    msgs = without_addresses(messages(on))
     return run_records(on, msgs), run_records(off, msgs)
 
 
@@ -275,7 +265,7 @@ def test_without_addresses_only_the_proxy_arms_give_the_cohort_side_a_voice(anon
 
 def test_the_copilot_names_a_proxy_arm_trade_as_the_size_proxy(tmp_path):
     settings = _proxy_settings(tmp_path, True)
-    run_files(settings, _without_addresses(settings))
+    run_files(settings, without_addresses(messages(settings)))
     tel = Telemetry(copilot.records_from_dir(tmp_path))
     entry = next(
         o for o in tel.orders.values() if o["purpose"] == "entry" and o["arm"] in PROXY_ARMS
