@@ -151,6 +151,28 @@ def test_the_settings_are_not_state_and_switching_off_drops_the_proxy():
     assert p[-1].ready
 
 
+def test_a_resumed_market_step_keeps_the_proxy_and_binds_the_running_settings():
+    from operators.events import Trade
+    from operators.market import Close, MarketState
+
+    m = MarketState("BTC-PERP", False, 5_000, CohortConfig(), size_proxy_cfg=ON)
+    out: list[Any] = []
+    for i in range(30):
+        m.on_event(Trade("BTC-PERP", T0 + i * 60_000, 100.0 + i, 1.0, 1, f"t{i}"), out)
+    resumed = pickle.loads(pickle.dumps(m))
+    assert resumed.size_proxy is not None and not hasattr(resumed.size_proxy, "cfg")
+    resumed.configure(False, 5_000, CohortConfig(), m.max_jump_ms, ON)
+    assert resumed.size_proxy.n_prints == m.size_proxy.n_prints > 0
+    later = Trade("BTC-PERP", T0 + 40 * 60_000, 140.0, 1.0, 1, "t40")
+    a, b = [], []
+    m.on_event(later, a)
+    resumed.on_event(later, b)
+    closes_a = [x.size_proxy for x in a if isinstance(x, Close)]
+    assert closes_a == [x.size_proxy for x in b if isinstance(x, Close)] and closes_a
+    resumed.configure(False, 5_000, CohortConfig(), m.max_jump_ms, SizeProxyConfig())
+    assert resumed.size_proxy is None, "switched off on resume: no proxy, no Close values"
+
+
 # -- configuration ------------------------------------------------------------------------------
 def test_a_bad_size_proxy_setting_stops_the_start_naming_it():
     with pytest.raises(ConfigError, match="size_proxy.enabled='maybe'"):
