@@ -97,9 +97,6 @@ class SizeProxy:
         """Data only: the settings are bound again on resume (`bind`)."""
         return {k: v for k, v in self.__dict__.items() if k not in ("cfg", "cohort_cfg")}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     def add_trade(self, ts_ms: int, px: float, qty: float, side: int) -> None:
         """Fold one print in (`side` +1: the aggressor bought); a print for a closed bar is
         left out (the market step has already dead-lettered it)."""
@@ -123,7 +120,8 @@ class SizeProxy:
         if self.n_prints < self.cfg.min_prints:
             return None
         target = self.cfg.large_quantile * math.fsum(self.sizes)
-        return next(i for i, c in enumerate(accumulate(self.sizes)) if c >= target)
+        cum = enumerate(accumulate(self.sizes))
+        return next((i for i, c in cum if c >= target), N_BINS - 1)  # last: float rounding
 
     def close_bar(self, bar: Bar) -> ProxyValues:
         """Advance to the close of `bar` (5m, in order) and return the proxy then."""
