@@ -297,3 +297,18 @@ def test_the_copilot_names_a_proxy_arm_trade_as_the_size_proxy(tmp_path):
     assert f["size_proxy"]["top_group"] in ("large", "small")
     text = copilot.render_why(f)
     assert "of the trade-size proxy" in text and f"{f['size_proxy']['top_group']} prints" in text
+
+
+def test_with_the_proxy_on_changing_inputs_after_t_changes_nothing_decided_up_to_t(tmp_path):
+    """tests/test_lookahead.py's check, on trades without addresses with the proxy trading."""
+    from tests.test_lookahead import T, _perturbed, _up_to_t
+
+    settings = _proxy_settings(tmp_path, True)
+    msgs = without_addresses(messages(settings))
+    base = run_records(settings, msgs)
+    other = run_records(settings, _perturbed(msgs))
+    chosen = {s["decision"]["chosen_arm"] for s in _up_to_t(base, "signals")}
+    assert chosen & set(PROXY_ARMS), "the proxy arms must decide before t for this to mean much"
+    assert any(s["ts_event_ms"] > T for s in base["signals"])
+    for stream in ("signals", "orders", "rejections", "ensemble", "health"):
+        assert _up_to_t(other, stream) == _up_to_t(base, stream), f"{stream} up to t changed"
