@@ -29,6 +29,8 @@ ARM_COLORS = {
     "amateurs": "#ff7f0e",
     "model_meta": "#1f77b4",
     "model_bma": "#9467bd",
+    "pros_size_proxy": "#17becf",  # the trade-size cohort proxy (operators/size_proxy.py)
+    "amateurs_size_proxy": "#e377c2",
     "none": "#7f7f7f",
 }
 RC = {

@@ -1,8 +1,8 @@
 """Benchmarks (figures, not tests): `make bench` or `python bench/bench_flow.py`.
 
-1. trades/s through trade → 5m/15m/1h bars (and cohorts): the market operator alone, and
-   the whole dataflow per trade (decode, market, context, features, predict, strategy,
-   JSON-lines outputs) on the generator's trades.
+1. trades/s through trade → 5m/15m/1h bars (and cohorts): the market operator alone (also
+   with the trade-size cohort proxy on), and the whole dataflow per trade (decode, market,
+   context, features, predict, strategy, JSON-lines outputs) on the generator's trades.
 2. 5m bars/s through the whole dataflow, on real 5m perp candles (../shared/data).
 3. p50/p99 in-process latency from a bar's close (the market step emitting it) to the
    order intent (the strategy step emitting it), inside a running Bytewax flow.
@@ -28,20 +28,26 @@ import dataflows.ensemble as ens  # noqa: E402
 from dataflows.io import market_messages  # noqa: E402
 from dataflows.settings import Settings  # noqa: E402
 from marketdata.generator import GeneratorConfig, generate  # noqa: E402
-from operators.config import CohortConfig  # noqa: E402
+from operators.config import CohortConfig, SizeProxyConfig  # noqa: E402
 from operators.events import parse_trade  # noqa: E402
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, MarketState  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def bench_market_operator(days: float) -> tuple[int, float]:
+def bench_market_operator(days: float, size_proxy: bool = False) -> tuple[int, float]:
     trades = [
         parse_trade(r, frozenset({"BTC-PERP"}))
         for s, r in generate(GeneratorConfig(days=days, candle_symbols=()))
         if s == "trades"
     ]
-    m = MarketState("BTC-PERP", False, DEFAULT_ALLOWED_LATENESS_MS, CohortConfig())
+    m = MarketState(
+        "BTC-PERP",
+        False,
+        DEFAULT_ALLOWED_LATENESS_MS,
+        CohortConfig(),
+        size_proxy_cfg=SizeProxyConfig(enabled=size_proxy),
+    )
     out: list = []
     t0 = time.perf_counter()
     for t in trades:
@@ -110,6 +116,11 @@ def main() -> None:
     n, secs = bench_market_operator(days=6)
     print(
         f"1a. market operator alone: {n:,} trades → 5m/15m/1h bars + cohorts in {secs:.2f} s "
+        f"= {n / secs:,.0f} trades/s"
+    )
+    n, secs = bench_market_operator(days=6, size_proxy=True)
+    print(
+        f"1a. the same with the trade-size cohort proxy on: {n:,} trades in {secs:.2f} s "
         f"= {n / secs:,.0f} trades/s"
     )
 

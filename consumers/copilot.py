@@ -48,6 +48,7 @@ from consumers.facts import (
 from consumers.stream import KafkaSettings, Record, TopicsMissing, read_to_end
 from dataflows.environment import environ
 from operators.config import ConfigError
+from operators.gating import COHORT_ARMS, PROXY_ARMS
 
 __all__ = [
     "STREAMS",
@@ -152,11 +153,34 @@ def render_summary(f: dict[str, Any]) -> str:
 
 
 # -- "why" in words ----------------------------------------------------------------------------
+def _proxy_groups(f: dict[str, Any]) -> tuple[str, str] | None:
+    """(pros' stand-in, amateurs' stand-in) among the size proxy's groups, if ranked."""
+    top = (f.get("size_proxy") or {}).get("top_group")
+    if top is None:
+        return None
+    return (f"{top} prints", f"{'small' if top == 'large' else 'large'} prints")
+
+
+def _proxy_signal(arm: str, f: dict[str, Any]) -> tuple[str, float | None]:
+    """How the copilot names a size-proxy arm's signal: always as the proxy it is."""
+    p = f.get("size_proxy") or {}
+    groups = _proxy_groups(f)
+    which = 0 if arm == "pros_size_proxy" else 1
+    group = f" ({groups[which]})" if groups else " (size groups not ranked yet)"
+    name = ("S_top" if which == 0 else "S_bot") + " of the trade-size proxy" + group
+    return name, p.get("s_top" if which == 0 else "s_bot")
+
+
 def _arm_reason(arm: str, f: dict[str, Any]) -> str:
     th, model, coh = f.get("thresholds") or {}, f.get("model") or {}, f["cohort"]
     d = f["decision"]
     if arm in ("pros", "amateurs"):
         name, v = ("S_top", coh["s_top"]) if arm == "pros" else ("S_bot", coh["s_bot"])
+        return f"{name} {v:+.3f} vs S_MIN {th.get('S_MIN', '?')}"
+    if arm in PROXY_ARMS:
+        name, v = _proxy_signal(arm, f)
+        if v is None or _proxy_groups(f) is None:
+            return f"{name}"
         return f"{name} {v:+.3f} vs S_MIN {th.get('S_MIN', '?')}"
     conf_min = d["conf_min"] if d["conf_min"] is not None else th.get("CONF_MIN", "?")
     if not model:
@@ -180,7 +204,7 @@ def _why_side(f: dict[str, Any]) -> str:
             "model_meta": ("the model signal s_model_meta", model.get("s_model_meta")),
             "model_bma": ("the model signal s_model_bma", model.get("s_model_bma")),
         }
-        name, v = signal_of[arm]
+        name, v = signal_of[arm] if arm in signal_of else _proxy_signal(arm, f)
         elig = ", ".join(d["eligible_arms"]) or "none"
         samples = ", ".join(f"{s['arm']} {s['bps']:+.1f}" for s in d["bandit_samples_bps"])
         text = (
@@ -203,7 +227,7 @@ def _why_side(f: dict[str, Any]) -> str:
             + "; ".join(f"{' and '.join(arms)} ({why})" for why, arms in groups.items())
             + "."
         )
-    if model and arm in ("pros", "amateurs") and d["direction"]:
+    if model and arm in COHORT_ARMS and d["direction"]:
         p_side = model["p_up"] if d["direction"] > 0 else model["p_down"]
         agrees = "agreed" if p_side > 0.5 else "disagreed"
         text += (
@@ -231,7 +255,7 @@ def _gates_text(f: dict[str, Any]) -> str:
         )
     elif d["action"] == "trade":
         checks = []
-        if d["chosen_arm"] in ("pros", "amateurs") and th.get("low_conf_veto") not in (None, "off"):
+        if d["chosen_arm"] in COHORT_ARMS and th.get("low_conf_veto") not in (None, "off"):
             checks.append(
                 f"the low-confidence veto (cohort arms below {th['low_conf_min']:.0%} model "
                 f"confidence, {th['low_conf_veto']}) let it pass"

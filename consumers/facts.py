@@ -526,6 +526,14 @@ def decision_facts(
         else {k: _r(sig["features"][k]) for k in FEATURES_SHOWN if k in sig["features"]},
         "thresholds": tel.thresholds_at(sym, ts),
     }
+    proxy = sig.get("size_proxy")  # absent (files) or null (Kafka) when the proxy is off
+    if proxy is not None:
+        facts["size_proxy"] = {
+            "s_top": _r(proxy["s_top"]),
+            "s_bot": _r(proxy["s_bot"]),
+            "top_group": proxy["top_group"],
+            "large_min_usd": _r(proxy["large_min_usd"], 2),
+        }
     ens = tel.ensemble.get((sym, ts))
     if ens is not None:
         facts["overlays"] = [

@@ -117,6 +117,9 @@ ALLOWED_KEYS = frozenset(
         "s_model_meta",
         "s_model_bma",
         "cohort",
+        "size_proxy",  # the trade-size cohort proxy (operators/size_proxy.py)
+        "top_group",
+        "large_min_usd",
         "s_top",
         "s_bot",
         "s_mood",

@@ -205,6 +205,7 @@ class MarketLogic(StatefulBatchLogic):
             s.allowed_lateness_ms,
             s.strategy.cohorts,
             s.max_jump_ms,
+            s.strategy.size_proxy,
         )
 
     def _ensure(self, symbol: str) -> MarketState:
@@ -216,6 +217,7 @@ class MarketLogic(StatefulBatchLogic):
                 s.allowed_lateness_ms,
                 s.strategy.cohorts,
                 s.max_jump_ms,
+                s.strategy.size_proxy,
             )
         return self.state
 
@@ -310,6 +312,7 @@ def context_step(
     try:
         if isinstance(item, Close):
             ctx = join.at_close(item.bar, item.cohort, Staleness.of(settings.strategy))
+            ctx.size_proxy = item.size_proxy
             ctx.closed_ns = time.perf_counter_ns()  # for the decision-latency metric
             return join, [ctx]
         join.add(item)

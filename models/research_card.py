@@ -114,6 +114,14 @@ def write_research_card(path: Path, res: dict[str, Any]) -> None:
         "",
         *outcomes(wf_rows),
         "",
+        "The trade-size cohort proxy (issue 13 item 3: arms `pros_size_proxy` / "
+        "`amateurs_size_proxy`, from large vs small prints ranked by their own past skill) is "
+        "not in these tables: it classifies prints, a candle has none, so its arms never "
+        "exist in a candle replay. It is measured where prints exist, on the generator with "
+        "its addresses stripped and on the two real Binance trade samples (46 s and 6 min "
+        "long, so unmeasured on real data), in [size_proxy.md](size_proxy.md) "
+        "(`python -m models.size_proxy_eval`).",
+        "",
         "## The test block",
         "",
         "Pre-registered rule: a candidate is scored on the block only if its walk-forward "

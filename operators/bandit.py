@@ -1,4 +1,5 @@
-"""Gaussian Thompson sampling over the four arms, eligible arms only.
+"""Gaussian Thompson sampling over the arms (SPEC 6's four, and the size proxy's two
+when it is on), eligible arms only.
 
 Each arm's reward (realised net PnL of its decisions, in bps) is modelled as Gaussian with
 an unknown mean; its posterior mean shrinks toward the prior with `prior_weight`
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators.config import BanditConfig
-from operators.gating import ARMS, MODEL_ARMS
+from operators.gating import ALL_ARMS, ARMS, MODEL_ARMS
 
 
 @dataclass(slots=True)
@@ -34,7 +35,7 @@ class ThompsonBandit:
 
     def posterior(self, arm: str, cfg: BanditConfig) -> tuple[float, float]:
         """Posterior mean and standard deviation of the arm's mean reward, in bps."""
-        s, c = self.stats[arm], cfg
+        s, c = self.stats.get(arm) or ArmStats(), cfg
         w = c.prior_weight
         mu = (w * c.prior_mean_bps + s.n * s.mean) / (w + s.n)
         noise_var = (s.m2 + w * c.prior_sd_bps**2) / (max(s.n - 1, 0) + w)
@@ -44,7 +45,7 @@ class ThompsonBandit:
         self, eligible: dict[str, bool], rng: np.random.Generator, cfg: BanditConfig
     ) -> tuple[str, dict]:
         """Choose among eligible arms; returns the arm and the per-arm samples drawn."""
-        arms = [a for a in ARMS if eligible.get(a)]
+        arms = [a for a in ALL_ARMS if eligible.get(a)]
         if not arms:
             raise ValueError("select() needs at least one eligible arm")
         if cfg.epsilon > 0.0 and rng.random() < cfg.epsilon:
@@ -54,21 +55,24 @@ class ThompsonBandit:
         for a in arms:
             mu, sd = self.posterior(a, cfg)
             samples[a] = float(rng.normal(mu + (bonus if a in MODEL_ARMS else 0.0), sd))
-        best = max(arms, key=lambda a: samples[a])  # ties: first in ARMS order
+        best = max(arms, key=lambda a: samples[a])  # ties: first in ALL_ARMS order
         return best, samples
 
     def update(self, arm: str, reward_bps: float) -> None:
         if not math.isfinite(reward_bps):
             raise ValueError(f"reward for {arm} must be finite, got {reward_bps!r}")
-        s = self.stats[arm]
+        s = self.stats.setdefault(arm, ArmStats())  # a proxy arm's first reward
         s.n += 1
         delta = reward_bps - s.mean
         s.mean += delta / s.n
         s.m2 += delta * (reward_bps - s.mean)
 
-    def as_dict(self, cfg: BanditConfig) -> dict[str, dict[str, float]]:
+    def as_dict(
+        self, cfg: BanditConfig, arms: tuple[str, ...] = ARMS
+    ) -> dict[str, dict[str, float]]:
         out = {}
-        for a in ARMS:
+        for a in arms:
             mu, sd = self.posterior(a, cfg)
-            out[a] = {"n": float(self.stats[a].n), "mean_bps": mu, "sd_bps": sd}
+            n = self.stats[a].n if a in self.stats else 0  # a proxy arm not yet rewarded
+            out[a] = {"n": float(n), "mean_bps": mu, "sd_bps": sd}
         return out

@@ -84,6 +84,38 @@ class CohortConfig:
 
 
 @dataclass(frozen=True)
+class SizeProxyConfig:
+    """The trade-size cohort proxy (operators/size_proxy.py) for trades without addresses.
+
+    Off by default: the presets' outputs stay as they were. `large_quantile` was set before
+    any measurement (the top decile of prints, as `cohorts.top_frac` takes the top decile
+    of addresses) and is not tuned on results."""
+
+    enabled: bool = False
+    large_quantile: float = 0.90  # a print at or above this quantile of earlier prints is large
+    size_halflife_bars: float = 288.0  # memory of the print-size distribution (1 day of 5m)
+    min_prints: int = 1000  # earlier prints needed before any print is classified
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.enabled, bool), "size_proxy.enabled", self.enabled, "must be a boolean"
+        )
+        _check(
+            isinstance(self.large_quantile, (int, float)) and 0 < self.large_quantile < 1,
+            "size_proxy.large_quantile",
+            self.large_quantile,
+            "must be in (0, 1)",
+        )
+        _positive("size_proxy.size_halflife_bars", self.size_halflife_bars)
+        _check(
+            isinstance(self.min_prints, int) and self.min_prints >= 1,
+            "size_proxy.min_prints",
+            self.min_prints,
+            "must be an integer >= 1",
+        )
+
+
+@dataclass(frozen=True)
 class GateConfig:
     low_conf_veto: GuardMode = GuardMode.OFF  # veto cohort-arm trades when conf < low_conf_min
     low_conf_min: float = 0.55
@@ -271,6 +303,7 @@ class StrategyConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     account: AccountConfig = field(default_factory=AccountConfig)
+    size_proxy: SizeProxyConfig = field(default_factory=SizeProxyConfig)
     flip_model: bool = False  # flip the sign of model signals
     warmup_bars: int = 1000  # 5m bars before the first decision
 
@@ -311,7 +344,12 @@ class StrategyConfig:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+        """The configuration for the audit. The size proxy appears only when enabled, so a
+        preset's audit (and every output) is what it was before the proxy existed."""
+        d = json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+        if not self.size_proxy.enabled:
+            del d["size_proxy"]
+        return d
 
 
 def _enum_value(v: Any) -> Any:

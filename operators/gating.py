@@ -4,6 +4,10 @@ Numbers from SPEC 6: eligibility at S_MIN / CONF_MIN / ALPHA_MIN; the no-trade z
 (`low_conf_veto` below conf 0.55 for cohort arms); the consensus gate against a strong 1h
 trend (0.2%); dynamic CONF_MIN from 1h realised volatility. Each gate has a GuardMode:
 OFF, ON, or SHADOW (report the would-be veto, trade anyway).
+
+With the trade-size cohort proxy on (operators/size_proxy.py) there are two more arms,
+`pros_size_proxy` and `amateurs_size_proxy`: cohort arms in every rule (S_MIN, alpha =
+|signal|, the no-trade zone), named as the proxy they are. With it off they do not exist.
 """
 
 from __future__ import annotations
@@ -12,12 +16,20 @@ from dataclasses import dataclass
 
 from operators.config import GateConfig, GuardMode, Thresholds
 from operators.reasons import Reason
+from operators.size_proxy import ProxyValues
 
 ARMS = ("pros", "amateurs", "model_meta", "model_bma")
+PROXY_ARMS = ("pros_size_proxy", "amateurs_size_proxy")  # only with size_proxy.enabled
+ALL_ARMS = ARMS + PROXY_ARMS
 # Thresholds are inclusive; this absorbs float noise such as 1 - 0.7 = 0.30000000000000004.
 EPS = 1e-12
-COHORT_ARMS = frozenset({"pros", "amateurs"})
+COHORT_ARMS = frozenset({"pros", "amateurs", *PROXY_ARMS})
 MODEL_ARMS = frozenset({"model_meta", "model_bma"})
+
+
+def arms_in_use(size_proxy: bool) -> tuple[str, ...]:
+    """The bandit's arms: SPEC 6's four, and the size proxy's two when it is on."""
+    return ALL_ARMS if size_proxy else ARMS
 
 
 @dataclass(slots=True)
@@ -45,12 +57,18 @@ class Signals:
     s_bot: float
     s_mood: float
     model: ModelView
+    size_proxy: ProxyValues | None = None  # None: the proxy is off
 
     def arm_value(self, arm: str) -> float:
         if arm == "pros":
             return self.s_top
         if arm == "amateurs":
             return self.s_bot
+        if arm in PROXY_ARMS:
+            p = self.size_proxy
+            if p is None:
+                raise ValueError(f"arm {arm} needs the size proxy, which is off")
+            return p.s_top if arm == "pros_size_proxy" else p.s_bot
         if arm == "model_meta":
             return self.model.s_model_meta
         return self.model.s_model_bma
@@ -66,12 +84,17 @@ def effective_conf_min(th: Thresholds, gates: GateConfig, rv_1h_annual: float) -
 
 def eligibility(sig: Signals, th: Thresholds, conf_min: float) -> dict[str, bool]:
     model_ok = sig.model.conf >= conf_min - EPS and sig.model.alpha >= th.ALPHA_MIN - EPS
-    return {
+    elig = {
         "pros": abs(sig.s_top) >= th.S_MIN - EPS,
         "amateurs": abs(sig.s_bot) >= th.S_MIN - EPS,
         "model_meta": model_ok,
         "model_bma": model_ok,
     }
+    p = sig.size_proxy
+    if p is not None:  # like the cohort arms, once the two size groups are ranked
+        elig["pros_size_proxy"] = p.ready and abs(p.s_top) >= th.S_MIN - EPS
+        elig["amateurs_size_proxy"] = p.ready and abs(p.s_bot) >= th.S_MIN - EPS
+    return elig
 
 
 def side_threshold(arm: str, th: Thresholds) -> float:

@@ -19,6 +19,9 @@ Configuration is not state: the lateness, the jump limit, whether bars come from
 and the cohort settings are bound by `configure` at every build or resume and are left out
 of every snapshot (`__getstate__`), so a restart always runs with the current settings.
 
+With `size_proxy.enabled`, every trade also feeds the trade-size cohort proxy
+(operators/size_proxy.py) and each `Close` carries its values.
+
 Live (wall clock), `on_tick` gives processing-time progress: with no new record, the
 stream's event time is taken to advance with the wall clock since its last record, so a
 quiet symbol's bars (gap bars for empty windows) still close after the allowed lateness.
@@ -33,9 +36,10 @@ from typing import Any
 
 from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
-from operators.config import CohortConfig
+from operators.config import CohortConfig, SizeProxyConfig
 from operators.dedup import RecentTrades
 from operators.events import Candle, Trade
+from operators.size_proxy import ProxyValues, SizeProxy, bind
 
 JUMP_CONFIRMATIONS = 50
 DEFAULT_ALLOWED_LATENESS_MS = 5_000
@@ -48,6 +52,7 @@ class Close:
 
     bar: Bar
     cohort: CohortValues | None
+    size_proxy: ProxyValues | None = None  # only when the size proxy is on
 
 
 @dataclass(slots=True)
@@ -56,7 +61,13 @@ class Late:
     reason: str
 
 
-_CONFIG = ("bars_from_candles", "allowed_lateness_ms", "cohort_cfg", "max_jump_ms")
+_CONFIG = (
+    "bars_from_candles",
+    "allowed_lateness_ms",
+    "cohort_cfg",
+    "max_jump_ms",
+    "size_proxy_cfg",
+)
 
 
 @dataclass
@@ -66,10 +77,12 @@ class MarketState:
     allowed_lateness_ms: int
     cohort_cfg: CohortConfig
     max_jump_ms: int = DEFAULT_MAX_JUMP_MS
+    size_proxy_cfg: SizeProxyConfig = field(default_factory=SizeProxyConfig)
     ahead: list[Trade | Candle] = field(default_factory=list)
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)
     cohorts: CohortTracker = field(init=False)
+    size_proxy: SizeProxy | None = field(init=False)
     recent: RecentTrades = field(default_factory=RecentTrades)
     late_count: int = 0
     duplicate_count: int = 0
@@ -78,6 +91,7 @@ class MarketState:
         self.builder = BarBuilder(self.symbol, self.allowed_lateness_ms)
         self.higher = [BarAggregator(self.symbol, "15m"), BarAggregator(self.symbol, "1h")]
         self.cohorts = CohortTracker(self.cohort_cfg)
+        self.size_proxy = bind(None, self.size_proxy_cfg, self.cohort_cfg)
 
     def configure(
         self,
@@ -85,12 +99,15 @@ class MarketState:
         allowed_lateness_ms: int,
         cohort_cfg: CohortConfig,
         max_jump_ms: int,
+        size_proxy_cfg: SizeProxyConfig | None = None,
     ) -> MarketState:
         """Bind the running settings (after a resume: the state holds none)."""
         self.bars_from_candles = bars_from_candles
         self.allowed_lateness_ms = self.builder.allowed_lateness_ms = allowed_lateness_ms
         self.cohort_cfg = self.cohorts.cfg = cohort_cfg
         self.max_jump_ms = max_jump_ms
+        self.size_proxy_cfg = size_proxy_cfg or SizeProxyConfig()
+        self.size_proxy = bind(self.size_proxy, self.size_proxy_cfg, cohort_cfg)
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -100,6 +117,7 @@ class MarketState:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("recent", RecentTrades())  # snapshots from before deduplication
         state.setdefault("duplicate_count", 0)
+        state.setdefault("size_proxy", None)  # snapshots from before the size proxy
         self.__dict__.update(state)
 
     def on_tick(self, now_ms: int, idle_ms: int, out: list[Any]) -> None:
@@ -148,12 +166,16 @@ class MarketState:
             if self.bars_from_candles:
                 if not self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller):
                     self._late(e, out)
+                elif self.size_proxy is not None:
+                    self.size_proxy.add_trade(e.ts_event_ms, e.px, e.qty, e.side)
                 return
             bars = self.builder.add_trade(e.ts_event_ms, e.px, e.qty)
             if bars is None:
                 self._late(e, out)
                 return
             self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller)
+            if self.size_proxy is not None:
+                self.size_proxy.add_trade(e.ts_event_ms, e.px, e.qty, e.side)
             if bars:
                 self._closed(bars, out)
         elif isinstance(e, Candle):
@@ -205,4 +227,5 @@ class MarketState:
                 hb = agg.add(b)
                 if hb is not None:
                     out.append(hb)
-            out.append(Close(b, cohort))
+            proxy = None if self.size_proxy is None else self.size_proxy.close_bar(b)
+            out.append(Close(b, cohort, proxy))

@@ -19,6 +19,7 @@ from operators.bars import TIMEFRAME_MS, Bar
 from operators.cohorts import CohortValues
 from operators.config import StrategyConfig
 from operators.events import CohortSnapshot, ControlCommand, Funding, OverlaySignal
+from operators.size_proxy import ProxyValues
 
 T = TypeVar("T")
 
@@ -96,6 +97,7 @@ class BarContext:
     p_up: float | None = None
     p_up_bma: float | None = None
     model_id: str = ""
+    size_proxy: ProxyValues | None = None  # the trade-size cohort proxy, when it is on
     closed_ns: int = 0  # perf_counter_ns when the bar left the market step (latency metric)
 
 

@@ -90,6 +90,10 @@ MODEL_GLOBALS = frozenset(
         ("sklearn.pipeline", "Pipeline"),
         ("sklearn.preprocessing._data", "StandardScaler"),
         ("sklearn.preprocessing._label", "LabelEncoder"),
+        # the research harness's baselines and meta-labelling (`make evaluate` replays them
+        # through the flow): plain classes holding numbers and a bundle of the types above
+        ("models.baselines", "RuleModel"),
+        ("models.metalabel", "MetaLabelModel"),
     }
 )
 

@@ -201,6 +201,18 @@ def signals(
     c = ctx.cohort
     d = dict(decision)
     d.setdefault("exit", None)
+    p = ctx.size_proxy
+    proxy = {}  # the field exists only with the proxy on: the presets' records are unchanged
+    if p is not None:
+        proxy["size_proxy"] = {
+            "s_top": p.s_top,
+            "s_bot": p.s_bot,
+            "s_mood": p.s_mood,
+            "top_group": p.top_group,
+            "large_min_usd": p.large_min_usd,
+            "skill_large": p.skill_large,
+            "skill_small": p.skill_small,
+        }
     return (
         "signals",
         stamp(
@@ -228,6 +240,7 @@ def signals(
             decision=d,
             trading_state=trading_state.value,
             shadow=shadow,
+            **proxy,
         ),
     )
 

@@ -34,6 +34,7 @@ from operators.features import LOOKBACK_BARS
 from operators.fills import fill_pending
 from operators.gating import (
     Signals,
+    arms_in_use,
     consensus_veto,
     direction_and_alpha,
     effective_conf_min,
@@ -169,7 +170,7 @@ class Strategy:
         out.append(records.ensemble(self.stamp, ctx, decision, mv))
         status = records.strategy_status(s, equity, cfg)
         sharpe_30d = sharpe(returns_of([e for _, e in s.daily_equity]))
-        bandit = s.bandit.as_dict(cfg.bandit)
+        bandit = s.bandit.as_dict(cfg.bandit, arms_in_use(cfg.size_proxy.enabled))
         out.append(records.health(self.stamp, s, t, equity, status, sharpe_30d, bandit))
         if s.bar_index % CALIBRATION_EVERY_BARS == 0 and s.calib_resolved:
             pairs = list(s.calib_resolved)
@@ -264,7 +265,7 @@ class Strategy:
             "halt_reason": r.halt_reason,
             "peak_equity_usd": r.peak_equity,
             "consecutive_losses": r.consecutive_losses,
-            "bandit": s.bandit.as_dict(self.cfg.bandit),
+            "bandit": s.bandit.as_dict(self.cfg.bandit, arms_in_use(self.cfg.size_proxy.enabled)),
             "account": {
                 "trading_state": self.account.state.value,
                 "halt_reason": self.account.halt_reason,
@@ -380,7 +381,7 @@ class Strategy:
         mv = model_view(ctx.p_up, ctx.p_up_bma, cfg.flip_model)
         s.recent_conf.append(mv.conf)
         s.calib_pending.append((s.bar_index, ctx.p_up, ctx.bar.close))
-        sig = Signals(ctx.cohort.s_top, ctx.cohort.s_bot, ctx.cohort.s_mood, mv)
+        sig = Signals(ctx.cohort.s_top, ctx.cohort.s_bot, ctx.cohort.s_mood, mv, ctx.size_proxy)
         th, gates = cfg.thresholds, cfg.gates
         conf_min = effective_conf_min(th, gates, feats["rv_1h_annual"])
         if gates.dynamic_conf_min is GuardMode.SHADOW:
