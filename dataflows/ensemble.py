@@ -136,6 +136,8 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
             offset=raw.offset,
         )
         return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
+    if raw.partition is not None:  # Kafka: the market step keeps each partition's progress
+        event.part = f"{raw.topic}#{raw.partition}"
     if isinstance(event, ControlCommand):
         try:
             event = verify(event, settings.operator_keys, settings.strategy.strategy_id)
@@ -182,8 +184,9 @@ class MarketLogic(StatefulBatchLogic):
         self.settings, self.stamp, self.state = settings, stamp, state
         if state is not None:
             self._configure(state)
+            state.progress.restart(wall_clock_ms())
         # Wall time of the last record (a restart counts as one): the tick's idle time.
-        self.last_arrival_ms = wall_clock_ms()
+        self.last_arrival_ms = self.started_ms = wall_clock_ms()
 
     @classmethod
     def build(cls, settings: Settings, stamp: Stamp, resume: MarketState | None) -> MarketLogic:
@@ -196,6 +199,8 @@ class MarketLogic(StatefulBatchLogic):
             s.allowed_lateness_ms,
             s.strategy.cohorts,
             s.max_jump_ms,
+            s.strategy.bands,
+            s.source_idle_ms,
         )
 
     def _ensure(self, symbol: str) -> MarketState:
@@ -207,17 +212,21 @@ class MarketLogic(StatefulBatchLogic):
                 s.allowed_lateness_ms,
                 s.strategy.cohorts,
                 s.max_jump_ms,
+                s.strategy.bands,
+                s.source_idle_ms,
             )
+            self.state.progress.restart(self.started_ms)
         return self.state
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
+        now = wall_clock_ms()
         for e in values:
             st = self._ensure(e.symbol)
             try:
-                st.on_event(e, out)
+                st.on_event(e, out, now)
             except Exception as exc:  # one bad record must not stop the flow
                 out.append(
                     _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
@@ -286,7 +295,7 @@ class MarketLogic(StatefulBatchLogic):
 
 
 def _event_dict(e: Any) -> dict[str, Any]:
-    return {f: getattr(e, f) for f in e.__slots__}
+    return {f: getattr(e, f) for f in e.__slots__ if f != "part"}
 
 
 # -- context join, features, predict -----------------------------------------------------
