@@ -10,9 +10,12 @@ counted by the market step, never folded in).
 
 Every trade, outlier or not, enters the reference window: the median ignores a minority
 of lies, and a real level shift (a crash) confirms itself once most recent trades agree.
-Before `MIN_REFERENCE` trades there is no reference yet; only absurd values (beyond
-`ABSURD`, where sums of a few records overflow or lose every digit of a real price) are
-refused then.
+Each input partition keeps its own reference (`Bands`), so trades read ahead on another
+partition (hours later, at another price level) never judge the real ones. Before a
+partition has `MIN_REFERENCE` trades, its trades are judged by another partition's
+reference if that one saw trades within `NEARBY_MS` of event time; with none, only absurd
+values (beyond `ABSURD`, where sums of a few records overflow or lose every digit of a
+real price) are refused.
 
 Candles (bars of symbols traded from a venue's 1m or 5m candles) are checked for absurd
 values only: a band over the last candles spans hours, so it would refuse a real crash
@@ -30,6 +33,7 @@ from operators.config import BandConfig
 REFERENCE_TRADES = 128
 REFRESH = 16
 MIN_REFERENCE = 16
+NEARBY_MS = 300_000
 ABSURD = 1e12  # a price, size or notional past this is never a market
 
 
@@ -46,41 +50,35 @@ def candle_outlier(high: float, volume: float) -> str | None:
 
 @dataclass
 class Reference:
-    """The recent reference price and size of one symbol."""
+    """The recent reference price and size of one input partition's trades."""
 
     px: deque[float] = field(default_factory=lambda: deque(maxlen=REFERENCE_TRADES))
     qty: deque[float] = field(default_factory=lambda: deque(maxlen=REFERENCE_TRADES))
     ref_px: float | None = None
     ref_qty: float | None = None
     since_refresh: int = 0
+    last_ts_ms: int = 0  # event time of the latest trade it saw
 
-    def _remember(self, px: float, qty: float) -> None:
+    def remember(self, ts_ms: int, px: float, qty: float) -> None:
         self.px.append(px)
         self.qty.append(qty)
+        self.last_ts_ms = max(self.last_ts_ms, ts_ms)
         self.since_refresh += 1
         if self.since_refresh >= REFRESH and len(self.px) >= MIN_REFERENCE:
             self.since_refresh = 0
             self.ref_px = statistics.median(self.px)
             self.ref_qty = statistics.median(self.qty)
 
-    def check_trade(self, px: float, qty: float, cfg: BandConfig) -> str | None:
-        """The reason `px`/`qty` is an outlier, or None; remembers them either way."""
-        reason = (
-            _absurd("price", px)
-            or _absurd("size", qty)
-            or _absurd("notional", px * qty)
-            or self._price(px, "price", cfg)
-            or self._size(qty, cfg)
-        )
-        self._remember(px, qty)
-        return reason
+    def judge(self, px: float, qty: float, cfg: BandConfig) -> str | None:
+        """Why `px`/`qty` lie outside this reference's bands, or None."""
+        return self._price(px, cfg) or self._size(qty, cfg)
 
-    def _price(self, px: float, name: str, cfg: BandConfig) -> str | None:
+    def _price(self, px: float, cfg: BandConfig) -> str | None:
         ref = self.ref_px
         if ref is None or abs(px / ref - 1.0) <= cfg.max_price_deviation:
             return None
         return (
-            f"outlier: {name} {px!r} is {abs(px / ref - 1.0):.1%} from the reference "
+            f"outlier: price {px!r} is {abs(px / ref - 1.0):.1%} from the reference "
             f"{ref:g} (median of the last {len(self.px)} trades; max deviation "
             f"{cfg.max_price_deviation:.0%}, setting bands.max_price_deviation)"
         )
@@ -94,3 +92,32 @@ class Reference:
             f"(median of the last {len(self.qty)} trades; max {cfg.max_size_multiple:g} "
             "times, setting bands.max_size_multiple)"
         )
+
+
+@dataclass
+class Bands:
+    """One symbol's references, one per input partition (None: a file run's one stream)."""
+
+    refs: dict[str | None, Reference] = field(default_factory=dict)
+
+    def check_trade(
+        self, part: str | None, ts_ms: int, px: float, qty: float, cfg: BandConfig
+    ) -> str | None:
+        """The reason the trade is an outlier, or None; it enters its partition's reference
+        either way."""
+        ref = self.refs.get(part)
+        if ref is None:
+            ref = self.refs[part] = Reference()
+        reason = _absurd("price", px) or _absurd("size", qty) or _absurd("notional", px * qty)
+        if reason is None:
+            judge = ref if ref.ref_px is not None else self._nearby(ts_ms)
+            reason = None if judge is None else judge.judge(px, qty, cfg)
+        ref.remember(ts_ms, px, qty)
+        return reason
+
+    def _nearby(self, ts_ms: int) -> Reference | None:
+        """Another partition's reference from trades near `ts_ms` in event time."""
+        for ref in self.refs.values():
+            if ref.ref_px is not None and abs(ref.last_ts_ms - ts_ms) <= NEARBY_MS:
+                return ref
+        return None

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.bands import Reference, candle_outlier
+from operators.bands import Bands, candle_outlier
 from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig
@@ -94,7 +94,7 @@ class MarketState:
     cohorts: CohortTracker = field(init=False)
     recent: RecentTrades = field(default_factory=RecentTrades)
     progress: Progress = field(default_factory=Progress)
-    trade_ref: Reference = field(default_factory=Reference)
+    bands: Bands = field(default_factory=Bands)
     late_count: int = 0
     duplicate_count: int = 0
     outlier_count: int = 0
@@ -131,7 +131,7 @@ class MarketState:
         state.setdefault("recent", RecentTrades())
         state.setdefault("duplicate_count", 0)
         state.setdefault("outlier_count", 0)
-        state.setdefault("trade_ref", Reference())
+        state.setdefault("bands", Bands())
         if isinstance(state.get("ahead"), list):
             state["ahead"] = {None: state["ahead"]} if state["ahead"] else {}
         if "progress" not in state:
@@ -152,14 +152,14 @@ class MarketState:
     def on_event(self, e: Any, out: list[Any], now_ms: int = 0) -> None:
         """Append what `e` produces to `out` (in order); `now_ms` is the wall clock (it
         tells which input partitions are idle)."""
+        part = e.part
+        self.progress.arrivals[part] = now_ms  # whatever becomes of it: the partition is live
         drives_bars = isinstance(e, Candle) if self.bars_from_candles else isinstance(e, Trade)
         if drives_bars:
-            part = e.part
             seen = self.progress.source_progress(part)
             if seen is not None and e.ts_event_ms > seen + self.max_jump_ms:
                 held = self.ahead.setdefault(part, [])
                 held.append(e)
-                self.progress.arrivals[part] = now_ms  # held, but the partition is not idle
                 if len(held) >= JUMP_CONFIRMATIONS:  # its own partition confirms the jump
                     del self.ahead[part]
                     for h in held:
@@ -187,12 +187,13 @@ class MarketState:
     def _market(self, e: Any, out: list[Any], now_ms: int) -> None:
         if isinstance(e, Trade):
             if self.recent.seen(e.ts_event_ms, (e.venue, e.trade_id)):
-                self.duplicate_count += 1
+                self.duplicate_count += 1  # a real trade's time: its partition progresses
+                self._observe(e.part, e.ts_event_ms, now_ms, out, trade=True)
                 return
             if not self.bars_from_candles and self.builder.is_late(e.ts_event_ms):
                 self._late(e, out)  # late says more than a price from another time
                 return
-            reason = self.trade_ref.check_trade(e.px, e.qty, self.bands_cfg)
+            reason = self.bands.check_trade(e.part, e.ts_event_ms, e.px, e.qty, self.bands_cfg)
             if reason is not None:
                 self._outlier(e, reason, out)
                 return
