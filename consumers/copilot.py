@@ -47,6 +47,7 @@ from consumers.facts import (
     why_facts,
 )
 from consumers.stream import KafkaSettings, Record, TopicsMissing, read_to_end
+from operators.redaction import scrub
 
 __all__ = [
     "STREAMS",
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     else:
         why = "--no-llm" if args.no_llm else f"{llm.ENV_BASE_URL} unset"
         print(f"copilot: deterministic answer ({why})", file=sys.stderr)
-    print(ans.text)
+    print(scrub(ans.text, addresses=True))  # it quotes records: halt reasons, errors
     return 0
 
 

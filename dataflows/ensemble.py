@@ -447,9 +447,12 @@ def _is_record(kv: tuple[str, Any]) -> bool:
 
 
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
-    """(stream, record), counted in the Prometheus metrics on its way out."""
-    metrics.observe(e.stream, e.record)
-    return e.stream, e.record
+    """(stream, record), scrubbed of secret-looking values (an operator's halt reason, an
+    error message: operators/redaction.py) and counted in the Prometheus metrics on its
+    way out."""
+    record = clean(e.record)
+    metrics.observe(e.stream, record)
+    return e.stream, record
 
 
 def build_flow(
