@@ -48,6 +48,7 @@ from operators.predict import ArtifactError, load_runtime
 from operators.redaction import clean, scrub
 from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
+from operators.watermark import InputPartitions
 from schemas.codec import STREAM_SCHEMAS
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
@@ -157,40 +158,83 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
     return [event]
 
 
-def commands_step(
-    settings: Settings, stamp: Stamp, gate: CommandGate | None, event: Any
-) -> tuple[CommandGate, list[Any]]:
-    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on."""
-    gate = gate or CommandGate(window_ms=settings.command_window_ms)
-    out: list[Any] = []
-    for item in gate.on_event(event):
-        if isinstance(item, CommandRefused):
-            cmd = item.command  # type: ignore[attr-defined]
-            fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
-            out += [
-                Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
-                Emit("summary", {"dead_letter": str(item)}),
-            ]
+class CommandLogic(StatefulLogic):
+    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on.
+    At the end of a finite input, held commands are judged against its last market time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stamp: Stamp,
+        inputs: InputPartitions | None,
+        gate: CommandGate | None,
+    ) -> None:
+        self.stamp, self.inputs = stamp, inputs
+        now = wall_clock_ms()
+        if gate is None:
+            gate = CommandGate(
+                window_ms=settings.command_window_ms, idle_ms=settings.source_idle_ms
+            )
+        gate.progress.restart(now)
+        self.gate = gate
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        if self.inputs is not None:  # every event passes here: each partition's latest time
+            self.inputs.saw(value.part, value.ts_event_ms)
+        items = self.gate.on_event(value, wall_clock_ms(), self.inputs)
+        self._holding(value.symbol)
+        return self._out(items), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        items = self.gate.flush()
+        for item in items:
+            self._holding(getattr(item, "symbol", None) or item.command.symbol)
+        return self._out(items), StatefulLogic.RETAIN
+
+    def _holding(self, symbol: str) -> None:
+        """Tell the market step not to close bars past a command held here."""
+        if self.inputs is None:
+            return
+        if self.gate.held:
+            self.inputs.held_ms[symbol] = min(c.ts_event_ms for c in self.gate.held)
         else:
-            out.append(item)
-    return gate, out
+            self.inputs.held_ms.pop(symbol, None)
+
+    def _out(self, items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, CommandRefused):
+                cmd = item.command  # type: ignore[attr-defined]
+                fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
+                out += [
+                    Emit("dead_letters", dead_letter(self.stamp, "control", fields, str(item))),
+                    Emit("summary", {"dead_letter": str(item)}),
+                ]
+            else:
+                out.append(item)
+        return out
+
+    def snapshot(self) -> CommandGate:
+        return copy.deepcopy(self.gate)
 
 
 # -- market -----------------------------------------------------------------------------
 class MarketLogic(StatefulBatchLogic):
     """The market step of one symbol; the running settings are bound at every build."""
 
-    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState | None) -> None:
-        self.settings, self.stamp, self.state = settings, stamp, state
+    def __init__(
+        self,
+        settings: Settings,
+        stamp: Stamp,
+        inputs: InputPartitions | None,
+        state: MarketState | None,
+    ) -> None:
+        self.settings, self.stamp, self.state, self.inputs = settings, stamp, state, inputs
         if state is not None:
             self._configure(state)
             state.progress.restart(wall_clock_ms())
         # Wall time of the last record (a restart counts as one): the tick's idle time.
         self.last_arrival_ms = self.started_ms = wall_clock_ms()
-
-    @classmethod
-    def build(cls, settings: Settings, stamp: Stamp, resume: MarketState | None) -> MarketLogic:
-        return cls(settings, stamp, resume)
 
     def _configure(self, state: MarketState) -> MarketState:
         s = self.settings
@@ -201,6 +245,7 @@ class MarketLogic(StatefulBatchLogic):
             s.max_jump_ms,
             s.strategy.bands,
             s.source_idle_ms,
+            self.inputs,
         )
 
     def _ensure(self, symbol: str) -> MarketState:
@@ -214,6 +259,7 @@ class MarketLogic(StatefulBatchLogic):
                 s.max_jump_ms,
                 s.strategy.bands,
                 s.source_idle_ms,
+                self.inputs,
             )
             self.state.progress.restart(self.started_ms)
         return self.state
@@ -469,10 +515,11 @@ def build_flow(
 
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
+    inputs = InputPartitions() if kafka else None  # this run's partitions, for alignment
     if source is not None:
         raw = op.input("input", flow, source)
     elif kafka:
-        msgs = op.input("input", flow, kafka_source(settings))
+        msgs = op.input("input", flow, kafka_source(settings, inputs))
         raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
     else:
         raw = op.input("input", flow, _MarketSource(settings, messages))
@@ -480,12 +527,12 @@ def build_flow(
     bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
     keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
-    checked = op.stateful_flat_map("commands", keyed, partial(commands_step, settings, stamp))
+    checked = op.stateful("commands", keyed, partial(CommandLogic, settings, stamp, inputs))
     refused = op.filter_map(
         "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
     )
     accepted = op.filter("accepted", checked, lambda kv: not isinstance(kv[1], Emit))
-    market = op.stateful_batch("market", accepted, partial(MarketLogic.build, settings, stamp))
+    market = op.stateful_batch("market", accepted, partial(MarketLogic, settings, stamp, inputs))
     # Records (bars, dead letters, errors) branch off to the sink after each step; only
     # market data rides on through the keyed stateful steps.
     market_out = op.branch("market_records", market, _is_record)

@@ -46,7 +46,7 @@ from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig
 from operators.dedup import RecentTrades
 from operators.events import Candle, Trade
-from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, Progress
+from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions, Progress
 
 JUMP_CONFIRMATIONS = 50
 DEFAULT_ALLOWED_LATENESS_MS = 5_000
@@ -76,6 +76,7 @@ _CONFIG = (
     "max_jump_ms",
     "bands_cfg",
     "source_idle_ms",
+    "inputs",
 )
 
 
@@ -88,6 +89,7 @@ class MarketState:
     max_jump_ms: int = DEFAULT_MAX_JUMP_MS
     bands_cfg: BandConfig = field(default_factory=BandConfig)
     source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS
+    inputs: InputPartitions | None = None  # the Kafka source's view of its partitions
     ahead: dict[str | None, list[Trade | Candle]] = field(default_factory=dict)  # by partition
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)
@@ -112,6 +114,7 @@ class MarketState:
         max_jump_ms: int,
         bands_cfg: BandConfig | None = None,
         source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS,
+        inputs: InputPartitions | None = None,
     ) -> MarketState:
         """Bind the running settings (after a resume: the state holds none)."""
         self.bars_from_candles = bars_from_candles
@@ -120,6 +123,7 @@ class MarketState:
         self.max_jump_ms = max_jump_ms
         self.bands_cfg = bands_cfg or BandConfig()
         self.source_idle_ms = source_idle_ms
+        self.inputs = inputs
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -240,7 +244,8 @@ class MarketState:
         run is one ordered stream: the quorum of its bar-driving kind."""
         quorum = 1 if self.bars_from_candles or not (trade or part is None) else QUORUM
         self.progress.observe(part, ts_ms, now_ms, quorum)
-        p = self.progress.advance(now_ms, self.source_idle_ms)
+        cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+        p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
         if p is not None:
             self._closed(self.builder.advance(p), out)
 

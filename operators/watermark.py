@@ -14,10 +14,12 @@ symbol's progress is the minimum over its active sources, never decreasing: a pa
 read ahead of the others, or carrying misrouted records, cannot close another's bars, and
 funding, overlay, cohort and control records are in the context join before the bar they
 belong to closes (topic alignment by event time). A source that delivered nothing for
-`idle_ms` of wall time is idle and holds nothing back; if every source is idle, the
-least advanced still bounds progress. Sources that have not delivered yet cannot be
-waited for by name, so with Kafka sources progress starts only `idle_ms` after the step
-starts (or resumes): every partition has had that long to deliver its first record.
+`idle_ms` of wall time is idle and holds nothing back (if every source is idle, progress
+stays where it is). With the Kafka source's view of its partitions (`InputPartitions`),
+every partition with records left to read also holds progress, even one that has not
+delivered a record yet: topics are aligned by event time however fast each is read.
+Without that view (several processes), progress starts only `idle_ms` after the step
+starts or resumes, when every partition has had that long to deliver its first record.
 
 Wall-clock arrival times are not state: a resumed step starts its grace period afresh.
 """
@@ -83,21 +85,81 @@ class Progress:
         clock = self.sources.get(source)
         return None if clock is None else clock.progress
 
-    def advance(self, now_ms: int, idle_ms: int) -> int | None:
-        """The symbol's progress now: the minimum over active sources (None: not yet)."""
-        if not self.sources:
-            return self.value
+    def advance(
+        self,
+        now_ms: int,
+        idle_ms: int,
+        inputs: InputPartitions | None = None,
+        cap_ms: int | None = None,
+    ) -> int | None:
+        """The symbol's progress now: the minimum over the partitions that may still deliver
+        an earlier record (None: not yet), and never past `cap_ms`."""
         if len(self.sources) == 1 and None in self.sources:  # one merged, ordered stream
-            p = self.sources[None].progress
+            p: int | None = self.sources[None].progress
         else:
-            if now_ms - self.started_ms < idle_ms:
-                return self.value  # a partition may not have delivered its first record yet
-            active = [
-                c.progress
-                for s, c in self.sources.items()
-                if now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
-            ]
-            p = min(active) if active else min(c.progress for c in self.sources.values())
-        if self.value is None or p > self.value:
+            p = self._slowest(now_ms, idle_ms, inputs)
+        if p is not None and cap_ms is not None:
+            p = min(p, cap_ms)
+        if p is not None and (self.value is None or p > self.value):
             self.value = p
         return self.value
+
+    def _slowest(self, now_ms: int, idle_ms: int, inputs: InputPartitions | None) -> int | None:
+        if inputs is not None and inputs.caught_up:
+            pending = []
+            for part in inputs.caught_up:
+                if inputs.idle(part, now_ms, idle_ms):
+                    continue
+                clock = self.sources.get(part)
+                p = clock.progress if clock is not None else inputs.latest_ms.get(part)
+                if p is None:
+                    return None  # a partition with records not seen yet: wait for it
+                pending.append(p)
+            return min(pending) if pending else None
+        if now_ms - self.started_ms < idle_ms:
+            return None  # a partition may not have delivered its first record yet
+        active = [
+            c.progress
+            for s, c in self.sources.items()
+            if now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
+        ]
+        return min(active) if active else None
+
+
+@dataclass
+class InputPartitions:
+    """What this process's Kafka source knows of its input partitions (filled by
+    dataflows/io.py, and by the commands step for event times): whether each has nothing
+    left to read right now (at the broker's high watermark, or its end), when it last
+    delivered records (wall ms), and the latest event time read from it for any symbol.
+
+    A partition holds every symbol's progress until it is idle: caught up and quiet for
+    the idle bound (Flink's `withIdleness`, measured at the source). So a topic read late
+    (the control topic, whose first fetch may come after thousands of trades) is still in
+    time, and the bound leaves the steps time to process the last batch read. While the
+    commands step holds a symbol's command (ahead of that step's view of the time), the
+    market step does not close that symbol's bars past it (`held_ms`). Not state: it
+    describes the running process's consumers and steps."""
+
+    caught_up: dict[str, bool] = field(default_factory=dict)
+    held_ms: dict[str, int] = field(default_factory=dict)  # symbol -> earliest held command
+    records: dict[str, int] = field(default_factory=dict)  # read so far
+    last_read_ms: dict[str, int] = field(default_factory=dict)
+    latest_ms: dict[str, int] = field(default_factory=dict)
+
+    def read(self, part: str, n_records: int, caught_up: bool, now_ms: int) -> None:
+        """One batch of `n_records` read from `part` (the source calls it after each)."""
+        self.caught_up[part] = caught_up
+        self.records[part] = self.records.get(part, 0) + n_records
+        if n_records or part not in self.last_read_ms:
+            self.last_read_ms[part] = now_ms
+
+    def idle(self, part: str, now_ms: int, idle_ms: int) -> bool:
+        """Caught up and either empty or quiet for `idle_ms` (its last records processed)."""
+        if not self.caught_up[part]:
+            return False
+        return not self.records.get(part) or now_ms - self.last_read_ms[part] >= idle_ms
+
+    def saw(self, part: str | None, ts_ms: int) -> None:
+        if part is not None and ts_ms > self.latest_ms.get(part, ts_ms - 1):
+            self.latest_ms[part] = ts_ms

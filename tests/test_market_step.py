@@ -260,9 +260,9 @@ def test_replays_on_the_event_clock_never_tick(tmp_path: Path):
     from dataflows.ensemble import MarketLogic
     from operators.telemetry import Stamp
 
-    logic = MarketLogic.build(small_settings(tmp_path), Stamp("x"), None)
+    logic = MarketLogic(small_settings(tmp_path), Stamp("x"), None, None)
     assert logic.notify_at() is None
-    live = MarketLogic.build(small_settings(tmp_path, ENSEMBLE_CLOCK="wall"), Stamp("x"), None)
+    live = MarketLogic(small_settings(tmp_path, ENSEMBLE_CLOCK="wall"), Stamp("x"), None, None)
     assert live.notify_at() is not None
 
 

@@ -75,7 +75,10 @@ def lying_run(kafka_bootstrap, tmp_path_factory):
                 producer.send(f"{prefix}.trades", key=key, value=v)
     producer.flush()
     producer.close()
-    run_main(build_flow(Settings.from_env(flow_env(kafka_bootstrap, prefix))))
+    # partitions idle after 2 s, so the minimum over partitions is exercised, not only the
+    # end of input (the whole read may take less than the default 10 s start-up grace)
+    env = {**flow_env(kafka_bootstrap, prefix), "ENSEMBLE_SOURCE_IDLE_MS": "2000"}
+    run_main(build_flow(Settings.from_env(env)))
     out = {
         t.stream: read_topic(kafka_bootstrap, t.name(prefix), codec.STREAM_SCHEMAS[t.stream])
         for t in OUTPUT_TOPICS
