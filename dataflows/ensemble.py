@@ -53,6 +53,7 @@ from schemas.codec import STREAM_SCHEMAS
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
 TICK = timedelta(seconds=1)  # live processing-time progress: quiet bars close within ~1 s
+RECHECK = timedelta(milliseconds=200)  # Kafka: how often a quiet symbol rechecks progress
 
 
 @dataclass(slots=True)
@@ -185,6 +186,16 @@ class CommandLogic(StatefulLogic):
         self._holding(value.symbol)
         return self._out(items), StatefulLogic.RETAIN
 
+    def notify_at(self) -> datetime | None:
+        """With Kafka: held commands are rechecked while the symbol has nothing new."""
+        return None if self.inputs is None or not self.gate.held else datetime.now(UTC) + RECHECK
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        items = self.gate.recheck(wall_clock_ms(), self.inputs)
+        for item in items:
+            self._holding(getattr(item, "symbol", None) or item.command.symbol)
+        return self._out(items), StatefulLogic.RETAIN
+
     def on_eof(self) -> tuple[list[Any], bool]:
         items = self.gate.flush()
         for item in items:
@@ -284,17 +295,23 @@ class MarketLogic(StatefulBatchLogic):
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        """Live only: a wall-clock tick; replays (event clock) stay deterministic."""
-        if not self.settings.wall_clock:
-            return None
-        return datetime.now(UTC) + TICK
+        """Live: a wall-clock tick. With Kafka, also a recheck of the symbol's progress: it
+        may move with other partitions when this symbol has nothing new. A file replay has
+        neither and stays deterministic."""
+        if self.settings.wall_clock:
+            return datetime.now(UTC) + TICK
+        if self.inputs is not None:
+            return datetime.now(UTC) + RECHECK
+        return None
 
     def on_notify(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
         if self.state is not None:
             now = wall_clock_ms()
             try:
-                self.state.on_tick(now, now - self.last_arrival_ms, out)
+                self.state.recheck(now, out)
+                if self.settings.wall_clock:
+                    self.state.on_tick(now, now - self.last_arrival_ms, out)
             except Exception as exc:  # a tick must not stop the flow either
                 out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
         return self._emit(out), StatefulBatchLogic.RETAIN

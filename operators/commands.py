@@ -191,15 +191,7 @@ class CommandGate:
         wall clock and `inputs` the Kafka source's partitions (which are idle)."""
         if not isinstance(event, ControlCommand):
             self.progress.observe(event.part, event.ts_event_ms, now_ms, 1)
-            out: list[Any] = []
-            if self.held:
-                now = self.progress.advance(now_ms, self.idle_ms, inputs)
-                due = [c for c in self.held if self._due(c, now)]
-                if due:
-                    self.held = [c for c in self.held if not self._due(c, now)]
-                    out += [self._judge(c, now) for c in due]  # type: ignore[arg-type]
-            out.append(event)
-            return out
+            return [*self.recheck(now_ms, inputs), event]
         now = self.progress.advance(now_ms, self.idle_ms, inputs)
         if not self._due(event, now):
             if len(self.held) >= MAX_HELD:
@@ -207,6 +199,15 @@ class CommandGate:
             self.held.append(event)
             return []
         return [self._judge(event, now)]  # type: ignore[arg-type]
+
+    def recheck(self, now_ms: int, inputs: InputPartitions | None = None) -> list[Any]:
+        """No new event: judge the held commands the market time has reached meanwhile."""
+        if not self.held:
+            return []
+        now = self.progress.advance(now_ms, self.idle_ms, inputs)
+        due = [c for c in self.held if self._due(c, now)]
+        self.held = [c for c in self.held if not self._due(c, now)]
+        return [self._judge(c, now) for c in due]  # type: ignore[arg-type]
 
     def flush(self) -> list[Any]:
         """End of a finite input: every market event is in, so a held command was reached

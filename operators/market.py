@@ -244,10 +244,16 @@ class MarketState:
         run is one ordered stream: the quorum of its bar-driving kind."""
         quorum = 1 if self.bars_from_candles or not (trade or part is None) else QUORUM
         self.progress.observe(part, ts_ms, now_ms, quorum)
-        cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
-        p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
-        if p is not None:
-            self._closed(self.builder.advance(p), out)
+        self.recheck(now_ms, out)
+
+    def recheck(self, now_ms: int, out: list[Any]) -> None:
+        """No new record: close the bars the symbol's progress has passed meanwhile (other
+        partitions moved on, or went idle)."""
+        if self.progress.sources:
+            cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+            p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
+            if p is not None:
+                self._closed(self.builder.advance(p), out)
 
     def flush(self, out: list[Any]) -> None:
         """End of a finite input: close every open bar."""

@@ -1,27 +1,27 @@
 """Event-time progress of one symbol's input, which one lie or a minority cannot drag forward.
 
 The bars of a symbol close when its progress, less the allowed lateness, passes their end.
-Progress used to be the latest event time seen, so one trade stamped 290 s ahead (inside
-the allowed clock skew) made every real trade late for five minutes, and trades under a
-null key, read ahead on other partitions, closed every bar.
+With progress = the latest event time seen, one trade stamped 290 s ahead (inside the
+allowed clock skew) made every real trade late for five minutes, and trades under a null
+key, read ahead on other partitions, closed every bar (issue 14).
 
-Now each source keeps its own progress: a source is a Kafka topic partition, or the one
+So each source keeps its own progress: a source is a Kafka topic partition, or the one
 event-ordered stream of a file run (source None). A source's progress is the lowest of
 the `quorum` latest event times it delivered, so a record stamped ahead moves it only
 once `quorum - 1` more records agree (`QUORUM` for the trades that drive bars; 1 for
 candles, funding, overlays, cohorts and commands, which are aggregates or rare). The
-symbol's progress is the minimum over its active sources, never decreasing: a partition
-read ahead of the others, or carrying misrouted records, cannot close another's bars, and
-funding, overlay, cohort and control records are in the context join before the bar they
-belong to closes (topic alignment by event time). A source that delivered nothing for
-`idle_ms` of wall time is idle and holds nothing back (if every source is idle, progress
-stays where it is). With the Kafka source's view of its partitions (`InputPartitions`),
-every partition with records left to read also holds progress, even one that has not
-delivered a record yet: topics are aligned by event time however fast each is read.
-Without that view (several processes), progress starts only `idle_ms` after the step
-starts or resumes, when every partition has had that long to deliver its first record.
+symbol's progress is the minimum over the sources that may still deliver an earlier
+record, never decreasing: a partition read ahead of the others, or carrying misrouted
+records, cannot close another's bars, and funding, overlay, cohort and control records
+reach the context join before the bar they belong to closes (topics aligned by event
+time, however fast each is read).
 
-Wall-clock arrival times are not state: a resumed step starts its grace period afresh.
+Which sources may still deliver: with the Kafka source's view of its partitions
+(`InputPartitions`), every partition that is not idle (records left to read, or read
+within `idle_ms`), even one that has not delivered a record yet. Without it (several
+processes), the sources that delivered within `idle_ms` of wall time, and nothing at all
+for `idle_ms` after a start, when every partition has had that long to speak. Wall-clock
+times are not state: a resumed step starts afresh.
 """
 
 from __future__ import annotations
