@@ -509,11 +509,16 @@ def _is_record(kv: tuple[str, Any]) -> bool:
     return isinstance(kv[1], Emit)
 
 
+# The streams whose records carry free text (an operator's halt reason or command, an
+# error message, a dead letter's input, a veto's detail); the others carry numbers, ids
+# and typed codes, and walking every signal for strings would cost more than the decision.
+FREE_TEXT_STREAMS = frozenset({"health", "repro", "errors", "dead_letters", "rejections"})
+
+
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
-    """(stream, record), scrubbed of secret-looking values (an operator's halt reason, an
-    error message: operators/redaction.py) and counted in the Prometheus metrics on its
-    way out."""
-    record = clean(e.record)
+    """(stream, record), scrubbed of secret-looking values if it carries free text
+    (operators/redaction.py), counted in the Prometheus metrics on its way out."""
+    record = clean(e.record) if e.stream in FREE_TEXT_STREAMS else e.record
     metrics.observe(e.stream, record)
     return e.stream, record
 

@@ -62,7 +62,8 @@ class Reference:
     def remember(self, ts_ms: int, px: float, qty: float) -> None:
         self.px.append(px)
         self.qty.append(qty)
-        self.last_ts_ms = max(self.last_ts_ms, ts_ms)
+        if ts_ms > self.last_ts_ms:
+            self.last_ts_ms = ts_ms
         self.since_refresh += 1
         if self.since_refresh >= REFRESH and len(self.px) >= MIN_REFERENCE:
             self.since_refresh = 0
@@ -104,14 +105,20 @@ class Bands:
         self, part: str | None, ts_ms: int, px: float, qty: float, cfg: BandConfig
     ) -> str | None:
         """The reason the trade is an outlier, or None; it enters its partition's reference
-        either way."""
+        either way. (Once per trade: the usual case is two comparisons.)"""
         ref = self.refs.get(part)
         if ref is None:
             ref = self.refs[part] = Reference()
-        reason = _absurd("price", px) or _absurd("size", qty) or _absurd("notional", px * qty)
-        if reason is None:
+        reason = None
+        if px >= ABSURD or qty >= ABSURD or px * qty >= ABSURD:
+            reason = _absurd("price", px) or _absurd("size", qty) or _absurd("notional", px * qty)
+        else:
             judge = ref if ref.ref_px is not None else self._nearby(ts_ms)
-            reason = None if judge is None else judge.judge(px, qty, cfg)
+            if judge is not None and (
+                abs(px / judge.ref_px - 1.0) > cfg.max_price_deviation  # type: ignore[operator]
+                or qty > judge.ref_qty * cfg.max_size_multiple  # type: ignore[operator]
+            ):
+                reason = judge.judge(px, qty, cfg)
         ref.remember(ts_ms, px, qty)
         return reason
 

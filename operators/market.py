@@ -249,11 +249,14 @@ class MarketState:
     def recheck(self, now_ms: int, out: list[Any]) -> None:
         """No new record: close the bars the symbol's progress has passed meanwhile (other
         partitions moved on, or went idle)."""
-        if self.progress.sources:
-            cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
-            p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
-            if p is not None:
-                self._closed(self.builder.advance(p), out)
+        if not self.progress.sources:
+            return
+        before = self.progress.value
+        cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+        p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
+        # a candle may complete its bar without moving progress; a trade needs progress
+        if p is not None and (p != before or self.bars_from_candles):
+            self._closed(self.builder.advance(p), out)
 
     def flush(self, out: list[Any]) -> None:
         """End of a finite input: close every open bar."""

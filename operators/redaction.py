@@ -80,6 +80,8 @@ def clean(value: Any, addresses: bool = False) -> Any:
 def scrub(text: str, addresses: bool = False) -> str:
     """Free text with every secret shape (module docstring) masked; with `addresses`,
     on-chain addresses too. The host of a URL stays, for diagnosis."""
+    if len(text) < 8:  # `key=abc` and shorter: nothing that could be a secret
+        return text
     text = _BARE_SECRETS.sub(REDACTED, text)
     text = _SECRET_ASSIGNMENT.sub(_masked, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
