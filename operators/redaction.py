@@ -10,8 +10,9 @@ Google `AIza...`, JWTs, PEM private keys, 0x-prefixed 64-hex private keys) and e
 addresses. `clean` does both on a record.
 
 What is scrubbed where (docs/operations.md, "Secrets"):
-- The flow's own outputs (every record, on its way to Kafka or the files) and its dead
-  letters: every shape above. On-chain addresses stay: a trade's buyer and seller are
+- The flow's records that carry free text, on their way to Kafka or the files (`health`,
+  `repro`, `errors`, `dead_letters`, `rejections`: dataflows/ensemble.py): every shape
+  above. On-chain addresses stay: a trade's buyer and seller are
   market data (cohorts are built from them) and a dead letter keeps its input.
 - What leaves for a third party or a person (the copilot's LLM request and printed
   answers, the alerts' Slack messages and log): every shape above and on-chain addresses
