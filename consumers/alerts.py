@@ -612,6 +612,9 @@ class Notifier:
         self.outcomes: dict[str, int] = defaultdict(int)
 
     def handle(self, alert: Alert, now_s: float) -> str:
+        # the text quotes records (an operator's halt reason, an error message): no secret,
+        # e-mail or trader address goes to Slack or the log
+        alert = dataclasses.replace(alert, text=scrub(alert.text, addresses=True))
         outcome = self._route(alert, now_s)
         self.outcomes[outcome] += 1
         return outcome

@@ -49,6 +49,7 @@ from consumers.stream import KafkaSettings, Record, TopicsMissing, read_to_end
 from dataflows.environment import environ
 from operators.config import ConfigError
 from operators.gating import COHORT_ARMS, PROXY_ARMS
+from operators.redaction import scrub
 
 __all__ = [
     "STREAMS",
@@ -665,7 +666,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     else:
         why = "--no-llm" if args.no_llm else f"{llm.ENV_BASE_URL} unset"
         print(f"copilot: deterministic answer ({why})", file=sys.stderr)
-    print(ans.text)
+    print(scrub(ans.text, addresses=True))  # it quotes records: halt reasons, errors
     return 0
 
 

@@ -7,8 +7,9 @@ The request is `POST {base}/chat/completions` with `model`, `messages` and
 `temperature: 0`; the answer is `choices[0].message.content`.
 
 Only facts pass: `sanitize` keeps the allow-listed field names (everything else, at any
-depth, is dropped) and then redacts any field whose name contains key, secret, token or
-password, as the flow's own telemetry does.
+depth, is dropped), then redacts any field whose name contains key, secret, token or
+password and masks secret-looking values, e-mails and on-chain addresses in every string
+(operators/redaction.py), as the flow's own telemetry does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from consumers.facts import FEATURES_SHOWN
 from consumers.slack import _loopback
-from operators.redaction import redact
+from operators.redaction import clean
 
 log = logging.getLogger("ensemble.copilot.llm")
 
@@ -203,8 +204,10 @@ def allow_listed(value: Any, allowed: frozenset[str] = ALLOWED_KEYS) -> Any:
 
 
 def sanitize(facts: Mapping[str, Any], allowed: frozenset[str] = ALLOWED_KEYS) -> dict[str, Any]:
-    """Only allow-listed fields, and secret-looking names redacted even if allow-listed."""
-    return redact(allow_listed(facts, allowed))
+    """Only allow-listed fields; secret-looking names redacted even if allow-listed, and
+    secret-looking values (a key in an operator's halt reason, an e-mail, a trader's
+    address) masked: the allow-list filters names, never values."""
+    return clean(allow_listed(facts, allowed), addresses=True)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,12 @@ from operators.predict import ArtifactError, load_runtime
 from operators.redaction import clean, scrub
 from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
+from operators.watermark import InputPartitions
 from schemas.codec import STREAM_SCHEMAS
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
 TICK = timedelta(seconds=1)  # live processing-time progress: quiet bars close within ~1 s
+RECHECK = timedelta(milliseconds=200)  # Kafka: how often a quiet symbol rechecks progress
 
 
 @dataclass(slots=True)
@@ -145,6 +147,8 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
             offset=raw.offset,
         )
         return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
+    if raw.partition is not None:  # Kafka: the market step keeps each partition's progress
+        event.part = f"{raw.topic}#{raw.partition}"
     if isinstance(event, ControlCommand):
         try:
             event = verify(event, settings.operator_keys, settings.strategy.strategy_id)
@@ -164,39 +168,93 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
     return [event]
 
 
-def commands_step(
-    settings: Settings, stamp: Stamp, gate: CommandGate | None, event: Any
-) -> tuple[CommandGate, list[Any]]:
-    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on."""
-    gate = gate or CommandGate(window_ms=settings.command_window_ms)
-    out: list[Any] = []
-    for item in gate.on_event(event):
-        if isinstance(item, CommandRefused):
-            cmd = item.command  # type: ignore[attr-defined]
-            fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
-            out += [
-                Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
-                Emit("summary", {"dead_letter": str(item)}),
-            ]
+class CommandLogic(StatefulLogic):
+    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on.
+    At the end of a finite input, held commands are judged against its last market time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stamp: Stamp,
+        inputs: InputPartitions | None,
+        gate: CommandGate | None,
+    ) -> None:
+        self.stamp, self.inputs = stamp, inputs
+        now = wall_clock_ms()
+        if gate is None:
+            gate = CommandGate(
+                window_ms=settings.command_window_ms, idle_ms=settings.source_idle_ms
+            )
+        gate.progress.restart(now)
+        self.gate = gate
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        if self.inputs is not None:  # every event passes here: each partition's latest time
+            self.inputs.saw(value.part, value.ts_event_ms)
+        items = self.gate.on_event(value, wall_clock_ms(), self.inputs)
+        self._holding(value.symbol)
+        return self._out(items), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """With Kafka: held commands are rechecked while the symbol has nothing new."""
+        return None if self.inputs is None or not self.gate.held else datetime.now(UTC) + RECHECK
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        items = self.gate.recheck(wall_clock_ms(), self.inputs)
+        for item in items:
+            self._holding(getattr(item, "symbol", None) or item.command.symbol)
+        return self._out(items), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        items = self.gate.flush()
+        for item in items:
+            self._holding(getattr(item, "symbol", None) or item.command.symbol)
+        return self._out(items), StatefulLogic.RETAIN
+
+    def _holding(self, symbol: str) -> None:
+        """Tell the market step not to close bars past a command held here."""
+        if self.inputs is None:
+            return
+        if self.gate.held:
+            self.inputs.held_ms[symbol] = min(c.ts_event_ms for c in self.gate.held)
         else:
-            out.append(item)
-    return gate, out
+            self.inputs.held_ms.pop(symbol, None)
+
+    def _out(self, items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, CommandRefused):
+                cmd = item.command  # type: ignore[attr-defined]
+                fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
+                out += [
+                    Emit("dead_letters", dead_letter(self.stamp, "control", fields, str(item))),
+                    Emit("summary", {"dead_letter": str(item)}),
+                ]
+            else:
+                out.append(item)
+        return out
+
+    def snapshot(self) -> CommandGate:
+        return copy.deepcopy(self.gate)
 
 
 # -- market -----------------------------------------------------------------------------
 class MarketLogic(StatefulBatchLogic):
     """The market step of one symbol; the running settings are bound at every build."""
 
-    def __init__(self, settings: Settings, stamp: Stamp, state: MarketState | None) -> None:
-        self.settings, self.stamp, self.state = settings, stamp, state
+    def __init__(
+        self,
+        settings: Settings,
+        stamp: Stamp,
+        inputs: InputPartitions | None,
+        state: MarketState | None,
+    ) -> None:
+        self.settings, self.stamp, self.state, self.inputs = settings, stamp, state, inputs
         if state is not None:
             self._configure(state)
+            state.progress.restart(wall_clock_ms())
         # Wall time of the last record (a restart counts as one): the tick's idle time.
-        self.last_arrival_ms = wall_clock_ms()
-
-    @classmethod
-    def build(cls, settings: Settings, stamp: Stamp, resume: MarketState | None) -> MarketLogic:
-        return cls(settings, stamp, resume)
+        self.last_arrival_ms = self.started_ms = wall_clock_ms()
 
     def _configure(self, state: MarketState) -> MarketState:
         s = self.settings
@@ -206,6 +264,9 @@ class MarketLogic(StatefulBatchLogic):
             s.strategy.cohorts,
             s.max_jump_ms,
             s.strategy.size_proxy,
+            s.strategy.bands,
+            s.source_idle_ms,
+            self.inputs,
         )
 
     def _ensure(self, symbol: str) -> MarketState:
@@ -218,17 +279,22 @@ class MarketLogic(StatefulBatchLogic):
                 s.strategy.cohorts,
                 s.max_jump_ms,
                 s.strategy.size_proxy,
+                s.strategy.bands,
+                s.source_idle_ms,
+                self.inputs,
             )
+            self.state.progress.restart(self.started_ms)
         return self.state
 
     def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
         out: list[Any] = []
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
+        now = wall_clock_ms()
         for e in values:
             st = self._ensure(e.symbol)
             try:
-                st.on_event(e, out)
+                st.on_event(e, out, now)
             except Exception as exc:  # one bad record must not stop the flow
                 out.append(
                     _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
@@ -240,17 +306,23 @@ class MarketLogic(StatefulBatchLogic):
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        """Live only: a wall-clock tick; replays (event clock) stay deterministic."""
-        if not self.settings.wall_clock:
-            return None
-        return datetime.now(UTC) + TICK
+        """Live: a wall-clock tick. With Kafka, also a recheck of the symbol's progress: it
+        may move with other partitions when this symbol has nothing new. A file replay has
+        neither and stays deterministic."""
+        if self.settings.wall_clock:
+            return datetime.now(UTC) + TICK
+        if self.inputs is not None:
+            return datetime.now(UTC) + RECHECK
+        return None
 
     def on_notify(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
         if self.state is not None:
             now = wall_clock_ms()
             try:
-                self.state.on_tick(now, now - self.last_arrival_ms, out)
+                self.state.recheck(now, out)
+                if self.settings.wall_clock:
+                    self.state.on_tick(now, now - self.last_arrival_ms, out)
             except Exception as exc:  # a tick must not stop the flow either
                 out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
         return self._emit(out), StatefulBatchLogic.RETAIN
@@ -299,7 +371,7 @@ class MarketLogic(StatefulBatchLogic):
 
 
 def _event_dict(e: Any) -> dict[str, Any]:
-    return {f: getattr(e, f) for f in e.__slots__}
+    return {f: getattr(e, f) for f in e.__slots__ if f != "part"}
 
 
 # -- context join, features, predict -----------------------------------------------------
@@ -456,12 +528,20 @@ def _is_record(kv: tuple[str, Any]) -> bool:
     return isinstance(kv[1], Emit)
 
 
+# The streams whose records carry free text (an operator's halt reason or command, an
+# error message, a dead letter's input, a veto's detail); the others carry numbers, ids
+# and typed codes, and walking every signal for strings would cost more than the decision.
+FREE_TEXT_STREAMS = frozenset({"health", "repro", "errors", "dead_letters", "rejections"})
+
+
 def _observed(e: Emit) -> tuple[str, dict[str, Any]]:
-    """(stream, record), counted in the Prometheus metrics on its way out."""
-    metrics.observe(e.stream, e.record)
+    """(stream, record), scrubbed of secret-looking values if it carries free text
+    (operators/redaction.py), counted in the Prometheus metrics on its way out."""
+    record = clean(e.record) if e.stream in FREE_TEXT_STREAMS else e.record
+    metrics.observe(e.stream, record)
     if e.stream == "health":
-        progress.heartbeat(e.record)
-    return e.stream, e.record
+        progress.heartbeat(record)
+    return e.stream, record
 
 
 def build_flow(
@@ -479,10 +559,11 @@ def build_flow(
 
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
+    inputs = InputPartitions() if kafka else None  # this run's partitions, for alignment
     if source is not None:
         raw = op.input("input", flow, StoppableSource(source))
     elif kafka:
-        msgs = op.input("input", flow, StoppableSource(kafka_source(settings)))
+        msgs = op.input("input", flow, StoppableSource(kafka_source(settings, inputs)))
         raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
     else:
         raw = op.input("input", flow, StoppableSource(_MarketSource(settings, messages)))
@@ -490,12 +571,12 @@ def build_flow(
     bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
     keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
-    checked = op.stateful_flat_map("commands", keyed, partial(commands_step, settings, stamp))
+    checked = op.stateful("commands", keyed, partial(CommandLogic, settings, stamp, inputs))
     refused = op.filter_map(
         "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
     )
     accepted = op.filter("accepted", checked, lambda kv: not isinstance(kv[1], Emit))
-    market = op.stateful_batch("market", accepted, partial(MarketLogic.build, settings, stamp))
+    market = op.stateful_batch("market", accepted, partial(MarketLogic, settings, stamp, inputs))
     # Records (bars, dead letters, errors) branch off to the sink after each step; only
     # market data rides on through the keyed stateful steps.
     market_out = op.branch("market_records", market, _is_record)

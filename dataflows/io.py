@@ -28,7 +28,7 @@ from typing import Any
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
 from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
 from dataflows.progress import no_decision_reasons, stopping
@@ -37,6 +37,8 @@ from dataflows.settings import Settings
 from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import file_rows
 from marketdata.generator import generate
+from operators.telemetry import wall_clock_ms
+from operators.watermark import InputPartitions
 from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
@@ -238,7 +240,7 @@ class SummarySink(FixedPartitionedSink[dict[str, Any], Any]):
         return _SummaryPartition(None, resume_state, self.outputs)
 
 
-def kafka_source(settings: Settings) -> KafkaSource:
+def kafka_source(settings: Settings, inputs: InputPartitions | None = None) -> KafkaSource:
     """The input topics, once the broker answers and they exist (bounded wait, else a clear
     error: Bytewax's own listing would wait forever). Starts the `/ready` server if set."""
     assert settings.kafka_bootstrap is not None
@@ -254,6 +256,7 @@ def kafka_source(settings: Settings) -> KafkaSource:
         )
         serve(READINESS, settings.ready_port)
     return _WatchedKafkaSource(
+        inputs,
         settings.kafka_bootstrap.split(","),
         topics,
         tail=settings.kafka_tail,
@@ -274,12 +277,19 @@ TOPIC_CHECK_S = 10.0  # how often each input partition asks whether its topic st
 
 
 class _WatchedPartition(StatefulSourcePartition):
-    """Bytewax's Kafka partition, plus a periodic check that its topic still exists:
-    librdkafka may stop fetching a deleted topic without an error, a silent stall."""
+    """Bytewax's Kafka partition, plus a periodic check that its topic still exists
+    (librdkafka may stop fetching a deleted topic without an error, a silent stall), and
+    after every batch whether it has records left to read (`InputPartitions`: the market
+    step aligns the topics by event time with it)."""
 
-    def __init__(self, inner: Any, topic: str) -> None:
-        self.inner, self.topic = inner, topic
+    def __init__(self, inner: Any, topic: str, idx: int, inputs: InputPartitions | None) -> None:
+        self.inner, self.topic, self.inputs = inner, topic, inputs
+        self.tp = TopicPartition(topic, idx)
+        self.part = f"{topic}#{idx}"  # as decode names an event's partition
         self.next_check_s = time.monotonic() + TOPIC_CHECK_S
+        self.next_watermarks_s = 0.0
+        if inputs is not None:
+            inputs.read(self.part, 0, False, wall_clock_ms())
 
     def next_batch(self) -> list[Any]:
         now = time.monotonic()
@@ -296,7 +306,35 @@ class _WatchedPartition(StatefulSourcePartition):
                     "dataflows.topics` and restart (with recovery the flow resumes from its "
                     "last snapshot)"
                 )
-        return self.inner.next_batch()
+        try:
+            batch = self.inner.next_batch()
+        except StopIteration:
+            if self.inputs is not None:
+                self.inputs.read(self.part, 0, True, wall_clock_ms())
+            raise
+        if self.inputs is not None:
+            self.inputs.read(self.part, len(batch), self._caught_up(bool(batch)), wall_clock_ms())
+        return batch
+
+    def _caught_up(self, got_records: bool) -> bool:
+        """Nothing left to read now: the partition's end, or the next offset at the high
+        watermark. librdkafka caches the high watermark from fetched messages only, so
+        after an empty batch the broker is asked (at most once a second): an empty
+        partition, or one read to its end, is caught up; one not fetched yet is not."""
+        if self.inner._eof:
+            return True
+        now = time.monotonic()
+        ask = not got_records and now >= self.next_watermarks_s
+        if ask:
+            self.next_watermarks_s = now + 1.0
+        try:
+            low, high = self.inner._consumer.get_watermark_offsets(
+                self.tp, timeout=1.0, cached=not ask
+            )
+        except KafkaException:
+            return False
+        offset = self.inner._offset  # the next to read; negative: the beginning
+        return high >= 0 and (offset if offset >= 0 else low) >= high
 
     def next_awake(self) -> Any:
         return self.inner.next_awake()
@@ -309,9 +347,14 @@ class _WatchedPartition(StatefulSourcePartition):
 
 
 class _WatchedKafkaSource(KafkaSource):
+    def __init__(self, inputs: InputPartitions | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inputs = inputs
+
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
         inner = super().build_part(step_id, for_part, resume_state)
-        return _WatchedPartition(inner, for_part.split("-", 1)[1])
+        idx, topic = for_part.split("-", 1)
+        return _WatchedPartition(inner, topic, int(idx), self.inputs)
 
 
 # librdkafka error codes that mean the input topic itself is gone

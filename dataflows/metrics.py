@@ -11,6 +11,7 @@ Names (all prefixed `ensemble_`):
     bars_total{symbol,timeframe,complete}        bars closed (complete=false: gap or partial)
     dead_letters_total{stream,kind}              input set aside, by the reason's first word
     late_records_total{symbol}                   records behind the watermark (also dead letters)
+    outlier_records_total{symbol}                trades or candles outside the price/size bands
     duplicate_trades_total{symbol}               trades dropped: same (venue, trade id) seen before
     errors_total{stage}                          exceptions caught on one record
     decisions_total{symbol,arm,action}           decisions after warm-up (arm "none": no arm)
@@ -49,6 +50,9 @@ INPUT = Counter(
 BARS = Counter("bars", "Bars closed", ["symbol", "timeframe", "complete"], namespace=NS)
 DEAD = Counter("dead_letters", "Input set aside with a reason", ["stream", "kind"], namespace=NS)
 LATE = Counter("late_records", "Records behind the watermark", ["symbol"], namespace=NS)
+OUTLIERS = Counter(
+    "outlier_records", "Trades or candles outside the price or size bands", ["symbol"], namespace=NS
+)
 DUPLICATES = Counter(
     "duplicate_trades", "Trades dropped as already seen (venue, trade id)", ["symbol"], namespace=NS
 )
@@ -165,6 +169,8 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
         DEAD.labels(rec.get("source_stream") or "?", kind).inc()
         if kind == "late":
             LATE.labels(sym).inc()
+        elif kind == "outlier":
+            OUTLIERS.labels(sym).inc()
     elif stream == "errors":
         ERRORS.labels(rec.get("stage") or "?").inc()
     elif stream == "summary" and "duplicates" in rec:

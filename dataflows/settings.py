@@ -16,7 +16,8 @@ names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overri
 | ENSEMBLE_OUT | out | directory of the JSON-lines outputs |
 | ENSEMBLE_ALLOWED_LATENESS_MS | 5000 | how late a trade may be and still fold into its bar |
 | ENSEMBLE_MAX_CLOCK_SKEW_MS | 300000 | how far past the wall clock an event time may be |
-| ENSEMBLE_MAX_JUMP_MS | 21600000 | how far past the stream a trade may jump unconfirmed |
+| ENSEMBLE_MAX_JUMP_MS | 3600000 | how far past its partition's progress a trade may jump unconfirmed |
+| ENSEMBLE_SOURCE_IDLE_MS | 10000 | Kafka: an input partition silent this long (wall time) no longer holds bars back |
 | ENSEMBLE_MODEL_DIR | models/artifacts/default | model artifact |
 | ENSEMBLE_CLOCK | event (wall with Kafka) | `event`: ts_init = ts_event (reproducible); `wall`: wall clock |
 | ENSEMBLE_KAFKA_BOOTSTRAP | (unset) | Kafka brokers host:port[,..]: read and write Kafka, not files |
@@ -48,6 +49,7 @@ from operators.commands import DEFAULT_WINDOW_MS, OperatorKeys
 from operators.config import ConfigError, StrategyConfig, preset
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_MAX_JUMP_MS
 from operators.predict import DEFAULT_ARTIFACT
+from operators.watermark import DEFAULT_SOURCE_IDLE_MS
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Settings:
     allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
     max_clock_skew_ms: int = 300_000
     max_jump_ms: int = DEFAULT_MAX_JUMP_MS
+    source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS
     model_dir: Path = DEFAULT_ARTIFACT
     wall_clock: bool = False
     kafka_bootstrap: str | None = None
@@ -155,6 +158,7 @@ class Settings:
             ),
             max_clock_skew_ms=_int(env, "ENSEMBLE_MAX_CLOCK_SKEW_MS", 300_000, lo=0),
             max_jump_ms=_int(env, "ENSEMBLE_MAX_JUMP_MS", DEFAULT_MAX_JUMP_MS, lo=60_000),
+            source_idle_ms=_int(env, "ENSEMBLE_SOURCE_IDLE_MS", DEFAULT_SOURCE_IDLE_MS, lo=0),
             model_dir=model_dir,
             wall_clock=clock == "wall",
             kafka_bootstrap=bootstrap,

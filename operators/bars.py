@@ -108,29 +108,40 @@ class BarBuilder:
         return self.max_event_ms - self.allowed_lateness_ms
 
     def add_trade(self, ts_ms: int, px: float, qty: float) -> Sequence[Bar] | None:
-        """Fold one trade in; returns the bars it closed, or None if it is late."""
-        return self._add(ts_ms, ts_ms, px, px, px, px, qty, None)
+        """Fold one trade in and advance to its time; the bars it closed, or None if late."""
+        if not self.fold_trade(ts_ms, px, qty):
+            return None
+        return self.advance(ts_ms)
 
     def add_candle(
         self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float
     ) -> Sequence[Bar] | None:
-        """Fold one candle in (ts_ms is its open); returns closed bars, or None if late."""
-        return self._add(ts_ms, ts_ms + interval_ms, o, h, low, c, v, interval_ms)
+        """Fold one candle in (ts_ms is its open) and advance to its close; closed bars, or
+        None if late."""
+        if not self.fold_candle(ts_ms, interval_ms, o, h, low, c, v):
+            return None
+        return self.advance(ts_ms + interval_ms)
 
-    def _add(
-        self,
-        ts: int,
-        end_ts: int,
-        o: float,
-        h: float,
-        low: float,
-        c: float,
-        v: float,
-        interval_ms: int | None,
-    ) -> Sequence[Bar] | None:
+    def is_late(self, ts_ms: int) -> bool:
+        """True if the bar of `ts_ms` was already emitted."""
+        return self.next_start_ms is not None and ts_ms - ts_ms % self.width_ms < self.next_start_ms
+
+    def fold_trade(self, ts_ms: int, px: float, qty: float) -> bool:
+        """Fold one trade into its bar without moving the clock; False if it is late."""
+        return self._fold(ts_ms, px, px, px, px, qty, None)
+
+    def fold_candle(
+        self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float
+    ) -> bool:
+        """Fold one candle into its bar without moving the clock; False if it is late."""
+        return self._fold(ts_ms, o, h, low, c, v, interval_ms)
+
+    def _fold(
+        self, ts: int, o: float, h: float, low: float, c: float, v: float, interval_ms: int | None
+    ) -> bool:
         start = ts - ts % self.width_ms
         if self.next_start_ms is not None and start < self.next_start_ms:
-            return None
+            return False
         bucket = self.buckets.get(start)
         if bucket is None:
             bucket = self.buckets[start] = _Bucket(ts, o, h, low, c, v)
@@ -140,12 +151,21 @@ class BarBuilder:
             if bucket.parts is None:
                 bucket.parts, bucket.part_ms = set(), interval_ms
             bucket.parts.add(ts)
-        advanced = self.max_event_ms is None or end_ts > self.max_event_ms
+        return True
+
+    def advance(self, progress_ms: int) -> Sequence[Bar]:
+        """Event time has reached `progress_ms`: close the bars the watermark (progress minus
+        the allowed lateness) has passed. A bar built from candles closes as soon as
+        progress reaches the close of its last candle (a candle is published at its close)."""
+        advanced = self.max_event_ms is None or progress_ms > self.max_event_ms
         if advanced:
-            self.max_event_ms = end_ts
-        watermark = end_ts - self.allowed_lateness_ms
-        if interval_ms is not None and end_ts == start + self.width_ms:
-            watermark = max(watermark, end_ts)  # the candle ending its bucket closes it now
+            self.max_event_ms = progress_ms
+        watermark = progress_ms - self.allowed_lateness_ms
+        end = progress_ms - progress_ms % self.width_ms  # the last bar boundary reached
+        bucket = self.buckets.get(end - self.width_ms)
+        last_in = bucket is not None and bucket.parts is not None
+        if last_in and bucket.last_ts + bucket.part_ms >= end:  # type: ignore[union-attr]
+            watermark = max(watermark, end)  # its last candle is in: nothing more comes
         elif not advanced:
             return _NO_BARS
         return self._close_until(watermark)

@@ -7,9 +7,10 @@ never reaches the strategy:
   over `canonical_bytes` of its fields, made with the private key of an operator whose
   public key is in the configuration (`OperatorKeys`), and names this flow's strategy;
 - per symbol (`CommandGate`, between `by_symbol` and `market`): its `command_id` was not
-  seen before (bounded memory), and its event time lies within `window_ms` of the
-  symbol's latest market event time. A command that arrives before any market event of
-  its symbol is held until the first one tells the flow's time.
+  seen before (bounded memory), and its event time is not more than `window_ms` behind
+  the symbol's market time (the minimum over its input partitions). A command that
+  arrives before the flow knows its time, or further ahead of it than the window, is
+  held until the flow gets there (at most `MAX_HELD`), then judged.
 
 Private keys never live in the repository: `python -m dataflows.control` reads one from
 the environment or a file; tests generate theirs.
@@ -31,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from operators.events import ControlCommand
+from operators.watermark import DEFAULT_SOURCE_IDLE_MS, InputPartitions, Progress
 
 # What is signed: these fields, as sorted compact JSON (UTF-8) after a domain tag, so a
 # signature over anything else (another message type, a later format) never verifies.
@@ -44,9 +46,9 @@ SIGNED_FIELDS = (
     "command_id",
 )
 DOMAIN = b"ensemble-control-command-v1\n"
-DEFAULT_WINDOW_MS = 900_000  # a command more than 15 min from the flow's time is stale
+DEFAULT_WINDOW_MS = 900_000  # a command more than 15 min behind the flow's time is stale
 MAX_SEEN_IDS = 100_000  # per symbol; the oldest ids are forgotten first
-MAX_HELD = 1_000  # commands held per symbol before its first market event
+MAX_HELD = 1_000  # commands held per symbol until the flow reaches their time
 
 
 class CommandReject(enum.StrEnum):
@@ -158,45 +160,89 @@ def verify(cmd: ControlCommand, keys: OperatorKeys, strategy_id: str) -> Control
 
 @dataclass
 class CommandGate:
-    """One symbol's replay and staleness checks; its state is part of the flow's snapshot."""
+    """One symbol's replay and staleness checks; its state is part of the flow's snapshot.
+
+    The flow's time is the symbol's market progress over its input partitions
+    (operators/watermark.py, the minimum over the active ones), so a partition read ahead
+    cannot make a command look stale. A command further ahead of that time than the
+    window is held until the flow gets there (the control topic is read ahead of the
+    market in a Kafka replay), then judged; one further behind is stale."""
 
     window_ms: int = DEFAULT_WINDOW_MS
-    latest_event_ms: int | None = None
+    idle_ms: int = DEFAULT_SOURCE_IDLE_MS
+    progress: Progress = field(default_factory=Progress)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     held: list[ControlCommand] = field(default_factory=list)
 
-    def on_event(self, event: Any) -> list[Any]:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        latest = state.pop("latest_event_ms", None)  # snapshots from before partitions
+        if "progress" not in state:
+            state["progress"] = Progress()
+            if latest is not None:
+                state["progress"].observe(None, latest, 0, 1)
+        state.setdefault("idle_ms", DEFAULT_SOURCE_IDLE_MS)
+        self.__dict__.update(state)
+
+    def on_event(
+        self, event: Any, now_ms: int = 0, inputs: InputPartitions | None = None
+    ) -> list[Any]:
         """What passes on, in order: events, accepted commands, and CommandRefused for the
-        dead letters (with the refused command attached as `.command`)."""
+        dead letters (with the refused command attached as `.command`). `now_ms` is the
+        wall clock and `inputs` the Kafka source's partitions (which are idle)."""
         if not isinstance(event, ControlCommand):
-            out: list[Any] = []
-            if self.latest_event_ms is None or event.ts_event_ms > self.latest_event_ms:
-                self.latest_event_ms = event.ts_event_ms
-            if self.held:
-                held, self.held = self.held, []
-                out += [self._judge(c) for c in held]
-            out.append(event)
-            return out
-        if self.latest_event_ms is None:
+            self.progress.observe(event.part, event.ts_event_ms, now_ms, 1)
+            return [*self.recheck(now_ms, inputs), event]
+        now = self.progress.advance(now_ms, self.idle_ms, inputs)
+        if not self._due(event, now):
             if len(self.held) >= MAX_HELD:
                 return [_refused(event, CommandReject.TOO_MANY_HELD, f"{MAX_HELD} already held")]
             self.held.append(event)
             return []
-        return [self._judge(event)]
+        return [self._judge(event, now)]  # type: ignore[arg-type]
 
-    def _judge(self, cmd: ControlCommand) -> Any:
+    def recheck(self, now_ms: int, inputs: InputPartitions | None = None) -> list[Any]:
+        """No new event: judge the held commands the market time has reached meanwhile."""
+        if not self.held:
+            return []
+        now = self.progress.advance(now_ms, self.idle_ms, inputs)
+        due = [c for c in self.held if self._due(c, now)]
+        self.held = [c for c in self.held if not self._due(c, now)]
+        return [self._judge(c, now) for c in due]  # type: ignore[arg-type]
+
+    def flush(self) -> list[Any]:
+        """End of a finite input: every market event is in, so a held command was reached
+        by the market unless it lies after the last market event by more than the window
+        (stale); it is judged as of its own time (replays are still refused)."""
+        held, self.held = self.held, []
+        end = max((c.progress for c in self.progress.sources.values()), default=None)
+        out: list[Any] = []
+        for cmd in held:
+            if end is None or cmd.ts_event_ms > end + self.window_ms:
+                where = "no market event" if end is None else f"the last market event {end}"
+                detail = (
+                    f"event time {cmd.ts_event_ms} is after {where} and the input ended "
+                    f"(window {self.window_ms / 1000:.0f} s)"
+                )
+                out.append(_refused(cmd, CommandReject.STALE, detail))
+            else:
+                out.append(self._judge(cmd, min(end, cmd.ts_event_ms)))
+        return out
+
+    def _due(self, cmd: ControlCommand, now: int | None) -> bool:
+        return now is not None and cmd.ts_event_ms <= now + self.window_ms
+
+    def _judge(self, cmd: ControlCommand, now: int) -> Any:
         if cmd.command_id in self.seen:
             return _refused(
                 cmd, CommandReject.REPLAYED, f"command_id {cmd.command_id!r} seen before"
             )
-        assert self.latest_event_ms is not None
-        off_ms = cmd.ts_event_ms - self.latest_event_ms
-        if abs(off_ms) > self.window_ms:
+        off_ms = cmd.ts_event_ms - now
+        if off_ms < -self.window_ms:
             return _refused(
                 cmd,
                 CommandReject.STALE,
                 f"event time {cmd.ts_event_ms} is {off_ms / 1000:+.0f} s from the flow's "
-                f"{self.latest_event_ms} (window ±{self.window_ms / 1000:.0f} s)",
+                f"{now} (window {self.window_ms / 1000:.0f} s)",
             )
         self.seen[cmd.command_id] = None
         if len(self.seen) > MAX_SEEN_IDS:

@@ -116,6 +116,33 @@ class SizeProxyConfig:
 
 
 @dataclass(frozen=True)
+class BandConfig:
+    """How far a trade may lie from the recent reference before it is an outlier
+    (operators/bands.py): its price from the median of the symbol's recent trade prices,
+    its size from the median of their sizes."""
+
+    max_price_deviation: float = 0.10  # |px / reference - 1|; 0.10 = 10 %
+    max_size_multiple: float = 100_000.0  # qty / reference qty (real perps reach ~3,000)
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.max_price_deviation, (int, float))
+            and 0 < self.max_price_deviation < 10,
+            "bands.max_price_deviation",
+            self.max_price_deviation,
+            "must be a fraction in (0, 10), e.g. 0.1 for 10 %",
+        )
+        _check(
+            isinstance(self.max_size_multiple, (int, float))
+            and math.isfinite(self.max_size_multiple)
+            and self.max_size_multiple > 1,
+            "bands.max_size_multiple",
+            self.max_size_multiple,
+            "must be a number > 1 (times the median recent trade size)",
+        )
+
+
+@dataclass(frozen=True)
 class GateConfig:
     low_conf_veto: GuardMode = GuardMode.OFF  # veto cohort-arm trades when conf < low_conf_min
     low_conf_min: float = 0.55
@@ -298,6 +325,7 @@ class StrategyConfig:
     strategy_id: str = "ensemble_1_1"
     thresholds: Thresholds = field(default_factory=Thresholds)
     cohorts: CohortConfig = field(default_factory=CohortConfig)
+    bands: BandConfig = field(default_factory=BandConfig)
     gates: GateConfig = field(default_factory=GateConfig)
     bandit: BanditConfig = field(default_factory=BanditConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.codec import SchemaError
@@ -42,6 +42,7 @@ class Trade:
     buyer: str | None = None
     seller: str | None = None
     venue: str | None = None  # with trade_id, the trade's identity
+    part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
 
 @dataclass(slots=True)
@@ -54,6 +55,7 @@ class Candle:
     low: float
     close: float
     volume: float
+    part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class Funding:
     symbol: str
     ts_event_ms: int
     rate: float  # per funding interval, as a fraction; longs pay when positive
+    part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
 
 @dataclass(slots=True)
@@ -71,6 +74,7 @@ class OverlaySignal:
     signal: float  # [-1, 1]
     confidence: float  # [0, 1]
     source: str
+    part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
 
 @dataclass(slots=True)
@@ -81,6 +85,7 @@ class CohortSnapshot:
     s_bot: float
     s_mood: float
     source: str
+    part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
 
 @dataclass(slots=True)
@@ -94,6 +99,7 @@ class ControlCommand:
     strategy_id: str = "ensemble_1_1"
     signature: str = ""  # base64 Ed25519 over operators.commands.canonical_bytes
     signer: str = ""  # set once verified: operator/key fingerprint, kept in the audit
+    part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
     def signed_fields(self) -> dict[str, Any]:
         return {

@@ -6,14 +6,23 @@ bars. Other inputs (funding, overlays, cohort snapshots, control commands) pass 
 in arrival order for the context join. A trade or candle for a bar already emitted is
 returned as `Late`, to be dead-lettered and counted, never folded in silently.
 
-A trade or candle stamped more than `max_jump_ms` past the stream's latest event time
-would close every bar in between; it is held back instead. If `JUMP_CONFIRMATIONS`
-records in a row agree that time jumped (the market came back after an outage), they are
-all processed in order; if a record in line with the stream arrives first, the held ones
-are dead letters (a lone bad timestamp). Nothing is lost either way.
+Bars close when the symbol's event-time progress, less the allowed lateness, passes their
+end. Progress is kept per input partition and the minimum taken (operators/watermark.py):
+one trade stamped ahead, or a minority of records on other partitions, cannot close bars
+early and make real trades late; and funding, overlay, cohort and control records reach
+the context join before the bar they belong to closes, however fast each topic is read.
+
+A trade or candle stamped more than `max_jump_ms` past its partition's progress would be
+folded into a bar hours ahead; it is held back instead. If `JUMP_CONFIRMATIONS` records
+in a row from the same partition agree that time jumped (the market came back after an
+outage), they are all processed in order; if a record in line with the partition arrives
+first, the held ones are dead letters (a lone bad timestamp). Nothing is lost either way.
 
 A trade seen before (same venue and trade id) while its bar is still open is dropped and
-counted (`duplicate_count`): a replayed or doubled feed must not double the volume.
+counted (`duplicate_count`): a replayed or doubled feed must not double the volume. A
+trade whose price or size is outside the bands around the recent reference
+(operators/bands.py), or a candle with absurd values, is an outlier: dead-lettered and
+counted (`outlier_count`), never folded into a bar, so no feature or size sees it.
 
 Configuration is not state: the lateness, the jump limit, whether bars come from candles
 and the cohort settings are bound by `configure` at every build or resume and are left out
@@ -34,16 +43,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.bands import Bands, candle_outlier
 from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
-from operators.config import CohortConfig, SizeProxyConfig
+from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.dedup import RecentTrades
 from operators.events import Candle, Trade
 from operators.size_proxy import ProxyValues, SizeProxy, bind
+from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions, Progress
 
 JUMP_CONFIRMATIONS = 50
 DEFAULT_ALLOWED_LATENESS_MS = 5_000
-DEFAULT_MAX_JUMP_MS = 6 * 3_600_000
+DEFAULT_MAX_JUMP_MS = 3_600_000
 
 
 @dataclass(slots=True)
@@ -57,6 +68,8 @@ class Close:
 
 @dataclass(slots=True)
 class Late:
+    """A trade or candle set aside (late, far ahead, an outlier): a dead letter."""
+
     event: Trade | Candle
     reason: str
 
@@ -67,6 +80,9 @@ _CONFIG = (
     "cohort_cfg",
     "max_jump_ms",
     "size_proxy_cfg",
+    "bands_cfg",
+    "source_idle_ms",
+    "inputs",
 )
 
 
@@ -78,14 +94,20 @@ class MarketState:
     cohort_cfg: CohortConfig
     max_jump_ms: int = DEFAULT_MAX_JUMP_MS
     size_proxy_cfg: SizeProxyConfig = field(default_factory=SizeProxyConfig)
-    ahead: list[Trade | Candle] = field(default_factory=list)
+    bands_cfg: BandConfig = field(default_factory=BandConfig)
+    source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS
+    inputs: InputPartitions | None = None  # the Kafka source's view of its partitions
+    ahead: dict[str | None, list[Trade | Candle]] = field(default_factory=dict)  # by partition
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)
     cohorts: CohortTracker = field(init=False)
     size_proxy: SizeProxy | None = field(init=False)
     recent: RecentTrades = field(default_factory=RecentTrades)
+    progress: Progress = field(default_factory=Progress)
+    bands: Bands = field(default_factory=Bands)
     late_count: int = 0
     duplicate_count: int = 0
+    outlier_count: int = 0
 
     def __post_init__(self) -> None:
         self.builder = BarBuilder(self.symbol, self.allowed_lateness_ms)
@@ -100,6 +122,9 @@ class MarketState:
         cohort_cfg: CohortConfig,
         max_jump_ms: int,
         size_proxy_cfg: SizeProxyConfig | None = None,
+        bands_cfg: BandConfig | None = None,
+        source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS,
+        inputs: InputPartitions | None = None,
     ) -> MarketState:
         """Bind the running settings (after a resume: the state holds none)."""
         self.bars_from_candles = bars_from_candles
@@ -108,6 +133,9 @@ class MarketState:
         self.max_jump_ms = max_jump_ms
         self.size_proxy_cfg = size_proxy_cfg or SizeProxyConfig()
         self.size_proxy = bind(self.size_proxy, self.size_proxy_cfg, cohort_cfg)
+        self.bands_cfg = bands_cfg or BandConfig()
+        self.source_idle_ms = source_idle_ms
+        self.inputs = inputs
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -115,9 +143,20 @@ class MarketState:
         return {k: v for k, v in self.__dict__.items() if k not in _CONFIG}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("recent", RecentTrades())  # snapshots from before deduplication
+        # snapshots from before deduplication, bands and per-partition progress
+        state.setdefault("recent", RecentTrades())
         state.setdefault("duplicate_count", 0)
         state.setdefault("size_proxy", None)  # snapshots from before the size proxy
+        state.setdefault("outlier_count", 0)
+        state.setdefault("bands", Bands())
+        if isinstance(state.get("ahead"), list):
+            state["ahead"] = {None: state["ahead"]} if state["ahead"] else {}
+        if "progress" not in state:
+            progress = state["progress"] = Progress()
+            hwm = state["builder"].max_event_ms
+            if hwm is not None:
+                progress.observe(None, hwm, 0, 1)
+                progress.value = hwm
         self.__dict__.update(state)
 
     def on_tick(self, now_ms: int, idle_ms: int, out: list[Any]) -> None:
@@ -127,57 +166,66 @@ class MarketState:
             return
         self._closed(self.builder.advance_to(min(hwm + idle_ms, now_ms)), out)
 
-    def on_event(self, e: Any, out: list[Any]) -> None:
-        """Append what `e` produces to `out` (in order)."""
+    def on_event(self, e: Any, out: list[Any], now_ms: int = 0) -> None:
+        """Append what `e` produces to `out` (in order); `now_ms` is the wall clock (it
+        tells which input partitions are idle)."""
+        part = e.part
+        self.progress.arrivals[part] = now_ms  # whatever becomes of it: the partition is live
         drives_bars = isinstance(e, Candle) if self.bars_from_candles else isinstance(e, Trade)
         if drives_bars:
-            hwm = self.builder.max_event_ms
-            if hwm is not None and e.ts_event_ms > hwm + self.max_jump_ms:
-                self.ahead.append(e)
-                if len(self.ahead) >= JUMP_CONFIRMATIONS:
-                    held, self.ahead = self.ahead, []
+            seen = self.progress.source_progress(part)
+            if seen is not None and e.ts_event_ms > seen + self.max_jump_ms:
+                held = self.ahead.setdefault(part, [])
+                held.append(e)
+                if len(held) >= JUMP_CONFIRMATIONS:  # its own partition confirms the jump
+                    del self.ahead[part]
                     for h in held:
-                        self._market(h, out)
+                        self._market(h, out, now_ms)
                 return
-            if self.ahead:
-                self._reject_ahead(out)
-        self._market(e, out)
+            if self.ahead.get(part):
+                self._reject_ahead(part, out)
+        self._market(e, out, now_ms)
 
-    def _reject_ahead(self, out: list[Any]) -> None:
-        hwm = self.builder.max_event_ms
-        for h in self.ahead:
+    def _reject_ahead(self, part: str | None, out: list[Any]) -> None:
+        seen = self.progress.source_progress(part) or 0
+        held = self.ahead.pop(part)
+        for h in held:
             out.append(
                 Late(
                     h,
                     f"far out of order: event time {h.ts_event_ms} is "
-                    f"{(h.ts_event_ms - (hwm or 0)) / 3.6e6:.1f} h past the stream "
+                    f"{(h.ts_event_ms - seen) / 3.6e6:.1f} h past its input "
                     f"(max jump {self.max_jump_ms / 3.6e6:.1f} h, not confirmed by "
                     f"{JUMP_CONFIRMATIONS} records in a row)",
                 )
             )
-        self.late_count += len(self.ahead)
-        self.ahead = []
+        self.late_count += len(held)
 
-    def _market(self, e: Any, out: list[Any]) -> None:
+    def _market(self, e: Any, out: list[Any], now_ms: int) -> None:
         if isinstance(e, Trade):
             if self.recent.seen(e.ts_event_ms, (e.venue, e.trade_id)):
-                self.duplicate_count += 1
+                self.duplicate_count += 1  # a real trade's time: its partition progresses
+                self._observe(e.part, e.ts_event_ms, now_ms, out, trade=True)
+                return
+            if not self.bars_from_candles and self.builder.is_late(e.ts_event_ms):
+                self._late(e, out)  # late says more than a price from another time
+                return
+            reason = self.bands.check_trade(e.part, e.ts_event_ms, e.px, e.qty, self.bands_cfg)
+            if reason is not None:
+                self._outlier(e, reason, out)
                 return
             if self.bars_from_candles:
                 if not self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller):
                     self._late(e, out)
-                elif self.size_proxy is not None:
-                    self.size_proxy.add_trade(e.ts_event_ms, e.px, e.qty, e.side)
-                return
-            bars = self.builder.add_trade(e.ts_event_ms, e.px, e.qty)
-            if bars is None:
+                    return
+            elif self.builder.fold_trade(e.ts_event_ms, e.px, e.qty):
+                self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller)
+            else:
                 self._late(e, out)
                 return
-            self.cohorts.add_trade(e.ts_event_ms, e.px, e.qty, e.buyer, e.seller)
             if self.size_proxy is not None:
                 self.size_proxy.add_trade(e.ts_event_ms, e.px, e.qty, e.side)
-            if bars:
-                self._closed(bars, out)
+            self._observe(e.part, e.ts_event_ms, now_ms, out, trade=True)
         elif isinstance(e, Candle):
             if not self.bars_from_candles:
                 out.append(
@@ -188,25 +236,56 @@ class MarketState:
                     )
                 )
                 return
-            bars = self.builder.add_candle(
+            reason = candle_outlier(e.high, e.volume)
+            if reason is not None:
+                self._outlier(e, reason, out)
+                return
+            if not self.builder.fold_candle(
                 e.ts_event_ms, e.interval_ms, e.open, e.high, e.low, e.close, e.volume
-            )
-            if bars is None:
+            ):
                 self._late(e, out)
-            elif bars:
-                self._closed(bars, out)
+                return
+            self._observe(e.part, e.ts_event_ms + e.interval_ms, now_ms, out)
         else:
             out.append(e)
+            self._observe(e.part, e.ts_event_ms, now_ms, out)
+
+    def _observe(
+        self, part: str | None, ts_ms: int, now_ms: int, out: list[Any], trade: bool = False
+    ) -> None:
+        """One more record from `part`: close the bars the symbol's progress has passed.
+        Trades that drive bars are many and single, so a quorum of them moves their
+        partition's progress; candles and the other streams are aggregates or rare. A file
+        run is one ordered stream: the quorum of its bar-driving kind."""
+        quorum = 1 if self.bars_from_candles or not (trade or part is None) else QUORUM
+        self.progress.observe(part, ts_ms, now_ms, quorum)
+        self.recheck(now_ms, out)
+
+    def recheck(self, now_ms: int, out: list[Any]) -> None:
+        """No new record: close the bars the symbol's progress has passed meanwhile (other
+        partitions moved on, or went idle)."""
+        if not self.progress.sources:
+            return
+        before = self.progress.value
+        cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+        p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
+        # a candle may complete its bar without moving progress; a trade needs progress
+        if p is not None and (p != before or self.bars_from_candles):
+            self._closed(self.builder.advance(p), out)
 
     def flush(self, out: list[Any]) -> None:
         """End of a finite input: close every open bar."""
-        if self.ahead:
-            self._reject_ahead(out)
+        for part in list(self.ahead):
+            self._reject_ahead(part, out)
         self._closed(self.builder.flush(), out)
         for agg in self.higher:
             b = agg.flush()
             if b is not None:
                 out.append(b)
+
+    def _outlier(self, e: Trade | Candle, reason: str, out: list[Any]) -> None:
+        self.outlier_count += 1
+        out.append(Late(e, reason))
 
     def _late(self, e: Trade | Candle, out: list[Any]) -> None:
         self.late_count += 1

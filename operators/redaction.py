@@ -1,11 +1,22 @@
 """Redaction of anything secret-looking (SPEC 9), for every record that leaves the system.
 
-One place for both shapes a secret can take: a field whose name contains key, secret,
-token or password (`redact`, on dicts and lists), and the same inside free text such as
-an error message, a `repr` or raw bytes (`scrub`: `name=value`, `name: value`,
-`"name": "value"`, bearer tokens, and the path and query of URLs, which is where webhooks
-keep their secret). `clean` does both on a record. The flow's `errors` and
-`dead_letters` records, the alerts and the LLM facts all use these functions.
+One place for every shape a secret can take: a field whose name contains key, secret,
+token or password (`redact`, on dicts and lists), and the same inside free text such as an
+operator's halt reason, an error message, a `repr` or raw bytes (`scrub`): `name=value`,
+`name: value`, `"name": "value"`, "password is ...", bearer tokens, credentials and the
+path and query of URLs (where webhooks keep their secret), bare keys by their well-known
+shapes (`sk-live-...`, `sk_test_...`, AWS `AKIA...`, GitHub `ghp_...`, Slack `xoxb-...`,
+Google `AIza...`, JWTs, PEM private keys, 0x-prefixed 64-hex private keys) and e-mail
+addresses. `clean` does both on a record.
+
+What is scrubbed where (docs/operations.md, "Secrets"):
+- The flow's records that carry free text, on their way to Kafka or the files (`health`,
+  `repro`, `errors`, `dead_letters`, `rejections`: dataflows/ensemble.py): every shape
+  above. On-chain addresses stay: a trade's buyer and seller are
+  market data (cohorts are built from them) and a dead letter keeps its input.
+- What leaves for a third party or a person (the copilot's LLM request and printed
+  answers, the alerts' Slack messages and log): every shape above and on-chain addresses
+  too (`addresses=True`): an address identifies a trader, and no alert or answer needs it.
 """
 
 from __future__ import annotations
@@ -15,13 +26,29 @@ from typing import Any
 
 REDACTED = "<REDACTED>"
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.IGNORECASE)
-# `api_key=...`, `token: ...`, `"password": "..."`, `secret='...'` inside free text
+_SECRET_WORD = r"(?:key|secret|token|password|passwd|passphrase|pwd|credential)"
+# `api_key=...`, `token: ...`, `"password": "..."`, `secret='...'`, `password is ...`
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b([\w.-]*(?:key|secret|token|password)[\w.-]*)([\"']?\s*[=:]\s*)"
+    rf"(?i)\b([\w.-]*{_SECRET_WORD}[\w.-]*)([\"']?\s*[=:]\s*|\s+is\s+|\s+was\s+)"
     r"(\"[^\"]*\"|'[^']*'|[^\s,;}\)]+)"
 )
-_BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
+_BEARER = re.compile(r"(?i)\b((?:bearer|basic)\s+)\S+")
+_URL_CREDENTIALS = re.compile(r"(?i)\b(https?://)[^\s/?#@]+@")
 _URL_TAIL = re.compile(r"(?i)\b(https?://[^\s/?#]+)[/?#]\S*")
+_BARE_SECRETS = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
+    r"|\b(?:sk|rk|pk)[-_](?:live|test|proj|ant)[-_][\w-]{6,}"  # Stripe, OpenAI, Anthropic
+    r"|\bsk-[A-Za-z0-9_-]{16,}"  # OpenAI-style secret keys
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key id
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_\w{20,}"  # GitHub
+    r"|\bxox[abposr]-[\w-]{10,}"  # Slack
+    r"|\bAIza[\w-]{30,}"  # Google API key
+    r"|\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"  # a JWT
+    r"|\b0x[0-9a-fA-F]{64}\b",  # an Ethereum private key (or a hash: not worth the risk)
+    re.DOTALL,
+)
+_EMAIL = re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{40}\b")
 
 
 def redact(value: Any) -> Any:
@@ -40,23 +67,31 @@ def redact(value: Any) -> Any:
     return value
 
 
-def clean(value: Any) -> Any:
+def clean(value: Any, addresses: bool = False) -> Any:
     """`redact` by field name, and `scrub` every string value (reprs, messages) too."""
     if isinstance(value, dict):
-        return {k: clean(v) for k, v in redact(value).items()}
+        return {k: clean(v, addresses) for k, v in redact(value).items()}
     if isinstance(value, list):
-        return [clean(v) for v in value]
+        return [clean(v, addresses) for v in value]
     if isinstance(value, str):
-        return scrub(value)
+        return scrub(value, addresses)
     return value
 
 
-def scrub(text: str) -> str:
-    """Free text with secret-looking values masked: `name=value` whose name looks secret,
-    bearer tokens, and the path and query of URLs (the host stays, for diagnosis)."""
+def scrub(text: str, addresses: bool = False) -> str:
+    """Free text with every secret shape (module docstring) masked; with `addresses`,
+    on-chain addresses too. The host of a URL stays, for diagnosis."""
+    if len(text) < 8:  # `key=abc` and shorter: nothing that could be a secret
+        return text
+    text = _BARE_SECRETS.sub(REDACTED, text)
     text = _SECRET_ASSIGNMENT.sub(_masked, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    return _URL_TAIL.sub(lambda m: f"{m.group(1)}/{REDACTED}", text)
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _URL_TAIL.sub(lambda m: f"{m.group(1)}/{REDACTED}", text)
+    text = _EMAIL.sub(REDACTED, text)
+    if addresses:
+        text = _ADDRESS.sub(REDACTED, text)
+    return text
 
 
 def _masked(m: re.Match[str]) -> str:

@@ -89,13 +89,17 @@ def test_the_canonical_encoding_covers_every_field_that_changes_the_effect():
         assert canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1", field: other}) != base
 
 
+class Tick:
+    part = None
+
+    def __init__(self, ts_ms: int = HALT_AT - 60_000) -> None:
+        self.ts_event_ms = ts_ms
+
+
 def test_gate_holds_commands_until_the_flow_knows_its_time_then_refuses_replays_and_stale():
     gate = CommandGate(window_ms=900_000)
     c1 = _control(_cmd(symbol="BTC-PERP"))
     assert gate.on_event(c1) == []  # no market time yet: held
-
-    class Tick:
-        ts_event_ms = HALT_AT - 60_000
 
     out = gate.on_event(Tick())
     assert out[0] is c1 and isinstance(out[1], Tick)
@@ -105,8 +109,23 @@ def test_gate_holds_commands_until_the_flow_knows_its_time_then_refuses_replays_
         _control(_cmd(symbol="BTC-PERP", command_id="c-9", ts_event_ms=1230768000000))
     )
     assert isinstance(old[0], CommandRefused) and old[0].reason is CommandReject.STALE
-    ahead = gate.on_event(_control(_cmd(command_id="c-10", ts_event_ms=HALT_AT + 86_400_000)))
-    assert isinstance(ahead[0], CommandRefused) and ahead[0].reason is CommandReject.STALE
+    # a day ahead of the market (the control topic read ahead): held until the flow is there
+    ahead = _control(_cmd(command_id="c-10", ts_event_ms=HALT_AT + 86_400_000))
+    assert gate.on_event(ahead) == []
+    assert gate.on_event(Tick(HALT_AT + 3_600_000))[0].ts_event_ms == HALT_AT + 3_600_000
+    out = gate.on_event(Tick(HALT_AT + 86_400_000 - 600_000))
+    assert out[0] is ahead and isinstance(out[1], Tick)
+
+
+def test_the_flow_time_of_the_gate_is_the_slowest_active_partition_not_the_fastest():
+    """Kafka: trades of one partition read hours ahead must not make a command stale."""
+    gate = CommandGate(window_ms=900_000, idle_ms=10_000)
+    fast, slow = Tick(HALT_AT + 5 * 3_600_000), Tick(HALT_AT - 60_000)
+    fast.part, slow.part = "trades#1", "trades#0"
+    gate.on_event(slow, 20_000)
+    gate.on_event(fast, 20_000)
+    (accepted,) = gate.on_event(_control(_cmd(symbol="BTC-PERP")), 20_001)
+    assert isinstance(accepted, ControlCommand)
 
 
 def _run_with(tmp_path, commands: list[dict]) -> dict:

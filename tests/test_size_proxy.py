@@ -154,19 +154,21 @@ def test_the_settings_are_not_state_and_switching_off_drops_the_proxy():
 def test_a_resumed_market_step_keeps_the_proxy_and_binds_the_running_settings():
     from operators.events import Trade
     from operators.market import Close, MarketState
+    from operators.watermark import QUORUM
 
     m = MarketState("BTC-PERP", False, 5_000, CohortConfig(), size_proxy_cfg=ON)
     out: list[Any] = []
     for i in range(30):
-        m.on_event(Trade("BTC-PERP", T0 + i * 60_000, 100.0 + i, 1.0, 1, f"t{i}"), out)
+        m.on_event(Trade("BTC-PERP", T0 + i * 60_000, 100.0 + i / 10, 1.0, 1, f"t{i}"), out)
     resumed = pickle.loads(pickle.dumps(m))
     assert resumed.size_proxy is not None and not hasattr(resumed.size_proxy, "cfg")
     resumed.configure(False, 5_000, CohortConfig(), m.max_jump_ms, ON)
     assert resumed.size_proxy.n_prints == m.size_proxy.n_prints > 0
-    later = Trade("BTC-PERP", T0 + 40 * 60_000, 140.0, 1.0, 1, "t40")
     a, b = [], []
-    m.on_event(later, a)
-    resumed.on_event(later, b)
+    for i in range(40, 40 + QUORUM):  # a quorum of trades moves the symbol's progress
+        later = Trade("BTC-PERP", T0 + i * 60_000, 104.0, 1.0, 1, f"t{i}")
+        m.on_event(later, a)
+        resumed.on_event(later, b)
     closes_a = [x.size_proxy for x in a if isinstance(x, Close)]
     assert closes_a == [x.size_proxy for x in b if isinstance(x, Close)] and closes_a
     resumed.configure(False, 5_000, CohortConfig(), m.max_jump_ms, SizeProxyConfig())
@@ -229,11 +231,14 @@ def test_the_bandit_samples_proxy_arms_and_reports_them_only_when_asked():
 
 # -- the flow -----------------------------------------------------------------------------------
 # sha256 over (name, sha256) of every output file of `small_settings` under each preset, as
-# the code wrote them before the size proxy existed (merge c05ee0e). If a deliberate change of
-# the strategy alters them, recompute with _digest and say so in the commit.
+# the code wrote them before the size proxy existed. Recomputed after merging issue 14's bands
+# and per-partition progress (a deliberate change): every stream file was checked equal to the
+# hardening2 branch's, which has no size proxy; summary.json gained `warmup_bars` (issue 15).
+# If a deliberate change of the strategy alters them, recompute with _digest and say so in the
+# commit.
 PRESET_DIGESTS = {
-    "ensemble_1_0": "ad6b78fbbb499436f97398b1d95cf4649fc4819561fb69b907b92f4f41971a78",
-    "ensemble_1_1": "7ff515df852a53422046142439d7430d889b780622aee9f3d8619afa4f995bbb",
+    "ensemble_1_0": "c6077b7ea5c6e1745f166b5c0f75b447de9aec90e83f52e751a14df3b207238c",
+    "ensemble_1_1": "1c440ee4789388ad4d34f0506ce6bf30608ac4b122fceaa7a1fc01c57af0d310",
 }
 
 

@@ -64,8 +64,8 @@ def test_sigkill_mid_stream_and_restart_publish_the_uninterrupted_decisions(
     kafka_bootstrap, prefix, tmp_path
 ):
     settings = small_settings(tmp_path / "files", ENSEMBLE_DAYS=DAYS)
-    # Funding stays out: it travels on its own topic and is not yet aligned with trades by
-    # event time (README, "Running on Kafka"); trades and candles each keep their order.
+    # Funding stays out: this test is about the restart (test_kafka_flow.py checks the
+    # alignment of every topic); trades and candles each keep their order.
     records = [(s, r) for s, r in generate(settings.generator) if s != "funding"]
     provision(kafka_bootstrap, prefix)
     _publish(kafka_bootstrap, prefix, records)

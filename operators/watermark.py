@@ -1,0 +1,165 @@
+"""Event-time progress of one symbol's input, which one lie or a minority cannot drag forward.
+
+The bars of a symbol close when its progress, less the allowed lateness, passes their end.
+With progress = the latest event time seen, one trade stamped 290 s ahead (inside the
+allowed clock skew) made every real trade late for five minutes, and trades under a null
+key, read ahead on other partitions, closed every bar (issue 14).
+
+So each source keeps its own progress: a source is a Kafka topic partition, or the one
+event-ordered stream of a file run (source None). A source's progress is the lowest of
+the `quorum` latest event times it delivered, so a record stamped ahead moves it only
+once `quorum - 1` more records agree (`QUORUM` for the trades that drive bars; 1 for
+candles, funding, overlays, cohorts and commands, which are aggregates or rare). The
+symbol's progress is the minimum over the sources that may still deliver an earlier
+record, never decreasing: a partition read ahead of the others, or carrying misrouted
+records, cannot close another's bars, and funding, overlay, cohort and control records
+reach the context join before the bar they belong to closes (topics aligned by event
+time, however fast each is read).
+
+Which sources may still deliver: with the Kafka source's view of its partitions
+(`InputPartitions`), every partition that is not idle (records left to read, or read
+within `idle_ms`), even one that has not delivered a record yet. Without it (several
+processes), the sources that delivered within `idle_ms` of wall time, and nothing at all
+for `idle_ms` after a start, when every partition has had that long to speak. Wall-clock
+times are not state: a resumed step starts afresh.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+QUORUM = 3
+DEFAULT_SOURCE_IDLE_MS = 10_000
+
+
+@dataclass
+class SourceClock:
+    """One source's progress: the lowest of its `quorum` latest event times."""
+
+    quorum: int
+    latest: list[int] = field(default_factory=list)  # min-heap of the `quorum` latest times
+
+    def add(self, ts_ms: int) -> None:
+        if len(self.latest) < self.quorum:
+            heapq.heappush(self.latest, ts_ms)
+        elif ts_ms > self.latest[0]:
+            heapq.heapreplace(self.latest, ts_ms)
+
+    @property
+    def progress(self) -> int:
+        return self.latest[0]
+
+
+@dataclass
+class Progress:
+    """A symbol's event-time progress over its sources (see the module docstring)."""
+
+    sources: dict[Hashable, SourceClock] = field(default_factory=dict)
+    value: int | None = None  # never decreases
+    arrivals: dict[Hashable, int] = field(default_factory=dict)  # wall ms of the last record
+    started_ms: int = 0  # wall ms the step started or resumed
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Event time only: wall-clock arrivals mean nothing to a resumed run."""
+        return {"sources": self.sources, "value": self.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, arrivals={}, started_ms=0)
+
+    def restart(self, now_ms: int) -> None:
+        """The step (re)started: give every source `idle_ms` to be heard from again."""
+        self.started_ms = now_ms
+        self.arrivals.clear()
+
+    def observe(self, source: Hashable, ts_ms: int, now_ms: int, quorum: int) -> None:
+        clock = self.sources.get(source)
+        if clock is None:
+            clock = self.sources[source] = SourceClock(quorum)
+        clock.add(ts_ms)
+        self.arrivals[source] = now_ms
+
+    def source_progress(self, source: Hashable) -> int | None:
+        clock = self.sources.get(source)
+        return None if clock is None else clock.progress
+
+    def advance(
+        self,
+        now_ms: int,
+        idle_ms: int,
+        inputs: InputPartitions | None = None,
+        cap_ms: int | None = None,
+    ) -> int | None:
+        """The symbol's progress now: the minimum over the partitions that may still deliver
+        an earlier record (None: not yet), and never past `cap_ms`."""
+        if len(self.sources) == 1 and None in self.sources:  # one merged, ordered stream
+            p: int | None = self.sources[None].progress
+        else:
+            p = self._slowest(now_ms, idle_ms, inputs)
+        if p is not None and cap_ms is not None:
+            p = min(p, cap_ms)
+        if p is not None and (self.value is None or p > self.value):
+            self.value = p
+        return self.value
+
+    def _slowest(self, now_ms: int, idle_ms: int, inputs: InputPartitions | None) -> int | None:
+        if inputs is not None and inputs.caught_up:
+            pending = []
+            for part in inputs.caught_up:
+                if inputs.idle(part, now_ms, idle_ms):
+                    continue
+                clock = self.sources.get(part)
+                p = clock.progress if clock is not None else inputs.latest_ms.get(part)
+                if p is None:
+                    return None  # a partition with records not seen yet: wait for it
+                pending.append(p)
+            return min(pending) if pending else None
+        if now_ms - self.started_ms < idle_ms:
+            return None  # a partition may not have delivered its first record yet
+        active = [
+            c.progress
+            for s, c in self.sources.items()
+            if now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
+        ]
+        return min(active) if active else None
+
+
+@dataclass
+class InputPartitions:
+    """What this process's Kafka source knows of its input partitions (filled by
+    dataflows/io.py, and by the commands step for event times): whether each has nothing
+    left to read right now (at the broker's high watermark, or its end), when it last
+    delivered records (wall ms), and the latest event time read from it for any symbol.
+
+    A partition holds every symbol's progress until it is idle: caught up and quiet for
+    the idle bound (Flink's `withIdleness`, measured at the source). So a topic read late
+    (the control topic, whose first fetch may come after thousands of trades) is still in
+    time, and the bound leaves the steps time to process the last batch read. While the
+    commands step holds a symbol's command (ahead of that step's view of the time), the
+    market step does not close that symbol's bars past it (`held_ms`). Not state: it
+    describes the running process's consumers and steps."""
+
+    caught_up: dict[str, bool] = field(default_factory=dict)
+    held_ms: dict[str, int] = field(default_factory=dict)  # symbol -> earliest held command
+    records: dict[str, int] = field(default_factory=dict)  # read so far
+    last_read_ms: dict[str, int] = field(default_factory=dict)
+    latest_ms: dict[str, int] = field(default_factory=dict)
+
+    def read(self, part: str, n_records: int, caught_up: bool, now_ms: int) -> None:
+        """One batch of `n_records` read from `part` (the source calls it after each)."""
+        self.caught_up[part] = caught_up
+        self.records[part] = self.records.get(part, 0) + n_records
+        if n_records or part not in self.last_read_ms:
+            self.last_read_ms[part] = now_ms
+
+    def idle(self, part: str, now_ms: int, idle_ms: int) -> bool:
+        """Caught up and either empty or quiet for `idle_ms` (its last records processed)."""
+        if not self.caught_up[part]:
+            return False
+        return not self.records.get(part) or now_ms - self.last_read_ms[part] >= idle_ms
+
+    def saw(self, part: str | None, ts_ms: int) -> None:
+        if part is not None and ts_ms > self.latest_ms.get(part, ts_ms - 1):
+            self.latest_ms[part] = ts_ms
