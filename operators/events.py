@@ -199,7 +199,38 @@ def _symbol(rec: dict[str, Any], symbols: frozenset[str], allow_all: bool = Fals
     raise InvalidRecord(f"unknown symbol {s!r}; this run trades {sorted(symbols)}")
 
 
+def _ordinary_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade | None:
+    """The trade, if every field has its ordinary type and value (float prices, int time,
+    str ids); None sends the record through `parse_trade`'s field-by-field checks, which
+    give the reason. The same rules: this path only accepts what those checks accept."""
+    get = rec.get
+    sym, ts, px, qty, side = get("symbol"), get("ts_event_ms"), get("px"), get("qty"), get("side")
+    tid, buyer, seller, venue = get("trade_id"), get("buyer"), get("seller"), get("venue")
+    if (
+        type(sym) is str
+        and sym in symbols
+        and type(ts) is int
+        and MIN_TS_MS <= ts < MAX_TS_MS
+        and type(px) is float
+        and 0.0 < px < math.inf
+        and type(qty) is float
+        and 0.0 < qty < math.inf
+        and (side == "buy" or side == "sell")
+        and type(tid) is str
+        and tid
+        and (buyer is None or (type(buyer) is str and len(buyer) <= MAX_ADDRESS_CHARS))
+        and (seller is None or (type(seller) is str and len(seller) <= MAX_ADDRESS_CHARS))
+        and (venue is None or type(venue) is str)
+    ):
+        side_sign = BUY if side == "buy" else SELL
+        return Trade(sym, ts, px, qty, side_sign, tid, buyer or None, seller or None, venue or None)
+    return None
+
+
 def parse_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade:
+    trade = _ordinary_trade(rec, symbols)
+    if trade is not None:
+        return trade
     side = _str(rec, "side")
     if side not in ("buy", "sell"):
         raise InvalidRecord(f"field 'side' must be 'buy' or 'sell', got {side!r}")
