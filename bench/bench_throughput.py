@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +43,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_flow(
-    spec: str, out: Path, workers: int = 1, processes: int = 1, tree: Path = ROOT
-) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB of the largest process) of one run of the flow in the
-    checkout `tree` (another worktree: the same ticks before and after a change)."""
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float  # user + system of every process: less disturbed by other jobs on the cores
+    peak_mb: float  # peak RSS of the largest process
+
+
+def run_flow(spec: str, out: Path, workers: int = 1, processes: int = 1, tree: Path = ROOT) -> Run:
+    """One run of the flow in the checkout `tree` (another worktree: the same ticks
+    before and after a change)."""
     env = {**os.environ, "ENSEMBLE_INPUT": spec, "ENSEMBLE_OUT": str(out), "PYTHONPATH": str(tree)}
     base = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble", "-w", str(workers)]
     if processes == 1:
@@ -60,17 +66,18 @@ def run_flow(
         subprocess.Popen(c, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for c in cmds
     ]
-    peak_kb = 0
+    peak_kb, cpu = 0, 0.0
     for p in procs:
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         peak_kb = max(peak_kb, usage.ru_maxrss)
+        cpu += usage.ru_utime + usage.ru_stime
     secs = time.perf_counter() - t0
     for p in procs:
         if p.returncode != 0:
             raise SystemExit(f"flow failed ({p.returncode}): {p.stderr.read().decode()[-2000:]}")
         p.stderr.close()
-    return secs, peak_kb / 1024
+    return Run(secs, cpu, peak_kb / 1024)
 
 
 def outputs(out: Path, ordered: bool = True) -> dict[str, list[str]]:
@@ -78,6 +85,19 @@ def outputs(out: Path, ordered: bool = True) -> dict[str, list[str]]:
     symbols in their own order)."""
     got = {f.name: f.read_text().splitlines() for f in sorted(out.glob("*.jsonl"))}
     return got if ordered else {name: sorted(lines) for name, lines in got.items()}
+
+
+def _median(runs: list[Run]) -> Run:
+    return Run(
+        *(statistics.median(getattr(r, f) for r in runs) for f in ("wall_s", "cpu_s", "peak_mb"))
+    )
+
+
+def _figures(run: Run, ticks: int) -> str:
+    return (
+        f"{run.wall_s:.2f} s wall = {ticks / run.wall_s:,.0f} ticks/s; "
+        f"{run.cpu_s:.2f} s CPU = {ticks / run.cpu_s:,.0f} ticks/CPU-s; {run.peak_mb:,.0f} MB peak"
+    )
 
 
 def machine() -> str:
@@ -109,52 +129,48 @@ def main() -> None:
     if not args.compare_workers:
         spec = f"trades:{btc}"
         trees = args.tree or [ROOT]
-        runs: dict[Path, list[float]] = {t: [] for t in trees}
+        runs: dict[Path, list[Run]] = {t: [] for t in trees}
         reference = None
         for r in range(args.rounds):
             for i, tree in enumerate(trees):
                 out = TMP / f"out_tree{i}"
-                secs, mb = run_flow(spec, out, args.workers, args.processes, tree)
-                runs[tree].append(secs)
+                run = run_flow(spec, out, args.workers, args.processes, tree)
+                runs[tree].append(run)
                 got = outputs(out)
                 if reference is None:
                     reference, same = got, ""
                 else:
                     same = ", same outputs" if got == reference else ", DIFFERENT OUTPUTS"
-                print(
-                    f"  round {r + 1} {tree}: {secs:.2f} s = {args.ticks / secs:,.0f} ticks/s, "
-                    f"{mb:,.0f} MB{same}"
-                )
-        for tree, ts in runs.items():
-            med = statistics.median(ts)
+                print(f"  round {r + 1} {tree}: {_figures(run, args.ticks)}{same}")
+        for tree, rs in runs.items():
             print(
                 f"whole flow ({tree}), {args.ticks:,} ticks from parquet, {args.processes} "
-                f"process(es) x {args.workers} worker(s): median {med:.2f} s = "
-                f"{args.ticks / med:,.0f} ticks/s"
+                f"process(es) x {args.workers} worker(s), median of {len(rs)}: "
+                f"{_figures(_median(rs), args.ticks)}"
             )
         return
     eth = write_ticks(TMP / f"eth_{args.ticks}.parquet", args.ticks, seed=12)
     spec = f"trades:{btc}?symbol=BTC-PERP,trades:{eth}?symbol=ETH-PERP"
     layouts = {"1 worker": (1, 1), "-w 2": (2, 1), "2 processes": (1, 2)}
-    times: dict[str, list[float]] = {k: [] for k in layouts}
+    times: dict[str, list[Run]] = {k: [] for k in layouts}
     reference = None
     for r in range(args.rounds):
         for name, (w, p) in layouts.items():
             out = TMP / f"out_{w}_{p}"
-            secs, mb = run_flow(spec, out, w, p)
-            times[name].append(secs)
+            run = run_flow(spec, out, w, p)
+            times[name].append(run)
             got = outputs(out, ordered=False)
             if reference is None:
                 reference, same = got, ""
             else:
                 same = " same outputs" if got == reference else " DIFFERENT OUTPUTS"
-            print(f"  round {r + 1} {name:12s}: {secs:.2f} s, {mb:,.0f} MB{same}")
-    base = statistics.median(times["1 worker"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
+            print(f"  round {r + 1} {name:12s}: {_figures(run, 2 * args.ticks)}{same}")
+    base = _median(times["1 worker"]).wall_s
+    for name, rs in times.items():
+        med = _median(rs)
         print(
-            f"{name:12s}: median {med:.2f} s = {2 * args.ticks / med:,.0f} ticks/s "
-            f"({base / med:.2f}x one worker)"
+            f"{name:12s}: median {_figures(med, 2 * args.ticks)} "
+            f"({base / med.wall_s:.2f}x one worker's wall time)"
         )
 
 

@@ -25,16 +25,17 @@ flow dead-letters it.
 from __future__ import annotations
 
 import gzip
-import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from marketdata.live.capture import capture_frames
 from marketdata.live.frames import FrameError
@@ -105,6 +106,59 @@ class FileRow:
     @property
     def origin(self) -> str:
         return f"{self.path} row {self.row}"
+
+
+OPTIONAL_FIELDS = ("venue",)  # left out of a record when None, as the readers always did
+
+
+@dataclass(slots=True)
+class RowBlock:
+    """Consecutive rows of one file, field by field: the flow decodes a whole block at
+    once instead of a dict per row. `fields` maps a record field to its values (a list,
+    one per row) or to one value for every row; rows with an `error` have no values."""
+
+    stream: str
+    path: str
+    symbol: str
+    avail_ms: np.ndarray  # int64, nondecreasing: the merge order across files
+    row: list[int]
+    error: list[str | None]
+    fields: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def column(self, name: str) -> list[Any]:
+        v = self.fields[name]
+        return v if isinstance(v, list) else [v] * len(self.row)
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Row `i` as the record dict the per-row path reads (just the symbol for a bad row)."""
+        if self.error[i] is not None:
+            return {"symbol": self.symbol}
+        rec = {}
+        for k, v in self.fields.items():
+            x = v[i] if isinstance(v, list) else v
+            if x is not None or k not in OPTIONAL_FIELDS:
+                rec[k] = x
+        return rec
+
+    def rows(self) -> Iterator[FileRow]:
+        for i, (avail, row, err) in enumerate(
+            zip(self.avail_ms.tolist(), self.row, self.error, strict=True)
+        ):
+            yield FileRow(avail, self.stream, self.record(i), self.path, row, err)
+
+    def slice(self, lo: int, hi: int) -> RowBlock:
+        return RowBlock(
+            self.stream,
+            self.path,
+            self.symbol,
+            self.avail_ms[lo:hi],
+            self.row[lo:hi],
+            self.error[lo:hi],
+            {k: v[lo:hi] if isinstance(v, list) else v for k, v in self.fields.items()},
+        )
 
 
 def _suffix(path: Path) -> str:
@@ -226,6 +280,32 @@ def _problem(err: Any) -> str | None:
     return err if isinstance(err, str) else None
 
 
+BLOCK_ROWS = 16_384  # rows per block: what the flow decodes at once, and the parquet chunk
+
+
+def _errors(df: pd.DataFrame) -> list[str | None]:
+    return [_problem(e) for e in df["error"].tolist()]
+
+
+def _avail(ts_ms: np.ndarray, good: np.ndarray, last: int) -> np.ndarray:
+    """Availability per row: its own for good rows; a bad row comes with the previous
+    good one (`last` before the first)."""
+    avail = pd.Series(np.where(good, ts_ms, np.nan)).ffill().fillna(last)
+    return avail.to_numpy().astype("int64")
+
+
+def _ints(values: np.ndarray, good: np.ndarray) -> list[int]:
+    return np.where(good, values, 0).astype("int64").tolist()
+
+
+def _blocks(df: pd.DataFrame, make: Any) -> Iterator[RowBlock]:
+    """`make(part, last)` -> (block, last) over BLOCK_ROWS-row parts of `df`, in order."""
+    last = 0
+    for lo in range(0, len(df), BLOCK_ROWS):
+        block, last = make(df.iloc[lo : lo + BLOCK_ROWS], last)
+        yield block
+
+
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     """By event time; rows without one (errors) first, in file order."""
     return df.sort_values("ts_ms", kind="stable", na_position="first").reset_index(drop=True)
@@ -267,32 +347,28 @@ def candle_interval_ms(ts_ms: np.ndarray) -> int:
     return int(np.median(np.diff(ts_ms)))
 
 
-def candle_rows(spec: FileSpec) -> Iterator[FileRow]:
+def candle_blocks(spec: FileSpec) -> Iterator[RowBlock]:
     df = _candles_frame(spec)
     ok = df["error"].isna().to_numpy()
     interval = candle_interval_ms(df["ts_ms"].to_numpy()[ok].astype("int64"))
-    path, last = str(spec.path), 0
-    for ts, o, h, lo, c, v, row, err in df.itertuples(index=False, name=None):
-        if _problem(err) is not None:
-            yield FileRow(last, "candles", {"symbol": spec.symbol}, path, int(row), str(err))
-            continue
-        last = int(ts) + interval
-        yield FileRow(
-            last,
-            "candles",
-            {
-                "symbol": spec.symbol,
-                "ts_event_ms": int(ts),
-                "interval_ms": interval,
-                "open": o,
-                "high": h,
-                "low": lo,
-                "close": c,
-                "volume": v,
-            },
-            path,
-            int(row),
+
+    def make(part: pd.DataFrame, last: int) -> tuple[RowBlock, int]:
+        error = _errors(part)
+        good = np.array([e is None for e in error], dtype=bool)
+        ts = part["ts_ms"].to_numpy()
+        avail = _avail(ts + interval, good, last)
+        fields = {
+            "symbol": spec.symbol,
+            "ts_event_ms": _ints(ts, good),
+            "interval_ms": interval,
+            **{c: part[c].tolist() for c in CANDLE_COLUMNS},
+        }
+        block = RowBlock(
+            "candles", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
         )
+        return block, int(avail[-1])
+
+    yield from _blocks(df, make)
 
 
 def _trades_frame(spec: FileSpec) -> pd.DataFrame:
@@ -304,6 +380,13 @@ def _trades_frame(spec: FileSpec) -> pd.DataFrame:
         return _sorted(df)
     parquet = _suffix(spec.path) == ".parquet"
     df = pd.read_parquet(spec.path) if parquet else pd.read_csv(spec.path)
+    return _sorted(_trades_table(df, spec, first_row=1))
+
+
+def _trades_table(df: pd.DataFrame, spec: FileSpec, first_row: int) -> pd.DataFrame:
+    """Rows of a nautilus-layout table (data row `first_row` first) in file order:
+    ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error."""
+    df = df.reset_index(drop=True)
     nums, error = _numbers(df, ("price", "quantity"))
     ts = _to_ms(df["timestamp"])
     no_time = np.isnan(ts) & error.isna().to_numpy()
@@ -327,7 +410,9 @@ def _trades_frame(spec: FileSpec) -> pd.DataFrame:
             "venue": spec.venue,
         }
     )
-    return _sorted(_with_rows(out, error))
+    out = _with_rows(out, error)
+    out["row"] += first_row - 1
+    return out
 
 
 def load_trades(spec: FileSpec) -> pd.DataFrame:
@@ -363,29 +448,50 @@ def _ws_capture_trades(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def trade_rows(spec: FileSpec) -> Iterator[FileRow]:
-    df = _trades_frame(spec)
-    path, last = str(spec.path), 0
-    for ts, tid, px, qty, side, buyer, seller, venue, row, err in df.itertuples(
-        index=False, name=None
-    ):
-        if _problem(err) is not None:
-            yield FileRow(last, "trades", {"symbol": spec.symbol}, path, int(row), str(err))
-            continue
-        last = int(ts)
-        rec = {
-            "symbol": spec.symbol,
-            "ts_event_ms": last,
-            "trade_id": tid,
-            "px": px,
-            "qty": qty,
-            "side": side,
-            "buyer": buyer,
-            "seller": seller,
-        }
-        if venue is not None:
-            rec["venue"] = venue
-        yield FileRow(last, "trades", rec, path, int(row))
+def _trade_block(spec: FileSpec, part: pd.DataFrame, last: int) -> tuple[RowBlock, int]:
+    error = _errors(part)
+    good = np.array([e is None for e in error], dtype=bool)
+    ts = part["ts_ms"].to_numpy()
+    avail = _avail(ts, good, last)
+    fields: dict[str, Any] = {
+        "symbol": spec.symbol,
+        "ts_event_ms": _ints(ts, good),
+        **{c: part[c].tolist() for c in ("trade_id", "px", "qty", "side", "buyer", "seller")},
+        "venue": part["venue"].tolist(),
+    }
+    block = RowBlock(
+        "trades", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
+    )
+    return block, int(avail[-1])
+
+
+def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
+    """A parquet trade file already in time order (the usual case), read BLOCK_ROWS rows
+    at a time: memory stays flat whatever the file's size. None: it needs sorting (or has
+    rows without a time, which go first), so it must be read whole."""
+    pf = pq.ParquetFile(spec.path)
+    ts = _to_ms(pf.read(columns=["timestamp"]).column(0).to_pandas())
+    if np.isnan(ts).any() or (np.diff(ts) < 0).any():
+        return None
+
+    def blocks() -> Iterator[RowBlock]:
+        first, last = 1, 0
+        for batch in pf.iter_batches(batch_size=BLOCK_ROWS):
+            part = _trades_table(batch.to_pandas(), spec, first)
+            block, last = _trade_block(spec, part, last)
+            first += len(part)
+            yield block
+
+    return blocks()
+
+
+def trade_blocks(spec: FileSpec) -> Iterator[RowBlock]:
+    if _suffix(spec.path) == ".parquet":
+        chunked = _sorted_parquet_blocks(spec)
+        if chunked is not None:
+            yield from chunked
+            return
+    yield from _blocks(_trades_frame(spec), partial(_trade_block, spec))
 
 
 def _funding_frame(spec: FileSpec) -> pd.DataFrame:
@@ -414,24 +520,59 @@ def load_funding(spec: FileSpec) -> pd.DataFrame:
     return good.reset_index(drop=True)
 
 
-def funding_rows(spec: FileSpec) -> Iterator[FileRow]:
-    df = _funding_frame(spec)
-    path, last = str(spec.path), 0
-    for ts, rate, row, err in df.itertuples(index=False, name=None):
-        if _problem(err) is not None:
-            yield FileRow(last, "funding", {"symbol": spec.symbol}, path, int(row), str(err))
-            continue
-        last = int(ts)
-        rec = {"symbol": spec.symbol, "ts_event_ms": last, "rate": rate}
-        yield FileRow(last, "funding", rec, path, int(row))
+def funding_blocks(spec: FileSpec) -> Iterator[RowBlock]:
+    def make(part: pd.DataFrame, last: int) -> tuple[RowBlock, int]:
+        error = _errors(part)
+        good = np.array([e is None for e in error], dtype=bool)
+        ts = part["ts_ms"].to_numpy()
+        avail = _avail(ts, good, last)
+        fields = {
+            "symbol": spec.symbol,
+            "ts_event_ms": _ints(ts, good),
+            "rate": part["rate"].tolist(),
+        }
+        block = RowBlock(
+            "funding", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
+        )
+        return block, int(avail[-1])
+
+    yield from _blocks(_funding_frame(spec), make)
 
 
-_READERS = {"candles": candle_rows, "trades": trade_rows, "funding": funding_rows}
+_READERS = {"candles": candle_blocks, "trades": trade_blocks, "funding": funding_blocks}
+
+
+def file_blocks(specs: list[FileSpec]) -> Iterator[RowBlock]:
+    """Every row of every file in blocks, merged by availability time (bad rows with their
+    error): the rows in the order `heapq.merge` would give them (on a tie, the earlier
+    file first), a block cut wherever another file's next row comes in between."""
+    readers = [_READERS[s.kind](s) for s in specs]
+    heads = [next(r, None) for r in readers]
+    while True:
+        live = [i for i, h in enumerate(heads) if h is not None]
+        if len(live) <= 1:
+            for i in live:
+                yield heads[i]  # type: ignore[misc]
+                yield from readers[i]
+            return
+        i = min(live, key=lambda j: (heads[j].avail_ms[0], j))  # type: ignore[union-attr]
+        head = heads[i]
+        assert head is not None
+        cut = len(head)
+        for j in live:
+            if j != i:  # rows of file i that come before file j's next one
+                nxt = heads[j].avail_ms[0]  # type: ignore[union-attr]
+                cut = min(
+                    cut, int(np.searchsorted(head.avail_ms, nxt, "right" if i < j else "left"))
+                )
+        yield head.slice(0, cut)
+        heads[i] = head.slice(cut, len(head)) if cut < len(head) else next(readers[i], None)
 
 
 def file_rows(specs: list[FileSpec]) -> Iterator[FileRow]:
     """Every row of every file, merged by availability time (bad rows with their error)."""
-    yield from heapq.merge(*(_READERS[s.kind](s) for s in specs), key=lambda r: r.avail_ms)
+    for block in file_blocks(specs):
+        yield from block.rows()
 
 
 def file_records(specs: list[FileSpec]) -> Iterator[tuple[str, dict[str, Any]]]:
