@@ -2,7 +2,8 @@
 
 Wiring only; every rule lives in `operators/`. Reads top to bottom like the diagram:
 
-    input → decode → by_symbol → market (5m bars by event time, cohorts, 15m/1h bars)
+    input → decode (a batch at once, by symbol) → commands
+          → market (5m bars by event time, cohorts, 15m/1h bars)
           → context_join (as-of overlays, cohort, funding, control; staleness)
           → features → predict → by_account → strategy (all symbols in event-time order;
             fill → control → mark → kill-switch and account limits → decide)
@@ -23,25 +24,35 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.operators import StatefulBatchLogic, StatefulLogic
+from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 
 from dataflows import metrics
-from dataflows.io import JsonLinesSink, RawMessage, from_kafka, kafka_sink, kafka_source, to_kafka
+from dataflows.io import (
+    JsonLinesSink,
+    RawMessage,
+    block_message,
+    from_kafka,
+    kafka_sink,
+    kafka_source,
+    to_kafka,
+)
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.kafka_sink import KafkaUnavailable
 from dataflows.settings import Settings
+from marketdata.files import RowBlock
 from operators.account import AccountRisk, EventTimeAligner
 from operators.bars import Bar
 from operators.commands import CommandGate, CommandRefused, verify
 from operators.config import ConfigError
-from operators.events import ControlCommand, InvalidRecord, decode
+from operators.events import FROM_COLUMNS, ControlCommand, InvalidRecord, decode
 from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin, Staleness
@@ -107,9 +118,52 @@ def _bar_record(stamp: Stamp, b: Bar) -> dict[str, Any]:
 
 
 # -- decode ------------------------------------------------------------------------------
+def decode_batch(
+    settings: Settings, stamp: Stamp, to_raw: Callable[[Any], RawMessage] | None, items: list[Any]
+) -> list[Any]:
+    """A whole input batch at once: its dead letters (and their summary counts), then one
+    `(symbol, events)` per symbol with that symbol's events in input order, so the steps
+    after this one take a list per symbol and batch, not an item per record. File blocks
+    are validated column by column; a row that fails goes through `decode_step` for its
+    reason. `to_raw` turns a source item (a Kafka message) into a RawMessage."""
+    out: list[Any] = []
+    by_symbol: dict[str, list[Any]] = {}
+    counts: dict[str, int] = {}
+    now_ms = wall_clock_ms()
+    for item in items:
+        if isinstance(item, RowBlock):
+            counts[item.stream] = counts.get(item.stream, 0) + len(item)
+            decoded: Iterable[Any] = _decode_block(settings, stamp, item, now_ms)
+        else:
+            raw = item if to_raw is None else to_raw(item)
+            counts[raw.stream] = counts.get(raw.stream, 0) + 1
+            decoded = decode_step(settings, stamp, raw)
+        for x in decoded:
+            if isinstance(x, Emit):
+                out.append(x)
+            else:
+                by_symbol.setdefault(x.symbol, []).append(x)
+    metrics.count_inputs(counts)
+    out.extend(by_symbol.items())
+    return out
+
+
+def _decode_block(settings: Settings, stamp: Stamp, block: RowBlock, now_ms: int) -> Iterator[Any]:
+    from_columns = FROM_COLUMNS.get(block.stream)
+    n = len(block)
+    if from_columns is None:  # funding: a few rows a day
+        events: list[Any] = [None] * n
+    else:
+        events = from_columns(block.fields, n, settings.symbols, now_ms, settings.max_clock_skew_ms)
+    for i, event in enumerate(events):
+        if event is None:
+            yield from decode_step(settings, stamp, block_message(block, i))
+        else:
+            yield event
+
+
 def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
-    """An event, or a dead letter (plus its summary count)."""
-    metrics.count_input(raw.stream)
+    """An event, or a dead letter (plus its summary count): one message on its own."""
     if raw.error is not None:
         dl = dead_letter(
             stamp,
@@ -157,21 +211,26 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
 
 
 def commands_step(
-    settings: Settings, stamp: Stamp, gate: CommandGate | None, event: Any
+    settings: Settings, stamp: Stamp, gate: CommandGate | None, events: list[Any]
 ) -> tuple[CommandGate, list[Any]]:
-    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on."""
+    """Per symbol: a replayed or stale command becomes a dead letter; the rest pass on,
+    still as one list."""
     gate = gate or CommandGate(window_ms=settings.command_window_ms)
     out: list[Any] = []
-    for item in gate.on_event(event):
-        if isinstance(item, CommandRefused):
-            cmd = item.command  # type: ignore[attr-defined]
-            fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
-            out += [
-                Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
-                Emit("summary", {"dead_letter": str(item)}),
-            ]
-        else:
-            out.append(item)
+    passed: list[Any] = []
+    for event in events:
+        for item in gate.on_event(event):
+            if isinstance(item, CommandRefused):
+                cmd = item.command  # type: ignore[attr-defined]
+                fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
+                out += [
+                    Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
+                    Emit("summary", {"dead_letter": str(item)}),
+                ]
+            else:
+                passed.append(item)
+    if passed:
+        out.append(passed)
     return gate, out
 
 
@@ -211,18 +270,19 @@ class MarketLogic(StatefulBatchLogic):
             )
         return self.state
 
-    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+    def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
+        """`values`: lists of this symbol's events (one per input batch), in order."""
         out: list[Any] = []
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
-        for e in values:
-            st = self._ensure(e.symbol)
-            try:
-                st.on_event(e, out)
-            except Exception as exc:  # one bad record must not stop the flow
-                out.append(
-                    _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
-                )
+        for events in values:
+            for e in events:
+                st = self._ensure(e.symbol)
+                try:
+                    st.on_event(e, out)
+                except Exception as exc:  # one bad record must not stop the flow
+                    context = {"event": repr(e)}
+                    out.append(_error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, context))
         if self.settings.wall_clock:
             self.last_arrival_ms = wall_clock_ms()
         if st is not None and st.duplicate_count > dups:
@@ -458,17 +518,19 @@ def build_flow(
 
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
+    to_raw = None
     if source is not None:
         raw = op.input("input", flow, source)
     elif kafka:
-        msgs = op.input("input", flow, kafka_source(settings))
-        raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
+        raw = op.input("input", flow, kafka_source(settings))
+        to_raw = partial(from_kafka, settings.topic_prefix)
     else:
         raw = op.input("input", flow, _MarketSource(settings, messages))
-    decoded = op.flat_map("decode", raw, partial(decode_step, settings, stamp))
-    bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
-    events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
-    keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
+    # One (symbol, events) per symbol and input batch from here to the market step.
+    decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw))
+    split = op.branch("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
+    bad = split.trues
+    keyed = cast(KeyedStream[list[Any]], split.falses)  # decode_batch keys them by symbol
     checked = op.stateful_flat_map("commands", keyed, partial(commands_step, settings, stamp))
     refused = op.filter_map(
         "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None

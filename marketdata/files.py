@@ -114,8 +114,9 @@ OPTIONAL_FIELDS = ("venue",)  # left out of a record when None, as the readers a
 @dataclass(slots=True)
 class RowBlock:
     """Consecutive rows of one file, field by field: the flow decodes a whole block at
-    once instead of a dict per row. `fields` maps a record field to its values (a list,
-    one per row) or to one value for every row; rows with an `error` have no values."""
+    once instead of a dict per row. `fields` maps a record field to its values, one per
+    row (numbers: an int64 or float64 array; text: a list) or to one value for every row;
+    rows with an `error` have no values (their numbers are 0)."""
 
     stream: str
     path: str
@@ -128,17 +129,18 @@ class RowBlock:
     def __len__(self) -> int:
         return len(self.row)
 
-    def column(self, name: str) -> list[Any]:
-        v = self.fields[name]
-        return v if isinstance(v, list) else [v] * len(self.row)
-
     def record(self, i: int) -> dict[str, Any]:
         """Row `i` as the record dict the per-row path reads (just the symbol for a bad row)."""
         if self.error[i] is not None:
             return {"symbol": self.symbol}
         rec = {}
         for k, v in self.fields.items():
-            x = v[i] if isinstance(v, list) else v
+            if isinstance(v, np.ndarray):
+                x = v[i].item()  # the Python int or float the per-row readers gave
+            elif isinstance(v, list):
+                x = v[i]
+            else:
+                x = v
             if x is not None or k not in OPTIONAL_FIELDS:
                 rec[k] = x
         return rec
@@ -157,7 +159,10 @@ class RowBlock:
             self.avail_ms[lo:hi],
             self.row[lo:hi],
             self.error[lo:hi],
-            {k: v[lo:hi] if isinstance(v, list) else v for k, v in self.fields.items()},
+            {
+                k: v[lo:hi] if isinstance(v, (list, np.ndarray)) else v
+                for k, v in self.fields.items()
+            },
         )
 
 
@@ -245,6 +250,11 @@ def _to_ms(values: pd.Series, numbers_in: str = "ns") -> np.ndarray:
         s = pd.to_datetime(values, unit=numbers_in, utc=True, errors="coerce")
     else:
         s = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    # A time nanoseconds cannot hold (text like "-5" parses as the year -5) is not a time
+    # either: without this the conversion below raised and stopped the whole run.
+    s = s.where(
+        (s >= pd.Timestamp.min.tz_localize("UTC")) & (s <= pd.Timestamp.max.tz_localize("UTC"))
+    )
     ns = s.astype("datetime64[ns, UTC]").astype("int64").to_numpy().astype("float64")
     ns[s.isna().to_numpy()] = np.nan
     return ns // 1_000_000
@@ -294,8 +304,8 @@ def _avail(ts_ms: np.ndarray, good: np.ndarray, last: int) -> np.ndarray:
     return avail.to_numpy().astype("int64")
 
 
-def _ints(values: np.ndarray, good: np.ndarray) -> list[int]:
-    return np.where(good, values, 0).astype("int64").tolist()
+def _ints(values: np.ndarray, good: np.ndarray) -> np.ndarray:
+    return np.where(good, values, 0).astype("int64")
 
 
 def _blocks(df: pd.DataFrame, make: Any) -> Iterator[RowBlock]:
@@ -361,7 +371,7 @@ def candle_blocks(spec: FileSpec) -> Iterator[RowBlock]:
             "symbol": spec.symbol,
             "ts_event_ms": _ints(ts, good),
             "interval_ms": interval,
-            **{c: part[c].tolist() for c in CANDLE_COLUMNS},
+            **{c: part[c].to_numpy(dtype="float64") for c in CANDLE_COLUMNS},
         }
         block = RowBlock(
             "candles", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
@@ -456,7 +466,10 @@ def _trade_block(spec: FileSpec, part: pd.DataFrame, last: int) -> tuple[RowBloc
     fields: dict[str, Any] = {
         "symbol": spec.symbol,
         "ts_event_ms": _ints(ts, good),
-        **{c: part[c].tolist() for c in ("trade_id", "px", "qty", "side", "buyer", "seller")},
+        "trade_id": part["trade_id"].tolist(),
+        "px": part["px"].to_numpy(dtype="float64"),
+        "qty": part["qty"].to_numpy(dtype="float64"),
+        **{c: part[c].tolist() for c in ("side", "buyer", "seller")},
         "venue": part["venue"].tolist(),
     }
     block = RowBlock(
@@ -529,7 +542,7 @@ def funding_blocks(spec: FileSpec) -> Iterator[RowBlock]:
         fields = {
             "symbol": spec.symbol,
             "ts_event_ms": _ints(ts, good),
-            "rate": part["rate"].tolist(),
+            "rate": part["rate"].to_numpy(dtype="float64"),
         }
         block = RowBlock(
             "funding", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
