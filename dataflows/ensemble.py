@@ -24,7 +24,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -133,12 +133,13 @@ def decode_batch(
     for item in items:
         if isinstance(item, RowBlock):
             counts[item.stream] = counts.get(item.stream, 0) + len(item)
-            decoded: Iterable[Any] = _decode_block(settings, stamp, item, now_ms)
-        else:
-            raw = item if to_raw is None else to_raw(item)
-            counts[raw.stream] = counts.get(raw.stream, 0) + 1
-            decoded = decode_step(settings, stamp, raw)
-        for x in decoded:
+            events = _decode_block(settings, stamp, item, now_ms, out)
+            if events:
+                by_symbol.setdefault(item.symbol, []).extend(events)
+            continue
+        raw = item if to_raw is None else to_raw(item)
+        counts[raw.stream] = counts.get(raw.stream, 0) + 1
+        for x in decode_step(settings, stamp, raw):
             if isinstance(x, Emit):
                 out.append(x)
             else:
@@ -148,18 +149,26 @@ def decode_batch(
     return out
 
 
-def _decode_block(settings: Settings, stamp: Stamp, block: RowBlock, now_ms: int) -> Iterator[Any]:
+def _decode_block(
+    settings: Settings, stamp: Stamp, block: RowBlock, now_ms: int, dead: list[Any]
+) -> list[Any]:
+    """The block's events in row order (all of its symbol); dead letters go to `dead`."""
     from_columns = FROM_COLUMNS.get(block.stream)
     n = len(block)
     if from_columns is None:  # funding: a few rows a day
         events: list[Any] = [None] * n
     else:
         events = from_columns(block.fields, n, settings.symbols, now_ms, settings.max_clock_skew_ms)
+    if None not in events:
+        return events
+    good: list[Any] = []
     for i, event in enumerate(events):
-        if event is None:
-            yield from decode_step(settings, stamp, block_message(block, i))
-        else:
-            yield event
+        if event is not None:
+            good.append(event)
+            continue
+        for x in decode_step(settings, stamp, block_message(block, i)):
+            (dead if isinstance(x, Emit) else good).append(x)
+    return good
 
 
 def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
@@ -218,17 +227,16 @@ def commands_step(
     gate = gate or CommandGate(window_ms=settings.command_window_ms)
     out: list[Any] = []
     passed: list[Any] = []
-    for event in events:
-        for item in gate.on_event(event):
-            if isinstance(item, CommandRefused):
-                cmd = item.command  # type: ignore[attr-defined]
-                fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
-                out += [
-                    Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
-                    Emit("summary", {"dead_letter": str(item)}),
-                ]
-            else:
-                passed.append(item)
+    for item in gate.on_events(events):
+        if isinstance(item, CommandRefused):
+            cmd = item.command  # type: ignore[attr-defined]
+            fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}
+            out += [
+                Emit("dead_letters", dead_letter(stamp, "control", fields, str(item))),
+                Emit("summary", {"dead_letter": str(item)}),
+            ]
+        else:
+            passed.append(item)
     if passed:
         out.append(passed)
     return gate, out
@@ -276,8 +284,8 @@ class MarketLogic(StatefulBatchLogic):
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
         for events in values:
+            st = self._ensure(events[0].symbol)  # one key: every event is this symbol's
             for e in events:
-                st = self._ensure(e.symbol)
                 try:
                     st.on_event(e, out)
                 except Exception as exc:  # one bad record must not stop the flow

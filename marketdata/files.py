@@ -294,6 +294,8 @@ BLOCK_ROWS = 16_384  # rows per block: what the flow decodes at once, and the pa
 
 
 def _errors(df: pd.DataFrame) -> list[str | None]:
+    if df["error"].isna().all():  # the usual block: every row read
+        return [None] * len(df)
     return [_problem(e) for e in df["error"].tolist()]
 
 

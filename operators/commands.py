@@ -165,6 +165,16 @@ class CommandGate:
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     held: list[ControlCommand] = field(default_factory=list)
 
+    def on_events(self, events: list[Any]) -> list[Any]:
+        """`on_event` over a list, in order. A list with no command while none is held
+        (almost every batch) only moves the latest event time: it passes on as it is."""
+        if self.held or any(isinstance(e, ControlCommand) for e in events):
+            return [item for e in events for item in self.on_event(e)]
+        latest = max(e.ts_event_ms for e in events)
+        if self.latest_event_ms is None or latest > self.latest_event_ms:
+            self.latest_event_ms = latest
+        return events
+
     def on_event(self, event: Any) -> list[Any]:
         """What passes on, in order: events, accepted commands, and CommandRefused for the
         dead letters (with the refused command attached as `.command`)."""

@@ -381,7 +381,10 @@ def _texts_ok(values: list[Any] | str | None, optional: bool, max_chars: int | N
         v = values
         ok = (v is None and optional) or (isinstance(v, str) and (optional or v != ""))
         return ok and (max_chars is None or v is None or len(v) <= max_chars)
-    if set(map(type, values)) <= {str}:  # the usual case: count characters in one pass
+    types = set(map(type, values))
+    if types == {type(None)}:  # a column the source does not have (addresses in a file)
+        return optional
+    if types <= {str}:  # the usual case: count characters in one pass
         n = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         ok = np.ones(len(values), dtype=bool) if optional else n > 0
         return ok if max_chars is None else ok & (n <= max_chars)

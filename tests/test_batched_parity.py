@@ -23,9 +23,12 @@ from bytewax.testing import TestingSource
 from dataflows.io import market_messages
 from dataflows.settings import Settings
 from marketdata.generator import GeneratorConfig, generate
+from operators.commands import CommandGate
 from operators.events import (
     MAX_TS_MS,
+    ControlCommand,
     InvalidRecord,
+    Trade,
     candles_from_columns,
     parse_candle,
     parse_trade,
@@ -258,3 +261,30 @@ def test_candle_columns_accept_exactly_what_parse_candle_accepts():
         assert candle == expected, json.dumps(rec)
         accepted += expected is not None
     assert 0 < accepted < n
+
+
+def test_the_command_gate_over_lists_equals_event_by_event():
+    rng = random.Random(8)
+    ts = 1_700_000_000_000
+    # commands before any event are held until the first one arrives
+    stream: list[Any] = [
+        ControlCommand("BTC-PERP", ts, "halt", "ops", "early", f"h{i}") for i in range(2)
+    ]
+    for i in range(3000):
+        ts += rng.choice([0, 1_000, 60_000, -500])
+        if rng.random() < 0.05:
+            cmd_ts = ts + rng.choice([0, 10_000, -2_000_000, 2_000_000])
+            cid = f"c{rng.randrange(40)}"  # some ids repeat: replays
+            stream.append(ControlCommand("BTC-PERP", cmd_ts, "halt", "ops", "drill", cid))
+        else:
+            stream.append(Trade("BTC-PERP", ts, 100.0, 1.0, 1, str(i)))
+    one, batched = CommandGate(), CommandGate()
+    expected = [item for e in stream for item in one.on_event(e)]
+    got: list[Any] = []
+    i = 0
+    while i < len(stream):
+        n = rng.choice([1, 5, 50, 400])
+        got += batched.on_events(stream[i : i + n])
+        i += n
+    assert [repr(x) for x in got] == [repr(x) for x in expected]
+    assert batched == one
