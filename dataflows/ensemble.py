@@ -159,7 +159,7 @@ def _decode_block(
         events: list[Any] = [None] * n
     else:
         events = from_columns(block.fields, n, settings.symbols, now_ms, settings.max_clock_skew_ms)
-    if None not in events:
+    if not any(e is None for e in events):
         return events
     good: list[Any] = []
     for i, event in enumerate(events):

@@ -35,6 +35,8 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from marketdata.live.capture import capture_frames
@@ -214,8 +216,6 @@ def _columns(spec: FileSpec, suffix: str) -> list[str] | None:
 
         return list(feather.read_table(spec.path, memory_map=True).schema.names)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         return list(pq.read_schema(spec.path).names)
     if suffix == ".csv":  # read whole: a ragged line is a file problem (pandas names it)
         return [str(c) for c in pd.read_csv(spec.path).columns]
@@ -492,12 +492,66 @@ def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
     def blocks() -> Iterator[RowBlock]:
         first, last = 1, 0
         for batch in pf.iter_batches(batch_size=BLOCK_ROWS):
-            part = _trades_table(batch.to_pandas(), spec, first)
-            block, last = _trade_block(spec, part, last)
-            first += len(part)
+            block = _plain_trade_block(
+                spec, batch, ts[first - 1 : first - 1 + batch.num_rows], first
+            )
+            if block is None:
+                part = _trades_table(batch.to_pandas(), spec, first)
+                block, _ = _trade_block(spec, part, last)
+            last = int(block.avail_ms[-1])
+            first += len(block)
             yield block
 
     return blocks()
+
+
+MAKER_TEXTS = pa.array(["True", "False", "true", "false"])
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _plain_trade_block(
+    spec: FileSpec, batch: pa.RecordBatch, ts_ms: np.ndarray, first: int
+) -> RowBlock | None:
+    """A chunk whose columns hold only ordinary values (float prices and sizes without
+    NaN, integer or text ids, true/false makers, no nulls; every time valid), straight
+    from Arrow without pandas. None: `_trades_table` reads it and names each bad row."""
+    tid, price, qty, maker = (
+        batch.column(c) for c in ("trade_id", "price", "quantity", "buyer_maker")
+    )
+    if any(c.null_count for c in (tid, price, qty, maker)):
+        return None
+    if not (pa.types.is_floating(price.type) and pa.types.is_floating(qty.type)):
+        return None
+    if not (pa.types.is_integer(tid.type) or _is_text(tid.type)):
+        return None
+    px, size = price.to_numpy().astype("float64"), qty.to_numpy().astype("float64")
+    if np.isnan(px).any() or np.isnan(size).any():
+        return None
+    if pa.types.is_boolean(maker.type):
+        sells = maker.to_numpy(zero_copy_only=False)
+    elif _is_text(maker.type) and pc.all(pc.is_in(maker, MAKER_TEXTS)).as_py():
+        sells = pc.equal(pc.utf8_lower(maker), "true").to_numpy(zero_copy_only=False)
+    else:
+        return None
+    n = batch.num_rows
+    fields: dict[str, Any] = {
+        "symbol": spec.symbol,
+        "ts_event_ms": ts_ms.astype("int64"),
+        "trade_id": pc.cast(tid, pa.string()).to_pylist(),
+        "px": px,
+        "qty": size,
+        "side": np.where(sells, "sell", "buy").tolist(),  # the buyer made: a seller crossed
+        "buyer": None,
+        "seller": None,
+        "venue": spec.venue,
+    }
+    rows = list(range(first, first + n))
+    return RowBlock(
+        "trades", str(spec.path), spec.symbol, ts_ms.astype("int64"), rows, [None] * n, fields
+    )
 
 
 def trade_blocks(spec: FileSpec) -> Iterator[RowBlock]:

@@ -25,6 +25,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -168,9 +169,9 @@ class CommandGate:
     def on_events(self, events: list[Any]) -> list[Any]:
         """`on_event` over a list, in order. A list with no command while none is held
         (almost every batch) only moves the latest event time: it passes on as it is."""
-        if self.held or any(isinstance(e, ControlCommand) for e in events):
+        if self.held or ControlCommand in set(map(type, events)):
             return [item for e in events for item in self.on_event(e)]
-        latest = max(e.ts_event_ms for e in events)
+        latest = max(map(attrgetter("ts_event_ms"), events))
         if self.latest_event_ms is None or latest > self.latest_event_ms:
             self.latest_event_ms = latest
         return events

@@ -288,3 +288,39 @@ def test_the_command_gate_over_lists_equals_event_by_event():
         i += n
     assert [repr(x) for x in got] == [repr(x) for x in expected]
     assert batched == one
+
+
+@pytest.mark.parametrize("maker", ["text", "bool"])
+def test_plain_parquet_chunks_read_as_the_general_reader_reads_them(tmp_path: Path, maker: str):
+    import pyarrow.parquet as pq
+
+    from marketdata.files import (
+        FileSpec,
+        _plain_trade_block,
+        _to_ms,
+        _trade_block,
+        _trades_table,
+    )
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(1_704_067_200_000 + np.arange(n) * 7, unit="ms", utc=True),
+            "trade_id": np.arange(n, dtype="int64") + 10**12,
+            "price": rng.uniform(1, 9e4, n),
+            "quantity": rng.lognormal(0, 2, n),
+            "buyer_maker": rng.choice(["True", "False", "true"], n)
+            if maker == "text"
+            else rng.random(n) < 0.5,
+        }
+    )
+    path = tmp_path / "t.parquet"
+    df.to_parquet(path)
+    spec = FileSpec.parse(f"trades:{path}?venue=binance")
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=n))
+    ts = _to_ms(batch.column("timestamp").to_pandas())
+    plain = _plain_trade_block(spec, batch, ts, 1)
+    general, _ = _trade_block(spec, _trades_table(batch.to_pandas(), spec, 1), 0)
+    assert plain is not None
+    assert list(plain.rows()) == list(general.rows())
