@@ -130,11 +130,21 @@ class MarketSource(FixedPartitionedSource[Any, int]):
         self.messages = messages  # tests pass messages directly
 
     def list_parts(self) -> list[str]:
-        return ["market"]
+        """Files: one partition per symbol, named after it, so with several workers each
+        symbol is read and decoded on a worker of its own (Bytewax places a partition and
+        the state of the key of the same name on the same worker). Otherwise one."""
+        if self.messages is not None or not self.settings.files:
+            return ["market"]
+        return sorted({f.symbol for f in self.settings.files})
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IterPartition:
-        msgs = iter(self.messages) if self.messages is not None else market_input(self.settings)
-        return _IterPartition(msgs, resume_state or 0)
+        if self.messages is not None:
+            items: Iterator[RawMessage | RowBlock] = iter(self.messages)
+        elif for_part == "market":
+            items = market_input(self.settings)
+        else:  # this symbol's files, merged in time as always
+            items = file_blocks([f for f in self.settings.files if f.symbol == for_part])
+        return _IterPartition(items, resume_state or 0)
 
 
 def _json_default(v: Any) -> Any:

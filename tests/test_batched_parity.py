@@ -46,10 +46,13 @@ def _one_at_a_time(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     return run_records(settings, source=source)
 
 
-def _by_symbol(records: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
-    out: dict[Any, list[dict[str, Any]]] = {}
+def _by_symbol(records: list[dict[str, Any]]) -> dict[Any, list[Any]]:
+    """Records per symbol in order; those without one (summary counts) as a sorted list."""
+    out: dict[Any, list[Any]] = {}
     for r in records:
         out.setdefault(r.get("symbol"), []).append(r)
+    if None in out:
+        out[None] = sorted(json.dumps(r, sort_keys=True) for r in out[None])
     return out
 
 
@@ -324,3 +327,25 @@ def test_plain_parquet_chunks_read_as_the_general_reader_reads_them(tmp_path: Pa
     general, _ = _trade_block(spec, _trades_table(batch.to_pandas(), spec, 1), 0)
     assert plain is not None
     assert list(plain.rows()) == list(general.rows())
+
+
+def test_two_workers_give_the_records_of_one_on_two_symbols(tmp_path: Path):
+    from bytewax.testing import TestingSink, cluster_main
+
+    from dataflows.ensemble import build_flow
+
+    rng = random.Random(17)
+    btc, eth = tmp_path / "btc.csv", tmp_path / "eth.csv"
+    _fuzzed_trades(rng, 50).to_csv(btc, index=False)
+    _fuzzed_trades(rng, 50).to_csv(eth, index=False)
+    settings = small_settings(
+        tmp_path / "out", ENSEMBLE_INPUT=f"trades:{btc},trades:{eth}?symbol=ETH-PERP"
+    )
+    one = run_records(settings)
+    items: list[tuple[str, dict[str, Any]]] = []
+    cluster_main(build_flow(settings, sink=TestingSink(items)), [], 0, worker_count_per_proc=2)
+    two: dict[str, list[dict[str, Any]]] = {}
+    for stream, rec in items:
+        two.setdefault(stream, []).append(rec)
+    assert {b["symbol"] for b in one["bars"]} == {"BTC-PERP", "ETH-PERP"}
+    _assert_same(two, one)
