@@ -31,7 +31,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition  # no
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.testing import run_main  # noqa: E402
 
-from dataflows.ensemble import build_flow  # noqa: E402
+from dataflows.ensemble import build_flow, tune_gc  # noqa: E402
 from dataflows.io import RawMessage, market_messages  # noqa: E402
 from dataflows.settings import Settings  # noqa: E402
 
@@ -130,6 +130,7 @@ def main() -> None:
         (m.payload["symbol"], _available_ms(m))  # type: ignore[index]
         for m in msgs
     )
+    tune_gc()  # as `python -m bytewax.run dataflows.ensemble` does after start-up
     t0 = time.perf_counter_ns() + 200_000_000  # start the clock once the flow is built
     run_main(flow)
     print(

@@ -582,7 +582,7 @@ def build_flow(
 GC_GEN0_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """The flow allocates short-lived objects per record, few of them in cycles: with the
     default threshold the cyclic collector ran every 700 allocations and rescanned the
     start-up objects (model, modules) at each older-generation pass. Freeze those and
@@ -599,7 +599,7 @@ def _flow_from_env() -> Dataflow:
     except (ConfigError, ArtifactError, KafkaUnavailable) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    _tune_gc()
+    tune_gc()
     return flow
 
 
