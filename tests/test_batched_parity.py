@@ -349,3 +349,33 @@ def test_two_workers_give_the_records_of_one_on_two_symbols(tmp_path: Path):
         two.setdefault(stream, []).append(rec)
     assert {b["symbol"] for b in one["bars"]} == {"BTC-PERP", "ETH-PERP"}
     _assert_same(two, one)
+
+
+def test_a_resumed_file_source_continues_at_the_next_record_inside_a_block(tmp_path: Path):
+    from dataflows.io import MarketSource, block_message
+
+    path = tmp_path / "t.csv"
+    _fuzzed_trades(random.Random(4), 30).to_csv(path, index=False)
+    settings = small_settings(tmp_path / "out", ENSEMBLE_INPUT=f"trades:{path}")
+
+    def records(items: list[Any]) -> list[tuple]:
+        out = []
+        for it in items:
+            msgs = [block_message(it, i) for i in range(len(it))] if hasattr(it, "row") else [it]
+            out += [(m.offset, m.error, json.dumps(m.payload, sort_keys=True)) for m in msgs]
+        return out
+
+    def drain(part: Any) -> list[Any]:
+        items: list[Any] = []
+        while True:
+            try:
+                items += part.next_batch()
+            except StopIteration:
+                return items
+
+    (name,) = MarketSource(settings).list_parts()
+    everything = records(drain(MarketSource(settings).build_part("input", name, None)))
+    for consumed in (1, 777, len(everything) - 1):
+        resumed = MarketSource(settings).build_part("input", name, consumed)
+        assert records(drain(resumed)) == everything[consumed:]
+        assert resumed.snapshot() == len(everything)
