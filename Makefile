@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 LOCK   := requirements-dev.lock
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: show-config run test lint bench bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
+.PHONY: show-config run test lint bench bench-throughput bench-scale bench-nautilus bench-latency profile bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
 
 setup: $(STAMP)
 
@@ -56,6 +56,26 @@ bench: setup
 
 bench-year: setup
 	$(BIN)/python bench/bench_year.py
+
+# Issue 16 (README "Benchmarks"): ticks/s from a 2M-tick parquet file; 1 worker vs -w 2 vs
+# two processes on two symbols; beside NautilusTrader (from its own venv, not a project
+# dependency: NAUTILUS_PYTHON=/tmp/nautilus/bin/python); bar end → intent on a paced
+# clock; where the time goes.
+NAUTILUS_PYTHON ?= $(BIN)/python
+bench-throughput: setup
+	$(BIN)/python bench/bench_throughput.py
+
+bench-scale: setup
+	$(BIN)/python bench/bench_throughput.py --compare-workers --ticks 1000000
+
+bench-nautilus: setup
+	$(BIN)/python bench/bench_nautilus.py --nautilus-python $(NAUTILUS_PYTHON)
+
+bench-latency: setup
+	$(BIN)/python bench/bench_latency.py
+
+profile: setup
+	$(BIN)/python bench/profile_flow.py
 
 bench-cohorts: setup
 	$(BIN)/python bench/bench_cohorts.py --reference 4

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from backtest.progress import Progress
-from dataflows.io import RawMessage, market_messages
+from dataflows.io import RawMessage, market_input
 from dataflows.settings import Settings
-from marketdata.files import FileSpec, FileSpecError
+from marketdata.files import FileSpec, FileSpecError, RowBlock
 from operators.config import ConfigError, preset
 from operators.predict import DEFAULT_ARTIFACT
 
@@ -127,20 +127,20 @@ class _CountedMessages:
     def __init__(self, settings: Settings, progress: Progress) -> None:
         self.settings, self.progress = settings, progress
 
-    def __iter__(self) -> Iterator[RawMessage]:
+    def __iter__(self) -> Iterator[RawMessage | RowBlock]:
         pending = 0
-        for msg in market_messages(self.settings):
-            pending += 1
-            if pending == PROGRESS_EVERY:
+        for item in market_input(self.settings):
+            pending += len(item) if isinstance(item, RowBlock) else 1
+            if pending >= PROGRESS_EVERY:
                 self.progress.advance(pending)
                 pending = 0
-            yield msg
+            yield item
         self.progress.advance(pending)
 
 
 def count_messages(settings: Settings) -> int:
     """Input records the flow will read (one pass over the files)."""
-    return sum(1 for _ in market_messages(settings))
+    return sum(len(it) if isinstance(it, RowBlock) else 1 for it in market_input(settings))
 
 
 def replay(settings: Settings, progress: Progress | None = None) -> str:

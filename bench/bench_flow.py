@@ -61,6 +61,7 @@ def run_flow(env: dict[str, str]) -> tuple[float, dict[str, list]]:
     msgs = list(market_messages(settings))
     items: list = []
     flow = ens.build_flow(settings, msgs, sink=TestingSink(items))
+    ens.tune_gc()  # as `python -m bytewax.run dataflows.ensemble` does after start-up
     t0 = time.perf_counter()
     run_main(flow)
     elapsed = time.perf_counter() - t0

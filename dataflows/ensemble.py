@@ -2,7 +2,8 @@
 
 Wiring only; every rule lives in `operators/`. Reads top to bottom like the diagram:
 
-    input → decode → by_symbol → market (5m bars by event time, cohorts, 15m/1h bars)
+    input → decode (a batch at once, by symbol) → commands
+          → market (5m bars by event time, cohorts, 15m/1h bars)
           → context_join (as-of overlays, cohort, funding, control; staleness)
           → features → predict → by_account → strategy (all symbols in event-time order;
             fill → control → mark → kill-switch and account limits → decide)
@@ -18,24 +19,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
-from bytewax.operators import StatefulBatchLogic, StatefulLogic
+from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 
 from dataflows import metrics, progress
 from dataflows.io import (
     JsonLinesSink,
     RawMessage,
     SummarySink,
+    block_message,
     from_kafka,
     kafka_sink,
     kafka_source,
@@ -45,11 +49,12 @@ from dataflows.io import MarketSource as _MarketSource
 from dataflows.kafka_sink import KafkaUnavailable
 from dataflows.progress import StoppableSource, stopping
 from dataflows.settings import Settings
+from marketdata.files import RowBlock
 from operators.account import AccountRisk, EventTimeAligner
 from operators.bars import Bar
 from operators.commands import CommandGate, CommandRefused, verify
 from operators.config import ConfigError
-from operators.events import ControlCommand, InvalidRecord, decode
+from operators.events import FROM_COLUMNS, ControlCommand, InvalidRecord, decode
 from operators.features import FeatureState
 from operators.market import Close, Late, MarketState
 from operators.overlays import BarContext, ContextJoin, Staleness
@@ -117,9 +122,61 @@ def _bar_record(stamp: Stamp, b: Bar) -> dict[str, Any]:
 
 
 # -- decode ------------------------------------------------------------------------------
+def decode_batch(
+    settings: Settings, stamp: Stamp, to_raw: Callable[[Any], RawMessage] | None, items: list[Any]
+) -> list[Any]:
+    """A whole input batch at once: its dead letters (and their summary counts), then one
+    `(symbol, events)` per symbol with that symbol's events in input order, so the steps
+    after this one take a list per symbol and batch, not an item per record. File blocks
+    are validated column by column; a row that fails goes through `decode_step` for its
+    reason. `to_raw` turns a source item (a Kafka message) into a RawMessage."""
+    out: list[Any] = []
+    by_symbol: dict[str, list[Any]] = {}
+    counts: dict[str, int] = {}
+    now_ms = wall_clock_ms()
+    for item in items:
+        if isinstance(item, RowBlock):
+            counts[item.stream] = counts.get(item.stream, 0) + len(item)
+            events = _decode_block(settings, stamp, item, now_ms, out)
+            if events:
+                by_symbol.setdefault(item.symbol, []).extend(events)
+            continue
+        raw = item if to_raw is None else to_raw(item)
+        counts[raw.stream] = counts.get(raw.stream, 0) + 1
+        for x in decode_step(settings, stamp, raw):
+            if isinstance(x, Emit):
+                out.append(x)
+            else:
+                by_symbol.setdefault(x.symbol, []).append(x)
+    metrics.count_inputs(counts)
+    out.extend(by_symbol.items())
+    return out
+
+
+def _decode_block(
+    settings: Settings, stamp: Stamp, block: RowBlock, now_ms: int, dead: list[Any]
+) -> list[Any]:
+    """The block's events in row order (all of its symbol); dead letters go to `dead`."""
+    from_columns = FROM_COLUMNS.get(block.stream)
+    n = len(block)
+    if from_columns is None:  # funding: a few rows a day
+        events: list[Any] = [None] * n
+    else:
+        events = from_columns(block.fields, n, settings.symbols, now_ms, settings.max_clock_skew_ms)
+    if not any(e is None for e in events):
+        return events
+    good: list[Any] = []
+    for i, event in enumerate(events):
+        if event is not None:
+            good.append(event)
+            continue
+        for x in decode_step(settings, stamp, block_message(block, i)):
+            (dead if isinstance(x, Emit) else good).append(x)
+    return good
+
+
 def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
-    """An event, or a dead letter (plus its summary count)."""
-    metrics.count_input(raw.stream)
+    """An event, or a dead letter (plus its summary count): one message on its own."""
     if raw.error is not None:
         dl = dead_letter(
             stamp,
@@ -188,11 +245,11 @@ class CommandLogic(StatefulLogic):
         gate.progress.restart(now)
         self.gate = gate
 
-    def on_item(self, value: Any) -> tuple[list[Any], bool]:
-        if self.inputs is not None:  # every event passes here: each partition's latest time
-            self.inputs.saw(value.part, value.ts_event_ms)
-        items = self.gate.on_event(value, wall_clock_ms(), self.inputs)
-        self._holding(value.symbol)
+    def on_item(self, value: list[Any]) -> tuple[list[Any], bool]:
+        """`value`: this symbol's events from one input batch, in order. Every event passes
+        here, so the gate also notes each partition's latest event time in `inputs`."""
+        items = self.gate.on_events(value, wall_clock_ms(), self.inputs)
+        self._holding(value[0].symbol)
         return self._out(items), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -221,7 +278,9 @@ class CommandLogic(StatefulLogic):
             self.inputs.held_ms.pop(symbol, None)
 
     def _out(self, items: list[Any]) -> list[Any]:
+        """Dead letters for the refused commands; what passes goes on as one list."""
         out: list[Any] = []
+        passed: list[Any] = []
         for item in items:
             if isinstance(item, CommandRefused):
                 cmd = item.command  # type: ignore[attr-defined]
@@ -231,7 +290,9 @@ class CommandLogic(StatefulLogic):
                     Emit("summary", {"dead_letter": str(item)}),
                 ]
             else:
-                out.append(item)
+                passed.append(item)
+        if passed:
+            out.append(passed)
         return out
 
     def snapshot(self) -> CommandGate:
@@ -286,19 +347,20 @@ class MarketLogic(StatefulBatchLogic):
             self.state.progress.restart(self.started_ms)
         return self.state
 
-    def on_batch(self, values: list[Any]) -> tuple[list[Any], bool]:
+    def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
+        """`values`: lists of this symbol's events (one per input batch), in order."""
         out: list[Any] = []
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
         now = wall_clock_ms()
-        for e in values:
-            st = self._ensure(e.symbol)
-            try:
-                st.on_event(e, out, now)
-            except Exception as exc:  # one bad record must not stop the flow
-                out.append(
-                    _error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, {"event": repr(e)})
-                )
+        for events in values:
+            st = self._ensure(events[0].symbol)  # one key: every event is this symbol's
+            for e in events:
+                try:
+                    st.on_event(e, out, now)
+                except Exception as exc:  # one bad record must not stop the flow
+                    context = {"event": repr(e)}
+                    out.append(_error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, context))
         if self.settings.wall_clock:
             self.last_arrival_ms = wall_clock_ms()
         if st is not None and st.duplicate_count > dups:
@@ -560,17 +622,19 @@ def build_flow(
     flow = Dataflow("ensemble")
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
     inputs = InputPartitions() if kafka else None  # this run's partitions, for alignment
+    to_raw = None
     if source is not None:
         raw = op.input("input", flow, StoppableSource(source))
     elif kafka:
-        msgs = op.input("input", flow, StoppableSource(kafka_source(settings, inputs)))
-        raw = op.map("from_kafka", msgs, partial(from_kafka, settings.topic_prefix))
+        raw = op.input("input", flow, StoppableSource(kafka_source(settings, inputs)))
+        to_raw = partial(from_kafka, settings.topic_prefix)
     else:
         raw = op.input("input", flow, StoppableSource(_MarketSource(settings, messages)))
-    decoded = op.flat_map("decode", raw, partial(decode_step, settings, stamp))
-    bad = op.filter("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
-    events = op.filter("valid", decoded, lambda x: not isinstance(x, Emit))
-    keyed = op.key_on("by_symbol", events, lambda e: e.symbol)
+    # One (symbol, events) per symbol and input batch from here to the market step.
+    decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw))
+    split = op.branch("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
+    bad = split.trues
+    keyed = cast(KeyedStream[list[Any]], split.falses)  # decode_batch keys them by symbol
     checked = op.stateful("commands", keyed, partial(CommandLogic, settings, stamp, inputs))
     refused = op.filter_map(
         "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
@@ -614,6 +678,20 @@ def build_flow(
     return flow
 
 
+GC_GEN0_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
+
+
+def tune_gc() -> None:
+    """The flow allocates short-lived objects per record, few of them in cycles: with the
+    default threshold the cyclic collector ran every 700 allocations and rescanned the
+    start-up objects (model, modules) at each older-generation pass. Freeze those and
+    collect the young generation less often; reference counting still frees the rest."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def _flow_from_env() -> Dataflow:
     """The main job: the flow, a start line and warm-up warning on stderr, a status line
     every ENSEMBLE_STATUS_INTERVAL_S, and a clean stop with the summary on SIGINT/SIGTERM."""
@@ -623,6 +701,7 @@ def _flow_from_env() -> Dataflow:
     except (ConfigError, ArtifactError, KafkaUnavailable) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    tune_gc()
     if not progress.main_job():  # imported (tests, tools): no signal handlers, no output
         return built
     model_id = load_runtime(str(settings.model_dir)).model_id

@@ -1,7 +1,8 @@
 """Sources and sinks: the generator, market-data files or Kafka in; JSON-lines or Kafka out.
 
-The input is one partition that yields `RawMessage`s in event order; its resume state is
-the number of messages consumed, so a recovered run continues where it stopped. The
+The input is one partition that yields, in event order, `RawMessage`s (the generator, or
+messages a test passes) or `RowBlock`s (files, column by column); its resume state is the
+number of records consumed, so a recovered run continues where it stopped. The
 output writes one JSON-lines file per stream (`<out>/<stream>.jsonl`), one partition
 per stream, whose resume state is the file offset: a recovered run truncates what was
 written after the last snapshot, so each file holds every record exactly once.
@@ -21,7 +22,6 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from dataflows.progress import no_decision_reasons, stopping
 from dataflows.readiness import Readiness, serve
 from dataflows.settings import Settings
 from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
-from marketdata.files import file_rows
+from marketdata.files import RowBlock, file_blocks
 from marketdata.generator import generate
 from operators.telemetry import wall_clock_ms
 from operators.watermark import InputPartitions
@@ -58,33 +58,74 @@ class RawMessage:
     origin: str | None = None  # file and row it was read from (input files)
 
 
+def block_message(block: RowBlock, i: int) -> RawMessage:
+    """Row `i` of a file block as a message of the per-row path, the way a dead letter
+    names it: the file in `topic`, the row in `offset`."""
+    row, problem = block.row[i], block.error[i]
+    origin = f"{block.path} row {row}"
+    error = None if problem is None else f"unreadable: {problem} (at {origin})"
+    return RawMessage(block.stream, block.record(i), block.path, None, row, error, origin)
+
+
 def market_messages(settings: Settings) -> Iterator[RawMessage]:
+    """The embedded input one message per record (the tools' and tests' per-row path)."""
     if settings.generator is not None:
         for stream, rec in generate(settings.generator):
             yield RawMessage(stream, rec)
         return
-    for r in file_rows(list(settings.files)):
-        error = None if r.error is None else f"unreadable: {r.error} (at {r.origin})"
-        yield RawMessage(r.stream, r.record, r.path, None, r.row, error, r.origin)
+    for block in file_blocks(list(settings.files)):
+        for i in range(len(block)):
+            yield block_message(block, i)
 
 
-class _IterPartition(StatefulSourcePartition[RawMessage, int]):
-    def __init__(self, messages: Iterator[RawMessage], consumed: int) -> None:
-        self.it = islice(messages, consumed, None)
+def market_input(settings: Settings) -> Iterator[RawMessage | RowBlock]:
+    """What the flow reads: the generator's messages, or files in blocks of rows."""
+    if settings.generator is not None:
+        return market_messages(settings)
+    return file_blocks(list(settings.files))
+
+
+def _size(item: RawMessage | RowBlock) -> int:
+    return len(item) if isinstance(item, RowBlock) else 1
+
+
+def _skip(items: Iterator[RawMessage | RowBlock], n: int) -> Iterator[RawMessage | RowBlock]:
+    """`items` after the first `n` records (a resumed run: a block may be cut)."""
+    for item in items:
+        if n > 0:
+            size = _size(item)
+            if n >= size:
+                n -= size
+                continue
+            item, n = item.slice(n, size), 0  # type: ignore[union-attr]
+        yield item
+
+
+class _IterPartition(StatefulSourcePartition[Any, int]):
+    """Batches of about BATCH records; the resume state counts records, not items."""
+
+    def __init__(self, items: Iterator[RawMessage | RowBlock], consumed: int) -> None:
+        self.it = _skip(items, consumed)
         self.consumed = consumed
 
-    def next_batch(self) -> list[RawMessage]:
-        batch = list(islice(self.it, BATCH))
+    def next_batch(self) -> list[RawMessage | RowBlock]:
+        batch: list[RawMessage | RowBlock] = []
+        records = 0
+        for item in self.it:
+            batch.append(item)
+            records += _size(item)
+            if records >= BATCH:
+                break
         if not batch:
             raise StopIteration
-        self.consumed += len(batch)
+        self.consumed += records
         return batch
 
     def snapshot(self) -> int:
         return self.consumed
 
 
-class MarketSource(FixedPartitionedSource[RawMessage, int]):
+class MarketSource(FixedPartitionedSource[Any, int]):
     """The embedded input: generated market or files, in event order, with an end."""
 
     def __init__(self, settings: Settings, messages: list[RawMessage] | None = None) -> None:
@@ -92,11 +133,21 @@ class MarketSource(FixedPartitionedSource[RawMessage, int]):
         self.messages = messages  # tests pass messages directly
 
     def list_parts(self) -> list[str]:
-        return ["market"]
+        """Files: one partition per symbol, named after it, so with several workers each
+        symbol is read and decoded on a worker of its own (Bytewax places a partition and
+        the state of the key of the same name on the same worker). Otherwise one."""
+        if self.messages is not None or not self.settings.files:
+            return ["market"]
+        return sorted({f.symbol for f in self.settings.files})
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IterPartition:
-        msgs = iter(self.messages) if self.messages is not None else market_messages(self.settings)
-        return _IterPartition(msgs, resume_state or 0)
+        if self.messages is not None:
+            items: Iterator[RawMessage | RowBlock] = iter(self.messages)
+        elif for_part == "market":
+            items = market_input(self.settings)
+        else:  # this symbol's files, merged in time as always
+            items = file_blocks([f for f in self.settings.files if f.symbol == for_part])
+        return _IterPartition(items, resume_state or 0)
 
 
 def _json_default(v: Any) -> Any:

@@ -116,15 +116,10 @@ LAG = Gauge("event_lag_seconds", "Wall clock minus the last heartbeat's event ti
             namespace=NS)  # fmt: skip
 
 
-_INPUT_BY_STREAM: dict[str, Any] = {}
-
-
-def count_input(stream: str) -> None:
-    """Once per input message, so the labelled child is looked up once per stream."""
-    child = _INPUT_BY_STREAM.get(stream)
-    if child is None:
-        child = _INPUT_BY_STREAM[stream] = INPUT.labels(stream)
-    child.inc()
+def count_inputs(counts: dict[str, int]) -> None:
+    """Once per input batch: messages read per stream."""
+    for stream, n in counts.items():
+        INPUT.labels(stream).inc(n)
 
 
 def observe_latency(seconds: float) -> None:

@@ -25,16 +25,19 @@ flow dead-letters it.
 from __future__ import annotations
 
 import gzip
-import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from marketdata.live.capture import capture_frames
 from marketdata.live.frames import FrameError
@@ -107,6 +110,64 @@ class FileRow:
         return f"{self.path} row {self.row}"
 
 
+OPTIONAL_FIELDS = ("venue",)  # left out of a record when None, as the readers always did
+
+
+@dataclass(slots=True)
+class RowBlock:
+    """Consecutive rows of one file, field by field: the flow decodes a whole block at
+    once instead of a dict per row. `fields` maps a record field to its values, one per
+    row (numbers: an int64 or float64 array; text: a list) or to one value for every row;
+    rows with an `error` have no values (their numbers are 0)."""
+
+    stream: str
+    path: str
+    symbol: str
+    avail_ms: np.ndarray  # int64, nondecreasing: the merge order across files
+    row: list[int]
+    error: list[str | None]
+    fields: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Row `i` as the record dict the per-row path reads (just the symbol for a bad row)."""
+        if self.error[i] is not None:
+            return {"symbol": self.symbol}
+        rec = {}
+        for k, v in self.fields.items():
+            if isinstance(v, np.ndarray):
+                x = v[i].item()  # the Python int or float the per-row readers gave
+            elif isinstance(v, list):
+                x = v[i]
+            else:
+                x = v
+            if x is not None or k not in OPTIONAL_FIELDS:
+                rec[k] = x
+        return rec
+
+    def rows(self) -> Iterator[FileRow]:
+        for i, (avail, row, err) in enumerate(
+            zip(self.avail_ms.tolist(), self.row, self.error, strict=True)
+        ):
+            yield FileRow(avail, self.stream, self.record(i), self.path, row, err)
+
+    def slice(self, lo: int, hi: int) -> RowBlock:
+        return RowBlock(
+            self.stream,
+            self.path,
+            self.symbol,
+            self.avail_ms[lo:hi],
+            self.row[lo:hi],
+            self.error[lo:hi],
+            {
+                k: v[lo:hi] if isinstance(v, (list, np.ndarray)) else v
+                for k, v in self.fields.items()
+            },
+        )
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
@@ -155,8 +216,6 @@ def _columns(spec: FileSpec, suffix: str) -> list[str] | None:
 
         return list(feather.read_table(spec.path, memory_map=True).schema.names)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         return list(pq.read_schema(spec.path).names)
     if suffix == ".csv":  # read whole: a ragged line is a file problem (pandas names it)
         return [str(c) for c in pd.read_csv(spec.path).columns]
@@ -191,6 +250,11 @@ def _to_ms(values: pd.Series, numbers_in: str = "ns") -> np.ndarray:
         s = pd.to_datetime(values, unit=numbers_in, utc=True, errors="coerce")
     else:
         s = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    # A time nanoseconds cannot hold (text like "-5" parses as the year -5) is not a time
+    # either: without this the conversion below raised and stopped the whole run.
+    s = s.where(
+        (s >= pd.Timestamp.min.tz_localize("UTC")) & (s <= pd.Timestamp.max.tz_localize("UTC"))
+    )
     ns = s.astype("datetime64[ns, UTC]").astype("int64").to_numpy().astype("float64")
     ns[s.isna().to_numpy()] = np.nan
     return ns // 1_000_000
@@ -224,6 +288,34 @@ def _with_rows(df: pd.DataFrame, error: pd.Series) -> pd.DataFrame:
 def _problem(err: Any) -> str | None:
     """The error cell of a row: a string, or None (pandas may hold NaN for None)."""
     return err if isinstance(err, str) else None
+
+
+BLOCK_ROWS = 16_384  # rows per block: what the flow decodes at once, and the parquet chunk
+
+
+def _errors(df: pd.DataFrame) -> list[str | None]:
+    if df["error"].isna().all():  # the usual block: every row read
+        return [None] * len(df)
+    return [_problem(e) for e in df["error"].tolist()]
+
+
+def _avail(ts_ms: np.ndarray, good: np.ndarray, last: int) -> np.ndarray:
+    """Availability per row: its own for good rows; a bad row comes with the previous
+    good one (`last` before the first)."""
+    avail = pd.Series(np.where(good, ts_ms, np.nan)).ffill().fillna(last)
+    return avail.to_numpy().astype("int64")
+
+
+def _ints(values: np.ndarray, good: np.ndarray) -> np.ndarray:
+    return np.where(good, values, 0).astype("int64")
+
+
+def _blocks(df: pd.DataFrame, make: Any) -> Iterator[RowBlock]:
+    """`make(part, last)` -> (block, last) over BLOCK_ROWS-row parts of `df`, in order."""
+    last = 0
+    for lo in range(0, len(df), BLOCK_ROWS):
+        block, last = make(df.iloc[lo : lo + BLOCK_ROWS], last)
+        yield block
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -267,32 +359,28 @@ def candle_interval_ms(ts_ms: np.ndarray) -> int:
     return int(np.median(np.diff(ts_ms)))
 
 
-def candle_rows(spec: FileSpec) -> Iterator[FileRow]:
+def candle_blocks(spec: FileSpec) -> Iterator[RowBlock]:
     df = _candles_frame(spec)
     ok = df["error"].isna().to_numpy()
     interval = candle_interval_ms(df["ts_ms"].to_numpy()[ok].astype("int64"))
-    path, last = str(spec.path), 0
-    for ts, o, h, lo, c, v, row, err in df.itertuples(index=False, name=None):
-        if _problem(err) is not None:
-            yield FileRow(last, "candles", {"symbol": spec.symbol}, path, int(row), str(err))
-            continue
-        last = int(ts) + interval
-        yield FileRow(
-            last,
-            "candles",
-            {
-                "symbol": spec.symbol,
-                "ts_event_ms": int(ts),
-                "interval_ms": interval,
-                "open": o,
-                "high": h,
-                "low": lo,
-                "close": c,
-                "volume": v,
-            },
-            path,
-            int(row),
+
+    def make(part: pd.DataFrame, last: int) -> tuple[RowBlock, int]:
+        error = _errors(part)
+        good = np.array([e is None for e in error], dtype=bool)
+        ts = part["ts_ms"].to_numpy()
+        avail = _avail(ts + interval, good, last)
+        fields = {
+            "symbol": spec.symbol,
+            "ts_event_ms": _ints(ts, good),
+            "interval_ms": interval,
+            **{c: part[c].to_numpy(dtype="float64") for c in CANDLE_COLUMNS},
+        }
+        block = RowBlock(
+            "candles", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
         )
+        return block, int(avail[-1])
+
+    yield from _blocks(df, make)
 
 
 def _trades_frame(spec: FileSpec) -> pd.DataFrame:
@@ -304,6 +392,13 @@ def _trades_frame(spec: FileSpec) -> pd.DataFrame:
         return _sorted(df)
     parquet = _suffix(spec.path) == ".parquet"
     df = pd.read_parquet(spec.path) if parquet else pd.read_csv(spec.path)
+    return _sorted(_trades_table(df, spec, first_row=1))
+
+
+def _trades_table(df: pd.DataFrame, spec: FileSpec, first_row: int) -> pd.DataFrame:
+    """Rows of a nautilus-layout table (data row `first_row` first) in file order:
+    ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error."""
+    df = df.reset_index(drop=True)
     nums, error = _numbers(df, ("price", "quantity"))
     ts = _to_ms(df["timestamp"])
     no_time = np.isnan(ts) & error.isna().to_numpy()
@@ -327,7 +422,9 @@ def _trades_frame(spec: FileSpec) -> pd.DataFrame:
             "venue": spec.venue,
         }
     )
-    return _sorted(_with_rows(out, error))
+    out = _with_rows(out, error)
+    out["row"] += first_row - 1
+    return out
 
 
 def load_trades(spec: FileSpec) -> pd.DataFrame:
@@ -363,29 +460,107 @@ def _ws_capture_trades(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def trade_rows(spec: FileSpec) -> Iterator[FileRow]:
-    df = _trades_frame(spec)
-    path, last = str(spec.path), 0
-    for ts, tid, px, qty, side, buyer, seller, venue, row, err in df.itertuples(
-        index=False, name=None
-    ):
-        if _problem(err) is not None:
-            yield FileRow(last, "trades", {"symbol": spec.symbol}, path, int(row), str(err))
-            continue
-        last = int(ts)
-        rec = {
-            "symbol": spec.symbol,
-            "ts_event_ms": last,
-            "trade_id": tid,
-            "px": px,
-            "qty": qty,
-            "side": side,
-            "buyer": buyer,
-            "seller": seller,
-        }
-        if venue is not None:
-            rec["venue"] = venue
-        yield FileRow(last, "trades", rec, path, int(row))
+def _trade_block(spec: FileSpec, part: pd.DataFrame, last: int) -> tuple[RowBlock, int]:
+    error = _errors(part)
+    good = np.array([e is None for e in error], dtype=bool)
+    ts = part["ts_ms"].to_numpy()
+    avail = _avail(ts, good, last)
+    fields: dict[str, Any] = {
+        "symbol": spec.symbol,
+        "ts_event_ms": _ints(ts, good),
+        "trade_id": part["trade_id"].tolist(),
+        "px": part["px"].to_numpy(dtype="float64"),
+        "qty": part["qty"].to_numpy(dtype="float64"),
+        **{c: part[c].tolist() for c in ("side", "buyer", "seller")},
+        "venue": part["venue"].tolist(),
+    }
+    block = RowBlock(
+        "trades", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
+    )
+    return block, int(avail[-1])
+
+
+def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
+    """A parquet trade file already in time order (the usual case), read BLOCK_ROWS rows
+    at a time: memory stays flat whatever the file's size. None: it needs sorting (or has
+    rows without a time, which go first), so it must be read whole."""
+    pf = pq.ParquetFile(spec.path)
+    ts = _to_ms(pf.read(columns=["timestamp"]).column(0).to_pandas())
+    if np.isnan(ts).any() or (np.diff(ts) < 0).any():
+        return None
+
+    def blocks() -> Iterator[RowBlock]:
+        first, last = 1, 0
+        for batch in pf.iter_batches(batch_size=BLOCK_ROWS):
+            block = _plain_trade_block(
+                spec, batch, ts[first - 1 : first - 1 + batch.num_rows], first
+            )
+            if block is None:
+                part = _trades_table(batch.to_pandas(), spec, first)
+                block, _ = _trade_block(spec, part, last)
+            last = int(block.avail_ms[-1])
+            first += len(block)
+            yield block
+
+    return blocks()
+
+
+MAKER_TEXTS = pa.array(["True", "False", "true", "false"])
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _plain_trade_block(
+    spec: FileSpec, batch: pa.RecordBatch, ts_ms: np.ndarray, first: int
+) -> RowBlock | None:
+    """A chunk whose columns hold only ordinary values (float prices and sizes without
+    NaN, integer or text ids, true/false makers, no nulls; every time valid), straight
+    from Arrow without pandas. None: `_trades_table` reads it and names each bad row."""
+    tid, price, qty, maker = (
+        batch.column(c) for c in ("trade_id", "price", "quantity", "buyer_maker")
+    )
+    if any(c.null_count for c in (tid, price, qty, maker)):
+        return None
+    if not (pa.types.is_floating(price.type) and pa.types.is_floating(qty.type)):
+        return None
+    if not (pa.types.is_integer(tid.type) or _is_text(tid.type)):
+        return None
+    px, size = price.to_numpy().astype("float64"), qty.to_numpy().astype("float64")
+    if np.isnan(px).any() or np.isnan(size).any():
+        return None
+    if pa.types.is_boolean(maker.type):
+        sells = maker.to_numpy(zero_copy_only=False)
+    elif _is_text(maker.type) and pc.all(pc.is_in(maker, MAKER_TEXTS)).as_py():
+        sells = pc.equal(pc.utf8_lower(maker), "true").to_numpy(zero_copy_only=False)
+    else:
+        return None
+    n = batch.num_rows
+    fields: dict[str, Any] = {
+        "symbol": spec.symbol,
+        "ts_event_ms": ts_ms.astype("int64"),
+        "trade_id": pc.cast(tid, pa.string()).to_pylist(),
+        "px": px,
+        "qty": size,
+        "side": np.where(sells, "sell", "buy").tolist(),  # the buyer made: a seller crossed
+        "buyer": None,
+        "seller": None,
+        "venue": spec.venue,
+    }
+    rows = list(range(first, first + n))
+    return RowBlock(
+        "trades", str(spec.path), spec.symbol, ts_ms.astype("int64"), rows, [None] * n, fields
+    )
+
+
+def trade_blocks(spec: FileSpec) -> Iterator[RowBlock]:
+    if _suffix(spec.path) == ".parquet":
+        chunked = _sorted_parquet_blocks(spec)
+        if chunked is not None:
+            yield from chunked
+            return
+    yield from _blocks(_trades_frame(spec), partial(_trade_block, spec))
 
 
 def _funding_frame(spec: FileSpec) -> pd.DataFrame:
@@ -414,24 +589,59 @@ def load_funding(spec: FileSpec) -> pd.DataFrame:
     return good.reset_index(drop=True)
 
 
-def funding_rows(spec: FileSpec) -> Iterator[FileRow]:
-    df = _funding_frame(spec)
-    path, last = str(spec.path), 0
-    for ts, rate, row, err in df.itertuples(index=False, name=None):
-        if _problem(err) is not None:
-            yield FileRow(last, "funding", {"symbol": spec.symbol}, path, int(row), str(err))
-            continue
-        last = int(ts)
-        rec = {"symbol": spec.symbol, "ts_event_ms": last, "rate": rate}
-        yield FileRow(last, "funding", rec, path, int(row))
+def funding_blocks(spec: FileSpec) -> Iterator[RowBlock]:
+    def make(part: pd.DataFrame, last: int) -> tuple[RowBlock, int]:
+        error = _errors(part)
+        good = np.array([e is None for e in error], dtype=bool)
+        ts = part["ts_ms"].to_numpy()
+        avail = _avail(ts, good, last)
+        fields = {
+            "symbol": spec.symbol,
+            "ts_event_ms": _ints(ts, good),
+            "rate": part["rate"].to_numpy(dtype="float64"),
+        }
+        block = RowBlock(
+            "funding", str(spec.path), spec.symbol, avail, part["row"].tolist(), error, fields
+        )
+        return block, int(avail[-1])
+
+    yield from _blocks(_funding_frame(spec), make)
 
 
-_READERS = {"candles": candle_rows, "trades": trade_rows, "funding": funding_rows}
+_READERS = {"candles": candle_blocks, "trades": trade_blocks, "funding": funding_blocks}
+
+
+def file_blocks(specs: list[FileSpec]) -> Iterator[RowBlock]:
+    """Every row of every file in blocks, merged by availability time (bad rows with their
+    error): the rows in the order `heapq.merge` would give them (on a tie, the earlier
+    file first), a block cut wherever another file's next row comes in between."""
+    readers = [_READERS[s.kind](s) for s in specs]
+    heads = [next(r, None) for r in readers]
+    while True:
+        live = [i for i, h in enumerate(heads) if h is not None]
+        if len(live) <= 1:
+            for i in live:
+                yield heads[i]  # type: ignore[misc]
+                yield from readers[i]
+            return
+        i = min(live, key=lambda j: (heads[j].avail_ms[0], j))  # type: ignore[union-attr]
+        head = heads[i]
+        assert head is not None
+        cut = len(head)
+        for j in live:
+            if j != i:  # rows of file i that come before file j's next one
+                nxt = heads[j].avail_ms[0]  # type: ignore[union-attr]
+                cut = min(
+                    cut, int(np.searchsorted(head.avail_ms, nxt, "right" if i < j else "left"))
+                )
+        yield head.slice(0, cut)
+        heads[i] = head.slice(cut, len(head)) if cut < len(head) else next(readers[i], None)
 
 
 def file_rows(specs: list[FileSpec]) -> Iterator[FileRow]:
     """Every row of every file, merged by availability time (bad rows with their error)."""
-    yield from heapq.merge(*(_READERS[s.kind](s) for s in specs), key=lambda r: r.avail_ms)
+    for block in file_blocks(specs):
+        yield from block.rows()
 
 
 def file_records(specs: list[FileSpec]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from operators.events import ControlCommand
-from operators.watermark import DEFAULT_SOURCE_IDLE_MS, InputPartitions, Progress
+from operators.watermark import DEFAULT_SOURCE_IDLE_MS, InputPartitions, Progress, latest_by_part
 
 # What is signed: these fields, as sorted compact JSON (UTF-8) after a domain tag, so a
 # signature over anything else (another message type, a later format) never verifies.
@@ -182,6 +182,27 @@ class CommandGate:
                 state["progress"].observe(None, latest, 0, 1)
         state.setdefault("idle_ms", DEFAULT_SOURCE_IDLE_MS)
         self.__dict__.update(state)
+
+    def on_events(
+        self, events: list[Any], now_ms: int = 0, inputs: InputPartitions | None = None
+    ) -> list[Any]:
+        """`on_event` over a batch, in order, each event first noted in `inputs` as its
+        partition's latest event time. A batch with no command while none is held (almost
+        every batch) only moves each partition's progress, and passes on as it is: at
+        quorum 1 a source's progress is its latest event time, so the latest of each
+        partition is all that needs observing."""
+        if self.held or ControlCommand in set(map(type, events)):
+            out: list[Any] = []
+            for e in events:
+                if inputs is not None:
+                    inputs.saw(e.part, e.ts_event_ms)
+                out += self.on_event(e, now_ms, inputs)
+            return out
+        for part, ts_ms in latest_by_part(events).items():
+            if inputs is not None:
+                inputs.saw(part, ts_ms)
+            self.progress.observe(part, ts_ms, now_ms, 1)
+        return events
 
     def on_event(
         self, event: Any, now_ms: int = 0, inputs: InputPartitions | None = None

@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 from schemas.codec import SchemaError
 from schemas.codec import decode as avro_decode
@@ -205,7 +208,38 @@ def _symbol(rec: dict[str, Any], symbols: frozenset[str], allow_all: bool = Fals
     raise InvalidRecord(f"unknown symbol {s!r}; this run trades {sorted(symbols)}")
 
 
+def _ordinary_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade | None:
+    """The trade, if every field has its ordinary type and value (float prices, int time,
+    str ids); None sends the record through `parse_trade`'s field-by-field checks, which
+    give the reason. The same rules: this path only accepts what those checks accept."""
+    get = rec.get
+    sym, ts, px, qty, side = get("symbol"), get("ts_event_ms"), get("px"), get("qty"), get("side")
+    tid, buyer, seller, venue = get("trade_id"), get("buyer"), get("seller"), get("venue")
+    if (
+        type(sym) is str
+        and sym in symbols
+        and type(ts) is int
+        and MIN_TS_MS <= ts < MAX_TS_MS
+        and type(px) is float
+        and 0.0 < px < math.inf
+        and type(qty) is float
+        and 0.0 < qty < math.inf
+        and (side == "buy" or side == "sell")
+        and type(tid) is str
+        and tid
+        and (buyer is None or (type(buyer) is str and len(buyer) <= MAX_ADDRESS_CHARS))
+        and (seller is None or (type(seller) is str and len(seller) <= MAX_ADDRESS_CHARS))
+        and (venue is None or type(venue) is str)
+    ):
+        side_sign = BUY if side == "buy" else SELL
+        return Trade(sym, ts, px, qty, side_sign, tid, buyer or None, seller or None, venue or None)
+    return None
+
+
 def parse_trade(rec: dict[str, Any], symbols: frozenset[str]) -> Trade:
+    trade = _ordinary_trade(rec, symbols)
+    if trade is not None:
+        return trade
     side = _str(rec, "side")
     if side not in ("buy", "sell"):
         raise InvalidRecord(f"field 'side' must be 'buy' or 'sell', got {side!r}")
@@ -337,3 +371,130 @@ def decode(
     event = parse(rec, symbols)
     check_not_future(event.ts_event_ms, now_ms, max_clock_skew_ms)
     return event
+
+
+# -- whole columns at once -----------------------------------------------------------------
+# The same rules as parse_trade / parse_candle / check_not_future, over the columns of a
+# block of records (numbers as numpy arrays). A row they pass is built directly; a row they
+# do not pass is None, and the caller decodes that row alone with `decode`, which gives
+# its dead-letter reason (or, should it disagree, the event: no row is lost either way).
+
+
+def _texts_ok(values: list[Any] | str | None, optional: bool, max_chars: int | None) -> Any:
+    """Per row (or for every row): a str (non-empty unless optional; at most `max_chars`),
+    or None if optional."""
+    if not isinstance(values, list):
+        v = values
+        ok = (v is None and optional) or (isinstance(v, str) and (optional or v != ""))
+        return ok and (max_chars is None or v is None or len(v) <= max_chars)
+    types = set(map(type, values))
+    if types == {type(None)}:  # a column the source does not have (addresses in a file)
+        return optional
+    if types <= {str}:  # the usual case: count characters in one pass
+        n = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        ok = np.ones(len(values), dtype=bool) if optional else n > 0
+        return ok if max_chars is None else ok & (n <= max_chars)
+    return np.fromiter(
+        (
+            (v is None and optional)
+            or (
+                isinstance(v, str)
+                and (optional or v != "")
+                and (max_chars is None or len(v) <= max_chars)
+            )
+            for v in values
+        ),
+        dtype=bool,
+        count=len(values),
+    )
+
+
+def _times_ok(ts: np.ndarray, now_ms: int, max_clock_skew_ms: int) -> np.ndarray:
+    return (ts >= MIN_TS_MS) & (ts < MAX_TS_MS) & (ts <= now_ms + max_clock_skew_ms)
+
+
+def _positive_ok(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x) & (x > 0.0)
+
+
+def _rows(values: Any, n: int) -> Any:
+    return values if isinstance(values, list) else repeat(values, n)
+
+
+def trades_from_columns(
+    c: dict[str, Any], n: int, symbols: frozenset[str], now_ms: int, max_clock_skew_ms: int
+) -> list[Trade | None]:
+    """Trades from columns (`ts_event_ms` int64, `px` and `qty` float64 arrays; the text
+    fields lists, or one value for all `n` rows); None for a row that breaks a rule."""
+    symbol = c["symbol"]
+    if not (isinstance(symbol, str) and symbol in symbols):
+        return [None] * n
+    ts, px, qty = c["ts_event_ms"], c["px"], c["qty"]
+    side = np.array(c["side"], dtype=object) if isinstance(c["side"], list) else c["side"]
+    buy = side == "buy"
+    ok = (
+        _times_ok(ts, now_ms, max_clock_skew_ms)
+        & _positive_ok(px)
+        & _positive_ok(qty)
+        & (buy | (side == "sell"))
+        & _texts_ok(c["trade_id"], False, None)
+        & _texts_ok(c.get("buyer"), True, MAX_ADDRESS_CHARS)
+        & _texts_ok(c.get("seller"), True, MAX_ADDRESS_CHARS)
+        & _texts_ok(c.get("venue"), True, None)
+    )
+    ok = np.broadcast_to(ok, (n,))
+    sides = np.broadcast_to(np.where(buy, BUY, SELL), (n,)).tolist()
+    return [
+        Trade(symbol, t, p, q, s, i, b or None, se or None, v or None) if good else None
+        for good, t, p, q, s, i, b, se, v in zip(
+            ok.tolist(),
+            ts.tolist(),
+            px.tolist(),
+            qty.tolist(),
+            sides,
+            _rows(c["trade_id"], n),
+            _rows(c.get("buyer"), n),
+            _rows(c.get("seller"), n),
+            _rows(c.get("venue"), n),
+            strict=False,  # `repeat` is endless
+        )
+    ]
+
+
+def candles_from_columns(
+    c: dict[str, Any], n: int, symbols: frozenset[str], now_ms: int, max_clock_skew_ms: int
+) -> list[Candle | None]:
+    """Candles from columns (`ts_event_ms` int64, open..volume float64 arrays,
+    `interval_ms` one int for all rows); None for a row that breaks a rule."""
+    symbol, interval = c["symbol"], c["interval_ms"]
+    if not (isinstance(symbol, str) and symbol in symbols) or interval not in CANDLE_INTERVALS_MS:
+        return [None] * n
+    ts, o, h, lo, cl, v = (c[k] for k in ("ts_event_ms", "open", "high", "low", "close", "volume"))
+    ok = (
+        _times_ok(ts, now_ms, max_clock_skew_ms)
+        & (ts % interval == 0)
+        & _positive_ok(o)
+        & _positive_ok(h)
+        & _positive_ok(lo)
+        & _positive_ok(cl)
+        & np.isfinite(v)
+        & (v >= 0.0)
+        & (lo <= np.minimum(o, cl))
+        & (np.maximum(o, cl) <= h)
+    )
+    return [
+        Candle(symbol, t, interval, op, hi, low, close, vol) if good else None
+        for good, t, op, hi, low, close, vol in zip(
+            ok.tolist(),
+            ts.tolist(),
+            o.tolist(),
+            h.tolist(),
+            lo.tolist(),
+            cl.tolist(),
+            v.tolist(),
+            strict=True,
+        )
+    ]
+
+
+FROM_COLUMNS = {"trades": trades_from_columns, "candles": candles_from_columns}

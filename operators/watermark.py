@@ -163,3 +163,14 @@ class InputPartitions:
     def saw(self, part: str | None, ts_ms: int) -> None:
         if part is not None and ts_ms > self.latest_ms.get(part, ts_ms - 1):
             self.latest_ms[part] = ts_ms
+
+
+def latest_by_part(events: list[Any]) -> dict[str | None, int]:
+    """The latest event time of each input partition among `events` (a batch)."""
+    latest: dict[str | None, int] = {}
+    get = latest.get
+    for e in events:
+        ts, part = e.ts_event_ms, e.part
+        if ts > get(part, ts - 1):
+            latest[part] = ts
+    return latest

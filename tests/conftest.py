@@ -51,11 +51,11 @@ def small_settings(out: Path, **env: str) -> Settings:
 
 
 def run_records(
-    settings: Settings, messages: list[RawMessage] | None = None
+    settings: Settings, messages: list[RawMessage] | None = None, source: Any = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Run the flow in-process; every emitted record by stream, before serialisation."""
     items: list[tuple[str, dict[str, Any]]] = []
-    run_main(build_flow(settings, messages, sink=TestingSink(items)))
+    run_main(build_flow(settings, messages, sink=TestingSink(items), source=source))
     by_stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for stream, rec in items:
         by_stream[stream].append(rec)
