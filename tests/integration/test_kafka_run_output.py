@@ -46,17 +46,24 @@ def test_the_kafka_run_prints_start_and_status_lines_and_stops_on_sigint_with_a_
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
+    )
     reader.start()
-    deadline = time.monotonic() + 180
-    # every 5m bar of the two days decided on: the input is read to its end
-    while not any("BTC-PERP 425 decisions" in line for line in list(lines)):
-        assert proc.poll() is None, "".join(lines)
-        assert time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
-    reader.join()
+    try:
+        deadline = time.monotonic() + 180
+        # every 5m bar of the two days decided on: the input is read to its end
+        while not any("BTC-PERP 425 decisions" in line for line in list(lines)):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+        reader.join()
+    finally:  # a failed wait must not leave the flow running (and pytest waiting for it)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     stderr = "".join(lines)
     assert proc.returncode == 0, stderr
     assert "panicked" not in stderr and "Traceback" not in stderr, stderr
