@@ -317,10 +317,11 @@ class MarketLogic(StatefulBatchLogic):
         # Wall time of the last record (a restart counts as one): the tick's idle time.
         self.last_arrival_ms = self.started_ms = wall_clock_ms()
 
-    def _configure(self, state: MarketState) -> MarketState:
+    def _settings(self, symbol: str) -> tuple[Any, ...]:
+        """MarketState's running settings for `symbol`, in its field order."""
         s = self.settings
-        return state.configure(
-            state.symbol in s.candle_symbols,
+        return (
+            symbol in s.candle_symbols,
             s.allowed_lateness_ms,
             s.strategy.cohorts,
             s.max_jump_ms,
@@ -330,20 +331,12 @@ class MarketLogic(StatefulBatchLogic):
             self.inputs,
         )
 
+    def _configure(self, state: MarketState) -> MarketState:
+        return state.configure(*self._settings(state.symbol))
+
     def _ensure(self, symbol: str) -> MarketState:
         if self.state is None:
-            s = self.settings
-            self.state = MarketState(
-                symbol,
-                symbol in s.candle_symbols,
-                s.allowed_lateness_ms,
-                s.strategy.cohorts,
-                s.max_jump_ms,
-                s.strategy.size_proxy,
-                s.strategy.bands,
-                s.source_idle_ms,
-                self.inputs,
-            )
+            self.state = MarketState(symbol, *self._settings(symbol))
             self.state.progress.restart(self.started_ms)
         return self.state
 

@@ -93,7 +93,12 @@ def parse_kline_row(row: object, symbol: str) -> tuple[int, Item]:
     if not isinstance(row, list) or len(row) < 7:
         raise FrameError(f"{where}: expected [open, o, h, l, c, v, close, ...], got {row!r}")
     k = dict(zip("tohlcvT", row[:7], strict=True))
-    item = candle_item(
+    return integer(k, "T", where), _kline_candle(k, symbol, where)
+
+
+def _kline_candle(k: dict, symbol: str, where: str) -> Item:
+    """The 1m candle of a kline's `t o h l c v` fields (WebSocket and REST name them alike)."""
+    return candle_item(
         symbol,
         integer(k, "t", where),
         positive(k, "o", where),
@@ -102,7 +107,6 @@ def parse_kline_row(row: object, symbol: str) -> tuple[int, Item]:
         positive(k, "c", where),
         number(k, "v", where),
     )
-    return integer(k, "T", where), item
 
 
 class BinanceParser:
@@ -149,16 +153,7 @@ class BinanceParser:
             raise FrameError(f"{where}: field 'x' must be true or false, got {closed!r}")
         if not closed:
             return []
-        item = candle_item(
-            symbol,
-            integer(k, "t", where),
-            positive(k, "o", where),
-            positive(k, "h", where),
-            positive(k, "l", where),
-            positive(k, "c", where),
-            number(k, "v", where),
-        )
-        return [item]
+        return [_kline_candle(k, symbol, where)]
 
     def _mark_price(self, d: dict) -> list[Item]:
         where = "binance markPriceUpdate"
