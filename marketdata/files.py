@@ -13,7 +13,10 @@ the rate per interval).
 A spec names one file: `KIND:PATH[?symbol=BTC-PERP&volume=quote&venue=binance]`, KIND one
 of candles, trades, funding. Every file is sorted by event time on read (trade files too:
 an hour-shuffled file would otherwise lose its trades as late), and records come out in
-the order they became available (a candle at its close), merged across files.
+the order they became available (a candle at its close), merged across files. On a tie,
+funding comes before market data: a rate stamped at a bar's close is known at that close,
+so the bar it belongs to is the one that closes then, as in a Kafka run (issue 14 §5),
+not the next.
 
 Problems with a whole file (format, header, columns) raise `FileSpecError` naming the file
 before the flow starts (`check_file`). A bad row (a value that is not a number or a time)
@@ -609,14 +612,18 @@ def funding_blocks(spec: FileSpec) -> Iterator[RowBlock]:
 
 
 _READERS = {"candles": candle_blocks, "trades": trade_blocks, "funding": funding_blocks}
+# At equal availability times: funding (known at its time) before the market data whose
+# arrival may close a bar at that time.
+TIE_ORDER = {"funding": 0, "candles": 1, "trades": 1}
 
 
 def file_blocks(specs: list[FileSpec]) -> Iterator[RowBlock]:
     """Every row of every file in blocks, merged by availability time (bad rows with their
-    error): the rows in the order `heapq.merge` would give them (on a tie, the earlier
-    file first), a block cut wherever another file's next row comes in between."""
+    error): the rows in the order `heapq.merge` would give them (on a tie, funding first,
+    then the earlier file), a block cut wherever another file's next row comes in between."""
     readers = [_READERS[s.kind](s) for s in specs]
     heads = [next(r, None) for r in readers]
+    tie = [(TIE_ORDER[s.kind], i) for i, s in enumerate(specs)]  # on equal times: smaller first
     while True:
         live = [i for i, h in enumerate(heads) if h is not None]
         if len(live) <= 1:
@@ -624,16 +631,15 @@ def file_blocks(specs: list[FileSpec]) -> Iterator[RowBlock]:
                 yield heads[i]  # type: ignore[misc]
                 yield from readers[i]
             return
-        i = min(live, key=lambda j: (heads[j].avail_ms[0], j))  # type: ignore[union-attr]
+        i = min(live, key=lambda j: (heads[j].avail_ms[0], tie[j]))  # type: ignore[union-attr]
         head = heads[i]
         assert head is not None
         cut = len(head)
         for j in live:
             if j != i:  # rows of file i that come before file j's next one
                 nxt = heads[j].avail_ms[0]  # type: ignore[union-attr]
-                cut = min(
-                    cut, int(np.searchsorted(head.avail_ms, nxt, "right" if i < j else "left"))
-                )
+                side = "right" if tie[i] < tie[j] else "left"
+                cut = min(cut, int(np.searchsorted(head.avail_ms, nxt, side)))
         yield head.slice(0, cut)
         heads[i] = head.slice(cut, len(head)) if cut < len(head) else next(readers[i], None)
 

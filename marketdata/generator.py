@@ -204,16 +204,18 @@ def _funding_records(
 
 
 def generate(cfg: GeneratorConfig) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stream, record) pairs in the order a venue would publish them (by availability)."""
-    streams = []
+    """(stream, record) pairs in the order a venue would publish them (by availability).
+    On a tie, funding comes first (the merge is stable): a rate stamped at a bar's close
+    is known at that close, before the candle or trade that closes the bar."""
+    funding, market = [], []
     for sym in cfg.symbols:
         path = _simulate(cfg, sym)
         if sym in cfg.trade_symbols:
-            streams.append(_trade_records(sym, path))
+            market.append(_trade_records(sym, path))
         else:
-            streams.append(_candle_records(sym, path, cfg))
-        streams.append(_funding_records(sym, path, cfg))
-    for _, stream, rec in heapq.merge(*streams, key=lambda x: x[0]):
+            market.append(_candle_records(sym, path, cfg))
+        funding.append(_funding_records(sym, path, cfg))
+    for _, stream, rec in heapq.merge(*funding, *market, key=lambda x: x[0]):
         yield stream, rec
 
 

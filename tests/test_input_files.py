@@ -96,6 +96,29 @@ def test_freqtrade_feather_funding_is_read_with_open_as_the_rate():
     assert recs[0]["ts_event_ms"] == int(raw["date"].iloc[0].timestamp() * 1000)
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("funding_first", [False, True])
+def test_a_funding_rate_comes_before_the_candle_that_closes_its_bar(funding_first):
+    """Issue 14 section 5: a rate stamped at a bar's close is known at that close, so the
+    bar it belongs to is the one that closes then (as on Kafka), whatever the specs' order."""
+    candles = FileSpec.parse(
+        f"candles:{shared_file('binance_usdm_BTC_USDT_2025-08-01_2026-02-19_5m.feather')}"
+    )
+    funding = FileSpec.parse(
+        f"funding:{shared_file('binance_usdm_BTC_USDT_2025-08-01_2026-02-19_funding_8h.feather')}"
+    )
+    specs = [funding, candles] if funding_first else [candles, funding]
+    recs = list(file_records(specs))
+    ties = 0
+    for (stream, rec), (nxt_stream, nxt) in zip(recs, recs[1:], strict=False):
+        if nxt_stream == "funding" and stream == "candles":
+            # the candle before a rate must have closed before it
+            assert rec["ts_event_ms"] + rec["interval_ms"] < nxt["ts_event_ms"], (rec, nxt)
+        if stream == "funding" and nxt_stream == "candles":
+            ties += nxt["ts_event_ms"] + nxt["interval_ms"] == rec["ts_event_ms"]
+    assert ties > 500  # nearly every 8-hourly rate meets a candle closing at its time
+
+
 def test_a_feather_funding_file_without_open_stops_the_start(tmp_path: Path):
     path = tmp_path / "funding.feather"
     pd.DataFrame({"date": pd.to_datetime([0], unit="ms", utc=True), "rate": [0.0001]}).to_feather(

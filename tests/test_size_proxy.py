@@ -234,11 +234,13 @@ def test_the_bandit_samples_proxy_arms_and_reports_them_only_when_asked():
 # the code wrote them before the size proxy existed. Recomputed after merging issue 14's bands
 # and per-partition progress (a deliberate change): every stream file was checked equal to the
 # hardening2 branch's, which has no size proxy; summary.json gained `warmup_bars` (issue 15).
+# Recomputed again when funding came first on a tie with the candle closing its bar (issue 14
+# §5): only ETH-PERP's signals changed, in features.funding_rate and funding_change_8h.
 # If a deliberate change of the strategy alters them, recompute with _digest and say so in the
 # commit.
 PRESET_DIGESTS = {
-    "ensemble_1_0": "c6077b7ea5c6e1745f166b5c0f75b447de9aec90e83f52e751a14df3b207238c",
-    "ensemble_1_1": "1c440ee4789388ad4d34f0506ce6bf30608ac4b122fceaa7a1fc01c57af0d310",
+    "ensemble_1_0": "026addebf35806ba8ed5684901d5fd55e1dd22ab9f21818f8353c2ebbbccf0d6",
+    "ensemble_1_1": "e8a3d63b0f318cedb08dcf3abb624ac3071ace7e891b18deccd42940480a4a40",
 }
 
 
