@@ -174,6 +174,10 @@ class MarketState:
         drives_bars = isinstance(e, Candle) if self.bars_from_candles else isinstance(e, Trade)
         if drives_bars:
             seen = self.progress.source_progress(part)
+            if part is None and self.builder.next_start_ms is None and not self.builder.buckets:
+                # A file run's first market record: the funding read before it (a span's
+                # rates start hours before its candles) is no reference for a jump.
+                seen = None
             if seen is not None and e.ts_event_ms > seen + self.max_jump_ms:
                 held = self.ahead.setdefault(part, [])
                 held.append(e)
@@ -248,7 +252,11 @@ class MarketState:
             self._observe(e.part, e.ts_event_ms + e.interval_ms, now_ms, out)
         else:
             out.append(e)
-            self._observe(e.part, e.ts_event_ms, now_ms, out)
+            # A file run's one stream is in availability order with funding first on a tie:
+            # a rate at T says that everything available before T is in, not that the
+            # candle closing at T is (it follows). Kafka partitions are each their own.
+            ts = e.ts_event_ms - 1 if e.part is None else e.ts_event_ms
+            self._observe(e.part, ts, now_ms, out)
 
     def _observe(
         self, part: str | None, ts_ms: int, now_ms: int, out: list[Any], trade: bool = False

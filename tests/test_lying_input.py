@@ -249,3 +249,44 @@ def test_an_idle_partition_holds_nothing_back_and_a_quiet_start_waits_for_every_
         st.on_event(e, held, 40_000)  # 20 s of silence: idle
     assert _bars(held)[-1][0] == T0 + 5 * M  # closed up to the real partition's progress
     assert st.late_count == 0
+
+
+# -- a file run's one stream: funding beside candles ----------------------------------------
+def _candle(ts_ms: int, interval_ms: int = 300_000) -> Any:
+    from operators.events import Candle
+
+    return Candle("BTC-PERP", ts_ms, interval_ms, 100.0, 101.0, 99.0, 100.5, 3.0)
+
+
+def test_a_file_runs_first_candle_after_hours_of_funding_is_not_a_jump():
+    """The research spans start their rates 8 h before their candles: the first candles
+    were held as a jump past the funding and dead-lettered as far out of order (40 of
+    them per span) once the next rate moved the stream on."""
+    from operators.events import Funding
+
+    m = MarketState("BTC-PERP", True, 5_000, CohortConfig())
+    out: list[Any] = []
+    m.on_event(Funding("BTC-PERP", T0 - 4 * 3_600_000, 0.0001), out)
+    for i in range(48):
+        if i == 40:
+            m.on_event(Funding("BTC-PERP", T0 + 4 * 3_600_000 - 1, 0.0001), out)
+        m.on_event(_candle(T0 + i * 300_000), out)
+    assert not [x for x in out if isinstance(x, Late)]
+    assert len([x for x in out if isinstance(x, Close)]) == 48
+
+
+def test_a_rate_at_a_bars_close_leaves_the_bar_open_for_its_last_candle():
+    """Availability order puts a rate stamped at a bar's close before the 1m candle that
+    closes the bar (issue 14 section 5); with no allowed lateness the rate must not close
+    the bar without that candle."""
+    from operators.events import Funding
+
+    m = MarketState("BTC-PERP", True, 0, CohortConfig())
+    out: list[Any] = []
+    for i in range(4):
+        m.on_event(_candle(T0 + i * 60_000, 60_000), out)
+    m.on_event(Funding("BTC-PERP", T0 + 300_000, 0.0001), out)
+    m.on_event(_candle(T0 + 4 * 60_000, 60_000), out)
+    assert not [x for x in out if isinstance(x, Late)]
+    (close,) = [x for x in out if isinstance(x, Close)]
+    assert close.bar.complete and close.bar.volume == 15.0
