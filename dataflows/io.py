@@ -1,8 +1,9 @@
 """Sources and sinks: the generator, market-data files or Kafka in; JSON-lines or Kafka out.
 
-The input is one partition that yields, in event order, `RawMessage`s (the generator, or
-messages a test passes) or `RowBlock`s (files, column by column); its resume state is the
-number of records consumed, so a recovered run continues where it stopped. The
+The input yields, in event order, `RawMessage`s (the generator, or messages a test passes:
+one partition) or `RowBlock`s (files, column by column: one partition per symbol); each
+partition's resume state is the number of records consumed, so a recovered run continues
+where it stopped. The
 output writes one JSON-lines file per stream (`<out>/<stream>.jsonl`), one partition
 per stream, whose resume state is the file offset: a recovered run truncates what was
 written after the last snapshot, so each file holds every record exactly once.

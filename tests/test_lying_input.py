@@ -14,7 +14,7 @@ import pytest
 from dataflows.io import RawMessage, format_summary
 from operators.bands import Bands
 from operators.config import BandConfig, CohortConfig, ConfigError, StrategyConfig
-from operators.events import Trade
+from operators.events import Candle, Funding, Trade
 from operators.market import Close, Late, MarketState
 from tests.conftest import messages, run_records, small_settings
 
@@ -252,9 +252,7 @@ def test_an_idle_partition_holds_nothing_back_and_a_quiet_start_waits_for_every_
 
 
 # -- a file run's one stream: funding beside candles ----------------------------------------
-def _candle(ts_ms: int, interval_ms: int = 300_000) -> Any:
-    from operators.events import Candle
-
+def _candle(ts_ms: int, interval_ms: int = 300_000) -> Candle:
     return Candle("BTC-PERP", ts_ms, interval_ms, 100.0, 101.0, 99.0, 100.5, 3.0)
 
 
@@ -262,8 +260,6 @@ def test_a_file_runs_first_candle_after_hours_of_funding_is_not_a_jump():
     """The research spans start their rates 8 h before their candles: the first candles
     were held as a jump past the funding and dead-lettered as far out of order (40 of
     them per span) once the next rate moved the stream on."""
-    from operators.events import Funding
-
     m = MarketState("BTC-PERP", True, 5_000, CohortConfig())
     out: list[Any] = []
     m.on_event(Funding("BTC-PERP", T0 - 4 * 3_600_000, 0.0001), out)
@@ -279,8 +275,6 @@ def test_a_rate_at_a_bars_close_leaves_the_bar_open_for_its_last_candle():
     """Availability order puts a rate stamped at a bar's close before the 1m candle that
     closes the bar (issue 14 section 5); with no allowed lateness the rate must not close
     the bar without that candle."""
-    from operators.events import Funding
-
     m = MarketState("BTC-PERP", True, 0, CohortConfig())
     out: list[Any] = []
     for i in range(4):
