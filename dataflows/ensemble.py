@@ -24,17 +24,18 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 
-from dataflows import metrics, progress
+from dataflows import metrics, progress, routing
 from dataflows.io import (
     JsonLinesSink,
     RawMessage,
@@ -48,6 +49,7 @@ from dataflows.io import (
 from dataflows.io import MarketSource as _MarketSource
 from dataflows.kafka_sink import KafkaUnavailable
 from dataflows.progress import StoppableSource, stopping
+from dataflows.routing import RoutesError, route_order
 from dataflows.settings import Settings
 from marketdata.files import RowBlock
 from operators.account import AccountRisk, EventTimeAligner
@@ -123,13 +125,18 @@ def _bar_record(stamp: Stamp, b: Bar) -> dict[str, Any]:
 
 # -- decode ------------------------------------------------------------------------------
 def decode_batch(
-    settings: Settings, stamp: Stamp, to_raw: Callable[[Any], RawMessage] | None, items: list[Any]
+    settings: Settings,
+    stamp: Stamp,
+    to_raw: Callable[[Any], RawMessage] | None,
+    keys: Mapping[str, str],
+    items: list[Any],
 ) -> list[Any]:
     """A whole input batch at once: its dead letters (and their summary counts), then one
-    `(symbol, events)` per symbol with that symbol's events in input order, so the steps
-    after this one take a list per symbol and batch, not an item per record. File blocks
-    are validated column by column; a row that fails goes through `decode_step` for its
-    reason. `to_raw` turns a source item (a Kafka message) into a RawMessage."""
+    `(key, events)` per symbol with that symbol's events in input order, so the steps
+    after this one take a list per symbol and batch, not an item per record. The key is
+    the symbol's route key (dataflows/routing.py; the symbol itself if it has none). File
+    blocks are validated column by column; a row that fails goes through `decode_step`
+    for its reason. `to_raw` turns a source item (a Kafka message) into a RawMessage."""
     out: list[Any] = []
     by_symbol: dict[str, list[Any]] = {}
     counts: dict[str, int] = {}
@@ -149,7 +156,7 @@ def decode_batch(
             else:
                 by_symbol.setdefault(x.symbol, []).append(x)
     metrics.count_inputs(counts)
-    out.extend(by_symbol.items())
+    out.extend((keys.get(symbol, symbol), events) for symbol, events in by_symbol.items())
     return out
 
 
@@ -604,10 +611,12 @@ def build_flow(
     messages: list[RawMessage] | None = None,
     sink: Any = None,
     source: Any = None,
+    recovery: Path | None = None,
 ) -> Dataflow:
     """The dataflow over `settings`' input (or `messages`, or `source`), into `sink` (or
     JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource).
-    Every input ends early once a signal asks the run to stop (dataflows/progress.py)."""
+    Every input ends early once a signal asks the run to stop (dataflows/progress.py).
+    `recovery` is the run's recovery directory, where the symbols' route keys are pinned."""
     stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
     rt = load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not a bar
     settings.strategy.with_model_horizon(rt.horizon_bars)  # a hold the model disagrees with
@@ -624,10 +633,11 @@ def build_flow(
     else:
         raw = op.input("input", flow, StoppableSource(_MarketSource(settings, messages)))
     # One (symbol, events) per symbol and input batch from here to the market step.
-    decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw))
+    keys = routing.routes(route_order(settings), recovery)
+    decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw, keys))
     split = op.branch("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     bad = split.trues
-    keyed = cast(KeyedStream[list[Any]], split.falses)  # decode_batch keys them by symbol
+    keyed = cast(KeyedStream[list[Any]], split.falses)  # keyed by the symbols' route keys
     checked = op.stateful("commands", keyed, partial(CommandLogic, settings, stamp, inputs))
     refused = op.filter_map(
         "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
@@ -688,17 +698,17 @@ def tune_gc() -> None:
 def _flow_from_env() -> Dataflow:
     """The main job: the flow, a start line and warm-up warning on stderr, a status line
     every ENSEMBLE_STATUS_INTERVAL_S, and a clean stop with the summary on SIGINT/SIGTERM."""
+    recovery = progress.recovery_from_argv(sys.argv[1:]) if progress.main_job() else None
     try:
         settings = Settings.from_env()
-        built = build_flow(settings)
-    except (ConfigError, ArtifactError, KafkaUnavailable) as e:
+        built = build_flow(settings, recovery=recovery)
+    except (ConfigError, ArtifactError, KafkaUnavailable, RoutesError) as e:
         print(f"ensemble: cannot start: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     tune_gc()
     if not progress.main_job():  # imported (tests, tools): no signal handlers, no output
         return built
     model_id = load_runtime(str(settings.model_dir)).model_id
-    recovery = progress.recovery_from_argv(sys.argv[1:])
     print(progress.start_line(settings, model_id, recovery), file=sys.stderr, flush=True)
     warning = progress.warmup_warning(settings)
     if warning:

@@ -135,8 +135,9 @@ class MarketSource(FixedPartitionedSource[Any, int]):
 
     def list_parts(self) -> list[str]:
         """Files: one partition per symbol, named after it, so with several workers each
-        symbol is read and decoded on a worker of its own (Bytewax places a partition and
-        the state of the key of the same name on the same worker). Otherwise one."""
+        symbol is read and decoded on a worker of its own (Bytewax gives partition j of
+        these sorted names to worker j mod workers, and the symbol's route key puts its
+        state there too: dataflows/routing.py). Otherwise one."""
         if self.messages is not None or not self.settings.files:
             return ["market"]
         return sorted({f.symbol for f in self.settings.files})
