@@ -222,13 +222,21 @@ class CommandGate:
         return [self._judge(event, now)]  # type: ignore[arg-type]
 
     def recheck(self, now_ms: int, inputs: InputPartitions | None = None) -> list[Any]:
-        """No new event: judge the held commands the market time has reached meanwhile."""
+        """No new event: judge the held commands the market time has reached meanwhile.
+
+        A held command was ahead of the flow's time when it arrived, so it is judged as
+        of its own time if the time has passed it: with Kafka the time can jump by hours
+        at once (a partition that held it back goes idle while the others were read far
+        ahead), and that is no reason to call a fresh command stale. The market step does
+        not close the symbol's bars past a held command (`InputPartitions.held_ms`)."""
         if not self.held:
             return []
         now = self.progress.advance(now_ms, self.idle_ms, inputs)
+        if now is None:
+            return []
         due = [c for c in self.held if self._due(c, now)]
         self.held = [c for c in self.held if not self._due(c, now)]
-        return [self._judge(c, now) for c in due]  # type: ignore[arg-type]
+        return [self._judge(c, min(now, c.ts_event_ms)) for c in due]
 
     def flush(self) -> list[Any]:
         """End of a finite input: every market event is in, so a held command was reached

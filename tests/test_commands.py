@@ -20,6 +20,7 @@ from operators.commands import (
 )
 from operators.config import ConfigError
 from operators.events import ControlCommand
+from operators.watermark import InputPartitions
 from tests.conftest import OPERATOR_KEYS, messages, run_records, signed, small_settings
 from tests.test_decision_core import (
     ENSEMBLE_1_0,
@@ -126,6 +127,30 @@ def test_the_flow_time_of_the_gate_is_the_slowest_active_partition_not_the_faste
     gate.on_event(fast, 20_000)
     (accepted,) = gate.on_event(_control(_cmd(symbol="BTC-PERP")), 20_001)
     assert isinstance(accepted, ControlCommand)
+
+
+def test_a_held_command_is_not_stale_when_an_idle_partition_lets_the_time_jump_past_it():
+    """Kafka, seen flaky under load: the control topic read ahead, its commands held; the
+    funding partition holds the time back, then goes idle, and the time jumps hours past
+    the commands to the trades read ahead. They were fresh when they arrived."""
+    inputs = InputPartitions()
+    for part in ("trades#0", "funding#0", "control#0"):
+        inputs.read(part, 1, True, 0)
+    gate = CommandGate(window_ms=900_000, idle_ms=2_000)
+    trades, funding = Tick(HALT_AT + 5 * 3_600_000), Tick(HALT_AT - 3_600_000)
+    trades.part, funding.part = "trades#0", "funding#0"
+    command = _control(_cmd(symbol="BTC-PERP"))
+    command.part = "control#0"
+    inputs.saw("control#0", command.ts_event_ms)
+    for e in (funding, trades):
+        inputs.saw(e.part, e.ts_event_ms)
+        gate.on_event(e, 1_000, inputs)
+    assert gate.on_event(command, 1_000, inputs) == []  # an hour ahead of the funding: held
+    later = Tick(HALT_AT + 5 * 3_600_000 + 1_000)
+    later.part = "trades#0"
+    inputs.read("trades#0", 1, False, 5_000)  # funding and control now idle
+    out = gate.on_event(later, 5_000, inputs)
+    assert out[0] is command and out[1] is later
 
 
 def _run_with(tmp_path, commands: list[dict]) -> dict:
