@@ -133,5 +133,11 @@ def _save(recovery: Path, keys: Mapping[str, str]) -> None:
     """Atomically (processes starting together write the same content)."""
     path = recovery / ROUTES_FILE
     tmp = path.with_name(f".{ROUTES_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(dict(sorted(keys.items())), indent=1) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(dict(sorted(keys.items())), indent=1) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        raise RoutesError(
+            f"{path}: cannot pin the route keys: {e.strerror} (prepare the recovery "
+            f"directory first: python -m dataflows.recovery {recovery})"
+        ) from None

@@ -119,3 +119,8 @@ def test_unreadable_pinned_keys_stop_the_start_naming_the_file(tmp_path: Path):
     (tmp_path / ROUTES_FILE).write_text('{"BTC-PERP": "ETH-PERP/1"}')
     with pytest.raises(RoutesError, match=ROUTES_FILE):
         routes(["BTC-PERP"], tmp_path)
+
+
+def test_a_missing_recovery_directory_stops_the_start_saying_how_to_prepare_it(tmp_path: Path):
+    with pytest.raises(RoutesError, match="python -m dataflows.recovery"):
+        routes(["BTC-PERP"], tmp_path / "absent")
