@@ -348,8 +348,8 @@ class _Metadata:
 
     The high watermarks are asked on a thread of their own, every WATERMARKS_S, for the
     partitions that asked since: each answer takes a round trip (about 17 ms to a local
-    TLS broker), and asked from the flow's thread, twenty quiet input partitions held the
-    flow a third of the time."""
+    TLS broker), and asked from the flow's thread the answers took 1.3 s of a 6.9 s
+    `make bench-kafka` run."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
