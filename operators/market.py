@@ -39,11 +39,12 @@ While records keep arriving (catching up a backlog) this adds nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.bands import Bands, candle_outlier
+from operators.bands import ABSURD, MIN_REFERENCE, REFRESH, Bands, candle_outlier
 from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
@@ -55,6 +56,7 @@ from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions,
 JUMP_CONFIRMATIONS = 50
 DEFAULT_ALLOWED_LATENESS_MS = 5_000
 DEFAULT_MAX_JUMP_MS = 3_600_000
+_UNSET = object()  # on_events: no partition's locals read yet
 
 
 @dataclass(slots=True)
@@ -189,6 +191,128 @@ class MarketState:
             if self.ahead.get(part):
                 self._reject_ahead(part, out)
         self._market(e, out, now_ms)
+
+    def on_events(
+        self,
+        events: Sequence[Any],
+        out: list[Any],
+        now_ms: int = 0,
+        failed: Callable[[Any, Exception], None] | None = None,
+    ) -> None:
+        """One input batch of this symbol's records, in order: exactly what `on_event` for
+        each gives (bars, dead letters with their reasons, counts, state), only faster.
+
+        The ordinary trade (its partition known and past its first trades, in line with
+        its progress, not seen before, not late, inside the bands) is judged and folded
+        here with the checks read once per partition and per bar; anything else (a
+        candle, funding, a duplicate, a late trade, an outlier, a jump, a partition with
+        trades held) takes `on_event` itself. `failed(e, exc)` hears of a record that
+        raised (without it, the exception propagates)."""
+        if self.bars_from_candles:
+            for e in events:
+                try:
+                    self.on_event(e, out, now_ms)
+                except Exception as exc:
+                    if failed is None:
+                        raise
+                    failed(e, exc)
+            return
+        progress, builder, bands, ahead = self.progress, self.builder, self.bands, self.ahead
+        arrivals, sources, buckets = progress.arrivals, progress.sources, builder.buckets
+        by_bar, cohorts_add, proxy = self.recent.by_bar, self.cohorts.add_trade, self.size_proxy
+        width, lateness, max_jump = builder.width_ms, self.allowed_lateness_ms, self.max_jump_ms
+        same_width = self.recent.width_ms == width  # one bar start serves dedup and fold
+        max_dev, max_multiple = self.bands_cfg.max_price_deviation, self.bands_cfg.max_size_multiple
+        part: Any = _UNSET  # the partition the locals below were read for (_UNSET: none)
+        for e in events:
+            try:
+                if type(e) is not Trade:
+                    self.on_event(e, out, now_ms)
+                    part = _UNSET
+                    continue
+                if e.part is not part:  # read the partition's clock and reference once
+                    part = e.part
+                    arrivals[part] = now_ms  # as on_event: the partition is live
+                    clock, ref = sources.get(part), bands.refs.get(part)
+                    if (
+                        clock is None  # its first record: no progress to judge a jump by
+                        or ref is None
+                        or ref.ref_px is None  # its first trades: judged by another's
+                        or ahead.get(part)  # trades held back: this one confirms or rejects
+                        or (part is None and builder.next_start_ms is None and not buckets)
+                        or any(b.parts is not None for b in buckets.values())  # candles'
+                    ):
+                        self.on_event(e, out, now_ms)
+                        part = _UNSET
+                        continue
+                    latest, quorum = clock.latest, clock.quorum
+                    ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
+                    window_px, window_qty = ref.px, ref.qty
+                    # one ordered stream, no Kafka view: the symbol's progress is this clock's
+                    one_stream = part is None and self.inputs is None and len(sources) == 1
+                    value, next_start = progress.value, builder.next_start_ms
+                    max_event = builder.max_event_ms
+                ts, px, qty = e.ts_event_ms, e.px, e.qty
+                try:  # the checks only read: anything unusual goes to on_event untouched
+                    start = ts - ts % width
+                    identity = (e.venue, e.trade_id)
+                    ids = by_bar.get(start if same_width else ts - ts % self.recent.width_ms)
+                    unusual = (
+                        ts > latest[0] + max_jump  # far ahead: held
+                        or (ids is not None and identity in ids)  # a duplicate
+                        or (next_start is not None and start < next_start)  # late
+                        or px >= ABSURD
+                        or qty >= ABSURD
+                        or px * qty >= ABSURD
+                        or abs(px / ref_px - 1.0) > max_dev  # outside the bands
+                        or qty > ref_qty_max
+                    )
+                except Exception:  # a value they cannot judge: on_event says what is wrong
+                    unusual = True
+                if unusual:
+                    self.on_event(e, out, now_ms)
+                    part = _UNSET
+                    continue
+                # the ordinary trade: what _market does with it, in the same order
+                if ids is None:
+                    ids = by_bar[start if same_width else ts - ts % self.recent.width_ms] = set()
+                ids.add(identity)
+                window_px.append(px)
+                window_qty.append(qty)
+                if ts > ref.last_ts_ms:
+                    ref.last_ts_ms = ts
+                ref.since_refresh += 1
+                if ref.since_refresh >= REFRESH and len(window_px) >= MIN_REFERENCE:
+                    ref.refresh()
+                    ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
+                builder.fold_trade(ts, px, qty)  # not late: it folds in
+                if e.buyer is not None or e.seller is not None:
+                    cohorts_add(ts, px, qty, e.buyer, e.seller)
+                if proxy is not None:
+                    proxy.add_trade(ts, px, qty, e.side)
+                # _observe: the partition's clock, then the symbol's progress
+                if len(latest) < quorum:
+                    heapq.heappush(latest, ts)
+                elif ts > latest[0]:
+                    heapq.heapreplace(latest, ts)
+                if not one_stream or value is None:
+                    self.recheck(now_ms, out)
+                elif latest[0] > value:  # progress moved: the bar builder follows
+                    progress.value = value = latest[0]
+                    if next_start is not None and value < next_start + width + lateness:
+                        if max_event is None or value > max_event:
+                            builder.max_event_ms = max_event = value  # nothing to close yet
+                        continue
+                    self._closed(builder.advance(value), out)
+                else:
+                    continue
+                value, next_start = progress.value, builder.next_start_ms
+                max_event = builder.max_event_ms
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed(e, exc)
+                part = _UNSET
 
     def _reject_ahead(self, part: str | None, out: list[Any]) -> None:
         seen = self.progress.source_progress(part) or 0
