@@ -220,13 +220,15 @@ class MarketState:
         progress, builder, bands, ahead = self.progress, self.builder, self.bands, self.ahead
         arrivals, sources, buckets = progress.arrivals, progress.sources, builder.buckets
         by_bar, cohorts_add, proxy = self.recent.by_bar, self.cohorts.add_trade, self.size_proxy
-        width, lateness, max_jump = builder.width_ms, self.allowed_lateness_ms, self.max_jump_ms
+        width, lateness, max_jump = builder.width_ms, builder.allowed_lateness_ms, self.max_jump_ms
         same_width = self.recent.width_ms == width  # one bar start serves dedup and fold
         max_dev, max_multiple = self.bands_cfg.max_price_deviation, self.bands_cfg.max_size_multiple
+        trade_type, refresh_every, min_reference = Trade, REFRESH, MIN_REFERENCE
+        heapreplace = heapq.heapreplace
         part: Any = _UNSET  # the partition the locals below were read for (_UNSET: none)
         for e in events:
             try:
-                if type(e) is not Trade:
+                if type(e) is not trade_type:
                     self.on_event(e, out, now_ms)
                     part = _UNSET
                     continue
@@ -246,6 +248,7 @@ class MarketState:
                         part = _UNSET
                         continue
                     latest, quorum = clock.latest, clock.quorum
+                    clock_full = len(latest) >= quorum
                     ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
                     window_px, window_qty = ref.px, ref.qty
                     # one ordered stream, no Kafka view: the symbol's progress is this clock's
@@ -253,13 +256,10 @@ class MarketState:
                     value, next_start = progress.value, builder.next_start_ms
                     max_event = builder.max_event_ms
                 ts, px, qty = e.ts_event_ms, e.px, e.qty
-                try:  # the checks only read: anything unusual goes to on_event untouched
+                try:  # the checks change nothing: anything unusual goes to on_event as it came
                     start = ts - ts % width
-                    identity = (e.venue, e.trade_id)
-                    ids = by_bar.get(start if same_width else ts - ts % self.recent.width_ms)
                     unusual = (
                         ts > latest[0] + max_jump  # far ahead: held
-                        or (ids is not None and identity in ids)  # a duplicate
                         or (next_start is not None and start < next_start)  # late
                         or px >= ABSURD
                         or qty >= ABSURD
@@ -267,6 +267,11 @@ class MarketState:
                         or abs(px / ref_px - 1.0) > max_dev  # outside the bands
                         or qty > ref_qty_max
                     )
+                    if not unusual:
+                        dedup_start = start if same_width else ts - ts % self.recent.width_ms
+                        ids = by_bar.get(dedup_start)
+                        identity = (e.venue, e.trade_id)
+                        unusual = ids is not None and identity in ids  # a duplicate
                 except Exception:  # a value they cannot judge: on_event says what is wrong
                     unusual = True
                 if unusual:
@@ -275,26 +280,32 @@ class MarketState:
                     continue
                 # the ordinary trade: what _market does with it, in the same order
                 if ids is None:
-                    ids = by_bar[start if same_width else ts - ts % self.recent.width_ms] = set()
+                    ids = by_bar[dedup_start] = set()
                 ids.add(identity)
                 window_px.append(px)
                 window_qty.append(qty)
                 if ts > ref.last_ts_ms:
                     ref.last_ts_ms = ts
                 ref.since_refresh += 1
-                if ref.since_refresh >= REFRESH and len(window_px) >= MIN_REFERENCE:
+                if ref.since_refresh >= refresh_every and len(window_px) >= min_reference:
                     ref.refresh()
                     ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
-                builder.fold_trade(ts, px, qty)  # not late: it folds in
+                bucket = buckets.get(start)  # not late: it folds into its bar
+                if bucket is None:
+                    builder.fold_trade(ts, px, qty)
+                else:
+                    bucket.add_trade(ts, px, qty)
                 if e.buyer is not None or e.seller is not None:
                     cohorts_add(ts, px, qty, e.buyer, e.seller)
                 if proxy is not None:
                     proxy.add_trade(ts, px, qty, e.side)
                 # _observe: the partition's clock, then the symbol's progress
-                if len(latest) < quorum:
+                if clock_full:  # SourceClock.add: the `quorum` latest times
+                    if ts > latest[0]:
+                        heapreplace(latest, ts)
+                else:
                     heapq.heappush(latest, ts)
-                elif ts > latest[0]:
-                    heapq.heapreplace(latest, ts)
+                    clock_full = len(latest) >= quorum
                 if not one_stream or value is None:
                     self.recheck(now_ms, out)
                 elif latest[0] > value:  # progress moved: the bar builder follows
