@@ -221,6 +221,7 @@ class MarketState:
         arrivals, sources, buckets = progress.arrivals, progress.sources, builder.buckets
         by_bar, cohorts_add, proxy = self.recent.by_bar, self.cohorts.add_trade, self.size_proxy
         width, lateness, max_jump = builder.width_ms, builder.allowed_lateness_ms, self.max_jump_ms
+        idle_ms = self.source_idle_ms
         same_width = self.recent.width_ms == width  # one bar start serves dedup and fold
         max_dev, max_multiple = self.bands_cfg.max_price_deviation, self.bands_cfg.max_size_multiple
         trade_type, refresh_every, min_reference = Trade, REFRESH, MIN_REFERENCE
@@ -251,8 +252,13 @@ class MarketState:
                     clock_full = len(latest) >= quorum
                     ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
                     window_px, window_qty = ref.px, ref.qty
-                    # one ordered stream, no Kafka view: the symbol's progress is this clock's
-                    one_stream = part is None and self.inputs is None and len(sources) == 1
+                    # recheck: the symbol's progress is the slowest source's, and only this
+                    # partition's clock moves during its run (Progress.advance, `without`)
+                    if len(sources) == 1 and part is None:  # one merged, ordered stream
+                        counts, others = True, None
+                    else:
+                        counts, others = progress.without(part, now_ms, idle_ms, self.inputs)
+                    cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
                     value, next_start = progress.value, builder.next_start_ms
                     max_event = builder.max_event_ms
                 ts, px, qty = e.ts_event_ms, e.px, e.qty
@@ -306,10 +312,16 @@ class MarketState:
                 else:
                     heapq.heappush(latest, ts)
                     clock_full = len(latest) >= quorum
-                if not one_stream or value is None:
-                    self.recheck(now_ms, out)
-                elif latest[0] > value:  # progress moved: the bar builder follows
-                    progress.value = value = latest[0]
+                if counts:
+                    p = latest[0]
+                    if others is not None and others < p:
+                        p = others
+                else:
+                    p = others
+                if p is not None and cap is not None and cap < p:
+                    p = cap
+                if p is not None and (value is None or p > value):  # progress moved
+                    progress.value = value = p
                     if next_start is not None and value < next_start + width + lateness:
                         if max_event is None or value > max_event:
                             builder.max_event_ms = max_event = value  # nothing to close yet

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -95,14 +96,18 @@ def _market(**kw: Any) -> MarketState:
 
 
 def _run_both(
-    batches: list[tuple[list[Any], int]], make: Any, inputs: Any = None
+    batches: list[tuple[list[Any], int]],
+    make: Any,
+    inputs: InputPartitions | None = None,
+    read: Callable[[int, list[Any]], None] | None = None,
 ) -> tuple[MarketState, MarketState, list[str], int]:
     """One state fed record by record, one batch by batch; returns both, the first's
     outputs (dead-letter reasons and errors), and how many records the batch path handed
-    to `on_event` (the fast path must have been taken)."""
+    to `on_event` (the fast path must have been taken). Both states share `inputs` (the
+    market step only reads it); `read(now_ms, events)` changes it before each batch."""
     one, batched = make(), make()
     for st in (one, batched):
-        st.inputs = inputs(st) if inputs else None
+        st.inputs = inputs
     got_one: list[str] = []
     got_batched: list[str] = []
     slow = 0
@@ -115,6 +120,8 @@ def _run_both(
 
     batched.on_event = counted  # type: ignore[method-assign]
     for events, now in batches:
+        if read is not None:
+            read(now, events)
         out: list[Any] = []
         for e in events:
             try:
@@ -209,19 +216,32 @@ def test_a_confirmed_jump_and_an_idle_partition_give_the_same_bars_batched():
 
 
 def test_with_the_kafka_sources_view_of_its_partitions_the_batched_path_is_the_same():
+    """The Kafka source's view: partitions caught up or not, quiet past the idle bound or
+    read just now, one (of another topic) with records not seen yet, a command held."""
     rng = random.Random(4)
-    parts = ["trades#0", "trades#1"]
-    events = _trades(rng, parts, 6_000)
+    parts = ["trades#0", "trades#1", "trades#2"]
+    events = _trades(rng, parts, 12_000)
+    view = InputPartitions()
 
-    def view(st: MarketState) -> InputPartitions:
-        ip = InputPartitions()
+    def read(now_ms: int, batch: list[Any]) -> None:
         for p in parts:
-            ip.read(p, 10, caught_up=p == "trades#1", now_ms=0)
-        return ip
+            if rng.random() < 0.5:
+                view.read(p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms)
+        if rng.random() < 0.05:  # funding's partition: records read, none of this symbol's
+            view.read("funding#0", 3, caught_up=rng.random() < 0.5, now_ms=now_ms)
+            view.latest_ms.pop("funding#0", None)
+        elif rng.random() < 0.1:
+            view.latest_ms["funding#0"] = T0 + rng.randrange(0, 24 * H)
+        if rng.random() < 0.1:  # the commands step holds a command for the symbol
+            view.held_ms["BTC-PERP"] = batch[0].ts_event_ms + rng.randrange(-60_000, 600_000)
+        elif rng.random() < 0.1:
+            view.held_ms.clear()
 
-    one, batched, got, slow = _run_both(_batches(rng, events), _market, inputs=view)
+    one, batched, got, slow = _run_both(_batches(rng, events), _market, view, read)
     _assert_same_state(one, batched)
-    assert sum("Close(" in g for g in got) > 10
+    assert sum("Close(" in g for g in got) > 10 and one.late_count > 0
+    trades = sum(isinstance(e, Trade) for e in events)
+    assert slow < trades / 4
 
 
 def test_candle_symbols_take_the_per_record_path_batched_too():
