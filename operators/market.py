@@ -24,6 +24,11 @@ trade whose price or size is outside the bands around the recent reference
 (operators/bands.py), or a candle with absurd values, is an outlier: dead-lettered and
 counted (`outlier_count`), never folded into a bar, so no feature or size sees it.
 
+The flow hands the step one list per input batch (`on_events`): each record gives exactly
+what `on_event` gives it, but the ordinary trade (in line, not seen before, not late,
+inside the bands) is judged and folded inline, against its partition's clock and
+reference read once per run of that partition's trades; anything else takes `on_event`.
+
 Configuration is not state: the lateness, the jump limit, whether bars come from candles
 and the cohort settings are bound by `configure` at every build or resume and are left out
 of every snapshot (`__getstate__`), so a restart always runs with the current settings.
