@@ -353,14 +353,14 @@ class MarketLogic(StatefulBatchLogic):
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
         now = wall_clock_ms()
+
+        def failed(e: Any, exc: Exception) -> None:  # one bad record must not stop the flow
+            context = {"event": repr(e)}
+            out.append(_error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, context))
+
         for events in values:
             st = self._ensure(events[0].symbol)  # one key: every event is this symbol's
-            for e in events:
-                try:
-                    st.on_event(e, out, now)
-                except Exception as exc:  # one bad record must not stop the flow
-                    context = {"event": repr(e)}
-                    out.append(_error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, context))
+            st.on_events(events, out, now, failed)
         if self.settings.wall_clock:
             self.last_arrival_ms = wall_clock_ms()
         if st is not None and st.duplicate_count > dups:

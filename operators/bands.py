@@ -66,9 +66,14 @@ class Reference:
             self.last_ts_ms = ts_ms
         self.since_refresh += 1
         if self.since_refresh >= REFRESH and len(self.px) >= MIN_REFERENCE:
-            self.since_refresh = 0
-            self.ref_px = statistics.median(self.px)
-            self.ref_qty = statistics.median(self.qty)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """The reference becomes the median of the window (the market step's batched path
+        appends to the window itself and calls this when `remember` would)."""
+        self.since_refresh = 0
+        self.ref_px = statistics.median(self.px)
+        self.ref_qty = statistics.median(self.qty)
 
     def judge(self, px: float, qty: float, cfg: BandConfig) -> str | None:
         """Why `px`/`qty` lie outside this reference's bands, or None."""

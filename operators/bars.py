@@ -83,6 +83,19 @@ class _Bucket:
         self.volume += v
         self.count += 1
 
+    def add_trade(self, ts: int, px: float, qty: float) -> None:
+        """`add` for one trade (its open, high, low and close are its price)."""
+        if ts < self.first_ts:
+            self.first_ts, self.open = ts, px
+        if ts >= self.last_ts:
+            self.last_ts, self.close = ts, px
+        if px > self.high:
+            self.high = px
+        elif px < self.low:
+            self.low = px
+        self.volume += qty
+        self.count += 1
+
 
 class BarBuilder:
     """Per-symbol 5m (by default) bars from trades or candles, by event time."""
@@ -128,7 +141,15 @@ class BarBuilder:
 
     def fold_trade(self, ts_ms: int, px: float, qty: float) -> bool:
         """Fold one trade into its bar without moving the clock; False if it is late."""
-        return self._fold(ts_ms, px, px, px, px, qty, None)
+        start = ts_ms - ts_ms % self.width_ms
+        if self.next_start_ms is not None and start < self.next_start_ms:
+            return False
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            self.buckets[start] = _Bucket(ts_ms, px, px, px, px, qty)
+        else:
+            bucket.add_trade(ts_ms, px, qty)
+        return True
 
     def fold_candle(
         self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float

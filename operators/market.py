@@ -24,6 +24,11 @@ trade whose price or size is outside the bands around the recent reference
 (operators/bands.py), or a candle with absurd values, is an outlier: dead-lettered and
 counted (`outlier_count`), never folded into a bar, so no feature or size sees it.
 
+The flow hands the step one list per input batch (`on_events`): each record gives exactly
+what `on_event` gives it, but the ordinary trade (in line, not seen before, not late,
+inside the bands) is judged and folded inline, against its partition's clock and
+reference read once per run of that partition's trades; anything else takes `on_event`.
+
 Configuration is not state: the lateness, the jump limit, whether bars come from candles
 and the cohort settings are bound by `configure` at every build or resume and are left out
 of every snapshot (`__getstate__`), so a restart always runs with the current settings.
@@ -39,11 +44,12 @@ While records keep arriving (catching up a backlog) this adds nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from operators.bands import Bands, candle_outlier
+from operators.bands import ABSURD, MIN_REFERENCE, REFRESH, Bands, candle_outlier
 from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
@@ -55,6 +61,7 @@ from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions,
 JUMP_CONFIRMATIONS = 50
 DEFAULT_ALLOWED_LATENESS_MS = 5_000
 DEFAULT_MAX_JUMP_MS = 3_600_000
+_UNSET = object()  # on_events: no partition's locals read yet
 
 
 @dataclass(slots=True)
@@ -189,6 +196,151 @@ class MarketState:
             if self.ahead.get(part):
                 self._reject_ahead(part, out)
         self._market(e, out, now_ms)
+
+    def on_events(
+        self,
+        events: Sequence[Any],
+        out: list[Any],
+        now_ms: int = 0,
+        failed: Callable[[Any, Exception], None] | None = None,
+    ) -> None:
+        """One input batch of this symbol's records, in order: exactly what `on_event` for
+        each gives (bars, dead letters with their reasons, counts, state), only faster.
+
+        The ordinary trade (its partition known and past its first trades, in line with
+        its progress, not seen before, not late, inside the bands) is judged and folded
+        here with the checks read once per partition and per bar; anything else (a
+        candle, funding, a duplicate, a late trade, an outlier, a jump, a partition with
+        trades held) takes `on_event` itself. `failed(e, exc)` hears of a record that
+        raised (without it, the exception propagates)."""
+        if self.bars_from_candles:
+            for e in events:
+                try:
+                    self.on_event(e, out, now_ms)
+                except Exception as exc:
+                    if failed is None:
+                        raise
+                    failed(e, exc)
+            return
+        progress, builder, bands, ahead = self.progress, self.builder, self.bands, self.ahead
+        arrivals, sources, buckets = progress.arrivals, progress.sources, builder.buckets
+        by_bar, cohorts_add, proxy = self.recent.by_bar, self.cohorts.add_trade, self.size_proxy
+        width, lateness, max_jump = builder.width_ms, builder.allowed_lateness_ms, self.max_jump_ms
+        idle_ms = self.source_idle_ms
+        same_width = self.recent.width_ms == width  # one bar start serves dedup and fold
+        max_dev, max_multiple = self.bands_cfg.max_price_deviation, self.bands_cfg.max_size_multiple
+        trade_type, refresh_every, min_reference = Trade, REFRESH, MIN_REFERENCE
+        heapreplace = heapq.heapreplace
+        part: Any = _UNSET  # the partition the locals below were read for (_UNSET: none)
+        for e in events:
+            try:
+                if type(e) is not trade_type:
+                    self.on_event(e, out, now_ms)
+                    part = _UNSET
+                    continue
+                if e.part is not part:  # read the partition's clock and reference once
+                    part = e.part
+                    arrivals[part] = now_ms  # as on_event: the partition is live
+                    clock, ref = sources.get(part), bands.refs.get(part)
+                    if (
+                        clock is None  # its first record: no progress to judge a jump by
+                        or ref is None
+                        or ref.ref_px is None  # its first trades: judged by another's
+                        or ahead.get(part)  # trades held back: this one confirms or rejects
+                        or (part is None and builder.next_start_ms is None and not buckets)
+                        or any(b.parts is not None for b in buckets.values())  # candles'
+                    ):
+                        self.on_event(e, out, now_ms)
+                        part = _UNSET
+                        continue
+                    latest, quorum = clock.latest, clock.quorum
+                    clock_full = len(latest) >= quorum
+                    ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
+                    window_px, window_qty = ref.px, ref.qty
+                    # recheck: the symbol's progress is the slowest source's, and only this
+                    # partition's clock moves during its run (Progress.advance, `without`)
+                    if len(sources) == 1 and part is None:  # one merged, ordered stream
+                        counts, others = True, None
+                    else:
+                        counts, others = progress.without(part, now_ms, idle_ms, self.inputs)
+                    cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+                    value, next_start = progress.value, builder.next_start_ms
+                    max_event = builder.max_event_ms
+                ts, px, qty = e.ts_event_ms, e.px, e.qty
+                try:  # the checks change nothing: anything unusual goes to on_event as it came
+                    start = ts - ts % width
+                    unusual = (
+                        ts > latest[0] + max_jump  # far ahead: held
+                        or (next_start is not None and start < next_start)  # late
+                        or px >= ABSURD
+                        or qty >= ABSURD
+                        or px * qty >= ABSURD
+                        or abs(px / ref_px - 1.0) > max_dev  # outside the bands
+                        or qty > ref_qty_max
+                    )
+                    if not unusual:
+                        dedup_start = start if same_width else ts - ts % self.recent.width_ms
+                        ids = by_bar.get(dedup_start)
+                        identity = (e.venue, e.trade_id)
+                        unusual = ids is not None and identity in ids  # a duplicate
+                except Exception:  # a value they cannot judge: on_event says what is wrong
+                    unusual = True
+                if unusual:
+                    self.on_event(e, out, now_ms)
+                    part = _UNSET
+                    continue
+                # the ordinary trade: what _market does with it, in the same order
+                if ids is None:
+                    ids = by_bar[dedup_start] = set()
+                ids.add(identity)
+                window_px.append(px)
+                window_qty.append(qty)
+                if ts > ref.last_ts_ms:
+                    ref.last_ts_ms = ts
+                ref.since_refresh += 1
+                if ref.since_refresh >= refresh_every and len(window_px) >= min_reference:
+                    ref.refresh()
+                    ref_px, ref_qty_max = ref.ref_px, ref.ref_qty * max_multiple
+                bucket = buckets.get(start)  # not late: it folds into its bar
+                if bucket is None:
+                    builder.fold_trade(ts, px, qty)
+                else:
+                    bucket.add_trade(ts, px, qty)
+                if e.buyer is not None or e.seller is not None:
+                    cohorts_add(ts, px, qty, e.buyer, e.seller)
+                if proxy is not None:
+                    proxy.add_trade(ts, px, qty, e.side)
+                # _observe: the partition's clock, then the symbol's progress
+                if clock_full:  # SourceClock.add: the `quorum` latest times
+                    if ts > latest[0]:
+                        heapreplace(latest, ts)
+                else:
+                    heapq.heappush(latest, ts)
+                    clock_full = len(latest) >= quorum
+                if counts:
+                    p = latest[0]
+                    if others is not None and others < p:
+                        p = others
+                else:
+                    p = others
+                if p is not None and cap is not None and cap < p:
+                    p = cap
+                if p is not None and (value is None or p > value):  # progress moved
+                    progress.value = value = p
+                    if next_start is not None and value < next_start + width + lateness:
+                        if max_event is None or value > max_event:
+                            builder.max_event_ms = max_event = value  # nothing to close yet
+                        continue
+                    self._closed(builder.advance(value), out)
+                else:
+                    continue
+                value, next_start = progress.value, builder.next_start_ms
+                max_event = builder.max_event_ms
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed(e, exc)
+                part = _UNSET
 
     def _reject_ahead(self, part: str | None, out: list[Any]) -> None:
         seen = self.progress.source_progress(part) or 0

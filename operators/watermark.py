@@ -104,6 +104,38 @@ class Progress:
             self.value = p
         return self.value
 
+    def without(
+        self, source: Hashable, now_ms: int, idle_ms: int, inputs: InputPartitions | None
+    ) -> tuple[bool, int | None]:
+        """`_slowest` at `now_ms` taken apart for a run of records from `source` alone (the
+        other sources and `inputs` stay as they are meanwhile): whether `source`'s own
+        progress counts, and the minimum over the others that count (None: none does, or,
+        when `source` does not count either, the symbol has no progress yet). Then the
+        slowest is min(that minimum, `source`'s progress) if it counts, else that minimum."""
+        if inputs is not None and inputs.caught_up:
+            counts, pending = False, []
+            for part in inputs.caught_up:
+                if inputs.idle(part, now_ms, idle_ms):
+                    continue
+                clock = self.sources.get(part)
+                if part == source and clock is not None:
+                    counts = True
+                    continue
+                p = clock.progress if clock is not None else inputs.latest_ms.get(part)
+                if p is None:
+                    return False, None  # a partition with records not seen yet: wait for it
+                pending.append(p)
+            return counts, min(pending) if pending else None
+        if now_ms - self.started_ms < idle_ms:
+            return False, None
+        counts = now_ms - self.arrivals.get(source, self.started_ms) <= idle_ms
+        others = [
+            c.progress
+            for s, c in self.sources.items()
+            if s != source and now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
+        ]
+        return counts, min(others) if others else None
+
     def _slowest(self, now_ms: int, idle_ms: int, inputs: InputPartitions | None) -> int | None:
         if inputs is not None and inputs.caught_up:
             pending = []

@@ -1,0 +1,261 @@
+"""The market step over a whole input batch (`MarketState.on_events`, the path the flow
+takes) gives exactly what `on_event` one record at a time gives (issue 16).
+
+The batched path folds the ordinary trade inline and hands everything else to `on_event`.
+Both are fed the same fuzzed batches (trades out of order, duplicates on the same and
+other partitions, lone jumps and confirmed ones, price and size outliers, absurd values,
+a value no check can judge, candles and funding in between, several partitions with a
+quorum, quiet partitions going idle): every emitted bar, record and dead letter with its
+reason, every error, and the state after must be equal.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from operators.config import BandConfig, CohortConfig, SizeProxyConfig
+from operators.events import Candle, Funding, Trade
+from operators.market import JUMP_CONFIRMATIONS, MarketState
+from operators.watermark import InputPartitions
+
+T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+H = 3_600_000
+
+
+def _trades(rng: random.Random, parts: list[str | None], n: int) -> list[Any]:
+    """`n` records of one symbol in runs per partition, with every kind of unusual one."""
+    events: list[Any] = []
+    ts, px, i = T0, 100.0, 0
+    part = parts[0]
+    while len(events) < n:
+        if rng.random() < 0.02:
+            part = rng.choice(parts)  # a run of another partition
+        quiet = rng.random() < 0.002  # minutes without a trade: gap bars
+        ts += rng.choice([7, 20]) * 60_000 if quiet else int(rng.expovariate(1 / 400))
+        px *= 1 + rng.gauss(0, 0.0005)
+        i += 1
+        t = Trade(
+            "BTC-PERP",
+            ts,
+            round(px, 2),
+            round(rng.lognormvariate(-4, 1.0), 5) + 1e-5,
+            rng.choice([1, -1]),
+            str(i),
+            buyer=rng.choice([None, None, "0xa", "0xb"]),
+            seller=rng.choice([None, "0xc"]),
+            venue=rng.choice(["binance", "binance", None]),
+        )
+        t.part = part
+        r = rng.random()
+        if r < 0.02 and events:  # a copy of a recent trade, maybe on another partition
+            copy = rng.choice([e for e in events[-200:] if isinstance(e, Trade)] or [t])
+            t = Trade(**{f: getattr(copy, f) for f in Trade.__slots__})
+            t.part = rng.choice(parts)
+        elif r < 0.035:  # out of order: inside the allowed lateness, or late
+            t.ts_event_ms -= rng.choice([1_000, 4_000, 60_000, 300_000, 900_000])
+        elif r < 0.04:
+            t.px *= rng.choice([1000.0, 1.2, 0.85, 1.09])  # outliers, and a move inside the bands
+        elif r < 0.045:
+            t.qty *= rng.choice([1e5, 1e3, 5e4])
+        elif r < 0.047:
+            setattr(t, rng.choice(["px", "qty"]), rng.choice([1e13, 1e308]))  # absurd
+        elif r < 0.049:
+            t.ts_event_ms += rng.choice([2, 5, 30]) * H  # a lone lie, far ahead
+        elif r < 0.0495:
+            t.px = None  # type: ignore[assignment]  # no check can judge it: an error
+        elif r < 0.052:
+            events.append(Funding("BTC-PERP", ts, 0.0001, part=part))
+        elif r < 0.053:
+            events.append(Candle("BTC-PERP", ts - ts % 60_000, 60_000, px, px, px, px, 1.0))
+        elif r < 0.0535:  # the market comes back after an outage: each partition confirms it
+            ts += 3 * H
+            t.ts_event_ms += 3 * H
+        events.append(t)
+    return events
+
+
+def _batches(rng: random.Random, events: list[Any]) -> list[tuple[list[Any], int]]:
+    """The events cut into input batches of varied sizes, each with its wall clock (ms):
+    sometimes long enough after the last that other partitions went idle."""
+    out, i, now = [], 0, 50_000
+    while i < len(events):
+        k = rng.choice([1, 3, 40, 400, 2_000])
+        out.append((events[i : i + k], now))
+        i += k
+        now += rng.choice([0, 20, 500, 12_000])
+    return out
+
+
+def _market(**kw: Any) -> MarketState:
+    return MarketState("BTC-PERP", False, kw.pop("lateness", 5_000), CohortConfig(), **kw)
+
+
+def _run_both(
+    batches: list[tuple[list[Any], int]],
+    make: Any,
+    inputs: InputPartitions | None = None,
+    read: Callable[[int, list[Any]], None] | None = None,
+) -> tuple[MarketState, MarketState, list[str], int]:
+    """One state fed record by record, one batch by batch; returns both, the first's
+    outputs (dead-letter reasons and errors), and how many records the batch path handed
+    to `on_event` (the fast path must have been taken). Both states share `inputs` (the
+    market step only reads it); `read(now_ms, events)` changes it before each batch."""
+    one, batched = make(), make()
+    for st in (one, batched):
+        st.inputs = inputs
+    got_one: list[str] = []
+    got_batched: list[str] = []
+    slow = 0
+    per_record = batched.on_event
+
+    def counted(e: Any, out: list[Any], now_ms: int = 0) -> None:
+        nonlocal slow
+        slow += 1
+        per_record(e, out, now_ms)
+
+    batched.on_event = counted  # type: ignore[method-assign]
+    for events, now in batches:
+        if read is not None:
+            read(now, events)
+        out: list[Any] = []
+        for e in events:
+            try:
+                one.on_event(e, out, now)
+            except Exception as exc:
+                out.append(f"error {exc!r} on {e!r}")
+        got_one += [repr(x) for x in out]
+        out_b: list[Any] = []
+        batched.on_events(
+            events, out_b, now, lambda e, x, o=out_b: o.append(f"error {x!r} on {e!r}")
+        )
+        got_batched += [repr(x) for x in out_b]
+        assert got_batched == got_one  # at every batch, not only at the end
+    del batched.on_event
+    for st, got in ((one, got_one), (batched, got_batched)):
+        out = []
+        st.flush(out)
+        got += [repr(x) for x in out]
+    assert got_batched == got_one
+    return one, batched, got_one, slow
+
+
+def _assert_same_state(one: MarketState, batched: MarketState) -> None:
+    assert pickle.dumps(batched) == pickle.dumps(one)
+    assert batched.progress.arrivals == one.progress.arrivals
+    counts = ("late_count", "duplicate_count", "outlier_count")
+    assert [getattr(batched, c) for c in counts] == [getattr(one, c) for c in counts]
+
+
+KINDS = (
+    "Close(",
+    "late:",
+    "outlier: price",
+    "outlier: size",
+    "is absurd",
+    "far out of order",
+    "candle ignored",
+    "Funding(",
+    "error ",
+)
+
+
+def _kinds(got: list[str]) -> set[str]:
+    """Which kinds of output the run produced (so the fuzz is known to reach them)."""
+    return {kind for line in got for kind in KINDS if kind in line}
+
+
+PARTS = {
+    "file run (one stream)": [None],
+    "three Kafka partitions": ["trades#0", "trades#1", "trades#2"],
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("layout", sorted(PARTS))
+def test_fuzzed_batches_give_what_one_record_at_a_time_gives(layout: str, seed: int):
+    rng = random.Random(seed)
+    events = _trades(rng, PARTS[layout], 12_000)
+    proxy = SizeProxyConfig(enabled=seed == 2)
+    bands = BandConfig(max_price_deviation=0.1 if seed == 3 else 0.2)
+    one, batched, got, slow = _run_both(
+        _batches(rng, events), lambda: _market(size_proxy_cfg=proxy, bands_cfg=bands)
+    )
+    _assert_same_state(one, batched)
+    assert one.duplicate_count > 0
+    assert _kinds(got) == set(KINDS)  # the fuzz reaches every kind of output
+    trades = sum(isinstance(e, Trade) for e in events)
+    assert slow < trades / 4, "most trades must take the batched path, or it is not tested"
+
+
+def test_a_confirmed_jump_and_an_idle_partition_give_the_same_bars_batched():
+    """Fifty trades in a row hours ahead on one partition are the market coming back;
+    while another partition is quiet past the idle bound, it stops holding bars back."""
+    rng = random.Random(9)
+    real = [
+        Trade("BTC-PERP", T0 + k * 500, 100.0 + rng.random(), 0.02, 1, f"r{k}")
+        for k in range(3_000)
+    ]
+    for k, t in enumerate(real):
+        t.part = "trades#0" if k < 1_500 or k % 7 else "trades#1"
+    after = [
+        Trade("BTC-PERP", T0 + 5 * H + k * 500, 100.5, 0.02, 1, f"j{k}")
+        for k in range(JUMP_CONFIRMATIONS + 400)
+    ]
+    for t in after:
+        t.part = "trades#0"
+    batches = _batches(rng, real + after)
+    one, batched, got, slow = _run_both(batches, lambda: _market(source_idle_ms=10_000))
+    _assert_same_state(one, batched)
+    assert not [g for g in got if "far out of order" in g]  # the jump was confirmed
+    assert sum("Close(" in g for g in got) > 10 and slow < len(real) / 4
+
+
+def test_with_the_kafka_sources_view_of_its_partitions_the_batched_path_is_the_same():
+    """The Kafka source's view: partitions caught up or not, quiet past the idle bound or
+    read just now, one (of another topic) with records not seen yet, a command held."""
+    rng = random.Random(4)
+    parts = ["trades#0", "trades#1", "trades#2"]
+    events = _trades(rng, parts, 12_000)
+    view = InputPartitions()
+
+    def read(now_ms: int, batch: list[Any]) -> None:
+        for p in parts:
+            if rng.random() < 0.5:
+                view.read(p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms)
+        if rng.random() < 0.05:  # funding's partition: records read, none of this symbol's
+            view.read("funding#0", 3, caught_up=rng.random() < 0.5, now_ms=now_ms)
+            view.latest_ms.pop("funding#0", None)
+        elif rng.random() < 0.1:
+            view.latest_ms["funding#0"] = T0 + rng.randrange(0, 24 * H)
+        if rng.random() < 0.1:  # the commands step holds a command for the symbol
+            view.held_ms["BTC-PERP"] = batch[0].ts_event_ms + rng.randrange(-60_000, 600_000)
+        elif rng.random() < 0.1:
+            view.held_ms.clear()
+
+    one, batched, got, slow = _run_both(_batches(rng, events), _market, view, read)
+    _assert_same_state(one, batched)
+    assert sum("Close(" in g for g in got) > 10 and one.late_count > 0
+    trades = sum(isinstance(e, Trade) for e in events)
+    assert slow < trades / 4
+
+
+def test_candle_symbols_take_the_per_record_path_batched_too():
+    rng = random.Random(5)
+    events: list[Any] = []
+    for k in range(2_000):
+        ts = T0 + k * 60_000 + rng.choice([0, 0, 0, -600_000])
+        events.append(Candle("BTC-PERP", ts, 60_000, 100.0, 101.0, 99.0, 100.5, 3.0))
+        if k % 97 == 0:
+            events.append(Trade("BTC-PERP", ts, 100.0, 1.0, 1, f"t{k}"))
+        if k % 480 == 0:
+            events.append(Funding("BTC-PERP", ts, 0.0001))
+    one, batched, got, _ = _run_both(
+        _batches(rng, events), lambda: MarketState("BTC-PERP", True, 0, CohortConfig())
+    )
+    _assert_same_state(one, batched)
+    assert any("Close(" in g for g in got) and any("late:" in g for g in got)
