@@ -285,10 +285,13 @@ class CommandLogic(StatefulLogic):
             self.inputs.held_ms.pop(symbol, None)
 
     def _out(self, items: list[Any]) -> list[Any]:
-        """Dead letters for the refused commands; what passes goes on as one list."""
+        """Dead letters for the refused commands; what passes goes on as one list (and
+        the market step is told of the commands in it: InputPartitions.passing_ms)."""
         out: list[Any] = []
         passed: list[Any] = []
         for item in items:
+            if self.inputs is not None and type(item) is ControlCommand:
+                self.inputs.passed(item.symbol, item.ts_event_ms)
             if isinstance(item, CommandRefused):
                 cmd = item.command  # type: ignore[attr-defined]
                 fields = {**cmd.signed_fields(), "signature": cmd.signature, "signer": cmd.signer}

@@ -228,7 +228,7 @@ class CommandGate:
         of its own time if the time has passed it: with Kafka the time can jump by hours
         at once (a partition that held it back goes idle while the others were read far
         ahead), and that is no reason to call a fresh command stale. The market step does
-        not close the symbol's bars past a held command (`InputPartitions.held_ms`)."""
+        not close the symbol's bars past a held command (`InputPartitions.cap_ms`)."""
         if not self.held:
             return []
         now = self.progress.advance(now_ms, self.idle_ms, inputs)

@@ -54,7 +54,7 @@ from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.dedup import RecentTrades
-from operators.events import Candle, Trade
+from operators.events import Candle, ControlCommand, Trade
 from operators.size_proxy import ProxyValues, SizeProxy, bind
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions, Progress
 
@@ -178,6 +178,8 @@ class MarketState:
         tells which input partitions are idle)."""
         part = e.part
         self.progress.arrivals[part] = now_ms  # whatever becomes of it: the partition is live
+        if self.inputs is not None and type(e) is ControlCommand:
+            self.inputs.arrived(self.symbol, e.ts_event_ms)
         drives_bars = isinstance(e, Candle) if self.bars_from_candles else isinstance(e, Trade)
         if drives_bars:
             seen = self.progress.source_progress(part)
@@ -263,7 +265,7 @@ class MarketState:
                         counts, others = True, None
                     else:
                         counts, others = progress.without(part, now_ms, idle_ms, self.inputs)
-                    cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+                    cap = None if self.inputs is None else self.inputs.cap_ms(self.symbol)
                     value, next_start = progress.value, builder.next_start_ms
                     max_event = builder.max_event_ms
                 ts, px, qty = e.ts_event_ms, e.px, e.qty
@@ -427,7 +429,7 @@ class MarketState:
         if not self.progress.sources:
             return
         before = self.progress.value
-        cap = None if self.inputs is None else self.inputs.held_ms.get(self.symbol)
+        cap = None if self.inputs is None else self.inputs.cap_ms(self.symbol)
         p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
         # a candle may complete its bar without moving progress; a trade needs progress
         if p is not None and (p != before or self.bars_from_candles):

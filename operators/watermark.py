@@ -175,6 +175,10 @@ class InputPartitions:
 
     caught_up: dict[str, bool] = field(default_factory=dict)
     held_ms: dict[str, int] = field(default_factory=dict)  # symbol -> earliest held command
+    # symbol -> times of the commands the commands step let through that the market step
+    # has not seen yet (between the two steps, the cap must not lift: a market recheck in
+    # that gap closed bars past a command, which then reached the bar after its own)
+    passing_ms: dict[str, list[int]] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)  # read so far
     last_read_ms: dict[str, int] = field(default_factory=dict)
     latest_ms: dict[str, int] = field(default_factory=dict)
@@ -191,6 +195,25 @@ class InputPartitions:
         if not self.caught_up[part]:
             return False
         return not self.records.get(part) or now_ms - self.last_read_ms[part] >= idle_ms
+
+    def cap_ms(self, symbol: str) -> int | None:
+        """How far the market step may close `symbol`'s bars: not past a command held by
+        the commands step or on its way from there (None: no limit)."""
+        held, passing = self.held_ms.get(symbol), self.passing_ms.get(symbol)
+        if passing:
+            first = min(passing)
+            return first if held is None or first < held else held
+        return held
+
+    def passed(self, symbol: str, ts_ms: int) -> None:
+        """The commands step let a command at `ts_ms` through."""
+        self.passing_ms.setdefault(symbol, []).append(ts_ms)
+
+    def arrived(self, symbol: str, ts_ms: int) -> None:
+        """The market step has the command at `ts_ms`."""
+        passing = self.passing_ms.get(symbol)
+        if passing and ts_ms in passing:
+            passing.remove(ts_ms)
 
     def saw(self, part: str | None, ts_ms: int) -> None:
         if part is not None and ts_ms > self.latest_ms.get(part, ts_ms - 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,8 +19,9 @@ from operators.commands import (
     public_key_b64,
     verify,
 )
-from operators.config import ConfigError
-from operators.events import ControlCommand
+from operators.config import CohortConfig, ConfigError
+from operators.events import ControlCommand, Trade
+from operators.market import Close, MarketState
 from operators.watermark import InputPartitions
 from tests.conftest import OPERATOR_KEYS, messages, run_records, signed, small_settings
 from tests.test_decision_core import (
@@ -151,6 +153,33 @@ def test_a_held_command_is_not_stale_when_an_idle_partition_lets_the_time_jump_p
     inputs.read("trades#0", 1, False, 5_000)  # funding and control now idle
     out = gate.on_event(later, 5_000, inputs)
     assert out[0] is command and out[1] is later
+
+
+def test_the_market_step_closes_no_bar_past_a_command_on_its_way_from_the_commands_step():
+    """Kafka, seen flaky under load: the commands step let a command through (its hold
+    lifted), a market recheck ran before the command reached the market step and closed
+    the bar past it, so the command (a resume, shadow off) took effect a bar late."""
+    inputs = InputPartitions()
+    inputs.read("trades#0", 1, False, 0)
+    market = MarketState("BTC-PERP", False, 0, CohortConfig(), inputs=inputs)
+    command = _control(_cmd(symbol="BTC-PERP", ts_event_ms=HALT_AT))
+    command.part = "control#0"
+    inputs.passed("BTC-PERP", command.ts_event_ms)  # the commands step let it through
+
+    def trade(ts_ms: int, n: int) -> Trade:
+        return Trade("BTC-PERP", ts_ms, 100.0, 1.0, 1, f"t{n}", part="trades#0")
+
+    out: list[Any] = []
+    start = HALT_AT - HALT_AT % BAR_MS
+    market.on_events([trade(start + k * 20_000, k) for k in range(40)], out, 1_000)
+    assert not any(isinstance(x, Close) for x in out)  # held at the command's time
+    market.on_events([command, trade(start + 40 * 20_000, 40)], out, 1_000)
+    closed = [x.bar.start_ms for x in out if isinstance(x, Close)]
+    assert (
+        closed
+        and closed[0] == start
+        and out.index(command) < out.index(next(x for x in out if isinstance(x, Close)))
+    )
 
 
 def _run_with(tmp_path, commands: list[dict]) -> dict:
