@@ -1,9 +1,10 @@
 """Run settings from the environment (prefix ENSEMBLE_), validated before the flow starts.
 
-A bad value stops the start with a message naming the variable and the value (pydantic
-checks them, operators/validation.py words the message). The same
-names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overrides it);
-`python -m dataflows.show_config` prints what is in force and where each value came from.
+A bad value stops the start with a message naming the variable, the value and the rule
+(pydantic checks it; operators/validation.py, the same for every config, words it). The
+same names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overrides
+it); `python -m dataflows.show_config` prints what is in force and where each value came
+from.
 
 | variable | default | meaning |
 |---|---|---|
