@@ -25,8 +25,9 @@ decision id (the flow publishes at least once); alerts are deduplicated by their
 fingerprint within `dedup_window_s` and rate-limited per rule and symbol.
 
 Settings: defaults, then a JSON file (ENSEMBLE_ALERTS_CONFIG or --config), then
-ENSEMBLE_ALERTS_<NAME> variables; a bad value stops the start naming it. The file is
-re-read when it changes (silence a rule without a restart). See docs/operations.md.
+ENSEMBLE_ALERTS_<NAME> variables; a bad value stops the start naming it as its source
+wrote it (operators/validation.py, as for the flow's settings). The file is re-read when
+it changes (silence a rule without a restart). See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -45,7 +45,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import AfterValidator, BeforeValidator, Field, InstanceOf
 
 from consumers.delivery import QueuedSink
 from consumers.slack import ENV_VAR as SLACK_ENV
@@ -65,6 +67,17 @@ from dataflows.environment import environ
 from operators.config import ConfigError
 from operators.reasons import KILL_SWITCH_REASONS
 from operators.redaction import scrub
+from operators.validation import (
+    CommaSeparated,
+    NonNegativeInt,
+    Number,
+    PositiveInt,
+    build,
+    file_keys,
+    named_in,
+    validated,
+    variables,
+)
 
 log = logging.getLogger("ensemble.alerts")
 
@@ -81,6 +94,7 @@ RULES = (
 STREAMS = ("health", "errors", "executions", "signals")
 ENV_PREFIX = "ENSEMBLE_ALERTS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+VARIABLE = variables(ENV_PREFIX)  # the field `slippage_bps` is ENSEMBLE_ALERTS_SLIPPAGE_BPS
 # halt reasons that are kill-switches (an operator's own halt is not alerted)
 SEVERITY_ICON = {
     "critical": ":rotating_light:",
@@ -90,8 +104,7 @@ SEVERITY_ICON = {
 SEVERITY_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING, "resolved": logging.INFO}
 
 
-class AlertsConfigError(ValueError):
-    """A setting is invalid; the message names the setting and the value."""
+AlertsConfigError = ConfigError  # the error of every other setting, under its old name
 
 
 def utc(ts_ms: int | None) -> str:
@@ -125,56 +138,6 @@ class Silence:
         return f"{self.rule}:{self.symbol} {until}"
 
 
-@dataclass(frozen=True)
-class AlertsConfig:
-    drawdown_breach: float = 0.05  # fraction of peak equity; the kill-switch is at 0.10
-    consecutive_losses: int = 3  # the kill-switch halts after more than 5
-    low_conf_threshold: float = 0.50
-    low_conf_window_trades: int = 5
-    slippage_bps: float = 10.0
-    heartbeat_interval_s: float = 300.0  # one health event per 5m bar
-    heartbeat_missed_intervals: float = 2.0
-    symbols: tuple[str, ...] = ()  # expected to beat; others are learned from the stream
-    disabled_rules: tuple[str, ...] = ()
-    silence: tuple[Silence, ...] = ()
-    dedup_window_s: float = 3600.0
-    rate_limit_window_s: float = 600.0
-    rate_limit_max: int = 3  # Slack posts per rule and symbol per window
-    group_id: str = "ensemble-alerts"
-    start: str = "latest"  # where a new consumer group starts: latest or earliest
-    rebuild_messages: int = 2000  # per partition, re-read silently at start (see `rebuild`)
-
-    @property
-    def heartbeat_timeout_s(self) -> float:
-        return self.heartbeat_interval_s * self.heartbeat_missed_intervals
-
-    def enabled(self, rule: str) -> bool:
-        return rule not in self.disabled_rules
-
-
-def _as_float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError
-    f = float(v)
-    if not math.isfinite(f):
-        raise ValueError
-    return f
-
-
-def _as_int(v: Any) -> int:
-    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-        raise ValueError
-    return int(v)
-
-
-def _as_list(v: Any) -> list[Any]:
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    if isinstance(v, list):
-        return v
-    raise ValueError
-
-
 def _parse_until(text: str) -> float:
     s = text.strip()
     dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
@@ -186,6 +149,8 @@ def _parse_until(text: str) -> float:
 def parse_silence(item: Any) -> Silence:
     """`rule[:symbol][@until]` (until: ISO-8601, UTC unless an offset is given) or an
     object {"rule", "symbol", "until"}."""
+    if isinstance(item, Silence):
+        return item
     if isinstance(item, str):
         spec, _, until = item.partition("@")
         rule, _, symbol = spec.partition(":")
@@ -201,98 +166,102 @@ def parse_silence(item: Any) -> Silence:
     return Silence(rule, symbol, None if until in (None, "") else _parse_until(str(until)))
 
 
-def _field_parser(name: str) -> tuple[Callable[[Any], Any], Callable[[Any], bool], str]:
-    """(convert, valid, rule text) for one setting."""
+def _known_rules(rules: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {unknown}")
+    return rules
 
-    def unit_open(v: float) -> bool:
-        return 0.0 < v < 1.0
 
-    table: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool], str]] = {
-        "drawdown_breach": (_as_float, unit_open, "must be a fraction in (0, 1), e.g. 0.05"),
-        "consecutive_losses": (_as_int, lambda v: v >= 1, "must be an integer >= 1"),
-        "low_conf_threshold": (_as_float, lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
-        "low_conf_window_trades": (_as_int, lambda v: v >= 1, "must be an integer >= 1"),
-        "slippage_bps": (_as_float, lambda v: v > 0, "must be a number of bps > 0"),
-        "heartbeat_interval_s": (_as_float, lambda v: v > 0, "must be seconds > 0"),
-        "heartbeat_missed_intervals": (_as_float, lambda v: v >= 1, "must be >= 1"),
-        "symbols": (
-            lambda v: tuple(str(s) for s in _as_list(v)),
-            lambda v: all(s and s.strip() == s for s in v),
-            "must be a comma-separated list of symbols",
-        ),
-        "disabled_rules": (
-            lambda v: tuple(str(s) for s in _as_list(v)),
-            lambda v: all(r in RULES for r in v),
-            f"must be a list of rules from: {', '.join(RULES)}",
-        ),
-        "silence": (
-            lambda v: tuple(parse_silence(s) for s in _as_list(v)),
-            lambda v: True,
-            "must be a list of rule[:symbol][@until-UTC-ISO-time]",
-        ),
-        "dedup_window_s": (_as_float, lambda v: v >= 0, "must be seconds >= 0"),
-        "rate_limit_window_s": (_as_float, lambda v: v > 0, "must be seconds > 0"),
-        "rate_limit_max": (_as_int, lambda v: v >= 1, "must be an integer >= 1"),
-        "group_id": (str, lambda v: bool(v.strip()), "must be a non-empty consumer group id"),
-        "start": (str, lambda v: v in ("earliest", "latest"), "must be earliest or latest"),
-        "rebuild_messages": (_as_int, lambda v: v >= 0, "must be an integer >= 0"),
-    }
-    return table[name]
+def _trimmed(names: tuple[str, ...]) -> tuple[str, ...]:
+    if not all(s and s.strip() == s for s in names):
+        raise ValueError("a symbol is empty or has spaces around it")
+    return names
+
+
+Seconds = Annotated[Number, Field(gt=0, description="must be seconds > 0")]
+
+
+@validated(VARIABLE)
+class AlertsConfig:
+    # fraction of peak equity; the kill-switch is at 0.10
+    drawdown_breach: Annotated[
+        Number, Field(gt=0, lt=1, description="must be a fraction in (0, 1), e.g. 0.05")
+    ] = 0.05
+    consecutive_losses: PositiveInt = 3  # the kill-switch halts after more than 5
+    low_conf_threshold: Annotated[Number, Field(gt=0, le=1, description="must be in (0, 1]")] = 0.50
+    low_conf_window_trades: PositiveInt = 5
+    slippage_bps: Annotated[Number, Field(gt=0, description="must be a number of bps > 0")] = 10.0
+    heartbeat_interval_s: Seconds = 300.0  # one health event per 5m bar
+    heartbeat_missed_intervals: Annotated[Number, Field(ge=1, description="must be >= 1")] = 2.0
+    # expected to beat; others are learned from the stream
+    symbols: Annotated[
+        tuple[str, ...],
+        CommaSeparated,
+        AfterValidator(_trimmed),
+        Field(description="must be a comma-separated list of symbols"),
+    ] = ()
+    disabled_rules: Annotated[
+        tuple[str, ...],
+        CommaSeparated,
+        AfterValidator(_known_rules),
+        Field(description=f"must be a list of rules from: {', '.join(RULES)}"),
+    ] = ()
+    silence: Annotated[
+        tuple[Annotated[InstanceOf[Silence], BeforeValidator(parse_silence)], ...],
+        CommaSeparated,
+        Field(description="must be a list of rule[:symbol][@until-UTC-ISO-time]"),
+    ] = ()
+    dedup_window_s: Annotated[Number, Field(ge=0, description="must be seconds >= 0")] = 3600.0
+    rate_limit_window_s: Seconds = 600.0
+    rate_limit_max: PositiveInt = 3  # Slack posts per rule and symbol per window
+    group_id: Annotated[
+        str, Field(pattern=r"\S", description="must be a non-empty consumer group id")
+    ] = "ensemble-alerts"
+    # where a new consumer group starts
+    start: Annotated[
+        Literal["earliest", "latest"], Field(description="must be earliest or latest")
+    ] = "latest"
+    rebuild_messages: NonNegativeInt = 2000  # per partition, re-read silently at start (`rebuild`)
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_missed_intervals
+
+    def enabled(self, rule: str) -> bool:
+        return rule not in self.disabled_rules
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(AlertsConfig))
 
 
-def _apply(values: dict[str, Any], name: str, raw: Any, source: str) -> None:
-    convert, valid, rule = _field_parser(name)
-    try:
-        value = convert(raw)
-        ok = valid(value)
-    except (ValueError, TypeError) as e:
-        detail = f" ({e})" if str(e) else ""
-        raise AlertsConfigError(f"{source}={raw!r} is invalid: {rule}{detail}") from None
-    if not ok:
-        raise AlertsConfigError(f"{source}={raw!r} is invalid: {rule}")
-    values[name] = value
-
-
 def load_config(
     env: Mapping[str, str] | None = None, path: str | Path | None = None
 ) -> AlertsConfig:
-    """Defaults <- the JSON file (`path`, else ENSEMBLE_ALERTS_CONFIG) <- environment."""
+    """Defaults <- the JSON file (`path`, else ENSEMBLE_ALERTS_CONFIG) <- environment; a
+    bad value is named as its source wrote it (`alerts.json: start`, ENSEMBLE_ALERTS_START)."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
+    cfg = AlertsConfig()
     path = path or env.get(CONFIG_ENV) or None
     if path is not None:
         p = Path(path)
         try:
             data = json.loads(p.read_text())
         except OSError as e:
-            raise AlertsConfigError(
-                f"{CONFIG_ENV}={str(p)!r}: cannot read it: {e.strerror}"
-            ) from None
+            raise ConfigError(f"{CONFIG_ENV}={str(p)!r}: cannot read it: {e.strerror}") from None
         except json.JSONDecodeError as e:
-            raise AlertsConfigError(f"{CONFIG_ENV}={str(p)!r} is not valid JSON: {e}") from None
+            raise ConfigError(f"{CONFIG_ENV}={str(p)!r} is not valid JSON: {e}") from None
         if not isinstance(data, dict):
-            raise AlertsConfigError(f"{CONFIG_ENV}={str(p)!r} must hold a JSON object")
+            raise ConfigError(f"{CONFIG_ENV}={str(p)!r} must hold a JSON object")
         unknown = sorted(set(data) - set(FIELDS))
         if unknown:
-            raise AlertsConfigError(
-                f"{p}: unknown setting(s) {unknown}; known: {', '.join(FIELDS)}"
-            )
-        for name, raw in data.items():
-            _apply(values, name, raw, f"{p}: {name}")
-    known_env = {ENV_PREFIX + n.upper() for n in FIELDS} | {CONFIG_ENV}
+            raise ConfigError(f"{p}: unknown setting(s) {unknown}; known: {', '.join(FIELDS)}")
+        cfg = build(AlertsConfig, data, file_keys(p))
+    known_env = {VARIABLE(n) for n in FIELDS} | {CONFIG_ENV}
     stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env)
     if stray:
-        raise AlertsConfigError(
-            f"unknown variable(s) {stray}; known: {', '.join(sorted(known_env))}"
-        )
-    for name in FIELDS:
-        var = ENV_PREFIX + name.upper()
-        if var in env:
-            _apply(values, name, env[var], var)
-    return AlertsConfig(**values)
+        raise ConfigError(f"unknown variable(s) {stray}; known: {', '.join(sorted(known_env))}")
+    return dataclasses.replace(cfg, **named_in(env, FIELDS, VARIABLE))
 
 
 # -- alerts and rules ------------------------------------------------------------------------
@@ -705,7 +674,7 @@ class ConfigWatcher:
         self.mtime = mtime
         try:
             cfg = load_config(self.env, self.path)
-        except AlertsConfigError as e:
+        except ConfigError as e:
             log.error("config change ignored, the previous settings stay: %s", e)
             return None
         log.info("config reloaded from %s: %s", self.path, describe(cfg))
@@ -833,7 +802,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         kafka = KafkaSettings.from_values(args.bootstrap, args.prefix)
         cfg = load_config(env, args.config)
         slack = slack_from_env(env)
-    except (AlertsConfigError, WebhookConfigError, ValueError) as e:
+    except (ConfigError, WebhookConfigError, ValueError) as e:
         print(f"alerts: cannot start: {e}", file=sys.stderr)
         return 2
     log.info("settings: %s", describe(cfg))

@@ -16,8 +16,12 @@ the environment's, e.g.
 
 A variable set in the environment overrides the file; a command-line flag (`--bootstrap`)
 overrides both. `python -m dataflows.show_config` prints what is in force and where each
-value came from. Each command still validates its own values (dataflows/settings.py,
-operators/config.py, consumers/alerts.py, ...): this module only knows names and sources.
+value came from. This module only knows names and sources: values are checked where they
+are read, one way (operators/validation.py: pydantic dataclasses whose errors name the
+setting and the value) for the flow (dataflows/settings.py), the strategy config
+(operators/config.py) and the alerts consumer (consumers/alerts.py). pydantic-settings is
+not used for this layer: it neither refuses unknown prefixed names nor says where a value
+came from.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Run settings from the environment (prefix ENSEMBLE_), validated before the flow starts.
 
-A bad value stops the start with a message naming the variable and the value. The same
-names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overrides it);
-`python -m dataflows.show_config` prints what is in force and where each value came from.
+A bad value stops the start with a message naming the variable, the value and the rule
+(pydantic checks it; operators/validation.py, the same for every config, words it). The
+same names can be set in a TOML file named by ENSEMBLE_CONFIG (the environment overrides
+it); `python -m dataflows.show_config` prints what is in force and where each value came
+from.
 
 | variable | default | meaning |
 |---|---|---|
@@ -38,8 +40,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticUseDefault
 
 from dataflows.environment import environ
 from dataflows.kafka_security import KafkaSecurity
@@ -49,11 +55,94 @@ from operators.commands import DEFAULT_WINDOW_MS, OperatorKeys
 from operators.config import ConfigError, StrategyConfig, preset
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_MAX_JUMP_MS
 from operators.predict import DEFAULT_ARTIFACT
+from operators.validation import (
+    CommaSeparated,
+    Integer,
+    NonNegativeInt,
+    Number,
+    PositiveInt,
+    named_in,
+    validated,
+    variables,
+)
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS
+
+VARIABLE = variables("ENSEMBLE_")  # the field `seed` is the variable ENSEMBLE_SEED
+
+
+def _blank_is_default(v: Any) -> Any:
+    if v == "":
+        raise PydanticUseDefault()
+    return v
+
+
+def _valid_symbols(symbols: frozenset[str] | None) -> frozenset[str] | None:
+    bad = sorted(s for s in symbols or () if not s.replace("-", "").replace("_", "").isalnum())
+    if bad:
+        raise ValueError(f"not symbols: {bad}")
+    return symbols
+
+
+def _stripped(v: Any) -> Any:
+    return (v.strip() or None) if isinstance(v, str) else v
+
+
+Blank = BeforeValidator(_blank_is_default)  # an empty number variable means its default
+Count = Annotated[NonNegativeInt, Blank]
+AtLeastOne = Annotated[PositiveInt, Blank]
+AtLeast1000 = Annotated[Integer, Field(ge=1_000, description="must be an integer >= 1000"), Blank]
+Symbols = Annotated[
+    frozenset[str] | None,  # None: the input's
+    CommaSeparated,
+    AfterValidator(_valid_symbols),
+    Field(description="must be comma-separated symbols like BTC-PERP"),
+]
+
+
+@validated(VARIABLE)
+class _Environment:
+    """The flow's values as the environment (or the ENSEMBLE_CONFIG file) gives them, as
+    text, checked and converted; the other variables are read in `Settings.from_env`."""
+
+    seed: Count = 7
+    days: Annotated[Number, Field(ge=0.01, description="must be a number >= 0.01"), Blank] = (
+        GeneratorConfig.days
+    )
+    symbols: Symbols = None
+    candle_symbols: Symbols = None
+    allowed_lateness_ms: Count = DEFAULT_ALLOWED_LATENESS_MS
+    max_clock_skew_ms: Count = 300_000
+    max_jump_ms: Annotated[
+        Integer, Field(ge=60_000, description="must be an integer >= 60000"), Blank
+    ] = DEFAULT_MAX_JUMP_MS
+    source_idle_ms: Count = DEFAULT_SOURCE_IDLE_MS
+    clock: Annotated[
+        Literal["event", "wall"] | None, Field(description="must be event or wall")
+    ] = None  # None: wall with Kafka, else event
+    kafka_bootstrap: Annotated[
+        Annotated[str, Field(pattern=r"^[^,]+:\d+(,[^,]+:\d+)*$")] | None,
+        BeforeValidator(_stripped),
+        Field(description="must be host:port[,host:port]"),
+    ] = None
+    topic_prefix: Annotated[
+        str, Field(pattern=r"^[\w.-]+$", description="may use letters, digits, . _ -")
+    ] = "ensemble"
+    kafka_tail: Annotated[Literal["0", "1"], Field(description="must be 0 or 1")] = "1"
+    kafka_delivery_timeout_ms: AtLeast1000 = 300_000
+    kafka_startup_timeout_s: AtLeastOne = 60
+    ready_port: Count = 0
+    ready_stall_s: AtLeastOne = 120
+    command_window_ms: AtLeast1000 = DEFAULT_WINDOW_MS
+    status_interval_s: Count = 15
+
+
+_FIELDS = tuple(f.name for f in fields(_Environment))
 
 
 @dataclass(frozen=True)
 class Settings:
+    """What the flow runs with, made by `from_env` (the defaults are _Environment's)."""
+
     strategy: StrategyConfig
     generator: GeneratorConfig | None  # None when reading files
     files: tuple[FileSpec, ...]
@@ -61,42 +150,30 @@ class Settings:
     candle_symbols: frozenset[str]
     out_dir: Path
     seed: int
-    allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
-    max_clock_skew_ms: int = 300_000
-    max_jump_ms: int = DEFAULT_MAX_JUMP_MS
-    source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS
-    model_dir: Path = DEFAULT_ARTIFACT
-    wall_clock: bool = False
-    kafka_bootstrap: str | None = None
-    topic_prefix: str = "ensemble"
-    kafka_tail: bool = True
-    kafka_security: KafkaSecurity = KafkaSecurity()
-    kafka_delivery_timeout_ms: int = 300_000
-    kafka_startup_timeout_s: int = 60
-    operator_keys: OperatorKeys = OperatorKeys()
-    ready_port: int = 0
-    ready_stall_s: int = 120
-    command_window_ms: int = DEFAULT_WINDOW_MS
-    status_interval_s: int = 15
+    allowed_lateness_ms: int
+    max_clock_skew_ms: int
+    max_jump_ms: int
+    source_idle_ms: int
+    model_dir: Path
+    wall_clock: bool
+    kafka_bootstrap: str | None
+    topic_prefix: str
+    kafka_tail: bool
+    kafka_security: KafkaSecurity
+    kafka_delivery_timeout_ms: int
+    kafka_startup_timeout_s: int
+    operator_keys: OperatorKeys
+    ready_port: int
+    ready_stall_s: int
+    command_window_ms: int
+    status_interval_s: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """From `env` (default os.environ) over the ENSEMBLE_CONFIG file; an `ENSEMBLE_*`
         name that is no command's setting is refused (dataflows/environment.py)."""
         env = environ(env)
-        bootstrap = env.get("ENSEMBLE_KAFKA_BOOTSTRAP", "").strip() or None
-        if bootstrap is not None and not all(
-            h.rpartition(":")[2].isdigit() and h.rpartition(":")[0] for h in bootstrap.split(",")
-        ):
-            raise ConfigError(
-                f"ENSEMBLE_KAFKA_BOOTSTRAP={bootstrap!r} must be host:port[,host:port]"
-            )
-        prefix = env.get("ENSEMBLE_TOPIC_PREFIX", "ensemble")
-        if not prefix or not all(c.isalnum() or c in "._-" for c in prefix):
-            raise ConfigError(f"ENSEMBLE_TOPIC_PREFIX={prefix!r} may use letters, digits, . _ -")
-        tail = env.get("ENSEMBLE_KAFKA_TAIL", "1")
-        if tail not in ("0", "1"):
-            raise ConfigError(f"ENSEMBLE_KAFKA_TAIL={tail!r} must be 0 or 1")
+        given = _Environment(**named_in(env, _FIELDS, VARIABLE))
         name = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
         strategy = preset(name)
         raw_overrides = env.get("ENSEMBLE_OVERRIDES", "").strip()
@@ -111,15 +188,13 @@ class Settings:
                 raise ConfigError(f"ENSEMBLE_OVERRIDES={raw_overrides!r} must be a JSON object")
             strategy = strategy.with_overrides(overrides)
 
-        seed = _int(env, "ENSEMBLE_SEED", 7, lo=0)
         source = env.get("ENSEMBLE_INPUT", "generator").strip()
         generator: GeneratorConfig | None = None
         files: tuple[FileSpec, ...] = ()
         if source == "generator":
-            days = _float(env, "ENSEMBLE_DAYS", GeneratorConfig.days, lo=0.01)
-            generator = GeneratorConfig(seed=seed, days=days)
-            symbols = set(generator.symbols)
-            candle_symbols = set(generator.candle_symbols)
+            generator = GeneratorConfig(seed=given.seed, days=given.days)
+            symbols = frozenset(generator.symbols)
+            candle_symbols = frozenset(generator.candle_symbols)
         else:
             try:
                 files = tuple(FileSpec.parse(s.strip()) for s in source.split(",") if s.strip())
@@ -127,20 +202,18 @@ class Settings:
                 raise ConfigError(f"ENSEMBLE_INPUT: {e}") from None
             if not files:
                 raise ConfigError(f"ENSEMBLE_INPUT={source!r} names no file")
-            symbols = {f.symbol for f in files}
-            candle_symbols = {f.symbol for f in files if f.kind == "candles"}
-        symbols = _symbol_set(env, "ENSEMBLE_SYMBOLS", symbols)
-        candle_symbols = _symbol_set(env, "ENSEMBLE_CANDLE_SYMBOLS", candle_symbols)
+            symbols = frozenset(f.symbol for f in files)
+            candle_symbols = frozenset(f.symbol for f in files if f.kind == "candles")
+        if given.symbols is not None:
+            symbols = given.symbols
+        if given.candle_symbols is not None:
+            candle_symbols = given.candle_symbols
         if not candle_symbols <= symbols:
             raise ConfigError(
                 f"ENSEMBLE_CANDLE_SYMBOLS={sorted(candle_symbols)} must be a subset "
                 f"of the traded symbols {sorted(symbols)}"
             )
-        clock = env.get("ENSEMBLE_CLOCK", "wall" if bootstrap else "event")
-        if clock not in ("event", "wall"):
-            raise ConfigError(f"ENSEMBLE_CLOCK={clock!r} must be event or wall")
-        model_dir = Path(env.get("ENSEMBLE_MODEL_DIR", str(DEFAULT_ARTIFACT)))
-        operator_keys = _operator_keys(env)
+        clock = given.clock or ("wall" if given.kafka_bootstrap else "event")
         try:
             security = KafkaSecurity.from_env(env)
         except ValueError as e:
@@ -149,31 +222,27 @@ class Settings:
             strategy=strategy,
             generator=generator,
             files=files,
-            symbols=frozenset(symbols),
-            candle_symbols=frozenset(candle_symbols),
+            symbols=symbols,
+            candle_symbols=candle_symbols,
             out_dir=Path(env.get("ENSEMBLE_OUT", "out")),
-            seed=seed,
-            allowed_lateness_ms=_int(
-                env, "ENSEMBLE_ALLOWED_LATENESS_MS", DEFAULT_ALLOWED_LATENESS_MS, lo=0
-            ),
-            max_clock_skew_ms=_int(env, "ENSEMBLE_MAX_CLOCK_SKEW_MS", 300_000, lo=0),
-            max_jump_ms=_int(env, "ENSEMBLE_MAX_JUMP_MS", DEFAULT_MAX_JUMP_MS, lo=60_000),
-            source_idle_ms=_int(env, "ENSEMBLE_SOURCE_IDLE_MS", DEFAULT_SOURCE_IDLE_MS, lo=0),
-            model_dir=model_dir,
+            seed=given.seed,
+            allowed_lateness_ms=given.allowed_lateness_ms,
+            max_clock_skew_ms=given.max_clock_skew_ms,
+            max_jump_ms=given.max_jump_ms,
+            source_idle_ms=given.source_idle_ms,
+            model_dir=Path(env.get("ENSEMBLE_MODEL_DIR", str(DEFAULT_ARTIFACT))),
             wall_clock=clock == "wall",
-            kafka_bootstrap=bootstrap,
-            topic_prefix=prefix,
-            kafka_tail=tail == "1",
+            kafka_bootstrap=given.kafka_bootstrap,
+            topic_prefix=given.topic_prefix,
+            kafka_tail=given.kafka_tail == "1",
             kafka_security=security,
-            kafka_delivery_timeout_ms=_int(
-                env, "ENSEMBLE_KAFKA_DELIVERY_TIMEOUT_MS", 300_000, lo=1_000
-            ),
-            kafka_startup_timeout_s=_int(env, "ENSEMBLE_KAFKA_STARTUP_TIMEOUT_S", 60, lo=1),
-            operator_keys=operator_keys,
-            ready_port=_int(env, "ENSEMBLE_READY_PORT", 0, lo=0),
-            ready_stall_s=_int(env, "ENSEMBLE_READY_STALL_S", 120, lo=1),
-            command_window_ms=_int(env, "ENSEMBLE_COMMAND_WINDOW_MS", DEFAULT_WINDOW_MS, lo=1_000),
-            status_interval_s=_int(env, "ENSEMBLE_STATUS_INTERVAL_S", 15, lo=0),
+            kafka_delivery_timeout_ms=given.kafka_delivery_timeout_ms,
+            kafka_startup_timeout_s=given.kafka_startup_timeout_s,
+            operator_keys=_operator_keys(env),
+            ready_port=given.ready_port,
+            ready_stall_s=given.ready_stall_s,
+            command_window_ms=given.command_window_ms,
+            status_interval_s=given.status_interval_s,
         )
 
 
@@ -195,40 +264,3 @@ def _operator_keys(env: Mapping[str, str]) -> OperatorKeys:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return OperatorKeys()
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} must be an integer") from None
-    if v < lo:
-        raise ConfigError(f"{name}={raw!r} must be >= {lo}")
-    return v
-
-
-def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} must be a number") from None
-    if not v >= lo:
-        raise ConfigError(f"{name}={raw!r} must be >= {lo}")
-    return v
-
-
-def _symbol_set(env: Mapping[str, str], name: str, default: set[str]) -> set[str]:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    syms = {s.strip() for s in raw.split(",") if s.strip()}
-    bad = [s for s in syms if not s.replace("-", "").replace("_", "").isalnum() or s == "*"]
-    if bad:
-        raise ConfigError(f"{name}={raw!r}: invalid symbol(s) {bad}")
-    return syms

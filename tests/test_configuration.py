@@ -44,7 +44,7 @@ def test_the_toml_file_sets_values_and_the_environment_overrides_it(tmp_path):
     ("text", "message"),
     [
         ("ENSEMBLE_DAYZ = 3\n", r"ENSEMBLE_DAYZ \(did you mean ENSEMBLE_DAYS\?\) in .*ensemble"),
-        ("ENSEMBLE_SEED = -3\n", r"ENSEMBLE_SEED='-3' must be >= 0"),
+        ("ENSEMBLE_SEED = -3\n", r"ENSEMBLE_SEED='-3' is invalid: must be an integer >= 0"),
         ("ENSEMBLE_DAYS = \n", r"ENSEMBLE_CONFIG='.*' is not TOML"),
         ("ENSEMBLE_SYMBOLS = [1, 2]\n", r"ENSEMBLE_SYMBOLS = \[1, 2\] must be a string"),
     ],
@@ -150,4 +150,7 @@ def test_show_config_says_where_each_value_came_from_and_masks_secrets(tmp_path)
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2
-    assert "the flow would not start: ENSEMBLE_SEED='-1' must be >= 0" in bad.stderr
+    assert (
+        "the flow would not start: ENSEMBLE_SEED='-1' is invalid: must be an integer >= 0"
+        in bad.stderr
+    )

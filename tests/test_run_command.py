@@ -59,7 +59,10 @@ def test_python_m_bytewax_run_prints_the_summary_and_writes_outputs(tmp_path):
 def test_a_bad_setting_stops_the_run_command_with_a_clear_message(tmp_path):
     done = _run_command({"ENSEMBLE_OUT": str(tmp_path), "ENSEMBLE_SEED": "-3"}, timeout=120)
     assert done.returncode != 0
-    assert "ensemble: cannot start: ENSEMBLE_SEED='-3' must be >= 0" in done.stderr
+    assert (
+        "ensemble: cannot start: ENSEMBLE_SEED='-3' is invalid: must be an integer >= 0"
+        in done.stderr
+    )
 
 
 @pytest.mark.realdata
