@@ -171,15 +171,20 @@ def _clean(v: Any) -> Any:
     return v
 
 
+# One encoder for every line: `json.dumps` with options builds a new one per call.
+# Records are trees the flow builds, never cyclic: no check for cycles.
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), default=_json_default, allow_nan=False, check_circular=False
+)
+
+
 def to_json_line(record: dict[str, Any]) -> str:
     """One JSON line; walking the record for NaN only when the encoder finds one (a sixth
     of a year's candle replay went to walking every record)."""
     try:
-        text = json.dumps(record, separators=(",", ":"), default=_json_default, allow_nan=False)
+        text = _ENCODER.encode(record)
     except ValueError:  # a NaN or an infinity: written as null
-        text = json.dumps(
-            _clean(record), separators=(",", ":"), default=_json_default, allow_nan=False
-        )
+        text = _ENCODER.encode(_clean(record))
     return text + "\n"
 
 

@@ -39,6 +39,7 @@ BARS_PER_YEAR_5M = 365 * 24 * 12
 ANNUALISE_5M = math.sqrt(BARS_PER_YEAR_5M)
 
 MOMENTUM_BARS = (1, 3, 12, 48)  # 5m, 15m, 1h, 4h
+MOMENTUM_NAMES = tuple((f"ret_{k}", k) for k in MOMENTUM_BARS)
 WINDOW_RV, WINDOW_RV_1H, WINDOW_BB, WINDOW_VOL, N_RSI, N_ATR = 48, 12, 20, 20, 14, 14
 WINDOW_8H = 96  # the v2 regime window: 8h of 5m bars (one funding interval)
 WINDOW_VOL_SHORT = 12  # volume dynamics: the last hour against the last 8h
@@ -205,11 +206,11 @@ class FeatureState:
         mid, sd = _mean_sd(self.bb_closes, ddof=0)
         vmean, vsd = _mean_sd(vols[-WINDOW_VOL:], ddof=0)
         gain, loss = self.rsi_gain, self.rsi_loss
-        out = {f"ret_{k}": math.log(c[-1] / c[-1 - k]) for k in MOMENTUM_BARS}
-        rv = _mean_sd(rets, ddof=1)[1] * ANNUALISE_5M
+        out = {name: math.log(c[-1] / c[-1 - k]) for name, k in MOMENTUM_NAMES}
+        dev = _deviations(rets)  # shared by rv_annual and skew_48
+        ss = math.fsum([d**2 for d in dev])
+        rv = math.sqrt(ss / (len(rets) - 1)) * ANNUALISE_5M
         rv_1h = _mean_sd(rets[-WINDOW_RV_1H:], ddof=1)[1] * ANNUALISE_5M
-        hi, lo = max(self.highs), min(self.lows)
-        v_long = math.fsum(vols) / len(vols)
         out.update(
             {
                 "rv_annual": rv,
@@ -226,6 +227,10 @@ class FeatureState:
             out[name] = float(context.get(name, 0.0))
         if self.v2_bars < READY_AFTER:  # resumed from a v1 snapshot: windows still refilling
             return out
+        hi, lo = max(self.highs), min(self.lows)
+        v_long = math.fsum(vols) / len(vols)
+        m2 = ss / len(rets)
+        m3 = math.fsum([d**3 for d in dev]) / len(rets)
         out.update(
             {
                 "ret_96": math.log(c[-1] / c[-1 - WINDOW_8H]),
@@ -235,26 +240,24 @@ class FeatureState:
                 "volume_ratio": 1.0
                 if v_long == 0
                 else math.fsum(vols[-WINDOW_VOL_SHORT:]) / WINDOW_VOL_SHORT / v_long,
-                "skew_48": _skew(rets),
+                "skew_48": 0.0 if m2 == 0 else m3 / m2**1.5,  # population skewness
                 "funding_change_8h": self.fundings[-1] - self.fundings[0],
             }
         )
         return out
 
 
+def _deviations(xs: list[float]) -> list[float]:
+    """Each value minus the window's mean (an exact sum: no cancellation at 1e5 px)."""
+    m = math.fsum(xs) / len(xs)
+    return [x - m for x in xs]
+
+
 def _mean_sd(xs: Any, ddof: int) -> tuple[float, float]:
     """Mean and standard deviation, two-pass with exact sums (no cancellation at 1e5 px)."""
     n = len(xs)
     m = math.fsum(xs) / n
-    return m, math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (n - ddof))
-
-
-def _skew(xs: list[float]) -> float:
-    """Population skewness m3 / m2^1.5; 0 for a flat window."""
-    m = math.fsum(xs) / len(xs)
-    m2 = math.fsum((x - m) ** 2 for x in xs) / len(xs)
-    m3 = math.fsum((x - m) ** 3 for x in xs) / len(xs)
-    return 0.0 if m2 == 0 else m3 / m2**1.5
+    return m, math.sqrt(math.fsum([(x - m) ** 2 for x in xs]) / (n - ddof))
 
 
 def batch_features(bars: pd.DataFrame) -> pd.DataFrame:

@@ -220,22 +220,24 @@ class _FastTrees:
         self.feature = allnodes["feature_idx"].astype(np.intp)
         self.threshold = allnodes["num_threshold"].astype(float)
         self.nan_left = allnodes["missing_go_to_left"].astype(bool)
-        self.left = (allnodes["left"] + rep).astype(np.intp)
-        self.right = (allnodes["right"] + rep).astype(np.intp)
-        self.is_leaf = allnodes["is_leaf"].astype(bool)
+        is_leaf = allnodes["is_leaf"].astype(bool)
+        own = np.arange(len(allnodes), dtype=np.intp)
+        # a leaf leads to itself: every tree is walked `depth` steps, no test for leaves
+        self.left = np.where(is_leaf, own, allnodes["left"] + rep).astype(np.intp)
+        self.right = np.where(is_leaf, own, allnodes["right"] + rep).astype(np.intp)
         self.value = allnodes["value"].astype(float)
         self.depth = int(allnodes["depth"].max())
         self.baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
 
     def __call__(self, x: np.ndarray) -> float:
         idx = self.roots
+        missing = bool(np.isnan(x).any())  # the runtime's rows are finite (`vector`)
         for _ in range(self.depth):
-            leaf = self.is_leaf[idx]
-            if leaf.all():
-                break
             v = x[self.feature[idx]]
-            go_left = np.where(np.isnan(v), self.nan_left[idx], v <= self.threshold[idx])
-            idx = np.where(leaf, idx, np.where(go_left, self.left[idx], self.right[idx]))
+            go_left = v <= self.threshold[idx]
+            if missing:
+                go_left = np.where(np.isnan(v), self.nan_left[idx], go_left)
+            idx = np.where(go_left, self.left[idx], self.right[idx])
         return _expit(self.baseline + float(self.value[idx].sum()))
 
 

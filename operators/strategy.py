@@ -104,6 +104,7 @@ class Strategy:
         self.resumed = resumed
         # shared by every symbol of the account in the flow; a lone strategy has its own
         self.account = account or AccountRisk.new([state.symbol], cfg.risk.initial_equity)
+        self._sharpe_memo: tuple[list[float], float | None] = ([], None)
 
     @property
     def cfg(self) -> StrategyConfig:
@@ -169,7 +170,7 @@ class Strategy:
         out.append(records.signals(self.stamp, ctx, decision, mv, s.risk.state, s.shadow))
         out.append(records.ensemble(self.stamp, ctx, decision, mv))
         status = records.strategy_status(s, equity, cfg)
-        sharpe_30d = sharpe(returns_of([e for _, e in s.daily_equity]))
+        sharpe_30d = self._sharpe_30d()
         bandit = s.bandit.as_dict(cfg.bandit, arms_in_use(cfg.size_proxy.enabled))
         out.append(records.health(self.stamp, s, t, equity, status, sharpe_30d, bandit))
         if s.bar_index % CALIBRATION_EVERY_BARS == 0 and s.calib_resolved:
@@ -474,6 +475,14 @@ class Strategy:
             de[-1] = (day, equity)
         else:
             de.append((day, equity))
+
+    def _sharpe_30d(self) -> float | None:
+        """Sharpe of the daily closes, recomputed only when one of them moved (flat, the
+        equity stays put bar after bar, and numpy's std cost more than the decision)."""
+        equity = [e for _, e in self.s.daily_equity]
+        if equity != self._sharpe_memo[0]:
+            self._sharpe_memo = (equity, sharpe(returns_of(equity)))
+        return self._sharpe_memo[1]
 
     def _resolve_calibration(self, close: float) -> None:
         s = self.s

@@ -21,6 +21,7 @@ from operators.bars import Bar
 from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, ConfigError, StrategyConfig
 from operators.events import ControlCommand
 from operators.features import FEATURES, LOOKBACK_BARS
+from operators.kpis import returns_of, sharpe
 from operators.overlays import BarContext, CohortView, OverlayView
 from operators.reasons import Reason
 from operators.risk import TradingState
@@ -465,6 +466,22 @@ def test_trades_against_the_models_view_make_the_strategy_need_attention():
     assert _one(sc.bar(), "health")["strategy_status"] == "ok"
     _one(sc.bar(p_up=0.45, s_top=0.5, rv=0.3), "orders")
     assert _one(sc.bar(), "health")["strategy_status"] == "needs_attention"
+
+
+def test_the_health_sharpe_follows_the_daily_equity_through_flat_days_and_trades():
+    """The 30-day Sharpe is kept between bars while no daily equity moves: it must still
+    equal the one computed afresh from the daily equity at every bar."""
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    day_bars = 24 * HOUR_MS // BAR_MS
+    sharpes = set()
+    for i in range(4 * day_bars):
+        trading = i % day_bars < 12  # a few trades at the start of each day, then flat
+        out = sc.bar(ret=0.002 if i % 3 else -0.001, **(LONG_BAR if trading else {}))
+        equity = [e for _, e in sc.strategy.s.daily_equity]
+        assert _one(out, "health")["sharpe_30d"] == sharpe(returns_of(equity))
+        sharpes.add(_one(out, "health")["sharpe_30d"])
+    assert len(sharpes) > 2  # it moved: days passed with trades in them
 
 
 def test_every_trading_state_is_one_the_strategy_can_enter():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dataflows.ensemble import _error
 from dataflows.io import RawMessage
-from operators.redaction import REDACTED, scrub, scrub_bytes
+from operators.redaction import REDACTED, clean, scrub, scrub_bytes
 from operators.telemetry import Stamp
 from tests.conftest import run_records, small_settings
 
@@ -71,3 +71,23 @@ def test_an_error_record_redacts_its_message_and_the_reprs_in_its_context():
     ctx = json.loads(rec["context_json"])
     assert ctx["secret_note"] == REDACTED
     assert "hunter2" not in ctx["event"] and "px=1.0" in ctx["event"]
+
+
+def test_a_health_record_is_cleaned_whatever_the_type_of_its_text_and_however_often():
+    """Numbers pass untouched; text is scrubbed every time it appears, also when the same
+    short reason repeats record after record, and also when it is a str subclass."""
+
+    class Reason(str):
+        pass
+
+    reason = "operator_halt: token=abc123"  # short: its scrub is remembered
+    for _ in range(3):
+        rec = clean(
+            {"equity_usd": 1.5, "bars": 2, "win_rate": None, "shadow": False,
+             "halt_reason": reason, "detail": Reason(reason),
+             "bandit": {"pros": {"n": 1.0, "mean_bps": -2.0}}, "api_key": 0}
+        )  # fmt: skip
+        assert rec["halt_reason"] == rec["detail"] == f"operator_halt: token={REDACTED}"
+        assert rec["api_key"] == REDACTED
+        assert (rec["equity_usd"], rec["bars"], rec["win_rate"]) == (1.5, 2, None)
+        assert rec["bandit"] == {"pros": {"n": 1.0, "mean_bps": -2.0}}
