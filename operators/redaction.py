@@ -80,7 +80,7 @@ def clean(value: Any, addresses: bool = False) -> Any:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if v is not None and isinstance(k, str) and _secret_name(k):
+            if _hidden(k, v):
                 out[k] = REDACTED
             elif type(v) in _PLAIN:
                 out[k] = v
