@@ -392,8 +392,10 @@ class _Metadata:
             with self.lock:
                 wanted, self.wanted = self.wanted, set()
             for tp in wanted:
+                if self.stop.is_set():  # a stop waits for one answer at most, not for all
+                    return
                 try:
-                    marks = client.get_watermark_offsets(tp, timeout=1.0)
+                    marks = client.get_watermark_offsets(tp, timeout=0.5)
                 except KafkaException:  # broker away: not caught up until it answers
                     marks = None
                 if marks is not None:
