@@ -636,7 +636,8 @@ def build_flow(
     else:
         raw = op.input("input", flow, StoppableSource(_MarketSource(settings, messages)))
     # One (symbol, events) per symbol and input batch from here to the market step.
-    keys = routing.routes(route_order(settings), recovery)
+    resumed = recovery is not None and progress.resumed_epoch(recovery) is not None
+    keys = routing.routes(route_order(settings), recovery, resumed)
     decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw, keys))
     split = op.branch("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     bad = split.trues

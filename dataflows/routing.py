@@ -18,7 +18,8 @@ the flow is built. Other counts still work; only the placement is then by hash.
 The keys are the keys of the flow's recovery snapshots, so a restart must find the same
 ones even if the symbol set changed (a new symbol shifts the others' slots): with a
 recovery directory they are pinned in `routes.json` there, and a symbol keeps its key
-for the life of the directory.
+for the life of the directory. A directory with snapshots from before route keys keeps
+the bare symbols as its keys.
 """
 
 from __future__ import annotations
@@ -104,12 +105,21 @@ def route_order(settings: Settings) -> list[str]:
     return files + sorted(settings.symbols - set(files))
 
 
-def routes(order: Iterable[str], recovery: Path | None = None) -> dict[str, str]:
+def routes(
+    order: Iterable[str], recovery: Path | None = None, resumed: bool = False
+) -> dict[str, str]:
     """symbol -> route key, the symbols in the input's partition order (slot = index).
-    With a recovery directory, keys already pinned there are kept and new ones pinned."""
+    With a recovery directory, keys already pinned there are kept and new ones pinned.
+    `resumed`: the directory holds snapshots; without a routes file they were taken under
+    the bare symbols (before route keys), which stay its symbols' keys, so an upgrade
+    resumes their state (placed by hash, as before) instead of starting it afresh."""
+    order = list(order)
     pinned: dict[str, str] = _load(recovery) if recovery is not None else {}
+    legacy = recovery is not None and resumed and not (recovery / ROUTES_FILE).exists()
+    if legacy:
+        pinned = {s: s for s in order}
     keys = {s: pinned.get(s) or route_key(s, slot) for slot, s in enumerate(order)}
-    if recovery is not None and not keys.items() <= pinned.items():
+    if recovery is not None and (legacy or not keys.items() <= pinned.items()):
         _save(recovery, {**pinned, **keys})
     return keys
 
@@ -123,9 +133,10 @@ def _load(recovery: Path) -> dict[str, str]:
     except (OSError, json.JSONDecodeError) as e:
         raise RoutesError(f"{path}: cannot read the pinned route keys: {e}") from None
     if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v.startswith(k + "/") for k, v in data.items()
+        isinstance(k, str) and isinstance(v, str) and (v == k or v.startswith(k + "/"))
+        for k, v in data.items()
     ):
-        raise RoutesError(f"{path}: expected {{symbol: 'symbol/n'}}; got {data!r}")
+        raise RoutesError(f"{path}: expected {{symbol: 'symbol/n' or 'symbol'}}; got {data!r}")
     return data
 
 

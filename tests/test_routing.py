@@ -124,3 +124,11 @@ def test_unreadable_pinned_keys_stop_the_start_naming_the_file(tmp_path: Path):
 def test_a_missing_recovery_directory_stops_the_start_saying_how_to_prepare_it(tmp_path: Path):
     with pytest.raises(RoutesError, match="python -m dataflows.recovery"):
         routes(["BTC-PERP"], tmp_path / "absent")
+
+
+def test_snapshots_from_before_route_keys_keep_the_bare_symbols_as_keys(tmp_path: Path):
+    """An upgrade must resume the state its snapshots hold under the bare symbols."""
+    keys = routes(["BTC-PERP", "ETH-PERP"], tmp_path, resumed=True)
+    assert keys == {"BTC-PERP": "BTC-PERP", "ETH-PERP": "ETH-PERP"}
+    later = routes(["ADA-PERP", "BTC-PERP", "ETH-PERP"], tmp_path, resumed=True)
+    assert later["BTC-PERP"] == "BTC-PERP" and later["ADA-PERP"] == route_key("ADA-PERP", 0)
