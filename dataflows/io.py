@@ -341,8 +341,6 @@ class InputTopicGone(RuntimeError):
 TOPIC_CHECK_S = 10.0  # how often each input partition asks whether its topic still exists
 QUIET_POLL_MIN_S = 0.001  # after an empty batch, poll again after this, doubling
 QUIET_POLL_MAX_S = 0.1  # ... up to this: a quiet partition's next record waits at most this
-
-
 WATERMARKS_S = 1.0  # how often the high watermarks of partitions that asked are refreshed
 
 

@@ -127,7 +127,7 @@ class Progress:
                 pending.append(p)
             return counts, min(pending) if pending else None
         if now_ms - self.started_ms < idle_ms:
-            return False, None
+            return False, None  # a partition may not have delivered its first record yet
         counts = now_ms - self.arrivals.get(source, self.started_ms) <= idle_ms
         others = [
             c.progress
@@ -137,25 +137,11 @@ class Progress:
         return counts, min(others) if others else None
 
     def _slowest(self, now_ms: int, idle_ms: int, inputs: InputPartitions | None) -> int | None:
-        if inputs is not None and inputs.caught_up:
-            pending = []
-            for part in inputs.caught_up:
-                if inputs.idle(part, now_ms, idle_ms):
-                    continue
-                clock = self.sources.get(part)
-                p = clock.progress if clock is not None else inputs.latest_ms.get(part)
-                if p is None:
-                    return None  # a partition with records not seen yet: wait for it
-                pending.append(p)
-            return min(pending) if pending else None
-        if now_ms - self.started_ms < idle_ms:
-            return None  # a partition may not have delivered its first record yet
-        active = [
-            c.progress
-            for s, c in self.sources.items()
-            if now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
-        ]
-        return min(active) if active else None
+        """The minimum over every source that may still deliver an earlier record."""
+        return self.without(_NO_SOURCE, now_ms, idle_ms, inputs)[1]
+
+
+_NO_SOURCE = object()  # `without` it, every source counts among the others
 
 
 @dataclass
@@ -199,11 +185,9 @@ class InputPartitions:
     def cap_ms(self, symbol: str) -> int | None:
         """How far the market step may close `symbol`'s bars: not past a command held by
         the commands step or on its way from there (None: no limit)."""
-        held, passing = self.held_ms.get(symbol), self.passing_ms.get(symbol)
-        if passing:
-            first = min(passing)
-            return first if held is None or first < held else held
-        return held
+        caps = self.passing_ms.get(symbol, [])
+        held = self.held_ms.get(symbol)
+        return min([*caps, held]) if held is not None else min(caps, default=None)
 
     def passed(self, symbol: str, ts_ms: int) -> None:
         """The commands step let a command at `ts_ms` through."""
