@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from operators.events import ControlCommand
+from operators.events import ControlCommand, expand_blocks
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS, InputPartitions, Progress, latest_by_part
 
 # What is signed: these fields, as sorted compact JSON (UTF-8) after a domain tag, so a
@@ -193,7 +193,7 @@ class CommandGate:
         partition is all that needs observing."""
         if self.held or ControlCommand in set(map(type, events)):
             out: list[Any] = []
-            for e in events:
+            for e in expand_blocks(events):  # a held command may fall due between trades
                 if inputs is not None:
                     inputs.saw(e.part, e.ts_event_ms)
                 out += self.on_event(e, now_ms, inputs)

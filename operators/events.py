@@ -48,6 +48,74 @@ class Trade:
     part: str | None = field(default=None, compare=False, repr=False)  # input partition read from
 
 
+class TradeBlock:
+    """Consecutive ordinary trades of one symbol from one input, column by column (issue 16):
+    a file's block whose every row passed the trade rules, with no addresses and one
+    venue. The market step folds it with array arithmetic (`MarketState.on_events`) and
+    gives exactly what the same `Trade`s one by one give; `trades` builds those `Trade`s
+    for whatever takes the per-record way. `ts_event_ms` is the block's latest event
+    time (what the steps before the market read of a batch)."""
+
+    __slots__ = ("symbol", "ts", "px", "qty", "side", "trade_id", "venue", "part", "ts_event_ms")
+
+    def __init__(
+        self,
+        symbol: str,
+        ts: np.ndarray,
+        px: np.ndarray,
+        qty: np.ndarray,
+        side: np.ndarray,
+        trade_id: list[str],
+        venue: str | None,
+        part: str | None = None,
+    ) -> None:
+        self.symbol, self.ts, self.px, self.qty, self.side = symbol, ts, px, qty, side
+        self.trade_id, self.venue, self.part = trade_id, venue, part
+        self.ts_event_ms = int(ts.max())
+
+    def __len__(self) -> int:
+        return len(self.trade_id)
+
+    def __repr__(self) -> str:  # an error record names the block, not a million numbers
+        return (
+            f"TradeBlock({self.symbol!r}, {len(self)} trades, event times "
+            f"{int(self.ts[0])}..{self.ts_event_ms}, ids {self.trade_id[0]!r}.."
+            f"{self.trade_id[-1]!r})"
+        )
+
+    def trades(self, start: int = 0, stop: int | None = None) -> list[Trade]:
+        """Rows `start` to `stop` as the `Trade`s `trades_from_columns` builds of them."""
+        sym, venue, part = self.symbol, self.venue, self.part
+        out = [
+            Trade(sym, t, p, q, s, i, None, None, venue)
+            for t, p, q, s, i in zip(
+                self.ts[start:stop].tolist(),
+                self.px[start:stop].tolist(),
+                self.qty[start:stop].tolist(),
+                self.side[start:stop].tolist(),
+                self.trade_id[start:stop],
+                strict=True,
+            )
+        ]
+        if part is not None:
+            for t in out:
+                t.part = part
+        return out
+
+
+def expand_blocks(events: list[Any]) -> list[Any]:
+    """`events` with each TradeBlock replaced by its `Trade`s, for a per-record path."""
+    if not any(type(e) is TradeBlock for e in events):
+        return events
+    out: list[Any] = []
+    for e in events:
+        if type(e) is TradeBlock:
+            out += e.trades()
+        else:
+            out.append(e)
+    return out
+
+
 @dataclass(slots=True)
 class Candle:
     symbol: str
@@ -423,9 +491,10 @@ def _rows(values: Any, n: int) -> Any:
 
 def trades_from_columns(
     c: dict[str, Any], n: int, symbols: frozenset[str], now_ms: int, max_clock_skew_ms: int
-) -> list[Trade | None]:
+) -> list[Any]:
     """Trades from columns (`ts_event_ms` int64, `px` and `qty` float64 arrays; the text
-    fields lists, or one value for all `n` rows); None for a row that breaks a rule."""
+    fields lists, or one value for all `n` rows); None for a row that breaks a rule. A
+    block of rows that all pass, without addresses and of one venue, is one TradeBlock."""
     symbol = c["symbol"]
     if not (isinstance(symbol, str) and symbol in symbols):
         return [None] * n
@@ -443,6 +512,11 @@ def trades_from_columns(
         & _texts_ok(c.get("venue"), True, None)
     )
     ok = np.broadcast_to(ok, (n,))
+    plain = n > 0 and not c.get("buyer") and not c.get("seller") and isinstance(ts, np.ndarray)
+    venue = c.get("venue")
+    if plain and isinstance(c["trade_id"], list) and not isinstance(venue, list) and ok.all():
+        side_codes = np.broadcast_to(np.where(buy, BUY, SELL), (n,))
+        return [TradeBlock(symbol, ts, px, qty, side_codes, c["trade_id"], venue or None)]
     sides = np.broadcast_to(np.where(buy, BUY, SELL), (n,)).tolist()
     return [
         Trade(symbol, t, p, q, s, i, b or None, se or None, v or None) if good else None

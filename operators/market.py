@@ -54,7 +54,8 @@ from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.dedup import RecentTrades
-from operators.events import Candle, ControlCommand, Trade
+from operators.events import Candle, ControlCommand, Trade, TradeBlock, expand_blocks
+from operators.market_columns import fold_run, in_order
 from operators.size_proxy import ProxyValues, SizeProxy, bind
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions, Progress
 
@@ -216,7 +217,7 @@ class MarketState:
         trades held) takes `on_event` itself. `failed(e, exc)` hears of a record that
         raised (without it, the exception propagates)."""
         if self.bars_from_candles:
-            for e in events:
+            for e in expand_blocks(events):
                 try:
                     self.on_event(e, out, now_ms)
                 except Exception as exc:
@@ -237,7 +238,10 @@ class MarketState:
         for e in events:
             try:
                 if type(e) is not trade_type:
-                    self.on_event(e, out, now_ms)
+                    if type(e) is TradeBlock:
+                        self._on_block(e, out, now_ms, failed)
+                    else:
+                        self.on_event(e, out, now_ms)
                     part = _UNSET
                     continue
                 if e.part is not part:  # read the partition's clock and reference once
@@ -343,6 +347,25 @@ class MarketState:
                     raise
                 failed(e, exc)
                 part = _UNSET
+
+    def _on_block(
+        self,
+        b: TradeBlock,
+        out: list[Any],
+        now_ms: int,
+        failed: Callable[[Any, Exception], None] | None,
+    ) -> None:
+        """A TradeBlock: its runs of ordinary trades folded as columns
+        (operators/market_columns.py), the rest as `Trade`s through `on_events`."""
+        if not in_order(b):
+            self.on_events(b.trades(), out, now_ms, failed)
+            return
+        i = 0
+        while i < len(b):
+            i, k = fold_run(self, b, i, out, now_ms)
+            if k:
+                self.on_events(b.trades(i, i + k), out, now_ms, failed)
+                i += k
 
     def _reject_ahead(self, part: str | None, out: list[Any]) -> None:
         seen = self.progress.source_progress(part) or 0

@@ -52,6 +52,11 @@ class SourceClock:
     def progress(self) -> int:
         return self.latest[0]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The times sorted (a sorted list is a heap): equal clocks snapshot equally,
+        however their heaps were built (a TradeBlock's run sets them sorted)."""
+        return {"quorum": self.quorum, "latest": sorted(self.latest)}
+
 
 @dataclass
 class Progress:

@@ -29,7 +29,9 @@ from operators.events import (
     ControlCommand,
     InvalidRecord,
     Trade,
+    TradeBlock,
     candles_from_columns,
+    expand_blocks,
     parse_candle,
     parse_trade,
     trades_from_columns,
@@ -171,6 +173,55 @@ def test_a_fuzzed_trade_file_batched_equals_one_record_at_a_time(tmp_path: Path)
     _assert_same(batched, _one_at_a_time(settings))
 
 
+def test_a_fuzzed_plain_parquet_file_batched_equals_one_record_at_a_time(tmp_path: Path):
+    """Rows the plain parquet reader takes whole (valid, in time order), so the market step
+    gets TradeBlocks (operators/market_columns.py): duplicates next to their originals,
+    price and size outliers, quiet hours (a jump its trades confirm; gap bars), a last
+    trade hours ahead."""
+    rng = random.Random(17)
+    recs = [
+        r
+        for s, r in generate(GeneratorConfig(days=0.5, candle_symbols=()))
+        if s == "trades" and r["symbol"] == "BTC-PERP"
+    ]
+    rows: list[dict[str, Any]] = []
+    shift = 0
+    for k, r in enumerate(recs):
+        if k == len(recs) // 2:
+            shift = 3 * 3_600_000  # the market is quiet for three hours
+        r = {**r, "ts_event_ms": r["ts_event_ms"] + shift, "trade_id": str(k)}
+        rows.append(r)
+        x = rng.random()
+        if x < 0.01:
+            rows.append(dict(r))  # a duplicate
+        elif x < 0.015:
+            rows.append({**r, "trade_id": f"{k}p", "px": r["px"] * rng.choice([1e3, 1.2, 0.85])})
+        elif x < 0.02:
+            rows.append({**r, "trade_id": f"{k}q", "qty": r["qty"] * rng.choice([1e6, 9e4])})
+    rows.sort(key=lambda r: r["ts_event_ms"])  # the plain reader needs time order
+    # the three quiet hours are a jump: held until 50 trades confirm it; a last trade
+    # five hours on is never confirmed
+    rows.append({**rows[-1], "ts_event_ms": rows[-1]["ts_event_ms"] + 5 * 3_600_000})
+    rows[-1]["trade_id"] = "ahead"
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime([r["ts_event_ms"] for r in rows], unit="ms", utc=True),
+            "trade_id": [r["trade_id"] for r in rows],
+            "price": [float(r["px"]) for r in rows],
+            "quantity": [float(r["qty"]) for r in rows],
+            "buyer_maker": [r["side"] == "sell" for r in rows],
+        }
+    )
+    path = tmp_path / "plain.parquet"
+    df.to_parquet(path)
+    settings = small_settings(tmp_path / "out", ENSEMBLE_INPUT=f"trades:{path}?venue=binance")
+    batched = run_records(settings)
+    reasons = {d["reason"].split(":")[0] for d in batched["dead_letters"]}
+    assert {"outlier", "far out of order"} <= reasons, reasons
+    assert any("duplicates" in r for r in batched["summary"])
+    _assert_same(batched, _one_at_a_time(settings))
+
+
 # -- the column rules are the per-record rules ---------------------------------------------------
 def _fuzz_value(rng: random.Random, kind: str) -> Any:
     if kind == "float":
@@ -287,10 +338,67 @@ def test_the_command_gate_over_lists_equals_event_by_event():
     i = 0
     while i < len(stream):
         n = rng.choice([1, 5, 50, 400])
-        got += batched.on_events(stream[i : i + n])
+        got += expand_blocks(batched.on_events(_with_blocks(stream[i : i + n])))
         i += n
     assert [repr(x) for x in got] == [repr(x) for x in expected]
     assert batched == one
+
+
+def _with_blocks(events: list[Any]) -> list[Any]:
+    """Runs of trades as TradeBlocks (decode's form of a file's plain rows)."""
+    out: list[Any] = []
+    for e in events:
+        if type(e) is Trade and out and type(out[-1]) is list:
+            out[-1].append(e)
+        else:
+            out.append([e] if type(e) is Trade else e)
+    return [
+        TradeBlock(
+            x[0].symbol,
+            np.array([t.ts_event_ms for t in x]),
+            np.array([t.px for t in x]),
+            np.array([t.qty for t in x]),
+            np.array([t.side for t in x]),
+            [t.trade_id for t in x],
+            None,
+        )
+        if type(x) is list
+        else x
+        for x in out
+    ]
+
+
+def test_a_block_of_plain_rows_is_the_trades_parse_trade_makes_of_them():
+    """Valid rows without addresses and of one venue become one TradeBlock; its trades
+    are the per-record rule's, an empty venue is none; any other block stays rows."""
+    n = 300
+    columns: dict[str, Any] = {
+        "symbol": "BTC-PERP",
+        "ts_event_ms": 1_700_000_000_000 + np.arange(n, dtype=np.int64) * 250,
+        "px": np.linspace(40_000.0, 41_000.0, n),
+        "qty": np.linspace(0.001, 2.0, n),
+        "side": ["buy", "sell", "sell"] * (n // 3),
+        "trade_id": [str(10**9 + i) for i in range(n)],
+        "buyer": None,
+        "seller": None,
+        "venue": "",
+    }
+    rows = [
+        {
+            k: (v[i].item() if isinstance(v, np.ndarray) else v[i] if isinstance(v, list) else v)
+            for k, v in columns.items()
+        }
+        for i in range(n)
+    ]
+    (block,) = trades_from_columns(columns, n, SYMBOLS, NOW_MS, SKEW_MS)
+    assert isinstance(block, TradeBlock) and len(block) == n
+    assert block.ts_event_ms == int(columns["ts_event_ms"][-1])
+    assert block.trades() == [parse_trade(r, SYMBOLS) for r in rows]
+    assert block.trades(5, 9) == block.trades()[5:9] and block.trades()[0].venue is None
+    columns["px"] = columns["px"].copy()
+    columns["px"][7] = -1.0  # one bad row: every row on its own, the bad one None
+    got = trades_from_columns(columns, n, SYMBOLS, NOW_MS, SKEW_MS)
+    assert len(got) == n and got[7] is None and got[8] == block.trades()[8]
 
 
 @pytest.mark.parametrize("maker", ["text", "bool"])

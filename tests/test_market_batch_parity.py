@@ -11,16 +11,19 @@ reason, every error, and the state after must be equal.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import random
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
-from operators.events import Candle, Funding, Trade
+from operators.events import Candle, Funding, Trade, TradeBlock
 from operators.market import JUMP_CONFIRMATIONS, MarketState
+from operators.market_columns import MIN_BLOCK
 from operators.watermark import InputPartitions
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -100,11 +103,13 @@ def _run_both(
     make: Any,
     inputs: InputPartitions | None = None,
     read: Callable[[int, list[Any]], None] | None = None,
+    blocked: Callable[[list[Any]], list[Any]] | None = None,
 ) -> tuple[MarketState, MarketState, list[str], int]:
     """One state fed record by record, one batch by batch; returns both, the first's
     outputs (dead-letter reasons and errors), and how many records the batch path handed
     to `on_event` (the fast path must have been taken). Both states share `inputs` (the
-    market step only reads it); `read(now_ms, events)` changes it before each batch."""
+    market step only reads it); `read(now_ms, events)` changes it before each batch.
+    `blocked(events)` is what the batch path gets instead of `events` (TradeBlocks)."""
     one, batched = make(), make()
     for st in (one, batched):
         st.inputs = inputs
@@ -131,7 +136,10 @@ def _run_both(
         got_one += [repr(x) for x in out]
         out_b: list[Any] = []
         batched.on_events(
-            events, out_b, now, lambda e, x, o=out_b: o.append(f"error {x!r} on {e!r}")
+            events if blocked is None else blocked(events),
+            out_b,
+            now,
+            lambda e, x, o=out_b: o.append(f"error {x!r} on {e!r}"),
         )
         got_batched += [repr(x) for x in out_b]
         assert got_batched == got_one  # at every batch, not only at the end
@@ -259,3 +267,214 @@ def test_candle_symbols_take_the_per_record_path_batched_too():
     )
     _assert_same_state(one, batched)
     assert any("Close(" in g for g in got) and any("late:" in g for g in got)
+
+
+# -- TradeBlocks: a file's blocks of plain trades, folded as columns (operators/market_columns.py)
+def _plain(rng: random.Random, events: list[Any]) -> list[Any]:
+    """Most trades without addresses and of one venue, as a trade file's rows are."""
+    for e in events:
+        if isinstance(e, Trade) and rng.random() < 0.97:
+            e.buyer = e.seller = None
+            e.venue = "binance"
+    return events
+
+
+def _block(run: list[Trade]) -> TradeBlock:
+    return TradeBlock(
+        run[0].symbol,
+        np.array([t.ts_event_ms for t in run], dtype=np.int64),
+        np.array([t.px for t in run], dtype=np.float64),
+        np.array([t.qty for t in run], dtype=np.float64),
+        np.array([t.side for t in run], dtype=np.int64),
+        [t.trade_id for t in run],
+        run[0].venue,
+        run[0].part,
+    )
+
+
+def _blocker(rng: random.Random) -> Callable[[list[Any]], list[Any]]:
+    """Cuts a batch into TradeBlocks of consecutive plain trades of one partition and
+    venue, as decode makes them of a file's blocks; a run is mostly cut where its times go
+    back (a block out of order takes the per-record way whole), and sometimes anywhere."""
+
+    def blocked(events: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        run: list[Trade] = []
+
+        def flush() -> None:
+            if len(run) >= MIN_BLOCK or (run and rng.random() < 0.2):
+                out.append(_block(run))
+            else:
+                out.extend(run)
+            run.clear()
+
+        for e in events:
+            plain = (
+                type(e) is Trade
+                and e.buyer is None
+                and e.seller is None
+                and isinstance(e.px, float)
+                and isinstance(e.qty, float)
+            )
+            if run and (
+                not plain
+                or (e.part, e.venue) != (run[0].part, run[0].venue)
+                or (e.ts_event_ms < run[-1].ts_event_ms and rng.random() < 0.8)
+                or rng.random() < 0.001
+            ):
+                flush()
+            if plain:
+                run.append(e)
+            else:
+                out.append(e)
+        flush()
+        return out
+
+    return blocked
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("layout", sorted(PARTS))
+def test_trade_blocks_give_what_one_record_at_a_time_gives(layout: str, seed: int):
+    rng = random.Random(100 + seed)
+    events = _plain(rng, _trades(rng, PARTS[layout], 12_000))
+    proxy = SizeProxyConfig(enabled=seed == 2)
+    bands = BandConfig(max_price_deviation=0.1 if seed == 3 else 0.2)
+    one, batched, got, slow = _run_both(
+        _batches(rng, events),
+        lambda: _market(size_proxy_cfg=proxy, bands_cfg=bands),
+        blocked=_blocker(rng),
+    )
+    _assert_same_state(one, batched)
+    assert one.duplicate_count > 0 and one.late_count > 0 and one.outlier_count > 0
+    assert _kinds(got) == set(KINDS)
+    trades = sum(isinstance(e, Trade) for e in events)
+    assert slow < trades / 4, "most trades must take the column path, or it is not tested"
+
+
+def test_trade_blocks_with_the_kafka_sources_view_give_the_same():
+    rng = random.Random(14)
+    parts = ["trades#0", "trades#1", "trades#2"]
+    events = _plain(rng, _trades(rng, parts, 12_000))
+    view = InputPartitions()
+
+    def read(now_ms: int, batch: list[Any]) -> None:
+        for p in parts:
+            if rng.random() < 0.5:
+                view.read(p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms)
+        if rng.random() < 0.1:
+            view.held_ms["BTC-PERP"] = batch[0].ts_event_ms + rng.randrange(-60_000, 600_000)
+        elif rng.random() < 0.1:
+            view.held_ms.clear()
+
+    one, batched, got, slow = _run_both(
+        _batches(rng, events), _market, view, read, blocked=_blocker(rng)
+    )
+    _assert_same_state(one, batched)
+    assert sum("Close(" in g for g in got) > 10
+    assert slow < sum(isinstance(e, Trade) for e in events) / 4
+
+
+def _grid_trades(rng: random.Random, n: int, t0: int = T0) -> list[Trade]:
+    """Ordered trades on a 500 ms grid (ties, trades on a bar's first millisecond, progress
+    landing exactly on a bar's end plus the lateness), a flat price and size (a known
+    reference), quiet stretches (gap bars), and sizes and prices on either side of the
+    bands' edges."""
+    ts, out = t0, []
+    for k in range(n):
+        ts += 20 * 60_000 if k % 5_000 == 4_999 else 500 * rng.choice([0, 1, 1, 2])
+        px, qty = rng.choice([99.99, 100.0, 100.01]), 0.02
+        r = rng.random()
+        if r < 0.003:
+            qty = rng.choice([1_990.0, 2_010.0, 1e13])  # the size band's edge is 2,000
+        elif r < 0.006:
+            px = rng.choice([109.9, 110.1, 90.1, 89.9, 1e300])  # the price band's is 10 %
+        out.append(Trade("BTC-PERP", ts, px, qty, 1, f"t{k}", venue="binance"))
+    return out
+
+
+def test_a_long_ordered_block_closes_its_bars_as_trades_one_by_one_do():
+    """Bar after bar inside one block of 20,000 ordered trades, the reference refreshed
+    every 16 trades, outliers at the bands' edges."""
+    trades = _grid_trades(random.Random(21), 20_000)
+    one, batched, got, slow = _run_both(
+        [(trades, 1_000)], _market, blocked=_blocker(random.Random(1))
+    )
+    _assert_same_state(one, batched)
+    assert sum("Close(" in g for g in got) > 30 and slow < 1_000
+    for edge in ("size 2010.0 ", "price 110.1 ", "price 89.9 ", "price 1e+300 is absurd"):
+        assert any(f"outlier: {edge}" in g for g in got), edge
+    for inside in ("size 1990.0 ", "price 109.9 ", "price 90.1 "):
+        assert not any(f"outlier: {inside}" in g for g in got), inside
+
+
+def test_blocks_that_end_on_a_bars_edges_give_what_one_by_one_gives():
+    """A block ends on a bar's first trade and the next starts with a trade at the same
+    time (the bar's open stays the first's); a block ends on the trade whose progress is
+    exactly a bar's end plus the lateness (it closes that bar)."""
+    lateness, width = 5_000, 300_000
+    start = T0 + width  # the bar with the tie; it closes on the second block's last trade
+    trades = [
+        Trade("BTC-PERP", T0 + k * 1_000, 100.0 + k % 3 / 100, 0.02, 1, f"t{k}", venue="binance")
+        for k in range(3 * width // 1_000)
+    ]
+    first = next(k for k, t in enumerate(trades) if t.ts_event_ms == start)
+    trades.insert(first + 1, Trade("BTC-PERP", start, 100.5, 0.02, 1, "tie", venue="binance"))
+    # the clock is the third latest time: two trades past the bar's end plus the lateness
+    end = start + width
+    closing = next(k for k, t in enumerate(trades) if t.ts_event_ms == end + lateness + 2_000)
+    cuts = [0, first + 1, closing + 1, len(trades)]
+    batches = [(trades[a:b], 1_000 + a) for a, b in itertools.pairwise(cuts)]
+    one, batched, got, slow = _run_both(batches, _market, blocked=lambda evs: [_block(evs)])
+    _assert_same_state(one, batched)
+    assert slow <= 2 * 256  # two blocks' first trades: the bands' window fills
+    assert f"'5m', start_ms={start}, end_ms={end}, open=100.0," in "".join(got)
+
+
+def test_a_lone_jump_at_a_blocks_end_is_held_then_refused_as_one_by_one():
+    """A trade just past `max_jump_ms` beyond its clock (the lowest of its latest three)
+    and a few after it end a block; the next block is back in line: they are dead letters."""
+    rng = random.Random(2)
+    real = _grid_trades(rng, 3_000)
+    clock = sorted(t.ts_event_ms for t in real)[-3]
+    ahead = [
+        Trade("BTC-PERP", clock + H + 1 + k, 100.0, 0.02, 1, f"a{k}", venue="binance")
+        for k in range(5)
+    ]
+    back = _grid_trades(rng, 500, real[-1].ts_event_ms + 500)
+    for k, t in enumerate(back):
+        t.trade_id = f"b{k}"
+    one, batched, got, slow = _run_both(
+        [(real + ahead, 1_000), (back, 2_000)],
+        lambda: _market(max_jump_ms=H),
+        blocked=_blocker(random.Random(3)),
+    )
+    _assert_same_state(one, batched)
+    assert sum("far out of order" in g for g in got) == len(ahead)
+
+
+def test_bars_closed_by_the_wall_clock_make_a_blocks_trades_late_as_one_by_one():
+    """Live, quiet bars close by processing time (`on_tick`); a block that then arrives in
+    order for its partition holds trades for those bars: late, as one by one."""
+    trades = _grid_trades(random.Random(5), 4_000)
+    first, rest = trades[:2_000], trades[2_000:]
+    one, batched = _market(), _market()
+    blocked = _blocker(random.Random(6))
+    got: list[list[str]] = [[], []]
+    for k, st in enumerate((one, batched)):
+        out: list[Any] = []
+        if k == 0:
+            for e in first:
+                st.on_event(e, out, 1_000)
+        else:
+            st.on_events(blocked(first), out, 1_000)
+        st.on_tick(rest[1_500].ts_event_ms, 10 * H, out)  # the wall clock is far on
+        if k == 0:
+            for e in rest:
+                st.on_event(e, out, 2_000)
+        else:
+            st.on_events(blocked(rest), out, 2_000)
+        got[k] = [repr(x) for x in out]
+    assert got[1] == got[0]
+    _assert_same_state(one, batched)
+    assert sum("late:" in g for g in got[0]) > 100
