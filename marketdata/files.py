@@ -546,7 +546,7 @@ def _plain_trade_block(
         "trade_id": pc.cast(tid, pa.string()).to_pylist(),
         "px": px,
         "qty": size,
-        "side": np.where(sells, "sell", "buy").tolist(),  # the buyer made: a seller crossed
+        "side": np.where(sells, "sell", "buy"),  # the buyer made: a seller crossed
         "buyer": None,
         "seller": None,
         "venue": spec.venue,
