@@ -52,3 +52,12 @@ def test_the_pickle_path_still_imports_scikit_learn():
         "ModelRuntime(DEFAULT_ARTIFACT, use_fast_file=False)\n"
     )
     assert _loaded_after(code, ("sklearn", "scipy")) == ["scipy", "sklearn"]
+
+
+def test_the_flow_on_its_embedded_input_imports_no_file_reader_kafka_python_or_model_library(
+    tmp_path,
+):
+    """pandas and pyarrow are for input files, kafka-python for the consumers, aiohttp for
+    the live feed, scikit-learn for model.pkl: a run on the generator needs none of them."""
+    heavy = ("sklearn", "scipy", "pandas", "pyarrow", "kafka", "aiohttp")
+    assert _loaded_after("import dataflows.ensemble", heavy, {"ENSEMBLE_OUT": str(tmp_path)}) == []
