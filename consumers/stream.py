@@ -20,14 +20,14 @@ import logging
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from typing import TYPE_CHECKING, Any
 
 from dataflows.kafka_security import KafkaSecurity, kafka_python_config
 from operators.telemetry import record_key
 from schemas import codec
+
+if TYPE_CHECKING:  # kafka-python is imported where a consumer is made: the flow reads none
+    from kafka import KafkaConsumer, TopicPartition
 
 log = logging.getLogger("ensemble.consumers")
 
@@ -166,6 +166,9 @@ def _check_topics(consumer: KafkaConsumer, topics: Iterable[str]) -> None:
 
 
 def _consumer(kafka: KafkaSettings, client_id: str, **config: Any) -> KafkaConsumer:
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
     try:
         return KafkaConsumer(
             **kafka_python_config(
@@ -241,6 +244,8 @@ class GroupReader:
 
 
 def _partitions(consumer: KafkaConsumer, decode: Decoder) -> list[TopicPartition]:
+    from kafka import TopicPartition
+
     _check_topics(consumer, decode.by_topic)
     return [
         TopicPartition(t, p)

@@ -33,17 +33,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from marketdata.live.capture import capture_frames
-from marketdata.live.frames import FrameError
+if TYPE_CHECKING:  # imported by the functions that read files: a run on Kafka or the
+    import pandas as pd  # generator needs neither (0.25 s to import both)
+    import pyarrow as pa
 
 KINDS = ("candles", "trades", "funding")
 CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -219,8 +216,12 @@ def _columns(spec: FileSpec, suffix: str) -> list[str] | None:
 
         return list(feather.read_table(spec.path, memory_map=True).schema.names)
     if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
         return list(pq.read_schema(spec.path).names)
     if suffix == ".csv":  # read whole: a ragged line is a file problem (pandas names it)
+        import pandas as pd
+
         return [str(c) for c in pd.read_csv(spec.path).columns]
     if suffix == ".json":
         rows = json.loads(spec.path.read_text())
@@ -249,6 +250,8 @@ def _columns(spec: FileSpec, suffix: str) -> list[str] | None:
 def _to_ms(values: pd.Series, numbers_in: str = "ns") -> np.ndarray:
     """Epoch ms as float (NaN where the value is not a time); plain numbers are in
     `numbers_in` units (pandas' default ns; the freqtrade JSON layouts have ms)."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         s = pd.to_datetime(values, unit=numbers_in, utc=True, errors="coerce")
     else:
@@ -265,6 +268,8 @@ def _to_ms(values: pd.Series, numbers_in: str = "ns") -> np.ndarray:
 
 def _numbers(df: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series]:
     """The columns as floats, and per row the first problem (None where all are numbers)."""
+    import pandas as pd
+
     out = pd.DataFrame(index=df.index)
     error = pd.Series([None] * len(df), index=df.index, dtype=object)
     for c in columns:
@@ -305,6 +310,8 @@ def _errors(df: pd.DataFrame) -> list[str | None]:
 def _avail(ts_ms: np.ndarray, good: np.ndarray, last: int) -> np.ndarray:
     """Availability per row: its own for good rows; a bad row comes with the previous
     good one (`last` before the first)."""
+    import pandas as pd
+
     avail = pd.Series(np.where(good, ts_ms, np.nan)).ffill().fillna(last)
     return avail.to_numpy().astype("int64")
 
@@ -328,6 +335,8 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 def _candles_frame(spec: FileSpec) -> pd.DataFrame:
     """ts_ms (open), open..volume (base units), row, error; sorted by time."""
+    import pandas as pd
+
     suffix = _suffix(spec.path)
     if suffix == ".feather":
         df = pd.read_feather(spec.path)
@@ -388,6 +397,8 @@ def candle_blocks(spec: FileSpec) -> Iterator[RowBlock]:
 
 def _trades_frame(spec: FileSpec) -> pd.DataFrame:
     """ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error; sorted by time."""
+    import pandas as pd
+
     if _suffix(spec.path) == ".jsonl.gz":
         df = _ws_capture_trades(spec.path)
         if spec.venue is not None:
@@ -401,6 +412,8 @@ def _trades_frame(spec: FileSpec) -> pd.DataFrame:
 def _trades_table(df: pd.DataFrame, spec: FileSpec, first_row: int) -> pd.DataFrame:
     """Rows of a nautilus-layout table (data row `first_row` first) in file order:
     ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error."""
+    import pandas as pd
+
     df = df.reset_index(drop=True)
     nums, error = _numbers(df, ("price", "quantity"))
     ts = _to_ms(df["timestamp"])
@@ -443,6 +456,11 @@ def _ws_capture_trades(path: Path) -> pd.DataFrame:
     """Trades from a raw WebSocket capture, through the live feed's own parsers (Hyperliquid
     `trades`, Binance `aggTrade` or `trade`); a frame the live feed would dead-letter is a
     bad row with its line number."""
+    import pandas as pd
+
+    from marketdata.live.capture import capture_frames  # aiohttp: 0.1 s to import
+    from marketdata.live.frames import FrameError
+
     rows: list[dict[str, Any]] = []
     for n, _, items in capture_frames(path):
         if isinstance(items, FrameError):
@@ -487,6 +505,8 @@ def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
     """A parquet trade file already in time order (the usual case), read BLOCK_ROWS rows
     at a time: memory stays flat whatever the file's size. None: it needs sorting (or has
     rows without a time, which go first), so it must be read whole."""
+    import pyarrow.parquet as pq
+
     pf = pq.ParquetFile(spec.path)
     ts = _to_ms(pf.read(columns=["timestamp"]).column(0).to_pandas())
     if np.isnan(ts).any() or (np.diff(ts) < 0).any():
@@ -508,10 +528,12 @@ def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
     return blocks()
 
 
-MAKER_TEXTS = pa.array(["True", "False", "true", "false"])
+MAKER_TEXTS = ("True", "False", "true", "false")  # an Arrow array on use: pa.array imports pandas
 
 
 def _is_text(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
@@ -521,6 +543,9 @@ def _plain_trade_block(
     """A chunk whose columns hold only ordinary values (float prices and sizes without
     NaN, integer or text ids, true/false makers, no nulls; every time valid), straight
     from Arrow without pandas. None: `_trades_table` reads it and names each bad row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     tid, price, qty, maker = (
         batch.column(c) for c in ("trade_id", "price", "quantity", "buyer_maker")
     )
@@ -535,7 +560,7 @@ def _plain_trade_block(
         return None
     if pa.types.is_boolean(maker.type):
         sells = maker.to_numpy(zero_copy_only=False)
-    elif _is_text(maker.type) and pc.all(pc.is_in(maker, MAKER_TEXTS)).as_py():
+    elif _is_text(maker.type) and pc.all(pc.is_in(maker, pa.array(MAKER_TEXTS))).as_py():
         sells = pc.equal(pc.utf8_lower(maker), "true").to_numpy(zero_copy_only=False)
     else:
         return None
@@ -568,6 +593,8 @@ def trade_blocks(spec: FileSpec) -> Iterator[RowBlock]:
 
 def _funding_frame(spec: FileSpec) -> pd.DataFrame:
     """ts_ms, rate, row, error; sorted by time. freqtrade JSON or feather (`open` = rate)."""
+    import pandas as pd
+
     if _suffix(spec.path) == ".feather":
         df = pd.read_feather(spec.path)
         time_col, rate_col = "date", "open"

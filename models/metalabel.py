@@ -33,7 +33,7 @@ class MetaLabelModel:
 
     @cached_property
     def _fast(self) -> FastEnsemble:
-        return FastEnsemble(self._model)
+        return FastEnsemble.of(self._model)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"primary": self.primary, "secondary": self.secondary}

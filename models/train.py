@@ -17,7 +17,8 @@ and scored on the same test rows.
 Model (models/ensemble.py): L2 logistic regression and gradient boosting, stacked by a
 logistic meta-classifier, calibrated with isotonic or Platt (chosen on validation inside
 each fit), plus a Bayesian-model-averaging combination. The shipped model is fit on all
-rows. Writes model.pkl, manifest.json, card.md and calibration.png to a new directory,
+rows. Writes model.pkl (the estimators), fast.npz (the arrays the flow predicts from),
+manifest.json, card.md and calibration.png to a new directory,
 `out/models/<model_id>` (run the flow on it with ENSEMBLE_MODEL_DIR), or to `--out`. A
 directory that already holds an artifact, the shipped one included, is replaced only
 with `--overwrite`.
@@ -55,7 +56,7 @@ from models.evaluation import (
     threshold_table,
 )
 from operators.features import FEATURES
-from operators.predict import DEFAULT_ARTIFACT, sha256_file
+from operators.predict import DEFAULT_ARTIFACT, FastEnsemble, sha256_file, write_fast
 
 NEW_ARTIFACTS = Path("out/models")  # where `make train` puts a new artifact (not committed)
 
@@ -339,6 +340,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, Any]:
     with open(model_path, "wb") as f:
         pickle.dump(final.bundle, f, protocol=5)
     model_sha = sha256_file(model_path)
+    fast_sha = write_fast(cfg.out, FastEnsemble.of(final.model), FEATURES)
     method = final.info["calibration_method"]
     manifest = {
         "model_id": f"stack-{method}-h{cfg.horizon_bars}-{model_sha[:12]}",
@@ -391,6 +393,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, Any]:
         },
         "metrics": metrics,
         "model_sha256": model_sha,
+        "fast_sha256": fast_sha,
     }
     (cfg.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -1,17 +1,24 @@
 """The model at run time: load a trained artifact, refuse a wrong one, predict one bar.
 
 An artifact is a directory with `model.pkl` (a dict of fitted scikit-learn estimators,
-format BUNDLE_FORMAT) and `manifest.json` (feature names in order, horizon, training
-span and data, library versions, metrics, and the sha256 of model.pkl). The loader
-refuses, with a message saying what to do, an artifact whose checksum, feature list,
-scikit-learn version or bundle format does not match this code. The model is loaded once
-per worker, never kept in dataflow state.
+format BUNDLE_FORMAT), `fast.npz` (the numbers the one-row numpy path reads, format
+FAST_FORMAT) and `manifest.json` (feature names in order, horizon, training span and
+data, library versions, metrics, and the sha256 of both files). The loader refuses, with
+a message saying what to do, an artifact whose checksums, feature list or file formats do
+not match this code. The model is loaded once per worker, never kept in dataflow state.
 
-The sha256 in the manifest proves integrity, not authenticity (both files sit in the same
-directory), so `model.pkl` is read by `SafeUnpickler`: it may build only the numpy and
-scikit-learn types listed in `MODEL_GLOBALS`, so a crafted pickle cannot call `os.system`
-or anything else. A retrained model that needs another type fails to load with a message
-naming it; add it to `MODEL_GLOBALS` after checking it is a plain estimator class.
+The flow reads only `fast.npz`: plain arrays read with `np.load(allow_pickle=False)`, so
+no code can run on load, and neither scikit-learn nor scipy is imported (0.6 s of
+start-up). `model.pkl` is read when the estimators are asked for (`ModelRuntime.model`:
+training, evaluation, tests), or to predict with an artifact that has no `fast.npz` (the
+research rules of models/baselines.py and models/metalabel.py have no numpy twin to
+save). Then the installed scikit-learn must be the one the model was trained with, and
+`SafeUnpickler` reads the file: the sha256 in the manifest proves integrity, not
+authenticity (both files sit in the same directory), so it may build only the numpy and
+scikit-learn types listed in `MODEL_GLOBALS`, and a crafted pickle cannot call
+`os.system` or anything else. A retrained model that needs another type fails to load
+with a message naming it; add it to `MODEL_GLOBALS` after checking it is a plain
+estimator class. `python -m models.fast DIR` adds `fast.npz` to an older artifact.
 
 The model (built by models/train.py): base learners (an L2 logistic regression and a
 gradient-boosted tree ensemble) each give P(up); a logistic meta-classifier stacks their
@@ -22,27 +29,32 @@ averaging) of the separately calibrated base learners and a no-skill base-rate m
 `StackedEnsemble` evaluates this with scikit-learn, vectorised over rows (training and
 tests use it); `FastEnsemble` does the same arithmetic for one row with plain numpy,
 because scikit-learn spends about a millisecond validating each call. Their parity is
-tested to 1e-12.
+tested to 1e-12; `FastEnsemble.of` (from the estimators) and `read_fast` (from
+`fast.npz`) hold the same arrays, so their predictions are bit-identical (tested).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 
 from operators.features import FEATURE_SETS, FEATURES
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 BUNDLE_FORMAT = "ensemble-stack/1"
+FAST_FILE = "fast.npz"
+FAST_FORMAT = "ensemble-fast/1"
 LOGIT_EPS = 1e-6  # base probabilities are clipped to [eps, 1-eps] before the logit
 
 
@@ -176,7 +188,19 @@ class StackedEnsemble:
 
 
 class _FastLogReg:
-    def __init__(self, est: Any) -> None:
+    """A fitted StandardScaler + binary LogisticRegression pipeline."""
+
+    KIND = "logreg"
+    FIELDS = ("mean", "scale", "coef", "intercept")
+
+    def __init__(
+        self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float
+    ) -> None:
+        self.mean, self.scale, self.coef = mean, scale, coef
+        self.intercept = float(intercept)
+
+    @classmethod
+    def of(cls, est: Any) -> _FastLogReg:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import StandardScaler
@@ -191,9 +215,12 @@ class _FastLogReg:
             raise TypeError("not a StandardScaler + binary LogisticRegression pipeline")
         sc, lr = steps[0][1], steps[1][1]
         n = lr.coef_.shape[1]
-        self.mean = sc.mean_ if sc.with_mean else np.zeros(n)
-        self.scale = sc.scale_ if sc.with_std else np.ones(n)
-        self.coef, self.intercept = lr.coef_[0], float(lr.intercept_[0])
+        return cls(
+            sc.mean_ if sc.with_mean else np.zeros(n),
+            sc.scale_ if sc.with_std else np.ones(n),
+            lr.coef_[0],
+            lr.intercept_[0],
+        )
 
     def __call__(self, x: np.ndarray) -> float:
         return _expit(float(((x - self.mean) / self.scale) @ self.coef) + self.intercept)
@@ -202,7 +229,37 @@ class _FastLogReg:
 class _FastTrees:
     """A fitted binary HistGradientBoostingClassifier, every tree walked at once."""
 
-    def __init__(self, est: Any) -> None:
+    KIND = "trees"
+    FIELDS = (
+        "roots",
+        "feature",
+        "threshold",
+        "nan_left",
+        "left",
+        "right",
+        "value",
+        "depth",
+        "baseline",
+    )
+
+    def __init__(
+        self,
+        roots: np.ndarray,
+        feature: np.ndarray,
+        threshold: np.ndarray,
+        nan_left: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        value: np.ndarray,
+        depth: int,
+        baseline: float,
+    ) -> None:
+        self.roots, self.feature, self.threshold = roots, feature, threshold
+        self.nan_left, self.left, self.right, self.value = nan_left, left, right, value
+        self.depth, self.baseline = int(depth), float(baseline)
+
+    @classmethod
+    def of(cls, est: Any) -> _FastTrees:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         if not (
@@ -216,18 +273,20 @@ class _FastTrees:
         offsets = np.cumsum([0] + [len(n) for n in nodes[:-1]])
         allnodes = np.concatenate(nodes)
         rep = np.repeat(offsets, [len(n) for n in nodes])
-        self.roots = offsets.astype(np.intp)
-        self.feature = allnodes["feature_idx"].astype(np.intp)
-        self.threshold = allnodes["num_threshold"].astype(float)
-        self.nan_left = allnodes["missing_go_to_left"].astype(bool)
         is_leaf = allnodes["is_leaf"].astype(bool)
         own = np.arange(len(allnodes), dtype=np.intp)
         # a leaf leads to itself: every tree is walked `depth` steps, no test for leaves
-        self.left = np.where(is_leaf, own, allnodes["left"] + rep).astype(np.intp)
-        self.right = np.where(is_leaf, own, allnodes["right"] + rep).astype(np.intp)
-        self.value = allnodes["value"].astype(float)
-        self.depth = int(allnodes["depth"].max())
-        self.baseline = float(np.asarray(est._baseline_prediction).ravel()[0])
+        return cls(
+            roots=offsets.astype(np.intp),
+            feature=allnodes["feature_idx"].astype(np.intp),
+            threshold=allnodes["num_threshold"].astype(float),
+            nan_left=allnodes["missing_go_to_left"].astype(bool),
+            left=np.where(is_leaf, own, allnodes["left"] + rep).astype(np.intp),
+            right=np.where(is_leaf, own, allnodes["right"] + rep).astype(np.intp),
+            value=allnodes["value"].astype(float),
+            depth=int(allnodes["depth"].max()),
+            baseline=float(np.asarray(est._baseline_prediction).ravel()[0]),
+        )
 
     def __call__(self, x: np.ndarray) -> float:
         idx = self.roots
@@ -241,52 +300,175 @@ class _FastTrees:
         return _expit(self.baseline + float(self.value[idx].sum()))
 
 
-class _FastCalibrator:
-    def __init__(self, method: str, model: Any) -> None:
-        self.method = method
-        if method == "isotonic":
-            if model.out_of_bounds != "clip":
-                raise TypeError("isotonic calibrator must clip out-of-range scores")
-            self.lo, self.hi = float(model.X_min_), float(model.X_max_)
-            self.xs, self.ys = model.X_thresholds_, model.y_thresholds_
-        elif method == "sigmoid":
-            self.a, self.b = float(model.coef_[0, 0]), float(model.intercept_[0])
-        else:
-            raise TypeError(f"unknown calibration method {method!r}")
+class _FastIsotonic:
+    """A fitted IsotonicRegression that clips scores outside its range."""
+
+    METHOD = "isotonic"
+    FIELDS = ("lo", "hi", "xs", "ys")
+
+    def __init__(self, lo: float, hi: float, xs: np.ndarray, ys: np.ndarray) -> None:
+        self.lo, self.hi, self.xs, self.ys = float(lo), float(hi), xs, ys
+
+    @classmethod
+    def of(cls, model: Any) -> _FastIsotonic:
+        if model.out_of_bounds != "clip":
+            raise TypeError("isotonic calibrator must clip out-of-range scores")
+        return cls(model.X_min_, model.X_max_, model.X_thresholds_, model.y_thresholds_)
 
     def __call__(self, score: float) -> float:
-        if self.method == "isotonic":
-            return float(np.interp(min(max(score, self.lo), self.hi), self.xs, self.ys))
+        return float(np.interp(min(max(score, self.lo), self.hi), self.xs, self.ys))
+
+
+class _FastPlatt:
+    """A fitted Platt scaling: a logistic regression on the score."""
+
+    METHOD = "sigmoid"
+    FIELDS = ("a", "b")
+
+    def __init__(self, a: float, b: float) -> None:
+        self.a, self.b = float(a), float(b)
+
+    @classmethod
+    def of(cls, model: Any) -> _FastPlatt:
+        return cls(model.coef_[0, 0], model.intercept_[0])
+
+    def __call__(self, score: float) -> float:
         return _expit(self.a * score + self.b)
+
+
+_FAST_BASES = {c.KIND: c for c in (_FastLogReg, _FastTrees)}
+_FAST_BASE_OF = {"LogisticRegression": _FastLogReg, "HistGradientBoostingClassifier": _FastTrees}
+_FAST_CALIBRATORS = {c.METHOD: c for c in (_FastIsotonic, _FastPlatt)}
+_FastCalibrator = _FastIsotonic | _FastPlatt
+
+
+def _fast_calibrator(method: str, model: Any) -> _FastCalibrator:
+    maker = _FAST_CALIBRATORS.get(method)
+    if maker is None:
+        raise TypeError(f"unknown calibration method {method!r}")
+    return maker.of(model)
+
+
+def _fields(part: Any, prefix: str) -> dict[str, np.ndarray]:
+    return {prefix + name: np.asarray(getattr(part, name)) for name in part.FIELDS}
+
+
+def _unfields(maker: Any, arrays: Mapping[str, np.ndarray], prefix: str) -> Any:
+    return maker(*(arrays[prefix + name] for name in maker.FIELDS))
 
 
 class FastEnsemble:
     """`StackedEnsemble.predict_proba` for one row, in plain numpy (parity tested)."""
 
-    def __init__(self, model: StackedEnsemble) -> None:
-        fast = {"LogisticRegression": _FastLogReg, "HistGradientBoostingClassifier": _FastTrees}
-        self.bases = []
+    def __init__(
+        self,
+        bases: list[Any],
+        meta_coef: np.ndarray,
+        meta_intercept: float,
+        calibrator: _FastCalibrator,
+        members: list[_FastCalibrator],
+        weights: np.ndarray,
+        null_term: float,
+    ) -> None:
+        self.bases = bases
+        self.meta_coef, self.meta_intercept = meta_coef, float(meta_intercept)
+        self.calibrator, self.members = calibrator, members
+        self.weights, self.null_term = weights, float(null_term)
+
+    @classmethod
+    def of(cls, model: StackedEnsemble) -> FastEnsemble:
+        """The numpy twin of fitted estimators; TypeError for one that has none."""
+        bases = []
         for _, est in model.bases:
             last = est.steps[-1][1] if hasattr(est, "steps") else est
-            maker = fast.get(type(last).__name__)
+            maker = _FAST_BASE_OF.get(type(last).__name__)
             if maker is not None:
-                self.bases.append(maker(est))
+                bases.append(maker.of(est))
             elif callable(getattr(est, "predict_one", None)):  # research rules bring their own
-                self.bases.append(est.predict_one)
+                bases.append(est.predict_one)
             else:
                 raise TypeError(f"no fast path for {type(last).__name__}")
-        self.meta_coef = model.meta.coef_[0].astype(float)
-        self.meta_intercept = float(model.meta.intercept_[0])
-        self.calibrator = _FastCalibrator(model.method, model.calibrator)
-        self.members = [_FastCalibrator(m, cal) for _, m, cal in model.bma_members]
-        self.weights = model.bma_weights
-        self.null_term = model.null_weight * model.null_p
+        return cls(
+            bases,
+            model.meta.coef_[0].astype(float),
+            model.meta.intercept_[0],
+            _fast_calibrator(model.method, model.calibrator),
+            [_fast_calibrator(m, cal) for _, m, cal in model.bma_members],
+            model.bma_weights,
+            model.null_weight * model.null_p,
+        )
 
     def predict(self, x: np.ndarray) -> tuple[float, float]:
         z = [_logit1(f(x)) for f in self.bases]
         score = float(np.dot(self.meta_coef, z)) + self.meta_intercept
         bma = math.fsum(w * m(zi) for w, m, zi in zip(self.weights, self.members, z, strict=True))
         return self.calibrator(score), bma + self.null_term
+
+    def arrays(self, features: Sequence[str]) -> dict[str, np.ndarray]:
+        """Everything `predict` reads, as named arrays (`fast.npz`), with a `spec` saying
+        how they fit together; TypeError if a base learner is code, not numbers."""
+        for f in self.bases:
+            if not isinstance(f, tuple(_FAST_BASES.values())):
+                raise TypeError(f"base learner {f!r} has no numpy twin to save")
+        spec = {
+            "format": FAST_FORMAT,
+            "features": list(features),
+            "bases": [f.KIND for f in self.bases],
+            "calibration": self.calibrator.METHOD,
+            "members": [m.METHOD for m in self.members],
+        }
+        out = {"spec": np.array(json.dumps(spec))}
+        for i, f in enumerate(self.bases):
+            out |= _fields(f, f"base{i}.")
+        out |= _fields(self.calibrator, "calibration.")
+        for i, m in enumerate(self.members):
+            out |= _fields(m, f"member{i}.")
+        out |= {
+            "meta_coef": self.meta_coef,
+            "meta_intercept": np.asarray(self.meta_intercept),
+            "weights": np.asarray(self.weights),
+            "null_term": np.asarray(self.null_term),
+        }
+        return out
+
+    @classmethod
+    def from_arrays(cls, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> FastEnsemble:
+        """The twin `arrays` describes; KeyError or ValueError if they do not fit together."""
+        methods = (spec["calibration"], *spec["members"])
+        unknown = [k for k in spec["bases"] if k not in _FAST_BASES]
+        unknown += [m for m in methods if m not in _FAST_CALIBRATORS]
+        if unknown:
+            raise ValueError(f"unknown base learners or calibrations {unknown}")
+        return cls(
+            [_unfields(_FAST_BASES[k], arrays, f"base{i}.") for i, k in enumerate(spec["bases"])],
+            arrays["meta_coef"],
+            arrays["meta_intercept"],
+            _unfields(_FAST_CALIBRATORS[spec["calibration"]], arrays, "calibration."),
+            [
+                _unfields(_FAST_CALIBRATORS[m], arrays, f"member{i}.")
+                for i, m in enumerate(spec["members"])
+            ],
+            arrays["weights"],
+            arrays["null_term"],
+        )
+
+
+def fast_bytes(fast: FastEnsemble, features: Sequence[str]) -> bytes:
+    """`fast.npz`: the twin's arrays as .npy entries of a zip, the same bytes for the same
+    model (fixed entry times, unlike np.savez), so its sha256 names the model."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, arr in sorted(fast.arrays(features).items()):
+            with z.open(zipfile.ZipInfo(f"{name}.npy", (1980, 1, 1, 0, 0, 0)), "w") as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_fast(artifact_dir: Path, fast: FastEnsemble, features: Sequence[str]) -> str:
+    """Write `fast.npz` into the artifact; returns its sha256 (the manifest's fast_sha256)."""
+    data = fast_bytes(fast, features)
+    (Path(artifact_dir) / FAST_FILE).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _logit1(p: float) -> float:
@@ -301,7 +483,10 @@ class Prediction:
 
 
 class ModelRuntime:
-    def __init__(self, artifact_dir: Path) -> None:
+    """A checked artifact, ready to predict. `use_fast_file=False` reads model.pkl even
+    when the artifact has fast.npz (the parity tests load an artifact both ways)."""
+
+    def __init__(self, artifact_dir: Path, use_fast_file: bool = True) -> None:
         self.dir = Path(artifact_dir)
         manifest_path = self.dir / "manifest.json"
         model_path = self.dir / "model.pkl"
@@ -332,6 +517,80 @@ class ModelRuntime:
                 "retrain the model with `python -m models.train`"
             )
         self.features: tuple[str, ...] = tuple(features)
+        self.model_id: str = self.manifest["model_id"]
+        self.horizon_bars: int = int(self.manifest["horizon_bars"])
+        self._model: StackedEnsemble | None = None
+        self.fast: FastEnsemble | None
+        if use_fast_file and self._has_fast_file():
+            self.fast = self._read_fast()
+            return
+        try:
+            self.fast = FastEnsemble.of(self.model)
+        except TypeError:  # an estimator without a numpy twin: use scikit-learn
+            self.fast = None
+
+    @property
+    def model(self) -> StackedEnsemble:
+        """The scikit-learn estimators, read from model.pkl on first use."""
+        if self._model is None:
+            self._model = self._read_pickle()
+        return self._model
+
+    def _has_fast_file(self) -> bool:
+        path = self.dir / FAST_FILE
+        if "fast_sha256" not in self.manifest and path.exists():
+            raise ArtifactError(
+                f"{path} is not in its manifest (no fast_sha256): it belongs to another "
+                f"artifact or was not finished; rerun `python -m models.fast {self.dir}`"
+            )
+        return "fast_sha256" in self.manifest
+
+    def _read_fast(self) -> FastEnsemble:
+        path = self.dir / FAST_FILE
+        redo = f"rerun `python -m models.fast {self.dir}` or retrain"
+        try:
+            data = path.read_bytes()  # checked and parsed from the same bytes
+        except OSError as e:
+            raise ArtifactError(
+                f"{path} is listed in the manifest but cannot be read ({e.strerror}); {redo}"
+            ) from None
+        want, got = self.manifest["fast_sha256"], hashlib.sha256(data).hexdigest()
+        if want != got:
+            raise ArtifactError(
+                f"{path} has sha256 {got} but its manifest says {want}: the file was changed "
+                f"or belongs to another manifest; {redo}"
+            )
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {name: z[name] for name in z.files}
+            spec = json.loads(str(arrays["spec"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ArtifactError(f"{path} is not a {FAST_FORMAT} file ({e}); {redo}") from None
+        if not isinstance(spec, dict):
+            raise ArtifactError(f"{path}: its spec {spec!r:.80} is not a JSON object; {redo}")
+        if spec.get("format") != FAST_FORMAT:
+            raise ArtifactError(
+                f"{path} has format {spec.get('format')!r}, not {FAST_FORMAT!r}, the one this "
+                f"code reads; {redo}"
+            )
+        if spec.get("features") != list(self.features):
+            raise ArtifactError(
+                f"{path} was made for features {spec.get('features')}, but the manifest lists "
+                f"{list(self.features)}; {redo}"
+            )
+        try:
+            fast = FastEnsemble.from_arrays(spec, arrays)
+            fast.predict(np.zeros(len(self.features)))  # mismatched shapes fail now, not per bar
+        except KeyError as e:
+            raise ArtifactError(f"{path} lacks {e}; {redo}") from None
+        except (ValueError, TypeError, IndexError) as e:
+            raise ArtifactError(f"{path}: {e}; {redo}") from None
+        return fast
+
+    def _read_pickle(self) -> StackedEnsemble:
+        import sklearn  # only here: the flow's fast path never needs it
+
+        model_path = self.dir / "model.pkl"
         want_skl = self.manifest.get("versions", {}).get("scikit-learn")
         if want_skl != sklearn.__version__:
             raise ArtifactError(
@@ -346,13 +605,7 @@ class ModelRuntime:
                 f"{model_path} refused: {e} (operators/predict.py MODEL_GLOBALS lists what a "
                 "model may contain); retrain, or add the type there after review"
             ) from None
-        self.model = StackedEnsemble(bundle)
-        try:
-            self.fast: FastEnsemble | None = FastEnsemble(self.model)
-        except TypeError:  # an estimator without a numpy twin: use scikit-learn
-            self.fast = None
-        self.model_id: str = self.manifest["model_id"]
-        self.horizon_bars: int = int(self.manifest["horizon_bars"])
+        return StackedEnsemble(bundle)
 
     def vector(self, features: dict[str, float]) -> np.ndarray:
         """The feature dict as a row in the artifact's order; missing or non-finite raises."""

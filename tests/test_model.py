@@ -23,6 +23,7 @@ from operators.features import FEATURES
 from operators.predict import (
     BUNDLE_FORMAT,
     DEFAULT_ARTIFACT,
+    FAST_FILE,
     ArtifactError,
     ModelRuntime,
     sha256_file,
@@ -46,6 +47,15 @@ def _edit_manifest(path: Path, edit) -> None:
     (path / "manifest.json").write_text(json.dumps(m))
 
 
+@pytest.fixture
+def pickle_artifact(artifact: Path) -> Path:
+    """The shipped artifact without fast.npz: the runtime reads model.pkl (as for the
+    research rules, which have no numpy twin)."""
+    (artifact / FAST_FILE).unlink()
+    _edit_manifest(artifact, lambda m: m.pop("fast_sha256"))
+    return artifact
+
+
 def test_the_shipped_artifact_loads_and_predicts_probabilities():
     rt = ModelRuntime(DEFAULT_ARTIFACT)
     pred = rt.predict(dict.fromkeys(FEATURES, 0.0) | {"rsi_14": 50.0, "bb_pband": 0.5})
@@ -57,6 +67,7 @@ def test_the_shipped_artifact_loads_and_predicts_probabilities():
 def test_the_shipped_manifest_matches_its_model_and_this_code():
     m = json.loads((DEFAULT_ARTIFACT / "manifest.json").read_text())
     assert m["model_sha256"] == sha256_file(DEFAULT_ARTIFACT / "model.pkl")
+    assert m["fast_sha256"] == sha256_file(DEFAULT_ARTIFACT / FAST_FILE)
     assert m["features"] == list(FEATURES)
     assert (DEFAULT_ARTIFACT / "card.md").is_file()
     assert (DEFAULT_ARTIFACT / "calibration.png").is_file()
@@ -87,10 +98,20 @@ def test_a_missing_feature_is_refused(artifact):
         ModelRuntime(artifact)
 
 
-def test_another_scikit_learn_version_is_refused(artifact):
-    _edit_manifest(artifact, lambda m: m["versions"].update({"scikit-learn": "0.0.1"}))
+def test_another_scikit_learn_version_is_refused(pickle_artifact):
+    _edit_manifest(pickle_artifact, lambda m: m["versions"].update({"scikit-learn": "0.0.1"}))
     with pytest.raises(ArtifactError, match="trained with scikit-learn 0.0.1"):
-        ModelRuntime(artifact)
+        ModelRuntime(pickle_artifact)
+
+
+def test_the_fast_file_needs_no_scikit_learn_but_the_estimators_still_check_its_version(
+    artifact,
+):
+    _edit_manifest(artifact, lambda m: m["versions"].update({"scikit-learn": "0.0.1"}))
+    rt = ModelRuntime(artifact)
+    assert 0.0 < rt.predict(dict.fromkeys(FEATURES, 0.0)).p_up < 1.0
+    with pytest.raises(ArtifactError, match="trained with scikit-learn 0.0.1"):
+        rt.model  # noqa: B018 (reading the estimators is what is refused)
 
 
 def test_an_unreadable_manifest_is_refused(artifact):
@@ -99,13 +120,158 @@ def test_an_unreadable_manifest_is_refused(artifact):
         ModelRuntime(artifact)
 
 
-def test_a_bundle_of_another_format_is_refused(artifact):
-    with open(artifact / "model.pkl", "wb") as f:
+def test_a_bundle_of_another_format_is_refused(pickle_artifact):
+    with open(pickle_artifact / "model.pkl", "wb") as f:
         pickle.dump({"format": "something-else/9"}, f)
-    sha = sha256_file(artifact / "model.pkl")
-    _edit_manifest(artifact, lambda m: m.update(model_sha256=sha))
+    sha = sha256_file(pickle_artifact / "model.pkl")
+    _edit_manifest(pickle_artifact, lambda m: m.update(model_sha256=sha))
     with pytest.raises(ArtifactError, match=f"not '{BUNDLE_FORMAT}'"):
+        ModelRuntime(pickle_artifact)
+
+
+# -- the fast file ------------------------------------------------------------------------
+def _fast_arrays(artifact: Path) -> dict[str, np.ndarray]:
+    with np.load(artifact / FAST_FILE, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _rewrite_fast(artifact: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A changed fast.npz whose checksum the manifest is made to agree with."""
+    np.savez(artifact / FAST_FILE, **arrays)
+    sha = sha256_file(artifact / FAST_FILE)
+    _edit_manifest(artifact, lambda m: m.update(fast_sha256=sha))
+
+
+def _respec(artifact: Path, **changes) -> None:
+    arrays = _fast_arrays(artifact)
+    spec = json.loads(str(arrays["spec"])) | changes
+    _rewrite_fast(artifact, arrays | {"spec": np.array(json.dumps(spec))})
+
+
+def test_the_shipped_artifact_predicts_from_its_fast_file_without_reading_the_pickle():
+    rt = ModelRuntime(DEFAULT_ARTIFACT)
+    rt.predict(dict.fromkeys(FEATURES, 0.0))
+    assert rt.fast is not None and rt._model is None
+    assert rt.model.bases and rt._model is not None  # read when asked for
+
+
+def test_a_changed_fast_file_is_refused(artifact):
+    data = bytearray((artifact / FAST_FILE).read_bytes())
+    data[len(data) // 2] ^= 1  # one bit of one array
+    (artifact / FAST_FILE).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"fast.npz has sha256 .* but its manifest says"):
         ModelRuntime(artifact)
+
+
+def test_a_fast_file_listed_but_missing_is_refused(artifact):
+    (artifact / FAST_FILE).unlink()
+    with pytest.raises(ArtifactError, match=r"listed in the manifest but cannot be read"):
+        ModelRuntime(artifact)
+
+
+def test_a_fast_file_the_manifest_does_not_list_is_refused(artifact):
+    _edit_manifest(artifact, lambda m: m.pop("fast_sha256"))
+    with pytest.raises(ArtifactError, match=r"not in its manifest .*python -m models.fast"):
+        ModelRuntime(artifact)
+
+
+def test_a_fast_file_of_another_format_is_refused(artifact):
+    _respec(artifact, format="ensemble-fast/9")
+    with pytest.raises(ArtifactError, match="format 'ensemble-fast/9', not 'ensemble-fast/1'"):
+        ModelRuntime(artifact)
+
+
+def test_a_fast_file_made_for_other_features_is_refused(artifact):
+    from operators.features import FEATURES_V2
+
+    _edit_manifest(artifact, lambda m: m.update(features=list(FEATURES_V2)))  # a known set
+    with pytest.raises(ArtifactError, match="was made for features .* but the manifest lists"):
+        ModelRuntime(artifact)
+
+
+def test_a_fast_file_missing_an_array_is_refused(artifact):
+    arrays = _fast_arrays(artifact)
+    del arrays["base1.threshold"]
+    _rewrite_fast(artifact, arrays)
+    with pytest.raises(ArtifactError, match="fast.npz lacks 'base1.threshold'"):
+        ModelRuntime(artifact)
+
+
+def test_a_fast_file_whose_arrays_do_not_fit_together_is_refused(artifact):
+    arrays = _fast_arrays(artifact)
+    arrays["meta_coef"] = arrays["meta_coef"][:1]  # one weight for two base learners
+    _rewrite_fast(artifact, arrays)
+    with pytest.raises(ArtifactError, match="fast.npz: shapes .* not aligned"):
+        ModelRuntime(artifact)
+
+
+def test_a_fast_file_holding_pickled_objects_is_refused_without_unpickling(artifact):
+    arrays = _fast_arrays(artifact)
+    arrays["weights"] = np.array([{"a": 1}, None], dtype=object)  # np.savez pickles these
+    _rewrite_fast(artifact, arrays)
+    with pytest.raises(ArtifactError, match="not a ensemble-fast/1 file .*allow_pickle=False"):
+        ModelRuntime(artifact)
+
+
+def test_writing_the_fast_file_again_gives_the_same_bytes(artifact):
+    from models.fast import add_fast
+
+    before = (artifact / FAST_FILE).read_bytes()
+    (artifact / FAST_FILE).unlink()
+    _edit_manifest(artifact, lambda m: m.pop("fast_sha256"))
+    assert add_fast(artifact) == sha256_file(DEFAULT_ARTIFACT / FAST_FILE)
+    assert (artifact / FAST_FILE).read_bytes() == before
+    assert ModelRuntime(artifact).fast is not None
+
+
+def test_a_research_rule_artifact_gets_no_fast_file(tmp_path):
+    from models.baselines import RuleModel, rule_bundle
+    from models.evaluate import write_artifact
+    from models.fast import add_fast
+    from operators.features import FEATURES_V2
+
+    rule = RuleModel(0.6, FEATURES_V2.index("ret_3"), -1)
+    art = write_artifact(tmp_path / "r", rule_bundle("r", rule), FEATURES_V2, 3, "r")
+    with pytest.raises(SystemExit, match="no numpy twin .* keeps predicting through model.pkl"):
+        add_fast(art)
+    assert not (art / FAST_FILE).exists()
+    assert ModelRuntime(art).predict(dict.fromkeys(FEATURES_V2, 0.0)).p_up == pytest.approx(0.4)
+
+
+def _same_both_ways(rows: list[dict[str, float]]) -> None:
+    """fast.npz and model.pkl give the very same floats (==, not a tolerance)."""
+    from_file = ModelRuntime(DEFAULT_ARTIFACT)
+    from_pickle = ModelRuntime(DEFAULT_ARTIFACT, use_fast_file=False)
+    assert from_file._model is None and from_pickle._model is not None
+    differ = [
+        (row, a, b)
+        for row in rows
+        for a, b in [(from_file.predict(row), from_pickle.predict(row))]
+        if not (a.p_up == b.p_up and a.p_up_bma == b.p_up_bma)
+    ]
+    assert not differ, f"{len(differ)} of {len(rows)} rows differ, first {differ[0]}"
+    assert from_file._model is None, "the fast runtime read model.pkl"
+
+
+def test_the_fast_file_predicts_bit_identically_to_the_pickle_on_random_rows():
+    x = _feature_rows(20_000, seed=11)
+    _same_both_ways([dict(zip(FEATURES, row, strict=True)) for row in x])
+
+
+@pytest.mark.realdata
+def test_the_fast_file_predicts_bit_identically_to_the_pickle_on_real_features():
+    import itertools
+
+    from marketdata.files import FileSpec, file_records
+    from models.dataset import contexts
+
+    rows = []
+    for name in ("binance_spot_BTC_USDT_2024-07-26_2024-08-25_1m.feather", PERP_5M):
+        spec = FileSpec.parse(f"candles:{shared_file(name)}")
+        ctxs = contexts(file_records([spec]), frozenset({spec.symbol}))
+        rows += [c.features for c in itertools.islice(ctxs, 3000) if c.features is not None]
+    assert len(rows) > 5000
+    _same_both_ways(rows)
 
 
 def test_a_missing_or_non_finite_feature_is_an_error_naming_it():
@@ -143,7 +309,7 @@ def test_each_base_learner_fast_path_equals_its_predict_proba():
     from operators.predict import FastEnsemble
 
     rt = ModelRuntime(DEFAULT_ARTIFACT)
-    fast = FastEnsemble(rt.model)
+    fast = FastEnsemble.of(rt.model)
     x = _feature_rows(1000, seed=4)
     x[::7, 2] = np.nan  # gradient boosting routes missing values; the numpy walk must too
     for (_, est), f in zip(rt.model.bases[1:], fast.bases[1:], strict=True):
@@ -230,6 +396,7 @@ def test_training_twice_with_the_same_seed_gives_the_same_metrics_and_features(t
     assert a["features"] == b["features"] == list(FEATURES)
     _same(a["metrics"], b["metrics"])
     _same(a["model"], b["model"], "model")
+    assert a["fast_sha256"] == b["fast_sha256"]
     ra, rb = ModelRuntime(out_a), ModelRuntime(out_b)
     x = _feature_rows(200, seed=9)
     for row in x:
@@ -242,6 +409,10 @@ def test_training_writes_a_loadable_artifact_with_manifest_and_card(trained_twic
     rt = ModelRuntime(out)
     assert rt.model_id == m["model_id"] and rt.horizon_bars == 3
     assert m["model_sha256"] == sha256_file(out / "model.pkl")
+    assert m["fast_sha256"] == sha256_file(out / FAST_FILE) and rt._model is None
+    from_pickle = ModelRuntime(out, use_fast_file=False)
+    for row in _feature_rows(500, seed=10):
+        assert rt.fast.predict(row) == from_pickle.fast.predict(row)
     assert m["data"][0]["sha256"] == sha256_file(shared_file(PERP_5M))
     assert m["data"][0]["feature_parity_max_abs"] <= 1e-9
     for key in ("training_span_ms", "horizon_bars", "dead_zone_bps", "versions", "metrics"):

@@ -8,7 +8,13 @@ import shutil
 
 import pytest
 
-from operators.predict import DEFAULT_ARTIFACT, ArtifactError, ModelRuntime, sha256_file
+from operators.predict import (
+    DEFAULT_ARTIFACT,
+    FAST_FILE,
+    ArtifactError,
+    ModelRuntime,
+    sha256_file,
+)
 
 
 class _Exploit:
@@ -25,7 +31,8 @@ def test_the_shipped_model_loads():
     assert ModelRuntime(DEFAULT_ARTIFACT).model_id
 
 
-def test_a_pickle_that_runs_code_is_refused_even_with_a_matching_checksum(tmp_path):
+@pytest.mark.parametrize("fast_file", [False, True], ids=["pickle-only", "with-fast-file"])
+def test_a_pickle_that_runs_code_is_refused_even_with_a_matching_checksum(tmp_path, fast_file):
     art = tmp_path / "artifact"
     shutil.copytree(DEFAULT_ARTIFACT, art)
     marker = tmp_path / "code-ran"
@@ -34,7 +41,10 @@ def test_a_pickle_that_runs_code_is_refused_even_with_a_matching_checksum(tmp_pa
     (art / "model.pkl").write_bytes(pickle.dumps(bundle, protocol=5))
     manifest = json.loads((art / "manifest.json").read_text())
     manifest["model_sha256"] = sha256_file(art / "model.pkl")  # the attacker fixes the checksum
+    if not fast_file:
+        (art / FAST_FILE).unlink()
+        del manifest["fast_sha256"]
     (art / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"io\.open is not an allowed model type"):
-        ModelRuntime(art)
+        ModelRuntime(art).model  # noqa: B018 (with fast.npz, model.pkl is read when asked for)
     assert not marker.exists(), "unpickling ran the attacker's code"
