@@ -487,3 +487,53 @@ def test_a_resumed_file_source_continues_at_the_next_record_inside_a_block(tmp_p
         resumed = MarketSource(settings).build_part("input", name, consumed)
         assert records(drain(resumed)) == everything[consumed:]
         assert resumed.snapshot() == len(everything)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC", "Asia/Tokyo"])
+def test_parquet_times_read_without_pandas_are_the_general_readers(unit: str, tz: str | None):
+    """Arrow timestamps to epoch ms as `_to_ms` makes them through pandas: the same float
+    arithmetic (so the same ms at a millisecond's last nanoseconds), before 1970 too; a
+    null or a time nanoseconds cannot hold is left to `_to_ms`."""
+    import pyarrow as pa
+
+    from marketdata.files import _arrow_times_ms, _to_ms
+
+    rng = np.random.default_rng(4)
+    ns = np.concatenate(
+        [
+            rng.integers(-(10**18), 4 * 10**18, 5_000),
+            1_700_000_000_123 * 10**6 + np.array([0, 1, 999_743, 999_999, 999_999_999]),
+            [-1, 0, 1, -(10**6) - 1],
+        ]
+    )
+    per = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit]
+    column = pa.chunked_array([pa.array(ns // per, pa.timestamp(unit, tz))])
+    got = _arrow_times_ms(column)
+    assert got is not None
+    np.testing.assert_array_equal(got, _to_ms(column.to_pandas()))
+    assert _arrow_times_ms(pa.chunked_array([pa.array([1, None], pa.timestamp(unit))])) is None
+    assert _arrow_times_ms(pa.chunked_array([pa.array([10**18], pa.int64())])) is None
+    if unit != "ns":  # the year 300,000: pandas calls it no time
+        far = pa.chunked_array([pa.array([10**19 // per], pa.timestamp(unit))])
+        assert _arrow_times_ms(far) is None and np.isnan(_to_ms(far.to_pandas())).all()
+
+
+def test_arrow_columns_read_from_their_buffers_are_pyarrows_numpy():
+    import pyarrow as pa
+
+    from marketdata.files import _numpy
+
+    rng = np.random.default_rng(5)
+    for arr in (
+        pa.array(rng.normal(size=100)),
+        pa.array(rng.normal(size=100).astype(np.float32)),
+        pa.array(rng.integers(-(10**12), 10**12, 100)),
+        pa.array(rng.integers(0, 100, 100).astype(np.int32)),
+        pa.array(rng.random(100) < 0.5),
+        pa.array(rng.integers(0, 10**15, 100), pa.timestamp("ms", "UTC")).cast(pa.int64()),
+    ):
+        for a in (arr, arr.slice(3), arr.slice(13, 50)):
+            want = a.to_numpy(zero_copy_only=False)
+            got = _numpy(a)
+            assert got.dtype == want.dtype and np.array_equal(got, want)

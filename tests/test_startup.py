@@ -61,3 +61,33 @@ def test_the_flow_on_its_embedded_input_imports_no_file_reader_kafka_python_or_m
     the live feed, scikit-learn for model.pkl: a run on the generator needs none of them."""
     heavy = ("sklearn", "scipy", "pandas", "pyarrow", "kafka", "aiohttp")
     assert _loaded_after("import dataflows.ensemble", heavy, {"ENSEMBLE_OUT": str(tmp_path)}) == []
+
+
+def test_a_run_over_a_plain_parquet_trade_file_imports_no_pandas(tmp_path):
+    """The usual input (a parquet trade file in time order) is read straight from Arrow:
+    pandas (0.3 s) is for files that need sorting or have bad rows."""
+    import pandas as pd
+
+    n = 3_000
+    pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(1_704_067_200_000 + 97 * pd.RangeIndex(n), unit="ms"),
+            "trade_id": pd.RangeIndex(n),
+            "price": 42_000.0 + (pd.RangeIndex(n) % 7),
+            "quantity": 0.01 + (pd.RangeIndex(n) % 5) / 100,
+            "buyer_maker": pd.RangeIndex(n) % 3 == 0,
+        }
+    ).to_parquet(tmp_path / "t.parquet")
+    code = (
+        "from bytewax.run import cli_main\n"
+        "import dataflows.ensemble as ens\n"
+        "cli_main(ens.flow, workers_per_process=1)\n"
+        "import json\n"
+        f"bars = open({str(tmp_path / 'out' / 'bars.jsonl')!r}).read().splitlines()\n"
+        "assert sum(json.loads(b)['count'] for b in bars if '\"5m\"' in b) == 3_000, bars\n"
+    )
+    env = {
+        "ENSEMBLE_INPUT": f"trades:{tmp_path / 't.parquet'}",
+        "ENSEMBLE_OUT": str(tmp_path / "out"),
+    }
+    assert _loaded_after(code, ("pandas", "sklearn", "scipy"), env) == []
