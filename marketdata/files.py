@@ -547,7 +547,7 @@ def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
     return blocks()
 
 
-MAKER_TEXTS = ("True", "False", "true", "false")
+MAKER_PATTERN = "^(True|False|true|false)$"  # the buyer-maker texts a plain block may hold
 
 
 def _numpy(a: pa.Array) -> np.ndarray:
@@ -594,11 +594,10 @@ def _plain_trade_block(
         return None
     if pa.types.is_boolean(maker.type):
         sells = _numpy(maker)
-    elif _is_text(maker.type):
-        known = [pc.equal(maker, text) for text in MAKER_TEXTS]
-        if not pc.all(pc.or_(pc.or_(known[0], known[1]), pc.or_(known[2], known[3]))).as_py():
+    elif _is_text(maker.type):  # a pattern, not a Python value: pa.scalar imports pandas
+        if not pc.all(pc.match_substring_regex(maker, MAKER_PATTERN)).as_py():
             return None
-        sells = _numpy(pc.or_(known[0], known[2]))  # "True" or "true"
+        sells = _numpy(pc.match_substring_regex(maker, "^[Tt]rue$"))
     else:
         return None
     n = batch.num_rows

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -63,7 +65,8 @@ def test_the_flow_on_its_embedded_input_imports_no_file_reader_kafka_python_or_m
     assert _loaded_after("import dataflows.ensemble", heavy, {"ENSEMBLE_OUT": str(tmp_path)}) == []
 
 
-def test_a_run_over_a_plain_parquet_trade_file_imports_no_pandas(tmp_path):
+@pytest.mark.parametrize("maker", ["bool", "text"])
+def test_a_run_over_a_plain_parquet_trade_file_imports_no_pandas(tmp_path, maker):
     """The usual input (a parquet trade file in time order) is read straight from Arrow:
     pandas (0.3 s) is for files that need sorting or have bad rows."""
     import pandas as pd
@@ -75,7 +78,9 @@ def test_a_run_over_a_plain_parquet_trade_file_imports_no_pandas(tmp_path):
             "trade_id": pd.RangeIndex(n),
             "price": 42_000.0 + (pd.RangeIndex(n) % 7),
             "quantity": 0.01 + (pd.RangeIndex(n) % 5) / 100,
-            "buyer_maker": pd.RangeIndex(n) % 3 == 0,
+            "buyer_maker": (pd.RangeIndex(n) % 3 == 0)
+            if maker == "bool"
+            else pd.Series(["True", "false", "False", "true"] * (n // 4) + ["true"] * (n % 4)),
         }
     ).to_parquet(tmp_path / "t.parquet")
     code = (
