@@ -35,7 +35,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 
-from dataflows import metrics, progress, routing
+from dataflows import cluster, metrics, progress, routing
 from dataflows.io import (
     JsonLinesSink,
     RawMessage,
@@ -720,6 +720,7 @@ def _flow_from_env() -> Dataflow:
     progress.install_stop_handlers()
     if settings.status_interval_s:
         progress.report_status(settings.status_interval_s, settings.strategy.warmup_bars)
+    cluster.wait_for_peers(cluster.earlier_local_ports())  # spares Timely's 1 s retry
     return built
 
 

@@ -1,0 +1,53 @@
+"""Processes started together wait for the earlier ones to listen (dataflows/cluster.py):
+Timely would otherwise wait a whole second after a refused connection."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from dataflows import cluster
+
+
+def test_the_earlier_processes_on_this_machine_are_the_ones_waited_for(monkeypatch):
+    for name in ("BYTEWAX_ADDRESSES", "BYTEWAX_PROCESS_ID", "BYTEWAX_POD_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    addrs = "127.0.0.1:2101;localhost:2102;10.0.0.7:2103;127.0.0.1:2104"
+
+    def ports(*args: str) -> list[int]:
+        monkeypatch.setattr(sys, "argv", ["bytewax.run", "dataflows.ensemble", *args])
+        return cluster.earlier_local_ports()
+
+    assert ports("-i", "3", "-a", addrs) == [2101, 2102]  # 10.0.0.7: Timely's retries
+    assert ports("-i", "0", "-a", addrs) == []
+    assert ports("-w", "2") == []
+    monkeypatch.setenv("BYTEWAX_ADDRESSES", "127.0.0.1:2201;127.0.0.1:2202")
+    assert ports("-i", "1") == [2201]
+
+
+@pytest.mark.skipif(cluster.listening_ports() is None, reason="no /proc/net/tcp here")
+def test_waiting_ends_once_the_peer_listens_and_never_connects_to_it():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    assert port not in cluster.listening_ports()  # bound, not listening yet
+    assert not cluster.wait_for_peers([port], timeout_s=0.05)
+    threading.Timer(0.2, server.listen).start()
+    try:
+        assert cluster.wait_for_peers([port], timeout_s=20)
+        assert port in cluster.listening_ports()
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):  # the wait took no connection of the peer's
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_a_peer_that_never_listens_is_left_to_timely_after_the_timeout():
+    start = time.monotonic()
+    assert not cluster.wait_for_peers([1], timeout_s=0.1)  # port 1: nothing listens
+    assert time.monotonic() - start < 10
