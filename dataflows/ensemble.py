@@ -212,7 +212,9 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
         )
         return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
     if raw.partition is not None:  # Kafka: the market step keeps each partition's progress
-        event.part = f"{raw.topic}#{raw.partition}"
+        # one string per partition: the market step reads a partition's clock and bands
+        # once per run of its records, telling runs apart by identity (`is`)
+        event.part = sys.intern(f"{raw.topic}#{raw.partition}")
     if isinstance(event, ControlCommand):
         try:
             event = verify(event, settings.operator_keys, settings.strategy.strategy_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -63,44 +64,67 @@ def check(name: str, record: dict[str, Any]) -> None:
         validate(record, schema(name), raise_errors=True, strict=True)
     except ValidationError as e:
         raise SchemaError(f"record does not match schema {name!r}: {e}") from None
-    extra = _extra_fields(record, _raw(name), name)
+    extras = _extras(name)
+    extra = [] if extras is None else extras(record, name)
     if extra:
         raise SchemaError(
             f"record does not match schema {name!r}: fields not in the schema: {extra}"
         )
 
 
-def _extra_fields(value: Any, sch: Any, path: str) -> list[str]:
-    if isinstance(sch, list):  # a union: check against the record branch, if any
+Extras = Callable[[Any, str], list[str]]  # (value, its path) -> the paths of extra fields
+
+
+@cache
+def _extras(name: str) -> Extras | None:
+    """The extra-field check of a schema, built once: it walks only the records, arrays
+    and maps a record can hold (None: nothing under this type can have fields)."""
+    return _compile(_raw(name))
+
+
+def _compile(sch: Any) -> Extras | None:
+    if isinstance(sch, list):  # a union: a dict value is checked against its record branch
         return next(
-            (
-                _extra_fields(value, b, path)
-                for b in sch
-                if isinstance(b, dict) and b.get("type") == "record" and isinstance(value, dict)
-            ),
-            [],
+            (_compile(b) for b in sch if isinstance(b, dict) and b.get("type") == "record"), None
         )
     if not isinstance(sch, dict):
-        return []
+        return None
     kind = sch.get("type")
-    if kind == "record" and isinstance(value, dict):
-        fields = {f["name"]: f["type"] for f in sch["fields"]}
-        found = [f"{path}.{k}" for k in value if k not in fields]
-        for k, t in fields.items():
-            if k in value:
-                found += _extra_fields(value[k], t, f"{path}.{k}")
-        return found
-    if kind == "array" and isinstance(value, list):
-        return [
-            x for i, v in enumerate(value) for x in _extra_fields(v, sch["items"], f"{path}[{i}]")
-        ]
-    if kind == "map" and isinstance(value, dict):
-        return [
-            x for k, v in value.items() for x in _extra_fields(v, sch["values"], f"{path}[{k}]")
-        ]
+    if kind == "record":
+        return _record(sch)
+    if kind in ("array", "map"):
+        inner = _compile(sch["items" if kind == "array" else "values"])
+        return None if inner is None else _container(kind, inner)
     if isinstance(kind, (dict, list)):
-        return _extra_fields(value, kind, path)
-    return []
+        return _compile(kind)
+    return None
+
+
+def _record(sch: dict[str, Any]) -> Extras:
+    names = frozenset(f["name"] for f in sch["fields"])
+    inner = [(f["name"], c) for f in sch["fields"] if (c := _compile(f["type"])) is not None]
+
+    def extras(value: Any, path: str) -> list[str]:
+        if not isinstance(value, dict):
+            return []
+        found = [] if value.keys() <= names else [f"{path}.{k}" for k in value if k not in names]
+        for k, check_inner in inner:
+            if k in value:
+                found += check_inner(value[k], f"{path}.{k}")
+        return found
+
+    return extras
+
+
+def _container(kind: str, inner: Extras) -> Extras:
+    def extras(value: Any, path: str) -> list[str]:
+        if kind == "array" and isinstance(value, list):
+            return [x for i, v in enumerate(value) for x in inner(v, f"{path}[{i}]")]
+        if kind == "map" and isinstance(value, dict):
+            return [x for k, v in value.items() for x in inner(v, f"{path}[{k}]")]
+        return []
+
+    return extras
 
 
 def with_defaults(name: str, record: dict[str, Any]) -> dict[str, Any]:
