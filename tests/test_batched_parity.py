@@ -537,3 +537,78 @@ def test_arrow_columns_read_from_their_buffers_are_pyarrows_numpy():
             want = a.to_numpy(zero_copy_only=False)
             got = _numpy(a)
             assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_kafka_trades_decoded_as_columns_are_the_messages_decoded_one_by_one(tmp_path: Path):
+    """A Kafka batch's runs of trades (per partition) are decoded as columns (TradeBlocks,
+    or Trades where a row has addresses or venues differ); every event, its partition and
+    every dead letter with its reason equal decoding message by message."""
+    from dataflows.ensemble import decode_batch, decode_step
+    from dataflows.io import RawMessage
+    from operators.events import TradeBlock
+    from operators.telemetry import Stamp
+    from schemas.codec import encode, with_defaults
+
+    settings = small_settings(tmp_path / "out")
+    stamp = Stamp(settings.strategy.strategy_id, lambda: NOW_MS)
+    rng = random.Random(23)
+    messages: list[RawMessage] = []
+    partition = 0
+    for k in range(3_000):
+        rec: dict[str, Any] = {
+            "symbol": rng.choice(["BTC-PERP", "BTC-PERP", "ETH-PERP"]),
+            "ts_event_ms": 1_700_000_000_000 + k * 250,
+            "trade_id": str(k),
+            "px": 40_000.0 + k % 17,
+            "qty": 0.01 * (1 + k % 5),
+            "side": rng.choice(["buy", "sell"]),
+            "venue": "binance",
+        }
+        r = rng.random()
+        if r < 0.01:
+            rec["px"] = -1.0  # refused: a dead letter
+        elif r < 0.02:
+            rec["symbol"] = "DOGE-PERP"  # not traded here
+        elif r < 0.025:
+            rec["buyer"] = "0xab"  # an address: Trades, not a block
+        elif r < 0.03:
+            rec["venue"] = None
+        elif r < 0.035:
+            rec["ts_event_ms"] = NOW_MS + 10**9  # from the future
+        payload = encode("trade", with_defaults("trade", rec))
+        if rng.random() < 0.003:
+            payload = payload[:5]  # bytes that do not decode
+        stream = "trades" if rng.random() < 0.995 else "funding"  # another stream between
+        if rng.random() < 0.01:
+            partition = 1 - partition  # the next partition's batch
+        messages.append(RawMessage(stream, payload, f"p.{stream}", partition, k, None))
+    keys = {"BTC-PERP": "BTC-PERP", "ETH-PERP": "ETH-PERP"}
+    reference: list[Any] = []
+    for m in messages:
+        reference += decode_step(settings, stamp, m)
+
+    def flat(items: list[Any]) -> tuple[dict[str, list[str]], list[str]]:
+        events: dict[str, list[str]] = {}
+        dead = []
+        for x in items:
+            if isinstance(x, tuple):
+                for e in expand_blocks(x[1]):
+                    events.setdefault(e.symbol, []).append(f"{e!r} {e.part}")
+            elif hasattr(x, "stream"):  # a dead letter or its count (when made: not compared)
+                record = {k: v for k, v in x.record.items() if k != "ts_init_ms"}
+                dead.append(json.dumps(record, sort_keys=True, default=str))
+            else:
+                events.setdefault(x.symbol, []).append(f"{x!r} {x.part}")
+        return events, sorted(dead)
+
+    blocks = 0
+    got: list[Any] = []
+    for i in range(0, len(messages), 500):
+        batch = decode_batch(settings, stamp, None, keys, messages[i : i + 500])
+        blocks += sum(type(e) is TradeBlock for x in batch if isinstance(x, tuple) for e in x[1])
+        got += batch
+    got_events, got_dead = flat(got)
+    want_events, want_dead = flat(reference)
+    assert got_events == want_events
+    assert got_dead == want_dead
+    assert blocks > 5 and len(flat(reference)[1]) > 50
