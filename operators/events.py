@@ -50,13 +50,17 @@ class Trade:
 
 class TradeBlock:
     """Consecutive ordinary trades of one symbol from one input, column by column (issue 16):
-    a file's block whose every row passed the trade rules, with no addresses and one
-    venue. The market step folds it with array arithmetic (`MarketState.on_events`) and
-    gives exactly what the same `Trade`s one by one give; `trades` builds those `Trade`s
-    for whatever takes the per-record way. `ts_event_ms` is the block's latest event
-    time (what the steps before the market read of a batch)."""
+    a file's block, or a Kafka partition's run, whose every row passed the trade rules,
+    of one venue. The market step folds it with array arithmetic (`MarketState.on_events`)
+    and gives exactly what the same `Trade`s one by one give; `trades` builds those
+    `Trade`s for whatever takes the per-record way. `buyer` and `seller` are None when no
+    row has an address. `ts_event_ms` is the block's latest event time (what the steps
+    before the market read of a batch)."""
 
-    __slots__ = ("symbol", "ts", "px", "qty", "side", "trade_id", "venue", "part", "ts_event_ms")
+    __slots__ = (
+        "symbol", "ts", "px", "qty", "side", "trade_id", "venue", "part", "ts_event_ms",
+        "buyer", "seller",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -68,9 +72,12 @@ class TradeBlock:
         trade_id: list[str],
         venue: str | None,
         part: str | None = None,
+        buyer: list[str | None] | None = None,
+        seller: list[str | None] | None = None,
     ) -> None:
         self.symbol, self.ts, self.px, self.qty, self.side = symbol, ts, px, qty, side
         self.trade_id, self.venue, self.part = trade_id, venue, part
+        self.buyer, self.seller = buyer, seller
         self.ts_event_ms = int(ts.max())
 
     def __len__(self) -> int:
@@ -86,14 +93,17 @@ class TradeBlock:
     def trades(self, start: int = 0, stop: int | None = None) -> list[Trade]:
         """Rows `start` to `stop` as the `Trade`s `trades_from_columns` builds of them."""
         sym, venue, part = self.symbol, self.venue, self.part
+        n = len(self.trade_id[start:stop])
         out = [
-            Trade(sym, t, p, q, s, i, None, None, venue)
-            for t, p, q, s, i in zip(
+            Trade(sym, t, p, q, s, i, b, se, venue)
+            for t, p, q, s, i, b, se in zip(
                 self.ts[start:stop].tolist(),
                 self.px[start:stop].tolist(),
                 self.qty[start:stop].tolist(),
                 self.side[start:stop].tolist(),
                 self.trade_id[start:stop],
+                repeat(None, n) if self.buyer is None else self.buyer[start:stop],
+                repeat(None, n) if self.seller is None else self.seller[start:stop],
                 strict=True,
             )
         ]
@@ -489,12 +499,20 @@ def _rows(values: Any, n: int) -> Any:
     return values if isinstance(values, list) else repeat(values, n)
 
 
+def _addresses(values: list[Any] | str | None, n: int) -> list[str | None] | None:
+    """A valid address column as one entry per row (None: no row has an address)."""
+    if isinstance(values, list):
+        rows = [v or None for v in values]
+        return rows if rows.count(None) < n else None
+    return [values] * n if values else None
+
+
 def trades_from_columns(
     c: dict[str, Any], n: int, symbols: frozenset[str], now_ms: int, max_clock_skew_ms: int
 ) -> list[Any]:
     """Trades from columns (`ts_event_ms` int64, `px` and `qty` float64 arrays; the text
     fields lists, or one value for all `n` rows); None for a row that breaks a rule. A
-    block of rows that all pass, without addresses and of one venue, is one TradeBlock."""
+    block of rows that all pass, of one venue, is one TradeBlock."""
     symbol = c["symbol"]
     if not (isinstance(symbol, str) and symbol in symbols):
         return [None] * n
@@ -512,11 +530,23 @@ def trades_from_columns(
         & _texts_ok(c.get("venue"), True, None)
     )
     ok = np.broadcast_to(ok, (n,))
-    plain = n > 0 and not c.get("buyer") and not c.get("seller") and isinstance(ts, np.ndarray)
     venue = c.get("venue")
-    if plain and isinstance(c["trade_id"], list) and not isinstance(venue, list) and ok.all():
+    if isinstance(venue, list) and venue and venue.count(venue[0]) == n:
+        venue = venue[0]  # one venue, row by row
+    if (
+        n > 0
+        and isinstance(ts, np.ndarray)
+        and isinstance(c["trade_id"], list)
+        and not isinstance(venue, list)
+        and ok.all()
+    ):
         side_codes = np.broadcast_to(np.where(buy, BUY, SELL), (n,))
-        return [TradeBlock(symbol, ts, px, qty, side_codes, c["trade_id"], venue or None)]
+        buyer, seller = _addresses(c.get("buyer"), n), _addresses(c.get("seller"), n)
+        return [
+            TradeBlock(
+                symbol, ts, px, qty, side_codes, c["trade_id"], venue or None, None, buyer, seller
+            )
+        ]
     sides = np.broadcast_to(np.where(buy, BUY, SELL), (n,)).tolist()
     return [
         Trade(symbol, t, p, q, s, i, b or None, se or None, v or None) if good else None

@@ -124,6 +124,7 @@ def fold_run(
     px_l, qty_l, ts_l = px.tolist(), qty.tolist(), ts.tolist()
     ids, venue = b.trade_id, b.venue
     proxy = st.size_proxy
+    buyers, sellers, cohorts_add = b.buyer, b.seller, st.cohorts.add_trade
     sides = b.side[i:m].tolist() if proxy is not None else None
     k = 0
     while k < n:
@@ -149,6 +150,12 @@ def fold_run(
             if proxy is not None:
                 for j in range(k, end):
                     proxy.add_trade(ts_l[j], px_l[j], qty_l[j], sides[j])  # type: ignore[index]
+            if buyers is not None or sellers is not None:  # the address cohorts' flows
+                for j in range(k, end):
+                    by = None if buyers is None else buyers[i + j]
+                    se = None if sellers is None else sellers[i + j]
+                    if by is not None or se is not None:
+                        cohorts_add(ts_l[j], px_l[j], qty_l[j], by, se)
             ref.px.extend(px_l[k:end])
             ref.qty.extend(qty_l[k:end])
             ref.since_refresh = (ref.since_refresh + end - k) % REFRESH

@@ -270,16 +270,19 @@ def test_candle_symbols_take_the_per_record_path_batched_too():
 
 
 # -- TradeBlocks: a file's blocks of plain trades, folded as columns (operators/market_columns.py)
-def _plain(rng: random.Random, events: list[Any]) -> list[Any]:
-    """Most trades without addresses and of one venue, as a trade file's rows are."""
+def _plain(rng: random.Random, events: list[Any], addresses: bool = False) -> list[Any]:
+    """Most trades of one venue, as a trade file's rows are, and (unless `addresses`,
+    as Hyperliquid's have them) without addresses."""
     for e in events:
         if isinstance(e, Trade) and rng.random() < 0.97:
-            e.buyer = e.seller = None
+            if not addresses:
+                e.buyer = e.seller = None
             e.venue = "binance"
     return events
 
 
 def _block(run: list[Trade]) -> TradeBlock:
+    buyers, sellers = [t.buyer for t in run], [t.seller for t in run]
     return TradeBlock(
         run[0].symbol,
         np.array([t.ts_event_ms for t in run], dtype=np.int64),
@@ -289,13 +292,16 @@ def _block(run: list[Trade]) -> TradeBlock:
         [t.trade_id for t in run],
         run[0].venue,
         run[0].part,
+        None if buyers.count(None) == len(run) else buyers,
+        None if sellers.count(None) == len(run) else sellers,
     )
 
 
 def _blocker(rng: random.Random) -> Callable[[list[Any]], list[Any]]:
-    """Cuts a batch into TradeBlocks of consecutive plain trades of one partition and
-    venue, as decode makes them of a file's blocks; a run is mostly cut where its times go
-    back (a block out of order takes the per-record way whole), and sometimes anywhere."""
+    """Cuts a batch into TradeBlocks of consecutive trades of one partition and venue, as
+    decode makes them of a file's blocks or a Kafka partition's run; a run is mostly cut
+    where its times go back (a block out of order takes the per-record way whole), and
+    sometimes anywhere."""
 
     def blocked(events: list[Any]) -> list[Any]:
         out: list[Any] = []
@@ -309,13 +315,7 @@ def _blocker(rng: random.Random) -> Callable[[list[Any]], list[Any]]:
             run.clear()
 
         for e in events:
-            plain = (
-                type(e) is Trade
-                and e.buyer is None
-                and e.seller is None
-                and isinstance(e.px, float)
-                and isinstance(e.qty, float)
-            )
+            plain = type(e) is Trade and isinstance(e.px, float) and isinstance(e.qty, float)
             if run and (
                 not plain
                 or (e.part, e.venue) != (run[0].part, run[0].venue)
@@ -337,7 +337,7 @@ def _blocker(rng: random.Random) -> Callable[[list[Any]], list[Any]]:
 @pytest.mark.parametrize("layout", sorted(PARTS))
 def test_trade_blocks_give_what_one_record_at_a_time_gives(layout: str, seed: int):
     rng = random.Random(100 + seed)
-    events = _plain(rng, _trades(rng, PARTS[layout], 12_000))
+    events = _plain(rng, _trades(rng, PARTS[layout], 12_000), addresses=seed != 1)
     proxy = SizeProxyConfig(enabled=seed == 2)
     bands = BandConfig(max_price_deviation=0.1 if seed == 3 else 0.2)
     one, batched, got, slow = _run_both(
