@@ -55,7 +55,7 @@ from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.dedup import RecentTrades
 from operators.events import Candle, ControlCommand, Trade, TradeBlock, expand_blocks
-from operators.market_columns import fold_run, in_order
+from operators.market_columns import fold_block
 from operators.size_proxy import ProxyValues, SizeProxy, bind
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions, Progress
 
@@ -357,15 +357,7 @@ class MarketState:
     ) -> None:
         """A TradeBlock: its runs of ordinary trades folded as columns
         (operators/market_columns.py), the rest as `Trade`s through `on_events`."""
-        if not in_order(b):
-            self.on_events(b.trades(), out, now_ms, failed)
-            return
-        i = 0
-        while i < len(b):
-            i, k = fold_run(self, b, i, out, now_ms)
-            if k:
-                self.on_events(b.trades(i, i + k), out, now_ms, failed)
-                i += k
+        fold_block(self, b, out, now_ms, failed)
 
     def _reject_ahead(self, part: str | None, out: list[Any]) -> None:
         seen = self.progress.source_progress(part) or 0

@@ -25,6 +25,7 @@ out of order) goes the per-record way, `SCALAR_TRADES` trades at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,9 +38,12 @@ if TYPE_CHECKING:
     from operators.market import MarketState
 
 MIN_BLOCK = 32  # a shorter block goes the per-record way (arrays cost more than they save)
-MAX_RUN = 4_096  # trades judged at once: a block full of outliers costs O(n * MAX_RUN)
-SCALAR_TRADES = 256  # trades handed to the per-record way when a run cannot start
+MIN_RUN, MAX_RUN = 64, 4_096  # rows judged at once: MAX_RUN, or twice how far the last
+# run got before an unusual row stopped it (doubling again while runs fold whole)
+SHORT_RUN = 64  # a run stopped sooner by an unusual row: the next rows go one by one ...
+SCALAR_TRADES = 256  # ... this many (also when a run cannot start)
 _NO_TIME = np.iinfo(np.int64).min
+Failed = Callable[[Any, Exception], None] | None
 
 
 def in_order(b: TradeBlock) -> bool:
@@ -47,12 +51,46 @@ def in_order(b: TradeBlock) -> bool:
     return len(b) >= MIN_BLOCK and bool((b.ts[1:] >= b.ts[:-1]).all())
 
 
+def fold_block(st: MarketState, b: TradeBlock, out: list[Any], now_ms: int, failed: Failed) -> None:
+    """The whole block: runs of ordinary trades folded here, the rest through
+    `st.on_events` as `Trade`s. A run judges up to `size` rows at once and stops at the
+    first unusual one, so rows that are often unusual (a doubled feed, a stretch of late
+    or outlying trades) would cost a run each: after a short run the next SCALAR_TRADES
+    rows go one by one, and the size follows how far runs get."""
+    if not in_order(b):
+        st.on_events(b.trades(), out, now_ms, failed)
+        return
+    i, n, size = 0, len(b), MAX_RUN
+    while i < n:
+        closed = st.builder.next_start_ms
+        if closed is not None and b.ts[i] < closed:  # late rows: all of them one by one
+            j = i + int(np.searchsorted(b.ts[i:], closed, "left"))
+            st.on_events(b.trades(i, j), out, now_ms, failed)
+            i = j
+            continue
+        j, k = fold_run(st, b, i, out, now_ms, failed, size)
+        if k == 1 and j - i < SHORT_RUN:
+            k = SCALAR_TRADES
+        size = min(MAX_RUN, 2 * size) if k == 0 else max(MIN_RUN, min(MAX_RUN, 2 * (j - i)))
+        if k:
+            st.on_events(b.trades(j, j + k), out, now_ms, failed)
+        i = min(n, j + k)
+
+
 def fold_run(
-    st: MarketState, b: TradeBlock, i: int, out: list[Any], now_ms: int
+    st: MarketState,
+    b: TradeBlock,
+    i: int,
+    out: list[Any],
+    now_ms: int,
+    failed: Failed = None,
+    size: int = MAX_RUN,
 ) -> tuple[int, int]:
-    """Fold the ordinary trades of `b` from row `i` on into `st`, closing bars on the way.
-    Returns (j, k): rows i..j-1 are folded; the next `k` rows must take the per-record way
-    (1: row j is unusual; SCALAR_TRADES: the state is not one a run can start from)."""
+    """Fold the ordinary trades among rows i..i+size-1 of `b` into `st`, closing bars on
+    the way. Returns (j, k): rows i..j-1 are folded; the next `k` rows must take the
+    per-record way (1: row j is unusual; SCALAR_TRADES: the state is not one a run can
+    start from, or the arrays could not be computed). A bar close that raises is reported
+    with the trade that closed it (`failed`, as one by one) and the run ends there."""
     part = b.part
     progress, builder, bands = st.progress, st.builder, st.bands
     progress.arrivals[part] = now_ms  # as on_event: the partition is live
@@ -73,55 +111,13 @@ def fold_run(
         or int(b.ts[i]) < max(clock.latest)
     ):
         return i, SCALAR_TRADES
-    m = min(len(b), i + MAX_RUN)
-    ts, px, qty = b.ts[i:m], b.px[i:m], b.qty[i:m]
-    n = m - i
+    try:
+        plan = _plan(st, b, i, min(len(b), i + size), now_ms, clock, ref)
+    except Exception:  # numbers the arrays cannot take: one by one says what is wrong
+        return i, SCALAR_TRADES
+    m, n, times, held, quorum, refreshed, ref_px, ref_qty, unusual, starts, p, moves = plan
     width, lateness = builder.width_ms, builder.allowed_lateness_ms
-    cfg = st.bands_cfg
-
-    # the clock before and after each trade: `quorum` latest of (clock, times so far)
-    quorum = clock.quorum
-    held = sorted(clock.latest)
-    times = np.concatenate((np.array(held, dtype=np.int64), ts))
-    seen = np.arange(n) + len(held)  # times the clock has seen before each trade
-    clock_before = times[np.maximum(seen - quorum, 0)]
-    clock_after = times[np.maximum(seen + 1 - quorum, 0)]
-
-    # the reference each trade is judged by: refreshed after trades `refreshed`
-    refreshed = np.arange(REFRESH - 1 - ref.since_refresh, n, REFRESH)
-    ref_px, ref_qty = [ref.ref_px], [ref.ref_qty]
-    if len(refreshed):
-        for col, window, refs in ((px, ref.px, ref_px), (qty, ref.qty, ref_qty)):
-            values = np.concatenate((np.fromiter(window, np.float64, REFERENCE_TRADES), col))
-            slices = sliding_window_view(values, REFERENCE_TRADES)[refreshed + 1]
-            refs += np.median(slices, axis=1).tolist()
-    judged_by = np.searchsorted(refreshed, np.arange(n), "left")
-    by_px, by_qty = np.array(ref_px)[judged_by], np.array(ref_qty)[judged_by]
-
-    with np.errstate(over="ignore"):  # 1e308 * 2 is inf: absurd, as it is one by one
-        unusual = (
-            (ts > clock_before + st.max_jump_ms)  # far ahead: held
-            | (px >= ABSURD)
-            | (qty >= ABSURD)
-            | (px * qty >= ABSURD)
-            | (np.abs(px / by_px - 1.0) > cfg.max_price_deviation)
-            | (qty > by_qty * cfg.max_size_multiple)
-        )
-    starts = ts - ts % width
-
-    # the symbol's progress after each trade (only this partition's clock moves meanwhile)
-    if len(progress.sources) == 1 and part is None:  # one merged, ordered stream
-        counts, others = True, None
-    else:
-        counts, others = progress.without(part, now_ms, st.source_idle_ms, st.inputs)
-    cap = None if st.inputs is None else st.inputs.cap_ms(st.symbol)
-    moves = counts or others is not None
-    p = clock_after if counts else np.full(n, others or 0, dtype=np.int64)
-    for bound in (others, cap):
-        if moves and bound is not None:
-            p = np.minimum(p, bound)
-
-    px_l, qty_l, ts_l = px.tolist(), qty.tolist(), ts.tolist()
+    px_l, qty_l, ts_l = (c[i:m].tolist() for c in (b.px, b.qty, b.ts))
     ids, venue = b.trade_id, b.venue
     proxy = st.size_proxy
     buyers, sellers, cohorts_add = b.buyer, b.seller, st.cohorts.add_trade
@@ -172,11 +168,71 @@ def fold_run(
                     builder.max_event_ms = to
         if close is not None:
             progress.value = int(p[close])
-            st._closed(builder.advance(progress.value), out)
+            try:
+                st._closed(builder.advance(progress.value), out)
+            except Exception as exc:  # as one by one: the closing trade is reported
+                if failed is None:
+                    raise
+                failed(b.trades(i + close, i + close + 1)[0], exc)
+                return i + end, 0
         elif end < n:
             return i + end, 1  # row `end` is unusual, or seen before
         k = end
     return m, 0
+
+
+def _plan(
+    st: MarketState, b: TradeBlock, i: int, m: int, now_ms: int, clock: Any, ref: Any
+) -> tuple[Any, ...]:
+    """What rows i..m-1 meet if they are all folded: the partition's clock, the bands'
+    references, which rows are unusual, each bar's start and the symbol's progress."""
+    ts, px, qty = b.ts[i:m], b.px[i:m], b.qty[i:m]
+    n = m - i
+    progress, cfg = st.progress, st.bands_cfg
+
+    # the clock before and after each trade: `quorum` latest of (clock, times so far)
+    quorum = clock.quorum
+    held = sorted(clock.latest)
+    times = np.concatenate((np.array(held, dtype=np.int64), ts))
+    seen = np.arange(n) + len(held)  # times the clock has seen before each trade
+    clock_before = times[np.maximum(seen - quorum, 0)]
+    clock_after = times[np.maximum(seen + 1 - quorum, 0)]
+
+    # the reference each trade is judged by: refreshed after trades `refreshed`
+    refreshed = np.arange(REFRESH - 1 - ref.since_refresh, n, REFRESH)
+    ref_px, ref_qty = [ref.ref_px], [ref.ref_qty]
+    if len(refreshed):
+        for col, window, refs in ((px, ref.px, ref_px), (qty, ref.qty, ref_qty)):
+            values = np.concatenate((np.fromiter(window, np.float64, REFERENCE_TRADES), col))
+            slices = sliding_window_view(values, REFERENCE_TRADES)[refreshed + 1]
+            refs += np.median(slices, axis=1).tolist()
+    judged_by = np.searchsorted(refreshed, np.arange(n), "left")
+    by_px, by_qty = np.array(ref_px)[judged_by], np.array(ref_qty)[judged_by]
+
+    with np.errstate(over="ignore"):  # 1e308 * 2 is inf: absurd, as it is one by one
+        unusual = (
+            # far ahead: held (a difference, so any max_jump_ms compares, as Python's ints)
+            (ts - clock_before > st.max_jump_ms)
+            | (px >= ABSURD)
+            | (qty >= ABSURD)
+            | (px * qty >= ABSURD)
+            | (np.abs(px / by_px - 1.0) > cfg.max_price_deviation)
+            | (qty > by_qty * cfg.max_size_multiple)
+        )
+    starts = ts - ts % st.builder.width_ms
+
+    # the symbol's progress after each trade (only this partition's clock moves meanwhile)
+    if len(progress.sources) == 1 and b.part is None:  # one merged, ordered stream
+        counts, others = True, None
+    else:
+        counts, others = progress.without(b.part, now_ms, st.source_idle_ms, st.inputs)
+    cap = None if st.inputs is None else st.inputs.cap_ms(st.symbol)
+    moves = counts or others is not None
+    p = clock_after if counts else np.full(n, others or 0, dtype=np.int64)
+    for bound in (others, cap):
+        if moves and bound is not None:
+            p = np.minimum(p, bound)
+    return m, n, times, held, quorum, refreshed, ref_px, ref_qty, unusual, starts, p, moves
 
 
 def _remember(

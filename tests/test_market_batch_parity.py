@@ -478,3 +478,61 @@ def test_bars_closed_by_the_wall_clock_make_a_blocks_trades_late_as_one_by_one()
     assert got[1] == got[0]
     _assert_same_state(one, batched)
     assert sum("late:" in g for g in got[0]) > 100
+
+
+def test_a_max_jump_past_int64_folds_as_one_by_one():
+    """`max_jump_ms` is any integer the settings accept; the arrays compare a difference
+    with it, as Python's integers do (a sum overflowed int64 and lost the block)."""
+    trades = _grid_trades(random.Random(8), 3_000)
+    one, batched, got, slow = _run_both(
+        [(trades, 1_000)], lambda: _market(max_jump_ms=10**19), blocked=_blocker(random.Random(2))
+    )
+    _assert_same_state(one, batched)
+    assert sum("Close(" in g for g in got) > 5 and not [g for g in got if "error" in g]
+
+
+def test_a_bar_close_that_raises_is_reported_with_its_trade_and_the_block_goes_on(monkeypatch):
+    """One bad bar close (a bug in the cohorts, say) is one error record for the trade that
+    closed the bar, as one by one, and every later trade of the block is still folded."""
+    from operators.cohorts import CohortTracker
+
+    trades = _grid_trades(random.Random(9), 4_000)
+    close_bar = CohortTracker.close_bar
+    bad_bar = T0 + 4 * 300_000
+
+    def failing(self: CohortTracker, bar: Any) -> Any:
+        if bar.start_ms == bad_bar:
+            raise RuntimeError("cohorts failed")
+        return close_bar(self, bar)
+
+    monkeypatch.setattr(CohortTracker, "close_bar", failing)
+    one, batched, got, slow = _run_both(
+        [(trades, 1_000)], _market, blocked=lambda evs: [_block(evs)]
+    )
+    _assert_same_state(one, batched)
+    errors = [g for g in got if "error RuntimeError('cohorts failed') on Trade(" in g]
+    assert len(errors) == 1 and slow < 1_000
+    assert sum("Close(" in g for g in got) == 6  # bars 0-6 but the one that failed
+
+
+def test_a_doubled_feed_takes_the_per_record_way_in_stretches_not_a_run_per_row(monkeypatch):
+    """Every trade twice (a replayed capture): a run stops at each copy, so after a short
+    run the block goes one by one for a stretch; the arrays are not rebuilt per row."""
+    import operators.market_columns as columns
+
+    runs = []
+    fold_run = columns.fold_run
+
+    def counted(*args: Any) -> tuple[int, int]:
+        runs.append(args[2])
+        return fold_run(*args)
+
+    monkeypatch.setattr(columns, "fold_run", counted)
+    trades = _grid_trades(random.Random(10), 6_000)
+    doubled = [t for t in trades for _ in (0, 1)]
+    one, batched, got, slow = _run_both(
+        [(doubled, 1_000)], _market, blocked=lambda evs: [_block(evs)]
+    )
+    _assert_same_state(one, batched)
+    assert one.duplicate_count == len(trades)
+    assert len(runs) < len(doubled) / columns.SCALAR_TRADES + 10
