@@ -29,7 +29,7 @@ from dataflows.io import market_messages  # noqa: E402
 from dataflows.settings import Settings  # noqa: E402
 from marketdata.generator import GeneratorConfig, generate  # noqa: E402
 from operators.config import CohortConfig, SizeProxyConfig  # noqa: E402
-from operators.events import parse_trade  # noqa: E402
+from operators.events import parse_trade, trade_columns, trades_from_columns  # noqa: E402
 from operators.market import DEFAULT_ALLOWED_LATENESS_MS, MarketState  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -39,14 +39,29 @@ BATCH = 16_384  # trades per input batch of a file run (sorted parquet is read i
 
 
 def bench_market_operator(
-    days: float, size_proxy: bool = False, batched: bool = False
+    days: float, size_proxy: bool = False, batched: bool = False, columns: bool = False
 ) -> tuple[int, float]:
-    """One trade at a time (`on_event`), or `BATCH` at a time (`on_events`, as the flow)."""
-    trades = [
-        parse_trade(r, frozenset({"BTC-PERP"}))
+    """One trade at a time (`on_event`), `BATCH` at a time (`on_events`, as the flow from
+    Kafka), or `BATCH` at a time as TradeBlocks (columns, as the flow from a file)."""
+    recs = [
+        r
         for s, r in generate(GeneratorConfig(days=days, candle_symbols=()))
-        if s == "trades"
+        if s == "trades" and r["symbol"] == "BTC-PERP"
     ]
+    symbols = frozenset({"BTC-PERP"})
+    if columns:  # decoded before the clock starts, as the flow's decode step does
+        trades = [
+            trades_from_columns(
+                trade_columns("BTC-PERP", recs[i : i + BATCH]),
+                len(recs[i : i + BATCH]),
+                symbols,
+                recs[-1]["ts_event_ms"],
+                0,
+            )
+            for i in range(0, len(recs), BATCH)
+        ]
+    else:
+        trades = [parse_trade(r, symbols) for r in recs]
     m = MarketState(
         "BTC-PERP",
         False,
@@ -56,14 +71,17 @@ def bench_market_operator(
     )
     out: list = []
     t0 = time.perf_counter()
-    if batched:
+    if columns:
+        for block in trades:
+            m.on_events(block, out)
+    elif batched:
         for i in range(0, len(trades), BATCH):
             m.on_events(trades[i : i + BATCH], out)
     else:
         for t in trades:
             m.on_event(t, out)
     m.flush(out)
-    return len(trades), time.perf_counter() - t0
+    return len(recs), time.perf_counter() - t0
 
 
 def run_flow(env: dict[str, str]) -> tuple[float, dict[str, list]]:
@@ -128,6 +146,11 @@ def main() -> None:
     print(
         f"1a. market operator alone: {n:,} trades → 5m/15m/1h bars + cohorts in {secs:.2f} s "
         f"= {n / secs:,.0f} trades/s (input batches of {BATCH:,}, `on_events`, as the flow)"
+    )
+    n, secs = bench_market_operator(days=6, columns=True)
+    print(
+        f"1a. the same as columns (TradeBlocks of {BATCH:,}, as the flow from a file): "
+        f"{n:,} trades in {secs:.2f} s = {n / secs:,.0f} trades/s"
     )
     n, secs = bench_market_operator(days=6, size_proxy=True, batched=True)
     print(
