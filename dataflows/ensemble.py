@@ -179,7 +179,12 @@ def decode_batch(
             continue
         raw = item if to_raw is None else to_raw(item)
         counts[raw.stream] = counts.get(raw.stream, 0) + 1
-        if raw.stream == "trades" and raw.partition is not None and raw.error is None:
+        if (
+            raw.stream == "trades"
+            and raw.partition is not None
+            and raw.error is None
+            and isinstance(raw.payload, (bytes, bytearray))
+        ):
             if run and (run[0].topic, run[0].partition) != (raw.topic, raw.partition):
                 end_run()
             run.append(raw)
