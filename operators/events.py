@@ -567,21 +567,14 @@ def trades_from_columns(
 
 def trade_columns(symbol: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Decoded trade records (Avro, from Kafka) of one symbol as the columns
-    `trades_from_columns` reads; a text field with one value in every row is that value."""
-
-    def texts(name: str) -> Any:
-        values = [r.get(name) for r in recs]
-        first = values[0]
-        return first if values.count(first) == len(values) else values
-
+    `trades_from_columns` reads (it finds a venue shared by every row itself)."""
+    texts = ("side", "trade_id", "buyer", "seller", "venue")
     return {
         "symbol": symbol,
         "ts_event_ms": np.array([r.get("ts_event_ms") for r in recs], dtype=np.int64),
         "px": np.array([r.get("px") for r in recs], dtype=np.float64),
         "qty": np.array([r.get("qty") for r in recs], dtype=np.float64),
-        "side": [r.get("side") for r in recs],
-        "trade_id": [r.get("trade_id") for r in recs],
-        **{name: texts(name) for name in ("buyer", "seller", "venue")},
+        **{name: [r.get(name) for r in recs] for name in texts},
     }
 
 

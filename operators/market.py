@@ -28,6 +28,9 @@ The flow hands the step one list per input batch (`on_events`): each record give
 what `on_event` gives it, but the ordinary trade (in line, not seen before, not late,
 inside the bands) is judged and folded inline, against its partition's clock and
 reference read once per run of that partition's trades; anything else takes `on_event`.
+A file's block of trades (or a Kafka partition's run of them) arrives as one TradeBlock
+of columns, whose ordinary trades operators/market_columns.py judges and folds a run at
+a time, with the same outcome.
 
 Configuration is not state: the lateness, the jump limit, whether bars come from candles
 and the cohort settings are bound by `configure` at every build or resume and are left out
@@ -239,7 +242,7 @@ class MarketState:
             try:
                 if type(e) is not trade_type:
                     if type(e) is TradeBlock:
-                        self._on_block(e, out, now_ms, failed)
+                        fold_block(self, e, out, now_ms, failed)
                     else:
                         self.on_event(e, out, now_ms)
                     part = _UNSET
@@ -347,17 +350,6 @@ class MarketState:
                     raise
                 failed(e, exc)
                 part = _UNSET
-
-    def _on_block(
-        self,
-        b: TradeBlock,
-        out: list[Any],
-        now_ms: int,
-        failed: Callable[[Any, Exception], None] | None,
-    ) -> None:
-        """A TradeBlock: its runs of ordinary trades folded as columns
-        (operators/market_columns.py), the rest as `Trade`s through `on_events`."""
-        fold_block(self, b, out, now_ms, failed)
 
     def _reject_ahead(self, part: str | None, out: list[Any]) -> None:
         seen = self.progress.source_progress(part) or 0
