@@ -364,3 +364,28 @@ def test_an_event_time_ahead_of_our_clock_is_reported_as_clock_skew_and_still_pu
     assert metric(ing, "ensemble_live_clock_skew_total", venue="hyperliquid") == 1
     got = read_topic(kafka_bootstrap, f"{prefix}.trades", "trade")
     assert [r["ts_event_ms"] for r in got if r["trade_id"] == "1"] == [ahead_ms]
+
+
+def test_a_symbol_s_trades_go_to_the_partition_the_replay_and_java_clients_choose(
+    kafka_bootstrap, prefix
+):
+    """The flow reads a symbol where its partition is; every producer must agree on it,
+    and the symbols must spread over the partitions (librdkafka's CRC32 default put BTC,
+    ETH and XRP-PERP on one of six)."""
+    from kafka.partitioner.default import murmur2  # kafka-python's, as the Java client's
+
+    provision(kafka_bootstrap, prefix)
+    symbols = ["BTC-PERP", "ETH-PERP", "SOL-PERP", "XRP-PERP", "DOGE-PERP"]
+    pub = Publisher(kafka_bootstrap, prefix, "ensemble_1_1", env=principal_env("ingestor"))
+    now = int(time.time() * 1000)
+    for i, sym in enumerate(symbols):
+        trade = {"symbol": sym, "ts_event_ms": now, "trade_id": str(i), "px": 1.0, "qty": 1.0}
+        pub.publish("trades", {**trade, "side": "buy"}, now)
+    assert pub.flush(10) == 0
+    got = {
+        r["symbol"]: r["_partition"]
+        for r in read_topic(kafka_bootstrap, f"{prefix}.trades", "trade")
+    }
+    want = {s: (murmur2(s.encode()) & 0x7FFFFFFF) % 6 for s in symbols}  # Java's toPositive
+    assert got == want
+    assert len(set(got.values())) >= 3
