@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 LOCK   := requirements-dev.lock
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: show-config run test lint bench bench-throughput bench-scale bench-nautilus bench-latency profile bench-kafka bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
+.PHONY: show-config run test lint bench bench-throughput bench-scale bench-nautilus bench-latency profile bench-kafka bench-kafka-scale bench-live bench-year bench-cohorts train evaluate backtest setup lock clean kafka-up kafka-down live
 
 setup: $(STAMP)
 
@@ -85,6 +85,10 @@ backtest: setup
 
 bench-kafka: setup
 	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka.py
+
+# Issue 16: 2 symbols' trades from Kafka, 1 worker vs -w 2 vs two processes, outputs compared.
+bench-kafka-scale: setup
+	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka_scale.py
 
 bench-live: setup
 	@mkdir -p $(LIVE_DIR)

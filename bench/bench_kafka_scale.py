@@ -1,0 +1,195 @@
+"""Benchmark (figures, not a test): scale-out from Kafka, 1 worker vs `-w 2` vs 2 processes.
+
+    make bench-kafka-scale   # with-broker.sh … bench/bench_kafka_scale.py [--ticks N --rounds R]
+
+Seeded synthetic ticks (bench/ticks.py) for two symbols, BTC-PERP and ETH-PERP, published
+to a fresh topic prefix per run (not timed) as Avro trades keyed by symbol, placed by the
+Java client's partitioner (murmur2 of the key, as kafka-python and the live ingestor
+place them): BTC-PERP on trades partition 3 and ETH-PERP on 2 of 6, which Bytewax hands to
+different workers of two. Then `python -m bytewax.run dataflows.ensemble` reads them
+(ENSEMBLE_KAFKA_TAIL=0: stop at the end of the topics) and writes every output topic,
+timed from process start to exit: 1 worker, `-w 2`, and two processes (`-i/-a`), rounds
+interleaved. Each run's output topics are read back and compared with the first run's,
+as sorted records per topic (the order across symbols is the scheduler's), on the event
+clock (ENSEMBLE_CLOCK=event) so that records carry no wall-clock stamps.
+
+The wall time includes start-up, connecting to the broker and finding the end of the
+input. Peak memory is not shown: `wait4` counts the memory of this process, which holds
+the ticks, in each child it forks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_throughput import Run, _free_port, machine  # noqa: E402
+from bench.ticks import synthetic_ticks  # noqa: E402
+from dataflows.kafka_security import confluent_config  # noqa: E402
+from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
+from marketdata.replay import encoded  # noqa: E402
+
+SYMBOLS = {"BTC-PERP": 11, "ETH-PERP": 12}  # symbol -> seed of its ticks
+
+
+def trade_messages(ticks: int) -> list[tuple[str, bytes, bytes]]:
+    """(topic stream, key, Avro value) for every tick of both symbols, in event-time order."""
+    records = []
+    for symbol, seed in SYMBOLS.items():
+        df = synthetic_ticks(ticks, seed)
+        ts = df["timestamp"].astype("int64").to_numpy()  # ms (datetime64[ms])
+        sides = ["sell" if m == "True" else "buy" for m in df["buyer_maker"]]
+        for t, tid, px, qty, side in zip(
+            ts.tolist(),
+            df["trade_id"].tolist(),
+            df["price"].tolist(),
+            df["quantity"].tolist(),
+            sides,
+            strict=True,
+        ):
+            rec = {"symbol": symbol, "ts_event_ms": t, "trade_id": str(tid), "px": px,
+                   "qty": qty, "side": side}  # fmt: skip
+            records.append(("trades", rec))
+    records.sort(key=lambda sr: sr[1]["ts_event_ms"])
+    return [(s, k, v) for s, k, v, _ in encoded(records, "ensemble_1_1")]
+
+
+def publish(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+    from confluent_kafka import Producer
+
+    provision(bootstrap, prefix)
+    p = Producer(
+        confluent_config(
+            bootstrap,
+            **{"partitioner": "murmur2_random", "linger.ms": 20, "compression.type": "lz4"},
+        )
+    )
+    for stream, key, value in messages:
+        while True:
+            try:
+                p.produce(f"{prefix}.{stream}", value=value, key=key)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                p.poll(0.05)
+        p.poll(0)
+    if p.flush(120) != 0:
+        raise SystemExit("publishing the ticks did not finish in 120 s")
+
+
+def read_outputs(bootstrap: str, prefix: str) -> dict[str, list[bytes]]:
+    """Every output topic's records, sorted, read to the end of each partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        confluent_config(
+            bootstrap,
+            **{"group.id": f"bench-scale-{uuid.uuid4().hex[:6]}", "enable.partition.eof": True},
+        )
+    )
+    parts = [
+        TopicPartition(t.name(prefix), i, 0) for t in OUTPUT_TOPICS for i in range(t.partitions)
+    ]
+    c.assign(parts)
+    got: dict[str, list[bytes]] = {t.stream: [] for t in OUTPUT_TOPICS}
+    eof, deadline = 0, time.monotonic() + 120
+    while eof < len(parts):
+        if time.monotonic() > deadline:
+            raise SystemExit("reading the output topics did not finish in 120 s")
+        for m in c.consume(1000, 1.0):
+            if m.error():
+                eof += 1
+                continue
+            got[m.topic().split(".", 1)[1]].append(m.value())
+    c.close()
+    return {stream: sorted(values) for stream, values in got.items()}
+
+
+def run_flow(bootstrap: str, prefix: str, workers: int, processes: int) -> Run:
+    """One run, timed from process start to the last process's exit."""
+    env = {
+        **os.environ,  # the Kafka security settings (deploy/kafka/with-broker.sh)
+        "ENSEMBLE_KAFKA_BOOTSTRAP": bootstrap,
+        "ENSEMBLE_TOPIC_PREFIX": prefix,
+        "ENSEMBLE_KAFKA_TAIL": "0",
+        "ENSEMBLE_CLOCK": "event",
+        "ENSEMBLE_SYMBOLS": ",".join(SYMBOLS),
+        "ENSEMBLE_CANDLE_SYMBOLS": "",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("ENSEMBLE_TEST_KAFKA", None)
+    base = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble", "-w", str(workers)]
+    if processes == 1:
+        cmds = [base]
+    else:
+        addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
+        cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for c in cmds
+    ]
+    cpu = 0.0
+    for p in procs:
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        cpu += usage.ru_utime + usage.ru_stime
+    secs = time.perf_counter() - t0
+    for p in procs:
+        err = p.stderr.read().decode() if p.stderr else ""
+        if p.returncode != 0:
+            raise SystemExit(f"flow failed ({p.returncode}): {err[-2000:]}")
+    return Run(secs, cpu, 0.0)  # peak memory: see the module docstring
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ticks", type=int, default=250_000, help="per symbol")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    bootstrap = os.environ.get("ENSEMBLE_TEST_KAFKA", "127.0.0.1:19092")
+    print(f"{machine()}; broker {bootstrap}")
+    messages = trade_messages(args.ticks)
+    n = len(messages)
+    layouts = {"1 worker": (1, 1), "-w 2": (2, 1), "2 processes": (1, 2)}
+    runs: dict[str, list[Run]] = {k: [] for k in layouts}
+    reference = None
+    for r in range(args.rounds):
+        for name, (w, p) in layouts.items():
+            prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
+            publish(bootstrap, prefix, messages)
+            run = run_flow(bootstrap, prefix, w, p)
+            runs[name].append(run)
+            got = read_outputs(bootstrap, prefix)
+            if reference is None:
+                reference = got
+                same = " (" + ", ".join(f"{s} {len(v)}" for s, v in got.items() if v) + ")"
+            else:
+                differ = [s for s in got if got[s] != reference[s]]
+                same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
+            print(f"  round {r + 1} {name:12s}: {_figures(run, n)}{same}", flush=True)
+    print(f"{n:,} trades ({args.ticks:,} per symbol) from Kafka, median of {args.rounds}:")
+    base = statistics.median(r.wall_s for r in runs["1 worker"])
+    for name, rs in runs.items():
+        wall_s = statistics.median(r.wall_s for r in rs)
+        cpu_s = statistics.median(r.cpu_s for r in rs)
+        print(
+            f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)} "
+            f"({base / wall_s:.2f}x one worker's wall time)"
+        )
+
+
+def _figures(run: Run, n: int) -> str:
+    return f"{run.wall_s:.2f} s wall = {n / run.wall_s:,.0f} trades/s; {run.cpu_s:.2f} s CPU"
+
+
+if __name__ == "__main__":
+    main()
