@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 HEALTH_COLUMNS = [
@@ -45,10 +46,14 @@ def _lines(path: Path, required: bool = False) -> Iterator[dict[str, Any]]:
         if required:
             raise FileNotFoundError(f"{path}: the flow wrote no such output; did the run end?")
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
             if line.strip():
-                yield json.loads(line)
+                try:
+                    rec = orjson.loads(line)  # a few times json's speed on a year's outputs
+                except orjson.JSONDecodeError:  # e.g. an integer past 64 bits
+                    rec = json.loads(line)
+                yield rec
 
 
 def _slim_signal(r: dict[str, Any]) -> tuple:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -176,30 +177,42 @@ def _clean(v: Any) -> Any:
 _ENCODER = json.JSONEncoder(
     separators=(",", ":"), default=_json_default, allow_nan=False, check_circular=False
 )
+# orjson writes NaN and infinity as null, as `_clean` does, and non-string keys as strings.
+_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
-def to_json_line(record: dict[str, Any]) -> str:
-    """One JSON line; walking the record for NaN only when the encoder finds one (a sixth
-    of a year's candle replay went to walking every record)."""
+def to_json_line(record: dict[str, Any]) -> bytes:
+    """One JSON line, ASCII. orjson (six times the standard library's speed: the outputs of
+    a year's candle replay took a sixth of it to encode); a record orjson refuses (an
+    integer past 64 bits, a float subclass such as numpy's) or writes with non-ASCII text
+    goes through the standard library, which escapes it as before: a raw U+2028 or U+0085
+    would split the line for `str.splitlines`. It walks the record for NaN only when its
+    encoder finds one."""
+    try:
+        line = orjson.dumps(record, default=_json_default, option=_ORJSON)
+        if line.isascii():
+            return line
+    except TypeError:  # orjson.JSONEncodeError
+        pass
     try:
         text = _ENCODER.encode(record)
     except ValueError:  # a NaN or an infinity: written as null
         text = _ENCODER.encode(_clean(record))
-    return text + "\n"
+    return (text + "\n").encode("ascii")
 
 
 class _JsonLinesPartition(StatefulSinkPartition[dict[str, Any], int]):
     def __init__(self, path: Path, resume_offset: int | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_offset is None:
-            self.f = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
         else:
-            self.f = open(path, "r+", encoding="utf-8")  # noqa: SIM115
+            self.f = open(path, "r+b")  # noqa: SIM115
             self.f.seek(resume_offset)
             self.f.truncate()
 
     def write_batch(self, values: list[dict[str, Any]]) -> None:
-        self.f.write("".join(to_json_line(v) for v in values))
+        self.f.write(b"".join(to_json_line(v) for v in values))
 
     def snapshot(self) -> int:
         self.f.flush()

@@ -1,0 +1,86 @@
+"""The JSON-lines sink's encoder (`dataflows/io.py` `to_json_line`): orjson, with the
+standard library's encoder for what orjson refuses or would write as non-ASCII; one line
+per record whatever it holds, and the same values as the standard library would write."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataflows.io import to_json_line
+
+
+def _stdlib(record: Any) -> Any:
+    """What the standard library makes of `record`, read back: NaN and infinity as None,
+    bytes as base64 text, keys as strings."""
+    if isinstance(record, float) and not math.isfinite(record):
+        return None
+    if isinstance(record, bytes):
+        return base64.b64encode(record).decode("ascii")
+    if isinstance(record, dict):
+        return {json.loads(json.dumps({k: 0})).popitem()[0]: _stdlib(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [_stdlib(v) for v in record]
+    return json.loads(json.dumps(record))
+
+
+def _one_line(line: bytes) -> Any:
+    assert isinstance(line, bytes) and line.isascii()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert len(line.decode("ascii").splitlines()) == 1
+    return json.loads(line)
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()
+    | st.binary(max_size=16)
+)
+keys = st.text(max_size=8) | st.integers(-5, 5)
+records = st.dictionaries(
+    keys,
+    st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+        max_leaves=12,
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(records)
+def test_any_record_is_one_ascii_line_with_the_standard_library_s_values(record):
+    assert _one_line(to_json_line(record)) == _stdlib(record)
+
+
+def test_an_ordinary_record_is_written_by_orjson_compactly():
+    record = {"symbol": "BTC-PERP", "px": 42_000.5, "ret": -3.5e-05, "ok": True, "n": None}
+    line = to_json_line(record)
+    assert line.startswith(b'{"symbol":"BTC-PERP","px":42000.5,')
+    assert _one_line(line) == record
+
+
+def test_nan_and_infinity_are_null_and_bytes_base64():
+    line = to_json_line({"a": math.nan, "b": [math.inf, -math.inf], "raw": b"\x00\xff"})
+    assert _one_line(line) == {"a": None, "b": [None, None], "raw": "AP8="}
+
+
+def test_what_orjson_refuses_goes_through_the_standard_library():
+    record = {"big": 2**70, "np": np.float64(0.25), "key": {1: "x"}}
+    assert _one_line(to_json_line(record)) == {"big": 2**70, "np": 0.25, "key": {"1": "x"}}
+
+
+def test_text_that_would_split_a_line_is_escaped():
+    for text in ("a\u2028b", "a\u2029b", "a\x85b", "a\nb", "caf\u00e9", "lone \udc80"):
+        line = to_json_line({"reason": text})
+        assert _one_line(line) == {"reason": text}, text
