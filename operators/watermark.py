@@ -18,7 +18,12 @@ time, however fast each is read).
 
 Which sources may still deliver: with the Kafka source's view of its partitions
 (`InputPartitions`), every partition that is not idle (records left to read, or read
-within `idle_ms`), even one that has not delivered a record yet. Without it (several
+within `idle_ms`), even one that has not delivered a record yet. Such a partition holds
+the symbol at its clock while the symbol's records come from it, and at the partition's
+latest event time (any symbol's) otherwise: before it ever did, and once the symbol has
+had none from it for `idle_ms` (a producer changed partitioner, or partitions were
+added, and the symbol moved while the partition stayed busy with others: its frozen
+clock held the symbol's bars for ever). Without it (several
 processes), the sources that delivered within `idle_ms` of wall time, and nothing at all
 for `idle_ms` after a start, when every partition has had that long to speak. Wall-clock
 times are not state: a resumed step starts afresh.
@@ -126,6 +131,9 @@ class Progress:
                 if part == source and clock is not None:
                     counts = True
                     continue
+                last = self.arrivals.get(part, self.started_ms)
+                if clock is not None and now_ms - last > idle_ms:
+                    clock = None  # the symbol left this busy partition: as one it never used
                 p = clock.progress if clock is not None else inputs.latest_ms.get(part)
                 if p is None:
                     return False, None  # a partition with records not seen yet: wait for it

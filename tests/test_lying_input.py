@@ -16,6 +16,7 @@ from operators.bands import Bands
 from operators.config import BandConfig, CohortConfig, ConfigError, StrategyConfig
 from operators.events import Candle, Funding, Trade
 from operators.market import Close, Late, MarketState
+from operators.watermark import InputPartitions
 from tests.conftest import messages, run_records, small_settings
 
 S = 1_000
@@ -248,6 +249,29 @@ def test_an_idle_partition_holds_nothing_back_and_a_quiet_start_waits_for_every_
     for e in real[400:]:
         st.on_event(e, held, 40_000)  # 20 s of silence: idle
     assert _bars(held)[-1][0] == T0 + 5 * M  # closed up to the real partition's progress
+    assert st.late_count == 0
+
+
+def test_a_symbol_that_moves_partition_is_not_held_by_the_busy_one_it_left():
+    """With the Kafka source's view: BTC-PERP's trades move from trades#3 to trades#4 (a
+    producer changed partitioner, or partitions were added) while trades#3 goes on with
+    another symbol's records. Its clock on trades#3 stopped at the move; it held every
+    bar after it for as long as trades#3 stayed busy."""
+    view = InputPartitions()
+    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
+    out: list[Any] = []
+    moved_at = 300  # seconds of event time on trades#3, then on trades#4
+    for i in range(1_800):  # one trade a second of event time, 0.1 s of wall time apart
+        now, ts = 20_000 + i * 100, T0 + i * S
+        part = "trades#3" if i < moved_at else "trades#4"
+        for p in ("trades#3", "trades#4"):  # both read and caught up; #3 keeps its other symbol
+            view.read(p, 1 if p == part or p == "trades#3" else 0, caught_up=True, now_ms=now)
+            view.saw(p, ts)
+        st.on_event(_t(ts, part=part), out, now)
+    # every bar up to the one the last trades are in, none late (before: none at all)
+    assert [(start, count) for start, count, _ in _bars(out)] == [
+        (T0 + k * 5 * M, 300) for k in range(5)
+    ]
     assert st.late_count == 0
 
 
