@@ -25,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +40,7 @@ from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
 
 SYMBOLS = {"BTC-PERP": 11, "ETH-PERP": 12}  # symbol -> seed of its ticks
+TIMEOUT_S = 600.0  # one run of the flow
 
 
 def trade_messages(ticks: int) -> list[tuple[str, bytes, bytes]]:
@@ -87,7 +89,7 @@ def publish(bootstrap: str, prefix: str, messages: list[tuple[str, bytes, bytes]
 
 def read_outputs(bootstrap: str, prefix: str) -> dict[str, list[bytes]]:
     """Every output topic's records, sorted, read to the end of each partition."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     c = Consumer(
         confluent_config(
@@ -100,15 +102,19 @@ def read_outputs(bootstrap: str, prefix: str) -> dict[str, list[bytes]]:
     ]
     c.assign(parts)
     got: dict[str, list[bytes]] = {t.stream: [] for t in OUTPUT_TOPICS}
-    eof, deadline = 0, time.monotonic() + 120
-    while eof < len(parts):
+    ended: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + 120
+    while len(ended) < len(parts):
         if time.monotonic() > deadline:
             raise SystemExit("reading the output topics did not finish in 120 s")
         for m in c.consume(1000, 1.0):
-            if m.error():
-                eof += 1
-                continue
-            got[m.topic().split(".", 1)[1]].append(m.value())
+            err = m.error()
+            if err is None:
+                got[m.topic().split(".", 1)[1]].append(m.value())
+            elif err.code() == KafkaError._PARTITION_EOF:
+                ended.add((m.topic(), m.partition()))
+            else:
+                raise SystemExit(f"reading the output topics: {err.str()}")
     c.close()
     return {stream: sorted(values) for stream, values in got.items()}
 
@@ -132,21 +138,31 @@ def run_flow(bootstrap: str, prefix: str, workers: int, processes: int) -> Run:
     else:
         addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
         cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
-    t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for c in cmds
-    ]
-    cpu = 0.0
-    for p in procs:
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        cpu += usage.ru_utime + usage.ru_stime
-    secs = time.perf_counter() - t0
-    for p in procs:
-        err = p.stderr.read().decode() if p.stderr else ""
-        if p.returncode != 0:
-            raise SystemExit(f"flow failed ({p.returncode}): {err[-2000:]}")
+    with tempfile.TemporaryFile() as log:  # a pipe could fill and block the flow
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+            for c in cmds
+        ]
+        cpu, waiting, deadline = 0.0, {p.pid for p in procs}, t0 + TIMEOUT_S
+        status: dict[int, int] = {}
+        while waiting:
+            for pid in list(waiting):
+                done, code, usage = os.wait4(pid, os.WNOHANG)
+                if done:
+                    waiting.discard(pid)
+                    status[pid] = os.waitstatus_to_exitcode(code)
+                    cpu += usage.ru_utime + usage.ru_stime
+            if waiting and time.perf_counter() > deadline:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"the flow did not finish in {TIMEOUT_S:.0f} s")
+            time.sleep(0.005)
+        secs = time.perf_counter() - t0
+        if any(status.values()):
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise SystemExit(f"flow failed ({sorted(status.values())}): {err[-2000:]}")
     return Run(secs, cpu, 0.0)  # peak memory: see the module docstring
 
 

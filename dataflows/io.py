@@ -177,8 +177,14 @@ def _clean(v: Any) -> Any:
 _ENCODER = json.JSONEncoder(
     separators=(",", ":"), default=_json_default, allow_nan=False, check_circular=False
 )
-# orjson writes NaN and infinity as null, as `_clean` does, and non-string keys as strings.
-_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+# orjson writes NaN and infinity as null, as `_clean` does, and non-string keys as strings;
+# a dataclass or a datetime goes to `_json_default` (refused, as the standard library does).
+_ORJSON = (
+    orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
 
 
 def to_json_line(record: dict[str, Any]) -> bytes:

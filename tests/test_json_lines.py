@@ -5,11 +5,14 @@ per record whatever it holds, and the same values as the standard library would 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import datetime
 import json
 import math
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,3 +87,14 @@ def test_text_that_would_split_a_line_is_escaped():
     for text in ("a\u2028b", "a\u2029b", "a\x85b", "a\nb", "caf\u00e9", "lone \udc80"):
         line = to_json_line({"reason": text})
         assert _one_line(line) == {"reason": text}, text
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.parametrize("value", [_Point(1), datetime.datetime(2024, 1, 1), object()])
+def test_a_value_json_has_no_form_for_is_refused_as_before(value):
+    with pytest.raises(TypeError, match="cannot write"):
+        to_json_line({"v": value})

@@ -246,14 +246,14 @@ def test_live_a_bar_closes_by_the_wall_clock_when_its_symbol_goes_quiet(tmp_path
     now = time.time_ns() // 1_000_000
     end = now - now % (5 * M)  # the last 5m boundary: its bar ends here
     # Progress is the 3rd latest trade (QUORUM), end - 800: the tick closes the bar once
-    # 1.1 s of quiet has passed (with the 300 ms lateness), at the 2nd tick (~2 s), well
-    # before the input ends at 3 s. (From end - 2,000 it needed 2.1 s, the 3rd tick, which
-    # raced the end of the input.)
+    # 1.1 s of quiet has passed (with the 300 ms lateness), at the 1st or 2nd tick (~2 s),
+    # well before the input ends at 5 s. (From end - 2,000 with the end at 3 s it needed
+    # 2.1 s, the 3rd tick, which raced the end of the input.)
     msgs = [_trade(end - 1_000 + i * 100, 100.0 + i) for i in range(5)]
     ended_ms: list[int] = []
     items: list[tuple[str, dict[str, Any]]] = []
     run_main(
-        build_flow(settings, sink=TestingSink(items), source=_QuietSource(msgs, 3.0, ended_ms))
+        build_flow(settings, sink=TestingSink(items), source=_QuietSource(msgs, 5.0, ended_ms))
     )
     (bar,) = [r for s, r in items if s == "bars" and r["timeframe"] == "5m"]
     assert (bar["end_ms"], bar["count"]) == (end, 5)
