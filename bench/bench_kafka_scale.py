@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,14 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_throughput import Run, _free_port, machine  # noqa: E402
+from bench.bench_throughput import Run, machine, run_processes  # noqa: E402
 from bench.ticks import synthetic_ticks  # noqa: E402
 from dataflows.kafka_security import confluent_config  # noqa: E402
 from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
 
 SYMBOLS = {"BTC-PERP": 11, "ETH-PERP": 12}  # symbol -> seed of its ticks
-TIMEOUT_S = 600.0  # one run of the flow
 
 
 def trade_messages(ticks: int) -> list[tuple[str, bytes, bytes]]:
@@ -132,38 +129,7 @@ def run_flow(bootstrap: str, prefix: str, workers: int, processes: int) -> Run:
         "PYTHONPATH": str(ROOT),
     }
     env.pop("ENSEMBLE_TEST_KAFKA", None)
-    base = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble", "-w", str(workers)]
-    if processes == 1:
-        cmds = [base]
-    else:
-        addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
-        cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
-    with tempfile.TemporaryFile() as log:  # a pipe could fill and block the flow
-        t0 = time.perf_counter()
-        procs = [
-            subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-            for c in cmds
-        ]
-        cpu, waiting, deadline = 0.0, {p.pid for p in procs}, t0 + TIMEOUT_S
-        status: dict[int, int] = {}
-        while waiting:
-            for pid in list(waiting):
-                done, code, usage = os.wait4(pid, os.WNOHANG)
-                if done:
-                    waiting.discard(pid)
-                    status[pid] = os.waitstatus_to_exitcode(code)
-                    cpu += usage.ru_utime + usage.ru_stime
-            if waiting and time.perf_counter() > deadline:
-                for p in procs:
-                    p.kill()
-                raise SystemExit(f"the flow did not finish in {TIMEOUT_S:.0f} s")
-            time.sleep(0.005)
-        secs = time.perf_counter() - t0
-        if any(status.values()):
-            log.seek(0)
-            err = log.read().decode(errors="replace")
-            raise SystemExit(f"flow failed ({sorted(status.values())}): {err[-2000:]}")
-    return Run(secs, cpu, 0.0)  # peak memory: see the module docstring
+    return run_processes(env, workers, processes)  # its peak memory: see the module docstring
 
 
 def main() -> None:

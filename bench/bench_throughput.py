@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.ticks import write_ticks  # noqa: E402
 
 TMP = Path(tempfile.gettempdir()) / "ensemble-bench"
+TIMEOUT_S = 600.0  # one run of the flow
 
 
 def _free_port() -> int:
@@ -54,29 +55,48 @@ def run_flow(spec: str, out: Path, workers: int = 1, processes: int = 1, tree: P
     """One run of the flow in the checkout `tree` (another worktree: the same ticks
     before and after a change)."""
     env = {**os.environ, "ENSEMBLE_INPUT": spec, "ENSEMBLE_OUT": str(out), "PYTHONPATH": str(tree)}
+    return run_processes(env, workers, processes, tree)
+
+
+def run_processes(
+    env: dict[str, str], workers: int = 1, processes: int = 1, cwd: Path = ROOT
+) -> Run:
+    """`python -m bytewax.run dataflows.ensemble` with `workers` workers in each of
+    `processes` processes (`-i/-a` on free local ports), timed from start to the last
+    exit. Their stderr goes to a file (a full pipe would block a flow); a run that fails,
+    or takes more than TIMEOUT_S, stops the benchmark with its stderr."""
     base = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble", "-w", str(workers)]
     if processes == 1:
         cmds = [base]
     else:
-        ports = [_free_port() for _ in range(processes)]
-        addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
+        addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
         cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
-    t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(c, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for c in cmds
-    ]
-    peak_kb, cpu = 0, 0.0
-    for p in procs:
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        peak_kb = max(peak_kb, usage.ru_maxrss)
-        cpu += usage.ru_utime + usage.ru_stime
-    secs = time.perf_counter() - t0
-    for p in procs:
-        if p.returncode != 0:
-            raise SystemExit(f"flow failed ({p.returncode}): {p.stderr.read().decode()[-2000:]}")
-        p.stderr.close()
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(c, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+            for c in cmds
+        ]
+        peak_kb, cpu, codes = 0, 0.0, []
+        waiting = {p.pid for p in procs}
+        while waiting:
+            for pid in list(waiting):
+                done, status, usage = os.wait4(pid, os.WNOHANG)
+                if done:
+                    waiting.discard(pid)
+                    codes.append(os.waitstatus_to_exitcode(status))
+                    peak_kb = max(peak_kb, usage.ru_maxrss)
+                    cpu += usage.ru_utime + usage.ru_stime
+            if waiting and time.perf_counter() - t0 > TIMEOUT_S:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"the flow did not finish in {TIMEOUT_S:.0f} s")
+            time.sleep(0.005)
+        secs = time.perf_counter() - t0
+        if any(codes):
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise SystemExit(f"flow failed ({sorted(codes)}): {err[-2000:]}")
     return Run(secs, cpu, peak_kb / 1024)
 
 
