@@ -26,6 +26,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows import metrics
+from dataflows.cluster import hold_thread_state
 from dataflows.settings import Settings
 from dataflows.topics import INPUT_TOPICS
 
@@ -87,6 +88,7 @@ class StoppableSource(FixedPartitionedSource):
         self.inner = inner
 
     def list_parts(self) -> list[str]:
+        hold_thread_state()  # every worker lists the parts, on its own thread
         return self.inner.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:

@@ -8,9 +8,13 @@ import sys
 import threading
 import time
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, cluster_main
 
 from dataflows import cluster
+from dataflows.progress import StoppableSource
 
 
 def test_the_earlier_processes_on_this_machine_are_the_ones_waited_for(monkeypatch):
@@ -51,3 +55,25 @@ def test_a_peer_that_never_listens_is_left_to_timely_after_the_timeout():
     start = time.monotonic()
     assert not cluster.wait_for_peers([1], timeout_s=0.1)  # port 1: nothing listens
     assert time.monotonic() - start < 10
+
+
+def test_a_worker_thread_keeps_its_python_state_from_one_activation_to_the_next():
+    """With two workers Bytewax runs each on a thread Python did not start; the input's
+    `list_parts` holds that thread's state, so a thread-local set in one activation is
+    there in the next (without it, each of the 200 one-item batches began on a new one)."""
+    local = threading.local()
+    fresh: list[int] = []
+
+    def visit(x: int) -> int:
+        if not hasattr(local, "seen"):
+            local.seen = True
+            fresh.append(threading.get_native_id())
+        return x
+
+    out: list[int] = []
+    flow = Dataflow("held")
+    items = op.input("in", flow, StoppableSource(TestingSource(range(200), batch_size=1)))
+    op.output("out", op.map("visit", items, visit), TestingSink(out))
+    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    assert sorted(out) == list(range(200))
+    assert len(fresh) == 1  # the one input partition's worker, once
