@@ -3,12 +3,14 @@
     python bench/bench_cluster_cost.py [--ticks 2000000] [--rounds 3]
 
 The same one-symbol run of the flow (seeded ticks from bench/ticks.py, one worker),
-started three ways inside a fresh process each, rounds interleaved: `run_main` (what
+started four ways inside a fresh process each, rounds interleaved: `run_main` (what
 `python -m bytewax.run` uses for one worker), `cluster_main` with no addresses (Timely's
-threaded `Process` allocator, no networking), and `cluster_main` with one address (the
-TCP cluster allocator, as `-i 0 -a HOST:PORT`). Timed from the call to its return, so
-start-up is left out. Two processes of two workers each pay the cluster path's cost, so
-this is the part of the scale-out gap (README "Benchmarks") that is Bytewax's.
+threaded `Process` allocator, no networking), `cluster_main` with one address (the TCP
+cluster allocator, as `-i 0 -a HOST:PORT`), and that again with the main thread parked
+as the main job parks it (dataflows/cluster.py `install_parking`). Timed from the call
+to its return, so start-up is left out. Two processes of two workers each pay the
+cluster path's cost, so this is the part of the scale-out gap (README "Benchmarks")
+that is Bytewax's.
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_throughput import TMP, _free_port, machine  # noqa: E402
 from bench.ticks import write_ticks  # noqa: E402
 
-MODES = ("run_main", "cluster_main, no address", "cluster_main, one address")
+MODES = (
+    "run_main",
+    "cluster_main, no address",
+    "cluster_main, one address",
+    "the same, main thread parked",
+)
 
 CHILD = """
 import sys, time
 from bytewax._bytewax import cluster_main
 from bytewax.testing import run_main
+from dataflows import cluster
 from dataflows.ensemble import build_flow, tune_gc
 from dataflows.settings import Settings
 mode, port = sys.argv[1], sys.argv[2]
@@ -44,6 +52,8 @@ if mode == "run_main":
 elif mode == "cluster_main, no address":
     cluster_main(flow, [], 0, worker_count_per_proc=1)
 else:
+    if mode == "the same, main thread parked":  # as the main job does
+        cluster.install_parking()
     cluster_main(flow, [f"127.0.0.1:{port}"], 0, worker_count_per_proc=1)
 print(time.perf_counter() - t)
 """
@@ -77,11 +87,11 @@ def main() -> None:
         for r in range(args.rounds):
             for mode in MODES:
                 secs[mode].append(one_run(mode, spec, Path(out) / "out"))
-                print(f"  round {r + 1} {mode:26s}: {secs[mode][-1]:.2f} s", flush=True)
+                print(f"  round {r + 1} {mode:28s}: {secs[mode][-1]:.2f} s", flush=True)
     base = statistics.median(secs["run_main"])
     for mode, xs in secs.items():
         med = statistics.median(xs)
-        print(f"{mode:26s}: median {med:.2f} s ({med / base - 1:+.0%} against run_main)")
+        print(f"{mode:28s}: median {med:.2f} s ({med / base - 1:+.0%} against run_main)")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ Timely would otherwise wait a whole second after a refused connection."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import bytewax.operators as op
 import pytest
@@ -77,3 +79,49 @@ def test_a_worker_thread_keeps_its_python_state_from_one_activation_to_the_next(
     cluster_main(flow, [], 0, worker_count_per_proc=2)
     assert sorted(out) == list(range(200))
     assert len(fresh) == 1  # the one input partition's worker, once
+
+
+def _voluntary_switches(tid: int) -> int:
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
+@pytest.mark.skipif(cluster.PARK_SIGNAL is None, reason="no real-time signals here")
+def test_the_main_thread_parks_while_the_workers_run_and_returns_when_they_end(monkeypatch):
+    """Bytewax's cluster_main loop sleeps 1 ms and takes the GIL, over and over; parked,
+    the main thread wakes every PARK_POLL_S instead and the run still ends on its own."""
+    old = signal.getsignal(cluster.PARK_SIGNAL)
+    monkeypatch.setattr(cluster, "_WORKERS", {})
+    entered: list[bool] = []
+    real_park = cluster._park
+
+    def park(signum, frame):
+        entered.append(cluster._workers_running())
+        real_park(signum, frame)
+
+    monkeypatch.setattr(cluster, "_park", park)
+    main_tid = threading.get_native_id()
+
+    def slow(x: int) -> int:
+        time.sleep(0.002)  # the GIL released, as in I/O or numpy
+        return x
+
+    out: list[int] = []
+    flow = Dataflow("parked")
+    items = op.input("in", flow, StoppableSource(TestingSource(range(300), batch_size=1)))
+    op.output("out", op.map("slow", items, slow), TestingSink(out))
+    try:
+        cluster.install_parking()
+        before = _voluntary_switches(main_tid)
+        cluster_main(flow, [], 0, worker_count_per_proc=2)
+        switches = _voluntary_switches(main_tid) - before
+    finally:
+        signal.signal(cluster.PARK_SIGNAL, old)
+        monkeypatch.setattr(cluster, "_PARKING", False)
+    assert sorted(out) == list(range(300))
+    assert len(cluster._WORKERS) == 2 and entered and all(entered)
+    assert not cluster._workers_running()  # both worker threads have ended
+    # 300 x 2 ms of work: polling, the main thread switches out about once a millisecond
+    assert switches < 150, switches

@@ -194,3 +194,52 @@ def test_sigint_mid_run_stops_cleanly_with_the_summary_and_a_restart_continues_e
     for path in sorted(ref.iterdir()):
         if path.name != "repro.jsonl":
             assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_two_workers_write_what_one_writes_and_stop_cleanly_on_sigint(tmp_path):
+    """With `-w 2` the main thread parks in a signal handler while the workers run
+    (dataflows/cluster.py): the run still ends by itself with one worker's outputs, and
+    Ctrl-C still reaches the stop handler and ends the run with its summary."""
+    env = {
+        **os.environ,
+        "ENSEMBLE_DAYS": "3",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+    }
+    command = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, extra in ((one, []), (two, ["-w", "2"])):
+        done = subprocess.run(
+            [*command, *extra],
+            cwd=ROOT,
+            env={**env, "ENSEMBLE_CLOCK": "event", "ENSEMBLE_OUT": str(out)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Ensemble run summary" in done.stdout
+    for path in sorted(one.glob("*.jsonl")):
+        lines = sorted(path.read_text().splitlines())
+        assert sorted((two / path.name).read_text().splitlines()) == lines, path.name
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [*command, "-w", "2"],
+        cwd=ROOT,
+        env={**env, "ENSEMBLE_DAYS": "12", "ENSEMBLE_OUT": str(stopped)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    signals = stopped / "signals.jsonl"
+    deadline = time.monotonic() + 180
+    while not (signals.exists() and signals.stat().st_size > 0):
+        assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
+        assert time.monotonic() < deadline, "the run never got far enough"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "panicked" not in stderr and "Traceback" not in stderr, stderr
+    assert "ensemble: SIGINT received: stopping" in stderr
+    assert "stopped by a signal before the end of the input" in stdout
