@@ -87,9 +87,9 @@ _STATE = threading.local()  # lives as long as the thread state it belongs to
 
 
 def hold_thread_state() -> None:
-    """Keep this thread's Python thread state for the rest of the run.
+    """Keep this thread's Python thread state for the rest of the process.
 
-    With `-w`/`-i`, Bytewax runs each worker on a thread Python did not start, and takes
+    With `-w`, `-i` or `-a`, Bytewax runs each worker on a thread Python did not start, and takes
     the GIL for every operator activation with `PyGILState_Ensure`, which on such a
     thread makes a new thread state and deletes it again at the matching release. So
     every activation started on a fresh state: about 33 µs each (a minimal flow of
@@ -99,7 +99,8 @@ def hold_thread_state() -> None:
     the releases only hand the GIL back and the state stays, as it does for a thread
     Python started (and for `run_main`, which runs on the main thread). Called on the
     worker thread while the flow is built (the input's `list_parts` runs on every
-    worker); a thread state already held is left as it is. A worker thread of a main
+    worker); a thread state already held is left as it is. The state is never deleted:
+    one per worker thread, freed when the interpreter exits. A worker thread of a main
     job with parking installed also asks the main thread to park (`install_parking`).
     """
     if getattr(_STATE, "held", False):
@@ -109,6 +110,8 @@ def hold_thread_state() -> None:
     main = threading.main_thread()
     if PARK_SIGNAL is None or not _PARKING or threading.get_native_id() == main.native_id:
         return
+    if not callable(signal.getsignal(PARK_SIGNAL)):  # reset since: the default would kill
+        return
     tid = threading.get_native_id()
     started = _start_time(tid)
     if started is not None:
@@ -117,16 +120,19 @@ def hold_thread_state() -> None:
 
 
 # -- the main thread, parked while the workers run -------------------------------------------
-# Bytewax's `cluster_main` (every run with `-w`/`-i`) waits for its worker threads in a loop
-# on the main thread: sleep 1 ms, take the GIL, check for signals. Taking the GIL from the
+# Bytewax's `cluster_main` (every run with `-w`, `-i` or `-a`) waits for its worker threads
+# in a loop on the main thread: sleep 1 ms, take the GIL, check for signals. Taking the GIL from the
 # worker a thousand times a second costs that worker about 8% (README "Benchmarks": the
 # same one-worker run as a cluster, 3.04 s against 2.90 s for `run_main`, and 2.81 s with
 # the loop's sleep made 100 ms). The only Python code that loop runs is a signal handler,
 # so the first worker thread sends the main thread PARK_SIGNAL, whose handler waits there,
 # the GIL released, until every worker thread has ended. Other signals still run their
 # handlers inside it (SIGINT/SIGTERM: dataflows/progress.py), and an exception they raise
-# leaves it, as it would leave Bytewax's loop.
-PARK_SIGNAL: int | None = getattr(signal, "SIGRTMIN", None)  # Linux: unused by Python and glibc
+# leaves it, as it would leave Bytewax's loop. This assumes what `python -m bytewax.run`
+# does: `cluster_main` called on the main thread, which does nothing else until it
+# returns. A main thread with other work to do while the workers run would stop doing it.
+# Linux: glibc keeps the real-time signals below SIGRTMIN, Python uses none of them
+PARK_SIGNAL: int | None = getattr(signal, "SIGRTMIN", None)
 PARK_POLL_S = 0.05  # how often the parked main thread looks at the workers
 _WORKERS: dict[int, str] = {}  # worker thread id -> its start time (a reused id is not it)
 _PARKING = False

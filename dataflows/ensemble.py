@@ -800,7 +800,7 @@ def _flow_from_env() -> Dataflow:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     progress.install_stop_handlers()
-    cluster.install_parking()  # with -w/-i: the main thread waits without taking the GIL
+    cluster.install_parking()  # as a cluster: the main thread takes the GIL every 50 ms, not 1
     if settings.status_interval_s:
         progress.report_status(settings.status_interval_s, settings.strategy.warmup_bars)
     cluster.wait_for_peers(cluster.earlier_local_ports())  # spares Timely's 1 s retry
