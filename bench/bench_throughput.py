@@ -13,6 +13,8 @@ start-up is included), ticks/s and the process's peak RSS, then the medians.
 `--workers` workers. With `--compare-workers` the rounds interleave 1 worker, `-w 2` and
 two processes on a two-symbol input (`--ticks` per symbol), and the outputs are checked
 to be equal (as sorted lines: the order of lines across symbols is the scheduler's).
+Each round also runs one symbol's flow alone and both symbols as two separate flows at
+once (no cluster, two accounts): how much two processes can get from this machine at all.
 """
 
 from __future__ import annotations
@@ -59,23 +61,30 @@ def run_flow(spec: str, out: Path, workers: int = 1, processes: int = 1, tree: P
 
 
 def run_processes(
-    env: dict[str, str], workers: int = 1, processes: int = 1, cwd: Path = ROOT
+    env: dict[str, str] | list[dict[str, str]],
+    workers: int = 1,
+    processes: int = 1,
+    cwd: Path = ROOT,
 ) -> Run:
     """`python -m bytewax.run dataflows.ensemble` with `workers` workers in each of
     `processes` processes (`-i/-a` on free local ports), timed from start to the last
-    exit. Their stderr goes to a file (a full pipe would block a flow); a run that fails,
-    or takes more than TIMEOUT_S, stops the benchmark with its stderr."""
+    exit. A list of environments instead runs one separate flow per environment, all at
+    once (no cluster: the machine's own ceiling for running them side by side). Their
+    stderr goes to a file (a full pipe would block a flow); a run that fails, or takes
+    more than TIMEOUT_S, stops the benchmark with its stderr."""
     base = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble", "-w", str(workers)]
-    if processes == 1:
-        cmds = [base]
+    if isinstance(env, list):
+        runs = [(base, e) for e in env]
+    elif processes == 1:
+        runs = [(base, env)]
     else:
         addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
-        cmds = [[*base, "-i", str(i), "-a", addrs] for i in range(processes)]
+        runs = [([*base, "-i", str(i), "-a", addrs], env) for i in range(processes)]
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         procs = [
-            subprocess.Popen(c, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
-            for c in cmds
+            subprocess.Popen(c, env=e, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+            for c, e in runs
         ]
         peak_kb, cpu, codes = 0, 0.0, []
         waiting = {p.pid for p in procs}
@@ -172,7 +181,9 @@ def main() -> None:
     eth = write_ticks(TMP / f"eth_{args.ticks}.parquet", args.ticks, seed=12)
     spec = f"trades:{btc}?symbol=BTC-PERP,trades:{eth}?symbol=ETH-PERP"
     layouts = {"1 worker": (1, 1), "-w 2": (2, 1), "2 processes": (1, 2)}
-    times: dict[str, list[Run]] = {k: [] for k in layouts}
+    times: dict[str, list[Run]] = {
+        k: [] for k in [*layouts, "one symbol alone", "2 separate flows"]
+    }
     reference = None
     for r in range(args.rounds):
         for name, (w, p) in layouts.items():
@@ -185,13 +196,31 @@ def main() -> None:
             else:
                 same = " same outputs" if got == reference else " DIFFERENT OUTPUTS"
             print(f"  round {r + 1} {name:12s}: {_figures(run, 2 * args.ticks)}{same}")
+        # the ceiling: each symbol as a flow of its own, both at once, no cluster (two
+        # accounts, so outputs differ); beside it, one of them alone
+        alone = [
+            {**os.environ, "ENSEMBLE_INPUT": f"trades:{f}?symbol={sym}", "PYTHONPATH": str(ROOT)}
+            for f, sym in ((btc, "BTC-PERP"), (eth, "ETH-PERP"))
+        ]
+        for i, e in enumerate(alone):
+            e["ENSEMBLE_OUT"] = str(TMP / f"out_alone_{i}")
+        times["one symbol alone"].append(run_processes(alone[0]))
+        times["2 separate flows"].append(run_processes(alone))
+        for name, ticks in (("one symbol alone", args.ticks), ("2 separate flows", 2 * args.ticks)):
+            print(f"  round {r + 1} {name:12s}: {_figures(times[name][-1], ticks)}")
     base = _median(times["1 worker"]).wall_s
-    for name, rs in times.items():
-        med = _median(rs)
+    for name in layouts:
+        med = _median(times[name])
         print(
             f"{name:12s}: median {_figures(med, 2 * args.ticks)} "
             f"({base / med.wall_s:.2f}x one worker's wall time)"
         )
+    one, two = (_median(times[k]).wall_s for k in ("one symbol alone", "2 separate flows"))
+    print(
+        f"ceiling on this machine: one symbol's flow alone {one:.2f} s, two separate flows "
+        f"at once {two:.2f} s ({one / two * 2:.2f}x the work in the time of one); one worker "
+        f"on both symbols against the separate flows: {base / two:.2f}x"
+    )
 
 
 if __name__ == "__main__":
