@@ -31,6 +31,23 @@ def _run_command(env: dict[str, str], timeout: int) -> subprocess.CompletedProce
     )
 
 
+def _interrupt_once_past(proc: subprocess.Popen, signals: Path, size: int) -> tuple[str, str]:
+    """Ctrl-C once `signals` has grown past `size` bytes; the run must stop cleanly, say
+    so and say why in its summary. Its (stdout, stderr)."""
+    deadline = time.monotonic() + 180
+    while not (signals.exists() and signals.stat().st_size > size):
+        assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
+        assert time.monotonic() < deadline, "the run never got far enough"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "panicked" not in stderr and "Traceback" not in stderr, stderr
+    assert "ensemble: SIGINT received: stopping" in stderr
+    assert "stopped by a signal before the end of the input" in stdout
+    return stdout, stderr
+
+
 def test_python_m_bytewax_run_prints_the_summary_and_writes_outputs(tmp_path):
     env = {
         "ENSEMBLE_OUT": str(tmp_path / "out"),
@@ -169,20 +186,9 @@ def test_sigint_mid_run_stops_cleanly_with_the_summary_and_a_restart_continues_e
     proc = subprocess.Popen(
         recoverable, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    signals = out / "signals.jsonl"
-    deadline = time.monotonic() + 180
-    while not (signals.exists() and signals.stat().st_size > third):
-        assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
-        assert time.monotonic() < deadline, "the run never got far enough"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "panicked" not in stderr and "Traceback" not in stderr, stderr
-    assert "ensemble: SIGINT received: stopping" in stderr
+    stdout, stderr = _interrupt_once_past(proc, out / "signals.jsonl", third)
     assert "recovery " + str(rec) + " (fresh)" in stderr
     assert "Ensemble run summary" in stdout
-    assert "stopped by a signal before the end of the input" in stdout
     stopped = json.loads((out / "summary.json").read_text())
     full = json.loads((ref / "summary.json").read_text())
     assert 0 < stopped["symbols"]["BTC-PERP"]["bars"] < full["symbols"]["BTC-PERP"]["bars"]
@@ -231,15 +237,4 @@ def test_two_workers_write_what_one_writes_and_stop_cleanly_on_sigint(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    signals = stopped / "signals.jsonl"
-    deadline = time.monotonic() + 180
-    while not (signals.exists() and signals.stat().st_size > 0):
-        assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
-        assert time.monotonic() < deadline, "the run never got far enough"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    assert "panicked" not in stderr and "Traceback" not in stderr, stderr
-    assert "ensemble: SIGINT received: stopping" in stderr
-    assert "stopped by a signal before the end of the input" in stdout
+    _interrupt_once_past(proc, stopped / "signals.jsonl", 0)
