@@ -710,18 +710,16 @@ def build_flow(
     kafka = settings.kafka_bootstrap is not None and messages is None and source is None
     inputs = InputPartitions() if kafka else None  # this run's partitions, for alignment
     to_raw = None
-    slots: dict[str, int] | list[str] = route_order(settings)
     if source is not None:
         raw = op.input("input", flow, StoppableSource(source))
     elif kafka:
         raw = op.input("input", flow, StoppableSource(kafka_source(settings, inputs)))
         to_raw = partial(from_kafka, settings.topic_prefix)
-        slots = routing.kafka_slots(settings.symbols, settings.topic_prefix)
     else:
         raw = op.input("input", flow, StoppableSource(_MarketSource(settings, messages)))
     # One (symbol, events) per symbol and input batch from here to the market step.
     resumed = recovery is not None and progress.resumed_epoch(recovery) is not None
-    keys = routing.routes(slots, recovery, resumed)
+    keys = routing.routes(route_order(settings), recovery, resumed)
     decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw, keys))
     split = op.branch("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     bad = split.trues

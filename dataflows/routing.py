@@ -15,14 +15,6 @@ steps run on worker `slot mod workers` for any worker count that divides 840 (1 
 12, 14, 15, 20, ...), the worker that reads its file, with no need to know the count when
 the flow is built. Other counts still work; only the placement is then by hash.
 
-From Kafka the slot is the place of the symbol's trades partition among the input's
-partitions as Bytewax orders them (sorted by their names, `<partition>-<topic>`): the
-partition the Java client's murmur2 of the symbol puts its trades on, as the live
-ingestor and the replay produce them (`kafka_slots`, for the partition counts
-`python -m dataflows.topics` creates). So a symbol's decoded trades stay on the worker
-that read them, for any symbol set; symbols whose trades share a partition share a
-worker.
-
 The keys are the keys of the flow's recovery snapshots, so a restart must find the same
 ones even if the symbol set changed (a new symbol shifts the others' slots): with a
 recovery directory they are pinned in `routes.json` there, and a symbol keeps its key
@@ -113,45 +105,20 @@ def route_order(settings: Settings) -> list[str]:
     return files + sorted(settings.symbols - set(files))
 
 
-def kafka_slots(symbols: Iterable[str], prefix: str) -> dict[str, int]:
-    """symbol -> slot for a Kafka input: the place, among the input topics' partitions as
-    Bytewax orders them (sorted by name, `<partition>-<topic>`), of the trades partition
-    the symbol's key goes to (the Java client's murmur2, which the live ingestor and the
-    replay use), so its steps run on the worker that reads that partition. The partition
-    counts are those `python -m dataflows.topics` creates, not the broker's of the moment:
-    every process must compute the same keys (a topic given more partitions since keeps
-    them; only the placement drifts)."""
-    from kafka.partitioner.default import murmur2  # the Java client's hash
-
-    from dataflows.topics import INPUT_TOPICS
-
-    names = sorted(f"{i}-{t.name(prefix)}" for t in INPUT_TOPICS for i in range(t.partitions))
-    trades = next(t for t in INPUT_TOPICS if t.stream == "trades")
-    return {
-        s: names.index(
-            f"{(murmur2(s.encode()) & 0x7FFFFFFF) % trades.partitions}-{trades.name(prefix)}"
-        )
-        for s in sorted(symbols)
-    }
-
-
 def routes(
-    order: Iterable[str] | Mapping[str, int],
-    recovery: Path | None = None,
-    resumed: bool = False,
+    order: Iterable[str], recovery: Path | None = None, resumed: bool = False
 ) -> dict[str, str]:
-    """symbol -> route key, the symbols in the input's partition order (slot = index), or
-    a mapping symbol -> slot. With a recovery directory, keys already pinned there are
-    kept and new ones pinned.
+    """symbol -> route key, the symbols in the input's partition order (slot = index).
+    With a recovery directory, keys already pinned there are kept and new ones pinned.
     `resumed`: the directory holds snapshots; without a routes file they were taken under
     the bare symbols (before route keys), which stay its symbols' keys, so an upgrade
     resumes their state (placed by hash, as before) instead of starting it afresh."""
-    slots = dict(order) if isinstance(order, Mapping) else {s: i for i, s in enumerate(order)}
+    order = list(order)
     pinned: dict[str, str] = _load(recovery) if recovery is not None else {}
     legacy = recovery is not None and resumed and not (recovery / ROUTES_FILE).exists()
     if legacy:
-        pinned = {s: s for s in slots}
-    keys = {s: pinned.get(s) or route_key(s, slot) for s, slot in slots.items()}
+        pinned = {s: s for s in order}
+    keys = {s: pinned.get(s) or route_key(s, slot) for slot, s in enumerate(order)}
     if recovery is not None and (legacy or not keys.items() <= pinned.items()):
         _save(recovery, {**pinned, **keys})
     return keys

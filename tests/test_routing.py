@@ -3,7 +3,6 @@ reads its input partition, spread over the workers, checked against Bytewax itse
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -20,14 +19,7 @@ from bytewax.inputs import (
 )
 from bytewax.testing import TestingSink, cluster_main
 
-from dataflows.routing import (
-    ROUTES_FILE,
-    RoutesError,
-    kafka_slots,
-    route_key,
-    routes,
-    worker_of,
-)
+from dataflows.routing import ROUTES_FILE, RoutesError, route_key, routes, worker_of
 
 SYMBOLS = ["BTC-PERP", "DOGE-PERP", "ETH-PERP", "SOL-PERP", "XRP-PERP"]
 
@@ -140,78 +132,3 @@ def test_snapshots_from_before_route_keys_keep_the_bare_symbols_as_keys(tmp_path
     assert keys == {"BTC-PERP": "BTC-PERP", "ETH-PERP": "ETH-PERP"}
     later = routes(["ADA-PERP", "BTC-PERP", "ETH-PERP"], tmp_path, resumed=True)
     assert later["BTC-PERP"] == "BTC-PERP" and later["ADA-PERP"] == route_key("ADA-PERP", 0)
-
-
-class _KafkaLike(FixedPartitionedSource):
-    """The flow's input topics' partitions as the Kafka source names them (`<i>-<topic>`,
-    in topic order, unsorted); each symbol's item comes from the trades partition its key
-    goes to, as the ingestor and the replay place trades."""
-
-    def __init__(self, parts: list[str], keys: dict[str, str], homes: dict[str, str]) -> None:
-        self.parts, self.keys, self.homes = parts, keys, homes
-
-    def list_parts(self) -> list[str]:
-        return self.parts
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> Any:
-        mine = [s for s, home in self.homes.items() if home == for_part]
-        return _Items([(self.keys[s], (s, threading.current_thread().name)) for s in mine])
-
-
-class _Items(StatefulSourcePartition):
-    def __init__(self, items: list[Any]) -> None:
-        self.items: list[Any] | None = items
-
-    def next_batch(self) -> list[Any]:
-        if self.items is None:
-            raise StopIteration
-        items, self.items = self.items, None
-        return items
-
-    def snapshot(self) -> None:
-        return None
-
-
-@pytest.mark.parametrize("workers", [2, 3, 4])
-def test_from_kafka_each_symbol_runs_on_the_worker_that_reads_its_trades_partition(workers):
-    from kafka.partitioner.default import murmur2
-
-    from dataflows.topics import INPUT_TOPICS
-
-    parts = [f"{i}-{t.name('ensemble')}" for t in INPUT_TOPICS for i in range(t.partitions)]
-    n_trades = next(t.partitions for t in INPUT_TOPICS if t.stream == "trades")
-    homes = {s: f"{(murmur2(s.encode()) & 0x7FFFFFFF) % n_trades}-ensemble.trades" for s in SYMBOLS}
-    keys = routes(kafka_slots(SYMBOLS, "ensemble"))
-    flow = Dataflow("kafka_placement")
-    names: list[tuple[str, Any]] = []
-    op.output("names", op.input("workers", flow, _WorkerNames()), TestingSink(names))
-    read = op.input("symbols", flow, _KafkaLike(parts, keys, homes))
-    ran = op.stateful_map(
-        "state", read, lambda state, v: (state, (*v, threading.current_thread().name))
-    )
-    seen: list[tuple[str, Any]] = []
-    op.output("seen", ran, TestingSink(seen))
-    cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    index = dict(v for _, v in names)
-    placed = {sym: (index[reader], index[runner]) for _, (sym, reader, runner) in seen}
-    assert set(placed) == set(SYMBOLS)
-    assert all(reader == runner for reader, runner in placed.values()), placed
-    # with sorted symbols as slots (before), some symbol's trades crossed to another worker
-    before = routes(SYMBOLS)
-    assert any(worker_of(before[s], workers) != placed[s][0] for s in SYMBOLS)
-
-
-def test_kafka_slots_follow_the_trades_partitions_in_bytewax_order(monkeypatch):
-    from kafka.partitioner.default import murmur2
-
-    from dataflows import topics
-
-    twelve = tuple(
-        dataclasses.replace(t, partitions=12) if t.stream == "trades" else t
-        for t in topics.INPUT_TOPICS
-    )
-    monkeypatch.setattr(topics, "INPUT_TOPICS", twelve)
-    parts = sorted(f"{i}-{t.name('x')}" for t in twelve for i in range(t.partitions))
-    p = (murmur2(b"BTC-PERP") & 0x7FFFFFFF) % 12
-    # "10-x.trades" sorts before "2-x.trades", as Bytewax orders them
-    assert kafka_slots(["BTC-PERP"], "x") == {"BTC-PERP": parts.index(f"{p}-x.trades")}
