@@ -136,7 +136,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ticks", type=int, default=250_000, help="per symbol")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--symbols",
+        default=",".join(SYMBOLS),
+        help="comma-separated perps (seeded 11, 12, ... in this order)",
+    )
     args = ap.parse_args()
+    SYMBOLS.clear()
+    SYMBOLS.update({s: 11 + i for i, s in enumerate(args.symbols.split(","))})
     bootstrap = os.environ.get("ENSEMBLE_TEST_KAFKA", "127.0.0.1:19092")
     print(f"{machine()}; broker {bootstrap}")
     messages = trade_messages(args.ticks)
@@ -158,7 +165,10 @@ def main() -> None:
                 differ = [s for s in got if got[s] != reference[s]]
                 same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
             print(f"  round {r + 1} {name:12s}: {_figures(run, n)}{same}", flush=True)
-    print(f"{n:,} trades ({args.ticks:,} per symbol) from Kafka, median of {args.rounds}:")
+    print(
+        f"{n:,} trades ({args.ticks:,} per symbol of {len(SYMBOLS)}) from Kafka, median of "
+        f"{args.rounds}:"
+    )
     base = statistics.median(r.wall_s for r in runs["1 worker"])
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
