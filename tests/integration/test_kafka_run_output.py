@@ -46,10 +46,15 @@ def test_the_kafka_run_prints_start_and_status_lines_and_stops_on_sigint_with_a_
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True
-    )
-    reader.start()
+    out: list[str] = []
+    # each pipe read by its own thread to the end (communicate() would read stderr too,
+    # taking lines from this reader and closing the pipe under it)
+    readers = [
+        threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True),
+        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
     try:
         deadline = time.monotonic() + 180
         # every 5m bar of the two days decided on: the input is read to its end
@@ -58,8 +63,10 @@ def test_the_kafka_run_prints_start_and_status_lines_and_stops_on_sigint_with_a_
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=120)
-        reader.join()
+        proc.wait(timeout=120)
+        for reader in readers:
+            reader.join(timeout=30)
+        stdout = "".join(out)
     finally:  # a failed wait must not leave the flow running (and pytest waiting for it)
         if proc.poll() is None:
             proc.kill()
