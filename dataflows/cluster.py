@@ -89,10 +89,10 @@ _STATE = threading.local()  # lives as long as the thread state it belongs to
 def hold_thread_state() -> None:
     """Keep this thread's Python thread state for the rest of the process.
 
-    With `-w`, `-i` or `-a`, Bytewax runs each worker on a thread Python did not start, and takes
-    the GIL for every operator activation with `PyGILState_Ensure`, which on such a
-    thread makes a new thread state and deletes it again at the matching release. So
-    every activation started on a fresh state: about 33 µs each (a minimal flow of
+    With `-w`, `-i` or `-a`, Bytewax runs each worker on a thread Python did not start,
+    and takes the GIL for every operator activation with `PyGILState_Ensure`, which on
+    such a thread makes a new thread state and deletes it again at the matching release.
+    So every activation started on a fresh state: about 33 µs each (a minimal flow of
     20,000 one-item batches took 1.08 s against 0.35 s on one worker), and
     `threading.local` values, the `decimal` context and the like lived for one activation
     only. One more `PyGILState_Ensure`, never released, keeps the count above zero, so
@@ -121,16 +121,17 @@ def hold_thread_state() -> None:
 
 # -- the main thread, parked while the workers run -------------------------------------------
 # Bytewax's `cluster_main` (every run with `-w`, `-i` or `-a`) waits for its worker threads
-# in a loop on the main thread: sleep 1 ms, take the GIL, check for signals. Taking the GIL from the
-# worker a thousand times a second costs that worker about 8% (README "Benchmarks": the
-# same one-worker run as a cluster, 3.04 s against 2.90 s for `run_main`, and 2.81 s with
-# the loop's sleep made 100 ms). The only Python code that loop runs is a signal handler,
-# so the first worker thread sends the main thread PARK_SIGNAL, whose handler waits there,
-# the GIL released, until every worker thread has ended. Other signals still run their
-# handlers inside it (SIGINT/SIGTERM: dataflows/progress.py), and an exception they raise
-# leaves it, as it would leave Bytewax's loop. This assumes what `python -m bytewax.run`
-# does: `cluster_main` called on the main thread, which does nothing else until it
-# returns. A main thread with other work to do while the workers run would stop doing it.
+# in a loop on the main thread: sleep 1 ms, take the GIL, check for signals. Taking the
+# GIL from the worker a thousand times a second costs that worker 5-8% (README
+# "Benchmarks": the same one-worker run as a cluster, 3.04 s against 2.90 s for
+# `run_main`, and 2.81 s with the loop's sleep made 100 ms). The only Python code that
+# loop runs is a signal handler, so the first worker thread sends the main thread
+# PARK_SIGNAL, whose handler waits there, the GIL released, until every worker thread
+# has ended. Other signals still run their handlers inside it (SIGINT/SIGTERM:
+# dataflows/progress.py), and an exception they raise leaves it, as it would leave
+# Bytewax's loop. This assumes what `python -m bytewax.run` does: `cluster_main` called
+# on the main thread, which does nothing else until it returns. A main thread with other
+# work to do while the workers run would stop doing it.
 # Linux: glibc keeps the real-time signals below SIGRTMIN, Python uses none of them
 PARK_SIGNAL: int | None = getattr(signal, "SIGRTMIN", None)
 PARK_POLL_S = 0.05  # how often the parked main thread looks at the workers
