@@ -1,5 +1,7 @@
-"""Processes started together wait for the earlier ones to listen (dataflows/cluster.py):
-Timely would otherwise wait a whole second after a refused connection."""
+"""Running as a cluster (dataflows/cluster.py): processes started together wait for the
+earlier ones to listen (Timely would otherwise wait a whole second after a refused
+connection), worker threads keep their Python thread state, and the main thread parks
+while the workers run."""
 
 from __future__ import annotations
 
@@ -88,7 +90,10 @@ def _voluntary_switches(tid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches line")
 
 
-@pytest.mark.skipif(cluster.PARK_SIGNAL is None, reason="no real-time signals here")
+@pytest.mark.skipif(
+    cluster.PARK_SIGNAL is None or not Path("/proc/self/task").is_dir(),
+    reason="no real-time signals or no /proc here: the main thread polls, as in Bytewax",
+)
 def test_the_main_thread_parks_while_the_workers_run_and_returns_when_they_end(monkeypatch):
     """Bytewax's cluster_main loop sleeps 1 ms and takes the GIL, over and over; parked,
     the main thread wakes every PARK_POLL_S instead and the run still ends on its own."""
