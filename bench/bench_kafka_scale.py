@@ -37,13 +37,13 @@ from dataflows.kafka_security import confluent_config  # noqa: E402
 from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
 
-SYMBOLS = {"BTC-PERP": 11, "ETH-PERP": 12}  # symbol -> seed of its ticks
+SYMBOLS = ("BTC-PERP", "ETH-PERP")  # by default; their ticks are seeded 11, 12, ...
 
 
-def trade_messages(ticks: int) -> list[tuple[str, bytes, bytes]]:
+def trade_messages(ticks: int, symbols: tuple[str, ...]) -> list[tuple[str, bytes, bytes]]:
     """(topic stream, key, Avro value) for every tick of both symbols, in event-time order."""
     records = []
-    for symbol, seed in SYMBOLS.items():
+    for seed, symbol in enumerate(symbols, start=11):
         df = synthetic_ticks(ticks, seed)
         ts = df["timestamp"].astype("int64").to_numpy()  # ms (datetime64[ms])
         sides = ["sell" if m == "True" else "buy" for m in df["buyer_maker"]]
@@ -116,7 +116,9 @@ def read_outputs(bootstrap: str, prefix: str) -> dict[str, list[bytes]]:
     return {stream: sorted(values) for stream, values in got.items()}
 
 
-def run_flow(bootstrap: str, prefix: str, workers: int, processes: int) -> Run:
+def run_flow(
+    bootstrap: str, prefix: str, workers: int, processes: int, symbols: tuple[str, ...]
+) -> Run:
     """One run, timed from process start to the last process's exit."""
     env = {
         **os.environ,  # the Kafka security settings (deploy/kafka/with-broker.sh)
@@ -124,7 +126,7 @@ def run_flow(bootstrap: str, prefix: str, workers: int, processes: int) -> Run:
         "ENSEMBLE_TOPIC_PREFIX": prefix,
         "ENSEMBLE_KAFKA_TAIL": "0",
         "ENSEMBLE_CLOCK": "event",
-        "ENSEMBLE_SYMBOLS": ",".join(SYMBOLS),
+        "ENSEMBLE_SYMBOLS": ",".join(symbols),
         "ENSEMBLE_CANDLE_SYMBOLS": "",
         "PYTHONPATH": str(ROOT),
     }
@@ -142,11 +144,10 @@ def main() -> None:
         help="comma-separated perps (seeded 11, 12, ... in this order)",
     )
     args = ap.parse_args()
-    SYMBOLS.clear()
-    SYMBOLS.update({s: 11 + i for i, s in enumerate(args.symbols.split(","))})
+    symbols = tuple(args.symbols.split(","))
     bootstrap = os.environ.get("ENSEMBLE_TEST_KAFKA", "127.0.0.1:19092")
     print(f"{machine()}; broker {bootstrap}")
-    messages = trade_messages(args.ticks)
+    messages = trade_messages(args.ticks, symbols)
     n = len(messages)
     layouts = {"1 worker": (1, 1), "-w 2": (2, 1), "2 processes": (1, 2)}
     runs: dict[str, list[Run]] = {k: [] for k in layouts}
@@ -155,7 +156,7 @@ def main() -> None:
         for name, (w, p) in layouts.items():
             prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix, messages)
-            run = run_flow(bootstrap, prefix, w, p)
+            run = run_flow(bootstrap, prefix, w, p, symbols)
             runs[name].append(run)
             got = read_outputs(bootstrap, prefix)
             if reference is None:
@@ -166,7 +167,7 @@ def main() -> None:
                 same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
             print(f"  round {r + 1} {name:12s}: {_figures(run, n)}{same}", flush=True)
     print(
-        f"{n:,} trades ({args.ticks:,} per symbol of {len(SYMBOLS)}) from Kafka, median of "
+        f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
     )
     base = statistics.median(r.wall_s for r in runs["1 worker"])

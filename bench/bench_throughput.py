@@ -53,11 +53,15 @@ class Run:
     peak_mb: float  # peak RSS of the largest process
 
 
+def flow_env(spec: str, out: Path, tree: Path = ROOT) -> dict[str, str]:
+    """The environment of a run of the flow in `tree` over the input `spec` into `out`."""
+    return {**os.environ, "ENSEMBLE_INPUT": spec, "ENSEMBLE_OUT": str(out), "PYTHONPATH": str(tree)}
+
+
 def run_flow(spec: str, out: Path, workers: int = 1, processes: int = 1, tree: Path = ROOT) -> Run:
     """One run of the flow in the checkout `tree` (another worktree: the same ticks
     before and after a change)."""
-    env = {**os.environ, "ENSEMBLE_INPUT": spec, "ENSEMBLE_OUT": str(out), "PYTHONPATH": str(tree)}
-    return run_processes(env, workers, processes, tree)
+    return run_processes(flow_env(spec, out, tree), workers, processes, tree)
 
 
 def run_processes(
@@ -199,11 +203,9 @@ def main() -> None:
         # the ceiling: each symbol as a flow of its own, both at once, no cluster (two
         # accounts, so outputs differ); beside it, one of them alone
         alone = [
-            {**os.environ, "ENSEMBLE_INPUT": f"trades:{f}?symbol={sym}", "PYTHONPATH": str(ROOT)}
-            for f, sym in ((btc, "BTC-PERP"), (eth, "ETH-PERP"))
+            flow_env(f"trades:{f}?symbol={sym}", TMP / f"out_alone_{i}")
+            for i, (f, sym) in enumerate(((btc, "BTC-PERP"), (eth, "ETH-PERP")))
         ]
-        for i, e in enumerate(alone):
-            e["ENSEMBLE_OUT"] = str(TMP / f"out_alone_{i}")
         times["one symbol alone"].append(run_processes(alone[0]))
         times["2 separate flows"].append(run_processes(alone))
         for name, ticks in (("one symbol alone", args.ticks), ("2 separate flows", 2 * args.ticks)):
