@@ -57,8 +57,12 @@ def test_the_kafka_run_prints_start_and_status_lines_and_stops_on_sigint_with_a_
         reader.start()
     try:
         deadline = time.monotonic() + 180
-        # every 5m bar of the two days decided on: the input is read to its end
-        while not any("BTC-PERP 425 decisions" in line for line in list(lines)):
+        # every 5m bar of the two days decided on, for both symbols: the input is read to its
+        # end (each symbol's trades are a partition of their own, read at their own pace)
+        while not any(
+            "BTC-PERP 425 decisions" in line and "ETH-PERP 425 decisions" in line
+            for line in list(lines)
+        ):
             assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
