@@ -521,10 +521,24 @@ class _WatchedKafkaSource(KafkaSource):
         self.inputs = inputs
         self.meta = _Metadata({"bootstrap.servers": ",".join(self._brokers), **self._add_config})
 
+    def list_parts(self) -> list[str]:
+        """Every partition of the input topics (each worker lists them all; Bytewax builds
+        each in one process): `inputs` learns which this process does not read."""
+        parts = super().list_parts()
+        if self.inputs is not None:
+            self.inputs.listed.update(_event_part(p) for p in parts)
+        return parts
+
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
         inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
         return _WatchedPartition(inner, topic, int(idx), self.inputs, self.meta)
+
+
+def _event_part(for_part: str) -> str:
+    """Bytewax's name of a Kafka partition (`<idx>-<topic>`) as decode names an event's."""
+    idx, topic = for_part.split("-", 1)
+    return f"{topic}#{idx}"
 
 
 # librdkafka error codes that mean the input topic itself is gone

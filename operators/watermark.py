@@ -23,9 +23,13 @@ the symbol at its clock while the symbol's records come from it, and at the part
 latest event time (any symbol's) otherwise: before it ever did, and once the symbol has
 had none from it for `idle_ms` (a producer changed partitioner, or partitions were
 added, and the symbol moved while the partition stayed busy with others: its frozen
-clock held the symbol's bars for ever). Without it (several
-processes), the sources that delivered within `idle_ms` of wall time, and nothing at all
-for `idle_ms` after a start, when every partition has had that long to speak. Wall-clock
+clock held the symbol's bars for ever). Without it, the sources that delivered within
+`idle_ms` of wall time, and nothing at all for `idle_ms` after a start, when every
+partition has had that long to speak. With several processes (`-a`), the view covers the
+partitions this one reads, and a symbol's records from partitions another process reads
+(its keyed steps run where the route key puts them, not where its partition is read) are
+judged as without it, beside the view: before, the partitions read here closed its bars
+at their own event time, ahead of its own trades still on their way (late). Wall-clock
 times are not state: a resumed step starts afresh.
 """
 
@@ -122,9 +126,11 @@ class Progress:
         progress counts, and the minimum over the others that count (None: none does, or,
         when `source` does not count either, the symbol has no progress yet). Then the
         slowest is min(that minimum, `source`'s progress) if it counts, else that minimum."""
+        counts, pending = False, []
+        seen: dict[str, bool] = {}  # the partitions this process's view judges
         if inputs is not None and inputs.caught_up:
-            counts, pending = False, []
-            for part in inputs.caught_up:
+            seen = inputs.caught_up
+            for part in seen:
                 if inputs.idle(part, now_ms, idle_ms):
                     continue
                 clock = self.sources.get(part)
@@ -138,16 +144,19 @@ class Progress:
                 if p is None:
                     return False, None  # a partition with records not seen yet: wait for it
                 pending.append(p)
-            return counts, min(pending) if pending else None
+            if not inputs.remote:
+                return counts, min(pending) if pending else None
+        # the sources no view judges (no view at all, or partitions other processes read)
         if now_ms - self.started_ms < idle_ms:
             return False, None  # a partition may not have delivered its first record yet
-        counts = now_ms - self.arrivals.get(source, self.started_ms) <= idle_ms
-        others = [
-            c.progress
-            for s, c in self.sources.items()
-            if s != source and now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
-        ]
-        return counts, min(others) if others else None
+        for s, clock in self.sources.items():
+            if s in seen or now_ms - self.arrivals.get(s, self.started_ms) > idle_ms:
+                continue  # judged by the view, or quiet for the idle bound
+            if s == source:
+                counts = True
+            else:
+                pending.append(clock.progress)
+        return counts, min(pending) if pending else None
 
     def _slowest(self, now_ms: int, idle_ms: int, inputs: InputPartitions | None) -> int | None:
         """The minimum over every source that may still deliver an earlier record."""
@@ -172,7 +181,8 @@ class InputPartitions:
     market step does not close that symbol's bars past it (`held_ms`). Not state: it
     describes the running process's consumers and steps."""
 
-    caught_up: dict[str, bool] = field(default_factory=dict)
+    caught_up: dict[str, bool] = field(default_factory=dict)  # the partitions read here
+    listed: set[str] = field(default_factory=set)  # every input partition, in any process
     held_ms: dict[str, int] = field(default_factory=dict)  # symbol -> earliest held command
     # symbol -> times of the commands the commands step let through that the market step
     # has not seen yet (between the two steps, the cap must not lift: a market recheck in
@@ -188,6 +198,12 @@ class InputPartitions:
         self.records[part] = self.records.get(part, 0) + n_records
         if n_records or part not in self.last_read_ms:
             self.last_read_ms[part] = now_ms
+
+    @property
+    def remote(self) -> bool:
+        """Whether other processes read some input partitions (several processes, `-a`): a
+        symbol's records from them arrive here without this view of their partitions."""
+        return not self.listed <= self.caught_up.keys()
 
     def idle(self, part: str, now_ms: int, idle_ms: int) -> bool:
         """Caught up and either empty or quiet for `idle_ms` (its last records processed)."""

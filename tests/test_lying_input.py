@@ -275,6 +275,37 @@ def test_a_symbol_that_moves_partition_is_not_held_by_the_busy_one_it_left():
     assert st.late_count == 0
 
 
+def test_a_symbol_whose_partition_another_process_reads_is_held_by_its_own_trades():
+    """Two processes (`-a`): this one reads trades#0, busy with other symbols and read far
+    ahead; BTC-PERP's trades are on trades#1, read by the other process and sent here. The
+    view of this process's partitions closed BTC-PERP's bars at trades#0's event time, so
+    its own trades, crossing from the other process, were late (2 processes from Kafka
+    did not write one worker's outputs)."""
+    view = InputPartitions()
+    view.listed.update({"trades#0", "trades#1"})  # every worker lists every partition
+    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
+    st.progress.restart(0)
+    out: list[Any] = []
+    real = [_t(T0 + i * S, part="trades#1") for i in range(1_800)]
+    for i, e in enumerate(real):  # 0.1 s of wall time apart; trades#0 is 30 minutes ahead
+        now = 1_000 + i * 100
+        view.read("trades#0", 1, caught_up=True, now_ms=now)
+        view.saw("trades#0", e.ts_event_ms + 30 * M)
+        st.on_event(e, out, now)
+        if now < 10_000:  # within the start-up grace nothing closes: trades#1 may be silent
+            assert not _bars(out)
+    assert st.late_count == 0
+    closed = [(start, count) for start, count, _ in _bars(out)]
+    assert closed == [(T0 + k * 5 * M, 300) for k in range(5)]  # up to its own trades' time
+    # once its partition is quiet for the idle bound, the partitions read here carry it on
+    quiet = 1_000 + 1_800 * 100 + 10_001
+    view.read("trades#0", 1, caught_up=True, now_ms=quiet)
+    st.recheck(quiet, out)
+    assert [start for start, _, _ in _bars(out)][-1] == T0 + 25 * M
+    st.flush(out)
+    assert _bars(out) == _bars(_run([(dataclasses.replace(e, part=None), 0) for e in real])[1])
+
+
 # -- a file run's one stream: funding beside candles ----------------------------------------
 def _candle(ts_ms: int, interval_ms: int = 300_000) -> Candle:
     return Candle("BTC-PERP", ts_ms, interval_ms, 100.0, 101.0, 99.0, 100.5, 3.0)
