@@ -41,8 +41,14 @@ def on_the_wire(stream: str, records: list[dict[str, Any]]) -> list[dict[str, An
 
 def read_topic(bootstrap: str, topic: str, schema: str | None) -> list[dict[str, Any]]:
     """Every message of `topic`, decoded (or raw under "value"), with its coordinates."""
-    md = AdminClient(confluent_config(bootstrap)).list_topics(topic, timeout=10)
-    parts = [TopicPartition(topic, p, 0) for p in sorted(md.topics[topic].partitions)]
+    return read_topics(bootstrap, {topic: schema})[topic]
+
+
+def read_topics(bootstrap: str, schemas: dict[str, str | None]) -> dict[str, list[dict[str, Any]]]:
+    """Every message of each topic, decoded by its schema (or raw under "value"), with its
+    coordinates; one consumer for them all."""
+    md = AdminClient(confluent_config(bootstrap)).list_topics(timeout=10)
+    parts = [TopicPartition(t, p, 0) for t in schemas for p in sorted(md.topics[t].partitions)]
     consumer = Consumer(
         confluent_config(
             bootstrap,
@@ -51,16 +57,17 @@ def read_topic(bootstrap: str, topic: str, schema: str | None) -> list[dict[str,
         )
     )
     consumer.assign(parts)
-    out: list[dict[str, Any]] = []
-    done: set[int] = set()
+    out: dict[str, list[dict[str, Any]]] = {topic: [] for topic in schemas}
+    done: set[tuple[str, int]] = set()
     try:
         while len(done) < len(parts):
             for m in consumer.consume(1000, 0.5):
                 if m.error():
-                    done.add(m.partition())
+                    done.add((m.topic(), m.partition()))
                     continue
+                schema = schemas[m.topic()]
                 rec = codec.decode(schema, m.value()) if schema else {"value": m.value()}
-                out.append(
+                out[m.topic()].append(
                     {**rec, "_key": m.key(), "_partition": m.partition(), "_offset": m.offset()}
                 )
     finally:

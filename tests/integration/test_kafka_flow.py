@@ -88,13 +88,15 @@ def _bad_messages(ts: int) -> list[tuple[bytes, bytes, str]]:
     ]
 
 
-def _context_records(records: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """External overlays (15m and 1h), cohort snapshots every 5 minutes, and signed
-    operator commands (a BTC halt and resume, ETH shadow mode on and off) over the span
-    of `records`, so every input topic of the flow carries messages."""
+def _context_records(
+    records: list[tuple[str, dict]], symbols: tuple[str, ...] = ("BTC-PERP", "ETH-PERP")
+) -> list[tuple[str, dict]]:
+    """External overlays (15m and 1h) and cohort snapshots every 5 minutes for `symbols`,
+    and signed operator commands (a BTC halt and resume, ETH shadow mode on and off) over
+    the span of `records`, so every input topic of the flow carries messages."""
     t0, t1 = records[0][1]["ts_event_ms"], records[-1][1]["ts_event_ms"]
     out: list[tuple[str, dict]] = []
-    for sym in ("BTC-PERP", "ETH-PERP"):
+    for sym in symbols:
         for i, ts in enumerate(range(t0 - t0 % 300_000 + 300_000, t1, 300_000)):
             out.append(
                 (
