@@ -152,6 +152,7 @@ def main() -> None:
     layouts = {"1 worker": (1, 1), "-w 2": (2, 1), "2 processes": (1, 2)}
     runs: dict[str, list[Run]] = {k: [] for k in layouts}
     reference = None
+    differed = []
     for r in range(args.rounds):
         for name, (w, p) in layouts.items():
             prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
@@ -165,6 +166,8 @@ def main() -> None:
             else:
                 differ = [s for s in got if got[s] != reference[s]]
                 same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
+                if differ:
+                    differed.append(f"round {r + 1} {name}")
             print(f"  round {r + 1} {name:12s}: {_figures(run, n)}{same}", flush=True)
     print(
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
@@ -178,6 +181,8 @@ def main() -> None:
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)} "
             f"({base / wall_s:.2f}x one worker's wall time)"
         )
+    if differed:  # figures of runs that wrote something else compare nothing
+        raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
 
 
 def _figures(run: Run, n: int) -> str:

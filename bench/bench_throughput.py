@@ -189,6 +189,7 @@ def main() -> None:
         k: [] for k in [*layouts, "one symbol alone", "2 separate flows"]
     }
     reference = None
+    differed = []
     for r in range(args.rounds):
         for name, (w, p) in layouts.items():
             out = TMP / f"out_{w}_{p}"
@@ -199,6 +200,8 @@ def main() -> None:
                 reference, same = got, ""
             else:
                 same = " same outputs" if got == reference else " DIFFERENT OUTPUTS"
+                if got != reference:
+                    differed.append(f"round {r + 1} {name}")
             print(f"  round {r + 1} {name:12s}: {_figures(run, 2 * args.ticks)}{same}")
         # the ceiling: each symbol as a flow of its own, both at once, no cluster (two
         # accounts, so outputs differ); beside it, one of them alone
@@ -223,6 +226,8 @@ def main() -> None:
         f"at once {two:.2f} s ({one / two * 2:.2f}x the work in the time of one); one worker "
         f"on both symbols against the separate flows: {base / two:.2f}x"
     )
+    if differed:  # figures of runs that wrote something else compare nothing
+        raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
 
 
 if __name__ == "__main__":
