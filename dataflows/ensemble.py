@@ -44,6 +44,7 @@ from dataflows.io import (
     from_kafka,
     kafka_sink,
     kafka_source,
+    partition_name,
     to_kafka,
 )
 from dataflows.io import MarketSource as _MarketSource
@@ -240,7 +241,7 @@ def _decode_kafka_trades(
             rows.setdefault(symbol, []).append(raw)
     except SchemaError:
         return None
-    part = sys.intern(f"{raws[0].topic}#{raws[0].partition}")  # as decode_step names it
+    part = partition_name(raws[0].topic, raws[0].partition)
     symbols, skew = settings.symbols, settings.max_clock_skew_ms
     out: dict[str, list[Any]] = {}
     for symbol, group in recs.items():
@@ -292,9 +293,8 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
         )
         return [Emit("dead_letters", dl), Emit("summary", {"dead_letter": reason})]
     if raw.partition is not None:  # Kafka: the market step keeps each partition's progress
-        # one string per partition: the market step reads a partition's clock and bands
-        # once per run of its records, telling runs apart by identity (`is`)
-        event.part = sys.intern(f"{raw.topic}#{raw.partition}")
+        # the market step reads a partition's clock and bands once per run of its records
+        event.part = partition_name(raw.topic, raw.partition)
     if isinstance(event, ControlCommand):
         try:
             event = verify(event, settings.operator_keys, settings.strategy.strategy_id)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -441,7 +442,7 @@ class _WatchedPartition(StatefulSourcePartition):
         self.inner, self.topic, self.inputs, self.meta = inner, topic, inputs, meta
         self.client = meta.open()
         self.tp = TopicPartition(topic, idx)
-        self.part = f"{topic}#{idx}"  # as decode names an event's partition
+        self.part = partition_name(topic, idx)
         self.next_check_s = time.monotonic() + TOPIC_CHECK_S
         self.quiet_s = 0.0  # the wait before polling again after empty batches
         self.awake_at: datetime | None = None
@@ -535,10 +536,16 @@ class _WatchedKafkaSource(KafkaSource):
         return _WatchedPartition(inner, topic, int(idx), self.inputs, self.meta)
 
 
+def partition_name(topic: str, idx: int | str) -> str:
+    """An input partition's name in the flow (an event's `part`, the view's keys): one
+    interned string per partition, so a run of its records is told apart by identity."""
+    return sys.intern(f"{topic}#{idx}")
+
+
 def _event_part(for_part: str) -> str:
-    """Bytewax's name of a Kafka partition (`<idx>-<topic>`) as decode names an event's."""
+    """Bytewax's name of a Kafka partition (`<idx>-<topic>`) as the flow names it."""
     idx, topic = for_part.split("-", 1)
-    return f"{topic}#{idx}"
+    return partition_name(topic, idx)
 
 
 # librdkafka error codes that mean the input topic itself is gone

@@ -14,7 +14,7 @@ symbol's progress is the minimum over the sources that may still deliver an earl
 record, never decreasing: a partition read ahead of the others, or carrying misrouted
 records, cannot close another's bars, and funding, overlay, cohort and control records
 reach the context join before the bar they belong to closes (topics aligned by event
-time, however fast each is read).
+time, however fast each is read, within one process; across processes, see below).
 
 Which sources may still deliver: with the Kafka source's view of its partitions
 (`InputPartitions`), every partition that is not idle (records left to read, or read
@@ -25,12 +25,23 @@ had none from it for `idle_ms` (a producer changed partitioner, or partitions we
 added, and the symbol moved while the partition stayed busy with others: its frozen
 clock held the symbol's bars for ever). Without it, the sources that delivered within
 `idle_ms` of wall time, and nothing at all for `idle_ms` after a start, when every
-partition has had that long to speak. With several processes (`-a`), the view covers the
-partitions this one reads, and a symbol's records from partitions another process reads
-(its keyed steps run where the route key puts them, not where its partition is read) are
-judged as without it, beside the view: before, the partitions read here closed its bars
-at their own event time, ahead of its own trades still on their way (late). Wall-clock
-times are not state: a resumed step starts afresh.
+partition has had that long to speak.
+
+With several processes (`-a`), the view covers only the partitions this one reads, while
+a symbol's keyed steps run where its route key puts them, not where its partitions are
+read. The symbol's records from the others' partitions are then judged as without a
+view, beside it: such a source holds the symbol at its clock while its records keep
+arriving (within `idle_ms`), never at the partition's own position; no symbol's bars
+close in the first `idle_ms` of the step; and a partition read here that has delivered
+no record of any symbol folded here (its symbols are all folded elsewhere) holds nothing
+after that, where it held every symbol here for as long as it stayed busy (for ever,
+following a live topic). Before,
+the view alone closed a symbol's bars at the local partitions' event time, ahead of its
+own trades still on their way from the other process (late). What one process cannot
+know, so two processes may still close a bar that one worker would hold: a partition read
+elsewhere that pauses for longer than `idle_ms` while not caught up, and one that has not
+yet delivered a symbol's first record past the first `idle_ms` (a sparse topic read
+late). Wall-clock times are not state: a resumed step starts afresh.
 """
 
 from __future__ import annotations
@@ -130,7 +141,8 @@ class Progress:
         seen: dict[str, bool] = {}  # the partitions this process's view judges
         if inputs is not None and inputs.caught_up:
             seen = inputs.caught_up
-            for part in seen:
+            remote = inputs.remote
+            for part in list(seen):  # (another worker may be building its partitions)
                 if inputs.idle(part, now_ms, idle_ms):
                     continue
                 clock = self.sources.get(part)
@@ -142,9 +154,11 @@ class Progress:
                     clock = None  # the symbol left this busy partition: as one it never used
                 p = clock.progress if clock is not None else inputs.latest_ms.get(part)
                 if p is None:
+                    if remote and now_ms - self.started_ms >= idle_ms:
+                        continue  # its records are all folded in other processes: unknown
                     return False, None  # a partition with records not seen yet: wait for it
                 pending.append(p)
-            if not inputs.remote:
+            if not remote:
                 return counts, min(pending) if pending else None
         # the sources no view judges (no view at all, or partitions other processes read)
         if now_ms - self.started_ms < idle_ms:
@@ -171,7 +185,8 @@ class InputPartitions:
     """What this process's Kafka source knows of its input partitions (filled by
     dataflows/io.py, and by the commands step for event times): whether each has nothing
     left to read right now (at the broker's high watermark, or its end), when it last
-    delivered records (wall ms), and the latest event time read from it for any symbol.
+    delivered records (wall ms), and the latest event time read from it for any symbol
+    folded in this process (with several processes, not the others' symbols).
 
     A partition holds every symbol's progress until it is idle: caught up and quiet for
     the idle bound (Flink's `withIdleness`, measured at the source). So a topic read late

@@ -306,6 +306,49 @@ def test_a_symbol_whose_partition_another_process_reads_is_held_by_its_own_trade
     assert _bars(out) == _bars(_run([(dataclasses.replace(e, part=None), 0) for e in real])[1])
 
 
+def _busy_elsewhere(remote: bool) -> tuple[MarketState, list[Any]]:
+    """BTC-PERP's trades on trades#0; trades#2, also read here, busy with symbols folded
+    in another process (so none of its records reaches this process's steps)."""
+    view = InputPartitions()
+    view.listed.update({"trades#0", "trades#2"} | ({"trades#1"} if remote else set()))
+    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
+    st.progress.restart(0)
+    out: list[Any] = []
+    for i in range(1_800):
+        now = 1_000 + i * 100
+        view.read("trades#0", 1, caught_up=True, now_ms=now)
+        view.read("trades#2", 500, caught_up=False, now_ms=now)  # never caught up
+        view.saw("trades#0", T0 + i * S)
+        st.on_event(_t(T0 + i * S, part="trades#0"), out, now)
+    return st, out
+
+
+def test_a_partition_whose_symbols_are_all_folded_in_another_process_holds_no_bar():
+    """Two processes: trades#2 is read here but carries only symbols the other process
+    folds, so this process never learns its event time. It held BTC-PERP's bars for as
+    long as it stayed busy (for ever, following a live topic); past the start-up grace it
+    now holds nothing. In one process, where its event time would be known, it holds."""
+    st, out = _busy_elsewhere(remote=True)
+    assert [start for start, _, _ in _bars(out)][-1] == T0 + 20 * M and st.late_count == 0
+    assert not _bars(_busy_elsewhere(remote=False)[1])  # held, as before
+
+
+def test_the_source_tells_the_view_every_partition_by_the_name_events_carry(monkeypatch):
+    from bytewax.connectors.kafka import KafkaSource
+
+    from dataflows.io import _WatchedKafkaSource, partition_name
+
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades", "11-p.funding"])
+    view = InputPartitions()
+    source = _WatchedKafkaSource(view, ["127.0.0.1:9"], ["p.trades", "p.funding"])
+    assert source.list_parts() == ["0-p.trades", "11-p.funding"]
+    assert view.listed == {partition_name("p.trades", 0), partition_name("p.funding", 11)}
+    assert view.remote  # none of them is read here yet
+    view.read(partition_name("p.trades", 0), 0, False, 0)
+    view.read(partition_name("p.funding", 11), 0, False, 0)
+    assert not view.remote
+
+
 # -- a file run's one stream: funding beside candles ----------------------------------------
 def _candle(ts_ms: int, interval_ms: int = 300_000) -> Candle:
     return Candle("BTC-PERP", ts_ms, interval_ms, 100.0, 101.0, 99.0, 100.5, 3.0)

@@ -31,29 +31,28 @@ ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ("BTC-PERP", "ETH-PERP", "SOL-PERP")
 
 
-def _run(env: dict[str, str], processes: int) -> None:
+def _run(env: dict[str, str], processes: int, logs: Path) -> None:
     command = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"]
     addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
     cluster = [["-i", str(i), "-a", addrs] for i in range(processes)] if processes > 1 else [[]]
-    procs = [
-        subprocess.Popen(
-            [*command, *extra],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for extra in cluster
-    ]
+    procs = []
+    for i, extra in enumerate(cluster):
+        with open(logs / f"stderr-{processes}-{i}.txt", "w") as err:  # a pipe could fill
+            procs.append(
+                subprocess.Popen(
+                    [*command, *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err
+                )
+            )
     try:
-        errors = [p.communicate(timeout=300)[1] for p in procs]
+        for p in procs:
+            p.wait(timeout=300)
     finally:  # a failed run must not leave a process behind (and pytest waiting for it)
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, err in zip(procs, errors, strict=True):
+    for i, p in enumerate(procs):
+        err = (logs / f"stderr-{processes}-{i}.txt").read_text()
         assert p.returncode == 0, err
         assert "Traceback" not in err and "panicked" not in err, err
 
@@ -67,7 +66,7 @@ def _outputs(bootstrap: str, prefix: str) -> dict[str, list[str]]:
     }
 
 
-def test_two_processes_from_kafka_write_what_one_worker_writes(kafka_bootstrap, prefix):
+def test_two_processes_from_kafka_write_what_one_worker_writes(kafka_bootstrap, prefix, tmp_path):
     generated = list(
         generate(GeneratorConfig(seed=11, days=2, trade_symbols=SYMBOLS, candle_symbols=()))
     )
@@ -82,12 +81,9 @@ def test_two_processes_from_kafka_write_what_one_worker_writes(kafka_bootstrap, 
             **flow_env(kafka_bootstrap, run_prefix),
             "ENSEMBLE_SYMBOLS": ",".join(SYMBOLS),
             "ENSEMBLE_CANDLE_SYMBOLS": "",
-            # idle after 2 s (not 10): the run outlasts the start-up grace, so the alignment
-            # across processes is exercised, not only the end of the input
-            "ENSEMBLE_SOURCE_IDLE_MS": "2000",
         }
         env.pop("ENSEMBLE_TEST_KAFKA", None)
-        _run(env, processes)
+        _run(env, processes, tmp_path)
         outputs[processes] = _outputs(kafka_bootstrap, run_prefix)
     one, two = outputs[1], outputs[2]
     assert one["dead_letters"] == [], one["dead_letters"][:3]
