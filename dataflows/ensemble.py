@@ -74,7 +74,7 @@ from operators.predict import ArtifactError, load_runtime
 from operators.redaction import clean, scrub
 from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
-from operators.watermark import InputPartitions
+from operators.watermark import InputPartitions, PartitionMark, latest_by_part, split_marks
 from schemas.codec import STREAM_SCHEMAS, SchemaError
 from schemas.codec import decode as avro_decode
 
@@ -171,7 +171,11 @@ def decode_batch(
                 by_symbol.setdefault(symbol, []).extend(events)
         run.clear()
 
+    marks: list[PartitionMark] = []
     for item in items:
+        if type(item) is PartitionMark:
+            marks.append(item)
+            continue
         if isinstance(item, RowBlock):
             counts[item.stream] = counts.get(item.stream, 0) + len(item)
             events = _decode_block(settings, stamp, item, now_ms, out)
@@ -196,8 +200,27 @@ def decode_batch(
     if run:
         end_run()
     metrics.count_inputs(counts)
+    if marks:
+        _mark(marks, by_symbol, keys)
     out.extend((keys.get(symbol, symbol), events) for symbol, events in by_symbol.items())
     return out
+
+
+def _mark(
+    marks: list[PartitionMark], by_symbol: dict[str, list[Any]], keys: Mapping[str, str]
+) -> None:
+    """The batch's partition marks, each with the latest event time decoded from its
+    partition in the batch (any symbol's), after every symbol's events: each symbol's
+    steps see every partition move, behind the records read before (watermark.py)."""
+    latest: dict[str | None, int] = {}
+    for events in by_symbol.values():
+        for part, ts in latest_by_part(events).items():
+            if ts > latest.get(part, ts - 1):
+                latest[part] = ts
+    for m in marks:
+        m.latest_ms = latest.get(m.part)
+    for symbol in keys:
+        by_symbol.setdefault(symbol, []).extend(marks)
 
 
 def _decode_block(
@@ -325,7 +348,8 @@ class CommandLogic(StatefulLogic):
         inputs: InputPartitions | None,
         gate: CommandGate | None,
     ) -> None:
-        self.stamp, self.inputs = stamp, inputs
+        self.stamp = stamp
+        self.inputs = None if inputs is None else inputs.fork()  # this step's view
         now = wall_clock_ms()
         if gate is None:
             gate = CommandGate(
@@ -335,11 +359,20 @@ class CommandLogic(StatefulLogic):
         self.gate = gate
 
     def on_item(self, value: list[Any]) -> tuple[list[Any], bool]:
-        """`value`: this symbol's events from one input batch, in order. Every event passes
-        here, so the gate also notes each partition's latest event time in `inputs`."""
-        items = self.gate.on_events(value, wall_clock_ms(), self.inputs)
-        self._holding(value[0].symbol)
-        return self._out(items), StatefulLogic.RETAIN
+        """`value`: this symbol's events from one input batch, in order, then the batch's
+        partition marks (Kafka), which move this step's view after the events and go on
+        to the market step behind what passes."""
+        events, marks = split_marks(value)
+        now = wall_clock_ms()
+        items = self.gate.on_events(events, now, self.inputs) if events else []
+        if marks:
+            assert self.inputs is not None  # marks come from the Kafka source only
+            for m in marks:
+                self.inputs.apply(m)
+            items += self.gate.recheck(now, self.inputs)  # held commands the view lets through
+        for symbol in {_symbol(x) for x in items} if not events else {events[0].symbol}:
+            self._holding(symbol)
+        return self._out(items, marks), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         """With Kafka: held commands are rechecked while the symbol has nothing new."""
@@ -348,13 +381,13 @@ class CommandLogic(StatefulLogic):
     def on_notify(self) -> tuple[list[Any], bool]:
         items = self.gate.recheck(wall_clock_ms(), self.inputs)
         for item in items:
-            self._holding(getattr(item, "symbol", None) or item.command.symbol)
+            self._holding(_symbol(item))
         return self._out(items), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         items = self.gate.flush()
         for item in items:
-            self._holding(getattr(item, "symbol", None) or item.command.symbol)
+            self._holding(_symbol(item))
         return self._out(items), StatefulLogic.RETAIN
 
     def _holding(self, symbol: str) -> None:
@@ -366,9 +399,10 @@ class CommandLogic(StatefulLogic):
         else:
             self.inputs.held_ms.pop(symbol, None)
 
-    def _out(self, items: list[Any]) -> list[Any]:
-        """Dead letters for the refused commands; what passes goes on as one list (and
-        the market step is told of the commands in it: InputPartitions.passing_ms)."""
+    def _out(self, items: list[Any], marks: list[PartitionMark] | None = None) -> list[Any]:
+        """Dead letters for the refused commands; what passes goes on as one list, the
+        marks last (and the market step is told of the commands in it:
+        InputPartitions.passing_ms)."""
         out: list[Any] = []
         passed: list[Any] = []
         for item in items:
@@ -383,12 +417,19 @@ class CommandLogic(StatefulLogic):
                 ]
             else:
                 passed.append(item)
+        if marks:
+            passed += marks
         if passed:
             out.append(passed)
         return out
 
     def snapshot(self) -> CommandGate:
         return copy.deepcopy(self.gate)
+
+
+def _symbol(item: Any) -> str:
+    """The symbol of what the commands step lets through or refuses."""
+    return getattr(item, "symbol", None) or item.command.symbol
 
 
 # -- market -----------------------------------------------------------------------------
@@ -402,7 +443,8 @@ class MarketLogic(StatefulBatchLogic):
         inputs: InputPartitions | None,
         state: MarketState | None,
     ) -> None:
-        self.settings, self.stamp, self.state, self.inputs = settings, stamp, state, inputs
+        self.settings, self.stamp, self.state = settings, stamp, state
+        self.inputs = None if inputs is None else inputs.fork()  # this step's view
         if state is not None:
             self._configure(state)
             state.progress.restart(wall_clock_ms())
@@ -443,10 +485,23 @@ class MarketLogic(StatefulBatchLogic):
             context = {"event": repr(e)}
             out.append(_error(self.stamp, "market", e.symbol, e.ts_event_ms, exc, context))
 
-        for events in values:
-            st = self._ensure(events[0].symbol)  # one key: every event is this symbol's
-            st.on_events(events, out, now, failed)
-        if self.settings.wall_clock:
+        arrived = False
+        for value in values:
+            events, marks = split_marks(value)
+            if events:
+                arrived = True
+                st = self._ensure(events[0].symbol)  # one key: every event is this symbol's
+                st.on_events(events, out, now, failed)
+            if marks:  # the view moves after the events read before them (watermark.py)
+                assert self.inputs is not None  # marks come from the Kafka source only
+                for m in marks:
+                    self.inputs.apply(m)
+                if self.state is not None:
+                    try:
+                        self.state.recheck(now, out)
+                    except Exception as exc:  # as in on_notify: the flow goes on
+                        out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
+        if self.settings.wall_clock and arrived:
             self.last_arrival_ms = wall_clock_ms()
         if st is not None and st.duplicate_count > dups:
             out.append(Duplicates(st.symbol, st.duplicate_count - dups))

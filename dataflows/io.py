@@ -43,7 +43,7 @@ from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import RowBlock, file_blocks
 from marketdata.generator import generate
 from operators.telemetry import wall_clock_ms
-from operators.watermark import InputPartitions
+from operators.watermark import InputPartitions, PartitionMark
 from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
@@ -433,21 +433,19 @@ class _Metadata:
 class _WatchedPartition(StatefulSourcePartition):
     """Bytewax's Kafka partition, plus a periodic check that its topic still exists
     (librdkafka may stop fetching a deleted topic without an error, a silent stall), and
-    after every batch whether it has records left to read (`InputPartitions`: the market
-    step aligns the topics by event time with it)."""
+    with `marks`, a `PartitionMark` at the end of every batch with records and of every
+    batch after which its state changed (whether it has records left to read): the
+    steps align the topics by event time with them (operators/watermark.py)."""
 
-    def __init__(
-        self, inner: Any, topic: str, idx: int, inputs: InputPartitions | None, meta: _Metadata
-    ) -> None:
-        self.inner, self.topic, self.inputs, self.meta = inner, topic, inputs, meta
+    def __init__(self, inner: Any, topic: str, idx: int, marks: bool, meta: _Metadata) -> None:
+        self.inner, self.topic, self.marks, self.meta = inner, topic, marks, meta
         self.client = meta.open()
         self.tp = TopicPartition(topic, idx)
         self.part = partition_name(topic, idx)
         self.next_check_s = time.monotonic() + TOPIC_CHECK_S
         self.quiet_s = 0.0  # the wait before polling again after empty batches
         self.awake_at: datetime | None = None
-        if inputs is not None:
-            inputs.read(self.part, 0, False, wall_clock_ms())
+        self.reported: bool | None = None  # caught up, as the last mark said (None: no mark)
 
     def next_batch(self) -> list[Any]:
         now = time.monotonic()
@@ -464,20 +462,16 @@ class _WatchedPartition(StatefulSourcePartition):
                     "dataflows.topics` and restart (with recovery the flow resumes from its "
                     "last snapshot)"
                 )
-        try:
-            batch = self.inner.next_batch()
-        except StopIteration:
-            if self.inputs is not None:
-                self.inputs.read(self.part, 0, True, wall_clock_ms())
-            raise
+        batch = self.inner.next_batch()  # StopIteration: its end (the last mark said so)
         caught_up = self._caught_up(bool(batch))
         if batch or not caught_up:
             self.quiet_s, self.awake_at = 0.0, None
         else:
             self.quiet_s = min(max(2 * self.quiet_s, QUIET_POLL_MIN_S), QUIET_POLL_MAX_S)
             self.awake_at = datetime.now(UTC) + timedelta(seconds=self.quiet_s)
-        if self.inputs is not None:
-            self.inputs.read(self.part, len(batch), caught_up, wall_clock_ms())
+        if self.marks and (batch or caught_up is not self.reported):
+            self.reported = caught_up
+            batch.append(PartitionMark(self.part, caught_up, len(batch), wall_clock_ms()))
         return batch
 
     def _caught_up(self, got_records: bool) -> bool:
@@ -524,7 +518,7 @@ class _WatchedKafkaSource(KafkaSource):
 
     def list_parts(self) -> list[str]:
         """Every partition of the input topics (each worker lists them all; Bytewax builds
-        each in one process): `inputs` learns which this process does not read."""
+        each in one process): the steps' views wait for each one's first mark."""
         parts = super().list_parts()
         if self.inputs is not None:
             self.inputs.listed.update(_event_part(p) for p in parts)
@@ -533,7 +527,7 @@ class _WatchedKafkaSource(KafkaSource):
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
         inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
-        return _WatchedPartition(inner, topic, int(idx), self.inputs, self.meta)
+        return _WatchedPartition(inner, topic, int(idx), self.inputs is not None, self.meta)
 
 
 def partition_name(topic: str, idx: int | str) -> str:

@@ -186,21 +186,17 @@ class CommandGate:
     def on_events(
         self, events: list[Any], now_ms: int = 0, inputs: InputPartitions | None = None
     ) -> list[Any]:
-        """`on_event` over a batch, in order, each event first noted in `inputs` as its
-        partition's latest event time. A batch with no command while none is held (almost
-        every batch) only moves each partition's progress, and passes on as it is: at
-        quorum 1 a source's progress is its latest event time, so the latest of each
-        partition is all that needs observing."""
+        """`on_event` over a batch, in order (`inputs`: the step's view of the partitions,
+        which the batch's partition marks move after it). A batch with no command while
+        none is held (almost every batch) only moves each partition's progress, and passes
+        on as it is: at quorum 1 a source's progress is its latest event time, so the
+        latest of each partition is all that needs observing."""
         if self.held or ControlCommand in set(map(type, events)):
             out: list[Any] = []
             for e in expand_blocks(events):  # a held command may fall due between trades
-                if inputs is not None:
-                    inputs.saw(e.part, e.ts_event_ms)
                 out += self.on_event(e, now_ms, inputs)
             return out
         for part, ts_ms in latest_by_part(events).items():
-            if inputs is not None:
-                inputs.saw(part, ts_ms)
             self.progress.observe(part, ts_ms, now_ms, 1)
         return events
 

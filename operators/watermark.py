@@ -14,9 +14,9 @@ symbol's progress is the minimum over the sources that may still deliver an earl
 record, never decreasing: a partition read ahead of the others, or carrying misrouted
 records, cannot close another's bars, and funding, overlay, cohort and control records
 reach the context join before the bar they belong to closes (topics aligned by event
-time, however fast each is read, within one process; across processes, see below).
+time, however fast each is read).
 
-Which sources may still deliver: with the Kafka source's view of its partitions
+Which sources may still deliver: with a view of the Kafka input's partitions
 (`InputPartitions`), every partition that is not idle (records left to read, or read
 within `idle_ms`), even one that has not delivered a record yet. Such a partition holds
 the symbol at its clock while the symbol's records come from it, and at the partition's
@@ -27,21 +27,14 @@ clock held the symbol's bars for ever). Without it, the sources that delivered w
 `idle_ms` of wall time, and nothing at all for `idle_ms` after a start, when every
 partition has had that long to speak.
 
-With several processes (`-a`), the view covers only the partitions this one reads, while
-a symbol's keyed steps run where its route key puts them, not where its partitions are
-read. The symbol's records from the others' partitions are then judged as without a
-view, beside it: such a source holds the symbol at its clock while its records keep
-arriving (within `idle_ms`), never at the partition's own position; no symbol's bars
-close in the first `idle_ms` of the step; and a partition read here that has delivered
-no record of any symbol folded here (its symbols are all folded elsewhere) holds nothing
-after that, where it held every symbol here for as long as it stayed busy (for ever,
-following a live topic). Before,
-the view alone closed a symbol's bars at the local partitions' event time, ahead of its
-own trades still on their way from the other process (late). What one process cannot
-know, so two processes may still close a bar that one worker would hold: a partition read
-elsewhere that pauses for longer than `idle_ms` while not caught up, and one that has not
-yet delivered a symbol's first record past the first `idle_ms` (a sparse topic read
-late). Wall-clock times are not state: a resumed step starts afresh.
+The view travels with the records (`PartitionMark`): after each batch a partition's
+state goes to every symbol's steps behind the batch's records, on the same channels, so
+a step's view never runs ahead of the records it has received, and a symbol's steps see
+every partition, in whichever process it is read (`-a`), as one worker would. Before,
+each process shared one view of the partitions it read, filled at the source: with two
+processes it did not see the others' partitions, and closed a symbol's bars at the local
+partitions' event time, ahead of its own trades still on their way (late). Wall-clock
+times are not state: a resumed step starts afresh.
 """
 
 from __future__ import annotations
@@ -137,12 +130,12 @@ class Progress:
         progress counts, and the minimum over the others that count (None: none does, or,
         when `source` does not count either, the symbol has no progress yet). Then the
         slowest is min(that minimum, `source`'s progress) if it counts, else that minimum."""
-        counts, pending = False, []
-        seen: dict[str, bool] = {}  # the partitions this process's view judges
-        if inputs is not None and inputs.caught_up:
-            seen = inputs.caught_up
-            remote = inputs.remote
-            for part in list(seen):  # (another worker may be building its partitions)
+        if inputs is not None and (inputs.listed or inputs.caught_up):
+            counts, pending = False, []
+            caught_up = inputs.caught_up
+            for part in list(inputs.listed or caught_up):
+                if part not in caught_up:
+                    return False, None  # not heard from yet: it may deliver anything
                 if inputs.idle(part, now_ms, idle_ms):
                     continue
                 clock = self.sources.get(part)
@@ -154,23 +147,18 @@ class Progress:
                     clock = None  # the symbol left this busy partition: as one it never used
                 p = clock.progress if clock is not None else inputs.latest_ms.get(part)
                 if p is None:
-                    if remote and now_ms - self.started_ms >= idle_ms:
-                        continue  # its records are all folded in other processes: unknown
                     return False, None  # a partition with records not seen yet: wait for it
                 pending.append(p)
-            if not remote:
-                return counts, min(pending) if pending else None
-        # the sources no view judges (no view at all, or partitions other processes read)
+            return counts, min(pending) if pending else None
         if now_ms - self.started_ms < idle_ms:
             return False, None  # a partition may not have delivered its first record yet
-        for s, clock in self.sources.items():
-            if s in seen or now_ms - self.arrivals.get(s, self.started_ms) > idle_ms:
-                continue  # judged by the view, or quiet for the idle bound
-            if s == source:
-                counts = True
-            else:
-                pending.append(clock.progress)
-        return counts, min(pending) if pending else None
+        counts = now_ms - self.arrivals.get(source, self.started_ms) <= idle_ms
+        others = [
+            c.progress
+            for s, c in self.sources.items()
+            if s != source and now_ms - self.arrivals.get(s, self.started_ms) <= idle_ms
+        ]
+        return counts, min(others) if others else None
 
     def _slowest(self, now_ms: int, idle_ms: int, inputs: InputPartitions | None) -> int | None:
         """The minimum over every source that may still deliver an earlier record."""
@@ -180,23 +168,39 @@ class Progress:
 _NO_SOURCE = object()  # `without` it, every source counts among the others
 
 
+@dataclass(slots=True)
+class PartitionMark:
+    """What the Kafka source knew of one input partition after a batch (dataflows/io.py:
+    whether it has records left to read, how many it just read, when), with the latest
+    event time decode found in that batch (any symbol's). Decode sends it to every
+    symbol's steps behind the batch's records, so each step's view of every partition,
+    in whichever process it is read, moves with the records that step has received: a
+    mark never overtakes the records read before it."""
+
+    part: str
+    caught_up: bool
+    records: int
+    read_ms: int
+    latest_ms: int | None = None
+
+
 @dataclass
 class InputPartitions:
-    """What this process's Kafka source knows of its input partitions (filled by
-    dataflows/io.py, and by the commands step for event times): whether each has nothing
+    """One step's view of every input partition of a Kafka run (`listed`, from the
+    source), fed by the `PartitionMark`s that reach the step: whether each has nothing
     left to read right now (at the broker's high watermark, or its end), when it last
-    delivered records (wall ms), and the latest event time read from it for any symbol
-    folded in this process (with several processes, not the others' symbols).
+    delivered records (wall ms), and the latest event time read from it for any symbol.
+    A partition not heard from yet holds every symbol.
 
     A partition holds every symbol's progress until it is idle: caught up and quiet for
     the idle bound (Flink's `withIdleness`, measured at the source). So a topic read late
     (the control topic, whose first fetch may come after thousands of trades) is still in
     time, and the bound leaves the steps time to process the last batch read. While the
     commands step holds a symbol's command (ahead of that step's view of the time), the
-    market step does not close that symbol's bars past it (`held_ms`). Not state: it
-    describes the running process's consumers and steps."""
+    market step does not close that symbol's bars past it (`held_ms`, shared by the views
+    `fork` makes for a process's steps). Not state: it describes the running consumers."""
 
-    caught_up: dict[str, bool] = field(default_factory=dict)  # the partitions read here
+    caught_up: dict[str, bool] = field(default_factory=dict)  # the partitions heard from
     listed: set[str] = field(default_factory=set)  # every input partition, in any process
     held_ms: dict[str, int] = field(default_factory=dict)  # symbol -> earliest held command
     # symbol -> times of the commands the commands step let through that the market step
@@ -207,18 +211,22 @@ class InputPartitions:
     last_read_ms: dict[str, int] = field(default_factory=dict)
     latest_ms: dict[str, int] = field(default_factory=dict)
 
+    def fork(self) -> InputPartitions:
+        """A view of its own for one step, sharing the partitions listed and the caps."""
+        return InputPartitions(listed=self.listed, held_ms=self.held_ms, passing_ms=self.passing_ms)
+
+    def apply(self, mark: PartitionMark) -> None:
+        """What a mark says of its partition."""
+        self.read(mark.part, mark.records, mark.caught_up, mark.read_ms)
+        if mark.latest_ms is not None:
+            self.saw(mark.part, mark.latest_ms)
+
     def read(self, part: str, n_records: int, caught_up: bool, now_ms: int) -> None:
-        """One batch of `n_records` read from `part` (the source calls it after each)."""
+        """One batch of `n_records` read from `part`."""
         self.caught_up[part] = caught_up
         self.records[part] = self.records.get(part, 0) + n_records
         if n_records or part not in self.last_read_ms:
             self.last_read_ms[part] = now_ms
-
-    @property
-    def remote(self) -> bool:
-        """Whether other processes read some input partitions (several processes, `-a`): a
-        symbol's records from them arrive here without this view of their partitions."""
-        return not self.listed <= self.caught_up.keys()
 
     def idle(self, part: str, now_ms: int, idle_ms: int) -> bool:
         """Caught up and either empty or quiet for `idle_ms` (its last records processed)."""
@@ -246,6 +254,14 @@ class InputPartitions:
     def saw(self, part: str | None, ts_ms: int) -> None:
         if part is not None and ts_ms > self.latest_ms.get(part, ts_ms - 1):
             self.latest_ms[part] = ts_ms
+
+
+def split_marks(value: list[Any]) -> tuple[list[Any], list[PartitionMark]]:
+    """A symbol's list from decode as (its events, the partition marks after them)."""
+    i = len(value)
+    while i and type(value[i - 1]) is PartitionMark:
+        i -= 1
+    return (value, []) if i == len(value) else (value[:i], value[i:])
 
 
 def latest_by_part(events: list[Any]) -> dict[str | None, int]:
