@@ -74,7 +74,7 @@ from operators.predict import ArtifactError, load_runtime
 from operators.redaction import clean, scrub
 from operators.strategy import BarFailed, Strategy, SymbolState, new_state
 from operators.telemetry import Stamp, dead_letter, wall_clock_ms
-from operators.watermark import InputPartitions, PartitionMark, latest_by_part, split_marks
+from operators.watermark import InputPartitions, MarkRelay, PartitionMark, split_marks
 from schemas.codec import STREAM_SCHEMAS, SchemaError
 from schemas.codec import decode as avro_decode
 
@@ -141,13 +141,16 @@ def decode_batch(
     to_raw: Callable[[Any], RawMessage] | None,
     keys: Mapping[str, str],
     items: list[Any],
+    relay: MarkRelay | None = None,
 ) -> list[Any]:
     """A whole input batch at once: its dead letters (and their summary counts), then one
     `(key, events)` per symbol with that symbol's events in input order, so the steps
     after this one take a list per symbol and batch, not an item per record. The key is
     the symbol's route key (dataflows/routing.py; the symbol itself if it has none). File
     blocks are validated column by column; a row that fails goes through `decode_step`
-    for its reason. `to_raw` turns a source item (a Kafka message) into a RawMessage."""
+    for its reason. `to_raw` turns a source item (a Kafka message) into a RawMessage.
+    The Kafka source's partition marks go to the symbols' steps after their events
+    (`relay`, operators/watermark.py)."""
     out: list[Any] = []
     by_symbol: dict[str, list[Any]] = {}
     counts: dict[str, int] = {}
@@ -201,26 +204,10 @@ def decode_batch(
         end_run()
     metrics.count_inputs(counts)
     if marks:
-        _mark(marks, by_symbol, keys)
+        assert relay is not None  # marks come from the Kafka source, which build_flow relays
+        relay.relay(marks, by_symbol, keys, time.monotonic())
     out.extend((keys.get(symbol, symbol), events) for symbol, events in by_symbol.items())
     return out
-
-
-def _mark(
-    marks: list[PartitionMark], by_symbol: dict[str, list[Any]], keys: Mapping[str, str]
-) -> None:
-    """The batch's partition marks, each with the latest event time decoded from its
-    partition in the batch (any symbol's), after every symbol's events: each symbol's
-    steps see every partition move, behind the records read before (watermark.py)."""
-    latest: dict[str | None, int] = {}
-    for events in by_symbol.values():
-        for part, ts in latest_by_part(events).items():
-            if ts > latest.get(part, ts - 1):
-                latest[part] = ts
-    for m in marks:
-        m.latest_ms = latest.get(m.part)
-    for symbol in keys:
-        by_symbol.setdefault(symbol, []).extend(marks)
 
 
 def _decode_block(
@@ -357,6 +344,8 @@ class CommandLogic(StatefulLogic):
             )
         gate.progress.restart(now)
         self.gate = gate
+        if gate.held:  # resumed holding commands: the market step must not close past them
+            self._holding(gate.held[0].symbol)
 
     def on_item(self, value: list[Any]) -> tuple[list[Any], bool]:
         """`value`: this symbol's events from one input batch, in order, then the batch's
@@ -370,7 +359,8 @@ class CommandLogic(StatefulLogic):
             for m in marks:
                 self.inputs.apply(m)
             items += self.gate.recheck(now, self.inputs)  # held commands the view lets through
-        for symbol in {_symbol(x) for x in items} if not events else {events[0].symbol}:
+        symbols = {events[0].symbol} if events else {_symbol(x) for x in items}
+        for symbol in symbols | {c.symbol for c in self.gate.held[:1]}:
             self._holding(symbol)
         return self._out(items, marks), StatefulLogic.RETAIN
 
@@ -475,7 +465,9 @@ class MarketLogic(StatefulBatchLogic):
         return self.state
 
     def on_batch(self, values: list[list[Any]]) -> tuple[list[Any], bool]:
-        """`values`: lists of this symbol's events (one per input batch), in order."""
+        """`values`: lists of this symbol's events (one per input batch), in order, each
+        followed by partition marks (Kafka; a list may hold only marks), which move the
+        step's view after the events before them and let it close bars (a recheck)."""
         out: list[Any] = []
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
@@ -775,7 +767,8 @@ def build_flow(
     # One (symbol, events) per symbol and input batch from here to the market step.
     resumed = recovery is not None and progress.resumed_epoch(recovery) is not None
     keys = routing.routes(route_order(settings), recovery, resumed)
-    decoded = op.flat_map_batch("decode", raw, partial(decode_batch, settings, stamp, to_raw, keys))
+    decode = partial(decode_batch, settings, stamp, to_raw, keys, relay=MarkRelay())
+    decoded = op.flat_map_batch("decode", raw, decode)
     split = op.branch("dead_letters_in", decoded, lambda x: isinstance(x, Emit))
     bad = split.trues
     keyed = cast(KeyedStream[list[Any]], split.falses)  # keyed by the symbols' route keys

@@ -446,6 +446,8 @@ class _WatchedPartition(StatefulSourcePartition):
         self.quiet_s = 0.0  # the wait before polling again after empty batches
         self.awake_at: datetime | None = None
         self.reported: bool | None = None  # caught up, as the last mark said (None: no mark)
+        self.records = 0  # read so far
+        self.read_ms: int | None = None  # when it last read records (first: its first poll)
 
     def next_batch(self) -> list[Any]:
         now = time.monotonic()
@@ -470,8 +472,10 @@ class _WatchedPartition(StatefulSourcePartition):
             self.quiet_s = min(max(2 * self.quiet_s, QUIET_POLL_MIN_S), QUIET_POLL_MAX_S)
             self.awake_at = datetime.now(UTC) + timedelta(seconds=self.quiet_s)
         if self.marks and (batch or caught_up is not self.reported):
+            if batch or self.read_ms is None:
+                self.records, self.read_ms = self.records + len(batch), wall_clock_ms()
             self.reported = caught_up
-            batch.append(PartitionMark(self.part, caught_up, len(batch), wall_clock_ms()))
+            batch.append(PartitionMark(self.part, caught_up, self.records, self.read_ms))
         return batch
 
     def _caught_up(self, got_records: bool) -> bool:

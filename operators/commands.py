@@ -205,7 +205,7 @@ class CommandGate:
     ) -> list[Any]:
         """What passes on, in order: events, accepted commands, and CommandRefused for the
         dead letters (with the refused command attached as `.command`). `now_ms` is the
-        wall clock and `inputs` the Kafka source's partitions (which are idle)."""
+        wall clock and `inputs` the step's view of the Kafka input's partitions."""
         if not isinstance(event, ControlCommand):
             self.progress.observe(event.part, event.ts_event_ms, now_ms, 1)
             return [*self.recheck(now_ms, inputs), event]

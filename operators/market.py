@@ -107,7 +107,7 @@ class MarketState:
     size_proxy_cfg: SizeProxyConfig = field(default_factory=SizeProxyConfig)
     bands_cfg: BandConfig = field(default_factory=BandConfig)
     source_idle_ms: int = DEFAULT_SOURCE_IDLE_MS
-    inputs: InputPartitions | None = None  # the Kafka source's view of its partitions
+    inputs: InputPartitions | None = None  # the step's view of the Kafka input's partitions
     ahead: dict[str | None, list[Trade | Candle]] = field(default_factory=dict)  # by partition
     builder: BarBuilder = field(init=False)
     higher: list[BarAggregator] = field(init=False)

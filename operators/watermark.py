@@ -30,7 +30,10 @@ partition has had that long to speak.
 The view travels with the records (`PartitionMark`): after each batch a partition's
 state goes to every symbol's steps behind the batch's records, on the same channels, so
 a step's view never runs ahead of the records it has received, and a symbol's steps see
-every partition, in whichever process it is read (`-a`), as one worker would. Before,
+every partition, in whichever process it is read (`-a`), as one worker would, but for
+what reaches them later than in one worker: a quiet partition that wakes up is known
+busy only once its first records' mark arrives, and a reading process frozen while its
+partitions were caught up looks idle after the idle bound (README, known limits). Before,
 each process shared one view of the partitions it read, filled at the source: with two
 processes it did not see the others' partitions, and closed a symbol's bars at the local
 partitions' event time, ahead of its own trades still on their way (late). Wall-clock
@@ -40,7 +43,7 @@ times are not state: a resumed step starts afresh.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,18 +173,75 @@ _NO_SOURCE = object()  # `without` it, every source counts among the others
 
 @dataclass(slots=True)
 class PartitionMark:
-    """What the Kafka source knew of one input partition after a batch (dataflows/io.py:
-    whether it has records left to read, how many it just read, when), with the latest
-    event time decode found in that batch (any symbol's). Decode sends it to every
-    symbol's steps behind the batch's records, so each step's view of every partition,
-    in whichever process it is read, moves with the records that step has received: a
-    mark never overtakes the records read before it."""
+    """What the Kafka source knew of one input partition after a batch (dataflows/io.py):
+    whether it has records left to read, how many it has read in all and when it last
+    read any (wall ms; its first poll before it has), with the latest event time decoded
+    from it so far (any symbol's; `MarkRelay`). Decode sends it to the symbols' steps
+    behind the batch's records, so each step's view of every partition, in whichever
+    process it is read, moves with the records that step has received: a mark never
+    overtakes the records read before it. Its figures are totals, so a mark left out
+    (`MarkRelay`) loses nothing the next one does not carry."""
 
     part: str
     caught_up: bool
     records: int
     read_ms: int
     latest_ms: int | None = None
+
+
+MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most this often
+
+
+@dataclass
+class MarkRelay:
+    """Decode's side of the marks, one per flow (a partition is read, so decoded, by one
+    worker, and only that worker writes its entries). Each partition's latest decoded event
+    time so far goes into its marks; only the last mark of each partition in a batch is
+    sent. A symbol with records in the batch gets every partition's mark behind them. One
+    without gets a partition's mark when its `caught_up` differs from the one last sent to
+    it, and otherwise at most every `every_s`: a mark held back only holds the symbol's
+    bars a little longer (the next one carries all it said), and with every symbol sent
+    every mark, two processes spent a tenth of their time exchanging them."""
+
+    latest: dict[str, int] = field(default_factory=dict)
+    sent: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
+    every_s: float = MARKS_EVERY_S
+
+    def relay(
+        self,
+        marks: list[PartitionMark],
+        by_symbol: dict[str, list[Any]],
+        symbols: Iterable[str],
+        now_s: float,
+    ) -> None:
+        """Append to `by_symbol` (symbol -> its events in the batch) the marks each symbol
+        gets, after its events."""
+        latest = self.latest
+        for events in by_symbol.values():
+            for part, ts in latest_by_part(events).items():
+                if part is not None and ts > latest.get(part, ts - 1):
+                    latest[part] = ts
+        last = {m.part: m for m in marks}  # a partition's last mark says all the others did
+        for m in last.values():
+            m.latest_ms = latest.get(m.part)
+        sent, every_s = self.sent, self.every_s
+        for symbol in symbols:
+            events = by_symbol.get(symbol)
+            out = []
+            for m in last.values():
+                key = (symbol, m.part)
+                before = sent.get(key)
+                if not (
+                    events
+                    or before is None
+                    or before[0] is not m.caught_up
+                    or now_s - before[1] >= every_s
+                ):
+                    continue
+                sent[key] = (m.caught_up, now_s)
+                out.append(m)
+            if out:
+                by_symbol.setdefault(symbol, []).extend(out)
 
 
 @dataclass
@@ -195,7 +255,7 @@ class InputPartitions:
     A partition holds every symbol's progress until it is idle: caught up and quiet for
     the idle bound (Flink's `withIdleness`, measured at the source). So a topic read late
     (the control topic, whose first fetch may come after thousands of trades) is still in
-    time, and the bound leaves the steps time to process the last batch read. While the
+    time. While the
     commands step holds a symbol's command (ahead of that step's view of the time), the
     market step does not close that symbol's bars past it (`held_ms`, shared by the views
     `fork` makes for a process's steps). Not state: it describes the running consumers."""
@@ -216,10 +276,13 @@ class InputPartitions:
         return InputPartitions(listed=self.listed, held_ms=self.held_ms, passing_ms=self.passing_ms)
 
     def apply(self, mark: PartitionMark) -> None:
-        """What a mark says of its partition."""
-        self.read(mark.part, mark.records, mark.caught_up, mark.read_ms)
+        """What a mark says of its partition (its figures are totals)."""
+        part = mark.part
+        self.caught_up[part] = mark.caught_up
+        self.records[part] = mark.records
+        self.last_read_ms[part] = mark.read_ms
         if mark.latest_ms is not None:
-            self.saw(mark.part, mark.latest_ms)
+            self.saw(part, mark.latest_ms)
 
     def read(self, part: str, n_records: int, caught_up: bool, now_ms: int) -> None:
         """One batch of `n_records` read from `part`."""

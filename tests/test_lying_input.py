@@ -14,9 +14,9 @@ import pytest
 from dataflows.io import RawMessage, format_summary
 from operators.bands import Bands
 from operators.config import BandConfig, CohortConfig, ConfigError, StrategyConfig
-from operators.events import Candle, Funding, Trade, expand_blocks
+from operators.events import Candle, Funding, Trade
 from operators.market import Close, Late, MarketState
-from operators.watermark import InputPartitions, PartitionMark
+from operators.watermark import InputPartitions
 from tests.conftest import messages, run_records, small_settings
 
 S = 1_000
@@ -273,142 +273,6 @@ def test_a_symbol_that_moves_partition_is_not_held_by_the_busy_one_it_left():
         (T0 + k * 5 * M, 300) for k in range(5)
     ]
     assert st.late_count == 0
-
-
-def _two_processes(pause_ms: int) -> tuple[MarketState, list[Any], list[Trade]]:
-    """BTC-PERP's trades on trades#1, read by the other process, which pauses once for
-    `pause_ms` halfway; trades#0, read here, runs 30 minutes ahead. Every partition's
-    marks reach the step behind the records read before them (as decode sends them)."""
-    view = InputPartitions(listed={"trades#0", "trades#1"})
-    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
-    st.progress.restart(0)
-    out: list[Any] = []
-    real = [_t(T0 + i * S, part="trades#1") for i in range(1_800)]
-    now = 1_000
-    for i, e in enumerate(real):
-        if i == 900:  # the other process stops sending; trades#0 goes on here
-            for _ in range(pause_ms // 1_000):
-                now += 1_000
-                view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M))
-                st.recheck(now, out)
-        now += 100
-        view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M))
-        st.on_event(e, out, now)
-        view.apply(PartitionMark("trades#1", False, 1, now, e.ts_event_ms))
-    return st, out, real
-
-
-def test_a_symbol_read_in_another_process_is_held_as_one_worker_holds_it_through_a_pause():
-    """Two processes (`-a`): a process's view used to cover only the partitions it read,
-    so trades#0 closed BTC-PERP's bars at its own time, 30 minutes ahead, and BTC-PERP's
-    trades, on their way from the other process, were late. With every partition's marks
-    the step holds BTC-PERP while trades#1 has records left to read, even through a
-    pause longer than the idle bound (an answer kept only while records keep arriving
-    closed bars in such a pause: 150 trades late)."""
-    clean = _bars(_run([(dataclasses.replace(e, part=None), 0) for e in _two_processes(0)[2]])[1])
-    for pause_ms in (0, 15_000):
-        st, out, _ = _two_processes(pause_ms)
-        assert st.late_count == 0
-        closed = [(start, count) for start, count, _ in _bars(out)]
-        assert closed == [(T0 + k * 5 * M, 300) for k in range(5)]  # up to its own time
-        st.flush(out)
-        assert _bars(out) == clean
-
-
-def test_a_partition_not_heard_from_yet_holds_every_symbol_until_its_first_mark():
-    """In any process: a listed partition whose first mark has not arrived (its reader
-    not started, or far away) may deliver anything, so it holds, past the idle bound too;
-    its first mark (caught up, empty) lets the bars close."""
-    view = InputPartitions(listed={"trades#0", "control#0"})
-    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
-    out: list[Any] = []
-    for i in range(900):
-        now = 20_000 + i * 100
-        st.on_event(_t(T0 + i * S, part="trades#0"), out, now)
-        view.apply(PartitionMark("trades#0", False, 1, now, T0 + i * S))
-    assert not _bars(out)
-    view.apply(PartitionMark("control#0", True, 0, 120_000))
-    st.recheck(120_000, out)
-    assert [start for start, _, _ in _bars(out)] == [T0, T0 + 5 * M]
-
-
-def test_the_source_tells_the_view_every_partition_by_the_name_events_carry(monkeypatch):
-    from bytewax.connectors.kafka import KafkaSource
-
-    from dataflows.io import _WatchedKafkaSource, partition_name
-
-    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades", "11-p.funding"])
-    view = InputPartitions()
-    source = _WatchedKafkaSource(view, ["127.0.0.1:9"], ["p.trades", "p.funding"])
-    assert source.list_parts() == ["0-p.trades", "11-p.funding"]
-    assert view.listed == {partition_name("p.trades", 0), partition_name("p.funding", 11)}
-
-
-def test_decode_sends_each_partitions_mark_to_every_symbol_behind_its_records(tmp_path: Path):
-    """A batch's marks go to every symbol's key, after that symbol's events, each with
-    the latest event time decoded from its partition in the batch (any symbol's): BTC-PERP,
-    with no record in it, still sees trades#0 move with ETH-PERP's trades."""
-    from dataflows.ensemble import decode_batch
-    from operators.telemetry import Stamp
-    from schemas.codec import encode, with_defaults
-
-    settings = small_settings(tmp_path)
-    stamp = Stamp(settings.strategy.strategy_id, None)
-
-    def trade(k: int) -> RawMessage:
-        rec = {"symbol": "ETH-PERP", "ts_event_ms": T0 + k * S, "trade_id": str(k), "px": 2e3,
-               "qty": 0.1, "side": "buy", "venue": "binance"}  # fmt: skip
-        return RawMessage("trades", encode("trade", with_defaults("trade", rec)), "p.trades", 0, k)
-
-    marks = [PartitionMark("p.trades#0", False, 3, 1_000), PartitionMark("p.trades#1", True, 0, 1)]
-    keys = {"BTC-PERP": "BTC-PERP/0", "ETH-PERP": "ETH-PERP/1"}
-    out = dict(decode_batch(settings, stamp, None, keys, [trade(0), trade(2), trade(1), *marks]))
-    assert out["BTC-PERP/0"] == marks
-    assert [e.trade_id for e in expand_blocks(out["ETH-PERP/1"][:-2])] == ["0", "2", "1"]
-    assert out["ETH-PERP/1"][-2:] == marks
-    assert [m.latest_ms for m in marks] == [T0 + 2 * S, None]
-
-
-class _Inner:
-    """Bytewax's Kafka partition as far as `_WatchedPartition` asks it."""
-
-    def __init__(self, batches: list[list[Any]], high: int) -> None:
-        self.batches, self._eof, self._offset = batches, False, 5
-        self._consumer = self
-        self.high = high
-
-    def next_batch(self) -> list[Any]:
-        return self.batches.pop(0)
-
-    def get_watermark_offsets(self, tp: Any, cached: bool) -> tuple[int, int]:
-        return 0, self.high
-
-
-class _Meta:
-    def open(self) -> None:
-        return None
-
-    def watermarks(self, tp: Any) -> tuple[int, int]:
-        return 0, 5
-
-
-def test_a_kafka_partition_marks_every_batch_with_records_and_every_change_of_state():
-    from dataflows.io import _WatchedPartition
-
-    part = _WatchedPartition(
-        _Inner([[], [], ["m1", "m2"], [], []], 10), "p.trades", 3, True, _Meta()
-    )
-    got = [part.next_batch() for _ in range(5)]
-    assert [[(m.part, m.caught_up, m.records) if type(m) is PartitionMark else m for m in b]
-            for b in got] == [
-        [("p.trades#3", True, 0)],  # the first: caught up (at the high watermark), empty
-        [],  # nothing changed
-        ["m1", "m2", ("p.trades#3", False, 2)],  # records, more left to read
-        [("p.trades#3", True, 0)],  # caught up again
-        [],
-    ]  # fmt: skip
-    quiet = _WatchedPartition(_Inner([["m1"]], 10), "p.trades", 3, False, _Meta())
-    assert quiet.next_batch() == ["m1"]  # no view wanted: no marks
 
 
 # -- a file run's one stream: funding beside candles ----------------------------------------

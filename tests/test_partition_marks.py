@@ -1,0 +1,251 @@
+"""Partition marks: the Kafka source's view of every input partition travels with the
+records (operators/watermark.py), so a symbol's steps see every partition as one worker
+sees it, in whichever process it is read, and never ahead of the records they have."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from dataflows.io import RawMessage
+from operators.config import CohortConfig
+from operators.events import Trade, expand_blocks
+from operators.market import MarketState
+from operators.telemetry import Stamp
+from operators.watermark import InputPartitions, MarkRelay, PartitionMark
+from tests.conftest import small_settings
+from tests.test_lying_input import T0, M, S, _bars, _run, _t
+
+
+def _two_processes(pause_ms: int) -> tuple[MarketState, list[Any], list[Trade]]:
+    """BTC-PERP's trades on trades#1, read by the other process, which pauses once for
+    `pause_ms` halfway; trades#0, read here, runs 30 minutes ahead. Every partition's
+    marks reach the step behind the records read before them (as decode sends them)."""
+    view = InputPartitions(listed={"trades#0", "trades#1"})
+    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
+    st.progress.restart(0)
+    out: list[Any] = []
+    real = [_t(T0 + i * S, part="trades#1") for i in range(1_800)]
+    now = 1_000
+    for i, e in enumerate(real):
+        if i == 900:  # the other process stops sending; trades#0 goes on here
+            for _ in range(pause_ms // 1_000):
+                now += 1_000
+                view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M))
+                st.recheck(now, out)
+        now += 100
+        view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M))
+        st.on_event(e, out, now)
+        view.apply(PartitionMark("trades#1", False, 1, now, e.ts_event_ms))
+    return st, out, real
+
+
+def test_a_symbol_read_in_another_process_is_held_as_one_worker_holds_it_through_a_pause():
+    """Two processes (`-a`): a process's view used to cover only the partitions it read,
+    so trades#0 closed BTC-PERP's bars at its own time, 30 minutes ahead, and BTC-PERP's
+    trades, on their way from the other process, were late. With every partition's marks
+    the step holds BTC-PERP while trades#1 has records left to read, even through a
+    pause longer than the idle bound (an answer kept only while records keep arriving
+    closed bars in such a pause: 150 trades late)."""
+    clean = _bars(_run([(dataclasses.replace(e, part=None), 0) for e in _two_processes(0)[2]])[1])
+    for pause_ms in (0, 15_000):
+        st, out, _ = _two_processes(pause_ms)
+        assert st.late_count == 0
+        closed = [(start, count) for start, count, _ in _bars(out)]
+        assert closed == [(T0 + k * 5 * M, 300) for k in range(5)]  # up to its own time
+        st.flush(out)
+        assert _bars(out) == clean
+
+
+def test_a_partition_not_heard_from_yet_holds_every_symbol_until_its_first_mark():
+    """In any process: a listed partition whose first mark has not arrived (its reader
+    not started, or far away) may deliver anything, so it holds, past the idle bound too;
+    its first mark (caught up, empty) lets the bars close."""
+    view = InputPartitions(listed={"trades#0", "control#0"})
+    st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000, inputs=view)
+    out: list[Any] = []
+    for i in range(900):
+        now = 20_000 + i * 100
+        st.on_event(_t(T0 + i * S, part="trades#0"), out, now)
+        view.apply(PartitionMark("trades#0", False, 1, now, T0 + i * S))
+    assert not _bars(out)
+    view.apply(PartitionMark("control#0", True, 0, 120_000))
+    st.recheck(120_000, out)
+    assert [start for start, _, _ in _bars(out)] == [T0, T0 + 5 * M]
+
+
+def test_the_source_tells_the_view_every_partition_by_the_name_events_carry(monkeypatch):
+    from bytewax.connectors.kafka import KafkaSource
+
+    from dataflows.io import _WatchedKafkaSource, partition_name
+
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades", "11-p.funding"])
+    view = InputPartitions()
+    source = _WatchedKafkaSource(view, ["127.0.0.1:9"], ["p.trades", "p.funding"])
+    assert source.list_parts() == ["0-p.trades", "11-p.funding"]
+    assert view.listed == {partition_name("p.trades", 0), partition_name("p.funding", 11)}
+
+
+def test_decode_sends_each_partitions_mark_to_every_symbol_behind_its_records(tmp_path: Path):
+    """A batch's marks go to every symbol's key (the first time), after that symbol's
+    events, each with the latest event time decoded from its partition so far (any
+    symbol's): BTC-PERP, with no record in it, still sees trades#0 move with ETH-PERP's
+    trades. Only a partition's last mark in a batch goes."""
+    from dataflows.ensemble import decode_batch
+    from schemas.codec import encode, with_defaults
+
+    settings = small_settings(tmp_path)
+    stamp = Stamp(settings.strategy.strategy_id, None)
+
+    def trade(k: int) -> RawMessage:
+        rec = {"symbol": "ETH-PERP", "ts_event_ms": T0 + k * S, "trade_id": str(k), "px": 2e3,
+               "qty": 0.1, "side": "buy", "venue": "binance"}  # fmt: skip
+        return RawMessage("trades", encode("trade", with_defaults("trade", rec)), "p.trades", 0, k)
+
+    first = PartitionMark("p.trades#0", False, 2, 900)
+    marks = [PartitionMark("p.trades#0", False, 3, 1_000), PartitionMark("p.trades#1", True, 0, 1)]
+    keys = {"BTC-PERP": "BTC-PERP/0", "ETH-PERP": "ETH-PERP/1"}
+    items = [trade(0), trade(2), first, trade(1), *marks]
+    out = dict(decode_batch(settings, stamp, None, keys, items, relay=MarkRelay()))
+    assert out["BTC-PERP/0"] == marks
+    assert [e.trade_id for e in expand_blocks(out["ETH-PERP/1"][:-2])] == ["0", "2", "1"]
+    assert out["ETH-PERP/1"][-2:] == marks
+    assert [m.latest_ms for m in marks] == [T0 + 2 * S, None]
+
+
+def test_a_symbol_without_records_gets_a_partitions_mark_when_it_changes_or_now_and_then():
+    """Every mark to every symbol cost two processes a tenth of their time exchanging
+    them; a mark held back only holds a little longer, since the next carries it all
+    (totals, and the latest event time decoded from the partition so far)."""
+    relay = MarkRelay(every_s=0.2)
+    got: list[PartitionMark] = []
+
+    def send(t: float, caught_up: bool, busy: bool) -> dict[str, list[str]]:
+        mark = PartitionMark("trades#0", caught_up, 10, int(t * 1000))
+        got.append(mark)
+        trades = [_t(T0 + int(t * 1000), part="trades#0")] if busy else []
+        by_symbol: dict[str, list[Any]] = {"ETH-PERP": trades} if busy else {}
+        relay.relay([mark], by_symbol, ["BTC-PERP", "ETH-PERP"], t)
+        return {s: [type(x).__name__ for x in v] for s, v in by_symbol.items()}
+
+    both = ["PartitionMark"]
+    assert send(0.0, False, True) == {"BTC-PERP": both, "ETH-PERP": ["Trade", *both]}
+    assert send(0.1, False, True) == {"ETH-PERP": ["Trade", *both]}  # BTC-PERP: too soon
+    assert send(0.25, False, True)["BTC-PERP"] == both  # due again
+    assert send(0.3, True, False) == {"BTC-PERP": both, "ETH-PERP": both}  # caught up: both
+    assert send(0.35, True, False) == {}  # nothing changed, not due
+    assert [m.latest_ms for m in got] == [T0, T0 + 100, T0 + 250, T0 + 250, T0 + 250]
+
+
+class _Inner:
+    """Bytewax's Kafka partition as far as `_WatchedPartition` asks it."""
+
+    def __init__(self, batches: list[list[Any]], high: int) -> None:
+        self.batches, self._eof, self._offset = batches, False, 5
+        self._consumer = self
+        self.high = high
+
+    def next_batch(self) -> list[Any]:
+        return self.batches.pop(0)
+
+    def get_watermark_offsets(self, tp: Any, cached: bool) -> tuple[int, int]:
+        return 0, self.high
+
+
+class _Meta:
+    def open(self) -> None:
+        return None
+
+    def watermarks(self, tp: Any) -> tuple[int, int]:
+        return 0, 5
+
+
+def test_a_kafka_partition_marks_every_batch_with_records_and_every_change_of_state():
+    from dataflows.io import _WatchedPartition
+
+    part = _WatchedPartition(
+        _Inner([[], [], ["m1", "m2"], [], []], 10), "p.trades", 3, True, _Meta()
+    )
+    got = [part.next_batch() for _ in range(5)]
+    assert [[(m.part, m.caught_up, m.records) if type(m) is PartitionMark else m for m in b]
+            for b in got] == [
+        [("p.trades#3", True, 0)],  # the first: caught up (at the high watermark), empty
+        [],  # nothing changed
+        ["m1", "m2", ("p.trades#3", False, 2)],  # records, more left to read
+        [("p.trades#3", True, 2)],  # caught up again (its figures are totals)
+        [],
+    ]  # fmt: skip
+    quiet = _WatchedPartition(_Inner([["m1"]], 10), "p.trades", 3, False, _Meta())
+    assert quiet.next_batch() == ["m1"]  # no view wanted: no marks
+
+
+# -- the two keyed steps ------------------------------------------------------------------
+def _mark(part: str, caught_up: bool, records: int, read_ms: int, latest: int) -> PartitionMark:
+    return PartitionMark(part, caught_up, records, read_ms, latest)
+
+
+def test_the_commands_step_moves_its_own_view_after_the_events_and_passes_the_marks_on_last(
+    tmp_path: Path,
+):
+    from dataflows.ensemble import CommandLogic
+
+    shared = InputPartitions(listed={"trades#0"})
+    logic = CommandLogic(small_settings(tmp_path), Stamp("x"), shared, None)
+    assert logic.inputs is not shared and logic.inputs.held_ms is shared.held_ms  # a fork
+    seen_by_events: list[dict[str, bool]] = []
+    on_events = logic.gate.on_events
+
+    def spy(events: list[Any], now_ms: int, inputs: InputPartitions) -> list[Any]:
+        seen_by_events.append(dict(inputs.caught_up))
+        return on_events(events, now_ms, inputs)
+
+    logic.gate.on_events = spy  # type: ignore[method-assign]
+    trade, mark = _t(T0, part="trades#0"), _mark("trades#0", False, 1, 5, T0)
+    (passed,), _ = logic.on_item([trade, mark])
+    assert passed == [trade, mark]  # the marks go on last, behind what passes
+    assert seen_by_events == [{}]  # the events were judged before the mark moved the view
+    assert logic.inputs.caught_up == {"trades#0": False} and not shared.caught_up
+    later = _mark("trades#0", True, 1, 6, T0)
+    assert logic.on_item([later])[0] == [[later]]  # marks alone go on too
+
+
+def test_the_market_step_folds_the_events_then_moves_its_view_and_closes_what_it_allows(
+    tmp_path: Path,
+):
+    from dataflows.ensemble import MarketLogic
+
+    shared = InputPartitions(listed={"trades#0", "funding#0"})
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall")
+    logic = MarketLogic(settings, Stamp("x"), shared, None)
+    assert logic.inputs is not shared and logic.inputs.passing_ms is shared.passing_ms
+    logic.on_batch([[_mark("funding#0", True, 0, 1, T0)]])  # marks alone: no state yet
+    assert logic.state is None and logic.inputs.caught_up == {"funding#0": True}
+    arrived = logic.last_arrival_ms
+    trades = [_t(T0 + i * S, part="trades#0") for i in range(700)]
+    folded: list[int] = []
+    on_events = MarketState.on_events
+
+    def spy(st: MarketState, events: list[Any], *args: Any) -> None:
+        folded.append(len(st.inputs.caught_up))  # the view when the events are folded
+        on_events(st, events, *args)
+
+    MarketState.on_events = spy  # type: ignore[method-assign]
+    try:
+        out, _ = logic.on_batch([[*trades, _mark("trades#0", False, 700, 2, T0 + 699 * S)]])
+    finally:
+        MarketState.on_events = on_events  # type: ignore[method-assign]
+    assert folded == [1]  # trades#0's mark applied after the events, not before
+    assert logic.state is not None and logic.last_arrival_ms >= arrived
+    # folded while trades#0 was unheard (nothing could close), then its mark: the recheck
+    # after it closed the bars it allows
+    bars = [x.record for x in out if getattr(x, "stream", None) == "bars"]
+    assert [(b["timeframe"], b["ts_event_ms"]) for b in bars] == [
+        ("5m", T0 + 5 * M),
+        ("5m", T0 + 10 * M),
+    ]
+    stamp = logic.last_arrival_ms
+    time.sleep(0.002)  # a later wall-clock millisecond
+    logic.on_batch([[_mark("trades#0", True, 700, 3, T0 + 699 * S)]])
+    assert logic.last_arrival_ms == stamp  # a mark is no record: the wall-clock idle time
