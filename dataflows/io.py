@@ -43,7 +43,7 @@ from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import RowBlock, file_blocks
 from marketdata.generator import generate
 from operators.telemetry import wall_clock_ms
-from operators.watermark import InputPartitions, PartitionMark
+from operators.watermark import MARKS_EVERY_S, InputPartitions, PartitionMark
 from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
@@ -448,6 +448,8 @@ class _WatchedPartition(StatefulSourcePartition):
         self.reported: bool | None = None  # caught up, as the last mark said (None: no mark)
         self.records = 0  # read so far
         self.read_ms: int | None = None  # when it last read records (first: its first poll)
+        self.marked_s = 0.0  # when the last mark went (monotonic)
+        self.settled = True  # the last mark said all there is until new records
 
     def next_batch(self) -> list[Any]:
         now = time.monotonic()
@@ -471,12 +473,28 @@ class _WatchedPartition(StatefulSourcePartition):
         else:
             self.quiet_s = min(max(2 * self.quiet_s, QUIET_POLL_MIN_S), QUIET_POLL_MAX_S)
             self.awake_at = datetime.now(UTC) + timedelta(seconds=self.quiet_s)
-        if self.marks and (batch or caught_up is not self.reported):
+        if self.marks:
+            self._mark(batch, caught_up, now)
+        return batch
+
+    def _mark(self, batch: list[Any], caught_up: bool, now_s: float) -> None:
+        """A mark after records or a change of state; and once caught up and quiet for
+        MARKS_EVERY_S after one, a settled mark, which the relay sends every symbol: the
+        relay holds back some marks from symbols with no records in their batch, and a
+        partition that then goes quiet sends no other (operators/watermark.py)."""
+        if batch or caught_up is not self.reported:
             if batch or self.read_ms is None:
                 self.records, self.read_ms = self.records + len(batch), wall_clock_ms()
-            self.reported = caught_up
-            batch.append(PartitionMark(self.part, caught_up, self.records, self.read_ms))
-        return batch
+            self.reported, self.marked_s = caught_up, now_s
+            self.settled = self.inner._eof  # the last batch: nothing will follow it
+        elif caught_up and not self.settled and now_s - self.marked_s >= MARKS_EVERY_S:
+            self.settled = True
+        else:
+            return
+        assert self.read_ms is not None
+        batch.append(
+            PartitionMark(self.part, caught_up, self.records, self.read_ms, settled=self.settled)
+        )
 
     def _caught_up(self, got_records: bool) -> bool:
         """Nothing left to read now: the partition's end, or the next offset at the high

@@ -180,13 +180,15 @@ class PartitionMark:
     behind the batch's records, so each step's view of every partition, in whichever
     process it is read, moves with the records that step has received: a mark never
     overtakes the records read before it. Its figures are totals, so a mark left out
-    (`MarkRelay`) loses nothing the next one does not carry."""
+    (`MarkRelay`) loses nothing that a later one does not carry; a partition that goes
+    quiet sends a `settled` mark, which every symbol gets."""
 
     part: str
     caught_up: bool
     records: int
     read_ms: int
     latest_ms: int | None = None
+    settled: bool = False  # nothing new will follow until its next records (or its end)
 
 
 MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most this often
@@ -195,13 +197,16 @@ MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most th
 @dataclass
 class MarkRelay:
     """Decode's side of the marks, one per flow (a partition is read, so decoded, by one
-    worker, and only that worker writes its entries). Each partition's latest decoded event
-    time so far goes into its marks; only the last mark of each partition in a batch is
-    sent. A symbol with records in the batch gets every partition's mark behind them. One
-    without gets a partition's mark when its `caught_up` differs from the one last sent to
-    it, and otherwise at most every `every_s`: a mark held back only holds the symbol's
-    bars a little longer (the next one carries all it said), and with every symbol sent
-    every mark, two processes spent a tenth of their time exchanging them."""
+    worker, and only that worker writes its entries). Each partition's latest decoded
+    event time so far goes into its marks; only the last mark of each partition in a batch
+    is sent. A symbol with records in the batch gets every partition's mark behind them.
+    One without gets a partition's mark when its `caught_up` differs from the one last
+    sent to it, when it is `settled`, and otherwise at most every `every_s`: with every
+    symbol sent every mark, two processes spent a tenth of their time exchanging them. A
+    mark held back is carried by a later one (totals), and the source sends a settled mark
+    once a partition is caught up and quiet for `every_s` after one, so a symbol's view
+    lags the partition by at most that much (held back, it saw the partition idle early:
+    a stale count or last read time)."""
 
     latest: dict[str, int] = field(default_factory=dict)
     sent: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
@@ -233,6 +238,7 @@ class MarkRelay:
                 before = sent.get(key)
                 if not (
                     events
+                    or m.settled
                     or before is None
                     or before[0] is not m.caught_up
                     or now_s - before[1] >= every_s

@@ -162,23 +162,61 @@ class _Meta:
         return 0, 5
 
 
-def test_a_kafka_partition_marks_every_batch_with_records_and_every_change_of_state():
-    from dataflows.io import _WatchedPartition
+def test_a_kafka_partition_marks_records_changes_of_state_and_once_settled(monkeypatch):
+    """Totals and the last time records were read (its first poll before any); once
+    caught up and quiet for MARKS_EVERY_S after a mark, one settled mark; its end's last
+    batch is settled at once."""
+    import types
 
-    part = _WatchedPartition(
-        _Inner([[], [], ["m1", "m2"], [], []], 10), "p.trades", 3, True, _Meta()
-    )
-    got = [part.next_batch() for _ in range(5)]
-    assert [[(m.part, m.caught_up, m.records) if type(m) is PartitionMark else m for m in b]
-            for b in got] == [
-        [("p.trades#3", True, 0)],  # the first: caught up (at the high watermark), empty
-        [],  # nothing changed
-        ["m1", "m2", ("p.trades#3", False, 2)],  # records, more left to read
-        [("p.trades#3", True, 2)],  # caught up again (its figures are totals)
-        [],
-    ]  # fmt: skip
-    quiet = _WatchedPartition(_Inner([["m1"]], 10), "p.trades", 3, False, _Meta())
+    import dataflows.io as io
+
+    clock = {"ms": 100_000}
+    monkeypatch.setattr(io, "time", types.SimpleNamespace(monotonic=lambda: clock["ms"] / 1e3))
+    monkeypatch.setattr(io, "wall_clock_ms", lambda: clock["ms"])
+    inner = _Inner([[], [], [], ["m1", "m2"], [], [], [], ["m3"]], high=10)
+    part = io._WatchedPartition(inner, "p.trades", 3, True, _Meta())
+    got = []
+    for dt in (0, 100, 150, 100, 100, 100, 300, 100):
+        clock["ms"] += dt
+        if len(got) == 7:
+            inner._eof = True  # its last batch
+        got.append(part.next_batch())
+    marks = [(m.caught_up, m.records, m.read_ms, m.settled) for b in got for m in b[-1:]
+             if type(m) is PartitionMark]  # fmt: skip
+    assert [len(b) for b in got] == [1, 0, 1, 3, 1, 0, 1, 2]
+    assert marks == [
+        (True, 0, 100_000, False),  # the first poll: caught up (at the high watermark), empty
+        (True, 0, 100_000, True),  # quiet for 0.25 s after it: settled
+        (False, 2, 100_350, False),  # records, more left to read
+        (True, 2, 100_350, False),  # caught up again
+        (True, 2, 100_350, True),  # settled, 0.4 s later
+        (True, 3, 100_950, True),  # its end: settled with its last records
+    ]
+    quiet = io._WatchedPartition(_Inner([["m1"]], 10), "p.trades", 3, False, _Meta())
     assert quiet.next_batch() == ["m1"]  # no view wanted: no marks
+
+
+def test_a_settled_mark_reaches_a_symbol_a_held_back_one_did_not():
+    """The control topic's first mark reached BTC-PERP (caught up, empty); 0.1 s later an
+    ETH-PERP command was read, its mark held back from BTC-PERP, and the topic went
+    quiet. BTC-PERP's view kept "empty", so the topic was idle at once, where one worker
+    holds BTC-PERP at the command's time for the idle bound. The settled mark fixes it."""
+    relay = MarkRelay(every_s=0.2)
+    view = InputPartitions(listed={"control#0"})
+    command = _t(T0 + 7 * M, part="control#0")
+
+    def deliver(mark: PartitionMark, now_s: float, events: list[Any]) -> None:
+        by_symbol: dict[str, list[Any]] = {"ETH-PERP": events} if events else {}
+        relay.relay([mark], by_symbol, ["BTC-PERP", "ETH-PERP"], now_s)
+        for m in by_symbol.get("BTC-PERP", []):
+            view.apply(m)
+
+    deliver(PartitionMark("control#0", True, 0, 1_000), 1.0, [])
+    deliver(PartitionMark("control#0", True, 1, 1_100), 1.1, [command])
+    assert view.idle("control#0", 2_000, 10_000)  # held back: BTC-PERP sees it empty
+    deliver(PartitionMark("control#0", True, 1, 1_100, settled=True), 1.3, [])
+    assert not view.idle("control#0", 2_000, 10_000)  # read 0.9 s ago: not idle yet
+    assert view.latest_ms["control#0"] == T0 + 7 * M and view.idle("control#0", 11_100, 10_000)
 
 
 # -- the two keyed steps ------------------------------------------------------------------
@@ -249,3 +287,20 @@ def test_the_market_step_folds_the_events_then_moves_its_view_and_closes_what_it
     time.sleep(0.002)  # a later wall-clock millisecond
     logic.on_batch([[_mark("trades#0", True, 700, 3, T0 + 699 * S)]])
     assert logic.last_arrival_ms == stamp  # a mark is no record: the wall-clock idle time
+
+
+def test_a_resumed_commands_step_holds_the_market_step_at_the_commands_it_holds(tmp_path: Path):
+    """After a restart the commands step's held commands come back in its snapshot; the
+    market step learned of them only at the symbol's next record, and could close bars
+    past them meanwhile (marks alone move it now)."""
+    from dataflows.ensemble import CommandLogic
+    from operators.commands import CommandGate
+    from tests.test_commands import _cmd, _control
+
+    gate = CommandGate(window_ms=900_000, idle_ms=10_000)
+    held = _control(_cmd(symbol="BTC-PERP"))
+    gate.held = [held]
+    shared = InputPartitions(listed={"control#0"})
+    CommandLogic(small_settings(tmp_path), Stamp("x"), shared, gate)
+    assert shared.held_ms == {"BTC-PERP": held.ts_event_ms}
+    assert shared.cap_ms("BTC-PERP") == held.ts_event_ms
