@@ -43,7 +43,7 @@ from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import RowBlock, file_blocks
 from marketdata.generator import generate
 from operators.telemetry import wall_clock_ms
-from operators.watermark import MARKS_EVERY_S, InputPartitions, PartitionMark
+from operators.watermark import HEARTBEAT_S, MARKS_EVERY_S, InputPartitions, PartitionMark
 from schemas.codec import STREAM_SCHEMAS, encode
 
 BATCH = 2048
@@ -478,22 +478,35 @@ class _WatchedPartition(StatefulSourcePartition):
         return batch
 
     def _mark(self, batch: list[Any], caught_up: bool, now_s: float) -> None:
-        """A mark after records or a change of state; and once caught up and quiet for
-        MARKS_EVERY_S after one, a settled mark, which the relay sends every symbol: the
-        relay holds back some marks from symbols with no records in their batch, and a
-        partition that then goes quiet sends no other (operators/watermark.py)."""
+        """A mark after records or a change of state; once caught up and quiet for
+        MARKS_EVERY_S after one, a settled mark, which the relay sends every symbol (it
+        holds back some marks from symbols with no records in their batch, and a partition
+        that then goes quiet sends no other); and while it stays so, the settled mark
+        again every HEARTBEAT_S, so the steps can tell a quiet partition from a frozen
+        reader (operators/watermark.py)."""
         if batch or caught_up is not self.reported:
             if batch or self.read_ms is None:
                 self.records, self.read_ms = self.records + len(batch), wall_clock_ms()
-            self.reported, self.marked_s = caught_up, now_s
+            self.reported = caught_up
             self.settled = self.inner._eof  # the last batch: nothing will follow it
-        elif caught_up and not self.settled and now_s - self.marked_s >= MARKS_EVERY_S:
+        elif caught_up and now_s - self.marked_s >= (
+            HEARTBEAT_S if self.settled else MARKS_EVERY_S
+        ):
             self.settled = True
         else:
             return
         assert self.read_ms is not None
+        self.marked_s = now_s
         batch.append(
-            PartitionMark(self.part, caught_up, self.records, self.read_ms, settled=self.settled)
+            PartitionMark(
+                self.part,
+                caught_up,
+                self.records,
+                self.read_ms,
+                settled=self.settled,
+                made_ms=wall_clock_ms(),
+                ended=self.inner._eof,
+            )
         )
 
     def _caught_up(self, got_records: bool) -> bool:

@@ -32,8 +32,10 @@ state goes to every symbol's steps behind the batch's records, on the same chann
 a step's view never runs ahead of the records it has received, and a symbol's steps see
 every partition, in whichever process it is read (`-a`), as one worker would, but for
 what reaches them later than in one worker: a quiet partition that wakes up is known
-busy only once its first records' mark arrives, and a reading process frozen while its
-partitions were caught up looks idle after the idle bound (README, known limits). Before,
+busy only once its first records' mark arrives (README, known limits). A caught-up
+partition's source repeats its mark every HEARTBEAT_S, and one silent for SILENT_MS is
+not idle: a reading process frozen while its partitions were caught up would otherwise
+look idle to the other's steps, whose bars would close before the records it then reads. Before,
 each process shared one view of the partitions it read, filled at the source: with two
 processes it did not see the others' partitions, and closed a symbol's bars at the local
 partitions' event time, ahead of its own trades still on their way (late). Wall-clock
@@ -189,9 +191,16 @@ class PartitionMark:
     read_ms: int
     latest_ms: int | None = None
     settled: bool = False  # nothing new will follow until its next records (or its end)
+    made_ms: int | None = None  # when the source made it (wall ms; None: no heartbeat kept)
+    ended: bool = False  # the partition's end (a finite input): no mark will follow
 
 
 MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most this often
+HEARTBEAT_S = 1.0  # a caught-up, quiet partition repeats its settled mark this often
+# A caught-up partition whose marks stopped this long ago is not idle: its reader may be
+# frozen (another process), and records it has not read may belong to bars not closed yet.
+# Below the allowed lateness less a heartbeat, so a record read after a freeze is in time.
+SILENT_MS = 3_000
 
 
 @dataclass
@@ -276,6 +285,8 @@ class InputPartitions:
     records: dict[str, int] = field(default_factory=dict)  # read so far
     last_read_ms: dict[str, int] = field(default_factory=dict)
     latest_ms: dict[str, int] = field(default_factory=dict)
+    heard_ms: dict[str, int] = field(default_factory=dict)  # its last mark, made then
+    ended: set[str] = field(default_factory=set)
 
     def fork(self) -> InputPartitions:
         """A view of its own for one step, sharing the partitions listed and the caps."""
@@ -287,6 +298,10 @@ class InputPartitions:
         self.caught_up[part] = mark.caught_up
         self.records[part] = mark.records
         self.last_read_ms[part] = mark.read_ms
+        if mark.made_ms is not None:
+            self.heard_ms[part] = mark.made_ms
+        if mark.ended:
+            self.ended.add(part)
         if mark.latest_ms is not None:
             self.saw(part, mark.latest_ms)
 
@@ -298,8 +313,14 @@ class InputPartitions:
             self.last_read_ms[part] = now_ms
 
     def idle(self, part: str, now_ms: int, idle_ms: int) -> bool:
-        """Caught up and either empty or quiet for `idle_ms` (its last records processed)."""
+        """Caught up and either empty or quiet for `idle_ms` (its last records processed),
+        and, unless it ended, still heard from: its source repeats a caught-up partition's
+        mark every HEARTBEAT_S, and one silent for SILENT_MS is not known to be caught up
+        any more (its reader, in another process, may be frozen while records arrive)."""
         if not self.caught_up[part]:
+            return False
+        heard = self.heard_ms.get(part)
+        if heard is not None and part not in self.ended and now_ms - heard > SILENT_MS:
             return False
         return not self.records.get(part) or now_ms - self.last_read_ms[part] >= idle_ms
 

@@ -164,8 +164,8 @@ class _Meta:
 
 def test_a_kafka_partition_marks_records_changes_of_state_and_once_settled(monkeypatch):
     """Totals and the last time records were read (its first poll before any); once
-    caught up and quiet for MARKS_EVERY_S after a mark, one settled mark; its end's last
-    batch is settled at once."""
+    caught up and quiet for MARKS_EVERY_S after a mark, a settled mark, repeated every
+    HEARTBEAT_S while it stays so; its end's last batch is settled and ended."""
     import types
 
     import dataflows.io as io
@@ -173,27 +173,46 @@ def test_a_kafka_partition_marks_records_changes_of_state_and_once_settled(monke
     clock = {"ms": 100_000}
     monkeypatch.setattr(io, "time", types.SimpleNamespace(monotonic=lambda: clock["ms"] / 1e3))
     monkeypatch.setattr(io, "wall_clock_ms", lambda: clock["ms"])
-    inner = _Inner([[], [], [], ["m1", "m2"], [], [], [], ["m3"]], high=10)
+    inner = _Inner([[], [], [], ["m1", "m2"], [], [], [], [], [], ["m3"]], high=10)
     part = io._WatchedPartition(inner, "p.trades", 3, True, _Meta())
     got = []
-    for dt in (0, 100, 150, 100, 100, 100, 300, 100):
+    for dt in (0, 100, 150, 100, 100, 100, 300, 500, 500, 100):
         clock["ms"] += dt
-        if len(got) == 7:
+        if len(got) == 9:
             inner._eof = True  # its last batch
         got.append(part.next_batch())
-    marks = [(m.caught_up, m.records, m.read_ms, m.settled) for b in got for m in b[-1:]
-             if type(m) is PartitionMark]  # fmt: skip
-    assert [len(b) for b in got] == [1, 0, 1, 3, 1, 0, 1, 2]
+    marks = [(m.caught_up, m.records, m.read_ms, m.settled, m.made_ms, m.ended)
+             for b in got for m in b[-1:] if type(m) is PartitionMark]  # fmt: skip
+    assert [len(b) for b in got] == [1, 0, 1, 3, 1, 0, 1, 0, 1, 2]
     assert marks == [
-        (True, 0, 100_000, False),  # the first poll: caught up (at the high watermark), empty
-        (True, 0, 100_000, True),  # quiet for 0.25 s after it: settled
-        (False, 2, 100_350, False),  # records, more left to read
-        (True, 2, 100_350, False),  # caught up again
-        (True, 2, 100_350, True),  # settled, 0.4 s later
-        (True, 3, 100_950, True),  # its end: settled with its last records
+        (True, 0, 100_000, False, 100_000, False),  # the first poll: caught up, empty
+        (True, 0, 100_000, True, 100_250, False),  # quiet for 0.25 s after it: settled
+        (False, 2, 100_350, False, 100_350, False),  # records, more left to read
+        (True, 2, 100_350, False, 100_450, False),  # caught up again
+        (True, 2, 100_350, True, 100_850, False),  # settled, 0.4 s later
+        (True, 2, 100_350, True, 101_850, False),  # still so a second later: a heartbeat
+        (True, 3, 101_950, True, 101_950, True),  # its end: settled and ended
     ]
     quiet = io._WatchedPartition(_Inner([["m1"]], 10), "p.trades", 3, False, _Meta())
     assert quiet.next_batch() == ["m1"]  # no view wanted: no marks
+
+
+def test_a_caught_up_partition_whose_marks_stop_is_not_idle_unless_it_ended():
+    """Two processes: the other one froze while its partitions were caught up and quiet.
+    Its last marks said so, and its partitions looked idle for as long as it stayed
+    frozen, so bars closed that the records it read once it ran again belonged to (late).
+    Its heartbeats stop with it: a caught-up partition silent for SILENT_MS holds again;
+    one that ended (a finite input) does not."""
+    from operators.watermark import SILENT_MS
+
+    view = InputPartitions(listed={"trades#1", "funding#0"})
+    view.apply(PartitionMark("trades#1", True, 5, 1_000, settled=True, made_ms=2_000))
+    view.apply(PartitionMark("funding#0", True, 5, 1_000, settled=True, made_ms=2_000, ended=True))
+    assert view.idle("trades#1", 2_000 + SILENT_MS, 1_000)  # heard within SILENT_MS
+    assert not view.idle("trades#1", 2_001 + SILENT_MS, 1_000)  # silent: maybe frozen
+    assert view.idle("funding#0", 60_000, 1_000)  # ended: silent for good
+    view.apply(PartitionMark("trades#1", True, 5, 1_000, settled=True, made_ms=9_000))
+    assert view.idle("trades#1", 9_500, 1_000)  # a heartbeat again
 
 
 def test_a_settled_mark_reaches_a_symbol_a_held_back_one_did_not():
