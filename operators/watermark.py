@@ -35,11 +35,11 @@ what reaches them later than in one worker: a quiet partition that wakes up is k
 busy only once its first records' mark arrives (README, known limits). A caught-up
 partition's source repeats its mark every HEARTBEAT_S, and one silent for SILENT_MS is
 not idle: a reading process frozen while its partitions were caught up would otherwise
-look idle to the other's steps, whose bars would close before the records it then reads. Before,
-each process shared one view of the partitions it read, filled at the source: with two
-processes it did not see the others' partitions, and closed a symbol's bars at the local
-partitions' event time, ahead of its own trades still on their way (late). Wall-clock
-times are not state: a resumed step starts afresh.
+look idle to the other's steps, whose bars would close before the records it then
+reads. Before, each process shared one view of the partitions it read, filled at the
+source: with two processes it did not see the others' partitions, and closed a symbol's
+bars at the local partitions' event time, ahead of its own trades still on their way
+(late). Wall-clock times are not state: a resumed step starts afresh.
 """
 
 from __future__ import annotations
@@ -199,7 +199,8 @@ MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most th
 HEARTBEAT_S = 1.0  # a caught-up, quiet partition repeats its settled mark this often
 # A caught-up partition whose marks stopped this long ago is not idle: its reader may be
 # frozen (another process), and records it has not read may belong to bars not closed yet.
-# Below the allowed lateness less a heartbeat, so a record read after a freeze is in time.
+# Below the default allowed lateness (5 s) less a heartbeat, so that a record read after
+# such a freeze is in time; with a lateness under 4 s, a freeze can still make some late.
 SILENT_MS = 3_000
 
 
