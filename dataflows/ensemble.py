@@ -359,8 +359,7 @@ class CommandLogic(StatefulLogic):
             for m in marks:
                 self.inputs.apply(m)
             items += self.gate.recheck(now, self.inputs)  # held commands the view lets through
-        symbols = {events[0].symbol} if events else {_symbol(x) for x in items}
-        for symbol in symbols | {c.symbol for c in self.gate.held[:1]}:
+        for symbol in {events[0].symbol} if events else {_symbol(x) for x in items}:
             self._holding(symbol)
         return self._out(items, marks), StatefulLogic.RETAIN
 

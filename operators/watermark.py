@@ -199,8 +199,9 @@ MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most th
 HEARTBEAT_S = 1.0  # a caught-up, quiet partition repeats its settled mark this often
 # A caught-up partition whose marks stopped this long ago is not idle: its reader may be
 # frozen (another process), and records it has not read may belong to bars not closed yet.
-# Below the default allowed lateness (5 s) less a heartbeat, so that a record read after
-# such a freeze is in time; with a lateness under 4 s, a freeze can still make some late.
+# Below the default allowed lateness (DEFAULT_ALLOWED_LATENESS_MS, operators/market.py)
+# less a heartbeat, so that a record read after such a freeze is in time; with a lateness
+# set under SILENT_MS plus a heartbeat, a freeze can still make some late.
 SILENT_MS = 3_000
 
 
@@ -305,13 +306,6 @@ class InputPartitions:
             self.ended.add(part)
         if mark.latest_ms is not None:
             self.saw(part, mark.latest_ms)
-
-    def read(self, part: str, n_records: int, caught_up: bool, now_ms: int) -> None:
-        """One batch of `n_records` read from `part`."""
-        self.caught_up[part] = caught_up
-        self.records[part] = self.records.get(part, 0) + n_records
-        if n_records or part not in self.last_read_ms:
-            self.last_read_ms[part] = now_ms
 
     def idle(self, part: str, now_ms: int, idle_ms: int) -> bool:
         """Caught up and either empty or quiet for `idle_ms` (its last records processed),

@@ -110,3 +110,13 @@ def kill_after_a_snapshot(proc, recovery: Path, ready, timeout_s: float = 180.0)
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def read_batch(view: Any, part: str, n_records: int, caught_up: bool, now_ms: int) -> None:
+    """Tell a step's view (operators/watermark.py InputPartitions) of one batch of
+    `n_records` read from `part` at `now_ms`, as the source's mark after it would."""
+    from operators.watermark import PartitionMark
+
+    records = view.records.get(part, 0) + n_records
+    read_ms = now_ms if n_records or part not in view.last_read_ms else view.last_read_ms[part]
+    view.apply(PartitionMark(part, caught_up, records, read_ms))

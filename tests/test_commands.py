@@ -23,7 +23,7 @@ from operators.config import CohortConfig, ConfigError
 from operators.events import ControlCommand, Trade
 from operators.market import Close, MarketState
 from operators.watermark import InputPartitions
-from tests.conftest import OPERATOR_KEYS, messages, run_records, signed, small_settings
+from tests.conftest import OPERATOR_KEYS, messages, read_batch, run_records, signed, small_settings
 from tests.test_decision_core import (
     ENSEMBLE_1_0,
     NO_DAILY_LIMIT,
@@ -137,7 +137,7 @@ def test_a_held_command_is_not_stale_when_an_idle_partition_lets_the_time_jump_p
     the commands to the trades read ahead. They were fresh when they arrived."""
     inputs = InputPartitions()
     for part in ("trades#0", "funding#0", "control#0"):
-        inputs.read(part, 1, True, 0)
+        read_batch(inputs, part, 1, True, 0)
     gate = CommandGate(window_ms=900_000, idle_ms=2_000)
     trades, funding = Tick(HALT_AT + 5 * 3_600_000), Tick(HALT_AT - 3_600_000)
     trades.part, funding.part = "trades#0", "funding#0"
@@ -150,7 +150,7 @@ def test_a_held_command_is_not_stale_when_an_idle_partition_lets_the_time_jump_p
     assert gate.on_event(command, 1_000, inputs) == []  # an hour ahead of the funding: held
     later = Tick(HALT_AT + 5 * 3_600_000 + 1_000)
     later.part = "trades#0"
-    inputs.read("trades#0", 1, False, 5_000)  # funding and control now idle
+    read_batch(inputs, "trades#0", 1, False, 5_000)  # funding and control now idle
     out = gate.on_event(later, 5_000, inputs)
     assert out[0] is command and out[1] is later
 
@@ -160,7 +160,7 @@ def test_the_market_step_closes_no_bar_past_a_command_on_its_way_from_the_comman
     lifted), a market recheck ran before the command reached the market step and closed
     the bar past it, so the command (a resume, shadow off) took effect a bar late."""
     inputs = InputPartitions()
-    inputs.read("trades#0", 1, False, 0)
+    read_batch(inputs, "trades#0", 1, False, 0)
     market = MarketState("BTC-PERP", False, 0, CohortConfig(), inputs=inputs)
     command = _control(_cmd(symbol="BTC-PERP", ts_event_ms=HALT_AT))
     command.part = "control#0"

@@ -17,7 +17,7 @@ from operators.config import BandConfig, CohortConfig, ConfigError, StrategyConf
 from operators.events import Candle, Funding, Trade
 from operators.market import Close, Late, MarketState
 from operators.watermark import InputPartitions
-from tests.conftest import messages, run_records, small_settings
+from tests.conftest import messages, read_batch, run_records, small_settings
 
 S = 1_000
 M = 60_000
@@ -265,7 +265,9 @@ def test_a_symbol_that_moves_partition_is_not_held_by_the_busy_one_it_left():
         now, ts = 20_000 + i * 100, T0 + i * S
         part = "trades#3" if i < moved_at else "trades#4"
         for p in ("trades#3", "trades#4"):  # both read and caught up; #3 keeps its other symbol
-            view.read(p, 1 if p == part or p == "trades#3" else 0, caught_up=True, now_ms=now)
+            read_batch(
+                view, p, 1 if p == part or p == "trades#3" else 0, caught_up=True, now_ms=now
+            )
             view.saw(p, ts)
         st.on_event(_t(ts, part=part), out, now)
     # every bar up to the one the last trades are in, none late (before: none at all)

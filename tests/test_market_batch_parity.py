@@ -25,6 +25,7 @@ from operators.events import Candle, Funding, Trade, TradeBlock
 from operators.market import JUMP_CONFIRMATIONS, MarketState
 from operators.market_columns import MIN_BLOCK
 from operators.watermark import InputPartitions
+from tests.conftest import read_batch
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 H = 3_600_000
@@ -234,9 +235,11 @@ def test_with_the_kafka_sources_view_of_its_partitions_the_batched_path_is_the_s
     def read(now_ms: int, batch: list[Any]) -> None:
         for p in parts:
             if rng.random() < 0.5:
-                view.read(p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms)
+                read_batch(
+                    view, p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms
+                )
         if rng.random() < 0.05:  # funding's partition: records read, none of this symbol's
-            view.read("funding#0", 3, caught_up=rng.random() < 0.5, now_ms=now_ms)
+            read_batch(view, "funding#0", 3, caught_up=rng.random() < 0.5, now_ms=now_ms)
             view.latest_ms.pop("funding#0", None)
         elif rng.random() < 0.1:
             view.latest_ms["funding#0"] = T0 + rng.randrange(0, 24 * H)
@@ -361,7 +364,9 @@ def test_trade_blocks_with_the_kafka_sources_view_give_the_same():
     def read(now_ms: int, batch: list[Any]) -> None:
         for p in parts:
             if rng.random() < 0.5:
-                view.read(p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms)
+                read_batch(
+                    view, p, rng.choice([0, 0, 25]), caught_up=rng.random() < 0.6, now_ms=now_ms
+                )
         if rng.random() < 0.1:
             view.held_ms["BTC-PERP"] = batch[0].ts_event_ms + rng.randrange(-60_000, 600_000)
         elif rng.random() < 0.1:
