@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import math
+import operator
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -132,6 +133,15 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(q / (1.0 - q))
 
 
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    """Exactly rounded, so the same bits on every CPU: a BLAS dot product (numpy's `@`)
+    sums in its CPU kernel's own order, and a probability then differed in its last bits
+    between an Intel and an AMD machine."""
+    if len(a) != len(b):  # the loader's trial prediction finds a fast file's misfit arrays
+        raise ValueError(f"shapes ({len(a)},) and ({len(b)},) not aligned")
+    return math.fsum(map(operator.mul, a, b))
+
+
 def _expit(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -198,6 +208,7 @@ class _FastLogReg:
     ) -> None:
         self.mean, self.scale, self.coef = mean, scale, coef
         self.intercept = float(intercept)
+        self.coefs = np.asarray(coef, dtype=float).tolist()
 
     @classmethod
     def of(cls, est: Any) -> _FastLogReg:
@@ -223,7 +234,7 @@ class _FastLogReg:
         )
 
     def __call__(self, x: np.ndarray) -> float:
-        return _expit(float(((x - self.mean) / self.scale) @ self.coef) + self.intercept)
+        return _expit(_dot(((x - self.mean) / self.scale).tolist(), self.coefs) + self.intercept)
 
 
 class _FastTrees:
@@ -297,7 +308,7 @@ class _FastTrees:
             if missing:
                 go_left = np.where(np.isnan(v), self.nan_left[idx], go_left)
             idx = np.where(go_left, self.left[idx], self.right[idx])
-        return _expit(self.baseline + float(self.value[idx].sum()))
+        return _expit(self.baseline + math.fsum(self.value[idx].tolist()))
 
 
 class _FastIsotonic:
@@ -372,6 +383,7 @@ class FastEnsemble:
     ) -> None:
         self.bases = bases
         self.meta_coef, self.meta_intercept = meta_coef, float(meta_intercept)
+        self.meta_coefs = np.asarray(meta_coef, dtype=float).tolist()
         self.calibrator, self.members = calibrator, members
         self.weights, self.null_term = weights, float(null_term)
 
@@ -400,7 +412,7 @@ class FastEnsemble:
 
     def predict(self, x: np.ndarray) -> tuple[float, float]:
         z = [_logit1(f(x)) for f in self.bases]
-        score = float(np.dot(self.meta_coef, z)) + self.meta_intercept
+        score = _dot(self.meta_coefs, z) + self.meta_intercept
         bma = math.fsum(w * m(zi) for w, m, zi in zip(self.weights, self.members, z, strict=True))
         return self.calibrator(score), bma + self.null_term
 

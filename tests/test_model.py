@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import platform
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +157,35 @@ def test_the_shipped_artifact_predicts_from_its_fast_file_without_reading_the_pi
     rt.predict(dict.fromkeys(FEATURES, 0.0))
     assert rt.fast is not None and rt._model is None
     assert rt.model.bases and rt._model is not None  # read when asked for
+
+
+ROOT = Path(__file__).resolve().parents[1]
+_PREDICT_BITS = """
+import json
+import numpy as np
+from operators.predict import DEFAULT_ARTIFACT, ModelRuntime
+rt = ModelRuntime(DEFAULT_ARTIFACT)
+rng = np.random.default_rng(3)
+print(json.dumps([[p.hex() for p in rt.fast.predict(rng.normal(size=len(rt.features)))]
+                  for _ in range(300)]))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS's x86 kernels")
+def test_predictions_are_the_same_bits_whichever_blas_kernel_the_cpu_gets():
+    """OpenBLAS picks its kernel by CPU, and each sums a dot product in its own order: the
+    shipped model's probabilities differed in their last bits between an Intel and an AMD
+    machine, and so did every output file that holds one. Prescott's kernel runs on every
+    x86-64 CPU; this machine's own is the other run."""
+    bits = []
+    for core in ("Prescott", ""):
+        env = {**os.environ, "OPENBLAS_CORETYPE": core, "PYTHONPATH": str(ROOT)}
+        run = subprocess.run(
+            [sys.executable, "-c", _PREDICT_BITS], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        bits.append(json.loads(run.stdout))
+    assert bits[0] == bits[1]
 
 
 def test_a_changed_fast_file_is_refused(artifact):
