@@ -1,6 +1,7 @@
 """Benchmark (figures, not a test): scale-out from Kafka, 1 worker vs `-w 2` vs 2 processes.
 
     make bench-kafka-scale   # with-broker.sh … bench/bench_kafka_scale.py [--ticks N --rounds R]
+    bench/bench_kafka_scale.py --layouts 1-worker --tree <before> --tree .   # two commits
 
 Seeded synthetic ticks (bench/ticks.py) for two symbols, BTC-PERP and ETH-PERP, published
 to a fresh topic prefix per run (not timed) as Avro trades keyed by symbol, placed by the
@@ -9,7 +10,8 @@ place them): BTC-PERP on trades partition 3 and ETH-PERP on 2 of 6, which Bytewa
 different workers of two. Then `python -m bytewax.run dataflows.ensemble` reads them
 (ENSEMBLE_KAFKA_TAIL=0: stop at the end of the topics) and writes every output topic,
 timed from process start to exit: 1 worker, `-w 2`, and two processes (`-i/-a`), rounds
-interleaved. Each run's output topics are read back and compared with the first run's,
+interleaved (with `--tree`, each checkout's flow in the same rounds, ratios against the
+first). Each run's output topics are read back and compared with the first run's,
 as sorted records per topic (the order across symbols is the scheduler's), on the event
 clock (ENSEMBLE_CLOCK=event) so that records carry no wall-clock stamps.
 
@@ -37,6 +39,7 @@ from dataflows.kafka_security import confluent_config  # noqa: E402
 from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
 
+LAYOUTS = {"1-worker": (1, 1), "w2": (2, 1), "2-processes": (1, 2)}  # (workers, processes)
 SYMBOLS = ("BTC-PERP", "ETH-PERP")  # by default; their ticks are seeded 11, 12, ...
 
 
@@ -117,7 +120,12 @@ def read_outputs(bootstrap: str, prefix: str) -> dict[str, list[bytes]]:
 
 
 def run_flow(
-    bootstrap: str, prefix: str, workers: int, processes: int, symbols: tuple[str, ...]
+    bootstrap: str,
+    prefix: str,
+    workers: int,
+    processes: int,
+    symbols: tuple[str, ...],
+    tree: Path = ROOT,
 ) -> Run:
     """One run, timed from process start to the last process's exit."""
     env = {
@@ -128,10 +136,10 @@ def run_flow(
         "ENSEMBLE_CLOCK": "event",
         "ENSEMBLE_SYMBOLS": ",".join(symbols),
         "ENSEMBLE_CANDLE_SYMBOLS": "",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(tree),
     }
     env.pop("ENSEMBLE_TEST_KAFKA", None)
-    return run_processes(env, workers, processes)  # its peak memory: see the module docstring
+    return run_processes(env, workers, processes, tree)  # its peak memory: see the module docstring
 
 
 def main() -> None:
@@ -143,21 +151,37 @@ def main() -> None:
         default=",".join(SYMBOLS),
         help="comma-separated perps (seeded 11, 12, ... in this order)",
     )
+    ap.add_argument(
+        "--layouts",
+        default=",".join(LAYOUTS),
+        help=f"comma-separated, of {', '.join(LAYOUTS)}",
+    )
+    ap.add_argument(
+        "--tree",
+        action="append",
+        type=Path,
+        help="run this checkout's flow too, in the same rounds (repeatable; default: this one)",
+    )
     args = ap.parse_args()
     symbols = tuple(args.symbols.split(","))
+    trees = args.tree or [ROOT]
     bootstrap = os.environ.get("ENSEMBLE_TEST_KAFKA", "127.0.0.1:19092")
     print(f"{machine()}; broker {bootstrap}")
     messages = trade_messages(args.ticks, symbols)
     n = len(messages)
-    layouts = {"1 worker": (1, 1), "-w 2": (2, 1), "2 processes": (1, 2)}
+    layouts = {
+        name if len(trees) == 1 else f"{name} {tree}": (*LAYOUTS[name], tree)
+        for tree in trees
+        for name in args.layouts.split(",")
+    }
     runs: dict[str, list[Run]] = {k: [] for k in layouts}
     reference = None
     differed = []
     for r in range(args.rounds):
-        for name, (w, p) in layouts.items():
+        for name, (w, p, tree) in layouts.items():
             prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix, messages)
-            run = run_flow(bootstrap, prefix, w, p, symbols)
+            run = run_flow(bootstrap, prefix, w, p, symbols, tree)
             runs[name].append(run)
             got = read_outputs(bootstrap, prefix)
             if reference is None:
@@ -168,18 +192,18 @@ def main() -> None:
                 same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
                 if differ:
                     differed.append(f"round {r + 1} {name}")
-            print(f"  round {r + 1} {name:12s}: {_figures(run, n)}{same}", flush=True)
+            print(f"  round {r + 1} {name}: {_figures(run, n)}{same}", flush=True)
     print(
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
     )
-    base = statistics.median(r.wall_s for r in runs["1 worker"])
+    base = statistics.median(r.wall_s for r in next(iter(runs.values())))
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
         cpu_s = statistics.median(r.cpu_s for r in rs)
         print(
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)} "
-            f"({base / wall_s:.2f}x one worker's wall time)"
+            f"({base / wall_s:.2f}x the first's wall time)"
         )
     if differed:  # figures of runs that wrote something else compare nothing
         raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")

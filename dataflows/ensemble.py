@@ -62,6 +62,7 @@ from operators.events import (
     ControlCommand,
     InvalidRecord,
     TradeBlock,
+    avro_trade_columns,
     decode,
     trade_columns,
     trades_from_columns,
@@ -77,6 +78,8 @@ from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from operators.watermark import InputPartitions, MarkRelay, PartitionMark, split_marks
 from schemas.codec import STREAM_SCHEMAS, SchemaError
 from schemas.codec import decode as avro_decode
+from schemas.columns import MIN_ROWS as COLUMNS_MIN
+from schemas.columns import decode_columns
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
 TICK = timedelta(seconds=1)  # live processing-time progress: quiet bars close within ~1 s
@@ -237,35 +240,41 @@ def _decode_kafka_trades(
 ) -> dict[str, list[Any]] | None:
     """Consecutive trades of one Kafka partition, each symbol's as columns (a TradeBlock
     when every one is a plain trade), in order; a row the column rules refuse goes
-    through `decode_step` for its reason (dead letters to `dead`). None: fewer than
-    MIN_BLOCK (one by one is as fast) or bytes that do not decode, for `decode_step`."""
+    through `decode_step` for its reason (dead letters to `dead`). The Avro is read as
+    columns (schemas/columns.py) when the run is long enough and the reader takes every
+    message, else message by message with fastavro. None: fewer than MIN_BLOCK (one by
+    one is as fast) or bytes that do not decode, for `decode_step`."""
     if len(raws) < MIN_BLOCK:
         return None
-    recs: dict[str, list[dict[str, Any]]] = {}
-    rows: dict[str, list[RawMessage]] = {}
-    try:
-        for raw in raws:
-            rec = avro_decode("trade", bytes(raw.payload))  # type: ignore[arg-type]
-            symbol = rec.get("symbol")
-            recs.setdefault(symbol, []).append(rec)
-            rows.setdefault(symbol, []).append(raw)
-    except SchemaError:
-        return None
+    payloads = [bytes(raw.payload) for raw in raws]  # type: ignore[arg-type]
+    cols = decode_columns("trade", payloads) if len(raws) >= COLUMNS_MIN else None
+    if cols is not None:
+        groups = avro_trade_columns(cols)
+    else:  # short, or a message the column reader leaves to fastavro
+        recs: dict[str, list[dict[str, Any]]] = {}
+        rows: dict[str, list[int]] = {}
+        try:
+            for i, payload in enumerate(payloads):
+                rec = avro_decode("trade", payload)
+                symbol = rec.get("symbol")
+                recs.setdefault(symbol, []).append(rec)
+                rows.setdefault(symbol, []).append(i)
+        except SchemaError:
+            return None
+        groups = {s: (trade_columns(s, group), rows[s]) for s, group in recs.items()}
     part = partition_name(raws[0].topic, raws[0].partition)
     symbols, skew = settings.symbols, settings.max_clock_skew_ms
     out: dict[str, list[Any]] = {}
-    for symbol, group in recs.items():
-        events = trades_from_columns(
-            trade_columns(symbol, group), len(group), symbols, now_ms, skew
-        )
+    for symbol, (columns, idx) in groups.items():
+        events = trades_from_columns(columns, len(idx), symbols, now_ms, skew)
         good = out.setdefault(symbol, [])
         if type(events[0]) is TradeBlock:  # every row a plain trade
             events[0].part = part
             good.append(events[0])
             continue
-        for raw, event in zip(rows[symbol], events, strict=True):
+        for i, event in zip(list(idx), events, strict=True):
             if event is None:  # refused: the per-record path says why
-                for x in decode_step(settings, stamp, raw):
+                for x in decode_step(settings, stamp, raws[i]):
                     (dead if isinstance(x, Emit) else good).append(x)
             else:
                 event.part = part

@@ -16,6 +16,7 @@ import numpy as np
 
 from schemas.codec import SchemaError
 from schemas.codec import decode as avro_decode
+from schemas.columns import Texts
 
 # Event times outside this range are certainly wrong (before Bitcoin, after 2100).
 MIN_TS_MS = 1_230_768_000_000  # 2009-01-01
@@ -576,6 +577,45 @@ def trade_columns(symbol: str, recs: list[dict[str, Any]]) -> dict[str, Any]:
         "qty": np.array([r.get("qty") for r in recs], dtype=np.float64),
         **{name: [r.get(name) for r in recs] for name in texts},
     }
+
+
+def avro_trade_columns(cols: dict[str, Any]) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """Trade messages decoded as Avro columns (schemas/columns.py), each symbol's as the
+    columns `trades_from_columns` reads (what `trade_columns` makes of the same messages
+    decoded one by one), with the rows they came from, in order."""
+    symbol_col: Texts = cols["symbol"]
+    n = len(symbol_col.size)
+    first = symbol_col.first()
+    if symbol_col.equal(first).all():  # a partition's run: usually one symbol
+        groups = {first: np.arange(n)}
+    else:
+        rows: dict[Any, list[int]] = {}
+        for i, s in enumerate(symbol_col.tolist()):
+            rows.setdefault(s, []).append(i)
+        groups = {s: np.array(r) for s, r in rows.items()}
+    out = {}
+    for symbol, idx in groups.items():
+        whole = len(idx) == n
+        text: dict[str, Texts] = {
+            k: cols[k] if whole else cols[k].take(idx)
+            for k in ("side", "trade_id", "buyer", "seller", "venue")
+        }
+        buy, sell = text["side"].equal("buy"), text["side"].equal("sell")
+        side: Any = np.where(buy, "buy", "sell") if (buy | sell).all() else text["side"].tolist()
+        out[symbol] = (
+            {
+                "symbol": symbol,
+                **{k: cols[k] if whole else cols[k][idx] for k in ("ts_event_ms", "px", "qty")},
+                "side": side,
+                "trade_id": text["trade_id"].tolist(),
+                **{
+                    k: None if text[k].all_null() else text[k].tolist()
+                    for k in ("buyer", "seller", "venue")
+                },
+            },
+            idx,
+        )
+    return out
 
 
 def candles_from_columns(

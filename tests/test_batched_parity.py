@@ -551,6 +551,15 @@ def test_kafka_trades_decoded_as_columns_are_the_messages_decoded_one_by_one(
     # one clock for both ways: a reason says how far in the future a trade is, in seconds
     # of the wall clock, and the two ways decoded a second apart in one CI run
     monkeypatch.setattr(ensemble, "wall_clock_ms", lambda: NOW_MS)
+    read_as_columns = []  # how each long run of trades was read: Avro columns, or fastavro
+    columns = ensemble.decode_columns
+
+    def decode_columns(name: str, payloads: list[bytes]) -> Any:
+        cols = columns(name, payloads)
+        read_as_columns.append(cols is not None)
+        return cols
+
+    monkeypatch.setattr(ensemble, "decode_columns", decode_columns)
     from dataflows.io import RawMessage
     from operators.events import TradeBlock
     from operators.telemetry import Stamp
@@ -582,6 +591,8 @@ def test_kafka_trades_decoded_as_columns_are_the_messages_decoded_one_by_one(
             rec["venue"] = None
         elif r < 0.035:
             rec["ts_event_ms"] = NOW_MS + 10**9  # from the future
+        elif r < 0.037:
+            rec["trade_id"] = f"é{k}"  # UTF-8: the run is read by fastavro
         payload = encode("trade", with_defaults("trade", rec))
         if rng.random() < 0.003:
             payload = payload[:5]  # bytes that do not decode
@@ -619,3 +630,4 @@ def test_kafka_trades_decoded_as_columns_are_the_messages_decoded_one_by_one(
     assert got_events == want_events
     assert got_dead == want_dead
     assert blocks > 5 and len(flat(reference)[1]) > 50
+    assert read_as_columns.count(True) > 5 and read_as_columns.count(False) > 5
