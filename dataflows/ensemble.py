@@ -38,6 +38,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic, StatefulLogic
 from dataflows import cluster, metrics, progress, routing
 from dataflows.io import (
     JsonLinesSink,
+    KafkaRun,
     RawMessage,
     SummarySink,
     block_message,
@@ -45,6 +46,7 @@ from dataflows.io import (
     kafka_sink,
     kafka_source,
     partition_name,
+    read_run,
     to_kafka,
 )
 from dataflows.io import MarketSource as _MarketSource
@@ -151,7 +153,9 @@ def decode_batch(
     after this one take a list per symbol and batch, not an item per record. The key is
     the symbol's route key (dataflows/routing.py; the symbol itself if it has none). File
     blocks are validated column by column; a row that fails goes through `decode_step`
-    for its reason. `to_raw` turns a source item (a Kafka message) into a RawMessage.
+    for its reason. `to_raw` turns a source item (a Kafka message) into a RawMessage; the
+    Kafka source's runs of messages (KafkaRun) are decoded as they come, a run of trades
+    as columns.
     The Kafka source's partition marks go to the symbols' steps after their events
     (`relay`, operators/watermark.py)."""
     out: list[Any] = []
@@ -168,19 +172,33 @@ def decode_batch(
                 else:
                     by_symbol.setdefault(x.symbol, []).append(x)
 
-    def end_run() -> None:
-        decoded = _decode_kafka_trades(settings, stamp, run, now_ms, out)
+    def trades(payloads: list[bytes], message: Callable[[int], RawMessage], part: str) -> None:
+        decoded = _decode_kafka_trades(settings, stamp, payloads, message, part, now_ms, out)
         if decoded is None:
-            one_by_one(run)
+            one_by_one([message(i) for i in range(len(payloads))])
         else:
             for symbol, events in decoded.items():
                 by_symbol.setdefault(symbol, []).extend(events)
+
+    def end_run() -> None:
+        payloads = [bytes(raw.payload) for raw in run]  # type: ignore[arg-type]
+        trades(payloads, run.__getitem__, partition_name(run[0].topic, run[0].partition))
         run.clear()
 
     marks: list[PartitionMark] = []
     for item in items:
         if type(item) is PartitionMark:
             marks.append(item)
+            continue
+        if type(item) is KafkaRun:  # the Kafka source's messages between errors
+            read_run(item)
+            counts[item.stream] = counts.get(item.stream, 0) + len(item)
+            if run:
+                end_run()
+            if item.stream == "trades":
+                trades(item.values, item.message, partition_name(item.topic, item.partition))
+            else:
+                one_by_one([item.message(i) for i in range(len(item))])
             continue
         if isinstance(item, RowBlock):
             counts[item.stream] = counts.get(item.stream, 0) + len(item)
@@ -236,18 +254,24 @@ def _decode_block(
 
 
 def _decode_kafka_trades(
-    settings: Settings, stamp: Stamp, raws: list[RawMessage], now_ms: int, dead: list[Any]
+    settings: Settings,
+    stamp: Stamp,
+    payloads: list[bytes],
+    message: Callable[[int], RawMessage],
+    part: str,
+    now_ms: int,
+    dead: list[Any],
 ) -> dict[str, list[Any]] | None:
-    """Consecutive trades of one Kafka partition, each symbol's as columns (a TradeBlock
-    when every one is a plain trade), in order; a row the column rules refuse goes
-    through `decode_step` for its reason (dead letters to `dead`). The Avro is read as
-    columns (schemas/columns.py) when the run is long enough and the reader takes every
-    message, else message by message with fastavro. None: fewer than MIN_BLOCK (one by
-    one is as fast) or bytes that do not decode, for `decode_step`."""
-    if len(raws) < MIN_BLOCK:
+    """Consecutive trades of one Kafka partition (`part`; message i is `message(i)`), each
+    symbol's as columns (a TradeBlock when every one is a plain trade), in order; a row
+    the column rules refuse goes through `decode_step` for its reason (dead letters to
+    `dead`). The Avro is read as columns (schemas/columns.py) when the run is long enough
+    and the reader takes every message, else message by message with fastavro. None:
+    fewer than MIN_BLOCK (one by one is as fast) or bytes that do not decode, for
+    `decode_step`."""
+    if len(payloads) < MIN_BLOCK:
         return None
-    payloads = [bytes(raw.payload) for raw in raws]  # type: ignore[arg-type]
-    cols = decode_columns("trade", payloads) if len(raws) >= COLUMNS_MIN else None
+    cols = decode_columns("trade", payloads) if len(payloads) >= COLUMNS_MIN else None
     if cols is not None:
         groups = avro_trade_columns(cols)
     else:  # short, or a message the column reader leaves to fastavro
@@ -262,7 +286,6 @@ def _decode_kafka_trades(
         except SchemaError:
             return None
         groups = {s: (trade_columns(s, group), rows[s]) for s, group in recs.items()}
-    part = partition_name(raws[0].topic, raws[0].partition)
     symbols, skew = settings.symbols, settings.max_clock_skew_ms
     out: dict[str, list[Any]] = {}
     for symbol, (columns, idx) in groups.items():
@@ -274,7 +297,7 @@ def _decode_kafka_trades(
             continue
         for i, event in zip(list(idx), events, strict=True):
             if event is None:  # refused: the per-record path says why
-                for x in decode_step(settings, stamp, raws[i]):
+                for x in decode_step(settings, stamp, message(i)):
                     (dead if isinstance(x, Emit) else good).append(x)
             else:
                 event.part = part

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
 
 from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
 from dataflows.progress import no_decision_reasons, stopping
@@ -61,6 +62,29 @@ class RawMessage:
     offset: int | None = None
     error: str | None = None  # the transport could not deliver it intact
     origin: str | None = None  # file and row it was read from (input files)
+
+
+@dataclass(slots=True)
+class KafkaRun:
+    """Consecutive messages of one Kafka input partition, none an error, as one item of the
+    source's batch: their values and offsets in order. Bytewax's connector makes an object
+    per message, and the flow made a RawMessage of each: together about a third of a
+    Kafka run's CPU (issue 16). A run of trades is decoded from `values` as columns; a
+    message is made only for a record that needs one (a dead letter names its offset)."""
+
+    stream: str
+    topic: str
+    partition: int
+    values: list[bytes]
+    offsets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def message(self, i: int) -> RawMessage:
+        return RawMessage(
+            self.stream, self.values[i], self.topic, self.partition, self.offsets[i], None
+        )
 
 
 def block_message(block: RowBlock, i: int) -> RawMessage:
@@ -342,6 +366,7 @@ def kafka_source(settings: Settings, inputs: InputPartitions | None = None) -> K
         serve(READINESS, settings.ready_port)
     return _WatchedKafkaSource(
         inputs,
+        settings.topic_prefix,
         settings.kafka_bootstrap.split(","),
         topics,
         tail=settings.kafka_tail,
@@ -437,8 +462,17 @@ class _WatchedPartition(StatefulSourcePartition):
     batch after which its state changed (whether it has records left to read): the
     steps align the topics by event time with them (operators/watermark.py)."""
 
-    def __init__(self, inner: Any, topic: str, idx: int, marks: bool, meta: _Metadata) -> None:
-        self.inner, self.topic, self.marks, self.meta = inner, topic, marks, meta
+    def __init__(
+        self, inner: Any, topic: str, stream: str, idx: int, marks: bool, meta: _Metadata
+    ) -> None:
+        self.inner, self.topic, self.stream, self.marks, self.meta = (
+            inner,
+            topic,
+            stream,
+            marks,
+            meta,
+        )
+        self.idx = idx
         self.client = meta.open()
         self.tp = TopicPartition(topic, idx)
         self.part = partition_name(topic, idx)
@@ -466,7 +500,7 @@ class _WatchedPartition(StatefulSourcePartition):
                     "dataflows.topics` and restart (with recovery the flow resumes from its "
                     "last snapshot)"
                 )
-        batch = self.inner.next_batch()  # StopIteration: its end (the last mark said so)
+        batch = self._read()  # StopIteration: its end (the last mark said so)
         caught_up = self._caught_up(bool(batch))
         if batch or not caught_up:
             self.quiet_s, self.awake_at = 0.0, None
@@ -475,6 +509,50 @@ class _WatchedPartition(StatefulSourcePartition):
             self.awake_at = datetime.now(UTC) + timedelta(seconds=self.quiet_s)
         if self.marks:
             self._mark(batch, caught_up, now)
+        return batch
+
+    def _read(self) -> list[Any]:
+        """Bytewax's `_KafkaSourcePartition.next_batch` (the same consume, end, errors and
+        next offset), with the messages between errors as one KafkaRun instead of an
+        object each; an error is the connector's KafkaError, as before."""
+        inner = self.inner
+        if inner._eof:
+            raise StopIteration
+        batch: list[Any] = []
+        values: list[bytes] = []
+        offsets: list[int] = []
+        last = None
+        for msg in inner._consumer.consume(inner._batch_size, 0.001):
+            error = msg.error()
+            if error is None:
+                values.append(msg.value() or b"")
+                offsets.append(last := msg.offset())
+                continue
+            if error.code() == ConfluentKafkaError._PARTITION_EOF:
+                inner._eof = True  # StopIteration at the next call, after this batch
+                break
+            if inner._raise_on_errors:
+                raise RuntimeError(f"error consuming from Kafka topic `{self.topic!r}`: {error}")
+            if values:
+                batch.append(KafkaRun(self.stream, self.topic, self.idx, values, offsets))
+                values, offsets = [], []
+            headers = msg.headers()
+            kept = KafkaSourceMessage(
+                key=msg.key(),
+                value=msg.value(),
+                topic=msg.topic(),
+                headers=[] if headers is None else headers,
+                latency=msg.latency(),
+                offset=msg.offset(),
+                partition=msg.partition(),
+                timestamp=msg.timestamp(),
+            )
+            batch.append(KafkaError(error, kept))
+            last = msg.offset()
+        if values:
+            batch.append(KafkaRun(self.stream, self.topic, self.idx, values, offsets))
+        if last is not None:  # resume from the next message, not this one
+            inner._offset = last + 1
         return batch
 
     def _mark(self, batch: list[Any], caught_up: bool, now_s: float) -> None:
@@ -486,7 +564,7 @@ class _WatchedPartition(StatefulSourcePartition):
         reader (operators/watermark.py)."""
         if batch or caught_up is not self.reported:
             if batch or self.read_ms is None:
-                self.records, self.read_ms = self.records + len(batch), wall_clock_ms()
+                self.records, self.read_ms = self.records + _messages(batch), wall_clock_ms()
             self.reported = caught_up
             self.settled = self.inner._eof  # the last batch: nothing will follow it
         elif caught_up and now_s - self.marked_s >= (
@@ -545,10 +623,16 @@ class _WatchedPartition(StatefulSourcePartition):
         self.meta.release()
 
 
+def _messages(batch: list[Any]) -> int:
+    return sum(len(x) if type(x) is KafkaRun else 1 for x in batch)
+
+
 class _WatchedKafkaSource(KafkaSource):
-    def __init__(self, inputs: InputPartitions | None, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, inputs: InputPartitions | None, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.inputs = inputs
+        self.inputs, self.prefix = inputs, prefix
         self.meta = _Metadata({"bootstrap.servers": ",".join(self._brokers), **self._add_config})
 
     def list_parts(self) -> list[str]:
@@ -562,7 +646,8 @@ class _WatchedKafkaSource(KafkaSource):
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
         inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
-        return _WatchedPartition(inner, topic, int(idx), self.inputs is not None, self.meta)
+        stream = stream_of(self.prefix, topic)
+        return _WatchedPartition(inner, topic, stream, int(idx), self.inputs is not None, self.meta)
 
 
 def partition_name(topic: str, idx: int | str) -> str:
@@ -595,8 +680,21 @@ def from_kafka(prefix: str, msg: Any) -> RawMessage:
     if READINESS is not None:
         READINESS.saw(msg.topic, msg.partition, msg.offset)
     topic = msg.topic or ""
-    stream = topic[len(prefix) + 1 :] if topic.startswith(prefix + ".") else topic
-    return RawMessage(stream, msg.value or b"", topic, msg.partition, msg.offset, error)
+    return RawMessage(
+        stream_of(prefix, topic), msg.value or b"", topic, msg.partition, msg.offset, error
+    )
+
+
+def read_run(run: KafkaRun) -> KafkaRun:
+    """A run of messages the flow read (for `/ready`), as `from_kafka` says of one."""
+    if READINESS is not None:
+        READINESS.saw(run.topic, run.partition, run.offsets[-1])
+    return run
+
+
+def stream_of(prefix: str, topic: str) -> str:
+    """The input stream a topic carries (`<prefix>.<stream>`)."""
+    return topic[len(prefix) + 1 :] if topic.startswith(prefix + ".") else topic
 
 
 def to_kafka(prefix: str, item: tuple[str, dict[str, Any]]) -> KafkaSinkMessage | None:

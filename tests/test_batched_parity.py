@@ -631,3 +631,19 @@ def test_kafka_trades_decoded_as_columns_are_the_messages_decoded_one_by_one(
     assert got_dead == want_dead
     assert blocks > 5 and len(flat(reference)[1]) > 50
     assert read_as_columns.count(True) > 5 and read_as_columns.count(False) > 5
+
+    # as the Kafka source hands them over: each partition's consecutive messages one run
+    from dataflows.io import KafkaRun
+
+    runs: list[KafkaRun] = []
+    for m in messages:
+        if runs and (runs[-1].topic, runs[-1].partition) == (m.topic, m.partition):
+            runs[-1].values.append(m.payload)
+            runs[-1].offsets.append(m.offset)
+        else:
+            runs.append(KafkaRun(m.stream, m.topic, m.partition, [m.payload], [m.offset]))
+    assert sum(map(len, runs)) == len(messages) and len(runs) > 30
+    by_runs: list[Any] = []
+    for i in range(0, len(runs), 7):
+        by_runs += decode_batch(settings, stamp, None, keys, runs[i : i + 7])
+    assert flat(by_runs) == (want_events, want_dead)

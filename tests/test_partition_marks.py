@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dataflows.io import RawMessage
 from operators.config import CohortConfig
 from operators.events import Trade, expand_blocks
@@ -83,7 +85,7 @@ def test_the_source_tells_the_view_every_partition_by_the_name_events_carry(monk
 
     monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades", "11-p.funding"])
     view = InputPartitions()
-    source = _WatchedKafkaSource(view, ["127.0.0.1:9"], ["p.trades", "p.funding"])
+    source = _WatchedKafkaSource(view, "p", ["127.0.0.1:9"], ["p.trades", "p.funding"])
     assert source.list_parts() == ["0-p.trades", "11-p.funding"]
     assert view.listed == {partition_name("p.trades", 0), partition_name("p.funding", 11)}
 
@@ -139,16 +141,44 @@ def test_a_symbol_without_records_gets_a_partitions_mark_when_it_changes_or_now_
     assert [m.latest_ms for m in got] == [T0, T0 + 100, T0 + 250, T0 + 250, T0 + 250]
 
 
-class _Inner:
-    """Bytewax's Kafka partition as far as `_WatchedPartition` asks it."""
+class _Message:
+    """A confluent_kafka Message as far as `_WatchedPartition` reads one."""
 
-    def __init__(self, batches: list[list[Any]], high: int) -> None:
+    def __init__(self, value: bytes, offset: int) -> None:
+        self._value, self._offset = value, offset
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _End:
+    """The message librdkafka gives at a partition's end (with enable.partition.eof)."""
+
+    def error(self) -> Any:
+        from confluent_kafka import KafkaError
+
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
+class _Inner:
+    """Bytewax's Kafka partition (and its consumer) as far as `_WatchedPartition` asks."""
+
+    def __init__(self, batches: list[list[bytes]], high: int) -> None:
         self.batches, self._eof, self._offset = batches, False, 5
-        self._consumer = self
+        self._consumer, self._batch_size, self._raise_on_errors = self, 1000, False
         self.high = high
 
-    def next_batch(self) -> list[Any]:
-        return self.batches.pop(0)
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        return [
+            v if isinstance(v, _End) else _Message(v, self._offset + i)
+            for i, v in enumerate(self.batches.pop(0))
+        ]
 
     def get_watermark_offsets(self, tp: Any, cached: bool) -> tuple[int, int]:
         return 0, self.high
@@ -173,17 +203,15 @@ def test_a_kafka_partition_marks_records_changes_of_state_and_once_settled(monke
     clock = {"ms": 100_000}
     monkeypatch.setattr(io, "time", types.SimpleNamespace(monotonic=lambda: clock["ms"] / 1e3))
     monkeypatch.setattr(io, "wall_clock_ms", lambda: clock["ms"])
-    inner = _Inner([[], [], [], ["m1", "m2"], [], [], [], [], [], ["m3"]], high=10)
-    part = io._WatchedPartition(inner, "p.trades", 3, True, _Meta())
+    inner = _Inner([[], [], [], [b"m1", b"m2"], [], [], [], [], [], [b"m3", _End()]], high=10)
+    part = io._WatchedPartition(inner, "p.trades", "trades", 3, True, _Meta())
     got = []
     for dt in (0, 100, 150, 100, 100, 100, 300, 500, 500, 100):
         clock["ms"] += dt
-        if len(got) == 9:
-            inner._eof = True  # its last batch
         got.append(part.next_batch())
     marks = [(m.caught_up, m.records, m.read_ms, m.settled, m.made_ms, m.ended)
              for b in got for m in b[-1:] if type(m) is PartitionMark]  # fmt: skip
-    assert [len(b) for b in got] == [1, 0, 1, 3, 1, 0, 1, 0, 1, 2]
+    assert [len(b) for b in got] == [1, 0, 1, 2, 1, 0, 1, 0, 1, 2]  # a run, then its mark
     assert marks == [
         (True, 0, 100_000, False, 100_000, False),  # the first poll: caught up, empty
         (True, 0, 100_000, True, 100_250, False),  # quiet for 0.25 s after it: settled
@@ -193,8 +221,13 @@ def test_a_kafka_partition_marks_records_changes_of_state_and_once_settled(monke
         (True, 2, 100_350, True, 101_850, False),  # still so a second later: a heartbeat
         (True, 3, 101_950, True, 101_950, True),  # its end: settled and ended
     ]
-    quiet = io._WatchedPartition(_Inner([["m1"]], 10), "p.trades", 3, False, _Meta())
-    assert quiet.next_batch() == ["m1"]  # no view wanted: no marks
+    assert got[3][0] == io.KafkaRun("trades", "p.trades", 3, [b"m1", b"m2"], [5, 6])
+    assert got[9][0] == io.KafkaRun("trades", "p.trades", 3, [b"m3"], [7])
+    assert inner._offset == 8 and inner._eof  # the next to read; StopIteration next time
+    with pytest.raises(StopIteration):
+        part.next_batch()
+    quiet = io._WatchedPartition(_Inner([[b"m1"]], 10), "p.trades", "trades", 3, False, _Meta())
+    assert quiet.next_batch() == [io.KafkaRun("trades", "p.trades", 3, [b"m1"], [5])]  # no mark
 
 
 def test_a_caught_up_partition_whose_marks_stop_is_not_idle_unless_it_ended():
