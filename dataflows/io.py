@@ -400,9 +400,10 @@ class _Metadata:
     """One client per source for the questions its partitions ask the broker (does the
     topic exist, where is the high watermark). Not each partition's own consumer: the
     broker answers one connection's requests in order, so behind that consumer's fetch,
-    which waits up to `fetch.wait.max.ms` (500 ms) on a partition with nothing new, every
-    question took half a second, and a following flow with twenty quiet partitions spent
-    most of its time waiting (1,000 records read per 10 s).
+    which waited up to `fetch.wait.max.ms` (librdkafka's 500 ms then; FETCH_WAIT_MS now)
+    on a partition with nothing new, every question took half a second, and a following
+    flow with twenty quiet partitions spent most of its time waiting (1,000 records read
+    per 10 s).
 
     The high watermarks are asked on a thread of their own, every WATERMARKS_S, for the
     partitions that asked since: each answer takes a round trip (about 17 ms to a local
