@@ -134,9 +134,9 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    """Exactly rounded, so the same bits on every CPU: a BLAS dot product (numpy's `@`)
-    sums in its CPU kernel's own order, and a probability then differed in its last bits
-    between an Intel and an AMD machine."""
+    """The rounded products summed exactly (math.fsum), so the same bits on every CPU: a
+    BLAS dot product (numpy's `@`) sums in its CPU kernel's own order, and a probability
+    then differed in its last bits between an Intel and an AMD machine."""
     if len(a) != len(b):  # the loader's trial prediction finds a fast file's misfit arrays
         raise ValueError(f"shapes ({len(a)},) and ({len(b)},) not aligned")
     return math.fsum(map(operator.mul, a, b))
