@@ -59,11 +59,19 @@ def _raw(name: str) -> Any:
 
 
 def check(name: str, record: dict[str, Any]) -> None:
-    """Missing, mistyped and (which fastavro does not check) extra fields all raise."""
-    try:
-        validate(record, schema(name), raise_errors=True, strict=True)
-    except ValidationError as e:
-        raise SchemaError(f"record does not match schema {name!r}: {e}") from None
+    """Missing, mistyped and (which fastavro does not check) extra fields all raise.
+
+    fastavro is asked for a yes or no first: asked to raise, it raises and formats (as
+    JSON) an error for every union branch a value is not, such as the null of every
+    optional field that has a value, before trying the next, which made a decision
+    record's check cost about 40 µs. Only a record that fails is checked again, for
+    the message."""
+    if not validate(record, schema(name), raise_errors=False, strict=True):
+        try:
+            validate(record, schema(name), raise_errors=True, strict=True)
+        except ValidationError as e:
+            raise SchemaError(f"record does not match schema {name!r}: {e}") from None
+        raise SchemaError(f"record does not match schema {name!r}")
     extras = _extras(name)
     extra = [] if extras is None else extras(record, name)
     if extra:

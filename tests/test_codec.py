@@ -75,3 +75,22 @@ def test_an_extra_field_at_any_depth_is_refused_with_its_path(records, stream, w
         + r"'\]",
     ):
         check(name, rec)
+
+
+@pytest.mark.parametrize(
+    "stream, field, value",
+    [("bars", "close", "1.0"), ("orders", "qty", None), ("signals", "symbol", 7)],
+)
+def test_a_mistyped_or_missing_field_is_refused_with_fastavros_message(
+    records, stream, field, value
+):
+    """`check` asks fastavro for a yes or no first and only a failing record again, for
+    the message: a mistyped field is still named."""
+    rec = copy.deepcopy(records[stream][0])
+    check(STREAM_SCHEMAS[stream], rec)
+    rec[field] = value
+    with pytest.raises(SchemaError, match=rf"(?s)does not match schema .*\.{field}\b"):
+        check(STREAM_SCHEMAS[stream], rec)
+    del rec[field]  # fastavro's message then shows the whole record, not the field
+    with pytest.raises(SchemaError, match=f"does not match schema '{STREAM_SCHEMAS[stream]}'"):
+        check(STREAM_SCHEMAS[stream], rec)
