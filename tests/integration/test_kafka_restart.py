@@ -39,7 +39,12 @@ DAYS = "6"  # long enough to kill mid-stream after the first one-second snapshot
 def _publish(bootstrap: str, prefix: str, records: list[tuple[str, dict]]) -> None:
     producer = Producer(confluent_config(bootstrap, **{"enable.idempotence": True}))
     for stream, key, value, _ts in encoded(records, "ensemble_1_1"):
-        producer.produce(f"{prefix}.{stream}", value=value, key=key)
+        while True:
+            try:
+                producer.produce(f"{prefix}.{stream}", value=value, key=key)
+                break
+            except BufferError:  # the local queue is full (a slow broker): let it drain
+                producer.poll(0.05)
         producer.poll(0)
     assert producer.flush(60) == 0
 
