@@ -27,7 +27,7 @@ import numpy as np
 
 from schemas.codec import _raw
 
-KINDS = {"long": "long", "double": "double", "string": "string"}
+KINDS = frozenset({"long", "double", "string"})  # a field of one of these is its own kind
 NULLABLE_STRING = ["null", "string"]
 MAX_VARINT_BYTES = 9  # 63 bits: every long below 2^62 in zigzag
 MIN_ROWS = 64  # fewer messages: fastavro one by one costs no more than the arrays
@@ -86,7 +86,7 @@ def flat_fields(name: str) -> tuple[tuple[str, str], ...] | None:
         if t == NULLABLE_STRING:
             out.append((f["name"], "nullable"))
         elif isinstance(t, str) and t in KINDS:
-            out.append((f["name"], KINDS[t]))
+            out.append((f["name"], t))
         else:
             return None
     return tuple(out)
