@@ -88,7 +88,7 @@ bench-kafka: setup
 
 # Issue 16: 2 symbols' trades from Kafka, 1 worker vs -w 2 vs two processes, outputs compared.
 bench-kafka-scale: setup
-	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka_scale.py
+	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka_scale.py $(KAFKA_SCALE_ARGS)
 
 bench-live: setup
 	@mkdir -p $(LIVE_DIR)

@@ -1,7 +1,7 @@
 """Benchmark (figures, not a test): scale-out from Kafka, 1 worker vs `-w 2` vs 2 processes.
 
-    make bench-kafka-scale   # with-broker.sh … bench/bench_kafka_scale.py [--ticks N --rounds R]
-    bench/bench_kafka_scale.py --layouts 1-worker --tree <before> --tree .   # two commits
+    make bench-kafka-scale [KAFKA_SCALE_ARGS="--ticks N --rounds R --layouts L --tree DIR"]
+    make bench-kafka-scale KAFKA_SCALE_ARGS="--layouts 1-worker --tree <before> --tree ."
 
 Seeded synthetic ticks (bench/ticks.py) for two symbols, BTC-PERP and ETH-PERP, published
 to a fresh topic prefix per run (not timed) as Avro trades keyed by symbol, placed by the
