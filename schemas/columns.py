@@ -105,7 +105,8 @@ def decode_columns(name: str, payloads: list[bytes]) -> dict[str, Column] | None
     pos = end - size
     data = b"".join(payloads) + bytes(PAD)
     buf = np.frombuffer(data, np.uint8)
-    high = np.concatenate(([0], np.cumsum(buf >= 0x80)))  # bytes outside ASCII before i
+    high = np.zeros(len(buf) + 1, np.int32 if len(buf) < 2**31 else np.int64)
+    np.cumsum(buf >= 0x80, dtype=high.dtype, out=high[1:])  # high[i]: bytes outside ASCII before i
     out: dict[str, Column] = {}
     for field, kind in fields:
         if kind == "double":
