@@ -141,29 +141,21 @@ def test_a_symbol_without_records_gets_a_partitions_mark_when_it_changes_or_now_
     assert [m.latest_ms for m in got] == [T0, T0 + 100, T0 + 250, T0 + 250, T0 + 250]
 
 
-class _Message:
-    """A confluent_kafka Message as far as `_WatchedPartition` reads one."""
+def _message(value: bytes, offset: int) -> Any:
+    """A confluent_kafka Message, as the consumer gives one."""
+    from confluent_kafka import Message
 
-    def __init__(self, value: bytes, offset: int) -> None:
-        self._value, self._offset = value, offset
-
-    def error(self) -> None:
-        return None
-
-    def value(self) -> bytes:
-        return self._value
-
-    def offset(self) -> int:
-        return self._offset
+    return Message(topic="p.trades", partition=3, offset=offset, value=value)
 
 
-class _End:
+def _end() -> Any:
     """The message librdkafka gives at a partition's end (with enable.partition.eof)."""
+    from confluent_kafka import KafkaError, Message
 
-    def error(self) -> Any:
-        from confluent_kafka import KafkaError
+    return Message(topic="p.trades", partition=3, error=KafkaError(KafkaError._PARTITION_EOF))
 
-        return KafkaError(KafkaError._PARTITION_EOF)
+
+_END = object()  # in a script of batches: the partition's end
 
 
 class _Inner:
@@ -176,7 +168,7 @@ class _Inner:
 
     def consume(self, n: int, timeout: float) -> list[Any]:
         return [
-            v if isinstance(v, _End) else _Message(v, self._offset + i)
+            _end() if v is _END else _message(v, self._offset + i)
             for i, v in enumerate(self.batches.pop(0))
         ]
 
@@ -203,7 +195,7 @@ def test_a_kafka_partition_marks_records_changes_of_state_and_once_settled(monke
     clock = {"ms": 100_000}
     monkeypatch.setattr(io, "time", types.SimpleNamespace(monotonic=lambda: clock["ms"] / 1e3))
     monkeypatch.setattr(io, "wall_clock_ms", lambda: clock["ms"])
-    inner = _Inner([[], [], [], [b"m1", b"m2"], [], [], [], [], [], [b"m3", _End()]], high=10)
+    inner = _Inner([[], [], [], [b"m1", b"m2"], [], [], [], [], [], [b"m3", _END]], high=10)
     part = io._WatchedPartition(inner, "p.trades", "trades", 3, True, _Meta())
     got = []
     for dt in (0, 100, 150, 100, 100, 100, 300, 500, 500, 100):

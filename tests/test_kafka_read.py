@@ -1,0 +1,135 @@
+"""The flow's read of a Kafka input partition against Bytewax's own.
+
+`_WatchedPartition._read` replaces Bytewax 0.21.1's `_KafkaSourcePartition.next_batch`
+(dataflows/io.py): the same consume, the same end, errors and next offset, with the
+messages between errors as one KafkaRun. Both read the same scripted batches of real
+confluent_kafka Messages here, and what they give must be the same messages.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
+from bytewax.connectors.kafka import _KafkaSourcePartition as BytewaxPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import Message
+
+from dataflows import io
+
+TOPIC, IDX = "p.trades", 3
+CODES = [
+    ConfluentKafkaError._PARTITION_EOF,
+    ConfluentKafkaError._MSG_TIMED_OUT,
+    ConfluentKafkaError._BAD_MSG,
+    ConfluentKafkaError.OFFSET_OUT_OF_RANGE,
+]
+
+
+class _Consumer:
+    def __init__(self, batches: list[list[Message]]) -> None:
+        self.batches = batches
+        self.asked: list[int] = []
+
+    def consume(self, n: int, timeout: float) -> list[Message]:
+        self.asked.append(n)
+        return self.batches.pop(0) if self.batches else []
+
+
+class _Meta:
+    """The source's metadata client, which `_read` does not ask."""
+
+    def open(self) -> None:
+        return None
+
+
+def _script(rng: random.Random) -> list[list[Message]]:
+    """Batches as librdkafka gives them: values (some None or empty), errors, an end."""
+    offset, batches = rng.randrange(0, 10**6), []
+    for _ in range(rng.randrange(1, 6)):
+        batch = []
+        for _ in range(rng.choice([0, 1, 2, 5, 40])):
+            roll = rng.random()
+            if roll < 0.08:
+                code = rng.choice(CODES)
+                err = ConfluentKafkaError(code)
+                batch.append(Message(topic=TOPIC, partition=IDX, offset=offset, error=err))
+            else:
+                value = None if roll < 0.12 else b"" if roll < 0.15 else rng.randbytes(5)
+                batch.append(Message(topic=TOPIC, partition=IDX, offset=offset, value=value))
+            offset += rng.choice([1, 1, 1, 2])  # compacted topics and markers skip offsets
+        batches.append(batch)
+    return batches
+
+
+def _bytewax(batches: list[list[Message]], raise_on_errors: bool) -> BytewaxPartition:
+    part = object.__new__(BytewaxPartition)  # its constructor would connect a consumer
+    part._consumer, part._topic, part._part_idx = _Consumer(batches), TOPIC, IDX
+    part._batch_size, part._eof, part._offset = io.BATCH_MESSAGES, False, 7
+    part._raise_on_errors = raise_on_errors
+    return part
+
+
+def _as_runs(items: list[Any]) -> list[Any]:
+    """Bytewax's batch as the flow's: consecutive messages as one KafkaRun (a value of
+    None read as b""), errors as they are."""
+    out: list[Any] = []
+    for x in items:
+        if isinstance(x, KafkaSourceMessage):
+            if not (out and type(out[-1]) is io.KafkaRun):
+                out.append(io.KafkaRun("trades", TOPIC, IDX, [], []))
+            out[-1].values.append(x.value or b"")
+            out[-1].offsets.append(x.offset)
+        else:
+            out.append(x)
+    return out
+
+
+def _read_all(next_batch: Any, part: Any) -> list[Any]:
+    got = []
+    for _ in range(10):
+        try:
+            got.append(next_batch())
+        except StopIteration:
+            got.append("end")
+            break
+        except RuntimeError as exc:
+            got.append(("raised", str(exc)))
+            break
+        got.append(("offset", part._offset, part._eof))
+    return got
+
+
+def _same(x: Any) -> Any:
+    """A KafkaError compared by what it carries (confluent's errors compare by code)."""
+    if isinstance(x, list):
+        return [_same(y) for y in x]
+    if isinstance(x, KafkaError):
+        m = x.msg
+        return ("error", x.err.code(), m.value, m.offset, m.partition, m.topic, m.key)
+    return x
+
+
+@pytest.mark.parametrize("raise_on_errors", [False, True])
+def test_the_flows_read_gives_what_bytewaxs_next_batch_gives(raise_on_errors: bool):
+    rng = random.Random(16)
+    for _ in range(500):
+        script = _script(rng)
+        theirs = _bytewax([list(b) for b in script], raise_on_errors)
+        ours_inner = _bytewax([list(b) for b in script], raise_on_errors)
+        ours = io._WatchedPartition(ours_inner, TOPIC, "trades", IDX, False, _Meta())
+        want = [
+            _as_runs(x) if isinstance(x, list) else x for x in _read_all(theirs.next_batch, theirs)
+        ]
+        got = _read_all(ours._read, ours_inner)
+        assert _same(got) == _same(want), script
+        assert ours_inner._consumer.asked == theirs._consumer.asked  # the same reads
+
+
+def test_a_read_asks_for_up_to_batch_messages():
+    inner = _bytewax([[Message(topic=TOPIC, partition=IDX, offset=9, value=b"x")]], False)
+    part = io._WatchedPartition(inner, TOPIC, "trades", IDX, False, _Meta())
+    assert part._read() == [io.KafkaRun("trades", TOPIC, IDX, [b"x"], [9])]
+    assert inner._consumer.asked == [io.BATCH_MESSAGES] and inner._offset == 10
