@@ -18,6 +18,7 @@ decision id, and a delivery that fails stops the flow instead of losing the reco
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import math
 import sys
@@ -35,6 +36,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
 from dataflows.progress import no_decision_reasons, stopping
@@ -378,6 +380,9 @@ def kafka_source(settings: Settings, inputs: InputPartitions | None = None) -> K
             "logger": client_logger(),
             "fetch.wait.max.ms": FETCH_WAIT_MS,
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+            # A start (or a snapshot's offset) that retention has since deleted: read from
+            # the first record still kept, not from the end (librdkafka's default).
+            "auto.offset.reset": "earliest",
         },
     )
 
@@ -651,21 +656,61 @@ class _WatchedKafkaSource(KafkaSource):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.inputs, self.prefix = inputs, prefix
-        self.meta = _Metadata({"bootstrap.servers": ",".join(self._brokers), **self._add_config})
+        self.config = {"bootstrap.servers": ",".join(self._brokers), **self._add_config}
+        self.meta = _Metadata(self.config)
+        self.listed: list[str] = []
+        self.first: dict[str, int] = {}  # partition -> its first offset, where answered
+        self.asked: set[str] = set()  # partitions whose first offset was asked
 
     def list_parts(self) -> list[str]:
         """Every partition of the input topics (each worker lists them all; Bytewax builds
         each in one process): the steps' views wait for each one's first mark."""
-        parts = super().list_parts()
+        parts = self.listed = super().list_parts()
         if self.inputs is not None:
             self.inputs.listed.update(_event_part(p) for p in parts)
         return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
+        """Bytewax's partition, started at the partition's first offset, asked once for
+        every partition, rather than at the logical start: a consumer assigned that
+        before it knows the partition's leader waits half a second before it asks
+        where the start is (librdkafka's fixed retry), which was a third of the flow's
+        start-up and connecting. A partition the broker gave no answer for starts at the
+        logical start, as before; a resumed one where its snapshot says."""
+        if resume_state is None:
+            if for_part not in self.asked:
+                parts = self.listed if for_part in self.listed else [for_part]
+                self.first.update(first_offsets(self.config, parts))
+                self.asked.update(parts)
+            resume_state = self.first.get(for_part)
         inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
         stream = stream_of(self.prefix, topic)
         return _WatchedPartition(inner, topic, stream, int(idx), self.inputs is not None, self.meta)
+
+
+def first_offsets(
+    config: dict[str, Any], parts: list[str], timeout_s: float = 5.0
+) -> dict[str, int]:
+    """The first offset (low watermark) of each of Bytewax's partitions (`<idx>-<topic>`),
+    in one request; a partition the broker does not answer for is left out."""
+    specs = {}
+    for part in parts:
+        idx, topic = part.split("-", 1)
+        specs[TopicPartition(topic, int(idx))] = OffsetSpec.earliest()
+    client = {
+        k: v
+        for k, v in config.items()
+        if k in ("bootstrap.servers", "logger") or k.startswith(("security.", "sasl.", "ssl."))
+    }  # not the consumers' settings, which an admin client logs a warning for each of
+    admin = AdminClient(client)  # kept until the answers are in: they need its thread
+    futures = admin.list_offsets(specs, request_timeout=timeout_s)
+    concurrent.futures.wait(futures.values(), timeout=timeout_s)
+    out: dict[str, int] = {}
+    for tp, future in futures.items():
+        if future.done() and future.exception() is None:
+            out[f"{tp.partition}-{tp.topic}"] = future.result().offset
+    return out
 
 
 def partition_name(topic: str, idx: int | str) -> str:
