@@ -35,9 +35,16 @@ class KafkaUnavailable(RuntimeError):
     """The broker or an input topic is missing at start."""
 
 
+# How confluent-kafka hands the `logger` setting a librdkafka line: (facility, client, text).
+# Every line has this format, so the format alone made them all one kind: the start-up's
+# configuration warnings used up the kind's lines and hid, say, an offset reset after them.
+LIBRDKAFKA_LINE = "%s [%s] %s"
+
+
 class RateLimitedLog(logging.Filter):
-    """Let at most `per_window` records of one kind (logger + first words) through per
-    `window_s`; then one line saying how many were suppressed."""
+    """Let at most `per_window` records of one kind (logger + first words; a librdkafka
+    line's facility) through per `window_s`; then one line saying how many were
+    suppressed."""
 
     def __init__(self, per_window: int = 5, window_s: float = 60.0) -> None:
         super().__init__()
@@ -46,7 +53,10 @@ class RateLimitedLog(logging.Filter):
         self._seen: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        kind = f"{record.name}:{str(record.msg)[:40]}"
+        if record.msg == LIBRDKAFKA_LINE and isinstance(record.args, tuple) and record.args:
+            kind = f"{record.name}:{record.args[0]}"  # its facility (CONFWARN, OFFSET, ...)
+        else:
+            kind = f"{record.name}:{str(record.msg)[:40]}"
         now = time.monotonic()
         start, n = self._seen.get(kind, (now, 0))
         if now - start >= self.window_s:

@@ -79,3 +79,29 @@ def test_rate_limited_log_lets_a_few_lines_of_a_kind_through():
     passed = sum(f.filter(rec("FAIL connect refused")) for _ in range(300))
     assert passed == 3
     assert f.filter(rec("another kind of line"))
+
+
+def test_rate_limited_log_tells_librdkafkas_lines_apart_by_facility():
+    """confluent-kafka logs every librdkafka line with one format: its facility, client
+    and text are the arguments. Start-up's configuration warnings must not use up the
+    lines an offset reset needs."""
+    from confluent_kafka import Consumer
+
+    f = RateLimitedLog(per_window=3, window_s=3600)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    lg = logging.getLogger("test.librdkafka.lines")
+    lg.addHandler(Keep())
+    settings = {"bootstrap.servers": "127.0.0.1:9", "group.id": "g", "logger": lg}
+    for _ in range(4):  # a producer's setting in a consumer: a CONFWARN line each
+        Consumer({**settings, "acks": "1"}).close()
+    assert seen and all(r.msg == seen[0].msg for r in seen)  # one format for every line
+    assert sum(f.filter(r) for r in seen) == 3
+    reset = logging.makeLogRecord(
+        {"name": seen[0].name, "msg": seen[0].msg, "args": ("OFFSET", "c", "offset reset")}
+    )
+    assert f.filter(reset)
