@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import logging
 import math
 import sys
 import threading
@@ -49,6 +50,7 @@ from operators.telemetry import wall_clock_ms
 from operators.watermark import HEARTBEAT_S, MARKS_EVERY_S, InputPartitions, PartitionMark
 from schemas.codec import STREAM_SCHEMAS, encode
 
+log = logging.getLogger("ensemble.kafka")
 BATCH = 2048
 READINESS: Readiness | None = None  # the process's /ready state, when served
 
@@ -380,8 +382,9 @@ def kafka_source(settings: Settings, inputs: InputPartitions | None = None) -> K
             "logger": client_logger(),
             "fetch.wait.max.ms": FETCH_WAIT_MS,
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-            # A start (or a snapshot's offset) that retention has since deleted: read from
-            # the first record still kept, not from the end (librdkafka's default).
+            # An offset no longer in the partition when fetched (retention deleted it since
+            # `start_offset` looked): the first record still kept, not the end (librdkafka's
+            # default, which skipped every record between).
             "auto.offset.reset": "earliest",
         },
     )
@@ -629,7 +632,8 @@ class _WatchedPartition(StatefulSourcePartition):
             return False
         low, high = marks
         offset = self.inner._offset  # the next to read; negative: the beginning
-        return high >= 0 and (offset if offset >= 0 else low) >= high
+        # below the first kept offset: librdkafka reads from that one (auto.offset.reset)
+        return high >= 0 and (max(offset, low) if offset >= 0 else low) >= high
 
     def next_awake(self) -> datetime | None:
         """Right away while records come or wait at the broker; once caught up, after each
@@ -659,58 +663,101 @@ class _WatchedKafkaSource(KafkaSource):
         self.config = {"bootstrap.servers": ",".join(self._brokers), **self._add_config}
         self.meta = _Metadata(self.config)
         self.listed: list[str] = []
-        self.first: dict[str, int] = {}  # partition -> its first offset, where answered
-        self.asked: set[str] = set()  # partitions whose first offset was asked
+        self.offsets: dict[str, tuple[int, int]] = {}  # partition -> (first kept, end)
+        self.asked: set[str] = set()  # partitions whose offsets were asked
 
     def list_parts(self) -> list[str]:
         """Every partition of the input topics (each worker lists them all; Bytewax builds
         each in one process): the steps' views wait for each one's first mark."""
         parts = self.listed = super().list_parts()
+        self.offsets, self.asked = {}, set()  # a new run asks afresh
         if self.inputs is not None:
             self.inputs.listed.update(_event_part(p) for p in parts)
         return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:
-        """Bytewax's partition, started at the partition's first offset, asked once for
-        every partition, rather than at the logical start: a consumer assigned that
-        before it knows the partition's leader waits half a second before it asks
-        where the start is (librdkafka's fixed retry), which was a third of the flow's
-        start-up and connecting. A partition the broker gave no answer for starts at the
-        logical start, as before; a resumed one where its snapshot says."""
-        if resume_state is None:
-            if for_part not in self.asked:
-                parts = self.listed if for_part in self.listed else [for_part]
-                self.first.update(first_offsets(self.config, parts))
-                self.asked.update(parts)
-            resume_state = self.first.get(for_part)
+        """Bytewax's partition, started at an offset rather than at the logical start: a
+        consumer assigned that before it knows the partition's leader waits half a second
+        before it asks where the start is (librdkafka's fixed retry), which was a third
+        of the flow's start-up and connecting. The partitions' first and end offsets are
+        asked once for all. A new partition starts at its first kept offset; a resumed one
+        where its snapshot says, unless that offset is no longer in the partition (see
+        `start_offset`). A partition the broker gave no answer for starts as Bytewax
+        starts it."""
+        if for_part not in self.asked:
+            parts = self.listed if for_part in self.listed else [for_part]
+            self.offsets.update(partition_offsets(self.config, parts))
+            self.asked.update(parts)
+        bounds = self.offsets.get(for_part)
+        if bounds is not None:
+            resume_state = start_offset(for_part, resume_state, *bounds)
         inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
         stream = stream_of(self.prefix, topic)
         return _WatchedPartition(inner, topic, stream, int(idx), self.inputs is not None, self.meta)
 
 
-def first_offsets(
+def start_offset(part: str, resumed: int | None, low: int, high: int) -> int:
+    """Where partition `part` (kept offsets `low` to `high` - 1) is read from: its first
+    kept offset if new; a snapshot's offset if still in it. A snapshot's offset outside
+    it is read from the first kept offset too, with a warning that says what happened:
+    below it, retention deleted those records while the flow was stopped (they are lost
+    to it); past its end, the topic was recreated or its broker lost records, and
+    records read again are refused as duplicates or late, with their reasons, rather
+    than any new record skipped."""
+    if resumed is None or resumed < 0:  # new, or a snapshot taken before its first read
+        return low
+    if resumed < low:
+        log.warning(
+            "input partition %s: the snapshot's offset %d was deleted by retention while "
+            "the flow was stopped: %d records never read; resuming at %d, its first kept",
+            part, resumed, low - resumed, low,
+        )  # fmt: skip
+        return low
+    if resumed > high:
+        log.warning(
+            "input partition %s: the snapshot's offset %d is past the partition's end %d "
+            "(the topic was recreated, or its broker lost records): reading from its "
+            "first kept offset %d; records read before are refused as duplicates or late",
+            part, resumed, high, low,
+        )  # fmt: skip
+        return low
+    return resumed
+
+
+def partition_offsets(
     config: dict[str, Any], parts: list[str], timeout_s: float = 5.0
-) -> dict[str, int]:
-    """The first offset (low watermark) of each of Bytewax's partitions (`<idx>-<topic>`),
-    in one request; a partition the broker does not answer for is left out."""
-    specs = {}
+) -> dict[str, tuple[int, int]]:
+    """(first kept offset, end offset) of each of Bytewax's partitions (`<idx>-<topic>`),
+    asked in two requests for all; a partition the broker does not answer for in
+    `timeout_s` is left out."""
+    tps = []
     for part in parts:
         idx, topic = part.split("-", 1)
-        specs[TopicPartition(topic, int(idx))] = OffsetSpec.earliest()
+        tps.append(TopicPartition(topic, int(idx)))
     client = {
         k: v
         for k, v in config.items()
         if k in ("bootstrap.servers", "logger") or k.startswith(("security.", "sasl.", "ssl."))
     }  # not the consumers' settings, which an admin client logs a warning for each of
     admin = AdminClient(client)  # kept until the answers are in: they need its thread
-    futures = admin.list_offsets(specs, request_timeout=timeout_s)
-    concurrent.futures.wait(futures.values(), timeout=timeout_s)
-    out: dict[str, int] = {}
-    for tp, future in futures.items():
-        if future.done() and future.exception() is None:
-            out[f"{tp.partition}-{tp.topic}"] = future.result().offset
+    asked = [
+        admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
+        for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
+    ]
+    concurrent.futures.wait([f for a in asked for f in a.values()], timeout=timeout_s)
+    out: dict[str, tuple[int, int]] = {}
+    for tp in tps:
+        low, high = (_answer(a.get(tp)) for a in asked)
+        if low is not None and high is not None and 0 <= low <= high:
+            out[f"{tp.partition}-{tp.topic}"] = (low, high)
     return out
+
+
+def _answer(future: Any) -> int | None:
+    if future is None or not future.done() or future.exception() is not None:
+        return None
+    return int(future.result().offset)
 
 
 def partition_name(topic: str, idx: int | str) -> str:

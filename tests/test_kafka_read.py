@@ -31,10 +31,10 @@ CODES = [
 class _Consumer:
     def __init__(self, batches: list[list[Message]]) -> None:
         self.batches = batches
-        self.asked: list[int] = []
+        self.asked: list[tuple[int, float]] = []
 
     def consume(self, n: int, timeout: float) -> list[Message]:
-        self.asked.append(n)
+        self.asked.append((n, timeout))
         return self.batches.pop(0) if self.batches else []
 
 
@@ -64,10 +64,12 @@ def _script(rng: random.Random) -> list[list[Message]]:
     return batches
 
 
-def _bytewax(batches: list[list[Message]], raise_on_errors: bool) -> BytewaxPartition:
+def _bytewax(
+    batches: list[list[Message]], raise_on_errors: bool, batch_size: int = 1000
+) -> BytewaxPartition:
     part = object.__new__(BytewaxPartition)  # its constructor would connect a consumer
     part._consumer, part._topic, part._part_idx = _Consumer(batches), TOPIC, IDX
-    part._batch_size, part._eof, part._offset = io.BATCH_MESSAGES, False, 7
+    part._batch_size, part._eof, part._offset = batch_size, False, 7
     part._raise_on_errors = raise_on_errors
     return part
 
@@ -128,8 +130,84 @@ def test_the_flows_read_gives_what_bytewaxs_next_batch_gives(raise_on_errors: bo
         assert ours_inner._consumer.asked == theirs._consumer.asked  # the same reads
 
 
-def test_a_read_asks_for_up_to_batch_messages():
-    inner = _bytewax([[Message(topic=TOPIC, partition=IDX, offset=9, value=b"x")]], False)
+def _source(monkeypatch: Any) -> Any:
+    """The flow's Kafka source as `kafka_source` makes it (no broker asked)."""
+    from dataflows.settings import Settings
+
+    monkeypatch.setattr(io, "wait_for_kafka", lambda *a: None)
+    env = {
+        "ENSEMBLE_KAFKA_BOOTSTRAP": "127.0.0.1:9",
+        "ENSEMBLE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+    }
+    return io.kafka_source(Settings.from_env(env))
+
+
+def test_the_source_reads_up_to_batch_messages_a_time_and_waits_at_most_a_millisecond(
+    monkeypatch,
+):
+    source = _source(monkeypatch)
+    assert source._batch_size == io.BATCH_MESSAGES > 1000
+    assert source._add_config["auto.offset.reset"] == "earliest"
+    inner = _bytewax([[Message(topic=TOPIC, partition=IDX, offset=9, value=b"x")]], False, 7)
     part = io._WatchedPartition(inner, TOPIC, "trades", IDX, False, _Meta())
     assert part._read() == [io.KafkaRun("trades", TOPIC, IDX, [b"x"], [9])]
-    assert inner._consumer.asked == [io.BATCH_MESSAGES] and inner._offset == 10
+    assert inner._consumer.asked == [(7, 0.001)] and inner._offset == 10
+
+
+def test_the_offsets_of_every_partition_are_asked_once_and_one_unanswered_starts_as_bytewax(
+    monkeypatch,
+):
+    from bytewax.connectors.kafka import KafkaSource
+    from confluent_kafka import OFFSET_BEGINNING
+
+    source = _source(monkeypatch)
+    listed = ["0-p.trades", "1-p.trades", "0-p.funding"]
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: listed)
+    asked = []
+
+    def offsets(config: Any, parts: list[str]) -> dict[str, tuple[int, int]]:
+        asked.append(list(parts))
+        return {"0-p.trades": (4, 10), "1-p.trades": (0, 3)}  # the funding one: no answer
+
+    started = {}
+
+    def build(self: Any, step_id: str, for_part: str, resume_state: Any) -> Any:
+        started[for_part] = OFFSET_BEGINNING if resume_state is None else resume_state
+        return object()
+
+    monkeypatch.setattr(io, "partition_offsets", offsets)
+    monkeypatch.setattr(KafkaSource, "build_part", build)
+    monkeypatch.setattr(io, "_WatchedPartition", lambda *a: None)
+    source.list_parts()
+    for part, resumed in (("0-p.trades", None), ("1-p.trades", 2), ("0-p.funding", None)):
+        source.build_part("input", part, resumed)
+    assert asked == [listed]  # one question for them all
+    assert started == {"0-p.trades": 4, "1-p.trades": 2, "0-p.funding": OFFSET_BEGINNING}
+    source.build_part("input", "2-p.trades", None)  # not listed: asked on its own
+    assert asked[1:] == [["2-p.trades"]] and started["2-p.trades"] == OFFSET_BEGINNING
+
+
+@pytest.mark.parametrize(
+    "resumed, start, warning",
+    [
+        (None, 4, None),  # new: its first kept offset
+        (-2, 4, None),  # a snapshot from before its first read: the logical start
+        (4, 4, None),
+        (7, 7, None),
+        (10, 10, None),  # read to its end: what comes next
+        (1, 4, "offset 1 was deleted by retention while the flow was stopped: 3 records"),
+        (11, 4, "offset 11 is past the partition's end 10 (the topic was recreated"),
+    ],
+)
+def test_a_partition_starts_where_its_snapshot_says_while_that_offset_is_in_it(
+    resumed: int | None, start: int, warning: str | None, caplog: Any
+):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ensemble.kafka"):
+        assert io.start_offset("0-p.trades", resumed, 4, 10) == start
+    said = [r.getMessage() for r in caplog.records]
+    if warning is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and warning in said[0]

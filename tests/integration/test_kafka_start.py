@@ -1,16 +1,19 @@
 """Where the flow starts reading an input partition, on the real broker.
 
 A partition starts at its first kept offset, asked of the broker once for every partition
-(dataflows/io.py `first_offsets`), not at the logical start, which cost each consumer half
-a second; a resumed partition whose snapshot offset retention has since deleted reads
-from the first record still kept, not from the end.
+(dataflows/io.py `partition_offsets`), not at the logical start, which cost each consumer
+half a second; a resumed partition whose snapshot offset is no longer in it (deleted by
+retention, or past its end) reads from the first record still kept, with a warning, not
+from the end; and an offset deleted after the flow looked reads from there too.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+from bytewax.connectors.kafka import KafkaSource
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -36,7 +39,7 @@ def _offsets_read(part: Any) -> list[int]:
 
 
 def test_an_input_partition_starts_at_its_first_kept_record_even_from_a_deleted_offset(
-    kafka_bootstrap: str, prefix: str
+    kafka_bootstrap: str, prefix: str, caplog: Any
 ):
     provision(kafka_bootstrap, prefix)
     topic = f"{prefix}.trades"
@@ -53,15 +56,25 @@ def test_an_input_partition_starts_at_its_first_kept_record_even_from_a_deleted_
     parts = source.list_parts()
     name = f"0-{topic}"
     assert name in parts
-    first = io.first_offsets(source.config, parts)  # as the flow's principal
-    assert first[name] == 4 and first[f"1-{topic}"] == 0
+    bounds = io.partition_offsets(source.config, parts)  # as the flow's principal
+    assert bounds[name] == (4, 10) and bounds[f"1-{topic}"] == (0, 0)
 
-    fresh = source.build_part("input", name, None)
-    assert fresh.inner._offset == 4  # an offset, not the logical start
-    stale = source.build_part("input", name, 1)  # a snapshot from before the deletion
+    with caplog.at_level(logging.WARNING, logger="ensemble.kafka"):
+        built = {resumed: source.build_part("input", name, resumed) for resumed in (None, 1, 6, 12)}
+    assert {r: p.inner._offset for r, p in built.items()} == {None: 4, 1: 4, 6: 6, 12: 4}
+    warned = [r.getMessage() for r in caplog.records if r.name == "ensemble.kafka"]
+    assert len(warned) == 2
+    assert "offset 1 was deleted by retention" in warned[0] and "3 records never read" in warned[0]
+    assert "offset 12 is past the partition's end 10" in warned[1]
+    # a consumer given an offset retention deleted (as when that happens after the look):
+    # librdkafka reads from the first kept record (auto.offset.reset), not from the end,
+    # its default, which skipped every record between
+    stale = KafkaSource.build_part(source, "input", name, 1)
+    built["stale"] = io._WatchedPartition(stale, topic, "trades", 0, False, source.meta)
     try:
-        assert _offsets_read(fresh) == list(range(4, 10))
-        assert _offsets_read(stale) == list(range(4, 10))  # not nothing (librdkafka: "latest")
+        assert _offsets_read(built[None]) == list(range(4, 10))
+        assert _offsets_read(built[6]) == list(range(6, 10))
+        assert _offsets_read(built["stale"]) == list(range(4, 10))
     finally:
-        fresh.close()
-        stale.close()
+        for part in built.values():
+            part.close()
