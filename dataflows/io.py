@@ -417,6 +417,8 @@ FETCH_QUEUE_BACKOFF_MS = 10
 # 1,000: 2 x 1M trades from Kafka took 5.7 s at 1,000 and 4.7 s at 20,000 (CPU 5.4 and 4.7 s;
 # medians of 3 interleaved runs, one worker).
 BATCH_MESSAGES = 20_000
+OFFSETS_FRESH_S = 10.0  # a source's answer of every partition's offsets serves this long
+OFFSETS_TIMEOUT_S = 5.0  # the longest a source waits for that answer
 WATERMARKS_S = 1.0  # how often the high watermarks of partitions that asked are refreshed
 
 
@@ -664,13 +666,13 @@ class _WatchedKafkaSource(KafkaSource):
         self.meta = _Metadata(self.config)
         self.listed: list[str] = []
         self.offsets: dict[str, tuple[int, int]] = {}  # partition -> (first kept, end)
-        self.asked: set[str] = set()  # partitions whose offsets were asked
+        self.asked: dict[str, float] = {}  # partition -> when its offsets were asked
+        self.asking = threading.Lock()  # `-w 2`: the workers build their parts at once
 
     def list_parts(self) -> list[str]:
         """Every partition of the input topics (each worker lists them all; Bytewax builds
         each in one process): the steps' views wait for each one's first mark."""
         parts = self.listed = super().list_parts()
-        self.offsets, self.asked = {}, set()  # a new run asks afresh
         if self.inputs is not None:
             self.inputs.listed.update(_event_part(p) for p in parts)
         return parts
@@ -680,15 +682,29 @@ class _WatchedKafkaSource(KafkaSource):
         consumer assigned that before it knows the partition's leader waits half a second
         before it asks where the start is (librdkafka's fixed retry), which was a third
         of the flow's start-up and connecting. The partitions' first and end offsets are
-        asked once for all. A new partition starts at its first kept offset; a resumed one
+        asked once for all the listed ones (again if that answer is older than
+        OFFSETS_FRESH_S). A new partition starts at its first kept offset; a resumed one
         where its snapshot says, unless that offset is no longer in the partition (see
         `start_offset`). A partition the broker gave no answer for starts as Bytewax
-        starts it."""
-        if for_part not in self.asked:
-            parts = self.listed if for_part in self.listed else [for_part]
-            self.offsets.update(partition_offsets(self.config, parts))
-            self.asked.update(parts)
-        bounds = self.offsets.get(for_part)
+        starts it (the logical start, or the snapshot's offset), with a warning."""
+        with self.asking:
+            asked_s = self.asked.get(for_part)
+            if asked_s is None or time.monotonic() - asked_s > OFFSETS_FRESH_S:
+                parts = self.listed if for_part in self.listed else [for_part]
+                answers = partition_offsets(self.config, parts)
+                now = time.monotonic()
+                self.offsets.update(answers)
+                self.asked.update((p, now) for p in parts)
+                if len(answers) < len(parts):
+                    log.warning(
+                        "input partitions %s: the broker did not say their first and end "
+                        "offsets within %.0f s: each starts where Bytewax starts it, and a "
+                        "resumed one whose offset is no longer kept reads from its first "
+                        "kept record without saying how many records it never read",
+                        ", ".join(sorted(set(parts) - set(answers))),
+                        OFFSETS_TIMEOUT_S,
+                    )
+            bounds = self.offsets.get(for_part)
         if bounds is not None:
             resume_state = start_offset(for_part, resume_state, *bounds)
         inner = super().build_part(step_id, for_part, resume_state)
@@ -705,7 +721,10 @@ def start_offset(part: str, resumed: int | None, low: int, high: int) -> int:
     to it); past its end, the topic was recreated or its broker lost records, and
     records read again are refused as duplicates or late, with their reasons, rather
     than any new record skipped."""
-    if resumed is None or resumed < 0:  # new, or a snapshot taken before its first read
+    # new, or a snapshot taken before its first read: Bytewax's logical start (the flow
+    # always starts its sources at OFFSET_BEGINNING; a source started at the end would
+    # need its own case here)
+    if resumed is None or resumed < 0:
         return low
     if resumed < low:
         log.warning(
@@ -726,7 +745,7 @@ def start_offset(part: str, resumed: int | None, low: int, high: int) -> int:
 
 
 def partition_offsets(
-    config: dict[str, Any], parts: list[str], timeout_s: float = 5.0
+    config: dict[str, Any], parts: list[str], timeout_s: float = OFFSETS_TIMEOUT_S
 ) -> dict[str, tuple[int, int]]:
     """(first kept offset, end offset) of each of Bytewax's partitions (`<idx>-<topic>`),
     asked in two requests for all; a partition the broker does not answer for in

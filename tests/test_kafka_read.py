@@ -211,3 +211,65 @@ def test_a_partition_starts_where_its_snapshot_says_while_that_offset_is_in_it(
         assert said == []
     else:
         assert len(said) == 1 and warning in said[0]
+
+
+def test_a_partition_resumed_below_its_first_kept_offset_is_caught_up_at_the_end():
+    """librdkafka reads such a partition from its first kept offset (auto.offset.reset):
+    with nothing kept after it, there is nothing to wait for."""
+
+    class Kept(_Meta):
+        def watermarks(self, tp: Any) -> tuple[int, int]:
+            return 10, 10  # every record deleted: first kept and end both 10
+
+    inner = _bytewax([], False)
+    inner._offset = 2  # the snapshot's offset, below the first kept
+    part = io._WatchedPartition(inner, TOPIC, "trades", IDX, False, Kept())
+    assert part._caught_up(False)
+    inner._offset = 12  # one past the end is not behind either
+    assert part._caught_up(False)
+
+
+def test_a_partition_the_broker_gives_no_offsets_for_is_left_out_and_named(monkeypatch, caplog):
+    import concurrent.futures
+    import logging
+
+    from bytewax.connectors.kafka import KafkaSource
+    from confluent_kafka import KafkaException
+
+    class Answer:
+        def __init__(self, offset: int) -> None:
+            self.offset = offset
+
+    class Admin:
+        """AdminClient.list_offsets: the first kept offset of p.trades 0 and 1; their
+        ends, but the request for partition 1's end fails."""
+
+        def __init__(self, config: dict[str, Any]) -> None:
+            assert set(config) <= {"bootstrap.servers", "logger", "security.protocol"}
+
+        def list_offsets(self, specs: dict[Any, Any], request_timeout: float) -> dict[Any, Any]:
+            out = {}
+            for tp, spec in specs.items():
+                f: concurrent.futures.Future = concurrent.futures.Future()
+                latest = type(spec) is type(io.OffsetSpec.latest())
+                if latest and tp.partition == 1:
+                    f.set_exception(KafkaException("no answer"))
+                else:
+                    f.set_result(Answer((10 if latest else 4) + tp.partition))
+                out[tp] = f
+            return out
+
+    monkeypatch.setattr(io, "AdminClient", Admin)
+    got = io.partition_offsets({"bootstrap.servers": "h:1"}, ["0-p.trades", "1-p.trades"])
+    assert got == {"0-p.trades": (4, 10)}
+
+    source = _source(monkeypatch)
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades", "1-p.trades"])
+    monkeypatch.setattr(KafkaSource, "build_part", lambda self, s, p, r: r)
+    monkeypatch.setattr(io, "_WatchedPartition", lambda inner, *a: inner)
+    source.list_parts()
+    with caplog.at_level(logging.WARNING, logger="ensemble.kafka"):
+        assert source.build_part("input", "0-p.trades", None) == 4
+        assert source.build_part("input", "1-p.trades", 3) == 3  # as Bytewax resumes it
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("input partitions 1-p.trades: the broker")

@@ -60,18 +60,23 @@ def test_an_input_partition_starts_at_its_first_kept_record_even_from_a_deleted_
     assert bounds[name] == (4, 10) and bounds[f"1-{topic}"] == (0, 0)
 
     with caplog.at_level(logging.WARNING, logger="ensemble.kafka"):
-        built = {resumed: source.build_part("input", name, resumed) for resumed in (None, 1, 6, 12)}
-    assert {r: p.inner._offset for r, p in built.items()} == {None: 4, 1: 4, 6: 6, 12: 4}
-    warned = [r.getMessage() for r in caplog.records if r.name == "ensemble.kafka"]
-    assert len(warned) == 2
-    assert "offset 1 was deleted by retention" in warned[0] and "3 records never read" in warned[0]
-    assert "offset 12 is past the partition's end 10" in warned[1]
+        built: dict[Any, Any] = {
+            resumed: source.build_part("input", name, resumed) for resumed in (None, 1, 6, 12)
+        }
     # a consumer given an offset retention deleted (as when that happens after the look):
     # librdkafka reads from the first kept record (auto.offset.reset), not from the end,
     # its default, which skipped every record between
     stale = KafkaSource.build_part(source, "input", name, 1)
     built["stale"] = io._WatchedPartition(stale, topic, "trades", 0, False, source.meta)
     try:
+        offsets = {r: p.inner._offset for r, p in built.items()}
+        assert offsets == {None: 4, 1: 4, 6: 6, 12: 4, "stale": 1}
+        warned = [r.getMessage() for r in caplog.records if r.name == "ensemble.kafka"]
+        assert len(warned) == 2
+        assert (
+            "offset 1 was deleted by retention" in warned[0] and "3 records never read" in warned[0]
+        )
+        assert "offset 12 is past the partition's end 10" in warned[1]
         assert _offsets_read(built[None]) == list(range(4, 10))
         assert _offsets_read(built[6]) == list(range(6, 10))
         assert _offsets_read(built["stale"]) == list(range(4, 10))
