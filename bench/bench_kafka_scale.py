@@ -16,8 +16,10 @@ as sorted records per topic (the order across symbols is the scheduler's), on th
 clock (ENSEMBLE_CLOCK=event) so that records carry no wall-clock stamps.
 
 The wall time includes start-up, connecting to the broker and finding the end of the
-input. Peak memory is not shown: `wait4` counts the memory of this process, which holds
-the ticks, in each child it forks.
+input. Each run's layout also reads STARTUP_TICKS trades per symbol in the same round, and
+the figures say what the input took beyond that (as `bench_nautilus.py` does for a file:
+NautilusTrader's own figure is `engine.run()` alone). Peak memory is not shown: `wait4`
+counts the memory of this process, which holds the ticks, in each child it forks.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
 
 LAYOUTS = {"1-worker": (1, 1), "w2": (2, 1), "2-processes": (1, 2)}  # (workers, processes)
+STARTUP_TICKS = 1_000  # per symbol: a run this short is start-up, connecting and the end
 SYMBOLS = ("BTC-PERP", "ETH-PERP")  # by default; their ticks are seeded 11, 12, ...
 
 
@@ -168,6 +171,7 @@ def main() -> None:
     bootstrap = os.environ.get("ENSEMBLE_TEST_KAFKA", "127.0.0.1:19092")
     print(f"{machine()}; broker {bootstrap}")
     messages = trade_messages(args.ticks, symbols)
+    short = trade_messages(STARTUP_TICKS, symbols)
     n = len(messages)
     layouts = {
         name if len(trees) == 1 else f"{name} {tree}": (*LAYOUTS[name], tree)
@@ -175,6 +179,7 @@ def main() -> None:
         for name in args.layouts.split(",")
     }
     runs: dict[str, list[Run]] = {k: [] for k in layouts}
+    startups: dict[str, list[float]] = {k: [] for k in layouts}
     reference = None
     differed = []
     for r in range(args.rounds):
@@ -183,6 +188,9 @@ def main() -> None:
             publish(bootstrap, prefix, messages)
             run = run_flow(bootstrap, prefix, w, p, symbols, tree)
             runs[name].append(run)
+            prefix_short = f"bench-scale-{uuid.uuid4().hex[:8]}"
+            publish(bootstrap, prefix_short, short)
+            startups[name].append(run_flow(bootstrap, prefix_short, w, p, symbols, tree).wall_s)
             got = read_outputs(bootstrap, prefix)
             if reference is None:
                 reference = got
@@ -192,7 +200,8 @@ def main() -> None:
                 same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
                 if differ:
                     differed.append(f"round {r + 1} {name}")
-            print(f"  round {r + 1} {name}: {_figures(run, n)}{same}", flush=True)
+            beyond = _beyond(run.wall_s, startups[name][-1], n, len(short))
+            print(f"  round {r + 1} {name}: {_figures(run, n)}{beyond}{same}", flush=True)
     print(
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
@@ -201,12 +210,20 @@ def main() -> None:
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
         cpu_s = statistics.median(r.cpu_s for r in rs)
+        beyond = _beyond(wall_s, statistics.median(startups[name]), n, len(short))
         print(
-            f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)} "
+            f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)}{beyond} "
             f"({base / wall_s:.2f}x the first's wall time)"
         )
     if differed:  # figures of runs that wrote something else compare nothing
         raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
+
+
+def _beyond(wall_s: float, startup_s: float, n: int, n_short: int) -> str:
+    """The rate without what a run of `n_short` trades took (start-up, connecting, end)."""
+    extra = wall_s - startup_s
+    rate = f"{(n - n_short) / extra:,.0f}" if extra > 0 else "n/a"
+    return f" ({rate} trades/s beyond a {startup_s:.2f} s run of {n_short:,})"
 
 
 def _figures(run: Run, n: int) -> str:
