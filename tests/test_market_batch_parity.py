@@ -541,3 +541,24 @@ def test_a_doubled_feed_takes_the_per_record_way_in_stretches_not_a_run_per_row(
     _assert_same_state(one, batched)
     assert one.duplicate_count == len(trades)
     assert len(runs) < len(doubled) / columns.SCALAR_TRADES + 10
+
+
+def test_the_bands_medians_of_a_run_are_statistics_medians_to_the_bit():
+    """The column step's medians of many windows at once (sorted rows) against
+    `statistics.median` of each, on prices with ties, sizes spanning decades, and a NaN."""
+    import statistics
+
+    from operators.market_columns import _medians
+
+    rng = np.random.default_rng(16)
+    for windows in (
+        np.round(rng.normal(100.0, 0.5, (300, 128)), 1),  # ties
+        np.exp(rng.normal(0.0, 4.0, (300, 128))),  # sizes over many decades
+        rng.random((5, 7)),  # an odd count
+    ):
+        got = _medians(windows)
+        want = [statistics.median(row) for row in windows.tolist()]
+        assert got.tolist() == want
+    with_nan = rng.random((3, 8))
+    with_nan[1, 2] = np.nan
+    assert np.isnan(_medians(with_nan)[1]) and _medians(with_nan)[0] == np.median(with_nan[0])
