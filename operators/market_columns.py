@@ -244,7 +244,8 @@ def _medians(windows: np.ndarray) -> np.ndarray:
     width = rows.shape[1]
     if width % 2 or (width and np.isnan(rows[:, -1]).any()):
         return np.median(windows, axis=1)
-    return (rows[:, width // 2 - 1] + rows[:, width // 2]) / 2
+    with np.errstate(over="ignore"):  # two values near 1e308 sum to inf, as in Python
+        return (rows[:, width // 2 - 1] + rows[:, width // 2]) / 2
 
 
 def _remember(
