@@ -200,7 +200,8 @@ def main() -> None:
                 same = "; same outputs" if not differ else f"; DIFFERENT OUTPUTS in {differ}"
                 if differ:
                     differed.append(f"round {r + 1} {name}")
-            beyond = _beyond(run.wall_s, startups[name][-1], n, len(short))
+            startup_s = startups[name][-1]
+            beyond = _beyond(run.wall_s - startup_s, startup_s, n, len(short))
             print(f"  round {r + 1} {name}: {_figures(run, n)}{beyond}{same}", flush=True)
     print(
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
@@ -210,7 +211,9 @@ def main() -> None:
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
         cpu_s = statistics.median(r.cpu_s for r in rs)
-        beyond = _beyond(wall_s, statistics.median(startups[name]), n, len(short))
+        # each round's difference: a round's two runs share the machine's speed of the moment
+        extra_s = statistics.median(r.wall_s - t for r, t in zip(rs, startups[name], strict=True))
+        beyond = _beyond(extra_s, statistics.median(startups[name]), n, len(short))
         print(
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)}{beyond} "
             f"({base / wall_s:.2f}x the first's wall time)"
@@ -219,10 +222,10 @@ def main() -> None:
         raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
 
 
-def _beyond(wall_s: float, startup_s: float, n: int, n_short: int) -> str:
-    """The rate without what a run of `n_short` trades took (start-up, connecting, end)."""
-    extra = wall_s - startup_s
-    rate = f"{(n - n_short) / extra:,.0f}" if extra > 0 else "n/a"
+def _beyond(extra_s: float, startup_s: float, n: int, n_short: int) -> str:
+    """The rate of the `n - n_short` trades a run reads in `extra_s` more than a run of
+    `n_short` (start-up, connecting, finding the end) took: `startup_s`."""
+    rate = f"{(n - n_short) / extra_s:,.0f}" if extra_s > 0 else "n/a"
     return f" ({rate} trades/s beyond a {startup_s:.2f} s run of {n_short:,})"
 
 
