@@ -19,7 +19,9 @@ The wall time includes start-up, connecting to the broker and finding the end of
 input. Each run's layout also reads STARTUP_TICKS trades per symbol in the same round, and
 the figures say what the input took beyond that (as `bench_nautilus.py` does for a file:
 NautilusTrader's own figure is `engine.run()` alone). Peak memory is not shown: `wait4`
-counts the memory of this process, which holds the ticks, in each child it forks.
+counts the memory of this process, which holds the ticks, in each child it forks. With
+the broker on this machine (found in /proc), each round also says how much CPU it used
+during the flow's run: on two cores it competes with the flow's processes.
 """
 
 from __future__ import annotations
@@ -122,6 +124,26 @@ def read_outputs(bootstrap: str, prefix: str) -> dict[str, list[bytes]]:
     return {stream: sorted(values) for stream, values in got.items()}
 
 
+def broker_pid() -> int | None:
+    """The local Kafka broker's process (deploy/kafka/broker.sh), if one runs here."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return None
+
+
+def broker_cpu_s(pid: int | None) -> float:
+    """The CPU time (user + system) process `pid` has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_flow(
     bootstrap: str,
     prefix: str,
@@ -178,6 +200,7 @@ def main() -> None:
         for tree in trees
         for name in args.layouts.split(",")
     }
+    broker = broker_pid()  # a local broker's CPU is counted beside the flow's
     runs: dict[str, list[Run]] = {k: [] for k in layouts}
     startups: dict[str, list[float]] = {k: [] for k in layouts}
     reference = None
@@ -186,7 +209,9 @@ def main() -> None:
         for name, (w, p, tree) in layouts.items():
             prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix, messages)
+            broker_s = broker_cpu_s(broker)
             run = run_flow(bootstrap, prefix, w, p, symbols, tree)
+            broker_s = broker_cpu_s(broker) - broker_s
             runs[name].append(run)
             prefix_short = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix_short, short)
@@ -202,7 +227,8 @@ def main() -> None:
                     differed.append(f"round {r + 1} {name}")
             startup_s = startups[name][-1]
             beyond = _beyond(run.wall_s - startup_s, startup_s, n, len(short))
-            print(f"  round {r + 1} {name}: {_figures(run, n)}{beyond}{same}", flush=True)
+            busy = "" if broker is None else f"; the broker {broker_s:.2f} s CPU meanwhile"
+            print(f"  round {r + 1} {name}: {_figures(run, n)}{beyond}{busy}{same}", flush=True)
     print(
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
