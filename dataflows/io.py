@@ -719,8 +719,8 @@ def start_offset(part: str, resumed: int | None, low: int, high: int) -> int:
     it is read from the first kept offset too, with a warning that says what happened:
     below it, retention deleted those records while the flow was stopped (they are lost
     to it); past its end, the topic was recreated or its broker lost records, and
-    records read again are refused as duplicates or late, with their reasons, rather
-    than any new record skipped."""
+    trades and candles read again are refused as duplicates or late, with their reasons
+    (funding, overlays and cohorts are taken again), rather than any new record skipped."""
     # new, or a snapshot taken before its first read: Bytewax's logical start (the flow
     # always starts its sources at OFFSET_BEGINNING; a source started at the end would
     # need its own case here)
@@ -737,7 +737,8 @@ def start_offset(part: str, resumed: int | None, low: int, high: int) -> int:
         log.warning(
             "input partition %s: the snapshot's offset %d is past the partition's end %d "
             "(the topic was recreated, or its broker lost records): reading from its "
-            "first kept offset %d; records read before are refused as duplicates or late",
+            "first kept offset %d; trades and candles read before are refused as duplicates "
+            "or late",
             part, resumed, high, low,
         )  # fmt: skip
         return low
