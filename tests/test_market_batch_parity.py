@@ -562,3 +562,31 @@ def test_the_bands_medians_of_a_run_are_statistics_medians_to_the_bit():
     with_nan = rng.random((3, 8))
     with_nan[1, 2] = np.nan
     assert np.isnan(_medians(with_nan)[1]) and _medians(with_nan)[0] == np.median(with_nan[0])
+
+
+def test_the_first_bar_closes_inside_a_run_as_one_by_one(monkeypatch):
+    """Before the symbol's first bar is emitted nothing is late, and the first bar to close
+    is the earliest open one: runs take those trades too (they went one by one until the
+    first bar was emitted), with the same bars. Only the bands' window fills one by one."""
+    import operators.market_columns as columns
+
+    folded = []
+    fold_run = columns.fold_run
+
+    def counted(*args: Any) -> tuple[int, int]:
+        i, (j, k) = args[2], fold_run(*args)
+        folded.append(j - i)
+        return j, k
+
+    monkeypatch.setattr(columns, "fold_run", counted)
+    trades = [t for t in _grid_trades(random.Random(22), 3_000) if t.qty == 0.02]
+    trades = [t for t in trades if t.px in (99.99, 100.0, 100.01)]  # no outliers
+    one, batched, got, slow = _run_both(
+        [(trades, 1_000)], _market, blocked=lambda evs: [_block(evs)]
+    )
+    _assert_same_state(one, batched)
+    first = trades[0].ts_event_ms
+    closes = [g for g in got if "Close(" in g]
+    assert f"start_ms={first - first % 300_000}," in closes[0]
+    assert len(closes) >= 3
+    assert sum(folded) >= len(trades) - columns.SCALAR_TRADES
