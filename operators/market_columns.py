@@ -22,8 +22,9 @@ gives for each (tests/test_market_batch_parity.py holds them equal on fuzzed blo
 Anything this does not take (a partition's first trades, held-back jumps, candles, times
 out of order) goes the per-record way, `SCALAR_TRADES` trades at a time. Before the
 symbol's first bar is emitted, runs take trades as after it (nothing is late yet, and
-the first bar to close is the earliest open one, as `BarBuilder._close_until` closes it):
-a bench's 2 × 1M trades spent a tenth of their time one by one in their first 5m bars.
+the first bar to close is the earliest open one, as `BarBuilder._close_until` closes it).
+From Kafka the first close waits for every input partition's first mark, and a bench's
+2 × 1M trades took their first 60,000-80,000 one by one (about 4% of its CPU time).
 """
 
 from __future__ import annotations
