@@ -289,9 +289,9 @@ class MarketState:
                     )
                     if not unusual:
                         dedup_start = start if same_width else ts - ts % self.recent.width_ms
-                        ids = by_bar.get(dedup_start)
-                        identity = (e.venue, e.trade_id)
-                        unusual = ids is not None and identity in ids  # a duplicate
+                        venues = by_bar.get(dedup_start)
+                        ids = None if venues is None else venues.get(e.venue)
+                        unusual = ids is not None and e.trade_id in ids  # a duplicate
                 except Exception:  # a value they cannot judge: on_event says what is wrong
                     unusual = True
                 if unusual:
@@ -300,8 +300,10 @@ class MarketState:
                     continue
                 # the ordinary trade: what _market does with it, in the same order
                 if ids is None:
-                    ids = by_bar[dedup_start] = set()
-                ids.add(identity)
+                    if venues is None:
+                        venues = by_bar[dedup_start] = {}
+                    ids = venues[e.venue] = set()
+                ids.add(e.trade_id)
                 window_px.append(px)
                 window_qty.append(qty)
                 if ts > ref.last_ts_ms:
@@ -368,7 +370,7 @@ class MarketState:
 
     def _market(self, e: Any, out: list[Any], now_ms: int) -> None:
         if isinstance(e, Trade):
-            if self.recent.seen(e.ts_event_ms, (e.venue, e.trade_id)):
+            if self.recent.seen(e.ts_event_ms, e.venue, e.trade_id):
                 self.duplicate_count += 1  # a real trade's time: its partition progresses
                 self._observe(e.part, e.ts_event_ms, now_ms, out, trade=True)
                 return

@@ -255,7 +255,7 @@ def _medians(windows: np.ndarray) -> np.ndarray:
 
 
 def _remember(
-    by_bar: dict[int, set[Any]],
+    by_bar: dict[int, dict[str | None, set[str]]],
     starts: np.ndarray,
     ids: list[str],
     venue: str | None,
@@ -263,14 +263,15 @@ def _remember(
     k: int,
     end: int,
 ) -> int:
-    """Remember the identities of rows k..end-1 in their bars (operators/dedup.py), up to
-    the first one seen before: returns that row (or `end`)."""
+    """Remember the ids of rows k..end-1 in their bars (operators/dedup.py), up to the
+    first one seen before: returns that row (or `end`)."""
     a = k
     while a < end:
         start = int(starts[a])
         b = a + int(np.searchsorted(starts[a:end], start, "right"))
-        new = [(venue, t) for t in ids[i + a : i + b]]
-        have = by_bar.get(start)
+        new = ids[i + a : i + b]
+        venues = by_bar.get(start)
+        have = None if venues is None else venues.get(venue)
         fresh = set(new)
         if len(fresh) < len(new) or (have is not None and not have.isdisjoint(fresh)):
             known = set() if have is None else set(have)
@@ -280,12 +281,14 @@ def _remember(
                     break
                 known.add(x)
             if b > a:
-                by_bar.setdefault(start, set()).update(new[: b - a])
+                by_bar.setdefault(start, {}).setdefault(venue, set()).update(new[: b - a])
             return b
-        if have is None:
-            by_bar[start] = fresh
-        else:
+        if have is not None:
             have.update(new)  # in row order, as one by one: the same set, the same snapshot
+        elif venues is None:
+            by_bar[start] = {venue: fresh}
+        else:
+            venues[venue] = fresh
         a = b
     return end
 

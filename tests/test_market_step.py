@@ -119,6 +119,20 @@ def test_a_market_snapshot_from_before_these_fields_resumes():
     assert (close.bar.count, close.bar.complete, back.duplicate_count) == (2, True, 1)
 
 
+def test_a_snapshot_with_the_old_dedup_sets_of_venue_and_id_resumes():
+    """Before ids were kept per venue, a bar's identities were one set of (venue, id)."""
+    st = _market()
+    out: list[Any] = []
+    st.on_event(_t(T0 + 1_000, "a", "binance"), out)
+    st.on_event(_t(T0 + 1_000, "b", None), out)
+    st.recent.by_bar = {T0: {("binance", "a"), (None, "b")}}  # what an older snapshot held
+    back = pickle.loads(pickle.dumps(st)).configure(False, 5_000, CohortConfig(), 3_600_000)
+    assert back.recent.by_bar == {T0: {"binance": {"a"}, None: {"b"}}}
+    for trade_id, venue in (("a", "binance"), ("b", None), ("a", "hyperliquid")):
+        back.on_event(_t(T0 + 2_000, trade_id, venue), out)
+    assert (back.duplicate_count, len(back.recent)) == (2, 3)  # the last is another trade
+
+
 # -- item 12: duplicate trades -------------------------------------------------------------
 
 
