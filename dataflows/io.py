@@ -359,7 +359,7 @@ def kafka_source(settings: Settings, inputs: InputPartitions | None = None) -> K
     assert settings.kafka_bootstrap is not None
     topics = [t.name(settings.topic_prefix) for t in INPUT_TOPICS]
     client = {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_security.confluent()}
-    wait_for_kafka(client, topics, settings.kafka_startup_timeout_s)
+    admin, metadata = wait_for_kafka(client, topics, settings.kafka_startup_timeout_s)
     if settings.ready_port:
         global READINESS
         READINESS = Readiness(
@@ -371,6 +371,7 @@ def kafka_source(settings: Settings, inputs: InputPartitions | None = None) -> K
     return _WatchedKafkaSource(
         inputs,
         settings.topic_prefix,
+        (admin, metadata),
         settings.kafka_bootstrap.split(","),
         topics,
         tail=settings.kafka_tail,
@@ -658,12 +659,20 @@ def _messages(batch: list[Any]) -> int:
 
 class _WatchedKafkaSource(KafkaSource):
     def __init__(
-        self, inputs: InputPartitions | None, prefix: str, *args: Any, **kwargs: Any
+        self,
+        inputs: InputPartitions | None,
+        prefix: str,
+        started: tuple[AdminClient | None, Any],
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
+        """`started`: the start-up check's client and its answer (`wait_for_kafka`)."""
         super().__init__(*args, **kwargs)
         self.inputs, self.prefix = inputs, prefix
         self.config = {"bootstrap.servers": ",".join(self._brokers), **self._add_config}
         self.meta = _Metadata(self.config)
+        self.admin, self.metadata = started
+        self.metadata_s = time.monotonic()
         self.listed: list[str] = []
         self.offsets: dict[str, tuple[int, int]] = {}  # partition -> (first kept, end)
         self.asked: dict[str, float] = {}  # partition -> when its offsets were asked
@@ -671,8 +680,14 @@ class _WatchedKafkaSource(KafkaSource):
 
     def list_parts(self) -> list[str]:
         """Every partition of the input topics (each worker lists them all; Bytewax builds
-        each in one process): the steps' views wait for each one's first mark."""
-        parts = self.listed = super().list_parts()
+        each in one process): the steps' views wait for each one's first mark. Listed from
+        the start-up check's answer while it is fresh (OFFSETS_FRESH_S), as Bytewax lists
+        them (which connected again and asked for each topic in turn: 70 ms)."""
+        fresh = time.monotonic() - self.metadata_s <= OFFSETS_FRESH_S
+        if self.metadata is not None and fresh:  # the start-up check's answer
+            parts = self.listed = list(_list_parts(self.metadata, self._topics))
+        else:
+            parts = self.listed = super().list_parts()
         if self.inputs is not None:
             self.inputs.listed.update(_event_part(p) for p in parts)
         return parts
@@ -691,7 +706,8 @@ class _WatchedKafkaSource(KafkaSource):
             asked_s = self.asked.get(for_part)
             if asked_s is None or time.monotonic() - asked_s > OFFSETS_FRESH_S:
                 parts = self.listed if for_part in self.listed else [for_part]
-                answers = partition_offsets(self.config, parts)
+                answers = partition_offsets(self.config, parts, self.admin)
+                self.admin = None  # once: the start-up check's connection is not kept open
                 now = time.monotonic()
                 self.offsets.update(answers)
                 self.asked.update((p, now) for p in parts)
@@ -746,21 +762,25 @@ def start_offset(part: str, resumed: int | None, low: int, high: int) -> int:
 
 
 def partition_offsets(
-    config: dict[str, Any], parts: list[str], timeout_s: float = OFFSETS_TIMEOUT_S
+    config: dict[str, Any],
+    parts: list[str],
+    admin: AdminClient | None = None,
+    timeout_s: float = OFFSETS_TIMEOUT_S,
 ) -> dict[str, tuple[int, int]]:
     """(first kept offset, end offset) of each of Bytewax's partitions (`<idx>-<topic>`),
-    asked in two requests for all; a partition the broker does not answer for in
-    `timeout_s` is left out."""
+    asked in two requests for all, by `admin` if given (connected already); a partition
+    the broker does not answer for in `timeout_s` is left out."""
     tps = []
     for part in parts:
         idx, topic = part.split("-", 1)
         tps.append(TopicPartition(topic, int(idx)))
-    client = {
-        k: v
-        for k, v in config.items()
-        if k in ("bootstrap.servers", "logger") or k.startswith(("security.", "sasl.", "ssl."))
-    }  # not the consumers' settings, which an admin client logs a warning for each of
-    admin = AdminClient(client)  # kept until the answers are in: they need its thread
+    if admin is None:
+        client = {
+            k: v
+            for k, v in config.items()
+            if k in ("bootstrap.servers", "logger") or k.startswith(("security.", "sasl.", "ssl."))
+        }  # not the consumers' settings, which an admin client logs a warning for each of
+        admin = AdminClient(client)  # kept until the answers are in: they need its thread
     asked = [
         admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
         for spec in (OffsetSpec.earliest(), OffsetSpec.latest())
@@ -772,6 +792,19 @@ def partition_offsets(
         if low is not None and high is not None and 0 <= low <= high:
             out[f"{tp.partition}-{tp.topic}"] = (low, high)
     return out
+
+
+def _list_parts(metadata: Any, topics: list[str]) -> Iterator[str]:
+    """Bytewax's `_list_parts` (the same names, order and error) from an answer in hand."""
+    for topic in topics:
+        topic_metadata = metadata.topics[topic]
+        if topic_metadata.error is not None:
+            raise RuntimeError(
+                f"error listing partitions for Kafka topic `{topic!r}`: "
+                f"{topic_metadata.error.str()}"
+            )
+        for i in topic_metadata.partitions:
+            yield f"{i}-{topic}"
 
 
 def _answer(future: Any) -> int | None:

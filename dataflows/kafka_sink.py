@@ -123,8 +123,13 @@ class DeliveredSink(DynamicSink[KafkaSinkMessage]):
         )
 
 
-def wait_for_kafka(config: dict[str, Any], topics: Iterable[str], timeout_s: float) -> None:
-    """Return once the broker answers and every topic exists; else KafkaUnavailable."""
+def wait_for_kafka(
+    config: dict[str, Any], topics: Iterable[str], timeout_s: float
+) -> tuple[AdminClient, Any]:
+    """Return once the broker answers and every topic exists; else KafkaUnavailable. Returns
+    the client that asked and the broker's answer (every topic's metadata), which the
+    flow's source lists its partitions from and asks their offsets with, rather than
+    connecting twice more (each connection a TLS and SASL handshake)."""
     admin = AdminClient({**config, "logger": client_logger()})
     deadline = time.monotonic() + timeout_s
     topics = sorted(topics)
@@ -138,7 +143,7 @@ def wait_for_kafka(config: dict[str, Any], topics: Iterable[str], timeout_s: flo
             continue
         missing = [t for t in topics if t not in md.topics or md.topics[t].error is not None]
         if not missing:
-            return
+            return admin, md
         reason = f"topics {missing} do not exist"
         time.sleep(0.5)
     server = config.get("bootstrap.servers")

@@ -130,11 +130,12 @@ def test_the_flows_read_gives_what_bytewaxs_next_batch_gives(raise_on_errors: bo
         assert ours_inner._consumer.asked == theirs._consumer.asked  # the same reads
 
 
-def _source(monkeypatch: Any) -> Any:
-    """The flow's Kafka source as `kafka_source` makes it (no broker asked)."""
+def _source(monkeypatch: Any, started: tuple[Any, Any] = (None, None)) -> Any:
+    """The flow's Kafka source as `kafka_source` makes it (no broker asked): `started` is
+    what the start-up check gives (its client and the broker's answer)."""
     from dataflows.settings import Settings
 
-    monkeypatch.setattr(io, "wait_for_kafka", lambda *a: None)
+    monkeypatch.setattr(io, "wait_for_kafka", lambda *a: started)
     env = {
         "ENSEMBLE_KAFKA_BOOTSTRAP": "127.0.0.1:9",
         "ENSEMBLE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
@@ -165,7 +166,7 @@ def test_the_offsets_of_every_partition_are_asked_once_and_one_unanswered_starts
     monkeypatch.setattr(KafkaSource, "list_parts", lambda self: listed)
     asked = []
 
-    def offsets(config: Any, parts: list[str]) -> dict[str, tuple[int, int]]:
+    def offsets(config: Any, parts: list[str], admin: Any) -> dict[str, tuple[int, int]]:
         asked.append(list(parts))
         return {"0-p.trades": (4, 10), "1-p.trades": (0, 3)}  # the funding one: no answer
 
@@ -273,3 +274,95 @@ def test_a_partition_the_broker_gives_no_offsets_for_is_left_out_and_named(monke
         assert source.build_part("input", "1-p.trades", 3) == 3  # as Bytewax resumes it
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and said[0].startswith("input partitions 1-p.trades: the broker")
+
+
+class _Topic:
+    def __init__(self, partitions: list[int], error: Any = None) -> None:
+        self.partitions = {i: object() for i in partitions}
+        self.error = error
+
+
+class _Answer:
+    """ClusterMetadata as `AdminClient.list_topics` gives it: the topics by name."""
+
+    def __init__(self, topics: dict[str, _Topic]) -> None:
+        self.topics = topics
+
+
+def test_the_partitions_are_listed_from_the_start_up_answer_as_bytewax_lists_them(monkeypatch):
+    from bytewax.connectors.kafka import KafkaSource
+    from bytewax.connectors.kafka import _list_parts as bytewax_list_parts
+
+    topics = [t.name("ensemble") for t in io.INPUT_TOPICS]
+    answer = _Answer({t: _Topic([2, 0, 1] if "trades" in t else [0]) for t in topics})
+    answer.topics["other"] = _Topic([0])
+
+    class Client:
+        def list_topics(self, topic: str) -> _Answer:
+            return _Answer({topic: answer.topics[topic]})
+
+    want = list(bytewax_list_parts(Client(), topics))
+    assert list(io._list_parts(answer, topics)) == want
+    assert "2-ensemble.trades" in want and not any("other" in p for p in want)
+
+    asked = []
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: asked.append(1) or ["0-x"])
+    source = _source(monkeypatch, (None, answer))
+    assert source.list_parts() == want and not asked  # no second connection
+    source.metadata_s -= io.OFFSETS_FRESH_S + 1  # an answer that old is asked again
+    assert source.list_parts() == ["0-x"] and asked
+
+    gone = _Answer({**answer.topics, topics[0]: _Topic([], error=_Error("UNKNOWN_TOPIC"))})
+    with pytest.raises(RuntimeError) as ours:
+        list(io._list_parts(gone, topics))
+    with pytest.raises(RuntimeError) as theirs:
+        list(bytewax_list_parts(_Gone(gone), topics))
+    assert str(ours.value) == str(theirs.value)
+
+
+class _Error:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def str(self) -> str:
+        return f"Broker: {self._name}"
+
+
+class _Gone:
+    def __init__(self, answer: _Answer) -> None:
+        self.answer = answer
+
+    def list_topics(self, topic: str) -> _Answer:
+        return self.answer
+
+
+def test_the_first_offsets_are_asked_by_the_start_up_client_which_is_then_let_go(monkeypatch):
+    import concurrent.futures
+
+    from bytewax.connectors.kafka import KafkaSource
+
+    class Admin:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def list_offsets(self, specs: dict[Any, Any], request_timeout: float) -> dict[Any, Any]:
+            self.asked += 1
+            out = {}
+            for tp in specs:
+                f: concurrent.futures.Future = concurrent.futures.Future()
+                f.set_result(type("Offset", (), {"offset": 5})())
+                out[tp] = f
+            return out
+
+    def no_new_client(config: Any) -> None:
+        raise AssertionError("a second admin client was made")
+
+    admin = Admin()
+    source = _source(monkeypatch, (admin, None))
+    monkeypatch.setattr(io, "AdminClient", no_new_client)
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades"])
+    monkeypatch.setattr(KafkaSource, "build_part", lambda self, s, p, r: r)
+    monkeypatch.setattr(io, "_WatchedPartition", lambda inner, *a: inner)
+    source.list_parts()
+    assert source.build_part("input", "0-p.trades", None) == 5
+    assert admin.asked == 2 and source.admin is None  # earliest and latest; then let go
