@@ -85,7 +85,9 @@ def test_the_source_tells_the_view_every_partition_by_the_name_events_carry(monk
 
     monkeypatch.setattr(KafkaSource, "list_parts", lambda self: ["0-p.trades", "11-p.funding"])
     view = InputPartitions()
-    source = _WatchedKafkaSource(view, "p", ["127.0.0.1:9"], ["p.trades", "p.funding"])
+    source = _WatchedKafkaSource(
+        view, "p", (None, None), ["127.0.0.1:9"], ["p.trades", "p.funding"]
+    )
     assert source.list_parts() == ["0-p.trades", "11-p.funding"]
     assert view.listed == {partition_name("p.trades", 0), partition_name("p.funding", 11)}
 
