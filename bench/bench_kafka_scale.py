@@ -22,6 +22,11 @@ NautilusTrader's own figure is `engine.run()` alone). Peak memory is not shown: 
 counts the memory of this process, which holds the ticks, in each child it forks. With
 the broker on this machine (found in /proc), each round also says how much CPU it used
 during the flow's run: on two cores it competes with the flow's processes.
+
+With `--nautilus-python PY` (a venv with NautilusTrader, see bench/bench_nautilus.py),
+each round also runs NautilusTrader's BacktestEngine over as many ticks from the same
+generator (one instrument, seed 11; its figure is `engine.run()` alone), and the end says
+each layout's ratio to it, with start-up and beyond it, measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_throughput import Run, machine, run_processes  # noqa: E402
-from bench.ticks import synthetic_ticks  # noqa: E402
+from bench.bench_nautilus import INSTALL, nautilus_importable, run_nautilus  # noqa: E402
+from bench.bench_throughput import TMP, Run, machine, run_processes  # noqa: E402
+from bench.ticks import synthetic_ticks, write_ticks  # noqa: E402
 from dataflows.kafka_security import confluent_config  # noqa: E402
 from dataflows.topics import OUTPUT_TOPICS, provision  # noqa: E402
 from marketdata.replay import encoded  # noqa: E402
@@ -187,6 +193,10 @@ def main() -> None:
         type=Path,
         help="run this checkout's flow too, in the same rounds (repeatable; default: this one)",
     )
+    ap.add_argument(
+        "--nautilus-python",
+        help="a Python that imports nautilus_trader: run it in the same rounds, for the ratio",
+    )
     args = ap.parse_args()
     symbols = tuple(args.symbols.split(","))
     trees = args.tree or [ROOT]
@@ -195,6 +205,15 @@ def main() -> None:
     messages = trade_messages(args.ticks, symbols)
     short = trade_messages(STARTUP_TICKS, symbols)
     n = len(messages)
+    nautilus_ticks = None
+    if args.nautilus_python:
+        if not nautilus_importable(args.nautilus_python):
+            raise SystemExit(
+                f"NautilusTrader is not importable by {args.nautilus_python}: {INSTALL}"
+            )
+        TMP.mkdir(exist_ok=True)
+        nautilus_ticks = write_ticks(TMP / f"btc_{n}.parquet", n, seed=11)
+    nautilus_s: list[float] = []
     layouts = {
         name if len(trees) == 1 else f"{name} {tree}": (*LAYOUTS[name], tree)
         for tree in trees
@@ -229,11 +248,20 @@ def main() -> None:
             beyond = _beyond(run.wall_s - startup_s, startup_s, n, len(short))
             busy = "" if broker is None else f"; the broker {broker_s:.2f} s CPU meanwhile"
             print(f"  round {r + 1} {name}: {_figures(run, n)}{beyond}{busy}{same}", flush=True)
+        if nautilus_ticks is not None:
+            res = run_nautilus(args.nautilus_python, nautilus_ticks)
+            nautilus_s.append(res["run_s"])
+            print(
+                f"  round {r + 1} NautilusTrader run(): {res['run_s']:.2f} s = "
+                f"{res['ticks'] / res['run_s']:,.0f} ticks/s ({res['bars']} bars)",
+                flush=True,
+            )
     print(
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
     )
     base = statistics.median(r.wall_s for r in next(iter(runs.values())))
+    rates: dict[str, tuple[float, float]] = {}  # with start-up, beyond it
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
         cpu_s = statistics.median(r.cpu_s for r in rs)
@@ -244,6 +272,17 @@ def main() -> None:
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)}{beyond} "
             f"({base / wall_s:.2f}x the first's wall time)"
         )
+        if extra_s > 0:
+            rates[name] = (n / wall_s, (n - len(short)) / extra_s)
+    if nautilus_s:
+        naut = n / statistics.median(nautilus_s)
+        rounds = len(nautilus_s)
+        print(f"NautilusTrader BacktestEngine.run(), median of {rounds}: {naut:,.0f} ticks/s")
+        for name, (with_startup, beyond_startup) in rates.items():
+            print(
+                f"{name} / NautilusTrader: {with_startup / naut:.2f}x with start-up and "
+                f"connecting, {beyond_startup / naut:.2f}x beyond them"
+            )
     if differed:  # figures of runs that wrote something else compare nothing
         raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
 
