@@ -20,8 +20,10 @@ input. Each run's layout also reads STARTUP_TICKS trades per symbol in the same 
 the figures say what the input took beyond that (as `bench_nautilus.py` does for a file:
 NautilusTrader's own figure is `engine.run()` alone). Peak memory is not shown: `wait4`
 counts the memory of this process, which holds the ticks, in each child it forks. With
-the broker on this machine (found in /proc), each round also says how much CPU it used
-during the flow's run: on two cores it competes with the flow's processes.
+the broker on this machine (found in /proc), each run starts once the broker has settled
+after the publish (`settle`), and each round says how much CPU the broker used during the
+flow's run: on two cores it competes with the flow's processes. With `--tree`, the end
+also gives the median of each round's ratio to the first checkout's run in that round.
 
 With `--nautilus-python PY` (a venv with NautilusTrader, see bench/bench_nautilus.py),
 each round also runs NautilusTrader's BacktestEngine over as many ticks from the same
@@ -150,6 +152,21 @@ def broker_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle(pid: int | None, quiet_s: float = 0.3, at_most_s: float = 10.0) -> None:
+    """Wait (at most `at_most_s`) until the local broker has used under a fifth of a core
+    for `quiet_s`: right after a publish it is still busy with it (its JVM's collections,
+    segments), and that work landed in some flow runs and not others (the broker's CPU
+    during a run ranged 0.36-0.88 s)."""
+    if pid is None:
+        return
+    deadline = time.monotonic() + at_most_s
+    quiet, step = 0.0, 0.1
+    while quiet < quiet_s and time.monotonic() < deadline:
+        before = broker_cpu_s(pid)
+        time.sleep(step)
+        quiet = quiet + step if broker_cpu_s(pid) - before < step / 5 else 0.0
+
+
 def run_flow(
     bootstrap: str,
     prefix: str,
@@ -228,12 +245,14 @@ def main() -> None:
         for name, (w, p, tree) in layouts.items():
             prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix, messages)
+            settle(broker)
             broker_s = broker_cpu_s(broker)
             run = run_flow(bootstrap, prefix, w, p, symbols, tree)
             broker_s = broker_cpu_s(broker) - broker_s
             runs[name].append(run)
             prefix_short = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix_short, short)
+            settle(broker)
             startups[name].append(run_flow(bootstrap, prefix_short, w, p, symbols, tree).wall_s)
             got = read_outputs(bootstrap, prefix)
             if reference is None:
@@ -260,7 +279,8 @@ def main() -> None:
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
     )
-    base = statistics.median(r.wall_s for r in next(iter(runs.values())))
+    first = next(iter(runs.values()))
+    base = statistics.median(r.wall_s for r in first)
     rates: dict[str, tuple[float, float]] = {}  # with start-up, beyond it
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
@@ -268,9 +288,10 @@ def main() -> None:
         # each round's difference: a round's two runs share the machine's speed of the moment
         extra_s = statistics.median(r.wall_s - t for r, t in zip(rs, startups[name], strict=True))
         beyond = _beyond(extra_s, statistics.median(startups[name]), n, len(short))
+        paired = statistics.median(a.wall_s / r.wall_s for a, r in zip(first, rs, strict=True))
         print(
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)}{beyond} "
-            f"({base / wall_s:.2f}x the first's wall time)"
+            f"({base / wall_s:.2f}x the first's wall time; round by round, median {paired:.2f}x)"
         )
         if extra_s > 0:
             rates[name] = (n / wall_s, (n - len(short)) / extra_s)
