@@ -23,11 +23,13 @@ counts the memory of this process, which holds the ticks, in each child it forks
 the broker on this machine (found in /proc), each run starts once the broker has settled
 after the publish (`settle`), and each round says how much CPU the broker used during the
 flow's run: on two cores it competes with the flow's processes. With `--tree`, the end
-also gives the median of each round's ratio to the first checkout's run in that round.
+also gives, for each layout, the median of each round's ratio to the same layout of the
+first checkout in that round.
 
 With `--nautilus-python PY` (a venv with NautilusTrader, see bench/bench_nautilus.py),
 each round also runs NautilusTrader's BacktestEngine over as many ticks from the same
-generator (one instrument, seed 11; its figure is `engine.run()` alone), and the end says
+generator (one instrument, seed 11; its figure is `engine.run()` alone; after the broker
+has settled, as before each flow run), and the end says
 each layout's ratio to it, with start-up and beyond it, measured in the same rounds.
 """
 
@@ -156,7 +158,7 @@ def settle(pid: int | None, quiet_s: float = 0.3, at_most_s: float = 10.0) -> No
     """Wait (at most `at_most_s`) until the local broker has used under a fifth of a core
     for `quiet_s`: right after a publish it is still busy with it (its JVM's collections,
     segments), and that work landed in some flow runs and not others (the broker's CPU
-    during a run ranged 0.36-0.88 s)."""
+    during a run ranged from 0.36 to 1.03 s)."""
     if pid is None:
         return
     deadline = time.monotonic() + at_most_s
@@ -231,11 +233,16 @@ def main() -> None:
         TMP.mkdir(exist_ok=True)
         nautilus_ticks = write_ticks(TMP / f"btc_{n}.parquet", n, seed=11)
     nautilus_s: list[float] = []
-    layouts = {
-        name if len(trees) == 1 else f"{name} {tree}": (*LAYOUTS[name], tree)
+    nautilus_ticks_n = n
+    names = args.layouts.split(",")
+    keys = {  # (layout, checkout) -> the name its figures go by
+        (name, tree): name if len(trees) == 1 else f"{name} {tree}"
         for tree in trees
-        for name in args.layouts.split(",")
+        for name in names
     }
+    layouts = {key: (*LAYOUTS[name], tree) for (name, tree), key in keys.items()}
+    # each run's counterpart in the first checkout: the same layout
+    counterpart = {key: keys[(name, trees[0])] for (name, _), key in keys.items()}
     broker = broker_pid()  # a local broker's CPU is counted beside the flow's
     runs: dict[str, list[Run]] = {k: [] for k in layouts}
     startups: dict[str, list[float]] = {k: [] for k in layouts}
@@ -268,8 +275,10 @@ def main() -> None:
             busy = "" if broker is None else f"; the broker {broker_s:.2f} s CPU meanwhile"
             print(f"  round {r + 1} {name}: {_figures(run, n)}{beyond}{busy}{same}", flush=True)
         if nautilus_ticks is not None:
+            settle(broker)  # as before each flow run: the last run's outputs were just read
             res = run_nautilus(args.nautilus_python, nautilus_ticks)
             nautilus_s.append(res["run_s"])
+            nautilus_ticks_n = res["ticks"]
             print(
                 f"  round {r + 1} NautilusTrader run(): {res['run_s']:.2f} s = "
                 f"{res['ticks'] / res['run_s']:,.0f} ticks/s ({res['bars']} bars)",
@@ -279,8 +288,7 @@ def main() -> None:
         f"{n:,} trades ({args.ticks:,} per symbol of {len(symbols)}) from Kafka, median of "
         f"{args.rounds}:"
     )
-    first = next(iter(runs.values()))
-    base = statistics.median(r.wall_s for r in first)
+    base = statistics.median(r.wall_s for r in next(iter(runs.values())))
     rates: dict[str, tuple[float, float]] = {}  # with start-up, beyond it
     for name, rs in runs.items():
         wall_s = statistics.median(r.wall_s for r in rs)
@@ -288,15 +296,17 @@ def main() -> None:
         # each round's difference: a round's two runs share the machine's speed of the moment
         extra_s = statistics.median(r.wall_s - t for r, t in zip(rs, startups[name], strict=True))
         beyond = _beyond(extra_s, statistics.median(startups[name]), n, len(short))
-        paired = statistics.median(a.wall_s / r.wall_s for a, r in zip(first, rs, strict=True))
+        same = runs[counterpart[name]]
+        paired = statistics.median(a.wall_s / r.wall_s for a, r in zip(same, rs, strict=True))
+        versus = "" if len(trees) == 1 else f"; round by round, {paired:.2f}x the first checkout's"
         print(
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)}{beyond} "
-            f"({base / wall_s:.2f}x the first's wall time; round by round, median {paired:.2f}x)"
+            f"({base / wall_s:.2f}x the first's wall time{versus})"
         )
         if extra_s > 0:
             rates[name] = (n / wall_s, (n - len(short)) / extra_s)
     if nautilus_s:
-        naut = n / statistics.median(nautilus_s)
+        naut = nautilus_ticks_n / statistics.median(nautilus_s)
         rounds = len(nautilus_s)
         print(f"NautilusTrader BacktestEngine.run(), median of {rounds}: {naut:,.0f} ticks/s")
         for name, (with_startup, beyond_startup) in rates.items():
