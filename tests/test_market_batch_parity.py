@@ -22,7 +22,7 @@ import pytest
 
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.events import Candle, Funding, Trade, TradeBlock
-from operators.market import JUMP_CONFIRMATIONS, MarketState
+from operators.market import JUMP_CONFIRMATIONS, Close, MarketState
 from operators.market_columns import MIN_BLOCK
 from operators.watermark import InputPartitions
 from tests.conftest import read_batch
@@ -590,3 +590,51 @@ def test_the_first_bar_closes_inside_a_run_as_one_by_one(monkeypatch):
     assert f"start_ms={first - first % 300_000}," in closes[0]
     assert len(closes) >= 3
     assert sum(folded) >= len(trades) - columns.SCALAR_TRADES
+
+
+def test_trades_fold_in_runs_while_a_partition_not_yet_heard_holds_the_first_bar(monkeypatch):
+    """From Kafka the first bar closes only once every listed input partition has been
+    heard (its first mark). Until then one partition's trades fold in runs, not one by
+    one, and the bars, once it is heard, are those one by one gives."""
+    import operators.market_columns as columns
+
+    folded = []
+    fold_run = columns.fold_run
+
+    def counted(*args: Any) -> tuple[int, int]:
+        i, (j, k) = args[2], fold_run(*args)
+        folded.append(j - i)
+        return j, k
+
+    monkeypatch.setattr(columns, "fold_run", counted)
+    trades = [t for t in _grid_trades(random.Random(23), 6_000) if t.qty == 0.02]
+    trades = [t for t in trades if t.px in (99.99, 100.0, 100.01)]  # no outliers
+    for t in trades:
+        t.part = "trades#0"
+    view = InputPartitions()
+    view.listed.update(["trades#0", "trades#1"])
+    batches = [(trades[a : a + 500], 1_000 + a) for a in range(0, len(trades), 500)]
+    heard_from = 6  # trades#1's first mark comes with the sixth batch
+
+    def read(now_ms: int, batch: list[Any]) -> None:
+        read_batch(view, "trades#0", len(batch), caught_up=False, now_ms=now_ms)
+        if now_ms >= batches[heard_from - 1][1]:
+            read_batch(view, "trades#1", 0, caught_up=True, now_ms=now_ms)
+
+    one, batched, got, slow = _run_both(
+        batches, _market, view, read, blocked=lambda evs: [_block(evs)]
+    )
+    _assert_same_state(one, batched)
+    assert sum("Close(" in g for g in got) >= 8
+    assert sum(folded) >= len(trades) - columns.SCALAR_TRADES
+
+    # and the first bar was held: before trades#1 is heard, nothing closes
+    st, view, out = _market(), InputPartitions(), []
+    view.listed.update(["trades#0", "trades#1"])
+    st.inputs = view
+    for events, now in batches[: heard_from - 1]:
+        read_batch(view, "trades#0", len(events), caught_up=False, now_ms=now)
+        st.on_events([_block(events)], out, now)
+    held = sum(len(b) for b, _ in batches[: heard_from - 1])
+    assert held > 2_000 and not any(isinstance(o, Close) for o in out)
+    assert len(st.builder.buckets) >= 5  # five bars open, not one emitted
