@@ -547,6 +547,9 @@ class _WatchedPartition(StatefulSourcePartition):
         inner = self.inner
         if inner._eof:
             raise StopIteration
+        if inner._consumer is None:  # `_AtEnd`: its end is its first read
+            inner._eof = True
+            return []
         batch: list[Any] = []
         values: list[bytes] = []
         offsets: list[int] = []
@@ -653,6 +656,27 @@ class _WatchedPartition(StatefulSourcePartition):
         self.meta.release()
 
 
+class _AtEnd:
+    """In place of Bytewax's partition, one with nothing to read when the flow reads its
+    input to the end (ENSEMBLE_KAFKA_TAIL=0): it starts at the end the broker gave at
+    start, so it makes no consumer. Each consumer is a connection (a TLS and SASL
+    handshake) and a fetch every FETCH_WAIT_MS while it lives: with a bench's 13 empty
+    partitions of 19 given none, a run of 2 × 1,000 trades took 0.60 s instead of 0.80
+    (CPU 0.51 s instead of 0.96), one of 2 × 1M 3.07 s instead of 3.45. Its first read is
+    its end, as Bytewax's would be, and its mark says so."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+        self._eof = False
+        self._consumer = None
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        pass
+
+
 def _messages(batch: list[Any]) -> int:
     return sum(len(x) if type(x) is KafkaRun else 1 for x in batch)
 
@@ -701,7 +725,9 @@ class _WatchedKafkaSource(KafkaSource):
         OFFSETS_FRESH_S). A new partition starts at its first kept offset; a resumed one
         where its snapshot says, unless that offset is no longer in the partition (see
         `start_offset`). A partition the broker gave no answer for starts as Bytewax
-        starts it (the logical start, or the snapshot's offset), with a warning."""
+        starts it (the logical start, or the snapshot's offset), with a warning. Read to
+        the end of the input (not tailing it), a partition that starts at its end gets no
+        consumer (`_AtEnd`)."""
         with self.asking:
             asked_s = self.asked.get(for_part)
             if asked_s is None or time.monotonic() - asked_s > OFFSETS_FRESH_S:
@@ -723,7 +749,10 @@ class _WatchedKafkaSource(KafkaSource):
             bounds = self.offsets.get(for_part)
         if bounds is not None:
             resume_state = start_offset(for_part, resume_state, *bounds)
-        inner = super().build_part(step_id, for_part, resume_state)
+        if bounds is not None and not self._tail and resume_state >= bounds[1]:
+            inner: Any = _AtEnd(resume_state)  # nothing to read: no consumer
+        else:
+            inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
         stream = stream_of(self.prefix, topic)
         return _WatchedPartition(inner, topic, stream, int(idx), self.inputs is not None, self.meta)

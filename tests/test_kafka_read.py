@@ -130,7 +130,7 @@ def test_the_flows_read_gives_what_bytewaxs_next_batch_gives(raise_on_errors: bo
         assert ours_inner._consumer.asked == theirs._consumer.asked  # the same reads
 
 
-def _source(monkeypatch: Any, started: tuple[Any, Any] = (None, None)) -> Any:
+def _source(monkeypatch: Any, started: tuple[Any, Any] = (None, None), tail: str = "1") -> Any:
     """The flow's Kafka source as `kafka_source` makes it (no broker asked): `started` is
     what the start-up check gives (its client and the broker's answer)."""
     from dataflows.settings import Settings
@@ -139,6 +139,7 @@ def _source(monkeypatch: Any, started: tuple[Any, Any] = (None, None)) -> Any:
     env = {
         "ENSEMBLE_KAFKA_BOOTSTRAP": "127.0.0.1:9",
         "ENSEMBLE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+        "ENSEMBLE_KAFKA_TAIL": tail,
     }
     return io.kafka_source(Settings.from_env(env))
 
@@ -366,3 +367,47 @@ def test_the_first_offsets_are_asked_by_the_start_up_client_which_is_then_let_go
     source.list_parts()
     assert source.build_part("input", "0-p.trades", None) == 5
     assert admin.asked == 2 and source.admin is None  # earliest and latest; then let go
+
+
+@pytest.mark.parametrize("tail", ["0", "1"])
+def test_read_to_its_end_a_partition_that_starts_at_its_end_makes_no_consumer(monkeypatch, tail):
+    """ENSEMBLE_KAFKA_TAIL=0: a partition with nothing to read from its start offset (empty,
+    or a snapshot at its end) is ended at its first read, with the mark a consumer's end
+    gives, and no consumer; one with records, or any when tailing, is Bytewax's."""
+    from bytewax.connectors.kafka import KafkaSource
+
+    from operators.watermark import InputPartitions, PartitionMark
+
+    source = _source(monkeypatch, tail=tail)
+    source.inputs = InputPartitions()
+    listed = ["0-p.trades", "1-p.trades", "0-p.funding"]
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: listed)
+    bounds = {"0-p.trades": (4, 10), "1-p.trades": (0, 0), "0-p.funding": (3, 7)}
+    monkeypatch.setattr(io, "partition_offsets", lambda config, parts, admin: bounds)
+    monkeypatch.setattr(io._Metadata, "open", lambda self: None)
+    consumers = []
+
+    def build(self: Any, step_id: str, for_part: str, resume_state: Any) -> Any:
+        consumers.append(for_part)
+        return _bytewax([], False, 7)
+
+    monkeypatch.setattr(KafkaSource, "build_part", build)
+    source.list_parts()
+    parts = {
+        (p, resumed): source.build_part("input", p, resumed)
+        for p, resumed in (("0-p.trades", None), ("1-p.trades", None), ("0-p.funding", 7))
+    }
+    if tail == "1":
+        assert consumers == ["0-p.trades", "1-p.trades", "0-p.funding"]
+        return
+    assert consumers == ["0-p.trades"]  # the empty one and the one resumed at its end: none
+    for (p, resumed), part in parts.items():
+        if p == "0-p.trades":
+            continue
+        assert part.snapshot() == (0 if resumed is None else resumed)
+        (mark,) = part.next_batch()
+        assert type(mark) is PartitionMark and (mark.caught_up, mark.ended) == (True, True)
+        assert mark.settled and mark.records == 0
+        with pytest.raises(StopIteration):
+            part.next_batch()
+        part.close()
