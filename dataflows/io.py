@@ -441,6 +441,7 @@ class _Metadata:
         self.config = config
         self.client: Consumer | None = None
         self.users = 0
+        self.using = threading.Lock()  # `users` and the client's life (`-w 2`'s workers)
         self.lock = threading.Lock()
         self.wanted: set[TopicPartition] = set()
         self.known: dict[tuple[str, int], tuple[int, int]] = {}  # (topic, idx) -> (low, high)
@@ -448,15 +449,19 @@ class _Metadata:
         self.thread: threading.Thread | None = None
 
     def open(self) -> Consumer:
-        if self.client is None:
-            self.client = Consumer(self.config)  # assigned nothing: it never fetches
-            self.stop.clear()
-            self.thread = threading.Thread(
-                target=self._refresh, args=(self.client,), name="kafka-watermarks", daemon=True
-            )
-            self.thread.start()
-        self.users += 1
-        return self.client
+        with self.using:
+            if self.client is None:
+                self.client = Consumer(self.config)  # assigned nothing: it never fetches
+                self.stop.clear()
+                self.thread = threading.Thread(
+                    target=self._refresh,
+                    args=(self.client,),
+                    name="kafka-watermarks",
+                    daemon=True,
+                )
+                self.thread.start()
+            self.users += 1
+            return self.client
 
     def watermarks(self, tp: TopicPartition) -> tuple[int, int] | None:
         """The last (low, high) the broker gave for `tp`, None before its first answer;
@@ -481,13 +486,14 @@ class _Metadata:
                         self.known[(tp.topic, tp.partition)] = marks
 
     def release(self) -> None:
-        self.users -= 1
-        if self.users == 0 and self.client is not None:
-            self.stop.set()
-            if self.thread is not None:
-                self.thread.join()
-            self.client.close()
-            self.client, self.thread = None, None
+        with self.using:
+            self.users -= 1
+            if self.users == 0 and self.client is not None:
+                self.stop.set()
+                if self.thread is not None:
+                    self.thread.join()
+                self.client.close()
+                self.client, self.thread = None, None
 
 
 class _WatchedPartition(StatefulSourcePartition):
@@ -502,7 +508,9 @@ class _WatchedPartition(StatefulSourcePartition):
     ) -> None:
         self.inner, self.topic, self.stream, self.idx = inner, topic, stream, idx
         self.marks, self.meta = marks, meta
-        self.client = meta.open()
+        # the client asks whether the topic still exists and where its end is: a partition
+        # at its end from the start (`_AtEnd`) asks neither
+        self.client = None if inner._consumer is None else meta.open()
         self.tp = TopicPartition(topic, idx)
         self.part = partition_name(topic, idx)
         self.next_check_s = time.monotonic() + TOPIC_CHECK_S
@@ -516,7 +524,7 @@ class _WatchedPartition(StatefulSourcePartition):
 
     def next_batch(self) -> list[Any]:
         now = time.monotonic()
-        if now >= self.next_check_s:
+        if now >= self.next_check_s and self.client is not None:
             self.next_check_s = now + TOPIC_CHECK_S
             try:
                 md = self.client.list_topics(self.topic, timeout=5)
@@ -653,17 +661,19 @@ class _WatchedPartition(StatefulSourcePartition):
 
     def close(self) -> None:
         self.inner.close()
-        self.meta.release()
+        if self.client is not None:
+            self.meta.release()
 
 
 class _AtEnd:
     """In place of Bytewax's partition, one with nothing to read when the flow reads its
     input to the end (ENSEMBLE_KAFKA_TAIL=0): it starts at the end the broker gave at
-    start, so it makes no consumer. Each consumer is a connection (a TLS and SASL
-    handshake) and a fetch every FETCH_WAIT_MS while it lives: with a bench's 13 empty
-    partitions of 19 given none, a run of 2 × 1,000 trades took 0.60 s instead of 0.80
-    (CPU 0.51 s instead of 0.96), one of 2 × 1M 3.07 s instead of 3.45. Its first read is
-    its end, as Bytewax's would be, and its mark says so."""
+    start, so it makes no consumer (nor opens the source's metadata client). Each
+    consumer is a connection (a TLS and SASL handshake), polled in every round until its
+    first fetch finds the end: in the Kafka bench, 17 of the 19 input partitions are
+    empty (its trades are keyed to 2 of the 6 trades partitions), and given none a run
+    of 2 × 1,000 trades took 0.60 s instead of 0.80 (CPU 0.51 s instead of 0.96). Its
+    first read is its end, as Bytewax's would be, and its mark says so."""
 
     def __init__(self, offset: int) -> None:
         self._offset = offset

@@ -20,6 +20,7 @@ from confluent_kafka import Message
 from dataflows import io
 
 TOPIC, IDX = "p.trades", 3
+_EOF = ConfluentKafkaError(ConfluentKafkaError._PARTITION_EOF)
 CODES = [
     ConfluentKafkaError._PARTITION_EOF,
     ConfluentKafkaError._MSG_TIMED_OUT,
@@ -373,41 +374,61 @@ def test_the_first_offsets_are_asked_by_the_start_up_client_which_is_then_let_go
 def test_read_to_its_end_a_partition_that_starts_at_its_end_makes_no_consumer(monkeypatch, tail):
     """ENSEMBLE_KAFKA_TAIL=0: a partition with nothing to read from its start offset (empty,
     or a snapshot at its end) is ended at its first read, with the mark a consumer's end
-    gives, and no consumer; one with records, or any when tailing, is Bytewax's."""
+    gives, and no consumer; one with records to read, one the broker gave no offsets for,
+    one resumed past a recreated partition's end (read again from its first record), or
+    any when tailing, is Bytewax's."""
     from bytewax.connectors.kafka import KafkaSource
 
     from operators.watermark import InputPartitions, PartitionMark
 
     source = _source(monkeypatch, tail=tail)
     source.inputs = InputPartitions()
-    listed = ["0-p.trades", "1-p.trades", "0-p.funding"]
+    listed = ["0-p.trades", "1-p.trades", "0-p.funding", "1-p.funding"]
     monkeypatch.setattr(KafkaSource, "list_parts", lambda self: listed)
-    bounds = {"0-p.trades": (4, 10), "1-p.trades": (0, 0), "0-p.funding": (3, 7)}
+    bounds = {"0-p.trades": (4, 10), "1-p.trades": (0, 0), "0-p.funding": (3, 7)}  # no 1-
     monkeypatch.setattr(io, "partition_offsets", lambda config, parts, admin: bounds)
-    monkeypatch.setattr(io._Metadata, "open", lambda self: None)
+    opened = []
+    monkeypatch.setattr(io._Metadata, "open", lambda self: opened.append(1))
     consumers = []
 
     def build(self: Any, step_id: str, for_part: str, resume_state: Any) -> Any:
-        consumers.append(for_part)
+        consumers.append((for_part, resume_state))
         return _bytewax([], False, 7)
 
     monkeypatch.setattr(KafkaSource, "build_part", build)
     source.list_parts()
-    parts = {
-        (p, resumed): source.build_part("input", p, resumed)
-        for p, resumed in (("0-p.trades", None), ("1-p.trades", None), ("0-p.funding", 7))
-    }
+    asked = [
+        ("0-p.trades", None),  # records to read
+        ("0-p.trades", 6),
+        ("0-p.trades", 12),  # past the end of a recreated partition: from its first
+        ("1-p.trades", None),  # empty
+        ("0-p.funding", 7),  # resumed at its end
+        ("1-p.funding", None),  # no offsets from the broker
+    ]
+    parts = [source.build_part("input", p, resumed) for p, resumed in asked]
+    with_consumer = [("0-p.trades", 4), ("0-p.trades", 6), ("0-p.trades", 4)]
     if tail == "1":
-        assert consumers == ["0-p.trades", "1-p.trades", "0-p.funding"]
+        assert consumers == [*with_consumer, ("1-p.trades", 0), ("0-p.funding", 7),
+                             ("1-p.funding", None)]  # fmt: skip
         return
-    assert consumers == ["0-p.trades"]  # the empty one and the one resumed at its end: none
-    for (p, resumed), part in parts.items():
-        if p == "0-p.trades":
-            continue
-        assert part.snapshot() == (0 if resumed is None else resumed)
+    assert consumers == [*with_consumer, ("1-p.funding", None)]
+    assert len(opened) == 4  # the metadata client: only partitions with a consumer
+    for (_, resumed), part in zip(asked[3:5], parts[3:5], strict=True):
+        assert part.inner._consumer is None and part.snapshot() == (resumed or 0)
         (mark,) = part.next_batch()
-        assert type(mark) is PartitionMark and (mark.caught_up, mark.ended) == (True, True)
-        assert mark.settled and mark.records == 0
+        ended_by_consumer = io._WatchedPartition(
+            _bytewax([[Message(topic=TOPIC, partition=IDX, offset=0, error=_EOF)]], False),
+            TOPIC,
+            "trades",
+            IDX,
+            True,
+            _Meta(),
+        )
+        (their_mark,) = ended_by_consumer.next_batch()
+        same = ("caught_up", "records", "settled", "ended")
+        assert type(mark) is PartitionMark
+        assert [getattr(mark, k) for k in same] == [getattr(their_mark, k) for k in same]
+        assert mark.ended and mark.caught_up
         with pytest.raises(StopIteration):
             part.next_batch()
         part.close()
