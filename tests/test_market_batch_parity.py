@@ -23,7 +23,7 @@ import pytest
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.events import Candle, Funding, Trade, TradeBlock
 from operators.market import JUMP_CONFIRMATIONS, Close, MarketState
-from operators.market_columns import MIN_BLOCK
+from operators.market_columns import MIN_BLOCK, SCALAR_TRADES
 from operators.watermark import InputPartitions
 from tests.conftest import read_batch
 
@@ -564,13 +564,11 @@ def test_the_bands_medians_of_a_run_are_statistics_medians_to_the_bit():
     assert np.isnan(_medians(with_nan)[1]) and _medians(with_nan)[0] == np.median(with_nan[0])
 
 
-def test_the_first_bar_closes_inside_a_run_as_one_by_one(monkeypatch):
-    """Before the symbol's first bar is emitted nothing is late, and the first bar to close
-    is the earliest open one: runs take those trades too (they went one by one until the
-    first bar was emitted), with the same bars. Only the bands' window fills one by one."""
+def _count_folded(monkeypatch: Any) -> list[int]:
+    """How many rows each `fold_run` folds (in a list the caller reads)."""
     import operators.market_columns as columns
 
-    folded = []
+    folded: list[int] = []
     fold_run = columns.fold_run
 
     def counted(*args: Any) -> tuple[int, int]:
@@ -579,8 +577,21 @@ def test_the_first_bar_closes_inside_a_run_as_one_by_one(monkeypatch):
         return j, k
 
     monkeypatch.setattr(columns, "fold_run", counted)
-    trades = [t for t in _grid_trades(random.Random(22), 3_000) if t.qty == 0.02]
-    trades = [t for t in trades if t.px in (99.99, 100.0, 100.01)]  # no outliers
+    return folded
+
+
+def _ordinary_trades(seed: int, n: int) -> list[Trade]:
+    """`_grid_trades` without its outliers: every trade one a run can fold."""
+    trades = _grid_trades(random.Random(seed), n)
+    return [t for t in trades if t.qty == 0.02 and t.px in (99.99, 100.0, 100.01)]
+
+
+def test_the_first_bar_closes_inside_a_run_as_one_by_one(monkeypatch):
+    """Before the symbol's first bar is emitted nothing is late, and the first bar to close
+    is the earliest open one: runs take those trades too (they went one by one until the
+    first bar was emitted), with the same bars. Only the bands' window fills one by one."""
+    folded = _count_folded(monkeypatch)
+    trades = _ordinary_trades(22, 3_000)
     one, batched, got, slow = _run_both(
         [(trades, 1_000)], _market, blocked=lambda evs: [_block(evs)]
     )
@@ -589,26 +600,15 @@ def test_the_first_bar_closes_inside_a_run_as_one_by_one(monkeypatch):
     closes = [g for g in got if "Close(" in g]
     assert f"start_ms={first - first % 300_000}," in closes[0]
     assert len(closes) >= 3
-    assert sum(folded) >= len(trades) - columns.SCALAR_TRADES
+    assert sum(folded) >= len(trades) - SCALAR_TRADES
 
 
 def test_trades_fold_in_runs_while_a_partition_not_yet_heard_holds_the_first_bar(monkeypatch):
     """From Kafka the first bar closes only once every listed input partition has been
     heard (its first mark). Until then one partition's trades fold in runs, not one by
     one, and the bars, once it is heard, are those one by one gives."""
-    import operators.market_columns as columns
-
-    folded = []
-    fold_run = columns.fold_run
-
-    def counted(*args: Any) -> tuple[int, int]:
-        i, (j, k) = args[2], fold_run(*args)
-        folded.append(j - i)
-        return j, k
-
-    monkeypatch.setattr(columns, "fold_run", counted)
-    trades = [t for t in _grid_trades(random.Random(23), 6_000) if t.qty == 0.02]
-    trades = [t for t in trades if t.px in (99.99, 100.0, 100.01)]  # no outliers
+    folded = _count_folded(monkeypatch)
+    trades = _ordinary_trades(23, 6_000)
     for t in trades:
         t.part = "trades#0"
     view = InputPartitions()
@@ -626,7 +626,7 @@ def test_trades_fold_in_runs_while_a_partition_not_yet_heard_holds_the_first_bar
     )
     _assert_same_state(one, batched)
     assert sum("Close(" in g for g in got) >= 8
-    assert sum(folded) >= len(trades) - columns.SCALAR_TRADES
+    assert sum(folded) >= len(trades) - SCALAR_TRADES
 
     # and the first bar was held: before trades#1 is heard, nothing closes
     st, view, out = _market(), InputPartitions(), []
