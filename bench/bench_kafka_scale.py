@@ -233,7 +233,6 @@ def main() -> None:
         TMP.mkdir(exist_ok=True)
         nautilus_ticks = write_ticks(TMP / f"btc_{n}.parquet", n, seed=11)
     nautilus_s: list[float] = []
-    nautilus_ticks_n = n
     names = args.layouts.split(",")
     keys = {  # (layout, checkout) -> the name its figures go by
         (name, tree): name if len(trees) == 1 else f"{name} {tree}"
@@ -278,7 +277,6 @@ def main() -> None:
             settle(broker)  # as before each flow run: the last run's outputs were just read
             res = run_nautilus(args.nautilus_python, nautilus_ticks)
             nautilus_s.append(res["run_s"])
-            nautilus_ticks_n = res["ticks"]
             print(
                 f"  round {r + 1} NautilusTrader run(): {res['run_s']:.2f} s = "
                 f"{res['ticks'] / res['run_s']:,.0f} ticks/s ({res['bars']} bars)",
@@ -295,6 +293,7 @@ def main() -> None:
         cpu_s = statistics.median(r.cpu_s for r in rs)
         # each round's difference: a round's two runs share the machine's speed of the moment
         extra_s = statistics.median(r.wall_s - t for r, t in zip(rs, startups[name], strict=True))
+        rate = _beyond_rate(extra_s, n, len(short))
         beyond = _beyond(extra_s, statistics.median(startups[name]), n, len(short))
         same = runs[counterpart[name]]
         paired = statistics.median(a.wall_s / r.wall_s for a, r in zip(same, rs, strict=True))
@@ -303,12 +302,11 @@ def main() -> None:
             f"{name:12s}: {_figures(Run(wall_s, cpu_s, 0.0), n)}{beyond} "
             f"({base / wall_s:.2f}x the first's wall time{versus})"
         )
-        if extra_s > 0:
-            rates[name] = (n / wall_s, (n - len(short)) / extra_s)
+        if rate is not None:
+            rates[name] = (n / wall_s, rate)
     if nautilus_s:
-        naut = nautilus_ticks_n / statistics.median(nautilus_s)
-        rounds = len(nautilus_s)
-        print(f"NautilusTrader BacktestEngine.run(), median of {rounds}: {naut:,.0f} ticks/s")
+        naut = n / statistics.median(nautilus_s)  # its file holds the same n ticks
+        print(f"NautilusTrader BacktestEngine.run(), median of {args.rounds}: {naut:,.0f} ticks/s")
         for name, (with_startup, beyond_startup) in rates.items():
             print(
                 f"{name} / NautilusTrader: {with_startup / naut:.2f}x with start-up and "
@@ -318,11 +316,17 @@ def main() -> None:
         raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
 
 
-def _beyond(extra_s: float, startup_s: float, n: int, n_short: int) -> str:
+def _beyond_rate(extra_s: float, n: int, n_short: int) -> float | None:
     """The rate of the `n - n_short` trades a run reads in `extra_s` more than a run of
-    `n_short` (start-up, connecting, finding the end) took: `startup_s`."""
-    rate = f"{(n - n_short) / extra_s:,.0f}" if extra_s > 0 else "n/a"
-    return f" ({rate} trades/s beyond a {startup_s:.2f} s run of {n_short:,})"
+    `n_short` (start-up, connecting, finding the end) took; None if it took no longer."""
+    return (n - n_short) / extra_s if extra_s > 0 else None
+
+
+def _beyond(extra_s: float, startup_s: float, n: int, n_short: int) -> str:
+    """`_beyond_rate`, said beside the short run's time `startup_s`."""
+    rate = _beyond_rate(extra_s, n, n_short)
+    said = "n/a" if rate is None else f"{rate:,.0f}"
+    return f" ({said} trades/s beyond a {startup_s:.2f} s run of {n_short:,})"
 
 
 def _figures(run: Run, n: int) -> str:
