@@ -76,7 +76,7 @@ from operators.overlays import BarContext, ContextJoin, Staleness
 from operators.predict import ArtifactError, load_runtime
 from operators.redaction import clean, scrub
 from operators.strategy import BarFailed, Strategy, SymbolState, new_state
-from operators.telemetry import Stamp, dead_letter, wall_clock_ms
+from operators.telemetry import WALL_CLOCK, Clock, Stamp, dead_letter, wall_clock_ms
 from operators.watermark import InputPartitions, MarkRelay, PartitionMark, split_marks
 from schemas.codec import STREAM_SCHEMAS, SchemaError
 from schemas.codec import decode as avro_decode
@@ -84,7 +84,7 @@ from schemas.columns import MIN_ROWS as COLUMNS_MIN
 from schemas.columns import decode_columns
 
 OUTPUT_STREAMS = sorted(STREAM_SCHEMAS)
-TICK = timedelta(seconds=1)  # live processing-time progress: quiet bars close within ~1 s
+TICK = timedelta(seconds=1)  # live: a quiet symbol's step wakes at least this often
 RECHECK = timedelta(milliseconds=200)  # Kafka: how often a quiet symbol rechecks progress
 
 
@@ -463,14 +463,15 @@ class MarketLogic(StatefulBatchLogic):
         stamp: Stamp,
         inputs: InputPartitions | None,
         state: MarketState | None,
+        clock: Clock = WALL_CLOCK,
     ) -> None:
-        self.settings, self.stamp, self.state = settings, stamp, state
+        self.settings, self.stamp, self.state, self.clock = settings, stamp, state, clock
         self.inputs = None if inputs is None else inputs.fork()  # this step's view
         if state is not None:
             self._configure(state)
-            state.progress.restart(wall_clock_ms())
+            state.progress.restart(clock.now_ms())
         # Wall time of the last record (a restart counts as one): the tick's idle time.
-        self.last_arrival_ms = self.started_ms = wall_clock_ms()
+        self.last_arrival_ms = self.started_ms = clock.now_ms()
 
     def _settings(self, symbol: str) -> tuple[Any, ...]:
         """MarketState's running settings for `symbol`, in its field order."""
@@ -502,7 +503,7 @@ class MarketLogic(StatefulBatchLogic):
         out: list[Any] = []
         st: MarketState | None = None
         dups = 0 if self.state is None else self.state.duplicate_count
-        now = wall_clock_ms()
+        now = self.clock.now_ms()
 
         def failed(e: Any, exc: Exception) -> None:  # one bad record must not stop the flow
             context = {"event": repr(e)}
@@ -525,17 +526,23 @@ class MarketLogic(StatefulBatchLogic):
                     except Exception as exc:  # as in on_notify: the flow goes on
                         out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
         if self.settings.wall_clock and arrived:
-            self.last_arrival_ms = wall_clock_ms()
+            self.last_arrival_ms = self.clock.now_ms()
         if st is not None and st.duplicate_count > dups:
             out.append(Duplicates(st.symbol, st.duplicate_count - dups))
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        """Live: a wall-clock tick. With Kafka, also a recheck of the symbol's progress: it
-        may move with other partitions when this symbol has nothing new. A file replay has
-        neither and stays deterministic."""
+        """Live: a wall-clock tick, when the next bar is due to close (`tick_due_ms`) or
+        within TICK. With Kafka, also a recheck of the symbol's progress: it may move with
+        other partitions when this symbol has nothing new. A file replay has neither and
+        stays deterministic."""
         if self.settings.wall_clock:
-            return datetime.now(UTC) + TICK
+            tick = datetime.now(UTC) + TICK
+            due = None if self.state is None else self.state.tick_due_ms(self.last_arrival_ms)
+            if due is None:
+                return tick
+            due = max(due, self.clock.now_ms() + 1)  # on_tick needs a ms gone by
+            return min(tick, self.clock.wake_at(due))
         if self.inputs is not None:
             return datetime.now(UTC) + RECHECK
         return None
@@ -543,7 +550,7 @@ class MarketLogic(StatefulBatchLogic):
     def on_notify(self) -> tuple[list[Any], bool]:
         out: list[Any] = []
         if self.state is not None:
-            now = wall_clock_ms()
+            now = self.clock.now_ms()
             try:
                 self.state.recheck(now, out)
                 if self.settings.wall_clock:
@@ -775,17 +782,23 @@ def build_flow(
     sink: Any = None,
     source: Any = None,
     recovery: Path | None = None,
+    clock: Clock = WALL_CLOCK,
 ) -> Dataflow:
     """The dataflow over `settings`' input (or `messages`, or `source`), into `sink` (or
     JSON files). Tests pass a `source` to inject a crash (bytewax.testing.TestingSource).
     Every input ends early once a signal asks the run to stop (dataflows/progress.py).
-    `recovery` is the run's recovery directory, where the symbols' route keys are pinned."""
-    stamp = Stamp(settings.strategy.strategy_id, wall_clock_ms if settings.wall_clock else None)
+    `recovery` is the run's recovery directory, where the symbols' route keys are pinned.
+    `clock` is what a live run (`wall_clock`) stamps records with and closes quiet bars
+    by: a paced replay may pass a faster one; Kafka input, whose partitions are timed by
+    the wall clock, refuses it."""
+    kafka = settings.kafka_bootstrap is not None and messages is None and source is None
+    if kafka and clock is not WALL_CLOCK:
+        raise ValueError("Kafka input runs on the wall clock: `clock` must be WALL_CLOCK")
+    stamp = Stamp(settings.strategy.strategy_id, clock.now_ms if settings.wall_clock else None)
     rt = load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not a bar
     settings.strategy.with_model_horizon(rt.horizon_bars)  # a hold the model disagrees with
 
     flow = Dataflow("ensemble")
-    kafka = settings.kafka_bootstrap is not None and messages is None and source is None
     inputs = InputPartitions() if kafka else None  # this run's partitions, for alignment
     to_raw = None
     if source is not None:
@@ -808,7 +821,9 @@ def build_flow(
         "refused", checked, lambda kv: kv[1] if isinstance(kv[1], Emit) else None
     )
     accepted = op.filter("accepted", checked, lambda kv: not isinstance(kv[1], Emit))
-    market = op.stateful_batch("market", accepted, partial(MarketLogic, settings, stamp, inputs))
+    market = op.stateful_batch(
+        "market", accepted, partial(MarketLogic, settings, stamp, inputs, clock=clock)
+    )
     # Records (bars, dead letters, errors) branch off to the sink after each step; only
     # market data rides on through the keyed stateful steps.
     market_out = op.branch("market_records", market, _is_record)

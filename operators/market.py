@@ -41,8 +41,9 @@ With `size_proxy.enabled`, every trade also feeds the trade-size cohort proxy
 
 Live (wall clock), `on_tick` gives processing-time progress: with no new record, the
 stream's event time is taken to advance with the wall clock since its last record, so a
-quiet symbol's bars (gap bars for empty windows) still close after the allowed lateness.
-While records keep arriving (catching up a backlog) this adds nothing.
+quiet symbol's bars (gap bars for empty windows) still close after the allowed lateness;
+`tick_due_ms` says when the next one will, so the flow can wake then. While records keep
+arriving (catching up a backlog) this adds nothing.
 """
 
 from __future__ import annotations
@@ -176,6 +177,20 @@ class MarketState:
         if hwm is None or idle_ms <= 0:
             return
         self._closed(self.builder.advance_to(min(hwm + idle_ms, now_ms)), out)
+
+    def tick_due_ms(self, last_arrival_ms: int) -> int | None:
+        """Live: the wall time at which `on_tick` closes the earliest open bar if no record
+        arrives before it (None: no bar yet). That is when the event time reached by the
+        latest record plus the wall time since it arrived, and the wall clock itself, pass
+        the bar's end plus the allowed lateness."""
+        b = self.builder
+        if b.max_event_ms is None:
+            return None
+        start = b.next_start_ms if b.next_start_ms is not None else min(b.buckets, default=None)
+        if start is None:
+            return None
+        due = start + b.width_ms + b.allowed_lateness_ms
+        return max(due, last_arrival_ms + due - b.max_event_ms)
 
     def on_event(self, e: Any, out: list[Any], now_ms: int = 0) -> None:
         """Append what `e` produces to `out` (in order); `now_ms` is the wall clock (it

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from operators.redaction import clean, scrub, scrub_bytes
@@ -20,6 +21,21 @@ SCHEMA_VERSION = "v1"
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Clock:
+    """The clock a live run reads: now in epoch ms, and when (a datetime, as Bytewax's
+    `notify_at` takes) it will show a given ms. A paced replay can run the flow on a clock
+    that goes faster (bench/bench_latency.py); Kafka input needs this one."""
+
+    def now_ms(self) -> int:
+        return wall_clock_ms()
+
+    def wake_at(self, ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+WALL_CLOCK = Clock()
 
 
 class Stamp:

@@ -218,6 +218,95 @@ def test_a_tick_while_records_keep_arriving_closes_nothing_early():
     assert out == []
 
 
+def _bars(out: list[Any]) -> list[tuple[int, int]]:
+    return [(o.bar.start_ms, o.bar.count) for o in out if hasattr(o, "bar")]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_tick_first_closes_the_earliest_bar_when_tick_due_says(seed: int):
+    """Live, the step wakes when `tick_due_ms` says: a tick a millisecond before closes
+    nothing, a tick then closes the earliest open bar (a gap bar too), whatever the trades,
+    the lateness and how late the last one arrived."""
+    import random
+
+    def made() -> tuple[MarketState, int]:
+        """The same state each time: trades, maybe a tick, and the latest one's arrival."""
+        rng = random.Random(seed)
+        st = _market(lateness_ms=rng.choice([0, 300, 5_000]))
+        out: list[Any] = []
+        assert st.tick_due_ms(T0) is None, "no bar yet: nothing to close"
+        ts = T0 + rng.randrange(0, 5 * M)
+        for i in range(rng.randrange(1, 12)):
+            ts += rng.choice([0, 1, rng.randrange(1, 90_000)])
+            st.on_event(_t(ts, f"t{i}"), out)
+        if rng.random() < 0.3:  # ticked on already: the next bar is a gap bar
+            ticked = st.tick_due_ms(ts)
+            assert ticked is not None
+            st.on_tick(ticked, ticked - ts, out)
+            assert _bars(out)
+        return st, ts + rng.randrange(0, 2_000)  # the wall clock when the latest trade came
+
+    st, arrived = made()
+    due = st.tick_due_ms(arrived)
+    assert due is not None and due > arrived
+    early: list[Any] = []
+    st.on_tick(due - 1, due - 1 - arrived, early)
+    assert _bars(early) == []
+    st, arrived = made()
+    b = st.builder
+    earliest = b.next_start_ms if b.next_start_ms is not None else min(b.buckets)
+    on_time: list[Any] = []
+    st.on_tick(due, due - arrived, on_time)
+    bars = _bars(on_time)
+    assert bars, f"nothing closed at {due}"
+    assert bars[0][0] == earliest
+    assert earliest + 5 * M + st.allowed_lateness_ms <= due
+
+
+def test_live_the_step_wakes_when_its_next_bar_is_due(tmp_path: Path):
+    """MarketLogic asks Bytewax to wake it when its next bar is due on its clock (within
+    the one-second TICK), so a quiet symbol's bar closes then, not up to a tick later."""
+    from dataflows.ensemble import TICK, MarketLogic
+    from operators.telemetry import Clock, Stamp
+
+    base = datetime.now(UTC)
+
+    class Fixed(Clock):
+        def __init__(self, now_ms: int) -> None:
+            self.now = now_ms
+
+        def now_ms(self) -> int:
+            return self.now
+
+        def wake_at(self, ms: int) -> datetime:
+            return base + timedelta(milliseconds=ms - self.now)
+
+    end = T0 + 5 * M
+    clock = Fixed(end - 400)
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall", ENSEMBLE_ALLOWED_LATENESS_MS="300")
+    logic = MarketLogic(settings, Stamp("x"), None, None, clock=clock)
+    assert logic.notify_at() - datetime.now(UTC) <= TICK, "no bar yet: the plain tick"
+    logic.on_batch([[_t(end - 900 + i * 100) for i in range(5)]])  # the last at end - 500
+    assert logic.last_arrival_ms == end - 400
+    # Progress is the 3rd latest trade, end - 700, and it came at end - 400: the bar is
+    # due once the clock passes end + 300 (the lateness) and 700 + 300 ms have gone by
+    # since then, at end + 600.
+    clock.now = end + 200
+    assert logic.notify_at() == base + timedelta(milliseconds=400)
+    clock.now = end + 600  # due now: a millisecond on, as on_tick needs time gone by
+    assert logic.notify_at() == base + timedelta(milliseconds=1)
+    clock.now = end - 10 * M  # due far beyond the tick: the tick comes first
+    assert logic.notify_at() - datetime.now(UTC) <= TICK
+
+
+def test_kafka_input_refuses_a_clock_other_than_the_wall_clock(tmp_path: Path):
+    from operators.telemetry import Clock
+
+    settings = small_settings(tmp_path, ENSEMBLE_KAFKA_BOOTSTRAP="127.0.0.1:9")
+    with pytest.raises(ValueError, match="wall clock"):
+        build_flow(settings, clock=Clock())
+
+
 class _QuietPartition(StatefulSourcePartition[RawMessage, None]):
     """Sends its messages, stays quiet for `quiet_s` without ending, then ends."""
 
@@ -260,9 +349,8 @@ def test_live_a_bar_closes_by_the_wall_clock_when_its_symbol_goes_quiet(tmp_path
     now = time.time_ns() // 1_000_000
     end = now - now % (5 * M)  # the last 5m boundary: its bar ends here
     # Progress is the 3rd latest trade (QUORUM), end - 800: the tick closes the bar once
-    # 1.1 s of quiet has passed (with the 300 ms lateness), at the 1st or 2nd tick (~2 s),
-    # well before the input ends at 5 s. (From end - 2,000 with the end at 3 s it needed
-    # 2.1 s, the 3rd tick, which raced the end of the input.)
+    # 1.1 s of quiet has passed (with the 300 ms lateness); the step wakes then
+    # (`tick_due_ms`), well before the input ends at 5 s.
     msgs = [_trade(end - 1_000 + i * 100, 100.0 + i) for i in range(5)]
     ended_ms: list[int] = []
     items: list[tuple[str, dict[str, Any]]] = []
