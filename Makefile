@@ -57,7 +57,7 @@ bench: setup
 bench-year: setup
 	$(BIN)/python bench/bench_year.py
 
-# Issue 16 (README "Benchmarks"): ticks/s from a 2M-tick parquet file; 1 worker vs -w 2 vs
+# Issue 16 (README "Benchmarks", docs/benchmarks.md): ticks/s from a 2M-tick parquet file; 1 worker vs -w 2 vs
 # two processes on two symbols; beside NautilusTrader (from its own venv, not a project
 # dependency: NAUTILUS_PYTHON=/tmp/nautilus/bin/python); bar end → intent on a paced
 # clock; where the time goes.

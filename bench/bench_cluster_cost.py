@@ -9,7 +9,7 @@ threaded `Process` allocator, no networking), `cluster_main` with one address (t
 cluster allocator, as `-i 0 -a HOST:PORT`), and that again with the main thread parked
 as the main job parks it (dataflows/cluster.py `install_parking`). Timed from the call
 to its return, so start-up is left out. Two processes of two workers each pay the
-cluster path's cost, so this is the part of the scale-out gap (README "Benchmarks")
+cluster path's cost, so this is the part of the scale-out gap (docs/benchmarks.md)
 that is Bytewax's.
 """
 

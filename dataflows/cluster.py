@@ -122,9 +122,10 @@ def hold_thread_state() -> None:
 # -- the main thread, parked while the workers run -------------------------------------------
 # Bytewax's `cluster_main` (every run with `-w`, `-i` or `-a`) waits for its worker threads
 # in a loop on the main thread: sleep 1 ms, take the GIL, check for signals. Taking the
-# GIL from the worker a thousand times a second costs that worker 5-8% (README
-# "Benchmarks": the same one-worker run as a cluster, 3.04 s against 2.90 s for
-# `run_main`, and 2.81 s with the loop's sleep made 100 ms). The only Python code that
+# GIL from the worker a thousand times a second costs that worker 5-8%
+# (docs/benchmarks.md, "Two costs of Bytewax's cluster path": the same one-worker run as
+# a cluster, 3.04 s against 2.90 s for `run_main`, and 2.81 s with the loop's sleep made
+# 100 ms). The only Python code that
 # loop runs is a signal handler, so the first worker thread sends the main thread
 # PARK_SIGNAL, whose handler waits there, the GIL released, until every worker thread
 # has ended. Other signals still run their handlers inside it (SIGINT/SIGTERM:
