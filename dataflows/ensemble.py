@@ -538,11 +538,11 @@ class MarketLogic(StatefulBatchLogic):
         stays deterministic."""
         if self.settings.wall_clock:
             tick = datetime.now(UTC) + TICK
-            due = None if self.state is None else self.state.tick_due_ms(self.last_arrival_ms)
+            now = self.clock.now_ms()
+            due = None if self.state is None else self.state.tick_due_ms(now, self.last_arrival_ms)
             if due is None:
                 return tick
-            due = max(due, self.clock.now_ms() + 1)  # on_tick needs a ms gone by
-            return min(tick, self.clock.wake_at(due))
+            return min(tick, self.clock.wake_at(max(due, now + 1)))  # on_tick needs time gone
         if self.inputs is not None:
             return datetime.now(UTC) + RECHECK
         return None

@@ -172,25 +172,39 @@ class MarketState:
         self.__dict__.update(state)
 
     def on_tick(self, now_ms: int, idle_ms: int, out: list[Any]) -> None:
-        """Processing-time progress: `idle_ms` of wall time passed since the last record."""
+        """Processing-time progress: `idle_ms` of wall time passed since the last record.
+        With Kafka input it adds nothing while a partition may still deliver records not
+        read yet (`InputPartitions.backlog`: catching up, records close the bars), and it
+        never closes bars past a command on its way (`cap_ms`), as `recheck` does not."""
         hwm = self.builder.max_event_ms
-        if hwm is None or idle_ms <= 0:
+        if hwm is None or idle_ms <= 0 or self._backlog(now_ms):
             return
-        self._closed(self.builder.advance_to(min(hwm + idle_ms, now_ms)), out)
+        tick, cap = min(hwm + idle_ms, now_ms), self._command_cap()
+        self._closed(self.builder.advance_to(tick if cap is None else min(tick, cap)), out)
 
-    def tick_due_ms(self, last_arrival_ms: int) -> int | None:
+    def tick_due_ms(self, now_ms: int, last_arrival_ms: int) -> int | None:
         """Live: the wall time at which `on_tick` closes the earliest open bar if no record
-        arrives before it (None: no bar yet). That is when the event time reached by the
-        latest record plus the wall time since it arrived, and the wall clock itself, pass
-        the bar's end plus the allowed lateness."""
+        arrives before it (None: no bar yet, or none a tick can close now). That is when
+        the event time reached by the latest record plus the wall time since it arrived,
+        and the wall clock itself, pass the bar's end plus the allowed lateness."""
         b = self.builder
-        if b.max_event_ms is None:
+        if b.max_event_ms is None or self._backlog(now_ms):
             return None
         start = b.next_start_ms if b.next_start_ms is not None else min(b.buckets, default=None)
         if start is None:
             return None
         due = start + b.width_ms + b.allowed_lateness_ms
+        cap = self._command_cap()
+        if cap is not None and cap < due:
+            return None  # not before the command has reached this step
         return max(due, last_arrival_ms + due - b.max_event_ms)
+
+    def _backlog(self, now_ms: int) -> bool:
+        return self.inputs is not None and self.inputs.backlog(now_ms)
+
+    def _command_cap(self) -> int | None:
+        """Not past a command held by the commands step or on its way (Kafka input)."""
+        return None if self.inputs is None else self.inputs.cap_ms(self.symbol)
 
     def on_event(self, e: Any, out: list[Any], now_ms: int = 0) -> None:
         """Append what `e` produces to `out` (in order); `now_ms` is the wall clock (it
@@ -287,7 +301,7 @@ class MarketState:
                         counts, others = True, None
                     else:
                         counts, others = progress.without(part, now_ms, idle_ms, self.inputs)
-                    cap = None if self.inputs is None else self.inputs.cap_ms(self.symbol)
+                    cap = self._command_cap()
                     value, next_start = progress.value, builder.next_start_ms
                     max_event = builder.max_event_ms
                 ts, px, qty = e.ts_event_ms, e.px, e.qty
@@ -453,7 +467,7 @@ class MarketState:
         if not self.progress.sources:
             return
         before = self.progress.value
-        cap = None if self.inputs is None else self.inputs.cap_ms(self.symbol)
+        cap = self._command_cap()
         p = self.progress.advance(now_ms, self.source_idle_ms, self.inputs, cap)
         # a candle may complete its bar without moving progress; a trade needs progress
         if p is not None and (p != before or self.bars_from_candles):

@@ -234,20 +234,20 @@ def test_a_tick_first_closes_the_earliest_bar_when_tick_due_says(seed: int):
         rng = random.Random(seed)
         st = _market(lateness_ms=rng.choice([0, 300, 5_000]))
         out: list[Any] = []
-        assert st.tick_due_ms(T0) is None, "no bar yet: nothing to close"
+        assert st.tick_due_ms(T0, T0) is None, "no bar yet: nothing to close"
         ts = T0 + rng.randrange(0, 5 * M)
         for i in range(rng.randrange(1, 12)):
             ts += rng.choice([0, 1, rng.randrange(1, 90_000)])
             st.on_event(_t(ts, f"t{i}"), out)
         if rng.random() < 0.3:  # ticked on already: the next bar is a gap bar
-            ticked = st.tick_due_ms(ts)
+            ticked = st.tick_due_ms(ts, ts)
             assert ticked is not None
             st.on_tick(ticked, ticked - ts, out)
             assert _bars(out)
         return st, ts + rng.randrange(0, 2_000)  # the wall clock when the latest trade came
 
     st, arrived = made()
-    due = st.tick_due_ms(arrived)
+    due = st.tick_due_ms(arrived, arrived)
     assert due is not None and due > arrived
     early: list[Any] = []
     st.on_tick(due - 1, due - 1 - arrived, early)
