@@ -472,6 +472,7 @@ class MarketLogic(StatefulBatchLogic):
             state.progress.restart(clock.now_ms())
         # Wall time of the last record (a restart counts as one): the tick's idle time.
         self.last_arrival_ms = self.started_ms = clock.now_ms()
+        self.missed_due_ms: int | None = None  # a due time a tick passed without closing
 
     def _settings(self, symbol: str) -> tuple[Any, ...]:
         """MarketState's running settings for `symbol`, in its field order."""
@@ -540,7 +541,7 @@ class MarketLogic(StatefulBatchLogic):
             tick = datetime.now(UTC) + TICK
             now = self.clock.now_ms()
             due = None if self.state is None else self.state.tick_due_ms(now, self.last_arrival_ms)
-            if due is None:
+            if due is None or due == self.missed_due_ms:  # that tick failed: poll, not spin
                 return tick
             return min(tick, self.clock.wake_at(max(due, now + 1)))  # on_tick needs time gone
         if self.inputs is not None:
@@ -557,6 +558,10 @@ class MarketLogic(StatefulBatchLogic):
                     self.state.on_tick(now, now - self.last_arrival_ms, out)
             except Exception as exc:  # a tick must not stop the flow either
                 out.append(_error(self.stamp, "market", self.state.symbol, now, exc, {}))
+            if self.settings.wall_clock:  # still due (it raised): the next try waits a TICK
+                due = self.state.tick_due_ms(now, self.last_arrival_ms)
+                late = due is not None and due <= now and now > self.last_arrival_ms
+                self.missed_due_ms = due if late else None
         return self._emit(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:

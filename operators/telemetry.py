@@ -88,7 +88,7 @@ def dead_letter(
     if ts_event_ms is None and isinstance(payload, dict):
         ts = payload.get("ts_event_ms")
         ts_event_ms = ts if isinstance(ts, int) and not isinstance(ts, bool) else None
-    now = wall_clock_ms() if stamp.clock is not None else (ts_event_ms or 0)
+    now = stamp.clock() if stamp.clock is not None else (ts_event_ms or 0)
     digest = hashlib.sha256(raw).hexdigest()
     return {
         "symbol": symbol,

@@ -16,12 +16,13 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from dataflows import metrics
-from dataflows.ensemble import build_flow
+from dataflows.ensemble import Emit, build_flow
 from dataflows.io import RawMessage
 from operators.config import CohortConfig
 from operators.events import Trade
 from operators.market import MarketState
 from operators.overlays import ContextJoin
+from operators.telemetry import Clock, Stamp
 from tests.conftest import messages, run_records, signed, small_settings
 
 M = 60_000
@@ -244,7 +245,8 @@ def test_a_tick_first_closes_the_earliest_bar_when_tick_due_says(seed: int):
             assert ticked is not None
             st.on_tick(ticked, ticked - ts, out)
             assert _bars(out)
-        return st, ts + rng.randrange(0, 2_000)  # the wall clock when the latest trade came
+        # the wall clock when the latest trade came (behind the exchange's clock, or ahead)
+        return st, ts + rng.randrange(-2_000, 2_000)
 
     st, arrived = made()
     due = st.tick_due_ms(arrived, arrived)
@@ -263,44 +265,114 @@ def test_a_tick_first_closes_the_earliest_bar_when_tick_due_says(seed: int):
     assert earliest + 5 * M + st.allowed_lateness_ms <= due
 
 
+class _Fixed(Clock):
+    """A clock that shows `now` until set; `wake_at` counts from `base` (a real time)."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now, self.base = now_ms, datetime.now(UTC)
+
+    def now_ms(self) -> int:
+        return self.now
+
+    def wake_at(self, ms: int) -> datetime:
+        return self.base + timedelta(milliseconds=ms - self.now)
+
+
+def _plain_tick(logic: Any) -> bool:
+    """`notify_at` asks for the one-second TICK: neither sooner (a spin) nor later."""
+    from dataflows.ensemble import TICK
+
+    before = datetime.now(UTC)
+    wake = logic.notify_at()
+    return before + TICK <= wake <= datetime.now(UTC) + TICK
+
+
 def test_live_the_step_wakes_when_its_next_bar_is_due(tmp_path: Path):
     """MarketLogic asks Bytewax to wake it when its next bar is due on its clock (within
-    the one-second TICK), so a quiet symbol's bar closes then, not up to a tick later."""
-    from dataflows.ensemble import TICK, MarketLogic
-    from operators.telemetry import Clock, Stamp
-
-    base = datetime.now(UTC)
-
-    class Fixed(Clock):
-        def __init__(self, now_ms: int) -> None:
-            self.now = now_ms
-
-        def now_ms(self) -> int:
-            return self.now
-
-        def wake_at(self, ms: int) -> datetime:
-            return base + timedelta(milliseconds=ms - self.now)
+    the one-second TICK), so a quiet symbol's bar closes then, not up to a tick later,
+    stamped by that clock."""
+    from dataflows.ensemble import MarketLogic
 
     end = T0 + 5 * M
-    clock = Fixed(end - 400)
+    clock = _Fixed(end - 400)
     settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall", ENSEMBLE_ALLOWED_LATENESS_MS="300")
-    logic = MarketLogic(settings, Stamp("x"), None, None, clock=clock)
-    assert logic.notify_at() - datetime.now(UTC) <= TICK, "no bar yet: the plain tick"
+    logic = MarketLogic(settings, Stamp("x", clock.now_ms), None, None, clock=clock)
+    assert _plain_tick(logic), "no bar yet"
     logic.on_batch([[_t(end - 900 + i * 100) for i in range(5)]])  # the last at end - 500
     assert logic.last_arrival_ms == end - 400
     # Progress is the 3rd latest trade, end - 700, and it came at end - 400: the bar is
     # due once the clock passes end + 300 (the lateness) and 700 + 300 ms have gone by
     # since then, at end + 600.
-    clock.now = end + 200
-    assert logic.notify_at() == base + timedelta(milliseconds=400)
-    clock.now = end + 600  # due now: a millisecond on, as on_tick needs time gone by
-    assert logic.notify_at() == base + timedelta(milliseconds=1)
+    clock.now, clock.base = end + 200, datetime.now(UTC)
+    assert logic.notify_at() == clock.base + timedelta(milliseconds=400)
     clock.now = end - 10 * M  # due far beyond the tick: the tick comes first
-    assert logic.notify_at() - datetime.now(UTC) <= TICK
+    assert _plain_tick(logic)
+    clock.now = end + 600  # due now: a millisecond on, as on_tick needs time gone by
+    assert logic.notify_at() == clock.base + timedelta(milliseconds=1)
+    records, _ = logic.on_notify()
+    bars = [e.record for e in records if isinstance(e, Emit) and e.stream == "bars"]
+    assert [(b["end_ms"], b["ts_init_ms"]) for b in bars] == [(end, end + 600)]
+
+
+def test_live_a_tick_that_fails_is_tried_again_a_tick_later_not_at_once(tmp_path: Path):
+    """A due bar the tick could not close (it raised) would have the step woken again at
+    once, an error record each time; it waits a TICK, and the due time after that one."""
+    from dataflows.ensemble import MarketLogic
+
+    end = T0 + 5 * M
+    clock = _Fixed(end - 400)
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall", ENSEMBLE_ALLOWED_LATENESS_MS="300")
+    logic = MarketLogic(settings, Stamp("x", clock.now_ms), None, None, clock=clock)
+    logic.on_batch([[_t(end - 900 + i * 100) for i in range(5)]])
+    assert logic.state is not None
+    tick = logic.state.on_tick
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("broken")
+
+    logic.state.on_tick = broken  # type: ignore[method-assign]
+    clock.now = end + 600
+    records, _ = logic.on_notify()
+    assert [e.stream for e in records] == ["errors"]
+    assert _plain_tick(logic), "still due: a spin"
+    logic.state.on_tick = tick  # type: ignore[method-assign]
+    clock.now, clock.base = end + 1_000, datetime.now(UTC)
+    records, _ = logic.on_notify()
+    closed = [e.record["end_ms"] for e in records if isinstance(e, Emit) and e.stream == "bars"]
+    assert closed == [end]
+    clock.now = end + 5 * M + 100  # the next (gap) bar is due at end + 5 min + 600
+    assert logic.notify_at() == clock.base + timedelta(milliseconds=500)
+
+
+def test_the_flow_runs_its_live_steps_on_the_clock_it_is_given(tmp_path: Path):
+    """`build_flow(clock=...)` reaches the market step and the records' stamps: on a clock
+    that moves a minute at every reading, a quiet bar closes by the tick before the
+    input ends."""
+
+    class Ahead(_Fixed):
+        def now_ms(self) -> int:
+            self.now += M
+            return self.now
+
+        def wake_at(self, ms: int) -> datetime:
+            return datetime.now(UTC) + timedelta(milliseconds=20)
+
+    settings = small_settings(tmp_path, ENSEMBLE_CLOCK="wall", ENSEMBLE_ALLOWED_LATENESS_MS="0")
+    msgs = [_trade(T0 + 1_000 + i * 100, 100.0 + i) for i in range(5)]
+    log: list[Any] = []  # the sink's records and, when the input ends, its end time
+    clock = Ahead(T0 + 60 * M)
+    run_main(
+        build_flow(
+            settings, sink=TestingSink(log), source=_QuietSource(msgs, 1.0, log), clock=clock
+        )
+    )
+    ended = next(i for i, x in enumerate(log) if isinstance(x, int))
+    bars = [r for x in log[:ended] if isinstance(x, tuple) for s, r in [x] if s == "bars"]
+    assert bars and bars[0]["end_ms"] == T0 + 5 * M, "not closed by the tick on the given clock"
+    assert T0 + 60 * M < bars[0]["ts_init_ms"] <= clock.now
 
 
 def test_kafka_input_refuses_a_clock_other_than_the_wall_clock(tmp_path: Path):
-    from operators.telemetry import Clock
 
     settings = small_settings(tmp_path, ENSEMBLE_KAFKA_BOOTSTRAP="127.0.0.1:9")
     with pytest.raises(ValueError, match="wall clock"):
@@ -364,7 +436,6 @@ def test_live_a_bar_closes_by_the_wall_clock_when_its_symbol_goes_quiet(tmp_path
 
 def test_replays_on_the_event_clock_never_tick(tmp_path: Path):
     from dataflows.ensemble import MarketLogic
-    from operators.telemetry import Stamp
 
     logic = MarketLogic(small_settings(tmp_path), Stamp("x"), None, None)
     assert logic.notify_at() is None
