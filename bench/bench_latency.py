@@ -12,8 +12,9 @@ reached the sink, minus the wall time of the bar's END on the paced clock.
 `--clock wall` (the default) runs the flow as a live run (ENSEMBLE_CLOCK=wall) whose
 clock is the paced one: a bar closes on the QUORUM-th trade at or past its end plus the
 allowed lateness (operators/watermark.py), a candle-built one on its last candle, or,
-whichever comes first, when the clock passes its end plus the lateness plus the last
-record's delay (MarketState.tick_due_ms). `--clock event` runs it as a replay, where only
+whichever comes first, when the clock passes its end plus the lateness plus the time
+from the 3rd latest trade's event time to the latest one's arrival (the quorum's spread
+and that trade's delay; MarketState.tick_due_ms). `--clock event` runs it as a replay, where only
 the records close bars. The wait on the paced clock for what closes the bar is printed
 apart; the rest is the time in the flow, where the account decides a bar once every
 symbol's bar up to that close is in (operators/account.py, EventTimeAligner). Trades the
@@ -171,8 +172,9 @@ def main() -> None:
     def ms_ns(ms: int) -> int:
         return int((ms - first_ms) * 1e6 / args.speed)
 
-    # Per symbol, when the records that can close a bar become available: its candles, or
-    # its trades (a bar closes on the QUORUM-th one at or past its end plus the lateness).
+    # Per symbol, when the records that can close a bar become available: its candles (a
+    # bar closes on its last one, whatever the lateness), or its trades (on the QUORUM-th
+    # one at or past its end plus the lateness, or live by the clock: `_ticked_ms`).
     drivers: dict[str, tuple[int, list[int]]] = {}
     for m in msgs:
         sym = m.payload["symbol"]  # type: ignore[index]
@@ -200,9 +202,13 @@ def main() -> None:
                 continue
             end = rec["ts_event_ms"]
             lat_ms.append((now - (t0 + ms_ns(end))) / 1e6)
-            due = end + args.lateness_ms
             closing = _ticked_ms if live else _closing_ms
-            closed = max(closing(drivers, sym, due) for sym in drivers)
+            closed = max(
+                _closing_ms(drivers, sym, end)  # its last candle, published at the bar's end
+                if sym in settings.candle_symbols
+                else closing(drivers, sym, end + args.lateness_ms)
+                for sym in drivers
+            )
             wait_ms.append((ms_ns(closed) - ms_ns(end)) / 1e6)
         if not lat_ms:
             print(f"{stream}: none emitted")
