@@ -173,9 +173,9 @@ class MarketState:
 
     def on_tick(self, now_ms: int, idle_ms: int, out: list[Any]) -> None:
         """Processing-time progress: `idle_ms` of wall time passed since the last record.
-        With Kafka input it adds nothing while a partition may still deliver records not
-        read yet (`InputPartitions.backlog`: catching up, records close the bars), and it
-        never closes bars past a command on its way (`cap_ms`), as `recheck` does not."""
+        With Kafka input it adds nothing while a partition is still being read up to its
+        end (`InputPartitions.catching_up`: the records close the bars meanwhile), and, as
+        `recheck`, it never closes bars past a command on its way (`cap_ms`)."""
         hwm = self.builder.max_event_ms
         if hwm is None or idle_ms <= 0 or self._backlog(now_ms):
             return
@@ -200,7 +200,10 @@ class MarketState:
         return max(due, last_arrival_ms + due - b.max_event_ms)
 
     def _backlog(self, now_ms: int) -> bool:
-        return self.inputs is not None and self.inputs.backlog(now_ms)
+        """Kafka input still being read up to its end (`InputPartitions.catching_up`)."""
+        return self.inputs is not None and self.inputs.catching_up(
+            now_ms, self.source_idle_ms, self.progress.started_ms
+        )
 
     def _command_cap(self) -> int | None:
         """Not past a command held by the commands step or on its way (Kafka input)."""

@@ -316,14 +316,20 @@ class InputPartitions:
             return False
         return not self.records.get(part) or now_ms - self.last_read_ms[part] >= idle_ms
 
-    def backlog(self, now_ms: int) -> bool:
-        """Whether some partition may still deliver records not read yet: one not heard
-        from, one with records left to read, or a caught-up one gone silent (`idle`)."""
-        caught_up = self.caught_up
-        return any(
-            not caught_up.get(part, False) or self._silent(part, now_ms)
-            for part in self.listed or caught_up
-        )
+    def catching_up(self, now_ms: int, idle_ms: int, started_ms: int) -> bool:
+        """Whether some partition is still being read up to the broker's end: it has
+        records left to read and delivered some within `idle_ms`, or it has not been heard
+        from yet and the step started less than `idle_ms` ago. Bounded, so that one that
+        never reads as caught up (a transactional producer's commit markers keep its next
+        offset under the high watermark; a stuck fetch) does not hold a tick for ever."""
+        caught_up, last_read = self.caught_up, self.last_read_ms
+        for part in self.listed or caught_up:
+            if part not in caught_up:
+                if now_ms - started_ms < idle_ms:
+                    return True
+            elif not caught_up[part] and now_ms - last_read.get(part, started_ms) < idle_ms:
+                return True
+        return False
 
     def _silent(self, part: str, now_ms: int) -> bool:
         """Caught up once, but its marks stopped SILENT_MS ago, and it did not end."""

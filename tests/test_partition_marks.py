@@ -242,49 +242,60 @@ def test_a_caught_up_partition_whose_marks_stop_is_not_idle_unless_it_ended():
     assert view.idle("trades#1", 9_500, 1_000)  # a heartbeat again
 
 
-def test_live_a_tick_closes_nothing_while_a_partition_has_records_left_or_past_a_command():
+def test_live_a_tick_waits_while_a_partition_is_read_up_to_its_end_and_stops_at_a_command():
     """Live with Kafka, the wall-clock tick moved a quiet symbol's time on from its
-    progress whatever the partitions said: it closed BTC-PERP's bar while funding#0 had
-    records left to read, and past a command the commands step held. Now it waits for
-    every partition to be caught up (and heard from) and stops at the command, and
-    `tick_due_ms` says so (None: the step polls). Each tick follows a recheck, as in
-    `MarketLogic.on_notify`."""
-    from operators.watermark import SILENT_MS
-
+    progress whatever the partitions said: it closed BTC-PERP's bar while funding#0 was
+    still being read up to its end, and past a command the commands step held. Now it
+    waits while a partition has records left and delivered some within the idle bound
+    (or has not been heard from within that bound of the start), and stops at the
+    command; `tick_due_ms` says so (None: the step polls). The wait is bounded: a
+    partition that never reads as caught up but delivers nothing (a transactional
+    producer's commit markers, a stuck fetch) holds nothing once idle. Each tick follows
+    a recheck, as in `MarketLogic.on_notify`."""
     end = T0 + 5 * M
     view = InputPartitions(listed={"trades#0", "funding#0"})
     st = MarketState("BTC-PERP", False, 0, CohortConfig(), source_idle_ms=10_000, inputs=view)
-    out: list[Any] = []
     arrived = end - 400
+    st.progress.restart(arrived - 5_000)  # the step started 5 s before the trades came
+    out: list[Any] = []
     for i in range(5):  # the last at end - 500; the 3rd latest at end - 700
         st.on_event(_t(end - 900 + i * 100, part="trades#0"), out, arrived)
     view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=arrived))
+    st.recheck(arrived, out)  # funding#0 not heard from yet, 5 s after the start: it holds
+    assert st.builder.max_event_ms is None
+    assert st.tick_due_ms(arrived, arrived) is None and not _bars(out)
     view.apply(PartitionMark("funding#0", True, 3, arrived - M, T0, made_ms=arrived))
     st.recheck(arrived, out)
     assert st.builder.max_event_ms == end - 700 and not _bars(out)
 
-    def heard(now: int, funding_caught_up: bool = True) -> None:  # a second's marks
+    def tick(now: int, funding_caught_up: bool = True, funding_read: int = arrived - M) -> Any:
         view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=now))
-        view.apply(PartitionMark("funding#0", funding_caught_up, 3, arrived - M, T0, made_ms=now))
-
-    def tick(now: int) -> int | None:
+        view.apply(PartitionMark("funding#0", funding_caught_up, 3, funding_read, T0, made_ms=now))
         st.recheck(now, out)
         st.on_tick(now, now - arrived, out)
         return st.tick_due_ms(now, arrived)
 
     now = end + M  # a minute of quiet since the trades came
-    heard(now, funding_caught_up=False)  # records have come to funding#0, not read yet
-    assert tick(now) is None and not _bars(out)
-    heard(now)
+    assert tick(now, funding_caught_up=False, funding_read=now - 1_000) is None  # read to its end
+    assert not _bars(out)
     view.held_ms["BTC-PERP"] = end - M  # a command at 4:00 held by the commands step
     assert tick(now) is None and not _bars(out)
     del view.held_ms["BTC-PERP"]
-    view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=now + SILENT_MS))
-    silent = now + SILENT_MS + 1  # funding#0's reader stopped sending marks: maybe frozen
-    assert tick(silent) is None and not _bars(out)
     assert st.tick_due_ms(now, arrived) == end + 300  # 700 ms after the trades came
-    tick(now)
+    tick(now, funding_caught_up=False, funding_read=now - 10_000)  # never caught up, idle
     assert [start for start, _, _ in _bars(out)] == [T0]
+
+
+def test_a_partition_not_heard_from_holds_the_tick_only_within_the_idle_bound_of_the_start():
+    view = InputPartitions(listed={"trades#0", "control#0"})
+    view.apply(PartitionMark("trades#0", True, 5, 1_000, T0, made_ms=1_000))
+    assert view.catching_up(10_999, 10_000, 1_000)
+    assert not view.catching_up(11_000, 10_000, 1_000)
+    view.apply(PartitionMark("control#0", False, 1, 11_000, T0, made_ms=11_000))
+    assert view.catching_up(20_999, 10_000, 1_000)  # records left, some read 10 s ago
+    assert not view.catching_up(21_000, 10_000, 1_000)
+    view.apply(PartitionMark("control#0", True, 1, 11_000, T0, made_ms=11_000, ended=True))
+    assert not view.catching_up(11_001, 10_000, 1_000)  # caught up (or ended)
 
 
 def test_a_settled_mark_reaches_a_symbol_a_held_back_one_did_not():
