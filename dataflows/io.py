@@ -588,7 +588,8 @@ class _WatchedPartition(StatefulSourcePartition):
                 timestamp=msg.timestamp(),
             )
             batch.append(KafkaError(error, kept))
-            last = msg.offset()
+            if msg.offset() is not None:  # None (-1001): an error of no message, no offset
+                last = msg.offset()
         if values:
             batch.append(KafkaRun(self.stream, self.topic, self.idx, values, offsets))
         if last is not None:  # resume from the next message, not this one

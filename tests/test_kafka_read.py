@@ -131,6 +131,20 @@ def test_the_flows_read_gives_what_bytewaxs_next_batch_gives(raise_on_errors: bo
         assert ours_inner._consumer.asked == theirs._consumer.asked  # the same reads
 
 
+def test_an_error_of_no_message_does_not_undo_the_offset_of_the_messages_before_it():
+    """librdkafka gives a consumer error that belongs to no message the offset -1001,
+    which `Message.offset()` returns as None; Bytewax's next_batch then set no next
+    offset for the whole batch, so the partition looked behind (not caught up) and its
+    snapshot was one batch short. The flow's read keeps the last real offset."""
+    err = ConfluentKafkaError(ConfluentKafkaError._MSG_TIMED_OUT)
+    inner = _bytewax([[Message(topic=TOPIC, partition=IDX, offset=9, value=b"x")]], False)
+    inner._consumer.batches[0].append(Message(topic=TOPIC, partition=IDX, error=err))
+    part = io._WatchedPartition(inner, TOPIC, "trades", IDX, False, _Meta())
+    got = part._read()
+    assert [type(x).__name__ for x in got] == ["KafkaRun", "KafkaError"]
+    assert inner._offset == 10
+
+
 def _source(monkeypatch: Any, started: tuple[Any, Any] = (None, None), tail: str = "1") -> Any:
     """The flow's Kafka source as `kafka_source` makes it (no broker asked): `started` is
     what the start-up check gives (its client and the broker's answer)."""
