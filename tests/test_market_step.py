@@ -312,6 +312,10 @@ def test_live_the_step_wakes_when_its_next_bar_is_due(tmp_path: Path):
     records, _ = logic.on_notify()
     bars = [e.record for e in records if isinstance(e, Emit) and e.stream == "bars"]
     assert [(b["end_ms"], b["ts_init_ms"]) for b in bars] == [(end, end + 600)]
+    clock.now = end + 700
+    records, _ = logic.on_batch([[_t(end - 100)]])  # in the bar just closed: late
+    late = [e.record for e in records if isinstance(e, Emit) and e.stream == "dead_letters"]
+    assert [d["ts_init_ms"] for d in late] == [end + 700]
 
 
 def test_live_a_tick_that_fails_is_tried_again_a_tick_later_not_at_once(tmp_path: Path):
