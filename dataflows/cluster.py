@@ -125,14 +125,13 @@ def hold_thread_state() -> None:
 # GIL from the worker a thousand times a second costs that worker 5-8%
 # (docs/benchmarks.md, "Two costs of Bytewax's cluster path": the same one-worker run as
 # a cluster, 3.04 s against 2.90 s for `run_main`, and 2.81 s with the loop's sleep made
-# 100 ms). The only Python code that
-# loop runs is a signal handler, so the first worker thread sends the main thread
-# PARK_SIGNAL, whose handler waits there, the GIL released, until every worker thread
-# has ended. Other signals still run their handlers inside it (SIGINT/SIGTERM:
-# dataflows/progress.py), and an exception they raise leaves it, as it would leave
-# Bytewax's loop. This assumes what `python -m bytewax.run` does: `cluster_main` called
-# on the main thread, which does nothing else until it returns. A main thread with other
-# work to do while the workers run would stop doing it.
+# 100 ms). The only Python code that loop runs is a signal handler, so the first worker
+# thread sends the main thread PARK_SIGNAL, whose handler waits there, the GIL released,
+# until every worker thread has ended. Other signals still run their handlers inside it
+# (SIGINT/SIGTERM: dataflows/progress.py), and an exception they raise leaves it, as it
+# would leave Bytewax's loop. This assumes what `python -m bytewax.run` does:
+# `cluster_main` called on the main thread, which does nothing else until it returns. A
+# main thread with other work to do while the workers run would stop doing it.
 # Linux: glibc keeps the real-time signals below SIGRTMIN, Python uses none of them
 PARK_SIGNAL: int | None = getattr(signal, "SIGRTMIN", None)
 PARK_POLL_S = 0.05  # how often the parked main thread looks at the workers

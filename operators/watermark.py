@@ -312,7 +312,10 @@ class InputPartitions:
         and, unless it ended, still heard from: its source repeats a caught-up partition's
         mark every HEARTBEAT_S, and one silent for SILENT_MS is not known to be caught up
         any more (its reader, in another process, may be frozen while records arrive)."""
-        if not self.caught_up[part] or self._silent(part, now_ms):
+        if not self.caught_up[part]:
+            return False
+        heard = self.heard_ms.get(part)
+        if heard is not None and part not in self.ended and now_ms - heard > SILENT_MS:
             return False
         return not self.records.get(part) or now_ms - self.last_read_ms[part] >= idle_ms
 
@@ -330,11 +333,6 @@ class InputPartitions:
             elif not caught_up[part] and now_ms - last_read.get(part, started_ms) < idle_ms:
                 return True
         return False
-
-    def _silent(self, part: str, now_ms: int) -> bool:
-        """Caught up once, but its marks stopped SILENT_MS ago, and it did not end."""
-        heard = self.heard_ms.get(part)
-        return heard is not None and part not in self.ended and now_ms - heard > SILENT_MS
 
     def cap_ms(self, symbol: str) -> int | None:
         """How far the market step may close `symbol`'s bars: not past a command held by
