@@ -135,6 +135,7 @@ class Ingestor:
         self.recorder = Recorder(cfg.record_path) if cfg.record_path else None
         self.position: FeedPosition | None = None  # None until the first record
         self.connections = 0
+        self.subscribed_ms: int | None = None  # the first subscription, while no record came
         self.keepalive_s = (
             venue.keepalive_interval_s
             if cfg.keepalive_interval_s is None
@@ -233,9 +234,13 @@ class Ingestor:
     # -- backfill --------------------------------------------------------------------------------
     async def backfill(self, rest: RestClient) -> None:
         """After a reconnect: everything since the last record, published once."""
-        if self.position is None:
-            return  # nothing was seen yet: nothing can have been missed
         recv_ms = time.time_ns() // 1_000_000
+        if self.position is None:  # no record yet: no place the backfill could start from
+            if self.subscribed_ms is not None:  # but records since the subscription are lost
+                reason = "the connection ended before its first record: not backfilled"
+                self._report_gap(Gap("all", "*", self.subscribed_ms, recv_ms, reason))
+                self.subscribed_ms = recv_ms  # a next such gap starts here
+            return
         try:
             result = await self.venue.backfill(rest, self.symbols, self.position)
         except (RestError, FrameError) as e:
@@ -304,6 +309,8 @@ class Ingestor:
                 for msg in self.venue.subscribe_messages(self.symbols):
                     await ws.send(msg)
                 self.connections += 1
+                if self.subscribed_ms is None:
+                    self.subscribed_ms = time.time_ns() // 1_000_000
                 self.parser = self.venue.parser()  # no half-built candle across connections
                 self.frames_this_connection = 0
                 if self.connections > 1:

@@ -218,6 +218,20 @@ def test_a_missed_window_longer_than_recent_trades_is_reported_as_a_gap(kafka_bo
     assert len({r["trade_id"] for r in got}) == len(got), "still never twice"
 
 
+def test_a_connection_dropped_before_its_first_record_is_reported_as_a_gap(kafka_bootstrap, prefix):
+    """With no record seen there is no place to backfill from; the window since the
+    subscription used to be lost without a word. It is a GAP now, logged and counted."""
+    provision(kafka_bootstrap, prefix)
+    script = Script(cut_after=0, cut_mode="drop", skip=4)
+    with VenueServer("hyperliquid", frames_of("hyperliquid"), script) as server:
+        ing = run_ingestor(server, kafka_bootstrap, prefix)
+    assert server.connections >= 2
+    (gap,) = ing.gaps
+    assert (gap.stream, gap.symbol) == ("all", "*") and "before its first record" in gap.reason
+    assert gap.from_ms <= gap.to_ms
+    assert metric(ing, "ensemble_live_gaps_total", venue="hyperliquid", stream="all") == 1
+
+
 def test_malformed_truncated_and_unknown_frames_become_dead_letters_and_the_feed_goes_on(
     kafka_bootstrap, prefix
 ):
