@@ -47,6 +47,7 @@ from dataflows.ensemble import build_flow, tune_gc  # noqa: E402
 from dataflows.io import RawMessage, market_messages  # noqa: E402
 from dataflows.settings import Settings  # noqa: E402
 from marketdata.generator import GeneratorConfig  # noqa: E402
+from marketdata.live import VENUE_CLASSES  # noqa: E402
 from marketdata.live.frames import capture_lines  # noqa: E402
 from operators.telemetry import Clock  # noqa: E402
 from operators.watermark import QUORUM  # noqa: E402
@@ -240,12 +241,13 @@ def _capture_waits(path: Path, n: int = 20_000) -> list[float] | None:
     not the exchange's)."""
     if not path.exists():
         return None
-    times = []
-    for _, frame in capture_lines(path):
-        data = json.loads(frame).get("data", {})
-        if data.get("e") == "trade":
-            times.append(int(data["T"]))
-    times.sort()
+    parser = VENUE_CLASSES["binance"]().parser()  # the live ingestor's own reading
+    times = sorted(
+        item.record["ts_event_ms"]
+        for recv_ns, frame in capture_lines(path)
+        for item in parser.parse(frame, recv_ns // 1_000_000).items
+        if item.stream == "trades"
+    )
     drivers = {"BTC": (QUORUM, times)}
     span = times[-1] - times[0] - 10_000  # ends with ten seconds of trades after them
     ends = [times[0] + 1_000 + span * i // n for i in range(n)]
