@@ -389,7 +389,7 @@ class CommandLogic(StatefulLogic):
         if marks:
             assert self.inputs is not None  # marks come from the Kafka source only
             for m in marks:
-                self.inputs.apply(m)
+                self.inputs.apply(m, now)
             items += self.gate.recheck(now, self.inputs)  # held commands the view lets through
         for symbol in {events[0].symbol} if events else {_symbol(x) for x in items}:
             self._holding(symbol)
@@ -520,7 +520,7 @@ class MarketLogic(StatefulBatchLogic):
             if marks:  # the view moves after the events read before them (watermark.py)
                 assert self.inputs is not None  # marks come from the Kafka source only
                 for m in marks:
-                    self.inputs.apply(m)
+                    self.inputs.apply(m, now)
                 if self.state is not None:
                     try:
                         self.state.recheck(now, out)

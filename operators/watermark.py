@@ -45,6 +45,7 @@ bars at the local partitions' event time, ahead of its own trades still on their
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,6 +204,35 @@ HEARTBEAT_S = 1.0  # a caught-up, quiet partition repeats its settled mark this 
 # less a heartbeat, so that a record read after such a freeze is in time; with a lateness
 # set under SILENT_MS plus a heartbeat, a freeze can still make some late.
 SILENT_MS = 3_000
+# A partition's marks carry its reading host's wall clock; a step reads them on its own
+# clock shifted by the least (here - there) seen over this long (`HostClock`).
+CLOCK_WINDOW_MS = 60_000
+
+
+@dataclass
+class HostClock:
+    """Where a partition's marks were made, on this step's clock: the clock of the host
+    that reads the partition may differ from this one's by seconds (another machine), and
+    read raw, its times made a caught-up partition look silent for ever (a clock behind
+    this one's by more than SILENT_MS less a heartbeat) or a frozen reader look heard from
+    for longer (a clock ahead). The shift is the least of (applied here - made there)
+    over the marks of the last CLOCK_WINDOW_MS: the clocks' difference plus the shortest
+    trip a mark made in that time, so a mark held up on its way (a step catching up)
+    still looks as old as it is. Same host: the shortest trip, milliseconds. A clock
+    stepped back there (or forward here) makes the partition look older, so it holds,
+    until the window has passed; the other way the shift follows at once."""
+
+    seen: deque[tuple[int, int]] = field(default_factory=deque)  # (applied, shift), rising
+
+    def shift(self, now_ms: int, made_ms: int) -> int:
+        """The shift once a mark made at `made_ms` there is applied at `now_ms` here."""
+        shift, seen = now_ms - made_ms, self.seen
+        while seen and seen[-1][1] >= shift:
+            seen.pop()
+        seen.append((now_ms, shift))
+        while seen[0][0] <= now_ms - CLOCK_WINDOW_MS:
+            seen.popleft()
+        return seen[0][1]
 
 
 @dataclass
@@ -266,8 +296,8 @@ class InputPartitions:
     """One step's view of every input partition of a Kafka run (`listed`, from the
     source), fed by the `PartitionMark`s that reach the step: whether each has nothing
     left to read right now (at the broker's high watermark, or its end), when it last
-    delivered records (wall ms), and the latest event time read from it for any symbol.
-    A partition not heard from yet holds every symbol.
+    delivered records (on this step's clock: `HostClock`), and the latest event time
+    read from it for any symbol. A partition not heard from yet holds every symbol.
 
     A partition holds every symbol's progress until it is idle: caught up and quiet for
     the idle bound (Flink's `withIdleness`, measured at the source). So a topic read late
@@ -285,23 +315,28 @@ class InputPartitions:
     # that gap closed bars past a command, which then reached the bar after its own)
     passing_ms: dict[str, list[int]] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)  # read so far
-    last_read_ms: dict[str, int] = field(default_factory=dict)
+    last_read_ms: dict[str, int] = field(default_factory=dict)  # on this step's clock
     latest_ms: dict[str, int] = field(default_factory=dict)
-    heard_ms: dict[str, int] = field(default_factory=dict)  # its last mark, made then
+    heard_ms: dict[str, int] = field(default_factory=dict)  # its last mark made then (here)
     ended: set[str] = field(default_factory=set)
+    hosts: dict[str, HostClock] = field(default_factory=dict)  # its marks' clock
 
     def fork(self) -> InputPartitions:
         """A view of its own for one step, sharing the partitions listed and the caps."""
         return InputPartitions(listed=self.listed, held_ms=self.held_ms, passing_ms=self.passing_ms)
 
-    def apply(self, mark: PartitionMark) -> None:
-        """What a mark says of its partition (its figures are totals)."""
+    def apply(self, mark: PartitionMark, now_ms: int) -> None:
+        """What a mark says of its partition (its figures are totals), applied at `now_ms`
+        (this step's wall clock): its times move onto this step's clock (`HostClock`);
+        a mark without `made_ms` is taken to share it."""
         part = mark.part
+        shift = 0
+        if mark.made_ms is not None:
+            shift = self.hosts.setdefault(part, HostClock()).shift(now_ms, mark.made_ms)
+            self.heard_ms[part] = mark.made_ms + shift
         self.caught_up[part] = mark.caught_up
         self.records[part] = mark.records
-        self.last_read_ms[part] = mark.read_ms
-        if mark.made_ms is not None:
-            self.heard_ms[part] = mark.made_ms
+        self.last_read_ms[part] = mark.read_ms + shift
         if mark.ended:
             self.ended.add(part)
         if mark.latest_ms is not None:

@@ -119,4 +119,4 @@ def read_batch(view: Any, part: str, n_records: int, caught_up: bool, now_ms: in
 
     records = view.records.get(part, 0) + n_records
     read_ms = now_ms if n_records or part not in view.last_read_ms else view.last_read_ms[part]
-    view.apply(PartitionMark(part, caught_up, records, read_ms))
+    view.apply(PartitionMark(part, caught_up, records, read_ms), now_ms)

@@ -35,12 +35,12 @@ def _two_processes(pause_ms: int) -> tuple[MarketState, list[Any], list[Trade]]:
         if i == 900:  # the other process stops sending; trades#0 goes on here
             for _ in range(pause_ms // 1_000):
                 now += 1_000
-                view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M))
+                view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M), now)
                 st.recheck(now, out)
         now += 100
-        view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M))
+        view.apply(PartitionMark("trades#0", True, 1, now, e.ts_event_ms + 30 * M), now)
         st.on_event(e, out, now)
-        view.apply(PartitionMark("trades#1", False, 1, now, e.ts_event_ms))
+        view.apply(PartitionMark("trades#1", False, 1, now, e.ts_event_ms), now)
     return st, out, real
 
 
@@ -71,9 +71,9 @@ def test_a_partition_not_heard_from_yet_holds_every_symbol_until_its_first_mark(
     for i in range(900):
         now = 20_000 + i * 100
         st.on_event(_t(T0 + i * S, part="trades#0"), out, now)
-        view.apply(PartitionMark("trades#0", False, 1, now, T0 + i * S))
+        view.apply(PartitionMark("trades#0", False, 1, now, T0 + i * S), now)
     assert not _bars(out)
-    view.apply(PartitionMark("control#0", True, 0, 120_000))
+    view.apply(PartitionMark("control#0", True, 0, 120_000), 120_000)
     st.recheck(120_000, out)
     assert [start for start, _, _ in _bars(out)] == [T0, T0 + 5 * M]
 
@@ -233,13 +233,74 @@ def test_a_caught_up_partition_whose_marks_stop_is_not_idle_unless_it_ended():
     from operators.watermark import SILENT_MS
 
     view = InputPartitions(listed={"trades#1", "funding#0"})
-    view.apply(PartitionMark("trades#1", True, 5, 1_000, settled=True, made_ms=2_000))
-    view.apply(PartitionMark("funding#0", True, 5, 1_000, settled=True, made_ms=2_000, ended=True))
+    view.apply(PartitionMark("trades#1", True, 5, 1_000, settled=True, made_ms=2_000), 2_000)
+    view.apply(
+        PartitionMark("funding#0", True, 5, 1_000, settled=True, made_ms=2_000, ended=True), 2_000
+    )
     assert view.idle("trades#1", 2_000 + SILENT_MS, 1_000)  # heard within SILENT_MS
     assert not view.idle("trades#1", 2_001 + SILENT_MS, 1_000)  # silent: maybe frozen
     assert view.idle("funding#0", 60_000, 1_000)  # ended: silent for good
-    view.apply(PartitionMark("trades#1", True, 5, 1_000, settled=True, made_ms=9_000))
+    view.apply(PartitionMark("trades#1", True, 5, 1_000, settled=True, made_ms=9_000), 9_000)
     assert view.idle("trades#1", 9_500, 1_000)  # a heartbeat again
+
+
+@pytest.mark.parametrize("ahead_ms", [-5_000, 0, 5_000])
+def test_a_partition_read_on_a_host_whose_clock_differs_is_idle_while_heard_from(ahead_ms):
+    """Two hosts: the process that reads trades#1 has a clock `ahead_ms` ahead of this
+    step's. Its marks' times were read raw: 5 s behind, a caught-up partition heard from
+    every second looked silent for ever (every symbol held); 5 s ahead, a frozen reader
+    looked heard from 5 s longer (records it read after the freeze could come late). Now
+    it is idle while its heartbeats come and silent SILENT_MS after the last one, on this
+    step's clock, whatever the difference."""
+    from operators.watermark import SILENT_MS
+
+    view = InputPartitions(listed={"trades#1"})
+    here, trip = 100_000, 5  # a mark takes 5 ms to get here
+    for _ in range(10):  # a heartbeat a second; its records last read at 90 s, there
+        here += 1_000
+        made = here - trip + ahead_ms
+        view.apply(PartitionMark("trades#1", True, 5, 90_000 + ahead_ms, made_ms=made), here)
+        assert view.idle("trades#1", here + 500, 10_000)
+    assert view.last_read_ms["trades#1"] == 90_000 + trip
+    # its reader freezes: the heartbeats stop (the shortest trip counts as the clocks')
+    assert view.idle("trades#1", here + SILENT_MS, 10_000)
+    assert not view.idle("trades#1", here + SILENT_MS + 1, 10_000)
+
+
+def test_a_mark_held_up_on_its_way_looks_as_old_as_it_is():
+    """The shift is the least seen (`HostClock`): a heartbeat that reaches a busy step
+    2.5 s late is 2.5 s old there, not fresh, and the partition is silent 3 s after it
+    was made, as on one host."""
+    from operators.watermark import SILENT_MS
+
+    view = InputPartitions(listed={"trades#1"})
+    for here in range(1_000, 10_001, 1_000):  # its host 2 s behind this one, 5 ms trips
+        view.apply(PartitionMark("trades#1", True, 5, 0, made_ms=here - 5 - 2_000), here)
+    view.apply(PartitionMark("trades#1", True, 5, 0, made_ms=11_000 - 5 - 2_000), 13_500)
+    assert view.heard_ms["trades#1"] == 11_000
+    assert view.idle("trades#1", 11_000 + SILENT_MS, 1_000)
+    assert not view.idle("trades#1", 11_001 + SILENT_MS, 1_000)
+
+
+def test_a_host_clock_stepped_back_holds_its_partition_for_at_most_the_window():
+    """A clock stepped (NTP) makes the difference jump. Forward there: the shift follows
+    at once. Back there: the partition looks older than it is, so it holds (the safe
+    side), until the marks from before the step have left the window."""
+    from operators.watermark import CLOCK_WINDOW_MS
+
+    view = InputPartitions(listed={"trades#1"})
+    here = 0
+
+    def beat(step_ms: int) -> bool:
+        nonlocal here
+        here += 1_000
+        view.apply(PartitionMark("trades#1", True, 5, 0, made_ms=here + step_ms), here)
+        return view.idle("trades#1", here, 1_000)
+
+    assert all([beat(0) for _ in range(30)])
+    assert all([beat(5_000) for _ in range(30)])  # stepped forward 5 s there
+    held = [beat(0) for _ in range(CLOCK_WINDOW_MS // 1_000 + 5)]  # and back
+    assert held.index(True) == CLOCK_WINDOW_MS // 1_000 - 1 and all(held[held.index(True) :])
 
 
 def test_live_a_tick_waits_while_a_partition_is_read_up_to_its_end_and_stops_at_a_command():
@@ -260,17 +321,19 @@ def test_live_a_tick_waits_while_a_partition_is_read_up_to_its_end_and_stops_at_
     out: list[Any] = []
     for i in range(5):  # the last at end - 500; the 3rd latest at end - 700
         st.on_event(_t(end - 900 + i * 100, part="trades#0"), out, arrived)
-    view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=arrived))
+    view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=arrived), arrived)
     st.recheck(arrived, out)  # funding#0 not heard from yet, 5 s after the start: it holds
     assert st.builder.max_event_ms is None
     assert st.tick_due_ms(arrived, arrived) is None and not _bars(out)
-    view.apply(PartitionMark("funding#0", True, 3, arrived - M, T0, made_ms=arrived))
+    view.apply(PartitionMark("funding#0", True, 3, arrived - M, T0, made_ms=arrived), arrived)
     st.recheck(arrived, out)
     assert st.builder.max_event_ms == end - 700 and not _bars(out)
 
     def tick(now: int, funding_caught_up: bool = True, funding_read: int = arrived - M) -> Any:
-        view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=now))
-        view.apply(PartitionMark("funding#0", funding_caught_up, 3, funding_read, T0, made_ms=now))
+        view.apply(PartitionMark("trades#0", True, 5, arrived, end - 500, made_ms=now), now)
+        view.apply(
+            PartitionMark("funding#0", funding_caught_up, 3, funding_read, T0, made_ms=now), now
+        )
         st.recheck(now, out)
         st.on_tick(now, now - arrived, out)
         return st.tick_due_ms(now, arrived)
@@ -288,13 +351,13 @@ def test_live_a_tick_waits_while_a_partition_is_read_up_to_its_end_and_stops_at_
 
 def test_a_partition_not_heard_from_holds_the_tick_only_within_the_idle_bound_of_the_start():
     view = InputPartitions(listed={"trades#0", "control#0"})
-    view.apply(PartitionMark("trades#0", True, 5, 1_000, T0, made_ms=1_000))
+    view.apply(PartitionMark("trades#0", True, 5, 1_000, T0, made_ms=1_000), 1_000)
     assert view.catching_up(10_999, 10_000, 1_000)
     assert not view.catching_up(11_000, 10_000, 1_000)
-    view.apply(PartitionMark("control#0", False, 1, 11_000, T0, made_ms=11_000))
+    view.apply(PartitionMark("control#0", False, 1, 11_000, T0, made_ms=11_000), 11_000)
     assert view.catching_up(20_999, 10_000, 1_000)  # records left, some read 10 s ago
     assert not view.catching_up(21_000, 10_000, 1_000)
-    view.apply(PartitionMark("control#0", True, 1, 11_000, T0, made_ms=11_000, ended=True))
+    view.apply(PartitionMark("control#0", True, 1, 11_000, T0, made_ms=11_000, ended=True), 11_000)
     assert not view.catching_up(11_001, 10_000, 1_000)  # caught up (or ended)
 
 
@@ -311,7 +374,7 @@ def test_a_settled_mark_reaches_a_symbol_a_held_back_one_did_not():
         by_symbol: dict[str, list[Any]] = {"ETH-PERP": events} if events else {}
         relay.relay([mark], by_symbol, ["BTC-PERP", "ETH-PERP"], now_s)
         for m in by_symbol.get("BTC-PERP", []):
-            view.apply(m)
+            view.apply(m, round(now_s * 1_000))
 
     deliver(PartitionMark("control#0", True, 0, 1_000), 1.0, [])
     deliver(PartitionMark("control#0", True, 1, 1_100), 1.1, [command])
