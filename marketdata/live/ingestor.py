@@ -339,7 +339,10 @@ class Ingestor:
                     await ws.close()
                     return ConnectionEnd.MAX_AGE
                 if keepalive and self.keepalive_s and now - last_ping >= self.keepalive_s:
-                    await ws.send(keepalive)
+                    # a connection that has just closed may still hold frames received
+                    # before it did: recv() below gives them first, then raises the close
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(keepalive)
                     last_ping = now
                 wait_s = self.cfg.silence_timeout_s
                 if keepalive and self.keepalive_s:
