@@ -47,7 +47,13 @@ from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
 from marketdata.files import RowBlock, file_blocks
 from marketdata.generator import generate
 from operators.telemetry import wall_clock_ms
-from operators.watermark import HEARTBEAT_S, MARKS_EVERY_S, InputPartitions, PartitionMark
+from operators.watermark import (
+    HEARTBEAT_S,
+    MARKS_EVERY_S,
+    THIS_CLOCK,
+    InputPartitions,
+    PartitionMark,
+)
 from schemas.codec import STREAM_SCHEMAS, encode
 
 log = logging.getLogger("ensemble.kafka")
@@ -625,6 +631,7 @@ class _WatchedPartition(StatefulSourcePartition):
                 settled=self.settled,
                 made_ms=wall_clock_ms(),
                 ended=self.inner._eof,
+                clock=THIS_CLOCK,
             )
         )
 

@@ -45,9 +45,11 @@ bars at the local partitions' event time, ahead of its own trades still on their
 from __future__ import annotations
 
 import heapq
+import socket
 from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 QUORUM = 3
@@ -194,6 +196,7 @@ class PartitionMark:
     settled: bool = False  # nothing new will follow until its next records (or its end)
     made_ms: int | None = None  # when the source made it (wall ms; None: no heartbeat kept)
     ended: bool = False  # the partition's end (a finite input): no mark will follow
+    clock: str | None = None  # its reader's THIS_CLOCK (None: unknown, not this one)
 
 
 MARKS_EVERY_S = 0.2  # a symbol with no records in a batch: its marks at most this often
@@ -204,35 +207,63 @@ HEARTBEAT_S = 1.0  # a caught-up, quiet partition repeats its settled mark this 
 # less a heartbeat, so that a record read after such a freeze is in time; with a lateness
 # set under SILENT_MS plus a heartbeat, a freeze can still make some late.
 SILENT_MS = 3_000
-# A partition's marks carry its reading host's wall clock; a step reads them on its own
-# clock shifted by the least (here - there) seen over this long (`HostClock`).
+# A partition's marks carry its reading host's wall clock; a step on another machine
+# reads them on its own, shifted by the least (here - there) seen over this long.
 CLOCK_WINDOW_MS = 60_000
+
+
+def _this_clock() -> str:
+    """Which wall clock this process reads: the kernel's boot id, shared by every process
+    and container on one machine (one clock), or the host's name where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+THIS_CLOCK = _this_clock()
 
 
 @dataclass
 class HostClock:
-    """Where a partition's marks were made, on this step's clock: the clock of the host
-    that reads the partition may differ from this one's by seconds (another machine), and
-    read raw, its times made a caught-up partition look silent for ever (a clock behind
-    this one's by more than SILENT_MS less a heartbeat) or a frozen reader look heard from
-    for longer (a clock ahead). The shift is the least of (applied here - made there)
-    over the marks of the last CLOCK_WINDOW_MS: the clocks' difference plus the shortest
-    trip a mark made in that time, so a mark held up on its way (a step catching up)
-    still looks as old as it is. Same host: the shortest trip, milliseconds. A clock
-    stepped back there (or forward here) makes the partition look older, so it holds,
-    until the window has passed; the other way the shift follows at once."""
+    """A partition read on another machine: its marks' times on this step's clock. The
+    two clocks may differ by seconds, and read raw, its times made a caught-up partition
+    look silent for ever (its clock behind this one's by more than SILENT_MS less a
+    heartbeat) or a frozen reader look heard from for longer (its clock ahead). The shift
+    is the least of (applied here - made there) over the marks of the last
+    CLOCK_WINDOW_MS: the clocks' difference plus the shortest trip a mark made in that
+    time, so a mark held up on its way (a step catching up) looks as old as it is once
+    one mark in the window came promptly; a delay that lasts the whole window is taken
+    for a difference of the clocks (one-way times cannot tell them apart), and the marks
+    look fresher than they are by it. A clock stepped back there (or forward here) makes
+    the partition look older, so it holds, until the window has passed; the other way the
+    shift follows at once. A read time keeps the shift it came with (`read_here`): a
+    clock stepped forward there does not make the last read look older."""
 
-    seen: deque[tuple[int, int]] = field(default_factory=deque)  # (applied, shift), rising
+    # (first applied, last applied, shift), shifts rising: the window's least first
+    seen: deque[tuple[int, int, int]] = field(default_factory=deque)
+    read_ms: int | None = None  # the last read time there, and the shift it came with
+    read_shift: int = 0
 
     def shift(self, now_ms: int, made_ms: int) -> int:
         """The shift once a mark made at `made_ms` there is applied at `now_ms` here."""
         shift, seen = now_ms - made_ms, self.seen
-        while seen and seen[-1][1] >= shift:
-            seen.pop()
-        seen.append((now_ms, shift))
-        while seen[0][0] <= now_ms - CLOCK_WINDOW_MS:
+        if seen and seen[-1][2] <= shift and now_ms - seen[-1][0] < 1_000:
+            # one entry a second at most: the lower one kept up to a second longer
+            seen[-1] = (seen[-1][0], now_ms, seen[-1][2])
+        else:
+            while seen and seen[-1][2] >= shift:
+                seen.pop()
+            seen.append((now_ms, now_ms, shift))
+        while seen[0][1] <= now_ms - CLOCK_WINDOW_MS:
             seen.popleft()
-        return seen[0][1]
+        return seen[0][2]
+
+    def read_here(self, read_ms: int, shift: int) -> int:
+        """`read_ms` there on this clock."""
+        if read_ms != self.read_ms:
+            self.read_ms, self.read_shift = read_ms, shift
+        return read_ms + self.read_shift
 
 
 @dataclass
@@ -327,16 +358,18 @@ class InputPartitions:
 
     def apply(self, mark: PartitionMark, now_ms: int) -> None:
         """What a mark says of its partition (its figures are totals), applied at `now_ms`
-        (this step's wall clock): its times move onto this step's clock (`HostClock`);
-        a mark without `made_ms` is taken to share it."""
-        part = mark.part
-        shift = 0
-        if mark.made_ms is not None:
-            shift = self.hosts.setdefault(part, HostClock()).shift(now_ms, mark.made_ms)
-            self.heard_ms[part] = mark.made_ms + shift
+        (this step's wall clock). A mark made on another machine's clock has its times
+        moved onto this step's (`HostClock`)."""
+        part, made, read = mark.part, mark.made_ms, mark.read_ms
+        if made is not None and mark.clock != THIS_CLOCK:
+            host = self.hosts.setdefault(part, HostClock())
+            shift = host.shift(now_ms, made)
+            made, read = made + shift, host.read_here(read, shift)
+        if made is not None:
+            self.heard_ms[part] = made
         self.caught_up[part] = mark.caught_up
         self.records[part] = mark.records
-        self.last_read_ms[part] = mark.read_ms + shift
+        self.last_read_ms[part] = read
         if mark.ended:
             self.ended.add(part)
         if mark.latest_ms is not None:

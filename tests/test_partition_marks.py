@@ -245,8 +245,8 @@ def test_a_caught_up_partition_whose_marks_stop_is_not_idle_unless_it_ended():
 
 
 @pytest.mark.parametrize("ahead_ms", [-5_000, 0, 5_000])
-def test_a_partition_read_on_a_host_whose_clock_differs_is_idle_while_heard_from(ahead_ms):
-    """Two hosts: the process that reads trades#1 has a clock `ahead_ms` ahead of this
+def test_a_partition_read_on_a_machine_whose_clock_differs_is_idle_while_heard_from(ahead_ms):
+    """Two machines: the process that reads trades#1 has a clock `ahead_ms` ahead of this
     step's. Its marks' times were read raw: 5 s behind, a caught-up partition heard from
     every second looked silent for ever (every symbol held); 5 s ahead, a frozen reader
     looked heard from 5 s longer (records it read after the freeze could come late). Now
@@ -259,7 +259,7 @@ def test_a_partition_read_on_a_host_whose_clock_differs_is_idle_while_heard_from
     for _ in range(10):  # a heartbeat a second; its records last read at 90 s, there
         here += 1_000
         made = here - trip + ahead_ms
-        view.apply(PartitionMark("trades#1", True, 5, 90_000 + ahead_ms, made_ms=made), here)
+        view.apply(_there("trades#1", 90_000 + ahead_ms, made), here)
         assert view.idle("trades#1", here + 500, 10_000)
     assert view.last_read_ms["trades#1"] == 90_000 + trip
     # its reader freezes: the heartbeats stop (the shortest trip counts as the clocks')
@@ -267,22 +267,31 @@ def test_a_partition_read_on_a_host_whose_clock_differs_is_idle_while_heard_from
     assert not view.idle("trades#1", here + SILENT_MS + 1, 10_000)
 
 
+def _there(part: str, read_ms: int, made_ms: int) -> PartitionMark:
+    """A caught-up partition's mark, made on another machine's clock."""
+    return PartitionMark(part, True, 5, read_ms, made_ms=made_ms, clock="another machine")
+
+
 def test_a_mark_held_up_on_its_way_looks_as_old_as_it_is():
     """The shift is the least seen (`HostClock`): a heartbeat that reaches a busy step
     2.5 s late is 2.5 s old there, not fresh, and the partition is silent 3 s after it
-    was made, as on one host."""
-    from operators.watermark import SILENT_MS
+    was made, as on one machine. A mark made on this machine's clock is read as it is,
+    however late."""
+    from operators.watermark import SILENT_MS, THIS_CLOCK
 
     view = InputPartitions(listed={"trades#1"})
-    for here in range(1_000, 10_001, 1_000):  # its host 2 s behind this one, 5 ms trips
-        view.apply(PartitionMark("trades#1", True, 5, 0, made_ms=here - 5 - 2_000), here)
-    view.apply(PartitionMark("trades#1", True, 5, 0, made_ms=11_000 - 5 - 2_000), 13_500)
+    for here in range(1_000, 10_001, 1_000):  # its clock 2 s behind this one, 5 ms trips
+        view.apply(_there("trades#1", 0, here - 5 - 2_000), here)
+    view.apply(_there("trades#1", 0, 11_000 - 5 - 2_000), 13_500)
     assert view.heard_ms["trades#1"] == 11_000
     assert view.idle("trades#1", 11_000 + SILENT_MS, 1_000)
     assert not view.idle("trades#1", 11_001 + SILENT_MS, 1_000)
+    late = PartitionMark("trades#0", True, 5, 500, made_ms=1_000, clock=THIS_CLOCK)
+    view.apply(late, 9_000)
+    assert (view.heard_ms["trades#0"], view.last_read_ms["trades#0"]) == (1_000, 500)
 
 
-def test_a_host_clock_stepped_back_holds_its_partition_for_at_most_the_window():
+def test_a_clock_stepped_back_holds_its_partition_for_at_most_the_window():
     """A clock stepped (NTP) makes the difference jump. Forward there: the shift follows
     at once. Back there: the partition looks older than it is, so it holds (the safe
     side), until the marks from before the step have left the window."""
@@ -294,13 +303,33 @@ def test_a_host_clock_stepped_back_holds_its_partition_for_at_most_the_window():
     def beat(step_ms: int) -> bool:
         nonlocal here
         here += 1_000
-        view.apply(PartitionMark("trades#1", True, 5, 0, made_ms=here + step_ms), here)
+        view.apply(_there("trades#1", 0, here + step_ms), here)
         return view.idle("trades#1", here, 1_000)
 
     assert all([beat(0) for _ in range(30)])
     assert all([beat(5_000) for _ in range(30)])  # stepped forward 5 s there
     held = [beat(0) for _ in range(CLOCK_WINDOW_MS // 1_000 + 5)]  # and back
     assert held.index(True) == CLOCK_WINDOW_MS // 1_000 - 1 and all(held[held.index(True) :])
+
+
+def test_a_read_keeps_the_shift_it_came_with_and_the_window_stays_small():
+    """A clock stepped forward there lowers the shift at once; the last read, made
+    before the step, keeps the shift it came with: with the new one it looked 5 s older,
+    and the partition idle 5 s early. And marks many times a second, each later than the
+    one before (a step falling behind), keep at most one entry a second."""
+    from operators.watermark import CLOCK_WINDOW_MS
+
+    view = InputPartitions(listed={"trades#1"})
+    view.apply(_there("trades#1", 1_000, 1_000), 1_000)  # shift 0
+    view.apply(_there("trades#1", 1_000, 7_000), 2_000)  # stepped forward 5 s there
+    assert view.heard_ms["trades#1"] == 2_000
+    assert view.last_read_ms["trades#1"] == 1_000
+    assert not view.idle("trades#1", 10_999, 10_000)
+    view.apply(_there("trades#1", 8_000, 8_000), 3_000)  # a new read: the new shift
+    assert view.last_read_ms["trades#1"] == 3_000
+    for i in range(10 * CLOCK_WINDOW_MS // 1_000):
+        view.apply(_there("trades#1", 8_000, 8_000 + i * 100), 3_000 + i * 101)
+    assert len(view.hosts["trades#1"].seen) <= CLOCK_WINDOW_MS // 1_000 + 1
 
 
 def test_live_a_tick_waits_while_a_partition_is_read_up_to_its_end_and_stops_at_a_command():
