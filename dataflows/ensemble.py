@@ -590,7 +590,7 @@ class MarketLogic(StatefulBatchLogic):
                         "dead_letters",
                         dead_letter(
                             self.stamp,
-                            "trades" if hasattr(e, "trade_id") else "candles",
+                            _stream_of(e),
                             _event_dict(e),
                             it.reason,
                             symbol=e.symbol,
@@ -605,6 +605,10 @@ class MarketLogic(StatefulBatchLogic):
 
     def snapshot(self) -> MarketState:
         return copy.deepcopy(self.state)
+
+
+def _stream_of(e: Any) -> str:
+    return "trades" if hasattr(e, "trade_id") else "funding" if hasattr(e, "rate") else "candles"
 
 
 def _event_dict(e: Any) -> dict[str, Any]:

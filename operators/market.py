@@ -58,7 +58,7 @@ from operators.bars import Bar, BarAggregator, BarBuilder
 from operators.cohorts import CohortTracker, CohortValues
 from operators.config import BandConfig, CohortConfig, SizeProxyConfig
 from operators.dedup import RecentTrades
-from operators.events import Candle, ControlCommand, Trade, TradeBlock, expand_blocks
+from operators.events import Candle, ControlCommand, Funding, Trade, TradeBlock, expand_blocks
 from operators.market_columns import fold_block
 from operators.size_proxy import ProxyValues, SizeProxy, bind
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions, Progress
@@ -80,9 +80,10 @@ class Close:
 
 @dataclass(slots=True)
 class Late:
-    """A trade or candle set aside (late, far ahead, an outlier): a dead letter."""
+    """A trade or candle set aside (late, far ahead, an outlier), or a funding settlement
+    already applied: a dead letter."""
 
-    event: Trade | Candle
+    event: Trade | Candle | Funding
     reason: str
 
 
@@ -120,6 +121,7 @@ class MarketState:
     late_count: int = 0
     duplicate_count: int = 0
     outlier_count: int = 0
+    funding_ms: int | None = None  # the latest funding settlement passed on
 
     def __post_init__(self) -> None:
         self.builder = BarBuilder(self.symbol, self.allowed_lateness_ms)
@@ -161,6 +163,7 @@ class MarketState:
         state.setdefault("size_proxy", None)  # snapshots from before the size proxy
         state.setdefault("outlier_count", 0)
         state.setdefault("bands", Bands())
+        state.setdefault("funding_ms", None)  # snapshots from before funding was deduplicated
         if isinstance(state.get("ahead"), list):
             state["ahead"] = {None: state["ahead"]} if state["ahead"] else {}
         if "progress" not in state:
@@ -446,6 +449,20 @@ class MarketState:
                 return
             self._observe(e.part, e.ts_event_ms + e.interval_ms, now_ms, out)
         else:
+            if type(e) is Funding:
+                if self.funding_ms is not None and e.ts_event_ms <= self.funding_ms:
+                    # a settlement is paid once: the live ingestor's backfill republishes
+                    # one it sent hours before (its dedup window long past), or after a
+                    # restart; Kafka may deliver a record twice
+                    out.append(
+                        Late(
+                            e,
+                            f"funding at {e.ts_event_ms} not applied: the settlement at "
+                            f"{self.funding_ms} was (a duplicate, or older than it)",
+                        )
+                    )
+                    return
+                self.funding_ms = e.ts_event_ms
             out.append(e)
             # A file run's one stream is in availability order with funding first on a tie:
             # a rate at T says that everything available before T is in, not that the

@@ -1,0 +1,46 @@
+"""A funding settlement is applied once. The live ingestor's backfill asks for funding
+from a window before the cut, and a settlement it published hours before (its dedup
+window long past, or before a restart) went out again; Kafka may also deliver a record
+twice. The market step passed the copy on, and the strategy paid it again at the next
+bar close. Now the copy is a dead letter with its reason, and nothing else changes."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import messages, run_records, small_settings
+
+LATER = 400  # messages after the original: minutes to hours of event time
+
+
+def test_a_funding_settlement_delivered_again_later_is_a_dead_letter_and_not_paid_again(tmp_path):
+    settings = small_settings(tmp_path)
+    good = messages(settings)
+    funding = [i for i, m in enumerate(good) if m.stream == "funding"]
+    again: dict[int, list] = {}
+    for i in funding:
+        again.setdefault(min(i + LATER, len(good) - 1), []).append(good[i])
+    doubled = [m for i, m in enumerate(good) for m in [m, *again.get(i, [])]]
+    clean, dup = run_records(settings, good), run_records(settings, doubled)
+
+    reasons = [d["reason"] for d in dup["dead_letters"]]
+    assert len(reasons) == len(funding) and all("not applied" in r for r in reasons), reasons
+    assert {d["source_stream"] for d in dup["dead_letters"]} == {"funding"}
+    paid = _funding_paid(clean)
+    assert any(paid.values()), "no position held over a settlement: the test proves nothing"
+    assert _funding_paid(dup) == paid
+    for stream in ("bars", "signals", "rejections", "orders", "executions"):
+        assert _strip(dup[stream]) == _strip(clean[stream]), stream
+
+
+def _funding_paid(run: dict[str, list[dict]]) -> dict[str, float]:
+    return {s["symbol"]: s["funding_usd"] for s in run["summary"] if "funding_usd" in s}
+
+
+def _strip(records: list[dict]) -> list[str]:
+    """Records without their wall-clock stamps, in an order that does not depend on how
+    the input was batched (the symbols' records interleave by batch)."""
+    return sorted(
+        json.dumps({k: v for k, v in r.items() if k not in ("ts_init_ms", "ts_ns")}, sort_keys=True)
+        for r in records
+    )
