@@ -115,6 +115,7 @@ def test_hyperliquid_control_and_book_frames_publish_nothing():
         (hl("trades", [{**HL_TRADE, "side": "X"}]), "'side' must be B or A"),
         (hl("trades", [{k: v for k, v in HL_TRADE.items() if k != "tid"}]), "missing field 'tid'"),
         (hl("trades", [{**HL_TRADE, "users": ["0xa"]}]), "'users' must be [buyer, seller]"),
+        (hl("trades", [{**HL_TRADE, "time": 2**63}]), "'time' is outside the signed 64-bit"),
         (hl("trades", {"coin": "BTC"}), "'data' must be a list"),
         (hl("error", "Invalid subscription"), "hyperliquid error frame"),
     ],
@@ -178,6 +179,8 @@ def test_binance_funding_settles_the_rate_seen_when_the_next_funding_time_moves_
         (bn({**AGG, "m": "yes"}), "'m' must be true or false"),
         (bn({**AGG, "s": "DOGEUSDT"}), "unknown binance symbol 'DOGEUSDT'"),
         (bn({**AGG, "p": "abc"}), "'p' is not a number"),
+        (bn({**AGG, "T": 2**63}), "'T' is outside the signed 64-bit range"),  # an Avro long
+        (bn({**AGG, "a": -(2**63) - 1}), "'a' is outside the signed 64-bit range"),
         (bn({"e": "forceOrder"}), "unknown binance event 'forceOrder'"),
         ('{"stream":"btcusdt@aggTrade","data":{"e":"aggTr', "not JSON"),
         (json.dumps({"code": -1121, "msg": "Invalid symbol."}), "binance error frame"),

@@ -89,8 +89,10 @@ async def run(cfg: IngestorConfig, metrics_port: int | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await ingestor.run(stop)
-    left = publisher.flush(FLUSH_TIMEOUT_S)
+    try:
+        await ingestor.run(stop)
+    finally:  # a crash too: what librdkafka still holds was received and must go out
+        left = publisher.flush(FLUSH_TIMEOUT_S)
     if left or publisher.failed:
         logging.error("%d records not delivered, %d failed", left, publisher.failed)
         return 1

@@ -20,6 +20,10 @@ class FrameError(ValueError):
     """A frame that cannot be used; the message is the dead-letter reason."""
 
 
+# Every integer field ends up in an Avro long (ts_event_ms) or is compared with one.
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """One input record parsed from a frame, with the key that makes it unique on the venue."""
@@ -76,6 +80,8 @@ def integer(obj: Any, name: str, where: str) -> int:
     raw = need(obj, name, where)
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise FrameError(f"{where}: field '{name}' must be an integer, got {raw!r}")
+    if not LONG_MIN <= raw <= LONG_MAX:
+        raise FrameError(f"{where}: field '{name}' is outside the signed 64-bit range: {raw}")
     return raw
 
 

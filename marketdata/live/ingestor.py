@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from marketdata.live.dedup import SeenWindow
 from marketdata.live.frames import FrameError, Item, capture_line
 from marketdata.live.metrics import FeedMetrics
-from marketdata.live.producer import Publisher
+from marketdata.live.producer import Publisher, RecordError
 from marketdata.live.ratelimit import WeightBudget
 from marketdata.live.rest import RestClient, RestError
 from marketdata.live.symbols import SYMBOLS, VENUES
@@ -169,12 +170,15 @@ class Ingestor:
             return
         self.metrics.frames.labels(self.venue.name, parsed.kind).inc()
         for item in parsed.items:
-            self._publish(item, recv_ms, backfilled=False)
+            try:
+                self._publish(item, recv_ms, backfilled=False)
+            except RecordError as e:  # the frame's other records still go out
+                self._dead_letter(frame, str(e), recv_ms)
 
-    def _dead_letter(self, frame: str | bytes, reason: str, recv_ms: int) -> None:
+    def _dead_letter(self, raw: str | bytes, reason: str, recv_ms: int, source: str = "ws") -> None:
         self.metrics.frames.labels(self.venue.name, "malformed").inc()
         self.metrics.dead_letters.labels(self.venue.name).inc()
-        self.publisher.dead_letter(f"{self.venue.name}.ws", frame, reason, recv_ms)
+        self.publisher.dead_letter(f"{self.venue.name}.{source}", raw, reason, recv_ms)
         log.warning("%s: dead letter: %s", self.venue.name, reason)
 
     def wanted(self, item: Item) -> bool:
@@ -248,7 +252,12 @@ class Ingestor:
             self._report_gap(gap)
             return
         items = sorted(result.items, key=lambda i: (i.record["ts_event_ms"], i.stream))
-        n = sum(self._publish(item, recv_ms, backfilled=True) for item in items)
+        n = 0
+        for item in items:
+            try:
+                n += self._publish(item, recv_ms, backfilled=True)
+            except RecordError as e:  # no raw REST row is kept: the record stands for it
+                self._dead_letter(json.dumps(item.record, sort_keys=True), str(e), recv_ms, "rest")
         for gap in result.gaps:
             self._report_gap(gap)
         log.info("%s: backfilled %d records (%d already had)", self.venue.name, n, len(items) - n)

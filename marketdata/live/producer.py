@@ -26,6 +26,11 @@ class PublisherError(RuntimeError):
     """Kafka cannot take our records; the message says what to do."""
 
 
+class RecordError(ValueError):
+    """One record the Avro schema cannot take (a value out of range, text that is not
+    UTF-8); the message is the dead-letter reason. Kafka is not involved."""
+
+
 def producer_config(
     bootstrap: str, client_id: str = "ensemble-live", env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -110,9 +115,12 @@ class Publisher:
     def publish(self, stream: str, record: dict[str, Any], recv_ms: int) -> None:
         schema = PARSERS[stream][0]
         full = with_defaults(schema, {"strategy_id": self.strategy_id, **record})
-        self._produce(
-            f"{self.prefix}.{stream}", record["symbol"].encode(), encode(schema, full), recv_ms
-        )
+        try:
+            value = encode(schema, full)
+            key = record["symbol"].encode()
+        except Exception as e:  # encoding is pure: whatever it raises is about this record
+            raise RecordError(f"{stream} record cannot be encoded: {type(e).__name__}: {e}") from e
+        self._produce(f"{self.prefix}.{stream}", key, value, recv_ms)
 
     def dead_letter(self, source_stream: str, raw: str | bytes, reason: str, recv_ms: int) -> None:
         payload = raw.encode() if isinstance(raw, str) else raw

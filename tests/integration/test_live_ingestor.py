@@ -23,6 +23,7 @@ from marketdata.live import VENUE_CLASSES
 from marketdata.live.capture import capture_items
 from marketdata.live.ingestor import Ingestor, IngestorConfig
 from marketdata.live.producer import Publisher
+from marketdata.live.venue import FeedPosition
 from tests.integration.kafka_io import principal_env, read_topic
 from tests.venue_servers import (
     BINANCE_CAPTURE,
@@ -302,6 +303,96 @@ def test_malformed_truncated_and_unknown_frames_become_dead_letters_and_the_feed
     assert all(r["source_stream"] == "hyperliquid.ws" for r in letters)
     assert metric(ing, "ensemble_live_dead_letters_total", venue="hyperliquid") == 4
     assert_every_trade_once_and_every_closed_candle(kafka_bootstrap, prefix, server)
+
+
+def test_a_record_that_cannot_be_encoded_is_a_dead_letter_and_the_feed_goes_on(
+    kafka_bootstrap, prefix
+):
+    """A trade whose `users` holds a lone surrogate parses but cannot be encoded as UTF-8
+    Avro; publishing it raised out of handle_frame and ended the ingestor. Now the frame
+    is a dead letter with the reason, the frame's other trade still goes out, and so does
+    the rest of the feed."""
+    provision(kafka_bootstrap, prefix)
+    trade = {"coin": "BTC", "side": "B", "px": "100000.0", "sz": "0.1", "hash": "0x1"}
+    trade["time"] = frames_of("hyperliquid")[5].ts_ms
+    bad = {**trade, "tid": 1, "users": ["\ud800", "0xb"]}
+    good = {**trade, "tid": 2, "users": ["0xa", "0xb"]}
+    frame = json.dumps({"channel": "trades", "data": [bad, good]})  # \ud800 as a JSON escape
+    with VenueServer("hyperliquid", frames_of("hyperliquid"), Script(malformed={5: [frame]})) as s:
+        ing = run_ingestor(s, kafka_bootstrap, prefix)
+    assert s.connections == 1, "the ingestor did not stop"
+    (letter,) = read_topic(kafka_bootstrap, f"{prefix}.dead_letters", "dead_letter")
+    assert letter["payload"] == frame.encode() and letter["source_stream"] == "hyperliquid.ws"
+    assert letter["reason"].startswith("trades record cannot be encoded: UnicodeEncodeError")
+    assert metric(ing, "ensemble_live_dead_letters_total", venue="hyperliquid") == 1
+    got = Counter(r["trade_id"] for r in read_topic(kafka_bootstrap, f"{prefix}.trades", "trade"))
+    want = {str(t.tid) for f in s.frames for t in f.trades} | {"2"}
+    assert set(got) == want and set(got.values()) == {1}
+
+
+def test_a_backfilled_record_that_cannot_be_encoded_is_a_dead_letter_and_the_rest_goes_out(
+    kafka_bootstrap, prefix
+):
+    provision(kafka_bootstrap, prefix)
+    ts = 1737918794873
+    trade = {"coin": "BTC", "side": "A", "px": "1.5", "sz": "2", "time": ts, "hash": "0x1"}
+    rows = [{**trade, "tid": 7, "users": ["0xa", "\ud800"]}, {**trade, "tid": 8, "users": None}]
+
+    class VenueRest:  # recentTrades answers these rows; the REST client is not under test
+        async def post(self, path: str, body: dict, weight: int) -> list:
+            return rows if body["type"] == "recentTrades" else []
+
+    config = IngestorConfig(
+        venue="hyperliquid", symbols=("BTC-PERP",), bootstrap=kafka_bootstrap, prefix=prefix
+    )
+    publisher = Publisher(kafka_bootstrap, prefix, config.strategy_id, principal_env("ingestor"))
+    ing = Ingestor(config, VENUE_CLASSES["hyperliquid"](), publisher)
+    ing.position = FeedPosition(last_event_ms=ts - 1000)
+    asyncio.run(ing.backfill(VenueRest()))
+    assert publisher.flush(30) == 0 and publisher.failed == 0
+    (letter,) = read_topic(kafka_bootstrap, f"{prefix}.dead_letters", "dead_letter")
+    assert letter["source_stream"] == "hyperliquid.rest"
+    assert "UnicodeEncodeError" in letter["reason"]
+    assert json.loads(letter["payload"])["trade_id"] == "7"
+    got = read_topic(kafka_bootstrap, f"{prefix}.trades", "trade")
+    assert [r["trade_id"] for r in got] == ["8"]
+
+
+def test_an_ingestor_that_fails_still_flushes_what_it_received(
+    kafka_bootstrap, prefix, monkeypatch
+):
+    """`python -m marketdata.live` flushed only after a clean stop: an exception out of
+    the feed loop left the records librdkafka still held undelivered."""
+    from marketdata.live import __main__ as cli
+
+    provision(kafka_bootstrap, prefix)
+    for name, value in principal_env("ingestor").items():
+        monkeypatch.setenv(name, value)
+    publishers: list[Publisher] = []
+
+    class KeptPublisher(Publisher):  # the real publisher, kept for the test to look at
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            publishers.append(self)
+
+    now = int(time.time() * 1000)
+
+    async def publish_then_fail(self: Ingestor, stop: asyncio.Event) -> None:
+        for i in range(50):
+            trade = {"symbol": "BTC-PERP", "ts_event_ms": now, "trade_id": str(i), "px": 1.0}
+            self.publisher.publish("trades", {**trade, "qty": 1.0, "side": "buy"}, now)
+        raise RuntimeError("the feed loop failed")
+
+    monkeypatch.setattr(cli, "Publisher", KeptPublisher)
+    monkeypatch.setattr(Ingestor, "run", publish_then_fail)
+    config = IngestorConfig(
+        venue="binance", symbols=("BTC-PERP",), bootstrap=kafka_bootstrap, prefix=prefix
+    )
+    with pytest.raises(RuntimeError, match="the feed loop failed"):
+        asyncio.run(cli.run(config, None))
+    (publisher,) = publishers
+    assert len(publisher.producer) == 0, "nothing left in librdkafka's queue"
+    assert publisher.delivered == 50
 
 
 def test_sigterm_mid_stream_flushes_everything_received_and_exits_0(
