@@ -150,6 +150,9 @@ class Ingestor:
         self.gaps: list[Gap] = []
         self.frames_received = 0
         self.frames_this_connection = 0
+        # market records (trades, candles, funding) the connection brought, duplicates too;
+        # acks, pongs and error frames do not show that the venue is streaming to us
+        self.records_this_connection = 0
 
     # -- records ---------------------------------------------------------------------------------
     def handle_frame(self, frame: str | bytes, recv_ns: int) -> None:
@@ -169,6 +172,7 @@ class Ingestor:
             self._dead_letter(frame, f"parser error {type(e).__name__}: {e}", recv_ms)
             return
         self.metrics.frames.labels(self.venue.name, parsed.kind).inc()
+        self.records_this_connection += len(parsed.items)
         for item in parsed.items:
             try:
                 self._publish(item, recv_ms, backfilled=False)
@@ -290,9 +294,9 @@ class Ingestor:
                     if stop.is_set():
                         break
                     self.metrics.reconnects.labels(self.venue.name, reason).inc()
-                    if self.frames_this_connection > 0:  # it worked: back off from scratch
+                    if self.records_this_connection > 0:  # it worked: back off from scratch
                         attempt = 0
-                    self.frames_this_connection = 0
+                    self.frames_this_connection = self.records_this_connection = 0
                     delay = backoff_s(
                         attempt, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng
                     )
@@ -321,7 +325,7 @@ class Ingestor:
                 if self.subscribed_ms is None:
                     self.subscribed_ms = time.time_ns() // 1_000_000
                 self.parser = self.venue.parser()  # no half-built candle across connections
-                self.frames_this_connection = 0
+                self.frames_this_connection = self.records_this_connection = 0
                 if self.connections > 1:
                     await self.backfill(rest)
                 return await self._read(ws, stop)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -276,6 +277,84 @@ def test_frames_received_before_a_drop_are_read_though_a_ping_falls_due(kafka_bo
     assert sorted(r["trade_id"] for r in got) == sorted(
         str(t.tid) for f in frames for t in f.trades
     )
+
+
+@pytest.mark.parametrize("sends_a_trade", [False, True])
+def test_the_backoff_starts_again_only_after_a_connection_that_brought_market_data(
+    kafka_bootstrap, prefix, sends_a_trade
+):
+    """A venue that acknowledged the subscriptions and then closed (a connection limit)
+    was retried every 0-0.5 s for ever: the acks counted as a working connection. Now
+    the backoff grows until a connection brings a trade, candle or funding record."""
+    from aiohttp import web
+    from websockets.asyncio.server import serve
+
+    provision(kafka_bootstrap, prefix)
+    tids = iter(range(1, 1000))
+
+    async def ack_then_close(conn: Any) -> None:
+        for _ in range(3):  # trades, candle, activeAssetCtx
+            ack = {"channel": "subscriptionResponse", "data": json.loads(await conn.recv())}
+            await conn.send(json.dumps(ack))
+        if sends_a_trade:
+            trade = {"coin": "BTC", "side": "B", "px": "1.5", "sz": "2", "hash": "0x1"}
+            trade.update(time=int(time.time() * 1000), tid=next(tids), users=["0xa", "0xb"])
+            await conn.send(json.dumps({"channel": "trades", "data": [trade]}))
+        await conn.close(1008, "too many connections")
+
+    async def nothing_happened(request: web.Request) -> web.Response:
+        return web.json_response([])
+
+    class Jitter(random.Random):  # the jitter's upper bound of each delay, as drawn
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.caps: list[float] = []
+
+        def uniform(self, a: float, b: float) -> float:
+            self.caps.append(b)
+            return super().uniform(a, b)
+
+    rng = Jitter()
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/info", nothing_happened)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        rest_port = site._server.sockets[0].getsockname()[1]
+        async with serve(ack_then_close, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            config = IngestorConfig(
+                venue="hyperliquid",
+                symbols=("BTC-PERP",),
+                bootstrap=kafka_bootstrap,
+                prefix=prefix,
+                ws_url=f"ws://127.0.0.1:{port}",
+                rest_url=f"http://127.0.0.1:{rest_port}",
+                backoff_initial_s=0.01,
+                backoff_max_s=30.0,
+            )
+            env = principal_env("ingestor")
+            publisher = Publisher(kafka_bootstrap, prefix, config.strategy_id, env)
+            ing = Ingestor(config, VENUE_CLASSES["hyperliquid"](), publisher, rng=rng)
+            stop = asyncio.Event()
+            task = asyncio.create_task(ing.run(stop))
+            deadline = time.monotonic() + 60
+            while len(rng.caps) < 6 and time.monotonic() < deadline and not task.done():
+                await asyncio.sleep(0.01)
+            stop.set()
+            await task
+            assert publisher.flush(30) == 0
+        await runner.cleanup()
+
+    asyncio.run(main())
+    caps = rng.caps[:6]
+    if sends_a_trade:
+        assert caps == [0.01] * 6, "each connection worked: the backoff starts again"
+    else:
+        assert caps == [0.01 * 2**k for k in range(6)], "acks alone: the backoff grows"
 
 
 def test_malformed_truncated_and_unknown_frames_become_dead_letters_and_the_feed_goes_on(
