@@ -35,6 +35,7 @@ FUNDING_INTERVAL_MS = 8 * 3_600_000
 IGNORED_EVENTS = frozenset({"depthUpdate", "bookTicker", "24hrTicker", "24hrMiniTicker"})
 AGG_TRADES_LIMIT = 1000
 MAX_AGG_TRADE_PAGES = 20  # 20,000 trades; beyond that the window is reported as a gap
+KLINES_LIMIT = 1000  # 16 h 40 min of 1m klines; beyond that the window is reported as a gap
 # Request weights from the Binance USDⓈ-M documentation.
 WEIGHT_AGG_TRADES = 20
 WEIGHT_KLINES_1000 = 5
@@ -191,26 +192,37 @@ class Binance:
     def parser(self) -> BinanceParser:
         return BinanceParser()
 
-    async def backfill(self, rest: RestClient, symbols: list[str], pos: FeedPosition) -> Backfill:
+    async def backfill(
+        self, rest: RestClient, symbols: list[str], pos: FeedPosition, now_ms: int
+    ) -> Backfill:
         out = Backfill()
         since_ms = pos.last_event_ms
         for symbol in symbols:
             name = venue_symbol(symbol, VENUE)
-            venue_now = await self._agg_trades(rest, symbol, name, pos, out)
+            venue_now = await self._agg_trades(rest, symbol, name, pos, now_ms, out)
             rows = await rest.get(
                 "/fapi/v1/klines",
                 {
                     "symbol": name,
                     "interval": "1m",
                     "startTime": since_ms - MINUTE_MS,
-                    "limit": 1000,
+                    "limit": KLINES_LIMIT,
                 },
                 WEIGHT_KLINES_1000,
             )
-            for row in rows or []:
+            rows = rows or []
+            kept_to_ms = since_ms  # the klines before this are published or kept here
+            for n, row in enumerate(rows):
                 close_ms, item = parse_kline_row(row, symbol)
-                if close_ms < venue_now:  # closed: the feed has moved past it
+                # One followed by another has closed. The last has if a trade came after
+                # its close; else it is the open kline, which the live stream (subscribed
+                # before this backfill) closes.
+                if n < len(rows) - 1 or close_ms < venue_now:
                     out.items.append(item)
+                    kept_to_ms = max(kept_to_ms, close_ms + 1)
+            if len(rows) == KLINES_LIMIT and kept_to_ms < now_ms:  # the rest was not asked for
+                reason = f"more than {KLINES_LIMIT} klines: the later ones were not fetched"
+                out.gaps.append(Gap("candles", symbol, kept_to_ms, now_ms, reason))
             rates = await rest.get(
                 "/fapi/v1/fundingRate",
                 {"symbol": name, "startTime": since_ms - FUNDING_INTERVAL_MS, "limit": 1000},
@@ -223,9 +235,17 @@ class Binance:
         return out
 
     async def _agg_trades(
-        self, rest: RestClient, symbol: str, name: str, pos: FeedPosition, out: Backfill
+        self,
+        rest: RestClient,
+        symbol: str,
+        name: str,
+        pos: FeedPosition,
+        now_ms: int,
+        out: Backfill,
     ) -> int:
-        """Every aggregate trade after the last one seen; returns the newest event time."""
+        """Every aggregate trade after the last one seen, up to MAX_AGG_TRADE_PAGES pages;
+        returns the newest event time fetched. Beyond the pages, the trades from the last
+        one fetched to `now_ms` (the backfill's start on our clock) are a gap."""
         venue_now = pos.last_event_ms
         last_id = pos.last_trade_id.get(symbol)
         params: dict[str, object] = {"symbol": name, "limit": AGG_TRADES_LIMIT}
@@ -243,7 +263,6 @@ class Binance:
                 return venue_now
             params = {"symbol": name, "limit": AGG_TRADES_LIMIT}
             params["fromId"] = int(items[-1].record["trade_id"]) + 1
-        out.gaps.append(
-            Gap("trades", symbol, venue_now, venue_now, f"more than {MAX_AGG_TRADE_PAGES} pages")
-        )
+        reason = f"more than {MAX_AGG_TRADE_PAGES} pages of aggTrades: the later ones not fetched"
+        out.gaps.append(Gap("trades", symbol, venue_now, max(venue_now, now_ms), reason))
         return venue_now

@@ -172,7 +172,9 @@ class Hyperliquid:
     def parser(self) -> HyperliquidParser:
         return HyperliquidParser()
 
-    async def backfill(self, rest: RestClient, symbols: list[str], pos: FeedPosition) -> Backfill:
+    async def backfill(
+        self, rest: RestClient, symbols: list[str], pos: FeedPosition, now_ms: int
+    ) -> Backfill:
         out = Backfill()
         since_ms = pos.last_event_ms
         for symbol in symbols:

@@ -250,7 +250,7 @@ class Ingestor:
                 self.subscribed_ms = recv_ms  # a next such gap starts here
             return
         try:
-            result = await self.venue.backfill(rest, self.symbols, self.position)
+            result = await self.venue.backfill(rest, self.symbols, self.position, recv_ms)
         except (RestError, FrameError) as e:
             gap = Gap("all", "*", self.position.last_event_ms, recv_ms, f"backfill failed: {e}")
             self._report_gap(gap)
