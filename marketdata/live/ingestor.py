@@ -135,6 +135,9 @@ class Ingestor:
         self.seen = SeenWindow(cfg.dedup_window)
         self.recorder = Recorder(cfg.record_path) if cfg.record_path else None
         self.position: FeedPosition | None = None  # None until the first record
+        # symbol -> the latest funding settlement published: the backfill asks from before
+        # the last one, and the dedup window forgets a key within hours of busy trades
+        self.last_funding_ms: dict[str, int] = {}
         self.connections = 0
         self.subscribed_ms: int | None = None  # the first subscription, while no record came
         self.keepalive_s = (
@@ -196,11 +199,13 @@ class Ingestor:
         stream = item.stream
         if not self.wanted(item):
             return False
-        if not self.seen.add(item.dedup_key):
-            self.metrics.duplicates.labels(self.venue.name, stream).inc()
-            return False
         rec = item.record
         ts = rec["ts_event_ms"]
+        settled_ms = self.last_funding_ms.get(rec["symbol"]) if stream == "funding" else None
+        already_settled = backfilled and settled_ms is not None and ts <= settled_ms
+        if already_settled or not self.seen.add(item.dedup_key):
+            self.metrics.duplicates.labels(self.venue.name, stream).inc()
+            return False
         if not backfilled:
             lag_ms = recv_ms - ts
             if stream != "candles":  # a candle's event time is its open, a minute back
@@ -230,6 +235,9 @@ class Ingestor:
             self.position = FeedPosition(last_event_ms=ts)
         pos = self.position
         pos.last_event_ms = max(pos.last_event_ms, ts)
+        if item.stream == "funding":
+            symbol = rec["symbol"]
+            self.last_funding_ms[symbol] = max(ts, self.last_funding_ms.get(symbol, ts))
         if item.stream == "trades":
             symbol = rec["symbol"]
             if ts >= pos.last_trade_ms.get(symbol, ts):

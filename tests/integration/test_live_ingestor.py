@@ -474,6 +474,47 @@ def test_an_ingestor_that_fails_still_flushes_what_it_received(
     assert publisher.delivered == 50
 
 
+def test_funding_the_backfill_fetches_again_is_not_published_twice(kafka_bootstrap, prefix):
+    """The Binance backfill asks for funding from 8 h before the last event, so it fetches
+    the settlement the live stream already published; once busy trades had pushed its key
+    out of the dedup window (200,000 keys: 2-3 h of BTC trades), it went out again."""
+    provision(kafka_bootstrap, prefix)
+    settled = 1723104000000  # 08:00 UTC
+    next_ms = settled + 8 * 3_600_000
+    config = IngestorConfig(
+        venue="binance",
+        symbols=("BTC-PERP",),
+        bootstrap=kafka_bootstrap,
+        prefix=prefix,
+        dedup_window=100,
+    )
+    publisher = Publisher(kafka_bootstrap, prefix, config.strategy_id, principal_env("ingestor"))
+    ing = Ingestor(config, VENUE_CLASSES["binance"](), publisher)
+
+    def frame(data: dict[str, Any], ts_ms: int) -> None:
+        ing.handle_frame(json.dumps({"stream": "btcusdt@x", "data": data}), ts_ms * 1_000_000)
+
+    mark = {"e": "markPriceUpdate", "s": "BTCUSDT", "p": "1"}
+    frame({**mark, "E": settled - 1000, "r": "0.0001", "T": settled}, settled - 1000)
+    # the next funding time moves on: the settlement is published at 08:00
+    frame({**mark, "E": settled + 1000, "r": "0.0002", "T": next_ms}, settled + 1000)
+    for a in range(1, 201):  # the settlement's key leaves the dedup window
+        t = settled + 2000 + a
+        frame({"e": "aggTrade", "s": "BTCUSDT", "a": a, "p": "1", "q": "1", "T": t, "m": True}, t)
+
+    class VenueRest:  # fundingRate answers the settlement again (stamped 1 ms late)
+        async def get(self, path: str, params: dict, weight: int) -> list:
+            if path.endswith("fundingRate"):
+                return [{"symbol": "BTCUSDT", "fundingTime": settled + 1, "fundingRate": "0.0001"}]
+            return []
+
+    asyncio.run(ing.backfill(VenueRest()))
+    assert publisher.flush(30) == 0 and publisher.failed == 0
+    got = read_topic(kafka_bootstrap, f"{prefix}.funding", "funding")
+    assert [(r["ts_event_ms"], r["rate"]) for r in got] == [(settled, 0.0001)]
+    assert metric(ing, "ensemble_live_duplicates_total", venue="binance", stream="funding") == 1
+
+
 def test_sigterm_mid_stream_flushes_everything_received_and_exits_0(
     kafka_bootstrap, prefix, tmp_path
 ):
