@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from marketdata.live.binance import KLINES_LIMIT, MAX_AGG_TRADE_PAGES, Binance
+from marketdata.live.hyperliquid import Hyperliquid
 from marketdata.live.venue import FeedPosition
 
 MINUTE_MS = 60_000
@@ -72,3 +75,36 @@ def test_klines_past_the_limit_are_reported_as_a_candle_gap_to_the_present():
     (gap,) = out.gaps
     assert (gap.stream, gap.symbol) == ("candles", "BTC-PERP")
     assert (gap.from_ms, gap.to_ms) == (candles[-1] + MINUTE_MS, now_ms)
+
+
+class HyperliquidInfo:
+    """POST /info as Hyperliquid answers it: `recentTrades` gives these trade times."""
+
+    def __init__(self, trade_ms: list[int]) -> None:
+        self.trade_ms = trade_ms
+
+    async def post(self, path: str, body: dict, weight: int) -> list:
+        if body["type"] != "recentTrades":
+            return []
+        trade = {"coin": "BTC", "side": "B", "px": "1", "sz": "1", "hash": "0x0", "users": None}
+        return [{**trade, "time": t, "tid": 1000 + n} for n, t in enumerate(self.trade_ms)]
+
+
+@pytest.mark.parametrize(
+    ("last_trade_ms", "recent_ms", "gap"),
+    [
+        # no trade of the symbol before the drop: the feed's last event is where it stood
+        (None, [T0 + 5_000, T0 + 6_000], (T0, T0 + 5_000)),
+        # the oldest row shares the last trade's millisecond: others of it may be cut off
+        (T0 - 2_000, [T0 - 2_000, T0 + 6_000], (T0 - 2_000, T0 - 2_000)),
+        (T0 - 2_000, [T0 - 2_001, T0 + 6_000], None),  # reaches back before it: covered
+    ],
+)
+def test_hyperliquid_recent_trades_that_may_not_reach_back_are_a_trade_gap(
+    last_trade_ms, recent_ms, gap
+):
+    last = {} if last_trade_ms is None else {"BTC-PERP": last_trade_ms}
+    pos = FeedPosition(T0, last, {})
+    out = asyncio.run(Hyperliquid().backfill(HyperliquidInfo(recent_ms), ["BTC-PERP"], pos, T0))
+    got = [(g.stream, g.from_ms, g.to_ms) for g in out.gaps]
+    assert got == ([] if gap is None else [("trades", *gap)])

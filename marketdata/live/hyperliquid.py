@@ -183,11 +183,15 @@ class Hyperliquid:
             items = [parse_trade(t) for t in trades or []]
             out.items += items
             venue_now = max([since_ms] + [i.record["ts_event_ms"] for i in items])
-            last = pos.last_trade_ms.get(symbol)
+            # recentTrades holds only the latest trades. It covers the window only if it
+            # reaches back before the last trade seen (or before the feed's last event, for
+            # a symbol with no trade yet): a row in that same millisecond does not show that
+            # none of that millisecond's trades were cut off before it.
+            seen_to_ms = pos.last_trade_ms.get(symbol, since_ms)
             oldest = min((i.record["ts_event_ms"] for i in items), default=None)
-            if last is not None and oldest is not None and oldest > last:
-                # recentTrades holds only the latest trades: anything between is lost
-                out.gaps.append(Gap("trades", symbol, last, oldest, "recentTrades has no overlap"))
+            if oldest is not None and oldest >= seen_to_ms:
+                reason = "recentTrades does not reach back before the last trade seen"
+                out.gaps.append(Gap("trades", symbol, seen_to_ms, oldest, reason))
             req = {
                 "coin": coin,
                 "interval": "1m",
