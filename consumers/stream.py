@@ -52,18 +52,25 @@ dedup_key = record_key
 FIRST, DUPLICATE, CONFLICT = "first", "duplicate", "conflict"
 
 
+# When the flow stamped the record, by the wall clock in a live (Kafka) run: a republished
+# copy (a restart that replays, a rerun) is stamped anew, so it says nothing of the trade.
+WALL_CLOCK_FIELDS = frozenset({"ts_init_ms"})
+
+
 def _digest(rec: dict[str, Any]) -> bytes:
-    """A fingerprint of the whole record: equal only for identical copies (the same Avro
-    bytes decode to the same record, and a different record to a different digest)."""
-    body = json.dumps(rec, sort_keys=True, separators=(",", ":"), default=repr)
+    """A fingerprint of what the record says, all of it but the flow's wall-clock stamp:
+    equal for copies of one record, different when anything about the trade differs."""
+    content = {k: v for k, v in rec.items() if k not in WALL_CLOCK_FIELDS}
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(body.encode()).digest()[:16]
 
 
 class Dedup:
     """Keys seen recently (bounded, oldest forgotten first), with each first copy's digest.
 
-    A republished copy is identical to the first and is dropped. A record with a seen key
-    but different content is a conflict: also dropped (the first copy stands), counted,
+    A republished copy is identical to the first but for its wall-clock stamp
+    (`ts_init_ms`) and is dropped. A record with a seen key but different content is a
+    conflict: also dropped (the first copy stands), counted,
     and reported by `check` so the caller raises an alert, since the flow never
     republishes a record differently (a forger, or a bug, did)."""
 
