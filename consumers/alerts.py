@@ -555,7 +555,7 @@ class Rules:
 class Sink(Protocol):
     name: str
 
-    def send(self, text: str) -> Any: ...
+    def send(self, text: str, critical: bool = False) -> Any: ...
 
 
 def slack_escape(text: str) -> str:
@@ -579,6 +579,13 @@ class Notifier:
         self._sent: dict[tuple[str, str], deque] = defaultdict(deque)
         self._suppressed: dict[tuple[str, str], int] = defaultdict(int)
         self.outcomes: dict[str, int] = defaultdict(int)
+        self.last_ticket = 0  # of the last text handed to a queued sink
+
+    def settled(self) -> bool:
+        """Every alert handed to Slack so far was delivered or given up (or dropped): the
+        records that raised them may be committed."""
+        settled = getattr(self.slack, "settled", None)
+        return settled is None or settled() >= self.last_ticket
 
     def handle(self, alert: Alert, now_s: float) -> str:
         # the text quotes records (an operator's halt reason, an error message): no secret,
@@ -626,7 +633,10 @@ class Notifier:
                 return "rate-limited"
             sent.append(now_s)
             suppressed, self._suppressed[key] = self._suppressed[key], 0
-        result = self.slack.send(slack_text(alert, suppressed))
+        result = self.slack.send(
+            slack_text(alert, suppressed), critical=alert.severity == "critical"
+        )
+        self.last_ticket = getattr(result, "ticket", self.last_ticket)
         # a queued sink answers at once ("queued"); a direct one after posting
         return getattr(result, "outcome", None) or (
             "sent" if getattr(result, "ok", True) else "failed"
@@ -639,7 +649,10 @@ class Reader(Protocol):
 
     def poll(self, timeout_s: float) -> tuple[list[Record], int]: ...
 
-    def commit(self) -> None: ...
+    def positions(self) -> Any:
+        """Where reading has got to, for `commit` to store later."""
+
+    def commit(self, positions: Any) -> None: ...
 
 
 @dataclass
@@ -721,12 +734,17 @@ def run(
 ) -> RunStats:
     """Poll, deduplicate, apply the rules and the heartbeat timer, notify, commit.
 
+    A batch's offsets are committed once every alert raised so far has left the Slack
+    queue (delivered, or given up): reading goes on during a Slack outage, the commit
+    waits, and a restart reads those records again and raises their alerts again.
+
     Ends after `max_messages` messages, after `until_idle_s` seconds without one, or when
     `stop()` is true; otherwise runs for ever.
     """
     stats = RunStats()
     dedup = dedup or Dedup()
     unread_health = getattr(reader, "unread_health", lambda: 0)
+    uncommitted: Any = None  # the positions after the last batch read, not committed yet
     last_msg_s = clock()
     while not stop():
         records, polled = reader.poll(poll_s)
@@ -751,9 +769,12 @@ def run(
         for alert in rules.tick(now, unread_health()):
             notifier.handle(alert, now)
         if polled:
-            reader.commit()  # after the alerts went out: at least once
+            uncommitted = reader.positions()
             stats.messages += polled
             last_msg_s = now
+        if uncommitted is not None and notifier.settled():  # at least once, to Slack too
+            reader.commit(uncommitted)
+            uncommitted = None
         if max_messages is not None and stats.messages >= max_messages:
             break
         if until_idle_s is not None and now - last_msg_s >= until_idle_s:

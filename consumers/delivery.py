@@ -1,11 +1,17 @@
 """Alert delivery off the reading thread: a bounded queue and one worker that posts.
 
 The alerts consumer logs an alert the moment a rule raises it and hands the Slack text
-to `QueuedSink.send`, which only enqueues: a Slack outage (each post retried for up to a
-minute by `consumers.slack.SlackWebhook`) then delays delivery, never reading. When the
-queue is full the oldest waiting text is dropped and logged, so memory stays bounded and
-the newest alerts win. `close` gives the worker a moment to drain, then reports what was
-left undelivered.
+to `QueuedSink.send`, which only enqueues: a Slack outage (a warning's post retried for
+up to a minute by `consumers.slack.SlackWebhook`, a critical one's for as long as the
+outage lasts) then delays delivery, never reading. When the queue is full the oldest
+waiting non-critical text (if all are critical, the oldest) is dropped and logged, so
+memory stays bounded and the newest alerts win.
+`close` gives the worker a moment to drain, then reports what was left undelivered.
+
+Every text gets a ticket, in order; `settled()` is the last ticket up to which every text
+was delivered, given up or dropped. The consumer commits a batch's offsets only once the
+tickets of its alerts are settled, so an alert still waiting at a stop is raised again
+from its record after the restart.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ DRAIN_TIMEOUT_S = 5.0  # at stop, how long the waiting alerts may still be poste
 class Sink(Protocol):
     name: str
 
-    def send(self, text: str) -> Any: ...
+    def send(self, text: str, critical: bool = False) -> Any: ...
 
 
 @dataclass(frozen=True)
 class Queued:
     """What `send` returns: the text waits in the queue (the alert's log line says so)."""
 
+    ticket: int
     ok: bool = True
     outcome: str = "queued"
 
@@ -47,10 +54,11 @@ class QueuedSink:
         self.sink = sink
         self.name = name or sink.name
         self.max_alerts = max_alerts
-        self._queue: deque[str] = deque()
+        self._queue: deque[tuple[int, str, bool]] = deque()  # (ticket, text, critical)
         self._cond = threading.Condition()
         self._stopping = threading.Event()
-        self._busy = False
+        self._busy: int | None = None  # the ticket being posted
+        self.tickets = 0  # the last ticket given
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -62,24 +70,35 @@ class QueuedSink:
         """Set at close: a sink may wait on it instead of sleeping between retries."""
         return self._stopping
 
-    def send(self, text: str) -> Queued:
+    def send(self, text: str, critical: bool = False) -> Queued:
         with self._cond:
             if len(self._queue) >= self.max_alerts:
-                self._queue.popleft()
+                # a warning goes first: a kill-switch or a dead flow must still reach Slack
+                oldest = next((q for q in self._queue if not q[2]), self._queue[0])
+                self._queue.remove(oldest)
                 self.dropped += 1
                 log.error(
-                    "%s: queue full (%d alerts waiting): the oldest waiting alert was dropped "
-                    "undelivered (it is in the log)",
+                    "%s: queue full (%d alerts waiting): the oldest waiting %s alert was "
+                    "dropped undelivered (it is in the log)",
                     self.name,
                     self.max_alerts,
+                    "critical" if oldest[2] else "non-critical",
                 )
-            self._queue.append(text)
+            self.tickets += 1
+            self._queue.append((self.tickets, text, critical))
             self._cond.notify()
-        return Queued()
+        return Queued(self.tickets)
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + (1 if self._busy else 0)
+            return len(self._queue) + (1 if self._busy is not None else 0)
+
+    def settled(self) -> int:
+        """The last ticket up to which every text was delivered, given up or dropped."""
+        with self._cond:
+            if self._busy is not None:
+                return self._busy - 1
+            return self._queue[0][0] - 1 if self._queue else self.tickets
 
     def _work(self) -> None:
         while True:
@@ -88,16 +107,15 @@ class QueuedSink:
                     self._cond.wait()
                 if self._stopping.is_set() and not self._queue:
                     return
-                text = self._queue.popleft()
-                self._busy = True
+                self._busy, text, critical = self._queue.popleft()
             try:
-                result = self.sink.send(text)
+                result = self.sink.send(text, critical=critical)
                 ok = bool(getattr(result, "ok", True))
             except Exception:  # a sink bug must not end delivery of the next alerts
                 log.exception("%s: posting an alert failed", self.name)
                 ok = False
             with self._cond:
-                self._busy = False
+                self._busy = None
                 if ok:
                     self.delivered += 1
                 else:
@@ -108,15 +126,16 @@ class QueuedSink:
         """Wait up to `timeout_s` for the queue to drain, then stop; returns how many alerts
         were left undelivered (logged)."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._queue and not self._busy, timeout=timeout_s)
-            left = len(self._queue) + (1 if self._busy else 0)
+            self._cond.wait_for(lambda: not self._queue and self._busy is None, timeout=timeout_s)
+            left = len(self._queue) + (1 if self._busy is not None else 0)
             self._queue.clear()
             self._stopping.set()
             self._cond.notify_all()
         if left:
             log.error(
                 "%s: %d alert(s) not delivered at stop (no answer within %.0f s); they are in "
-                "the log",
+                "the log, and their records' offsets were not committed: the next start "
+                "raises them again",
                 self.name,
                 left,
                 timeout_s,

@@ -3,7 +3,8 @@
 Slack answers 200 `ok`; 429 with `Retry-After` (seconds) when rate-limited; 4xx such as
 `invalid_payload`, `no_service` or `channel_is_archived` for a message that will never be
 accepted, and 5xx for its own trouble. 429, 5xx and network errors are retried (after
-Retry-After, or with backoff) within a time budget; other 4xx are not. The URL itself is
+Retry-After, or with backoff) within a time budget, a critical alert's for as long as they
+last (until `sleep` says the consumer is stopping); other 4xx are not. The URL itself is
 a secret (whoever has it can post to the channel): it is never logged or put in an error.
 """
 
@@ -74,13 +75,13 @@ class SlackWebhook:
         timeout_s: float = 10.0,
         budget_s: float = 60.0,
         max_attempts: int = 5,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self._url = check_url(url)
         self.timeout_s = timeout_s
         self.budget_s = budget_s
         self.max_attempts = max_attempts
-        self.sleep = sleep
+        self.sleep = sleep  # between retries; a true answer means stop retrying (Event.wait)
         self.sent = 0
         self.failed = 0
 
@@ -107,14 +108,16 @@ class SlackWebhook:
             reason = getattr(e, "reason", e)
             return None, None, f"{type(e).__name__}: {reason}"
 
-    def send(self, text: str) -> PostResult:
+    def send(self, text: str, critical: bool = False) -> PostResult:
+        """Post `text`. A critical alert (a kill-switch, a dead flow) is not given up while
+        Slack is down: the operator must hear of it when Slack is back."""
         payload = json.dumps({"text": text}).encode("utf-8")
         started = time.monotonic()
         backoff = 1.0
         attempts = 0
         status: int | None = None
         error = ""
-        while attempts < self.max_attempts:
+        while critical or attempts < self.max_attempts:
             attempts += 1
             status, retry_after, error = self._post_once(payload)
             if status is not None and 200 <= status < 300:
@@ -125,16 +128,19 @@ class SlackWebhook:
                 break
             wait = retry_after if retry_after is not None else backoff
             backoff = min(backoff * 2, 30.0)
-            if time.monotonic() - started + wait > self.budget_s:
+            if not critical and time.monotonic() - started + wait > self.budget_s:
                 error = f"{error} (gave up: retrying would exceed {self.budget_s:.0f} s)"
                 break
             log.warning(
-                "slack webhook answered %s (%s); retrying in %.1f s",
+                "slack webhook answered %s (%s); retrying %sin %.1f s",
                 status if status is not None else "nothing",
                 error,
+                "a critical alert until it is delivered, next " if critical else "",
                 wait,
             )
-            self.sleep(wait)
+            if self.sleep(wait):  # the consumer's stop event: it is stopping
+                error = f"{error} (the consumer stopped)"
+                break
         self.failed += 1
         log.error(
             "slack webhook: alert not delivered after %d attempt(s): HTTP %s %s",

@@ -6,7 +6,8 @@ decision's order intent, execution, rejection or signals again, with the same
 seen. Two ways to read:
 
 - `GroupReader`: a kafka-python consumer group that follows the topics (the alerts
-  consumer); offsets are committed after the records were handled (at least once).
+  consumer); the caller commits the positions it read up to once their records were
+  handled and their alerts delivered (at least once).
 - `read_to_end`: every record from the beginning of the topics up to their end at the
   time of the call, then stop (the copilot, which deduplicates them); no group, nothing
   committed.
@@ -187,7 +188,8 @@ def _consumer(kafka: KafkaSettings, client_id: str, **config: Any) -> KafkaConsu
 
 
 class GroupReader:
-    """A consumer group member following `streams`; commit after handling each batch."""
+    """A consumer group member following `streams`; `commit` what `positions` returned once
+    the records read up to there were handled."""
 
     def __init__(
         self,
@@ -228,8 +230,23 @@ class GroupReader:
                     out.append(rec)
         return out, n
 
-    def commit(self) -> None:
-        self.consumer.commit()
+    def positions(self) -> dict[TopicPartition, int]:
+        """The next offset to read of each assigned partition (those known)."""
+        out = {}
+        for tp in self.consumer.assignment():
+            pos = self.consumer.position(tp, timeout_ms=0)
+            if pos is not None:
+                out[tp] = pos
+        return out
+
+    def commit(self, positions: dict[TopicPartition, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        # a partition moved to another member since is that member's to commit
+        mine = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in positions.items() if tp in mine}
+        if offsets:
+            self.consumer.commit(offsets)
 
     def unread(self, stream: str) -> int:
         """Records of `stream` on the broker not read yet, from the high-water marks of the

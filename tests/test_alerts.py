@@ -400,26 +400,34 @@ class FakeSlack:
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    def send(self, text: str) -> Any:
+    def send(self, text: str, critical: bool = False) -> Any:
         self.texts.append(text)
         return type("R", (), {"ok": True})()
 
 
 class ListReader:
-    """A reader over fixed batches of (stream, record); counts commits."""
+    """A reader over fixed batches of (stream, record); its position is the number of
+    batches read, `committed` the last position committed."""
 
     def __init__(self, batches: list[list[tuple[str, dict[str, Any]]]]) -> None:
         self.batches = list(batches)
+        self.read = 0
         self.commits = 0
+        self.committed = 0
 
     def poll(self, timeout_s: float) -> tuple[list, int]:
         if not self.batches:
             return [], 0
         b = self.batches.pop(0)
+        self.read += 1
         return list(b), len(b)
 
-    def commit(self) -> None:
+    def positions(self) -> int:
+        return self.read
+
+    def commit(self, positions: int | None = None) -> None:
         self.commits += 1
+        self.committed = self.read if positions is None else positions
 
 
 class Clock:
@@ -950,7 +958,7 @@ class BlockedSlack:
         self.started = threading.Event()
         self.texts: list[str] = []
 
-    def send(self, text: str) -> Any:
+    def send(self, text: str, critical: bool = False) -> Any:
         self.started.set()
         self.release.wait(30)
         self.texts.append(text)
@@ -979,6 +987,21 @@ def test_an_alert_is_logged_at_once_and_posted_from_a_queue(caplog):
     assert sink.delivered == 3
 
 
+def test_a_full_queue_drops_a_waiting_warning_before_a_critical_alert():
+    from consumers.delivery import QueuedSink
+
+    slack = BlockedSlack()
+    sink = QueuedSink(slack, max_alerts=2)
+    sink.send("0")
+    assert slack.started.wait(5)  # in flight; Slack does not answer
+    sink.send("kill", critical=True)
+    sink.send("w1")
+    sink.send("w2")  # the queue is full: w1 goes, the critical one stays
+    slack.release.set()
+    assert sink.close(timeout_s=5) == 0
+    assert slack.texts == ["0", "kill", "w2"] and sink.dropped == 1
+
+
 def test_alerts_left_in_the_queue_at_stop_are_reported(caplog):
     from consumers.delivery import QueuedSink
 
@@ -991,6 +1014,54 @@ def test_alerts_left_in_the_queue_at_stop_are_reported(caplog):
         assert sink.close(timeout_s=0.2) == 2
     assert "2 alert(s) not delivered at stop" in caplog.text
     slack.release.set()
+
+
+def test_a_critical_alert_is_retried_past_the_budget_until_slack_is_back():
+    outage = [(503, {"Retry-After": "0"}, "service_unavailable")] * 8
+    with webhook(outage) as hook:
+        warning = SlackWebhook(hook.url, max_attempts=3, sleep=lambda s: None).send("w")
+        assert not warning.ok and warning.attempts == 3, "a warning is given up"
+        critical = SlackWebhook(hook.url, max_attempts=3, sleep=lambda s: None)
+        result = critical.send("kill", critical=True)
+    assert result.ok and result.attempts == 6 and hook.texts[-1] == "kill"
+
+
+def test_a_kill_switch_raised_while_slack_is_down_reaches_slack_after_a_restart():
+    from consumers.delivery import QueuedSink
+
+    def queued(url: str) -> QueuedSink:
+        hook = SlackWebhook(url)
+        sink = QueuedSink(hook)
+        hook.sleep = sink.stopping.wait
+        return sink
+
+    cfg = AlertsConfig()
+    halted = health(ts=T0 + 5 * MIN, trading_state="HALTED", halt_reason="drawdown_limit")
+    topic = [[("health", health(ts=T0))], [("health", halted)]]
+    outage = [(503, {"Retry-After": "0.05"}, "service_unavailable")] * 2000
+    with webhook(outage) as hook:
+        sink = queued(hook.url)
+        reader = ListReader(topic)
+        run(reader, Rules(cfg, 0.0), Notifier(cfg, sink), max_messages=2, clock=Clock(t=0.0))
+        assert reader.read == 2, "reading goes on while Slack is down"
+        assert reader.committed == 1, "the kill-switch's record waits for its delivery"
+        assert sink.close(timeout_s=0.3) == 1  # the pod is restarted during the outage
+        sink._thread.join(5)
+        tried = len(hook.posts)
+        assert tried >= 1 and all("kill_switch" in t for t in hook.texts)
+        hook.script.clear()  # Slack is back
+
+        # the restart: rebuild from the committed records, read on from the committed offset
+        rules, dedup = Rules(cfg, 100.0), Dedup()
+        alerts.rebuild(rules, dedup, [r for b in topic[: reader.committed] for r in b], 100.0)
+        sink = queued(hook.url)
+        again = ListReader(topic[reader.committed :])
+        notifier = Notifier(cfg, sink)
+        run(again, rules, notifier, max_messages=1, clock=Clock(t=100.0), dedup=dedup)
+        assert sink.close(timeout_s=10) == 0
+        delivered = hook.texts[tried:]
+    assert len(delivered) == 1 and "`kill_switch`" in delivered[0], delivered
+    assert notifier.settled()
 
 
 class LaggingReader(ListReader):
