@@ -20,9 +20,10 @@ low-confidence rule therefore uses the model's probability for the side actually
 trades: below 50% means recent trades went against the model.
 
 Every alert goes to the log. Slack (an incoming webhook, URL in SLACK_WEBHOOK_URL) gets
-it unless the rule is silenced or over its rate limit. Records are deduplicated by
-decision id (the flow publishes at least once); alerts are deduplicated by their
-fingerprint within `dedup_window_s` and rate-limited per rule and symbol.
+it unless the rule is silenced or over its rate limit; when a silence ends, a kill-switch
+or missing heartbeat it covered that still holds is raised again. Records are
+deduplicated by decision id (the flow publishes at least once); alerts are deduplicated
+by their fingerprint within `dedup_window_s` and rate-limited per rule and symbol.
 
 Settings: defaults, then a JSON file (ENSEMBLE_ALERTS_CONFIG or --config), then
 ENSEMBLE_ALERTS_<NAME> variables; a bad value stops the start naming it as its source
@@ -122,12 +123,14 @@ class Silence:
     symbol: str = "*"
     until_s: float | None = None  # epoch seconds; None: until removed
 
+    def covers(self, rule: str, symbol: str) -> bool:
+        return self.rule in ("*", rule) and self.symbol in ("*", symbol)
+
+    def active(self, now_s: float) -> bool:
+        return self.until_s is None or now_s < self.until_s
+
     def matches(self, rule: str, symbol: str, now_s: float) -> bool:
-        return (
-            self.rule in ("*", rule)
-            and self.symbol in ("*", symbol)
-            and (self.until_s is None or now_s < self.until_s)
-        )
+        return self.covers(rule, symbol) and self.active(now_s)
 
     def describe(self) -> str:
         until = (
@@ -293,10 +296,16 @@ def conflict_alert(stream: str, rec: dict[str, Any]) -> Alert:
     )
 
 
+def _is_kill(halt_reason: str) -> bool:
+    """A halt by a kill-switch (`drawdown_limit: ...`), not an operator's own."""
+    return halt_reason.split(":")[0] in KILL_SWITCH_REASONS
+
+
 @dataclass
 class _SymbolState:
     trading_state: str | None = None  # None until the first health event
     halt_reason: str = ""
+    halted_ms: int | None = None  # the health event that first showed the kill-switch
     in_breach: bool = False
     loss_run: list[tuple[int, float]] = field(default_factory=list)  # (ts, pnl) of the run
     side_probs: deque = field(default_factory=deque)  # model prob. of the side traded
@@ -343,29 +352,50 @@ class Rules:
         out = []
         watched = dict(self.beats) or {"*": self.beats.setdefault("*", _Beat(self.started_s))}
         for sym, beat in watched.items():
-            age = now_s - beat.last_seen_s
-            if beat.missing or age <= timeout:
+            if beat.missing or now_s - beat.last_seen_s <= timeout:
                 continue
             beat.missing = True
-            since = (
-                f"last health event {utc(beat.last_event_ms)}, received {age:.0f} s ago"
-                if beat.last_event_ms is not None
-                else f"none received since the alerts consumer started {age:.0f} s ago"
-            )
-            who = "any symbol" if sym == "*" else sym
-            out.append(
-                Alert(
-                    "heartbeat_missing",
-                    "critical",
-                    sym,
-                    f"no heartbeat from {who} for more than {self.cfg.heartbeat_missed_intervals:g}"
-                    f" x {self.cfg.heartbeat_interval_s:g} s "
-                    f"({since}). Is the dataflow running and publishing?",
-                    f"missing-since:{beat.last_seen_s:.3f}",
-                    beat.last_event_ms,
-                )
-            )
+            out.append(self._missing(sym, beat, now_s))
         return out
+
+    def active(self, now_s: float) -> list[Alert]:
+        """The state alerts whose condition still holds (a heartbeat still missing, a symbol
+        still halted by a kill-switch), raised again: for a silence that just ended."""
+        out = [self._missing(sym, b, now_s) for sym, b in self.beats.items() if b.missing]
+        for (sid, sym), st in self.states.items():
+            if st.trading_state == "HALTED" and _is_kill(st.halt_reason):
+                out.append(
+                    Alert(
+                        "kill_switch",
+                        "critical",
+                        sym,
+                        f"{sym} [{sid}] is still HALTED by the kill-switch {st.halt_reason} "
+                        f"(since {utc(st.halted_ms)}); it stays halted until an operator sends "
+                        "reset_kill_switch.",
+                        f"{sid}:halted:{st.halt_reason}:{st.halted_ms}",
+                        st.halted_ms,
+                    )
+                )
+        return [a for a in out if self.cfg.enabled(a.rule)]
+
+    def _missing(self, sym: str, beat: _Beat, now_s: float) -> Alert:
+        age = now_s - beat.last_seen_s
+        since = (
+            f"last health event {utc(beat.last_event_ms)}, received {age:.0f} s ago"
+            if beat.last_event_ms is not None
+            else f"none received since the alerts consumer started {age:.0f} s ago"
+        )
+        who = "any symbol" if sym == "*" else sym
+        return Alert(
+            "heartbeat_missing",
+            "critical",
+            sym,
+            f"no heartbeat from {who} for more than {self.cfg.heartbeat_missed_intervals:g}"
+            f" x {self.cfg.heartbeat_interval_s:g} s "
+            f"({since}). Is the dataflow running and publishing?",
+            f"missing-since:{beat.last_seen_s:.3f}",
+            beat.last_event_ms,
+        )
 
     # -- per stream -------------------------------------------------------------------------
     def beat(self, r: dict[str, Any], now_s: float) -> list[Alert]:
@@ -389,8 +419,9 @@ class Rules:
         out = self.beat(r, now_s)
         st = self.states[(sid, sym)]
         state, reason = r["trading_state"], r["halt_reason"]
-        kill = state == "HALTED" and reason.split(":")[0] in KILL_SWITCH_REASONS
+        kill = state == "HALTED" and _is_kill(reason)
         if kill and st.trading_state != "HALTED":
+            st.halted_ms = ts
             what = (
                 f"is HALTED by the kill-switch {reason} (first health event seen, {utc(ts)})"
                 if st.trading_state is None
@@ -410,11 +441,7 @@ class Rules:
                     ts,
                 )
             )
-        elif (
-            state != "HALTED"
-            and st.trading_state == "HALTED"
-            and st.halt_reason.split(":")[0] in KILL_SWITCH_REASONS
-        ):
+        elif state != "HALTED" and st.trading_state == "HALTED" and _is_kill(st.halt_reason):
             out.append(
                 Alert(
                     "kill_switch",
@@ -580,6 +607,22 @@ class Notifier:
         self._suppressed: dict[tuple[str, str], int] = defaultdict(int)
         self.outcomes: dict[str, int] = defaultdict(int)
         self.last_ticket = 0  # of the last text handed to a queued sink
+        self._silences: set[Silence] = set()  # in force at the last look
+
+    def silences_ended(self, now_s: float) -> list[Silence]:
+        """The silences in force at the last call that no longer are (their end time
+        passed, or they were removed from the config)."""
+        now = {s for s in self.cfg.silence if s.active(now_s)}
+        ended, self._silences = self._silences - now, now
+        return sorted(ended, key=lambda s: s.describe())
+
+    def reraise(self, alerts: Iterable[Alert], ended: list[Silence], now_s: float) -> None:
+        """A silence ended: the state alerts it covered whose condition still holds go out
+        again (the first was kept from Slack and its condition raises no new one)."""
+        for alert in alerts:
+            if any(s.covers(alert.rule, alert.symbol) for s in ended):
+                again = f"{alert.fingerprint}:silence-ended:{now_s:.0f}"
+                self.handle(dataclasses.replace(alert, fingerprint=again), now_s)
 
     def settled(self) -> bool:
         """Every alert handed to Slack so far was delivered or given up (or dropped): the
@@ -752,6 +795,8 @@ def run(
         if watcher is not None and (cfg := watcher.changed(now)) is not None:
             rules.reconfigure(cfg, now)
             notifier.cfg = cfg
+        if ended := notifier.silences_ended(now):  # before new alerts, which are not silenced
+            notifier.reraise(rules.active(now), ended, now)
         for stream, rec in records:
             seen = dedup.check(stream, rec)
             if seen == CONFLICT:

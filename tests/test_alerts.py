@@ -826,6 +826,47 @@ def test_silenced_alerts_skip_slack_but_stay_in_the_log(caplog):
     assert any("something happened (4)" in m and "[slack: sent]" in m for m in logged)
 
 
+def test_a_flow_that_dies_during_a_silence_is_reported_when_the_silence_ends():
+    until = 10_000.0
+    cfg = AlertsConfig(silence=(Silence("*", "BTC-PERP", until),))
+    halted = health(ts=T0, trading_state="HALTED", halt_reason="consecutive_losses")
+    slack = FakeSlack()
+    run(
+        ListReader([[("health", halted)]]),  # the kill-switch fires, then the flow dies
+        Rules(cfg, until - 3_600),
+        Notifier(cfg, slack),
+        until_idle_s=2 * 3_600,
+        clock=Clock(t=until - 3_600, step=60.0),
+    )
+    # both were silenced when raised; both still hold when the silence ends
+    heartbeat, kill = sorted(slack.texts, key=lambda t: "kill_switch" in t)
+    assert "`heartbeat_missing`" in heartbeat and "BTC-PERP" in heartbeat
+    assert "`kill_switch`" in kill and "still HALTED" in kill
+
+
+def test_a_state_that_ended_during_a_silence_is_not_raised_again():
+    until = 10_000.0
+    cfg = AlertsConfig(silence=(Silence("*", "*", until),))
+    halted = health(ts=T0, trading_state="HALTED", halt_reason="consecutive_losses")
+    reset = health(ts=T0 + 5 * MIN)  # ACTIVE again, and beating
+    slack = FakeSlack()
+    run(
+        ListReader([[("health", halted)], [("health", reset)]]),
+        Rules(cfg, until - 200),
+        Notifier(cfg, slack),
+        max_messages=2,
+        clock=Clock(t=until - 200, step=60.0),
+    )
+    run(  # the silence ends with the flow beating: nothing to say
+        ListReader([[("health", health(ts=T0 + 10 * MIN))]]),
+        Rules(cfg, until - 100),
+        Notifier(cfg, slack),
+        max_messages=1,
+        clock=Clock(t=until - 60, step=60.0),
+    )
+    assert slack.texts == []
+
+
 def test_without_a_webhook_alerts_go_to_the_log(caplog):
     n = Notifier(AlertsConfig(), None)
     with caplog.at_level(logging.WARNING, logger="ensemble.alerts"):
