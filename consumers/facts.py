@@ -16,12 +16,12 @@ import math
 import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time
 from typing import Any
 
 from consumers.stream import Dedup, Record
-from operators.kpis import RoundTrip, decision_of, pair_round_trips
+from operators.kpis import RoundTrip, decision_of, pair_round_trips, utc_day
 from operators.reasons import KILL_SWITCH_REASONS
 
 log = logging.getLogger("ensemble.copilot")
@@ -211,18 +211,22 @@ def trip_facts(tel: Telemetry, t: RoundTrip) -> dict[str, Any]:
 
 
 # -- the daily summary -------------------------------------------------------------------------
+def _date(day: int) -> date:
+    return datetime.fromtimestamp(day * DAY_MS / 1000, UTC).date()
+
+
 def latest_day(tel: Telemetry) -> date:
     """The last complete UTC day of the telemetry (an end-of-day job run just after
-    midnight summarises the day before); the current day when nothing is earlier."""
+    midnight summarises the day before); the current day when nothing is earlier. Days
+    of bar closes as the flow counts them: the close at 24:00 is the day's last."""
     last = tel.last_ts()
     if last is None:
         raise CopilotError("no health telemetry found: has the flow published anything yet?")
-    day = datetime.fromtimestamp(last / 1000, UTC).date()
-    t0 = day_start_ms(day)
-    if last >= t0 + DAY_MS - BAR_MS:  # the day's last 5m bar is in
-        return day
+    day = utc_day(last)
+    if last == (day + 1) * DAY_MS:  # the day's last 5m bar, closing at 24:00, is in
+        return _date(day)
     first = min(h[0]["ts_event_ms"] for h in tel.health.values() if h)
-    return date.fromordinal(day.toordinal() - 1) if first < t0 else day
+    return _date(day - 1 if utc_day(first) < day else day)
 
 
 def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
@@ -231,12 +235,18 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
     t1 = t0 + DAY_MS
 
     def in_day(ts: int | None) -> bool:
+        """Fills, costs, commands: the time they happened (as backtest/kpis.py counts)."""
         return ts is not None and t0 <= ts < t1
+
+    def closed_in_day(ts: int) -> bool:
+        """A bar close (health, signals) as the flow's daily loss limit counts it: the
+        close at 24:00 is the day's last, the one at 00:00 the day before's."""
+        return utc_day(ts) == t0 // DAY_MS
 
     symbols = []
     for sym in tel.symbols:
-        health = [h for h in tel.health[sym] if in_day(h["ts_event_ms"])]
-        signals = [s for s in tel.signals_by_symbol[sym] if in_day(s["ts_event_ms"])]
+        health = [h for h in tel.health[sym] if closed_in_day(h["ts_event_ms"])]
+        signals = [s for s in tel.signals_by_symbol[sym] if closed_in_day(s["ts_event_ms"])]
         if not health and not signals:
             continue
         trips = [t for t in tel.round_trips[sym] if in_day(t.exit["ts_event_ms"])]
@@ -252,7 +262,7 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
             for r in rs
             if r["symbol"] == sym and in_day(r["ts_event_ms"])
         )
-        before = tel.at_or_before(tel.health[sym], t0 - 1)
+        before = tel.at_or_before(tel.health[sym], t0)  # the day before's 24:00 close
         wins = sum(1 for t in trips if t.pnl_usd > 0)
         losses = len(trips) - wins
         losing = sorted((t for t in trips if t.pnl_usd <= 0), key=lambda t: t.pnl_usd)[:3]
@@ -293,7 +303,7 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
                 "rejections_by_reason": [
                     {"reason": r, "count": n} for r, n in rejections.most_common()
                 ],
-                "kill_switch_events": _state_changes(tel.health[sym], t0, t1),
+                "kill_switch_events": _state_changes(tel.health[sym], closed_in_day),
                 "operator_commands": [
                     {"time_utc": utc_text(r["ts_event_ms"]), "command": r["command"]["command"]}
                     for r in tel.repro[sym]
@@ -322,13 +332,15 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
     }
 
 
-def _state_changes(health: list[dict[str, Any]], t0: int, t1: int) -> list[dict[str, Any]]:
-    """Kill-switch halts and resumptions within [t0, t1), from the health stream."""
+def _state_changes(
+    health: list[dict[str, Any]], in_day: Callable[[int], bool]
+) -> list[dict[str, Any]]:
+    """Kill-switch halts and resumptions at the closes `in_day`, from the health stream."""
     out = []
     prev = None
     for h in health:
         state, reason = h["trading_state"], h["halt_reason"]
-        if t0 <= h["ts_event_ms"] < t1 and prev is not None and state != prev["trading_state"]:
+        if in_day(h["ts_event_ms"]) and prev is not None and state != prev["trading_state"]:
             kill = reason.split(":")[0] in KILL_SWITCH_REASONS
             if state == "HALTED":
                 event = "kill_switch_fired" if kill else "halted"

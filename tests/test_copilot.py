@@ -14,6 +14,7 @@ import pytest
 from consumers import copilot, llm
 from consumers.facts import CopilotError, Telemetry, parse_time, summary_facts, why_facts
 from operators.config import ENSEMBLE_1_1
+from operators.kpis import utc_day
 from operators.redaction import redact
 from tests.test_alerts import (
     MIN,
@@ -180,13 +181,35 @@ def test_summary_counts_the_day_from_the_telemetry(tel):
 def test_the_day_before_is_its_own_day_and_the_latest_day_is_the_default(tel):
     [s] = summary_facts(tel, date(2024, 1, 3))["symbols"]
     assert (s["round_trips"], s["wins"], s["pnl_usd"]) == (1, 1, 1.0)
-    assert summary_facts(tel)["date"] == "2024-01-04"  # its 23:55 bar is in
-    partial = Telemetry(day_records() + [("health", health(ts=T0 + DAY))])
+    # the 4th's last bar closes at 24:00 (as the flow counts days); until it is in, the
+    # 4th is not complete
+    assert summary_facts(tel)["date"] == "2024-01-03"
+    complete = Telemetry(day_records() + [("health", health(ts=T0 + DAY))])
+    assert summary_facts(complete)["date"] == "2024-01-04", "the last complete day"
+    partial = Telemetry(day_records() + [("health", health(ts=T0 + DAY + 5 * MIN))])
     assert summary_facts(partial)["date"] == "2024-01-04", "the last complete day"
     only_today = Telemetry([("health", health(ts=T0 + 10 * H))])
     assert summary_facts(only_today)["date"] == "2024-01-04"
     with pytest.raises(CopilotError, match="no telemetry on 2024-02-01"):
         summary_facts(tel, date(2024, 2, 1))
+
+
+def test_a_day_holds_the_bar_closes_the_flow_counts_in_it_the_close_at_24_00_its_last():
+    # the flow's daily loss limit (operators/kpis.utc_day) puts the close at 24:00 in the
+    # day it ends: a halt there is that day's, and the next day starts from its equity
+    closes = [T0 - 5 * MIN, T0, T0 + 12 * H, T0 + DAY - 5 * MIN]
+    recs = [("health", health(ts=t, equity_usd=10_000.0)) for t in closes]
+    halted = dict(trading_state="HALTED", halt_reason="daily_loss_limit", drawdown=0.06)
+    recs += [("health", health(ts=T0 + DAY, equity_usd=9_400.0, **halted))]
+    recs += [("signals", signals(ts=t)) for t in [*closes, T0 + DAY]]
+    tel = Telemetry(recs)
+    [s] = summary_facts(tel, date(2024, 1, 4))["symbols"]
+    assert s["bars"] == 3, "the closes 00:05 ... 24:00, not the one at 00:00"
+    assert (s["equity_start_usd"], s["equity_end_usd"]) == (10_000.0, 9_400.0)
+    assert (s["end_state"], s["max_drawdown_day"]) == ("HALTED", 0.06)
+    assert [e["event"] for e in s["kill_switch_events"]] == ["kill_switch_fired"]
+    [before] = summary_facts(tel, date(2024, 1, 3))["symbols"]
+    assert before["bars"] == 2 and before["end_state"] == "ACTIVE"
 
 
 def test_republished_records_are_not_counted_twice():
@@ -502,7 +525,7 @@ def test_the_copilot_counts_the_same_round_trips_as_the_flow(tmp_path):
     run_files(settings)
     tel = Telemetry(copilot.records_from_dir(tmp_path))
     flow = json.loads((tmp_path / "summary.json").read_text())["symbols"]
-    days = sorted({r["ts_event_ms"] // DAY for rs in tel.health.values() for r in rs})
+    days = sorted({utc_day(r["ts_event_ms"]) for rs in tel.health.values() for r in rs})
     totals: dict[str, list[int]] = {}
     for d in days:
         for s in summary_facts(tel, date.fromordinal(date(1970, 1, 1).toordinal() + d))["symbols"]:
