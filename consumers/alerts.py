@@ -6,7 +6,7 @@ Follows the flow's telemetry as a kafka-python consumer group and raises an aler
   again.
 - drawdown_breach (health): drawdown from peak crosses `drawdown_breach`; re-arms below.
 - error_event (errors): the flow published an error record.
-- heartbeat_missing (a wall-clock timer): no health event for more than
+- heartbeat_missing (a timer of elapsed time): no health event for more than
   `heartbeat_missed_intervals` x `heartbeat_interval_s`; resolved when one arrives.
 - consecutive_losses (executions): `consecutive_losses` or more losing round trips in a
   row.
@@ -319,7 +319,10 @@ class _Beat:
 
 
 class Rules:
-    """SPEC 9's rules over deduplicated records; `tick` runs the wall-clock heartbeat timer."""
+    """SPEC 9's rules over deduplicated records; `tick` runs the heartbeat timer.
+
+    `now_s` is a monotonic clock's: heartbeat ages are elapsed time, which a wall clock
+    stepped back (late alert) or forward (false alert) would misstate."""
 
     def __init__(self, cfg: AlertsConfig, now_s: float) -> None:
         self.cfg = cfg
@@ -597,11 +600,17 @@ def slack_text(alert: Alert, suppressed: int) -> str:
 
 
 class Notifier:
-    """Dedup -> log -> silence -> rate limit -> Slack. Returns what happened to an alert."""
+    """Dedup -> log -> silence -> rate limit -> Slack. Returns what happened to an alert.
 
-    def __init__(self, cfg: AlertsConfig, slack: Sink | None) -> None:
+    `now_s` is a monotonic clock's (dedup and rate-limit windows are elapsed time); a
+    silence ends at a time of day, judged on `wall_clock`."""
+
+    def __init__(
+        self, cfg: AlertsConfig, slack: Sink | None, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.cfg = cfg
         self.slack = slack
+        self.wall_clock = wall_clock  # for silences, whose end is a time of day
         self._fingerprints: dict[tuple[str, str, str], float] = {}
         self._sent: dict[tuple[str, str], deque] = defaultdict(deque)
         self._suppressed: dict[tuple[str, str], int] = defaultdict(int)
@@ -609,10 +618,11 @@ class Notifier:
         self.last_ticket = 0  # of the last text handed to a queued sink
         self._silences: set[Silence] = set()  # in force at the last look
 
-    def silences_ended(self, now_s: float) -> list[Silence]:
+    def silences_ended(self) -> list[Silence]:
         """The silences in force at the last call that no longer are (their end time
         passed, or they were removed from the config)."""
-        now = {s for s in self.cfg.silence if s.active(now_s)}
+        wall_s = self.wall_clock()
+        now = {s for s in self.cfg.silence if s.active(wall_s)}
         ended, self._silences = self._silences - now, now
         return sorted(ended, key=lambda s: s.describe())
 
@@ -663,7 +673,8 @@ class Notifier:
     def _deliver(self, alert: Alert, now_s: float) -> str:
         if self.slack is None:
             return "not configured"
-        if any(s.matches(alert.rule, alert.symbol, now_s) for s in self.cfg.silence):
+        wall_s = self.wall_clock()
+        if any(s.matches(alert.rule, alert.symbol, wall_s) for s in self.cfg.silence):
             return "silenced"
         key = (alert.rule, alert.symbol)
         suppressed = 0
@@ -770,7 +781,7 @@ def run(
     max_messages: int | None = None,
     until_idle_s: float | None = None,
     poll_s: float = 1.0,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.monotonic,
     watcher: ConfigWatcher | None = None,
     stop: Callable[[], bool] = lambda: False,
     dedup: Dedup | None = None,
@@ -781,6 +792,7 @@ def run(
     queue (delivered, or given up): reading goes on during a Slack outage, the commit
     waits, and a restart reads those records again and raises their alerts again.
 
+    `clock` is monotonic: ages and windows are elapsed time, whatever the wall clock does.
     Ends after `max_messages` messages, after `until_idle_s` seconds without one, or when
     `stop()` is true; otherwise runs for ever.
     """
@@ -795,7 +807,7 @@ def run(
         if watcher is not None and (cfg := watcher.changed(now)) is not None:
             rules.reconfigure(cfg, now)
             notifier.cfg = cfg
-        if ended := notifier.silences_ended(now):  # before new alerts, which are not silenced
+        if ended := notifier.silences_ended():  # before new alerts, which are not silenced
             notifier.reraise(rules.active(now), ended, now)
         for stream, rec in records:
             seen = dedup.check(stream, rec)
@@ -876,7 +888,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         "slack: %s",
         "webhook configured" if slack else f"{SLACK_ENV} unset, alerts go to the log only",
     )
-    now = time.time()
+    now = time.monotonic()
     rules, dedup = Rules(cfg, now), Dedup()
     try:
         history = read_before_committed(kafka, STREAMS, cfg.group_id, cfg.rebuild_messages)

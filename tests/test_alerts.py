@@ -7,10 +7,12 @@ HTTP server on 127.0.0.1 speaking Slack's incoming-webhook protocol.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -814,12 +816,14 @@ def test_silenced_alerts_skip_slack_but_stay_in_the_log(caplog):
             Silence("*", "ETH-PERP", 2_000.0),
         )
     )
-    n = Notifier(cfg, slack)
+    wall = Clock(t=1_999.0, step=0.0)  # silences end by the wall clock
+    n = Notifier(cfg, slack, wall_clock=wall)
     with caplog.at_level(logging.INFO, logger="ensemble.alerts"):
         assert n.handle(_alert("1", rule="large_slippage"), 0.0) == "silenced"
-        assert n.handle(_alert("2", sym="ETH-PERP"), 1_999.0) == "silenced"
-        assert n.handle(_alert("3", sym="ETH-PERP"), 2_000.0) == "sent", "the silence expired"
-        assert n.handle(_alert("4"), 2_001.0) == "sent"
+        assert n.handle(_alert("2", sym="ETH-PERP"), 1.0) == "silenced"
+        wall.t = 2_000.0
+        assert n.handle(_alert("3", sym="ETH-PERP"), 2.0) == "sent", "the silence expired"
+        assert n.handle(_alert("4"), 3.0) == "sent"
     assert len(slack.texts) == 2
     logged = [r.getMessage() for r in caplog.records]
     assert any("something happened (1)" in m and "[slack: silenced]" in m for m in logged)
@@ -831,12 +835,13 @@ def test_a_flow_that_dies_during_a_silence_is_reported_when_the_silence_ends():
     cfg = AlertsConfig(silence=(Silence("*", "BTC-PERP", until),))
     halted = health(ts=T0, trading_state="HALTED", halt_reason="consecutive_losses")
     slack = FakeSlack()
+    clock = Clock(t=until - 3_600, step=60.0)  # the wall clock, and the monotonic one
     run(
         ListReader([[("health", halted)]]),  # the kill-switch fires, then the flow dies
         Rules(cfg, until - 3_600),
-        Notifier(cfg, slack),
+        Notifier(cfg, slack, wall_clock=clock),
         until_idle_s=2 * 3_600,
-        clock=Clock(t=until - 3_600, step=60.0),
+        clock=clock,
     )
     # both were silenced when raised; both still hold when the silence ends
     heartbeat, kill = sorted(slack.texts, key=lambda t: "kill_switch" in t)
@@ -850,21 +855,41 @@ def test_a_state_that_ended_during_a_silence_is_not_raised_again():
     halted = health(ts=T0, trading_state="HALTED", halt_reason="consecutive_losses")
     reset = health(ts=T0 + 5 * MIN)  # ACTIVE again, and beating
     slack = FakeSlack()
-    run(
-        ListReader([[("health", halted)], [("health", reset)]]),
-        Rules(cfg, until - 200),
-        Notifier(cfg, slack),
-        max_messages=2,
-        clock=Clock(t=until - 200, step=60.0),
-    )
-    run(  # the silence ends with the flow beating: nothing to say
-        ListReader([[("health", health(ts=T0 + 10 * MIN))]]),
-        Rules(cfg, until - 100),
-        Notifier(cfg, slack),
-        max_messages=1,
-        clock=Clock(t=until - 60, step=60.0),
-    )
+    notifier = Notifier(cfg, slack, wall_clock=Clock(t=until - 100, step=0.0))
+    rules = Rules(cfg, 0.0)
+    run(ListReader([[("health", halted)], [("health", reset)]]), rules, notifier, max_messages=2)
+    notifier.wall_clock = Clock(t=until + 1, step=0.0)
+    # the silence ends with the flow beating: nothing to say
+    run(ListReader([[("health", health(ts=T0 + 10 * MIN))]]), rules, notifier, max_messages=1)
     assert slack.texts == []
+
+
+def test_a_stepped_wall_clock_neither_delays_nor_fakes_a_missing_heartbeat():
+    # NTP steps the wall clock; heartbeat ages are elapsed time (monotonic), while a
+    # silence still ends at its time of day
+    wall = Clock(t=1_900_000_000.0, step=0.0)
+    cfg = AlertsConfig(silence=(Silence("*", "ETH-PERP", wall.t + 60),))
+
+    class SteppingReader(ListReader):
+        def poll(self, timeout_s: float) -> tuple[list, int]:
+            wall.t += 3_600.0 if self.read == 1 else 0.0  # stepped an hour forward, once
+            return super().poll(timeout_s)
+
+    slack = FakeSlack()
+    rules, notifier = Rules(cfg, 0.0), Notifier(cfg, slack, wall_clock=wall)
+    beating = SteppingReader([[("health", health(ts=T0))], [("health", health(ts=T0 + 5 * MIN))]])
+    run(beating, rules, notifier, until_idle_s=540, clock=Clock(t=0.0, step=60.0))
+    assert slack.texts == [], "an hour on the wall clock is not an hour without a heartbeat"
+    assert notifier.handle(_alert("eth", sym="ETH-PERP"), 0.0) == "sent", "the silence ended"
+
+    wall.t -= 7_200.0  # and stepped back two hours: the next missing heartbeat is on time
+    run(ListReader([]), rules, notifier, until_idle_s=300, clock=Clock(t=600.0, step=60.0))
+    assert [t for t in slack.texts if "heartbeat_missing" in t], slack.texts
+
+
+def test_the_consumer_measures_ages_on_the_monotonic_clock_and_silences_on_the_wall_clock():
+    assert inspect.signature(run).parameters["clock"].default is time.monotonic
+    assert Notifier(AlertsConfig(), None).wall_clock is time.time
 
 
 def test_without_a_webhook_alerts_go_to_the_log(caplog):
