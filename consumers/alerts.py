@@ -66,6 +66,7 @@ from consumers.stream import (
 )
 from dataflows.environment import environ
 from operators.config import ConfigError
+from operators.kpis import is_win
 from operators.reasons import KILL_SWITCH_REASONS
 from operators.redaction import scrub
 from operators.validation import (
@@ -528,7 +529,7 @@ class Rules:
         if pnl is None:
             return out
         st = self.states[(sid, sym)]
-        if pnl >= 0:  # as the risk state counts: a non-negative round trip ends the run
+        if is_win(pnl):  # as the risk state counts: only a win ends the run, not a zero
             st.loss_run.clear()
             return out
         st.loss_run.append((ts, pnl))

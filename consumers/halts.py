@@ -27,6 +27,7 @@ from consumers.facts import (
     trip_facts,
     utc_text,
 )
+from operators.kpis import is_win
 
 _STOP = re.compile(r"\b(stop|stopped|stopping|halt|halted|halting|kill[- ]?switch)\b", re.I)
 _LAST = re.compile(r"\b(last|latest|most recent)\b(?:\s+\w+){0,2}\s+trade\b", re.I)
@@ -108,7 +109,7 @@ def halt_facts(
     reason = h["halt_reason"]
     losing = []
     for t in reversed([t for t in tel.round_trips.get(sym, []) if t.exit["ts_event_ms"] <= ts]):
-        if t.pnl_usd >= 0:  # as the risk state counts: a non-negative round trip ends the run
+        if is_win(t.pnl_usd):  # as the risk state counts: only a win ends the run, not a zero
             break
         losing.insert(0, trip_facts(tel, t))
     flatten = [

@@ -708,6 +708,19 @@ def test_large_slippage_alerts_above_the_threshold_only():
     assert "6.30 USD" in a.text and a.fingerprint == did("BTC-PERP", T0 + MIN)
 
 
+def test_a_round_trip_with_zero_pnl_does_not_end_a_loss_run():
+    # the flow's risk state (kpis.is_win) counts a zero as a loss: so does the alert
+    r = rules_for(consecutive_losses=3)
+
+    def close(ts: int, pnl: float) -> list[Alert]:
+        ex = execution("BTC-PERP", ts, "sell", "time_exit", trade_pnl_usd=pnl)
+        return fire(r, "executions", ex)
+
+    assert close(T0, -5.0) == [] and close(T0 + MIN, 0.0) == []
+    [a] = close(T0 + 2 * MIN, -1.0)
+    assert a.rule == "consecutive_losses" and "3 losing trades in a row" in a.text
+
+
 def test_a_disabled_rule_raises_nothing():
     r = rules_for(disabled_rules=("large_slippage",))
     assert fire(r, "executions", execution("BTC-PERP", T0, "buy", slippage_bps=50.0)) == []

@@ -628,6 +628,18 @@ def test_the_last_trade_asked_with_the_wrong_side_is_corrected(tel):
     assert ans.text.startswith("The last trade for BTC-PERP (2024-01-04 16:00 UTC) was a long")
 
 
+def test_the_losing_run_behind_a_halt_counts_a_zero_pnl_trade_as_the_flow_does():
+    recs = [("health", health(ts=T0))]
+    for i, pnl in enumerate((-2.0, 0.0, -1.0)):
+        recs += _trade(
+            "BTC-PERP", T0 + (2 * i + 1) * H, T0 + (2 * i + 2) * H, "buy", "pros", 0.6, pnl
+        )
+    halted = dict(trading_state="HALTED", halt_reason="consecutive_losses", consecutive_losses=3)
+    recs += [("health", health(ts=T0 + 6 * H, **halted))]
+    f = copilot.ask(Telemetry(recs), "why did we stop trading at 06:00?", None).facts
+    assert [t["pnl_usd"] for t in f["losing_trades"]] == [-2.0, 0.0, -1.0]
+
+
 def test_why_did_we_stop_trading_finds_the_kill_switch_that_fired_then(tel):
     ans = copilot.ask(tel, "why did we stop trading at 18:00?", None)
     f = ans.facts
