@@ -190,10 +190,13 @@ class Ingestor:
 
     def wanted(self, item: Item) -> bool:
         """Whether the flow reads this record (see `IngestorConfig.candle_symbols`)."""
+        return self._wants(item.stream, item.record["symbol"])
+
+    def _wants(self, stream: str, symbol: str) -> bool:
         candles = self.cfg.candle_symbols
-        if candles is None or item.stream == "funding":
+        if candles is None or stream not in ("trades", "candles"):
             return True
-        return (item.stream == "candles") == (item.record["symbol"] in candles)
+        return (stream == "candles") == (symbol in candles)
 
     def _publish(self, item: Item, recv_ms: int, backfilled: bool) -> bool:
         stream = item.stream
@@ -271,7 +274,10 @@ class Ingestor:
             except RecordError as e:  # no raw REST row is kept: the record stands for it
                 self._dead_letter(json.dumps(item.record, sort_keys=True), str(e), recv_ms, "rest")
         for gap in result.gaps:
-            self._report_gap(gap)
+            # a stream the ingestor does not publish for the symbol (`--candle-symbols`)
+            # has no last record to reach back to: its "gap" is nothing the flow misses
+            if gap.symbol == "*" or self._wants(gap.stream, gap.symbol):
+                self._report_gap(gap)
         log.info("%s: backfilled %d records (%d already had)", self.venue.name, n, len(items) - n)
 
     def _report_gap(self, gap: Gap) -> None:

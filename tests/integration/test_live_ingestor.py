@@ -609,6 +609,20 @@ def test_candle_symbols_get_candles_and_the_others_trades_as_the_flow_reads_them
     assert len(read_topic(kafka_bootstrap, f"{prefix}.candles", "candle")) >= 1
 
 
+def test_a_candle_symbol_s_trades_never_published_are_no_gap_after_a_drop(kafka_bootstrap, prefix):
+    """With `--candle-symbols` a symbol's trades are not published, so after a drop it has
+    no last trade to reach back to, and Hyperliquid's backfill logged a trade GAP at every
+    reconnect (recentTrades newer than the last candle). Only what the ingestor publishes
+    can have a gap."""
+    provision(kafka_bootstrap, prefix)
+    script = Script(cut_after=6, cut_mode="drop", skip=4, recent_trades=3)  # candles before
+    with VenueServer("hyperliquid", frames_of("hyperliquid"), script) as server:
+        ing = run_ingestor(server, kafka_bootstrap, prefix, candle_symbols=("BTC-PERP",))
+    assert server.connections >= 2
+    assert [g for g in ing.gaps if g.stream == "trades"] == []
+    assert read_topic(kafka_bootstrap, f"{prefix}.trades", "trade") == []
+
+
 def test_connections_are_replaced_before_the_venue_s_age_limit_without_losing_a_trade(
     kafka_bootstrap, prefix
 ):
