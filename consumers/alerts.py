@@ -635,11 +635,11 @@ class Notifier:
                 again = f"{alert.fingerprint}:silence-ended:{now_s:.0f}"
                 self.handle(dataclasses.replace(alert, fingerprint=again), now_s)
 
-    def settled(self) -> bool:
-        """Every alert handed to Slack so far was delivered or given up (or dropped): the
-        records that raised them may be committed."""
+    def settled(self) -> int:
+        """The last ticket up to which every alert handed to Slack was delivered or given
+        up (`QueuedSink.settled`): the records that raised them may be committed."""
         settled = getattr(self.slack, "settled", None)
-        return settled is None or settled() >= self.last_ticket
+        return self.last_ticket if settled is None else settled()
 
     def handle(self, alert: Alert, now_s: float) -> str:
         # the text quotes records (an operator's halt reason, an error message): no secret,
@@ -786,6 +786,7 @@ def run(
     watcher: ConfigWatcher | None = None,
     stop: Callable[[], bool] = lambda: False,
     dedup: Dedup | None = None,
+    commits: Commits | None = None,
 ) -> RunStats:
     """Poll, deduplicate, apply the rules and the heartbeat timer, notify, commit.
 
@@ -799,8 +800,8 @@ def run(
     """
     stats = RunStats()
     dedup = dedup or Dedup()
+    commits = commits if commits is not None else Commits()
     unread_health = getattr(reader, "unread_health", lambda: 0)
-    uncommitted: Any = None  # the positions after the last batch read, not committed yet
     last_msg_s = clock()
     while not stop():
         records, polled = reader.poll(poll_s)
@@ -827,18 +828,35 @@ def run(
         for alert in rules.tick(now, unread_health()):
             notifier.handle(alert, now)
         if polled:
-            uncommitted = reader.positions()
+            commits.read(reader.positions(), notifier.last_ticket)
             stats.messages += polled
             last_msg_s = now
-        if uncommitted is not None and notifier.settled():  # at least once, to Slack too
-            reader.commit(uncommitted)
-            uncommitted = None
+        commits.commit_settled(reader, notifier.settled())  # at least once, to Slack too
         if max_messages is not None and stats.messages >= max_messages:
             break
         if until_idle_s is not None and now - last_msg_s >= until_idle_s:
             break
     stats.alerts = dict(notifier.outcomes)
     return stats
+
+
+@dataclass
+class Commits:
+    """Where reading got to after each batch, with the last alert ticket raised by then:
+    committed once Slack has settled that ticket, each batch on its own, so one alert
+    still waiting holds back only the batches from its own on."""
+
+    pending: deque[tuple[Any, int]] = field(default_factory=deque)
+
+    def read(self, positions: Any, ticket: int) -> None:
+        self.pending.append((positions, ticket))
+
+    def commit_settled(self, reader: Reader, settled: int) -> None:
+        last = None
+        while self.pending and self.pending[0][1] <= settled:
+            last = self.pending.popleft()[0]
+        if last is not None:
+            reader.commit(last)
 
 
 def slack_from_env(env: Mapping[str, str]) -> QueuedSink | None:
@@ -902,6 +920,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return 2
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    notifier, commits = Notifier(cfg, slack), Commits()
     log.info(
         "following %s as group %s (where it left off; a new group starts at the %s)",
         ", ".join(f"{kafka.prefix}.{s}" for s in STREAMS),
@@ -912,18 +931,21 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         stats = run(
             reader,
             rules,
-            Notifier(cfg, slack),
+            notifier,
             max_messages=args.max_messages,
             until_idle_s=args.until_idle,
             watcher=ConfigWatcher(args.config, env),
             stop=lambda: bool(stopping),
             dedup=dedup,
+            commits=commits,
         )
     except KeyboardInterrupt:
         return 0
     finally:
-        reader.close()
+        # Slack first: the last batches' alerts delivered while it drains are committed
         undelivered = slack.close() if slack is not None else 0
+        commits.commit_settled(reader, notifier.settled())
+        reader.close()
     log.info(
         "stopped: %d messages, %d records, %d duplicates dropped, alerts %s%s",
         stats.messages,

@@ -9,9 +9,11 @@ memory stays bounded and the newest alerts win.
 `close` gives the worker a moment to drain, then reports what was left undelivered.
 
 Every text gets a ticket, in order; `settled()` is the last ticket up to which every text
-was delivered, given up or dropped. The consumer commits a batch's offsets only once the
-tickets of its alerts are settled, so an alert still waiting at a stop is raised again
-from its record after the restart.
+was delivered, given up (a warning after its minute, one Slack refuses for good) or
+dropped, except that a critical one dropped from a full queue, and any left waiting at
+stop, settle nothing from them on. The consumer commits a batch's offsets only once the
+tickets of its alerts are settled, so such an alert is raised again from its record
+after the restart.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class QueuedSink:
         self._stopping = threading.Event()
         self._busy: int | None = None  # the ticket being posted
         self.tickets = 0  # the last ticket given
+        self._lost: int | None = None  # the first ticket not delivered that must be again
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -77,6 +80,8 @@ class QueuedSink:
                 oldest = next((q for q in self._queue if not q[2]), self._queue[0])
                 self._queue.remove(oldest)
                 self.dropped += 1
+                if oldest[2]:  # its records stay uncommitted: a restart raises it again
+                    self._lose(oldest[0])
                 log.error(
                     "%s: queue full (%d alerts waiting): the oldest waiting %s alert was "
                     "dropped undelivered (it is in the log)",
@@ -94,11 +99,17 @@ class QueuedSink:
             return len(self._queue) + (1 if self._busy is not None else 0)
 
     def settled(self) -> int:
-        """The last ticket up to which every text was delivered, given up or dropped."""
+        """The last ticket up to which every text was delivered, given up or dropped (see
+        the module's docstring)."""
         with self._cond:
             if self._busy is not None:
-                return self._busy - 1
-            return self._queue[0][0] - 1 if self._queue else self.tickets
+                done = self._busy - 1
+            else:
+                done = self._queue[0][0] - 1 if self._queue else self.tickets
+            return done if self._lost is None else min(done, self._lost - 1)
+
+    def _lose(self, ticket: int) -> None:
+        self._lost = ticket if self._lost is None else min(self._lost, ticket)
 
     def _work(self) -> None:
         while True:
@@ -128,6 +139,9 @@ class QueuedSink:
         with self._cond:
             self._cond.wait_for(lambda: not self._queue and self._busy is None, timeout=timeout_s)
             left = len(self._queue) + (1 if self._busy is not None else 0)
+            for ticket in [self._busy, *(q[0] for q in self._queue)]:
+                if ticket is not None:
+                    self._lose(ticket)
             self._queue.clear()
             self._stopping.set()
             self._cond.notify_all()

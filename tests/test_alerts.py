@@ -1140,7 +1140,85 @@ def test_a_kill_switch_raised_while_slack_is_down_reaches_slack_after_a_restart(
         assert sink.close(timeout_s=10) == 0
         delivered = hook.texts[tried:]
     assert len(delivered) == 1 and "`kill_switch`" in delivered[0], delivered
-    assert notifier.settled()
+    assert notifier.settled() == notifier.last_ticket
+
+
+class SlowSlack:
+    """A queued sink that Slack empties only as far as the test says (`done`), answering
+    `settled` as QueuedSink does."""
+
+    name = "slack"
+
+    def __init__(self) -> None:
+        self.tickets = self.done = 0
+
+    def send(self, text: str, critical: bool = False) -> Any:
+        from consumers.delivery import Queued
+
+        self.tickets += 1
+        return Queued(self.tickets)
+
+    def settled(self) -> int:
+        return self.done
+
+
+def test_each_batch_is_committed_once_the_alerts_raised_up_to_it_are_delivered():
+    """Slack slower than the alerts: with a new alert in every batch its queue never
+    emptied, and nothing was committed for as long as that lasted. A batch now waits only
+    for the alerts raised up to it."""
+    from consumers.alerts import Commits
+
+    cfg = AlertsConfig()
+    slack, commits = SlowSlack(), Commits()
+    syms = ["BTC-PERP", "ETH-PERP"] * 2  # under the rate limit of a rule and symbol
+    reader = ListReader(
+        [[("errors", error(sym, T0 + i * MIN, f"e{i}"))] for i, sym in enumerate(syms)]
+    )
+    notifier = Notifier(cfg, slack)
+    run(reader, Rules(cfg, 1_000.0), notifier, max_messages=4, clock=Clock(), commits=commits)
+    assert slack.tickets == 4 and reader.committed == 0
+    slack.done = 2  # Slack took the first two: their batches
+    commits.commit_settled(reader, notifier.settled())
+    assert reader.committed == 2
+    slack.done = 4
+    commits.commit_settled(reader, notifier.settled())
+    assert reader.committed == 4
+
+
+def test_a_critical_alert_dropped_or_left_at_stop_holds_its_records_back():
+    """A full queue drops its oldest warning; if all that wait are critical, the oldest
+    critical goes, and counting it settled let its records be committed: a restart never
+    raised it again. So did closing with alerts still waiting."""
+    from consumers.delivery import QueuedSink
+
+    class Down:
+        name = "slack"
+
+        def __init__(self) -> None:
+            self.release = threading.Event()
+
+        def send(self, text: str, critical: bool = False) -> Any:
+            self.release.wait(5)
+            return type("R", (), {"ok": False})()
+
+    down = Down()
+    sink = QueuedSink(down, max_alerts=2)
+    sink.send("busy", critical=True)  # ticket 1, being posted
+    deadline = time.monotonic() + 5
+    while sink.pending() and sink._queue and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sink.send("w", critical=False)  # 2
+    sink.send("k1", critical=True)  # 3
+    sink.send("k2", critical=True)  # 4: the warning is dropped, settled
+    sink.send("k3", critical=True)  # 5: k1 is dropped, not settled
+    assert sink.dropped == 2 and sink.settled() == 0
+    down.release.set()  # the busy one fails for good (refused): given up
+    deadline = time.monotonic() + 5
+    while sink.settled() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.settled() == 2, "up to the dropped critical, k1"
+    sink.close(timeout_s=0.5)
+    assert sink.settled() == 2
 
 
 class LaggingReader(ListReader):
