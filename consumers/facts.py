@@ -260,7 +260,7 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
             r["reason"]
             for rs in tel.rejections.values()
             for r in rs
-            if r["symbol"] == sym and in_day(r["ts_event_ms"])
+            if r["symbol"] == sym and closed_in_day(r["ts_event_ms"])  # at its bar's close
         )
         before = tel.at_or_before(tel.health[sym], t0)  # the day before's 24:00 close
         wins = sum(1 for t in trips if t.pnl_usd > 0)
