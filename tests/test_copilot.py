@@ -202,9 +202,12 @@ def test_a_day_holds_the_bar_closes_the_flow_counts_in_it_the_close_at_24_00_its
     halted = dict(trading_state="HALTED", halt_reason="daily_loss_limit", drawdown=0.06)
     recs += [("health", health(ts=T0 + DAY, equity_usd=9_400.0, **halted))]
     recs += [("signals", signals(ts=t)) for t in [*closes, T0 + DAY]]
+    recs += [("rejections", rejection("BTC-PERP", T0, "no_doubling_down"))]  # the 3rd's
+    recs += [("rejections", rejection("BTC-PERP", T0 + DAY, "low_conf_veto"))]
     tel = Telemetry(recs)
     [s] = summary_facts(tel, date(2024, 1, 4))["symbols"]
     assert s["bars"] == 3, "the closes 00:05 ... 24:00, not the one at 00:00"
+    assert s["rejections_by_reason"] == [{"reason": "low_conf_veto", "count": 1}]
     assert (s["equity_start_usd"], s["equity_end_usd"]) == (10_000.0, 9_400.0)
     assert (s["end_state"], s["max_drawdown_day"]) == ("HALTED", 0.06)
     assert [e["event"] for e in s["kill_switch_events"]] == ["kill_switch_fired"]
