@@ -50,11 +50,11 @@ class TimedPublisher(Publisher):
         super().__init__(*a, **kw)
         self.latencies: list[tuple[int, float]] = []  # (frame receipt ns, ms to ack)
 
-    def delivery_callback(self):
+    def delivery_callback(self, recv_ms):
         t0 = self.frame_t0_ns
 
         def done(err, msg):
-            self._on_delivery(err, msg)
+            self._on_delivery(err, msg, recv_ms)
             self.latencies.append((t0, (time.perf_counter_ns() - t0) / 1e6))
 
         return done

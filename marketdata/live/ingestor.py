@@ -181,6 +181,14 @@ class Ingestor:
                 self._publish(item, recv_ms, backfilled=False)
             except RecordError as e:  # the frame's other records still go out
                 self._dead_letter(frame, str(e), recv_ms)
+        self._report_lost()
+
+    def _report_lost(self) -> None:
+        """Records the broker never took (an outage longer than the producer's message
+        timeout) are gone from the topics: their window is a GAP, never hidden."""
+        for stream, symbol, n, first_ms, last_ms, error in self.publisher.take_lost():
+            reason = f"Kafka did not take {n} record(s) received in this window: {error}"
+            self._report_gap(Gap(stream, symbol, first_ms, last_ms, reason))
 
     def _dead_letter(self, raw: str | bytes, reason: str, recv_ms: int, source: str = "ws") -> None:
         self.metrics.frames.labels(self.venue.name, "malformed").inc()
@@ -273,6 +281,7 @@ class Ingestor:
                 n += self._publish(item, recv_ms, backfilled=True)
             except RecordError as e:  # no raw REST row is kept: the record stands for it
                 self._dead_letter(json.dumps(item.record, sort_keys=True), str(e), recv_ms, "rest")
+        self._report_lost()
         for gap in result.gaps:
             # a stream the ingestor does not publish for the symbol (`--candle-symbols`)
             # has no last record to reach back to: its "gap" is nothing the flow misses

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -20,6 +21,9 @@ from operators.telemetry import Stamp, dead_letter, wall_clock_ms
 from schemas.codec import encode, with_defaults
 
 log = logging.getLogger(__name__)
+# librdkafka's default, said here: a record the broker has not taken within it (an outage
+# that long) is given up; the ingestor reports its window as a GAP (`Publisher.take_lost`)
+MESSAGE_TIMEOUT_MS = 300_000
 
 
 class PublisherError(RuntimeError):
@@ -32,7 +36,10 @@ class RecordError(ValueError):
 
 
 def producer_config(
-    bootstrap: str, client_id: str = "ensemble-live", env: Mapping[str, str] | None = None
+    bootstrap: str,
+    client_id: str = "ensemble-live",
+    env: Mapping[str, str] | None = None,
+    message_timeout_ms: int = MESSAGE_TIMEOUT_MS,
 ) -> dict[str, Any]:
     """Every producer setting in one place, with the environment's Kafka security
     (`dataflows/kafka_security.py`: the ingestor runs as the `ingestor` principal)."""
@@ -51,6 +58,7 @@ def producer_config(
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 "message.max.bytes": MAX_MESSAGE_BYTES,
+                "message.timeout.ms": message_timeout_ms,
             },
         )
     except ValueError as e:  # a bad ENSEMBLE_KAFKA_* value, named in the message
@@ -59,15 +67,24 @@ def producer_config(
 
 class Publisher:
     def __init__(
-        self, bootstrap: str, prefix: str, strategy_id: str, env: Mapping[str, str] | None = None
+        self,
+        bootstrap: str,
+        prefix: str,
+        strategy_id: str,
+        env: Mapping[str, str] | None = None,
+        message_timeout_ms: int = MESSAGE_TIMEOUT_MS,
     ) -> None:
         """`env`: where the Kafka security settings come from (default: os.environ)."""
         self.prefix = prefix
         self.strategy_id = strategy_id
         self.stamp = Stamp(strategy_id, clock=wall_clock_ms)
-        self.producer = Producer(producer_config(bootstrap, env=env))
+        config = producer_config(bootstrap, env=env, message_timeout_ms=message_timeout_ms)
+        self.producer = Producer(config)
         self.delivered = 0
         self.failed = 0
+        # (stream, symbol) -> [records, first and last receive time, the error]: records
+        # Kafka never took, until the ingestor reports them (`take_lost`)
+        self._lost: dict[tuple[str, str], list[Any]] = {}
 
     def check_topics(self, timeout_s: float = 15.0) -> None:
         """Stop the start when the broker is unreachable or a topic we write is missing."""
@@ -83,7 +100,7 @@ class Publisher:
                 f"`python -m dataflows.topics --bootstrap HOST:PORT --prefix {self.prefix}`"
             )
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Any, recv_ms: int) -> None:
         if err is None:
             self.delivered += 1
             return
@@ -91,10 +108,22 @@ class Publisher:
         log.error("Kafka delivery failed: %s", err)
         if err.fatal():
             raise KafkaException(err)
+        stream = (msg.topic() or "").removeprefix(f"{self.prefix}.")
+        symbol = (msg.key() or b"").decode(errors="replace") or "*"
+        lost = self._lost.setdefault((stream, symbol), [0, recv_ms, recv_ms, err.str()])
+        lost[0] += 1
+        lost[1], lost[2] = min(lost[1], recv_ms), max(lost[2], recv_ms)
 
-    def delivery_callback(self) -> Any:
-        """The callback of the next message (the benchmark wraps it to time deliveries)."""
-        return self._on_delivery
+    def take_lost(self) -> list[tuple[str, str, int, int, int, str]]:
+        """The records Kafka gave up on since the last call, per stream and symbol:
+        (stream, symbol, how many, first and last receive time, the error)."""
+        lost, self._lost = self._lost, {}
+        return [(stream, sym, *figures) for (stream, sym), figures in lost.items()]
+
+    def delivery_callback(self, recv_ms: int) -> Any:
+        """The callback of the next message, received at `recv_ms` (a message Kafka gave
+        up on carries no timestamp; the benchmark wraps it to time deliveries)."""
+        return partial(self._on_delivery, recv_ms=recv_ms)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, recv_ms: int) -> None:
         while True:
@@ -105,7 +134,7 @@ class Publisher:
                     key=key,
                     timestamp=recv_ms,
                     headers={"ts_init_ms": str(recv_ms).encode()},
-                    on_delivery=self.delivery_callback(),
+                    on_delivery=self.delivery_callback(recv_ms),
                 )
                 break
             except BufferError:  # local queue full: let deliveries drain
