@@ -69,6 +69,7 @@ class Script:
     pace_s: float = 0.0  # pause between frames
     recent_trades: int = 100  # what Hyperliquid's recentTrades returns at most
     funding: list[tuple[int, str]] = field(default_factory=list)  # settled (ms, rate) for REST
+    rest_retry_after_s: float | None = None  # REST answers 429 with this Retry-After
 
 
 def _candle(trades: list[VenueTrade]) -> dict[str, Any]:
@@ -284,6 +285,10 @@ class VenueServer:
     async def _hl_info(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.rest_calls.append(("/info", body))
+        if self.script.rest_retry_after_s is not None:  # rate limited: come back later
+            return web.Response(
+                status=429, headers={"Retry-After": f"{self.script.rest_retry_after_s:g}"}
+            )
         kind = body.get("type")
         if kind == "recentTrades":
             trades = self._happened()[-self.script.recent_trades :]

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -349,8 +349,11 @@ class Ingestor:
                     self.subscribed_ms = time.time_ns() // 1_000_000
                 self.parser = self.venue.parser()  # no half-built candle across connections
                 self.frames_this_connection = self.records_this_connection = 0
-                if self.connections > 1:
-                    await self.backfill(rest)
+                if self.connections > 1 and not await self._unless_stopped(
+                    self.backfill(rest), stop
+                ):
+                    await ws.close()
+                    return ConnectionEnd.STOPPED
                 return await self._read(ws, stop)
         except ConnectionClosed as e:
             if e.rcvd is None:
@@ -362,6 +365,28 @@ class Ingestor:
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as e:
             log.warning("%s: connect failed: %s", self.venue.name, e)
             return ConnectionEnd.CONNECT_FAILED
+
+    async def _unless_stopped(self, backfill: Any, stop: asyncio.Event) -> bool:
+        """Run the backfill unless a stop comes first (it may wait minutes on the venue's
+        Retry-After, and SIGTERM must still stop the ingestor): True when it finished. A
+        backfill stopped has published nothing (it publishes once all is fetched): its
+        window is a GAP."""
+        task = asyncio.ensure_future(backfill)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task in done:
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        since = self.position.last_event_ms if self.position is not None else self.subscribed_ms
+        now = time.time_ns() // 1_000_000
+        self._report_gap(Gap("all", "*", since or now, now, "stopped during the backfill"))
+        return False
 
     async def _read(self, ws, stop: asyncio.Event) -> ConnectionEnd:
         opened = time.monotonic()

@@ -357,6 +357,48 @@ def test_the_backoff_starts_again_only_after_a_connection_that_brought_market_da
         assert caps == [0.01 * 2**k for k in range(6)], "acks alone: the backoff grows"
 
 
+def test_a_stop_during_a_backfill_rate_limited_for_a_minute_stops_at_once(kafka_bootstrap, prefix):
+    """The venue answers the backfill 429 with Retry-After 60 s (Binance bans for minutes
+    to days). SIGTERM then waited out the whole ban before the ingestor stopped (and a
+    pod's grace period ends in SIGKILL). It stops at once now; the window it was
+    fetching is a GAP."""
+    provision(kafka_bootstrap, prefix)
+    script = Script(cut_after=6, cut_mode="drop", skip=4, rest_retry_after_s=60)
+    with VenueServer("hyperliquid", frames_of("hyperliquid"), script) as server:
+        config = IngestorConfig(
+            venue="hyperliquid",
+            symbols=("BTC-PERP",),
+            bootstrap=kafka_bootstrap,
+            prefix=prefix,
+            ws_url=server.ws_url,
+            rest_url=server.rest_url,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
+        )
+        publisher = Publisher(
+            kafka_bootstrap, prefix, config.strategy_id, principal_env("ingestor")
+        )
+        ing = Ingestor(config, VENUE_CLASSES["hyperliquid"](), publisher)
+
+        async def main() -> float:
+            stop = asyncio.Event()
+            task = asyncio.create_task(ing.run(stop))
+            deadline = time.monotonic() + 60
+            while not server.rest_calls:  # the backfill has asked, and waits
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            stop.set()
+            t0 = time.monotonic()
+            await asyncio.wait_for(task, 30)
+            return time.monotonic() - t0
+
+        took_s = asyncio.run(main())
+    assert took_s < 5, f"took {took_s:.1f} s to stop"
+    assert [g.reason for g in ing.gaps] == ["stopped during the backfill"]
+    assert publisher.flush(30) == 0
+
+
 def test_malformed_truncated_and_unknown_frames_become_dead_letters_and_the_feed_goes_on(
     kafka_bootstrap, prefix
 ):
