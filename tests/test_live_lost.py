@@ -40,4 +40,4 @@ def test_records_kafka_never_took_are_reported_as_a_gap_with_their_window():
         T + 12,
     )
     assert "Kafka did not take 3 record(s)" in gap.reason
-    assert publisher.flush(0.5) == 1  # the last is still waiting: a stop says so (exit 1)
+    assert publisher.flush(0) == 1  # the last is still waiting: a stop says so (exit 1)

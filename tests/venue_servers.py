@@ -69,7 +69,7 @@ class Script:
     pace_s: float = 0.0  # pause between frames
     recent_trades: int = 100  # what Hyperliquid's recentTrades returns at most
     funding: list[tuple[int, str]] = field(default_factory=list)  # settled (ms, rate) for REST
-    rest_retry_after_s: float | None = None  # REST answers 429 with this Retry-After
+    rest_retry_after_s: float | None = None  # Hyperliquid /info answers 429, this Retry-After
 
 
 def _candle(trades: list[VenueTrade]) -> dict[str, Any]:
