@@ -26,6 +26,11 @@ flow's run: on two cores it competes with the flow's processes. With `--tree`, t
 also gives, for each layout, the median of each round's ratio to the same layout of the
 first checkout in that round.
 
+With `--ceiling`, each round also runs the first symbol's flow alone and each symbol as a
+flow of its own at once, each on topics of its own (no cluster, separate accounts): what
+this machine, broker included, gives separate processes at all, against which the
+layouts' scaling is judged.
+
 With `--nautilus-python PY` (a venv with NautilusTrader, see bench/bench_nautilus.py),
 each round also runs NautilusTrader's BacktestEngine over as many ticks from the same
 generator (one instrument, seed 11; its figure is `engine.run()` alone; after the broker
@@ -58,10 +63,13 @@ STARTUP_TICKS = 1_000  # per symbol: a run this short is start-up, connecting an
 SYMBOLS = ("BTC-PERP", "ETH-PERP")  # by default; their ticks are seeded 11, 12, ...
 
 
-def trade_messages(ticks: int, symbols: tuple[str, ...]) -> list[tuple[str, bytes, bytes]]:
-    """(topic stream, key, Avro value) for every tick of both symbols, in event-time order."""
+def trade_messages(
+    ticks: int, symbols: tuple[str, ...], first_seed: int = 11
+) -> list[tuple[str, bytes, bytes]]:
+    """(topic stream, key, Avro value) for every tick of the symbols, in event-time order;
+    the symbols' ticks are seeded `first_seed`, the next, ..."""
     records = []
-    for seed, symbol in enumerate(symbols, start=11):
+    for seed, symbol in enumerate(symbols, start=first_seed):
         df = synthetic_ticks(ticks, seed)
         ts = df["timestamp"].astype("int64").to_numpy()  # ms (datetime64[ms])
         sides = ["sell" if m == "True" else "buy" for m in df["buyer_maker"]]
@@ -178,6 +186,12 @@ def run_flow(
     tree: Path = ROOT,
 ) -> Run:
     """One run, timed from process start to the last process's exit."""
+    env = _flow_env(bootstrap, prefix, symbols, tree)
+    return run_processes(env, workers, processes, tree)  # its peak memory: see the module docstring
+
+
+def _flow_env(bootstrap: str, prefix: str, symbols: tuple[str, ...], tree: Path) -> dict[str, str]:
+    """The environment of a flow reading `prefix`'s topics to their end."""
     env = {
         **os.environ,  # the Kafka security settings (deploy/kafka/with-broker.sh)
         "ENSEMBLE_KAFKA_BOOTSTRAP": bootstrap,
@@ -189,7 +203,7 @@ def run_flow(
         "PYTHONPATH": str(tree),
     }
     env.pop("ENSEMBLE_TEST_KAFKA", None)
-    return run_processes(env, workers, processes, tree)  # its peak memory: see the module docstring
+    return env
 
 
 def main() -> None:
@@ -211,6 +225,12 @@ def main() -> None:
         action="append",
         type=Path,
         help="run this checkout's flow too, in the same rounds (repeatable; default: this one)",
+    )
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="each round also runs the first symbol's flow alone and every symbol as a "
+        "separate flow on a topic prefix of its own, all at once (no cluster)",
     )
     ap.add_argument(
         "--nautilus-python",
@@ -247,7 +267,12 @@ def main() -> None:
     startups: dict[str, list[float]] = {k: [] for k in layouts}
     reference = None
     differed = []
+    ceiling: dict[str, list[float]] = {"one symbol alone": [], "separate flows": []}
     for r in range(args.rounds):
+        if args.ceiling:
+            for name, seconds in _ceiling_round(bootstrap, args.ticks, symbols, broker).items():
+                ceiling[name].append(seconds)
+                print(f"  round {r + 1} {name}: {seconds:.2f} s wall", flush=True)
         for name, (w, p, tree) in layouts.items():
             prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
             publish(bootstrap, prefix, messages)
@@ -312,8 +337,39 @@ def main() -> None:
                 f"{name} / NautilusTrader: {with_startup / naut:.2f}x with start-up and "
                 f"connecting, {beyond_startup / naut:.2f}x beyond them"
             )
+    if args.ceiling:
+        one, apart = (statistics.median(ceiling[k]) for k in ceiling)
+        k = len(symbols)
+        print(
+            f"ceiling on this machine, with the broker: one symbol's flow alone {one:.2f} s, "
+            f"{k} separate flows at once {apart:.2f} s ({one / apart * k:.2f}x the work in "
+            f"the time of one); the first layout against the separate flows: "
+            f"{base / apart:.2f}x"
+        )
     if differed:  # figures of runs that wrote something else compare nothing
         raise SystemExit(f"outputs differed from the first run's in: {', '.join(differed)}")
+
+
+def _ceiling_round(
+    bootstrap: str, ticks: int, symbols: tuple[str, ...], broker: int | None
+) -> dict[str, float]:
+    """What this machine gives separate flows at all, through the broker: the first symbol's
+    one-worker flow alone, then each symbol's own flow on a topic prefix of its own, all at
+    once with no cluster between them (separate accounts, so their outputs are not compared).
+    Each symbol keeps its seed, so the ticks are those of the layouts' runs; each run reads
+    topics published for it (as every layout's run does)."""
+
+    def published() -> list[dict[str, str]]:
+        envs = []
+        for seed, symbol in enumerate(symbols, start=11):
+            prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
+            publish(bootstrap, prefix, trade_messages(ticks, (symbol,), first_seed=seed))
+            envs.append(_flow_env(bootstrap, prefix, (symbol,), ROOT))
+        settle(broker)
+        return envs
+
+    alone = run_processes(published()[0]).wall_s
+    return {"one symbol alone": alone, "separate flows": run_processes(published()).wall_s}
 
 
 def _beyond_rate(extra_s: float, n: int, n_short: int) -> float | None:
