@@ -21,7 +21,7 @@ def _trades_frame(tid: int, ts_ms: int) -> str:
     return json.dumps({"channel": "trades", "data": [trade]})
 
 
-def test_records_kafka_never_took_are_reported_as_a_gap_with_their_window():
+def test_records_kafka_never_took_are_reported_as_a_gap_with_their_window(caplog):
     cfg = IngestorConfig(venue="hyperliquid", symbols=("BTC-PERP",), bootstrap="127.0.0.1:1")
     publisher = Publisher("127.0.0.1:1", cfg.prefix, cfg.strategy_id, {}, message_timeout_ms=200)
     ing = Ingestor(cfg, Hyperliquid(), publisher)
@@ -31,6 +31,9 @@ def test_records_kafka_never_took_are_reported_as_a_gap_with_their_window():
     while publisher.failed < 3 and time.monotonic() < deadline:
         publisher.producer.poll(0.1)  # where librdkafka reports deliveries
     assert publisher.failed == 3 and not ing.gaps
+    # one line for the window, not one per record (an outage gives up thousands)
+    failed = [r for r in caplog.records if "Kafka delivery failed" in r.getMessage()]
+    assert len(failed) == 1 and "for a trades record of BTC-PERP: " in failed[0].getMessage()
     ing.handle_frame(_trades_frame(3, T + 3), (T + 13) * 1_000_000)  # the feed goes on
     [gap] = ing.gaps
     assert (gap.stream, gap.symbol, gap.from_ms, gap.to_ms) == (

@@ -105,11 +105,13 @@ class Publisher:
             self.delivered += 1
             return
         self.failed += 1
-        log.error("Kafka delivery failed: %s", err)
         if err.fatal():
+            log.error("Kafka delivery failed: %s", err)
             raise KafkaException(err)
         stream = (msg.topic() or "").removeprefix(f"{self.prefix}.")
         symbol = (msg.key() or b"").decode(errors="replace") or "*"
+        if (stream, symbol) not in self._lost:  # the rest are counted into its GAP
+            log.error("Kafka delivery failed for a %s record of %s: %s", stream, symbol, err)
         lost = self._lost.setdefault((stream, symbol), [0, recv_ms, recv_ms, err.str()])
         lost[0] += 1
         lost[1], lost[2] = min(lost[1], recv_ms), max(lost[2], recv_ms)
