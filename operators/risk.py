@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from operators.config import GuardMode, RiskConfig
 from operators.kpis import DAY_MS, is_win, utc_day
-from operators.reasons import Reason
+from operators.reasons import KILL_SWITCH_REASONS, Reason
 
 __all__ = ["DAY_MS", "RiskState", "TradingState", "pretrade_veto", "sizing_scale"]
 
@@ -78,9 +78,18 @@ class RiskState:
     def record_trade_result(self, net_pnl: float) -> None:
         self.consecutive_losses = 0 if is_win(net_pnl) else self.consecutive_losses + 1
 
+    @property
+    def kill_switch_engaged(self) -> bool:
+        """HALTED by a kill-switch (the symbol's or the account's), not by an operator."""
+        return (
+            self.state is TradingState.HALTED
+            and self.halt_reason.split(":")[0] in KILL_SWITCH_REASONS
+        )
+
     def check_kill_switches(self, equity: float, cfg: RiskConfig) -> Reason | None:
-        """The kill-switch that fires now, if any (only while not already HALTED)."""
-        if self.state is TradingState.HALTED:
+        """The kill-switch that fires now, if any (none while one is engaged). An operator's
+        halt does not mask one: it fires and takes over, so `resume` cannot lift it."""
+        if self.kill_switch_engaged:
             return None
         if self.drawdown(equity) > cfg.max_drawdown:
             return Reason.DRAWDOWN_LIMIT

@@ -159,7 +159,7 @@ class Strategy:
         hit = acct.check(self.cfg.account)
         if hit is not None:
             acct.halt(*hit)
-        if acct.state is TradingState.HALTED and s.risk.state is TradingState.ACTIVE:
+        if acct.state is TradingState.HALTED and not s.risk.kill_switch_engaged:
             s.risk.halt(acct.halt_reason)  # an account halt halts and flattens every symbol
         self._resolve_calibration(bar.close)
         # 4. decide

@@ -66,6 +66,18 @@ def test_an_account_daily_loss_over_its_limit_halts_every_symbol():
     assert _one(eth.bar(), "health")["halt_reason"].startswith("account_daily_loss_limit")
 
 
+def test_an_account_limit_fired_under_an_operator_halt_takes_over_and_resume_cannot_lift_it():
+    account, btc, eth = _pair(**{"account.daily_loss_limit": 0.02})
+    eth.bar(controls=("halt",))  # an operator halts ETH first
+    btc.bar(**LONG_BAR)
+    btc.bar()
+    btc.bar(ret=-0.12)  # the account's daily loss limit fires
+    health = _one(eth.bar(), "health")
+    assert health["halt_reason"].startswith("account_daily_loss_limit")
+    out = eth.bar(controls=("resume",))
+    assert json.loads(_one(out, "repro")["change_json"])["result"].startswith("ignored")
+
+
 def test_an_entry_past_the_gross_exposure_limit_is_vetoed_and_exits_still_pass():
     # 20,000 USD of account equity at 0.3x: 6,000 USD of gross exposure in all
     account, btc, eth = _pair(**{"account.max_gross_leverage": 0.3})

@@ -300,6 +300,27 @@ def test_a_drawdown_halt_survives_a_restart():
     assert _one(out, "orders")["purpose"] == "entry"
 
 
+def test_a_daily_loss_while_an_operator_halt_is_in_force_fires_the_kill_switch():
+    """The book loses 6% of its day-start equity while an operator has it halted: the daily
+    loss kill-switch still fires, so a plain resume the next UTC day does not lift it."""
+    two_books = AccountRisk.new([SYMBOL, "ETH-PERP"], 10_000.0)  # the account loses only 3%
+    sc = Scenario(ENSEMBLE_1_0, account=two_books)
+    sc.warm_up()
+    assert _one(sc.bar(s_top=0.5, rv=0.1), "orders")["purpose"] == "entry"  # long 50 @ 100
+    out = sc.bar(ret=-0.12, controls=("halt",))  # filled at 100, closes at 88
+    health = _one(out, "health")
+    assert 0.05 < 1.0 - health["equity_usd"] / 10_000.0 < 0.10  # over the daily limit only
+    assert health["halt_reason"].startswith("daily_loss_limit")
+    sc.bar()  # the flatten fills
+    while sc.t < T0 + 86_400_000 + BAR_MS:  # into the next UTC day
+        sc.bar()
+    out = sc.bar(s_top=0.5, rv=0.1, controls=("resume",))
+    _none(out, "orders")
+    assert _one(out, "health")["trading_state"] == "HALTED"
+    out = sc.bar(s_top=0.5, rv=0.1, controls=("reset_kill_switch",))
+    assert _one(out, "orders")["purpose"] == "entry"
+
+
 # -- restart with an open position ------------------------------------------------------
 def _trading_bars(n: int) -> list[dict[str, Any]]:
     """Bars on which the pros and the model take turns at long and short signals."""
