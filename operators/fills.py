@@ -43,7 +43,8 @@ def fill_pending(
             )
         )
         return
-    rv = (ctx.features or {}).get("rv_annual", cfg.risk.sigma_target)
+    # the fill bar's own features include its close: only the decision's vol is known here
+    rv = cfg.risk.sigma_target if p.rv_annual is None else p.rv_annual
     fill = s.portfolio.fill(p.qty, bar.open, cfg.execution, rv / cfg.risk.sigma_target)
     closing = closing_of(s.open_trade, p, fill)
     pnl = None if closing is None else closing.pnl_usd

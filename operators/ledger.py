@@ -39,6 +39,8 @@ class PendingIntent:
     decided_bar: int
     decided_ms: int  # the decision bar's close
     entry_decision_id: str | None = None  # the entry whose position this order closes
+    # realised vol at the decision: all that is known of it at the open the order fills at
+    rv_annual: float | None = None
 
     @property
     def direction(self) -> int:

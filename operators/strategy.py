@@ -461,7 +461,10 @@ class Strategy:
     ) -> Output:
         s, bar = self.s, ctx.bar
         coid = "ens-" + hashlib.sha256(did.encode()).hexdigest()[:24]
-        s.pending = PendingIntent(did, coid, qty, purpose, arm, s.bar_index, bar.end_ms, entry_did)
+        rv = (ctx.features or {}).get("rv_annual")
+        s.pending = PendingIntent(
+            did, coid, qty, purpose, arm, s.bar_index, bar.end_ms, entry_did, rv
+        )
         return records.order(
             self.stamp, s.symbol, bar.end_ms, s.pending, bar.close, target, s.portfolio.qty,
             self.cfg.execution.dry_run,

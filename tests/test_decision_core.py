@@ -470,6 +470,19 @@ def test_zero_volatility_is_a_typed_no_trade_reason():
     assert Reason(d["reason"]) is Reason.NO_VOLATILITY
 
 
+def test_vol_scaled_slippage_uses_the_volatility_known_at_the_open_it_fills_at():
+    """The fill is at the next bar's open; that bar's own volatility is not known yet."""
+    fills = []
+    for rv_of_fill_bar in (0.4, 4.0):
+        sc = Scenario(ENSEMBLE_1_0, **{"execution.slippage_vol_scale": True})
+        sc.warm_up()
+        _one(sc.bar(s_top=0.5, rv=0.4), "orders")  # decided at the close, rv 0.4
+        fills.append(_one(sc.bar(ret=0.02, rv=rv_of_fill_bar), "executions"))
+    # slippage 1 bp x rv 0.4 / sigma_target 0.2 = 2 bps over the open of 100
+    assert [f["slippage_bps"] for f in fills] == [pytest.approx(2.0)] * 2
+    assert fills[0]["fill_px"] == fills[1]["fill_px"] == pytest.approx(100.0 * 1.0002)
+
+
 def test_the_cooldown_counts_from_the_fill_not_the_decision():
     sc = Scenario(ENSEMBLE_1_0)  # cooldown_bars 1
     sc.warm_up()
