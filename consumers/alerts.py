@@ -424,7 +424,8 @@ class Rules:
         st = self.states[(sid, sym)]
         state, reason = r["trading_state"], r["halt_reason"]
         kill = state == "HALTED" and _is_kill(reason)
-        if kill and st.trading_state != "HALTED":
+        # a kill-switch firing while an operator's halt is in force is news as well
+        if kill and not (st.trading_state == "HALTED" and _is_kill(st.halt_reason)):
             st.halted_ms = ts
             what = (
                 f"is HALTED by the kill-switch {reason} (first health event seen, {utc(ts)})"

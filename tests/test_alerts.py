@@ -592,6 +592,18 @@ def test_an_operator_halt_is_not_a_kill_switch_alert():
     assert out == []
 
 
+def test_a_kill_switch_that_fires_under_an_operator_halt_is_a_kill_switch_alert():
+    r = rules_for(disabled_rules=("drawdown_breach",))
+    fire(r, "health", health(ts=T0))
+    operator = dict(trading_state="HALTED", halt_reason="operator_halt: x")
+    assert fire(r, "health", health(ts=T0 + 5 * MIN, **operator)) == []
+    killed = dict(trading_state="HALTED", halt_reason="daily_loss_limit")
+    [a] = fire(r, "health", health(ts=T0 + 10 * MIN, **killed))
+    assert (a.rule, a.severity) == ("kill_switch", "critical")
+    assert "kill-switch fired: daily_loss_limit" in a.text
+    assert fire(r, "health", health(ts=T0 + 15 * MIN, **killed)) == [], "still halted: quiet"
+
+
 def test_a_symbol_found_halted_at_start_is_reported():
     [a] = fire(
         rules_for(),
