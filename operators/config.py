@@ -175,7 +175,6 @@ class ExecutionConfig:
     fee_bps: Bps = 5.0  # taker fee on notional
     slippage_bps: Bps = 1.0
     slippage_vol_scale: Flag = False  # scale slippage by rv / sigma_target
-    stale_intent_bars: Integer = 1  # an intent whose next bar has no trades is rejected
 
     @field_validator("dry_run")
     @classmethod

@@ -39,10 +39,7 @@ def _numbers(cls: type) -> list[str]:
 
 
 NUMBER_PATHS = [
-    f"{s}.{name}"
-    for s in SECTIONS
-    for name in _numbers(type(getattr(StrategyConfig(), s)))
-    if f"{s}.{name}" != "execution.stale_intent_bars"  # any integer; checked below
+    f"{s}.{name}" for s in SECTIONS for name in _numbers(type(getattr(StrategyConfig(), s)))
 ] + _numbers(StrategyConfig)
 FLAG_PATHS = ["size_proxy.enabled", "execution.slippage_vol_scale", "flip_model"]
 
@@ -136,8 +133,16 @@ def test_a_flag_refuses_anything_but_true_or_false(path, value):
 
 def test_an_integer_setting_refuses_a_fraction_and_a_flag():
     for value in (2.5, True):
-        with pytest.raises(ConfigError, match=f"execution.stale_intent_bars={value!r}"):
-            StrategyConfig().with_overrides({"execution.stale_intent_bars": value})
+        with pytest.raises(ConfigError, match=f"cohorts.min_ranked={value!r}"):
+            StrategyConfig().with_overrides({"cohorts.min_ranked": value})
+
+
+def test_an_intent_the_next_bar_cannot_fill_is_rejected_and_no_setting_pretends_otherwise():
+    """`execution.stale_intent_bars` was validated and never read: an intent is rejected
+    when the bar after its decision has no trades, whatever it said. It is gone, so a
+    config that sets it stops the start instead of being silently ignored."""
+    with pytest.raises(ConfigError, match="unknown setting 'execution.stale_intent_bars'"):
+        StrategyConfig().with_overrides({"execution.stale_intent_bars": 3})
 
 
 def test_the_configs_own_words_are_kept():
