@@ -52,6 +52,7 @@ import sklearn
 from sklearn.metrics import log_loss, roc_auc_score
 from threadpoolctl import threadpool_limits
 
+from marketdata.files import TIE_ORDER
 from models.baselines import BASELINES, fit_baseline, rule_bundle
 from models.card import utc_text
 from models.dataset import Labelled, check_parity, contexts, labelled
@@ -157,21 +158,24 @@ def funding_frame(path: Path = RESEARCH_FUNDING) -> pd.DataFrame:
 
 
 def _records(candles: pd.DataFrame, funding: pd.DataFrame) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Candle and funding records merged by availability time, as marketdata.files does."""
+    """Candle and funding records merged by availability time, as marketdata.files does:
+    a funding rate before the candle that closes at its time (TIE_ORDER), so the bar
+    closing at a settlement knows the new rate in training as it does in the flow."""
 
-    def candle_rows() -> Iterator[tuple[int, str, dict[str, Any]]]:
+    def candle_rows() -> Iterator[tuple[int, int, str, dict[str, Any]]]:
         for ts, o, h, lo, c, v in candles[
             ["ts_ms", "open", "high", "low", "close", "volume"]
         ].itertuples(index=False, name=None):
             rec = {"symbol": SYMBOL, "ts_event_ms": int(ts), "interval_ms": BAR_MS}
             rec |= {"open": o, "high": h, "low": lo, "close": c, "volume": v}
-            yield int(ts) + BAR_MS, "candles", rec
+            yield int(ts) + BAR_MS, TIE_ORDER["candles"], "candles", rec
 
-    def funding_rows() -> Iterator[tuple[int, str, dict[str, Any]]]:
+    def funding_rows() -> Iterator[tuple[int, int, str, dict[str, Any]]]:
         for ts, rate in funding[["ts_ms", "rate"]].itertuples(index=False, name=None):
-            yield int(ts), "funding", {"symbol": SYMBOL, "ts_event_ms": int(ts), "rate": rate}
+            rec = {"symbol": SYMBOL, "ts_event_ms": int(ts), "rate": rate}
+            yield int(ts), TIE_ORDER["funding"], "funding", rec
 
-    for _, stream, rec in heapq.merge(candle_rows(), funding_rows(), key=lambda r: r[0]):
+    for _, _, stream, rec in heapq.merge(candle_rows(), funding_rows(), key=lambda r: r[:2]):
         yield stream, rec
 
 

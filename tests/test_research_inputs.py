@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from marketdata.files import file_records
 from models import evaluate as ev
@@ -43,13 +42,6 @@ def _market(n_bars: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return candles, funding
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.evaluate._records merges a candle before the funding rate stamped at its "
-    "close (the file reader puts funding first), so at each 8h settlement the research "
-    "features carry the previous rate; fixing it moves the research card's figures (re-run "
-    "make evaluate with the fix)",
-)
 def test_research_records_give_each_bar_the_funding_rate_the_flow_gives_it(tmp_path: Path):
     candles, funding = _market(3 * 96 + 10)  # three funding settlements after the first
     research = list(contexts(ev._records(candles, funding), frozenset({ev.SYMBOL})))
