@@ -691,6 +691,7 @@ class StrategyLogic(StatefulLogic):
             AccountRisk.new(settings.symbols, cfg.risk.initial_equity), {}
         )
         self.resumed = set(self.book.symbols) if resume is not None else set()
+        self.book.aligner.trade_only(settings.symbols)  # a resume may trade fewer symbols
         self.strategies: dict[str, Strategy] = {}
 
     def _ensure(self, symbol: str) -> Strategy:

@@ -143,6 +143,13 @@ class EventTimeAligner:
         ready, self.waiting = self.waiting, []
         return ready
 
+    def trade_only(self, symbols: frozenset[str] | set[str]) -> None:
+        """Wait only for `symbols`' bars (a resume under settings that no longer trade a
+        symbol): a symbol whose bars will never come again must not hold back the others'
+        for ever. Its bars already waiting still go out in their turn."""
+        for symbol in [s for s in self.latest_close_ms if s not in symbols]:
+            del self.latest_close_ms[symbol]
+
 
 def _order(ctx: Any) -> tuple[int, str]:
     return ctx.bar.end_ms, ctx.bar.symbol

@@ -181,3 +181,36 @@ def test_a_restart_with_a_changed_preset_runs_and_audits_the_new_configuration(t
             for arm, post in h["bandit"].items():
                 if post["n"] == 0:  # an arm without data reports the new prior
                     assert post["mean_bps"] == 7.0, (arm, post)
+
+
+def test_a_symbol_dropped_at_a_restart_does_not_hold_back_the_others_decisions(tmp_path):
+    """Crash trading BTC and ETH, resume trading BTC alone: BTC's bars are decided as they
+    close. The resumed account still waited for ETH bars that would never come, so every
+    BTC decision after the restart was held back (live: for ever; here: to the input's
+    end), with no fill, no exit and no kill-switch meanwhile."""
+    both = small_settings(tmp_path / "a")
+    btc = small_settings(tmp_path / "b", ENSEMBLE_SYMBOLS="BTC-PERP", ENSEMBLE_CANDLE_SYMBOLS="")
+    msgs = messages(both)
+    crash = len(msgs) * 2 // 3
+    recovery = RecoveryConfig(str(_recovery_dir(tmp_path)))
+    first = msgs[:crash] + [TestingSource.ABORT()] + msgs[crash:]
+    runs: list[list[tuple[str, dict[str, Any]]]] = []
+    for settings in (both, btc):
+        items: list[tuple[str, dict[str, Any]]] = []
+        flow = build_flow(settings, sink=TestingSink(items), source=TestingSource(first, 256))
+        run_main(flow, epoch_interval=EPOCH, recovery_config=recovery)
+        runs.append(items)
+    after = runs[1]
+    assert _resumes(after), "the second run did not resume"
+    btc_bars = [
+        i
+        for i, (s, r) in enumerate(after)
+        if s == "bars" and r["symbol"] == "BTC-PERP" and r["timeframe"] == "5m"
+    ]
+    signals = [i for i, (s, r) in enumerate(after) if s == "signals"]
+    assert len(btc_bars) > 100 and len(signals) >= len(btc_bars) - 10
+    # decided as the bars close: by the last bar, all but the last few have their signal
+    decided_by_last_bar = sum(1 for i in signals if i < btc_bars[-1])
+    assert decided_by_last_bar >= len(btc_bars) - 10, (
+        f"{decided_by_last_bar} of {len(btc_bars)} BTC bars decided before the input ended"
+    )
