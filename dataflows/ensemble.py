@@ -691,7 +691,9 @@ class StrategyLogic(StatefulLogic):
             AccountRisk.new(settings.symbols, cfg.risk.initial_equity), {}
         )
         self.resumed = set(self.book.symbols) if resume is not None else set()
-        self.book.aligner.trade_only(settings.symbols)  # a resume may trade fewer symbols
+        # a resume may trade other symbols than the snapshot's: fewer, or more
+        self.book.aligner.trade_only(settings.symbols)
+        self.book.account.open_books(settings.symbols, cfg.risk.initial_equity)
         self.strategies: dict[str, Strategy] = {}
 
     def _ensure(self, symbol: str) -> Strategy:

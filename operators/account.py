@@ -42,6 +42,19 @@ class AccountRisk:
         books = dict.fromkeys(sorted(symbols), initial_equity)
         return cls(books, dict.fromkeys(books, 0.0), peak_equity=sum(books.values()))
 
+    def open_books(self, symbols: list[str] | frozenset[str], initial_equity: float) -> None:
+        """Books for `symbols` the account has none for (a resume that trades a symbol
+        more), each at `initial_equity` as `new` starts them: in the account's equity, its
+        peak and the day's start alike, so the new book's capital is not counted as a
+        gain that hides the day's losses from the daily limit."""
+        for symbol in sorted(set(symbols) - set(self.equity_by_symbol)):
+            self.equity_by_symbol[symbol] = initial_equity
+            self.notional_by_symbol[symbol] = 0.0
+            self.peak_equity += initial_equity
+            if self.last_equity is not None:  # marked before: a day is under way
+                self.day_start_equity += initial_equity
+                self.last_equity += initial_equity
+
     def equity(self) -> float:
         return sum(self.equity_by_symbol.values())
 

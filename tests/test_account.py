@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 from bytewax.testing import TestingSink, run_main
 
-from dataflows.ensemble import build_flow
+from dataflows.ensemble import AccountBook, StrategyLogic, build_flow
 from operators.account import AccountRisk, EventTimeAligner
 from operators.config import ENSEMBLE_1_0
+from operators.telemetry import Stamp
 from tests.conftest import small_settings
 from tests.test_decision_core import Scenario, _one
 
@@ -76,6 +77,37 @@ def test_an_account_limit_fired_under_an_operator_halt_takes_over_and_resume_can
     assert health["halt_reason"].startswith("account_daily_loss_limit")
     out = eth.bar(controls=("resume",))
     assert json.loads(_one(out, "repro")["change_json"])["result"].startswith("ignored")
+
+
+def test_a_symbol_added_at_a_restart_counts_in_the_day_s_start_and_the_daily_limit_holds(
+    tmp_path,
+):
+    """Resumed from a snapshot of an account trading BTC alone, now trading ETH too: ETH's
+    book joins the account at its initial equity, in the day's start as in its peak, as a
+    fresh run has it. The day's start used to stay BTC's alone, so ETH's first mark
+    looked like a 100% gain and the account's daily loss limit could not fire for the
+    rest of that UTC day (the loss below is 2.4% of the 20,000 USD account; limit 2%)."""
+    limit = {"account.daily_loss_limit": 0.02}
+    before = AccountRisk.new([BTC], 10_000.0)  # the snapshot's account
+    btc = Scenario(ENSEMBLE_1_0, symbol=BTC, account=before, **limit)
+    for _ in range(60):
+        btc.bar()
+    overrides = json.dumps({"warmup_bars": 150, **limit})
+    settings = small_settings(tmp_path, ENSEMBLE_OVERRIDES=overrides)  # BTC and ETH
+    assert settings.symbols == {BTC, ETH}
+    resumed = StrategyLogic(
+        settings, Stamp("ensemble_1_1"), AccountBook(before, {BTC: btc.strategy.s})
+    )
+    account = resumed.book.account
+    btc.strategy.account = account
+    eth = Scenario(ENSEMBLE_1_0, symbol=ETH, account=account, **limit)
+    eth.t = btc.t - 300_000  # ETH's first bar after the restart, on the same day
+    eth.bar()
+    assert account.equity() == 20_000.0
+    btc.bar(**LONG_BAR)
+    btc.bar()
+    out = btc.bar(ret=-0.12)
+    assert _one(out, "health")["halt_reason"].startswith("account_daily_loss_limit")
 
 
 def test_an_entry_past_the_gross_exposure_limit_is_vetoed_and_exits_still_pass():
