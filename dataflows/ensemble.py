@@ -371,9 +371,8 @@ class CommandLogic(StatefulLogic):
         self.inputs = None if inputs is None else inputs.fork()  # this step's view
         now = wall_clock_ms()
         if gate is None:
-            gate = CommandGate(
-                window_ms=settings.command_window_ms, idle_ms=settings.source_idle_ms
-            )
+            gate = CommandGate()
+        gate.configure(settings.command_window_ms, settings.source_idle_ms)  # on resume too
         gate.progress.restart(now)
         self.gate = gate
         if gate.held:  # resumed holding commands: the market step must not close past them

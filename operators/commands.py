@@ -183,6 +183,12 @@ class CommandGate:
         state.setdefault("idle_ms", DEFAULT_SOURCE_IDLE_MS)
         self.__dict__.update(state)
 
+    def configure(self, window_ms: int, idle_ms: int) -> CommandGate:
+        """Bind the running settings (after a resume: a snapshot holds the window and idle
+        time of the run that took it, which must not outlive a restart with new ones)."""
+        self.window_ms, self.idle_ms = window_ms, idle_ms
+        return self
+
     def on_events(
         self, events: list[Any], now_ms: int = 0, inputs: InputPartitions | None = None
     ) -> list[Any]:

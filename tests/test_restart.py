@@ -214,3 +214,39 @@ def test_a_symbol_dropped_at_a_restart_does_not_hold_back_the_others_decisions(t
     assert decided_by_last_bar >= len(btc_bars) - 10, (
         f"{decided_by_last_bar} of {len(btc_bars)} BTC bars decided before the input ended"
     )
+
+
+def test_a_restart_with_a_wider_command_window_judges_commands_by_it(tmp_path):
+    """Settings are not state: the command window a restart is started with is the one
+    commands are judged by. The commands step kept the window (and the source idle time)
+    of the run that made the snapshot, so an operator who widened
+    ENSEMBLE_COMMAND_WINDOW_MS and restarted still had a 30-minute-old halt refused as
+    stale under the old 15 minutes, for the life of the recovery directory."""
+    old = small_settings(tmp_path / "a")
+    new = small_settings(tmp_path / "b", ENSEMBLE_COMMAND_WINDOW_MS="3600000")
+    msgs = messages(old)
+    crash = len(msgs) * 2 // 3
+    at = crash + 100
+    market_ms = msgs[at - 1].payload["ts_event_ms"]
+    halt = {
+        "symbol": "BTC-PERP",
+        "ts_event_ms": market_ms - 30 * 60_000,  # 30 min behind the market
+        "command": "halt",
+        "operator": "ops-oncall",
+        "reason": "halt sent late",
+        "command_id": "late-halt",
+    }
+    msgs.insert(at, RawMessage("control", signed(halt)))
+    recovery = RecoveryConfig(str(_recovery_dir(tmp_path)))
+    first = msgs[:crash] + [TestingSource.ABORT()] + msgs[crash:]
+    items: list[tuple[str, dict[str, Any]]] = []
+    for settings in (old, new):
+        flow = build_flow(settings, sink=TestingSink(items), source=TestingSource(first, 256))
+        run_main(flow, epoch_interval=EPOCH, recovery_config=recovery)
+    assert _resumes(items), "the second run did not resume"
+    refused = [
+        r["reason"] for s, r in items if s == "dead_letters" and r["source_stream"] == "control"
+    ]
+    assert not refused, refused
+    applied = [r for s, r in items if s == "repro" and r["event"] == "control"]
+    assert [json.loads(r["change_json"])["after"]["trading_state"] for r in applied] == ["HALTED"]
