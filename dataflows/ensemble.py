@@ -405,6 +405,11 @@ class CommandLogic(StatefulLogic):
         return self._out(items), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
+        """The input's end judges the held commands; a stop keeps them for the restart
+        (the control topic's offset is past them: judged now, one ahead of the market by
+        more than the window would be refused as stale and never read again)."""
+        if stopping():
+            return [], StatefulLogic.RETAIN
         items = self.gate.flush()
         for item in items:
             self._holding(_symbol(item))

@@ -20,6 +20,7 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from dataflows import progress
 from dataflows.ensemble import build_flow
 from dataflows.io import RawMessage
 from dataflows.settings import Settings
@@ -250,3 +251,59 @@ def test_a_restart_with_a_wider_command_window_judges_commands_by_it(tmp_path):
     assert not refused, refused
     applied = [r for s, r in items if s == "repro" and r["event"] == "control"]
     assert [json.loads(r["change_json"])["after"]["trading_state"] for r in applied] == ["HALTED"]
+
+
+class _StopAt:
+    """The messages, with the operator's stop (SIGINT/SIGTERM: progress.STOP) set when the
+    source reaches index `at`, as a signal arriving mid-run does."""
+
+    def __init__(self, msgs: list[Any], at: int) -> None:
+        self.msgs, self.at = msgs, at
+
+    def __iter__(self):
+        for i, m in enumerate(self.msgs):
+            if i == self.at:
+                progress.STOP.set()
+            yield m
+
+
+def test_a_command_held_ahead_of_the_market_survives_a_stop_and_is_applied_after_it(tmp_path):
+    """SIGTERM (a rollout) while a command waits for the market to reach it: the restart
+    applies it when the market gets there, as an uninterrupted run does. The stop used to
+    judge held commands as at the end of the input: one further ahead than the window was
+    refused as stale ("the input ended") and, its offset being past, never read again."""
+    settings = small_settings(tmp_path / "out")
+    msgs = messages(settings)
+    stop = len(msgs) // 2
+    market_ms = msgs[stop - 100].payload["ts_event_ms"]
+    halt = {
+        "symbol": "BTC-PERP",
+        "ts_event_ms": market_ms + 20 * 60_000,  # ahead by more than the 15 min window
+        "command": "halt",
+        "operator": "ops-oncall",
+        "reason": "halt before the restart",
+        "command_id": "held-halt",
+    }
+    msgs.insert(stop - 100, RawMessage("control", signed(halt)))
+    ref = _run(settings, msgs)
+    want = [r for s, r in ref if s == "repro" and r["event"] == "control"]
+    assert len(want) == 1
+
+    recovery = RecoveryConfig(str(_recovery_dir(tmp_path)))
+    items: list[tuple[str, dict[str, Any]]] = []
+    try:
+        flow = build_flow(
+            settings, sink=TestingSink(items), source=TestingSource(_StopAt(msgs, stop), 256)
+        )
+        run_main(flow, epoch_interval=EPOCH, recovery_config=recovery)  # stopped mid-run
+    finally:
+        progress.STOP.clear()
+    assert not [r for s, r in items if s == "repro" and r["event"] == "control"]
+    flow = build_flow(settings, sink=TestingSink(items), source=TestingSource(msgs, 256))
+    run_main(flow, epoch_interval=EPOCH, recovery_config=recovery)  # the restart
+    assert _resumes(items), "the restart did not resume"
+    refused = [
+        r["reason"] for s, r in items if s == "dead_letters" and r["source_stream"] == "control"
+    ]
+    assert not refused, refused
+    assert [r for s, r in items if s == "repro" and r["event"] == "control"] == want
