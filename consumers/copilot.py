@@ -75,6 +75,11 @@ def _money(x: float | None) -> str:
     return "?" if x is None else f"{x:+,.2f} USD"
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """'1 loss', '2 losses': the summary is read as a paragraph."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _trip_text(t: dict[str, Any]) -> str:
     opened = f"opened {t['opened_utc'][11:]}" if t["opened_utc"] else "opened before the data"
     conf = ""
@@ -95,7 +100,8 @@ def render_summary(f: dict[str, Any]) -> str:
     for s in f["symbols"]:
         if s["round_trips"]:
             trades = (
-                f"{s['round_trips']} trades closed, {s['wins']} wins, {s['losses']} losses "
+                f"{_count(s['round_trips'], 'trade', 'trades')} closed, "
+                f"{_count(s['wins'], 'win', 'wins')}, {_count(s['losses'], 'loss', 'losses')} "
                 f"({s['win_rate']:.0%} won), net {_money(s['pnl_usd'])} after fees and funding"
             )
         else:
@@ -108,7 +114,7 @@ def render_summary(f: dict[str, Any]) -> str:
             )
         arms = ", ".join(f"{a['arm']} {a['count']}" for a in s["entries_by_arm"])
         text = (
-            f"{s['symbol']}: {trades}{eq}. {s['entries']} entries"
+            f"{s['symbol']}: {trades}{eq}. {_count(s['entries'], 'entry', 'entries')}"
             + (f" (by arm: {arms})" if arms else "")
             + f" from {s['decisions']} decisions over {s['bars']} bars"
             + (f", {s['missing_bars']} of them missing" if s["missing_bars"] else "")

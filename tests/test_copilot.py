@@ -226,7 +226,7 @@ def test_republished_records_are_not_counted_twice():
 
 def test_the_deterministic_summary_reads_like_the_spec_example(tel):
     text = copilot.render_summary(summary_facts(tel, date(2024, 1, 4)))
-    assert "BTC-PERP: 3 trades closed, 1 wins, 2 losses (33% won), net +4.50 USD" in text
+    assert "BTC-PERP: 3 trades closed, 1 win, 2 losses (33% won), net +4.50 USD" in text
     assert (
         "a short opened 14:00, pros arm at 61% model confidence (39% for the side traded), "
         "closed 15:00 by time_exit for -12.50 USD" in text
@@ -514,7 +514,7 @@ def test_main_reads_the_flows_files_and_answers_without_an_llm(tmp_path, capsys)
         copilot.main(["summary", "--from-dir", str(tmp_path), "--date", "2024-01-04"], env={}) == 0
     )
     out = capsys.readouterr()
-    assert "3 trades closed, 1 wins, 2 losses" in out.out
+    assert "3 trades closed, 1 win, 2 losses" in out.out
     assert "deterministic answer (ENSEMBLE_LLM_BASE_URL unset)" in out.err
     code = copilot.main(["ask", "why?", "--from-dir", str(tmp_path)], env={})
     assert code == 2 and "no time in the question" in capsys.readouterr().err
@@ -601,7 +601,7 @@ def test_options_before_or_after_the_subcommand_are_both_used(tmp_path, capsys, 
     assert copilot.main(argv, env={}) == 0
     out = capsys.readouterr().out
     assert out.startswith("2024-01-03 (UTC)"), out  # the day asked for, not the latest
-    assert "1 trades closed, 1 wins, 0 losses" in out
+    assert "1 trade closed, 1 win, 0 losses" in out
 
 
 def test_an_option_given_twice_with_different_values_is_refused(tmp_path, capsys):

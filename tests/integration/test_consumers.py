@@ -153,7 +153,7 @@ def test_copilot_summary_from_kafka_counts_each_trade_once(kafka_bootstrap, tele
     args = ["summary", "--date", "2024-01-04", "--bootstrap", kafka_bootstrap, "--prefix", prefix]
     assert copilot.main(args, env={}) == 0
     out = capsys.readouterr()
-    assert "BTC-PERP: 3 trades closed, 1 wins, 2 losses (33% won), net +4.50 USD" in out.out
+    assert "BTC-PERP: 3 trades closed, 1 win, 2 losses (33% won), net +4.50 USD" in out.out
     assert "kill_switch_fired at 18:00 (consecutive_losses)" in out.out
     assert f"{len(records)} republished duplicates dropped" in out.err
     assert "deterministic answer" in out.err
