@@ -91,3 +91,28 @@ def test_a_health_record_is_cleaned_whatever_the_type_of_its_text_and_however_of
         assert rec["api_key"] == REDACTED
         assert (rec["equity_usd"], rec["bars"], rec["win_rate"]) == (1.5, 2, None)
         assert rec["bandit"] == {"pros": {"n": 1.0, "mean_bps": -2.0}}
+
+
+def test_scrubbing_hostile_text_takes_linear_time_so_one_record_cannot_stall_the_flow():
+    """A dead letter scrubs the whole input (up to the 1 MiB message limit). The name
+    before `key=`/`password:` and an e-mail's local part were matched from every word
+    boundary and backtracked for every secret word in them: 2 KB of `key.key.` took 10 s
+    and 4 KB 67 s (cubic), so one undecodable record on an input topic stopped the flow."""
+    import time
+
+    from operators.telemetry import dead_letter
+
+    for hostile in (b"key." * 500, b"a." * 4_000, b"a-" * 4_000, b"a+" * 4_000):  # small first
+        started = time.perf_counter()
+        scrub_bytes(hostile)
+        assert time.perf_counter() - started < 0.5, hostile[:8]
+    started = time.perf_counter()
+    for hostile in (b"key." * 262_144, b"x.password." * 95_325, b"a.b+" * 262_144):  # 1 MiB
+        dl = dead_letter(Stamp("s"), "trades", hostile, "undecodable")
+        assert dl["payload_bytes"] == len(hostile)
+    assert time.perf_counter() - started < 10.0
+    # what was masked still is, the same way
+    assert scrub("x.api_key=abc, --password: hunter2 ..key=v") == (
+        f"x.api_key={REDACTED}, --password: {REDACTED} ..key={REDACTED}"
+    )
+    assert scrub("mail ..alice.ops+x@example.com; a@b") == f"mail ..{REDACTED}; a@b"
