@@ -217,6 +217,14 @@ class CommandGate:
             return [*self.recheck(now_ms, inputs), event]
         now = self.progress.advance(now_ms, self.idle_ms, inputs)
         if not self._due(event, now):
+            # a copy of a seen or held command is refused now, not held: replayed copies
+            # (anyone with the control topic's credentials can make them) would otherwise
+            # fill the MAX_HELD places and crowd out an operator's next real command
+            if event.command_id in self.seen or any(
+                c.command_id == event.command_id for c in self.held
+            ):
+                detail = f"command_id {event.command_id!r} seen before"
+                return [_refused(event, CommandReject.REPLAYED, detail)]
             if len(self.held) >= MAX_HELD:
                 return [_refused(event, CommandReject.TOO_MANY_HELD, f"{MAX_HELD} already held")]
             self.held.append(event)

@@ -249,3 +249,22 @@ def test_bad_operator_keys_stop_the_start_naming_the_setting():
         small_settings(
             __import__("pathlib").Path("/tmp"), ENSEMBLE_OPERATOR_KEYS_JSON='{"a": "xx"}'
         )
+
+
+def test_copies_of_a_held_command_are_refused_at_once_and_cannot_crowd_out_a_new_one():
+    """Someone with the operator's Kafka credentials but no signing key can only replay
+    signed commands. Copies of one held while the flow catches up were all held too, so
+    MAX_HELD of them made the next real command (a halt) `command_too_many_held`."""
+    from operators.commands import MAX_HELD
+
+    gate = CommandGate(window_ms=900_000)
+    gate.on_event(Tick())  # the flow's time: a minute before HALT_AT
+    ahead = _cmd(symbol="BTC-PERP", command_id="c-ahead", ts_event_ms=HALT_AT + 3_600_000)
+    assert gate.on_event(_control(ahead)) == []  # an hour ahead: held
+    for _ in range(MAX_HELD):
+        (copy,) = gate.on_event(_control(ahead))
+        assert isinstance(copy, CommandRefused) and copy.reason is CommandReject.REPLAYED
+    halt = _control(_cmd(symbol="BTC-PERP", command_id="c-halt", ts_event_ms=HALT_AT + 3_700_000))
+    assert gate.on_event(halt) == []  # held, not refused
+    out = gate.on_event(Tick(HALT_AT + 3_700_000))
+    assert [c.command_id for c in out if isinstance(c, ControlCommand)] == ["c-ahead", "c-halt"]
