@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from consumers.facts import FEATURES_SHOWN
 from consumers.slack import _loopback
-from operators.redaction import clean
+from operators.redaction import REDACTED, clean, scrub
 
 log = logging.getLogger("ensemble.copilot.llm")
 
@@ -295,7 +295,7 @@ def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
         with _NO_REDIRECTS.open(req, timeout=cfg.timeout_s) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as e:
-        body = e.read(300).decode("utf-8", "replace").strip()
+        body = _quoted(cfg, e.read(64 * 1024).decode("utf-8", "replace"))[:300].strip()
         raise LLMError(f"{cfg.host} answered HTTP {e.code}: {body or e.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
@@ -303,9 +303,19 @@ def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
     try:
         answer = json.loads(raw)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
+        quoted = _quoted(cfg, raw.decode("utf-8", "replace"))[:200]
         raise LLMError(
-            f"{cfg.host} did not answer in the chat-completions format: {raw[:200]!r}"
+            f"{cfg.host} did not answer in the chat-completions format: {quoted!r}"
         ) from None
     if not isinstance(answer, str) or not answer.strip():
         raise LLMError(f"{cfg.host} returned an empty answer")
     return answer.strip()
+
+
+def _quoted(cfg: LLMConfig, text: str) -> str:
+    """What the endpoint answered, fit for an error message: an endpoint may quote the key
+    back ("invalid api key ..."), whatever its shape, so the key itself is masked (before
+    any cut, which could leave a part of it), then every secret shape (`scrub`)."""
+    if cfg.api_key:
+        text = text.replace(cfg.api_key, REDACTED)
+    return scrub(text)

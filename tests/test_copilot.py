@@ -661,3 +661,39 @@ def test_why_did_we_stop_trading_finds_the_kill_switch_that_fired_then(tel):
     )
     with pytest.raises(CopilotError, match="no halt of BTC-PERP within 60 minutes"):
         copilot.ask(tel, "why did trading stop at 09:00?", None)
+
+
+class EchoingServer(ChatServer):
+    """An endpoint that refuses the key and quotes it back, as some proxies' 401 and
+    malformed answers do ("invalid api key: ..."), once in an error and once in a 200."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        code = status
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                raw = json.dumps({"error": f"invalid api key {key}"}).encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd.RequestHandlerClass = Handler
+
+
+@pytest.mark.parametrize("status", [401, 200])
+def test_an_endpoint_that_quotes_the_api_key_back_does_not_put_it_in_the_error(tel, status):
+    """The copilot prints the LLMError on stderr (and a job's log keeps it): the key the
+    endpoint quoted back was in it whole, whatever its shape."""
+    key = "Zq8vN3xLw5Rt7Yp2Kd9Hs4Mb6Jc1Fg0"  # no well-known prefix for a pattern to spot
+    with EchoingServer(status) as server:
+        cfg = llm.LLMConfig.from_env(server.env(key))
+        with pytest.raises(llm.LLMError) as e:
+            llm.complete(cfg, why_facts(tel, "why was the 14:00 trade short?"), "why?")
+    assert "invalid api key" in str(e.value) and key not in str(e.value)
