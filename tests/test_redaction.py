@@ -97,7 +97,8 @@ def test_scrubbing_hostile_text_takes_linear_time_so_one_record_cannot_stall_the
     """A dead letter scrubs the whole input (up to the 1 MiB message limit). The name
     before `key=`/`password:` and an e-mail's local part were matched from every word
     boundary and backtracked for every secret word in them: 2 KB of `key.key.` took 10 s
-    and 4 KB 67 s (cubic), so one undecodable record on an input topic stopped the flow."""
+    and 4 KB 67 s (cubic), so one undecodable record on an input topic stopped the flow.
+    The bounds are far from both: a guard against that blow-up, not a speed target."""
     import time
 
     from operators.telemetry import dead_letter
@@ -105,12 +106,12 @@ def test_scrubbing_hostile_text_takes_linear_time_so_one_record_cannot_stall_the
     for hostile in (b"key." * 500, b"a." * 4_000, b"a-" * 4_000, b"a+" * 4_000):  # small first
         started = time.perf_counter()
         scrub_bytes(hostile)
-        assert time.perf_counter() - started < 0.5, hostile[:8]
+        assert time.perf_counter() - started < 5.0, hostile[:8]  # the old: 7.6-10 s, 2 KB
     started = time.perf_counter()
     for hostile in (b"key." * 262_144, b"x.password." * 95_325, b"a.b+" * 262_144):  # 1 MiB
         dl = dead_letter(Stamp("s"), "trades", hostile, "undecodable")
         assert dl["payload_bytes"] == len(hostile)
-    assert time.perf_counter() - started < 10.0
+    assert time.perf_counter() - started < 60.0  # under 1 s here; the old never ended
     # what was masked still is, the same way
     assert scrub("x.api_key=abc, --password: hunter2 ..key=v") == (
         f"x.api_key={REDACTED}, --password: {REDACTED} ..key={REDACTED}"
