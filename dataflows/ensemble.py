@@ -55,7 +55,7 @@ from dataflows.progress import StoppableSource, stopping
 from dataflows.routing import RoutesError, route_order
 from dataflows.settings import Settings
 from marketdata.files import RowBlock
-from operators.account import AccountRisk, EventTimeAligner
+from operators.account import AccountRisk, EventTimeAligner, check_dropped_books
 from operators.bars import Bar
 from operators.commands import CommandGate, CommandRefused, verify
 from operators.config import ConfigError
@@ -695,7 +695,8 @@ class StrategyLogic(StatefulLogic):
             AccountRisk.new(settings.symbols, cfg.risk.initial_equity), {}
         )
         self.resumed = set(self.book.symbols) if resume is not None else set()
-        # a resume may trade other symbols than the snapshot's: fewer, or more
+        # a resume may trade other symbols than the snapshot's: more, or fewer if flat
+        check_dropped_books(self.book.symbols, settings.symbols)
         self.book.aligner.trade_only(settings.symbols)
         self.book.account.open_books(settings.symbols, cfg.risk.initial_equity)
         self.strategies: dict[str, Strategy] = {}

@@ -15,6 +15,7 @@ state is seen by every symbol in event order and snapshotted with their books.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,3 +167,38 @@ class EventTimeAligner:
 
 def _order(ctx: Any) -> tuple[int, str]:
     return ctx.bar.end_ms, ctx.bar.symbol
+
+
+class ResumeError(RuntimeError):
+    """A recovery snapshot the flow must not resume under its settings; the message says
+    what to do."""
+
+
+def check_dropped_books(books: Mapping[str, Any], traded: Iterable[str]) -> None:
+    """Refuse a resume under settings that no longer trade a symbol whose book (a
+    `SymbolState`) holds a position or an order waiting to fill: nothing would read its
+    market again, so the position would sit in the account, never marked, exited or
+    flattened by a kill-switch. A flat book is left as it is (its equity stays in the
+    account's)."""
+    traded = set(traded)
+    open_books = [
+        f"{symbol} ({_what_is_open(book)})"
+        for symbol, book in sorted(books.items())
+        if symbol not in traded and (book.portfolio.qty != 0 or book.pending is not None)
+    ]
+    if open_books:
+        raise ResumeError(
+            f"the recovery snapshot holds {', '.join(open_books)}, which the settings no "
+            "longer trade (ENSEMBLE_SYMBOLS): nothing would manage it again. Trade the "
+            "symbol again and halt it (a halt flattens it), then restart without it; or "
+            "start on a new recovery directory."
+        )
+
+
+def _what_is_open(book: Any) -> str:
+    parts = []
+    if book.portfolio.qty != 0:
+        parts.append(f"a position of {book.portfolio.qty:g}")
+    if book.pending is not None:
+        parts.append(f"an order waiting to fill ({book.pending.purpose.value})")
+    return " and ".join(parts)

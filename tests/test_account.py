@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 from bytewax.testing import TestingSink, run_main
 
 from dataflows.ensemble import AccountBook, StrategyLogic, build_flow
-from operators.account import AccountRisk, EventTimeAligner
+from operators.account import AccountRisk, EventTimeAligner, ResumeError
 from operators.config import ENSEMBLE_1_0
 from operators.telemetry import Stamp
 from tests.conftest import small_settings
@@ -162,3 +163,22 @@ def test_bars_of_all_symbols_reach_the_account_in_event_time_order():
         out += [(c.bar.end_ms, c.bar.symbol) for c in aligner.add(_ctx(sym, t))]
     assert out == [(1, BTC), (1, ETH), (2, BTC), (2, ETH), (3, BTC), (3, ETH)]
     assert [(c.bar.end_ms, c.bar.symbol) for c in aligner.flush()] == [(4, BTC)]
+
+
+def test_a_restart_that_drops_a_symbol_holding_a_position_is_refused_and_says_why(tmp_path):
+    """Resumed under settings that trade BTC alone while ETH holds a short: nothing would
+    read ETH's market again, so its position would sit in the account for ever, never
+    marked, exited or flattened by a kill-switch. The resume is refused, naming ETH and
+    what to do; a flat ETH is let go, as before."""
+    account, btc, eth = _pair()
+    eth.bar(**SHORT_BAR)
+    eth.bar()  # filled: ETH is short
+    assert eth.strategy.s.portfolio.qty < 0
+    btc_only = small_settings(
+        tmp_path, ENSEMBLE_SYMBOLS=BTC, ENSEMBLE_CANDLE_SYMBOLS="", ENSEMBLE_OVERRIDES="{}"
+    )
+    books = {BTC: btc.strategy.s, ETH: eth.strategy.s}
+    with pytest.raises(ResumeError, match=r"holds ETH-PERP \(a position of -[0-9.]+\), which"):
+        StrategyLogic(btc_only, Stamp("ensemble_1_1"), AccountBook(account, books))
+    eth.strategy.s.portfolio.qty = 0.0  # flat: nothing left to manage
+    StrategyLogic(btc_only, Stamp("ensemble_1_1"), AccountBook(account, books))
