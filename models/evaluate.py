@@ -56,7 +56,7 @@ from marketdata.files import TIE_ORDER
 from models.baselines import BASELINES, fit_baseline, rule_bundle
 from models.card import utc_text
 from models.dataset import Labelled, check_parity, contexts, labelled
-from models.ensemble import FitError, fit_ensemble
+from models.ensemble import HGB_MAX_ITER, FitError, fit_ensemble
 from models.evaluation import quantile_bins
 from models.metalabel import fit_metalabel
 from models.research_card import write_research_card
@@ -111,7 +111,13 @@ class Candidate:
 
 SHIPPED_LABEL = LabelSpec(3, dead_zone_bps=5.0)
 CANDIDATES = (
-    Candidate("stack_v1_h3", SHIPPED_LABEL, FEATURES, "the shipped recipe refit on this file"),
+    Candidate(
+        "stack_v1_h3",
+        SHIPPED_LABEL,
+        FEATURES,
+        f"the shipped recipe refit on this file, its boosting at {HGB_ITER} iterations "
+        f"({HGB_MAX_ITER} shipped)",
+    ),
     Candidate("stack_v2_h3", SHIPPED_LABEL, FEATURES_V2, "v2 features, 15 min, 5 bps zone"),
     Candidate(
         "stack_v2_h12",
