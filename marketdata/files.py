@@ -9,6 +9,8 @@ layout), or a raw WebSocket capture (`.jsonl.gz`, `<recv_ns> <frame>`): Hyperliq
 frames, whose trades carry buyer and seller addresses, or Binance `trade` frames.
 Funding: freqtrade JSON `[[ts_ms, rate, ...], ...]` or freqtrade feather (`date`, `open` =
 the rate per interval).
+A time column holds dates (a naive one is UTC) or epoch numbers in seconds, ms, us or ns,
+one unit per column, which the numbers' magnitude says (`epoch_unit`).
 
 A spec names one file: `KIND:PATH[?symbol=BTC-PERP&volume=quote&venue=binance]`, KIND one
 of candles, trades, funding. Every file is sorted by event time on read (trade files too:
@@ -247,23 +249,67 @@ def _columns(spec: FileSpec, suffix: str) -> list[str] | None:
     return None
 
 
-def _to_ms(values: pd.Series, numbers_in: str = "ns") -> np.ndarray:
-    """Epoch ms as float (NaN where the value is not a time); plain numbers are in
-    `numbers_in` units (pandas' default ns; the freqtrade JSON layouts have ms)."""
+# Epoch numbers in a time column: seconds, milliseconds, microseconds or nanoseconds, as
+# exports have them. Times in 2009..2100 lie 1000 times apart in each unit (s 1.2e9..4.1e9,
+# ms 1.2e12..4.1e12, ...), so the magnitude of a file's numbers says their unit: the
+# bounds below sit between the ranges (1e11 is the year 5138 in s and 1973 in ms).
+EPOCH_UNITS = ((1e17, "ns"), (1e14, "us"), (1e11, "ms"), (0.0, "s"))
+
+
+def epoch_unit(numbers: np.ndarray) -> str:
+    """The unit of a column's epoch numbers, from the median magnitude of the finite ones
+    (one unit for the whole column: a stray value in another unit is not a time)."""
+    v = np.abs(numbers[np.isfinite(numbers)])
+    if not len(v):
+        return "ns"
+    m = float(np.median(v))
+    return next(unit for bound, unit in EPOCH_UNITS if m >= bound)
+
+
+def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
+    """Epoch ms as float (NaN where the value is not a time). Numbers (or text that is a
+    number) are epoch times in `numbers_in` units, by default the unit their magnitude
+    says (`epoch_unit`); other text is a date and time (naive = UTC). Before, numbers were
+    taken as nanoseconds: a file with epoch seconds, ms or us put every row in 1970, and
+    the run dead-lettered all of them."""
     import pandas as pd
 
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        s = pd.to_datetime(values, unit=numbers_in, utc=True, errors="coerce")
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if numeric:
+        numbers, text = values, None
+    elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        numbers, text = values.iloc[:0], values  # times already, or no time at all
+    elif pd.to_numeric(values.dropna().iloc[:100], errors="coerce").isna().all():
+        numbers, text = values.iloc[:0], values  # dates as text (not a number in sight)
     else:
-        s = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
-    # A time nanoseconds cannot hold (text like "-5" parses as the year -5) is not a time
-    # either: without this the conversion below raised and stopped the whole run.
-    s = s.where(
-        (s >= pd.Timestamp.min.tz_localize("UTC")) & (s <= pd.Timestamp.max.tz_localize("UTC"))
-    )
-    ns = s.astype("datetime64[ns, UTC]").astype("int64").to_numpy().astype("float64")
+        is_number = pd.to_numeric(values, errors="coerce").notna()
+        # the numbers parsed again on their own: whole ones stay int64 (a float has no
+        # room for nanoseconds since 1970)
+        numbers = pd.to_numeric(values[is_number]) if is_number.any() else values.iloc[:0]
+        text = values[~is_number]
+    s = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if len(numbers):
+        floats = numbers.to_numpy(dtype="float64", na_value=np.nan)
+        unit = numbers_in or epoch_unit(floats)
+        finite = np.isfinite(floats)
+        with np.errstate(invalid="ignore"):
+            fits = finite & (np.abs(floats) < 9.2e18 / _NS_PER[unit])  # else not a time
+        if fits.any():
+            s[numbers.index[fits]] = pd.to_datetime(
+                numbers[fits], unit=unit, utc=True, errors="coerce"
+            ).astype("datetime64[ns, UTC]")
+    if text is not None and len(text):
+        t = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+        # A time nanoseconds cannot hold (text like "-5" parses as the year -5) is not a
+        # time either: without this the conversion below raised and stopped the whole run.
+        lo, hi = (x.tz_localize("UTC") for x in (pd.Timestamp.min, pd.Timestamp.max))
+        s[text.index] = t.where((t >= lo) & (t <= hi)).astype("datetime64[ns, UTC]")
+    ns = s.astype("int64").to_numpy().astype("float64")
     ns[s.isna().to_numpy()] = np.nan
     return ns // 1_000_000
+
+
+_NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
 def _numbers(df: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series]:
@@ -349,7 +395,7 @@ def _candles_frame(spec: FileSpec) -> pd.DataFrame:
         raise FileSpecError(f"{spec.path}: candle files must be .feather, .json or .csv")
     col = "ts_ms" if "ts_ms" in df.columns else next(c for c in TIME_COLUMNS if c in df.columns)
     out, error = _numbers(df, CANDLE_COLUMNS)
-    out.insert(0, "ts_ms", _to_ms(df[col], "ms" if col == "ts_ms" else "ns"))
+    out.insert(0, "ts_ms", _to_ms(df[col]))
     _flag(error, np.isnan(out["ts_ms"].to_numpy()), df[col], f"column {col!r} is not a time")
     if spec.volume == "quote":
         out["volume"] = out["volume"] / out["close"]
@@ -409,14 +455,17 @@ def _trades_frame(spec: FileSpec) -> pd.DataFrame:
     return _sorted(_trades_table(df, spec, first_row=1))
 
 
-def _trades_table(df: pd.DataFrame, spec: FileSpec, first_row: int) -> pd.DataFrame:
+def _trades_table(
+    df: pd.DataFrame, spec: FileSpec, first_row: int, ts_ms: np.ndarray | None = None
+) -> pd.DataFrame:
     """Rows of a nautilus-layout table (data row `first_row` first) in file order:
-    ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error."""
+    ts_ms, trade_id, px, qty, side, buyer, seller, venue, row, error. `ts_ms`: the rows'
+    times read from the whole file's column (a chunk's numbers take the file's unit)."""
     import pandas as pd
 
     df = df.reset_index(drop=True)
     nums, error = _numbers(df, ("price", "quantity"))
-    ts = _to_ms(df["timestamp"])
+    ts = _to_ms(df["timestamp"]) if ts_ms is None else ts_ms
     no_time = np.isnan(ts) & error.isna().to_numpy()
     error[no_time] = [
         f"column 'timestamp' is not a time: {x!r}" for x in df.loc[no_time, "timestamp"]
@@ -538,7 +587,8 @@ def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
                 spec, batch, ts[first - 1 : first - 1 + batch.num_rows], first
             )
             if block is None:
-                part = _trades_table(batch.to_pandas(), spec, first)
+                times = ts[first - 1 : first - 1 + batch.num_rows]
+                part = _trades_table(batch.to_pandas(), spec, first, times)
                 block, _ = _trade_block(spec, part, last)
             last = int(block.avail_ms[-1])
             first += len(block)
@@ -639,8 +689,7 @@ def _funding_frame(spec: FileSpec) -> pd.DataFrame:
         df = pd.DataFrame([r[:2] for r in rows], columns=["ts_ms", "rate"])
         time_col, rate_col = "ts_ms", "rate"
     nums, error = _numbers(df, (rate_col,))
-    unit = "ms" if time_col == "ts_ms" else "ns"
-    out = pd.DataFrame({"ts_ms": _to_ms(df[time_col], unit), "rate": nums[rate_col].to_numpy()})
+    out = pd.DataFrame({"ts_ms": _to_ms(df[time_col]), "rate": nums[rate_col].to_numpy()})
     no_time = np.isnan(out["ts_ms"].to_numpy()) & error.isna().to_numpy()
     error[no_time] = [
         f"column {time_col!r} is not a time: {x!r}" for x in df.loc[no_time, time_col]

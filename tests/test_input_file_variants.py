@@ -1,0 +1,89 @@
+"""Input files as users' own exports have them: epoch times in s/ms/us/ns, duplicate
+rows, other encodings. Each is read right, or refused with a message naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dataflows.settings import Settings
+from marketdata.files import FileSpec, file_rows, load_candles, load_funding, load_trades
+from tests.conftest import run_records
+from tests.test_input_files import _nautilus_trades
+
+UNITS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def _settings(tmp_path: Path, spec: str) -> Settings:
+    return Settings.from_env({"ENSEMBLE_INPUT": spec, "ENSEMBLE_OUT": str(tmp_path / "out")})
+
+
+def _epoch(times: pd.Series, unit: str) -> pd.Series:
+    ns = times.astype("datetime64[ns, UTC]").astype("int64")
+    return ns / 1e9 if unit == "s" else ns // UNITS[unit]  # seconds with their fraction
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_trade_times_as_epoch_numbers_are_read_in_their_unit(
+    tmp_path: Path, unit: str, suffix: str
+):
+    df = _nautilus_trades(0.05)
+    want = load_trades(FileSpec.parse(f"trades:{_write(df, tmp_path / 'iso', 'csv')}"))
+    df["timestamp"] = _epoch(df["timestamp"], unit)
+    path = _write(df, tmp_path / unit, suffix)
+    got = load_trades(FileSpec.parse(f"trades:{path}"))
+    assert got["ts_ms"].tolist() == want["ts_ms"].tolist()
+    assert not [r for r in file_rows([FileSpec.parse(f"trades:{path}")]) if r.error]
+
+
+def test_a_trade_file_with_epoch_ms_makes_bars_not_dead_letters(tmp_path: Path):
+    df = _nautilus_trades(0.05)
+    df["timestamp"] = _epoch(df["timestamp"], "ms")
+    path = _write(df, tmp_path / "t", "csv")
+    out = run_records(_settings(tmp_path, f"trades:{path}"))
+    assert out["dead_letters"] == []
+    assert sum(b["count"] for b in out["bars"] if b["timeframe"] == "5m") == len(df)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_candle_and_funding_times_as_epoch_numbers_are_read_in_their_unit(
+    tmp_path: Path, unit: str
+):
+    start = pd.Timestamp("2024-03-01", tz="UTC")
+    times = pd.Series(pd.date_range(start, periods=50, freq="1min"))
+    candles = pd.DataFrame(
+        {"timestamp": _epoch(times, unit), "open": 100.0, "high": 101.0, "low": 99.0}
+    ).assign(close=100.5, volume=2.0)
+    path = _write(candles, tmp_path / "c", "csv")
+    got = load_candles(FileSpec.parse(f"candles:{path}"))
+    assert (
+        got["ts_ms"].tolist()
+        == (times.astype("datetime64[ns, UTC]").astype("int64") // 10**6).tolist()
+    )
+
+    funding = pd.DataFrame({"date": _epoch(times[::8], unit), "open": 0.0001})
+    path = tmp_path / "f.feather"
+    funding.reset_index(drop=True).to_feather(path)
+    rates = load_funding(FileSpec.parse(f"funding:{path}"))
+    assert rates["ts_ms"].iloc[0] == start.value // 10**6 and len(rates) == len(funding)
+
+
+def test_epoch_text_in_a_column_with_one_bad_row_is_read_and_the_bad_row_named(tmp_path: Path):
+    df = _nautilus_trades(0.05)
+    df["timestamp"] = _epoch(df["timestamp"], "ms").astype(object)
+    df.loc[4, "timestamp"] = "oops"  # the column is text now: every other row a number
+    path = _write(df, tmp_path / "t", "csv")
+    bad = [(r.row, r.error) for r in file_rows([FileSpec.parse(f"trades:{path}")]) if r.error]
+    assert bad == [(5, "column 'timestamp' is not a time: 'oops'")]
+
+
+def _write(df: pd.DataFrame, stem: Path, suffix: str) -> Path:
+    path = stem.with_suffix(f".{suffix}")
+    if suffix == "csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path)
+    return path
