@@ -87,3 +87,32 @@ def _write(df: pd.DataFrame, stem: Path, suffix: str) -> Path:
     else:
         df.to_parquet(path)
     return path
+
+
+def test_a_duplicate_candle_row_is_a_dead_letter_not_twice_the_volume(tmp_path: Path):
+    start = pd.Timestamp("2024-03-01", tz="UTC")
+    candles = pd.DataFrame(
+        {
+            "timestamp": pd.date_range(start, periods=30, freq="1min"),
+            "open": 100.0,
+            "high": 101.0,
+            "low": 99.0,
+            "close": 100.5,
+            "volume": 2.0,
+        }
+    )
+    clean, doubled = tmp_path / "clean.csv", tmp_path / "doubled.csv"
+    candles.to_csv(clean, index=False)
+    pd.concat([candles, candles.iloc[[6]]]).to_csv(doubled, index=False)  # 00:06 twice
+    want = run_records(_settings(tmp_path, f"candles:{clean}"))
+    got = run_records(_settings(tmp_path, f"candles:{doubled}"))
+
+    def volumes(out: dict) -> list[float]:
+        return [b["volume"] for b in out["bars"] if b["timeframe"] == "5m"]
+
+    assert volumes(got) == volumes(want) == [10.0] * 6
+    (dl,) = got["dead_letters"]
+    assert (
+        dl["reason"].startswith("duplicate candle:")
+        and dl["ts_event_ms"] == start.value // 10**6 + 360_000
+    )
