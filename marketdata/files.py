@@ -76,7 +76,9 @@ class FileSpec:
                 f"{KINDS}, e.g. candles:data/btc_1m.feather?symbol=BTC-PERP"
             )
         path, _, query = rest.partition("?")
-        opts = {k: v[-1] for k, v in parse_qs(query).items()}
+        # blanks kept: `symbol=` (an unset variable in a script) was dropped, and the file
+        # read silently as BTC-PERP
+        opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         unknown = set(opts) - {"symbol", "volume", "venue"}
         if unknown:
             raise FileSpecError(
@@ -88,10 +90,17 @@ class FileSpec:
             raise FileSpecError(
                 f"input file spec {text!r}: volume={volume!r} must be base or quote"
             )
+        for name in ("symbol", "venue"):
+            value = opts.get(name)
+            if value is not None and not value.replace("-", "").replace("_", "").isalnum():
+                raise FileSpecError(
+                    f"input file spec {text!r}: {name}={value!r} must be letters, digits, "
+                    "- and _ (e.g. symbol=BTC-PERP, venue=binance)"
+                )
         p = Path(path)
         if not p.is_file():
             raise FileSpecError(f"input file spec {text!r}: no file at {p}")
-        spec = cls(kind, p, opts.get("symbol", "BTC-PERP"), volume, opts.get("venue") or None)
+        spec = cls(kind, p, opts.get("symbol", "BTC-PERP"), volume, opts.get("venue"))
         check_file(spec)
         return spec
 

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from dataflows.settings import Settings
-from marketdata.files import FileSpec, file_rows, load_candles, load_funding, load_trades
+from marketdata.files import (
+    FileSpec,
+    FileSpecError,
+    file_rows,
+    load_candles,
+    load_funding,
+    load_trades,
+)
 from tests.conftest import run_records
 from tests.test_input_files import _nautilus_trades
 
@@ -116,3 +123,11 @@ def test_a_duplicate_candle_row_is_a_dead_letter_not_twice_the_volume(tmp_path: 
         dl["reason"].startswith("duplicate candle:")
         and dl["ts_event_ms"] == start.value // 10**6 + 360_000
     )
+
+
+@pytest.mark.parametrize("option", ["symbol=", "symbol=BTC PERP", "symbol=BTC/USDT", "venue="])
+def test_a_blank_or_malformed_spec_option_stops_the_start_naming_it(tmp_path: Path, option: str):
+    path = _write(_nautilus_trades(0.01), tmp_path / "t", "csv")
+    with pytest.raises(FileSpecError) as e:
+        FileSpec.parse(f"trades:{path}?{option}")
+    assert option.split("=")[0] in str(e.value) and str(path) in str(e.value)
