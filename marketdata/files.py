@@ -200,8 +200,13 @@ def check_file(spec: FileSpec) -> None:
         raise FileSpecError(
             f"{spec.path}: cannot read it as {suffix}: {type(e).__name__}: {why}"
         ) from None
-    if columns is None:
-        return
+    if columns is not None:
+        _check_columns(spec, columns)
+    if spec.kind == "candles":
+        _check_interval(spec)
+
+
+def _check_columns(spec: FileSpec, columns: list[str]) -> None:
     if spec.kind == "candles":
         need = set(CANDLE_COLUMNS)
         if "ts_ms" not in columns and not set(TIME_COLUMNS) & set(columns):
@@ -217,6 +222,21 @@ def check_file(spec: FileSpec) -> None:
     if missing:
         raise FileSpecError(
             f"{spec.path}, header: missing columns {sorted(missing)}; columns are {list(columns)}"
+        )
+
+
+def _check_interval(spec: FileSpec) -> None:
+    """A candle file's interval (the median step between its open times) is 1m or 5m.
+    Before, a 15m or 1h file started, and every one of its rows was a dead letter."""
+    from operators.events import CANDLE_INTERVALS_MS
+
+    df = _candles_frame(spec)
+    ts = df["ts_ms"].to_numpy()[df["error"].isna().to_numpy()].astype("int64")
+    interval = candle_interval_ms(ts)
+    if len(ts) >= 2 and interval not in CANDLE_INTERVALS_MS:
+        raise FileSpecError(
+            f"{spec.path}: candles {interval / 60_000:g} min apart (the median step between "
+            "their open times); the flow takes 1m or 5m candles"
         )
 
 

@@ -17,6 +17,7 @@ from marketdata.files import (
     load_funding,
     load_trades,
 )
+from operators.config import ConfigError
 from tests.conftest import run_records
 from tests.test_input_files import _nautilus_trades
 
@@ -131,3 +132,24 @@ def test_a_blank_or_malformed_spec_option_stops_the_start_naming_it(tmp_path: Pa
     with pytest.raises(FileSpecError) as e:
         FileSpec.parse(f"trades:{path}?{option}")
     assert option.split("=")[0] in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("freq", ["15min", "1h"])
+def test_a_candle_file_of_another_interval_stops_the_start_naming_it(tmp_path: Path, freq: str):
+    times = pd.date_range("2024-03-01", periods=40, freq=freq, tz="UTC")
+    candles = pd.DataFrame({"date": times, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0})
+    path = tmp_path / "c.feather"
+    candles.assign(volume=1.0).to_feather(path)
+    with pytest.raises(ConfigError) as e:
+        _settings(tmp_path, f"candles:{path}")
+    msg = str(e.value)
+    assert str(path) in msg and "1m or 5m" in msg and "\n" not in msg
+
+
+def test_a_1m_candle_file_with_gaps_and_bad_rows_still_starts(tmp_path: Path):
+    times = pd.date_range("2024-03-01", periods=40, freq="1min", tz="UTC").delete([5, 6, 7, 20])
+    candles = pd.DataFrame({"date": times.astype(str), "open": 1.0, "high": 1.0, "low": 1.0})
+    candles.loc[3, "date"] = "garbage"
+    path = tmp_path / "c.csv"
+    candles.assign(close=1.0, volume=1.0).to_csv(path, index=False)
+    assert _settings(tmp_path, f"candles:{path}").files[0].path == path
