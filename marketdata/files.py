@@ -499,10 +499,13 @@ def _trades_table(
     error[no_time] = [
         f"column 'timestamp' is not a time: {x!r}" for x in df.loc[no_time, "timestamp"]
     ]
-    maker = df["buyer_maker"].astype(str).str.lower()
+    # true/false in any case, or 1/0 (a database's or an integer column's booleans: they
+    # were dead letters, every row of the file)
+    maker = df["buyer_maker"].astype(str).str.lower().replace(MAKER_NUMBERS)
     bad_side = ~maker.isin(["true", "false"]) & error.isna()
     error[bad_side] = [
-        f"column 'buyer_maker' is not true/false: {x!r}" for x in df.loc[bad_side, "buyer_maker"]
+        f"column 'buyer_maker' is not true/false (or 1/0): {x!r}"
+        for x in df.loc[bad_side, "buyer_maker"]
     ]
     out = pd.DataFrame(
         {
@@ -519,6 +522,9 @@ def _trades_table(
     out = _with_rows(out, error)
     out["row"] += first_row - 1
     return out
+
+
+MAKER_NUMBERS = {"1": "true", "0": "false", "1.0": "true", "0.0": "false"}
 
 
 def load_trades(spec: FileSpec) -> pd.DataFrame:

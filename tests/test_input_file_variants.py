@@ -153,3 +153,15 @@ def test_a_1m_candle_file_with_gaps_and_bad_rows_still_starts(tmp_path: Path):
     path = tmp_path / "c.csv"
     candles.assign(close=1.0, volume=1.0).to_csv(path, index=False)
     assert _settings(tmp_path, f"candles:{path}").files[0].path == path
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_buyer_maker_as_1_and_0_is_read_as_true_and_false(tmp_path: Path, suffix: str):
+    df = _nautilus_trades(0.05)
+    want = load_trades(FileSpec.parse(f"trades:{_write(df, tmp_path / 'bool', suffix)}"))
+    df["buyer_maker"] = df["buyer_maker"].astype(int)
+    path = _write(df, tmp_path / "int", suffix)
+    assert not [r for r in file_rows([FileSpec.parse(f"trades:{path}")]) if r.error]
+    got = load_trades(FileSpec.parse(f"trades:{path}"))
+    assert got["side"].tolist() == want["side"].tolist()
+    assert set(got["side"]) == {"buy", "sell"}
