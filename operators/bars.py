@@ -151,11 +151,6 @@ class BarBuilder:
             bucket.add_trade(ts_ms, px, qty)
         return True
 
-    def has_candle(self, ts_ms: int) -> bool:
-        """Whether a candle opening at `ts_ms` is already folded into its open bar."""
-        bucket = self.buckets.get(ts_ms - ts_ms % self.width_ms)
-        return bucket is not None and bucket.parts is not None and ts_ms in bucket.parts
-
     def fold_candle(
         self, ts_ms: int, interval_ms: int, o: float, h: float, low: float, c: float, v: float
     ) -> bool:

@@ -20,8 +20,7 @@ outage), they are all processed in order; if a record in line with the partition
 first, the held ones are dead letters (a lone bad timestamp). Nothing is lost either way.
 
 A trade seen before (same venue and trade id) while its bar is still open is dropped and
-counted (`duplicate_count`): a replayed or doubled feed must not double the volume; a
-candle whose open is already in its open bar is a dead letter, for the same reason. A
+counted (`duplicate_count`): a replayed or doubled feed must not double the volume. A
 trade whose price or size is outside the bands around the recent reference
 (operators/bands.py), or a candle with absurd values, is an outlier: dead-lettered and
 counted (`outlier_count`), never folded into a bar, so no feature or size sees it.
@@ -443,17 +442,6 @@ class MarketState:
             reason = candle_outlier(e.high, e.volume)
             if reason is not None:
                 self._outlier(e, reason, out)
-                return
-            if self.builder.has_candle(e.ts_event_ms):
-                # a file's row twice, a feed's candle again: folded twice, it doubled the
-                # bar's volume (and count) silently
-                out.append(
-                    Late(
-                        e,
-                        f"duplicate candle: one opening at {e.ts_event_ms} is already in "
-                        "its bar (the first is kept)",
-                    )
-                )
                 return
             if not self.builder.fold_candle(
                 e.ts_event_ms, e.interval_ms, e.open, e.high, e.low, e.close, e.volume
