@@ -333,9 +333,11 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
         # time either: without this the conversion below raised and stopped the whole run.
         lo, hi = (x.tz_localize("UTC") for x in (pd.Timestamp.min, pd.Timestamp.max))
         s[text.index] = t.where((t >= lo) & (t <= hi)).astype("datetime64[ns, UTC]")
-    ns = s.astype("int64").to_numpy().astype("float64")
-    ns[s.isna().to_numpy()] = np.nan
-    return ns // 1_000_000
+    # whole milliseconds in integers: float nanoseconds (256 ns apart near 2025) read
+    # 08:00:00.001 as 08:00:00.000, a rate stamped after a close as known at it
+    ms = (s.astype("int64").to_numpy() // 1_000_000).astype("float64")
+    ms[s.isna().to_numpy()] = np.nan
+    return ms
 
 
 _NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
@@ -598,7 +600,7 @@ def _arrow_times_ms(column: Any) -> np.ndarray | None:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     parts = [_numpy(c) for c in ns.chunks] or [np.zeros(0, dtype=np.int64)]
-    return np.concatenate(parts).astype("float64") // 1_000_000
+    return (np.concatenate(parts) // 1_000_000).astype("float64")  # integer ms, as `_to_ms`
 
 
 def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:

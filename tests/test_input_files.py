@@ -4,6 +4,7 @@ file and the row, and one line with exit code 2 from `python -m bytewax.run`."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -235,3 +236,59 @@ def test_tools_without_dead_letters_stop_at_a_bad_row_naming_it(tmp_path: Path):
     df.to_csv(path, index=False)
     with pytest.raises(FileSpecError, match=rf"{path} row 3: column 'price' is not a number"):
         list(file_records([FileSpec.parse(f"trades:{path}")]))
+
+
+# -- event times to the millisecond ----------------------------------------------------
+
+
+# Binance's settlement times carry milliseconds (..400001 is 2025-09-23 08:00:00.001, as in
+# ../shared/data/binance_usdm_BTC_USDT_funding_8h.json); in float nanoseconds 1e18 has a
+# spacing of 256 ns, so some of them read back one millisecond early.
+EXACT_MS = [1758614400001, 1758672000003, 1758700800001, 1758729600002, 1609979400123]
+
+
+def test_funding_times_are_read_to_the_exact_millisecond(tmp_path: Path):
+    from marketdata.files import load_funding
+
+    path = tmp_path / "funding.json"
+    path.write_text(json.dumps([[ts, 0.0001, 0, 0, 0, 0] for ts in EXACT_MS]))
+    got = load_funding(FileSpec.parse(f"funding:{path}"))
+    assert got["ts_ms"].tolist() == sorted(EXACT_MS)  # 08:00:00.001 is after the 08:00 close
+
+
+def test_a_funding_rate_stamped_just_after_a_close_is_used_from_the_next_bar(tmp_path: Path):
+    """The rate of 08:00:00.001 is not known at the 08:00 close (`AsOf`: event time <= t):
+    read as 08:00:00.000 it was used at that close, one bar early."""
+    from marketdata.files import funding_blocks
+
+    funding = tmp_path / "funding.json"
+    funding.write_text(json.dumps([[EXACT_MS[0], 0.0001, 0, 0, 0, 0]]))
+    (block,) = funding_blocks(FileSpec.parse(f"funding:{funding}"))
+    assert block.fields["ts_event_ms"].tolist() == [EXACT_MS[0]]
+    candles = tmp_path / "candles.json"
+    opens = [EXACT_MS[0] - 1 - 300_000, EXACT_MS[0] - 1]  # the bars closing at 08:00, 08:05
+    candles.write_text(json.dumps([[t, 1.0, 1.0, 1.0, 1.0, 1.0] for t in opens]))
+    specs = [FileSpec.parse(f"candles:{candles}"), FileSpec.parse(f"funding:{funding}")]
+    order = [(r.stream, r.record["ts_event_ms"]) for r in file_rows(specs)]
+    assert order == [("candles", opens[0]), ("funding", EXACT_MS[0]), ("candles", opens[1])]
+
+
+@pytest.mark.parametrize("layout", ["parquet", "csv"])
+def test_trade_times_are_read_to_the_exact_millisecond(tmp_path: Path, layout: str):
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(EXACT_MS, unit="ms", utc=True),
+            "trade_id": [str(i) for i in range(len(EXACT_MS))],
+            "price": 100.0,
+            "quantity": 1.0,
+            "buyer_maker": False,
+        }
+    ).sort_values("timestamp")
+    path = tmp_path / f"trades.{layout}"
+    if layout == "parquet":
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, index=False)
+    spec = FileSpec.parse(f"trades:{path}")
+    assert load_trades(spec)["ts_ms"].tolist() == sorted(EXACT_MS)
+    assert [r.record["ts_event_ms"] for r in file_rows([spec])] == sorted(EXACT_MS)
