@@ -10,7 +10,9 @@ folded in silently and never dropped silently. A window with no data is emitted 
 bar (`complete=False`, flat at the previous close, no volume) so the series stays
 regular and data completeness can be measured. A bar from candles is complete only with
 every one of its candles (five 1m candles for a 5m bar); one with a missing minute is
-emitted with `complete=False`.
+emitted with `complete=False`. A candle for a minute already folded into an open bar
+replaces the one before it: delivered twice, it counts once; revised, the bar is the
+revision's.
 
 `BarAggregator` composes 15m and 1h bars from closed 5m bars. OHLCV composes exactly, so
 every timeframe equals a pandas resample of the same records.
@@ -48,7 +50,8 @@ class Bar:
 
 class _Bucket:
     __slots__ = (
-        "open", "high", "low", "close", "volume", "count", "first_ts", "last_ts", "parts", "part_ms"
+        "open", "high", "low", "close", "volume", "count", "first_ts", "last_ts", "parts",
+        "part_ms", "candles",
     )  # fmt: skip
 
     def __init__(self, ts: int, o: float, h: float, low: float, c: float, v: float) -> None:
@@ -59,9 +62,12 @@ class _Bucket:
         self.last_ts = ts
         self.parts: set[int] | None = None  # candle opens folded in (None: built from trades)
         self.part_ms = 0  # the candle interval
+        # candle open -> (o, h, l, c, v) folded in (None: trades, or an older snapshot's)
+        self.candles: dict[int, tuple[float, float, float, float, float]] | None = None
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         self.parts, self.part_ms = None, 0  # snapshots from before candle completeness
+        self.candles = None  # snapshots from before candles were kept
         for k, v in state[1].items():
             setattr(self, k, v)
 
@@ -95,6 +101,24 @@ class _Bucket:
             self.low = px
         self.volume += qty
         self.count += 1
+
+    def replace_candle(self, ts: int, o: float, h: float, low: float, c: float, v: float) -> None:
+        """The candle opening at `ts` again (a redelivery or a revision): the bucket becomes
+        its candles' with this one in place of the one before."""
+        candles = self.candles
+        assert candles is not None
+        candles[ts] = (o, h, low, c, v)
+        times = sorted(candles)
+        first, last = candles[times[0]], candles[times[-1]]
+        self.first_ts, self.open = times[0], first[0]
+        self.last_ts, self.close = times[-1], last[3]
+        self.high = max(x[1] for x in candles.values())
+        self.low = min(x[2] for x in candles.values())
+        volume = 0.0
+        for t in times:
+            volume += candles[t][4]
+        self.volume = volume
+        self.count = len(candles)
 
 
 class BarBuilder:
@@ -166,12 +190,19 @@ class BarBuilder:
         bucket = self.buckets.get(start)
         if bucket is None:
             bucket = self.buckets[start] = _Bucket(ts, o, h, low, c, v)
+            if interval_ms is not None:
+                bucket.candles = {}
+        elif interval_ms is not None and bucket.candles is not None and ts in bucket.candles:
+            bucket.replace_candle(ts, o, h, low, c, v)  # seen before: it counts once
+            return True
         else:
             bucket.add(ts, o, h, low, c, v)
         if interval_ms is not None:
             if bucket.parts is None:
                 bucket.parts, bucket.part_ms = set(), interval_ms
             bucket.parts.add(ts)
+            if bucket.candles is not None:
+                bucket.candles[ts] = (o, h, low, c, v)
         return True
 
     def advance(self, progress_ms: int) -> Sequence[Bar]:

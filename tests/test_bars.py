@@ -413,3 +413,29 @@ def test_the_completeness_kpi_does_not_count_a_partial_bar_as_complete():
     (s,) = completeness(pd.DataFrame(rows))["symbols"]
     assert (s["expected"], s["with_data"], s["gap_bars"], s["incomplete_bars"]) == (4, 2, 1, 2)
     assert s["completeness"] == 0.5
+
+
+def test_a_1m_candle_delivered_twice_is_folded_once():
+    """A redelivered candle (a file with a repeated row, a second producer) is the same
+    minute: its volume must not count twice in a bar that is otherwise complete."""
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=0)
+    out = []
+    for i in (0, 1, 2, 2, 3, 4):
+        out += b.add_candle(T0 + i * M, M, 100, 101, 99, 100, 1.0)
+    (bar,) = out
+    assert (bar.volume, bar.count, bar.complete) == (5.0, 5, True)
+
+
+def test_a_revised_1m_candle_replaces_the_one_it_revises():
+    b = BarBuilder("BTC-PERP", allowed_lateness_ms=0)
+    out = []
+    b.add_candle(T0, M, 90, 101, 89, 100, 1.0)  # first print, then revised
+    b.add_candle(T0, M, 100, 101, 99, 100, 1.0)
+    b.add_candle(T0 + M, M, 100, 130, 99, 100, 9.0)  # a wick that the venue corrected
+    b.add_candle(T0 + M, M, 100, 102, 99, 101, 2.0)
+    for i in (2, 3):
+        out += b.add_candle(T0 + i * M, M, 101, 103, 100, 102, 1.0)
+    out += b.add_candle(T0 + 4 * M, M, 102, 104, 101, 103, 1.0)
+    (bar,) = out
+    assert (bar.open, bar.high, bar.low, bar.close) == (100, 104, 99, 103)
+    assert (bar.volume, bar.count, bar.complete) == (6.0, 5, True)
