@@ -13,8 +13,9 @@ one trade stamped ahead, or a minority of records on other partitions, cannot cl
 early and make real trades late; and funding, overlay, cohort and control records reach
 the context join before the bar they belong to closes, however fast each topic is read.
 
-A trade or candle stamped more than `max_jump_ms` past its partition's progress would be
-folded into a bar hours ahead; it is held back instead. If `JUMP_CONFIRMATIONS` records
+A trade or candle stamped more than `max_jump_ms` past its partition's progress (or past
+the bars already closed, when the wall clock closed a quiet symbol's bars beyond it) would
+be folded into a bar hours ahead; it is held back instead. If `JUMP_CONFIRMATIONS` records
 in a row from the same partition agree that time jumped (the market came back after an
 outage), they are all processed in order; if a record in line with the partition arrives
 first, the held ones are dead letters (a lone bad timestamp). Nothing is lost either way.
@@ -227,6 +228,11 @@ class MarketState:
                 # A file run's first market record: the funding read before it (a span's
                 # rates start hours before its candles) is no reference for a jump.
                 seen = None
+            closed = self.builder.next_start_ms
+            if seen is not None and closed is not None and closed > seen:
+                # live, the wall clock closed a quiet symbol's bars up to here: a record
+                # near them is no jump, however long ago its partition's last one was
+                seen = closed
             if seen is not None and e.ts_event_ms > seen + self.max_jump_ms:
                 held = self.ahead.setdefault(part, [])
                 held.append(e)

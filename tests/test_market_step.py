@@ -219,6 +219,40 @@ def test_a_tick_while_records_keep_arriving_closes_nothing_early():
     assert out == []
 
 
+def test_live_a_symbol_quiet_for_hours_trades_again_at_once_not_after_fifty_trades():
+    """Live, the wall clock closed a quiet symbol's bars (gap bars) for 90 minutes; its next
+    trades, stamped now, are no jump past those closed bars: they fold into their bars,
+    which close on time. They were held as a jump past the last trade's time until 50 came
+    (an illiquid symbol: 50 minutes without a bar, and every symbol's decisions waiting)."""
+    st = _market(lateness_ms=5_000)
+    out: list[Any] = []
+
+    def trade(ts_ms: int) -> Trade:
+        t = _t(ts_ms)
+        t.part = "trades#0"  # live: a Kafka partition
+        return t
+
+    arrived = T0
+    for k in range(360):  # an hour of a trade every 10 s, each read as it happens
+        arrived = T0 + k * 10_000
+        st.on_event(trade(arrived), out, arrived)
+    for now in range(arrived + 1_000, arrived + 90 * M, 1_000):  # quiet: the ticks
+        st.on_tick(now, now - arrived, out)
+    resumed = arrived + 90 * M
+    out.clear()
+    for k in range(12):  # then a trade a minute, and a tick every second between them
+        arrived = resumed + k * M
+        st.on_event(trade(arrived), out, arrived)
+        for now in range(arrived + 1_000, arrived + M, 1_000):
+            st.on_tick(now, now - arrived, out)
+    assert not st.ahead and not [o for o in out if type(o).__name__ == "Late"]
+    first = resumed - resumed % (5 * M)  # the bar of the first trade after the quiet
+    closed = [(o.bar.start_ms, o.bar.count) for o in out if hasattr(o, "bar")]
+    # it and the next one closed (the partition's clock, a quorum of three trades, trails
+    # its latest trade by two minutes here)
+    assert closed == [(first, 1), (first + 5 * M, 5)]
+
+
 def _bars(out: list[Any]) -> list[tuple[int, int]]:
     return [(o.bar.start_ms, o.bar.count) for o in out if hasattr(o, "bar")]
 
