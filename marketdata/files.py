@@ -324,9 +324,15 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             fits = finite & (np.abs(floats) < 9.2e18 / _NS_PER[unit])  # else not a time
         if fits.any():
-            s[numbers.index[fits]] = pd.to_datetime(
-                numbers[fits], unit=unit, utc=True, errors="coerce"
-            ).astype("datetime64[ns, UTC]")
+            given = numbers[fits]
+            if unit != "ns" and not pd.api.types.is_integer_dtype(given):
+                # fractions in floats (1704067202.101 s): to whole microseconds first, or
+                # the float's .100999... s floors to the millisecond before
+                us = np.round(given.to_numpy(dtype="float64") * _US_PER[unit])
+                given, unit = pd.Series(us.astype("int64"), index=given.index), "us"
+            s[given.index] = pd.to_datetime(given, unit=unit, utc=True, errors="coerce").astype(
+                "datetime64[ns, UTC]"
+            )
     if text is not None and len(text):
         t = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
         # A time nanoseconds cannot hold (text like "-5" parses as the year -5) is not a
@@ -341,6 +347,7 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
 
 
 _NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+_US_PER = {"s": 10**6, "ms": 10**3, "us": 1}
 
 
 def _numbers(df: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series]:
