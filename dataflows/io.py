@@ -772,6 +772,8 @@ class _WatchedKafkaSource(KafkaSource):
         else:
             inner = super().build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
+        if READINESS is not None:  # `/ready` counts what waits from here, on this process
+            READINESS.reading(topic, int(idx), resume_state)
         stream = stream_of(self.prefix, topic)
         return _WatchedPartition(inner, topic, stream, int(idx), self.inputs is not None, self.meta)
 

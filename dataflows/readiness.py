@@ -6,6 +6,11 @@ topic exists and the input makes progress: messages waiting on a partition while
 was read for `stall_s` seconds (default 120) means not ready (503, with the reason).
 Checked every `interval_s` seconds in a background thread, with the flow's own client
 settings; the first check runs at start.
+
+"Waiting" counts only the partitions this process reads (`reading`, called as the flow
+opens each one), from where it started reading them: a resumed flow's snapshot offset,
+not the start of the partition (records read before a restart are not waiting), and
+never another process's partitions.
 """
 
 from __future__ import annotations
@@ -35,16 +40,27 @@ class Readiness:
         self.stall_s = stall_s
         self.clock = clock
         self.next_offset: dict[tuple[str, int], int] = {}
+        self.reads: set[tuple[str, int]] = set()  # the partitions this process reads
         self.last_input_s = clock()
         self.ready, self.reason = False, "not checked yet"
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
 
+    def reading(self, topic: str, partition: int, offset: int | None) -> None:
+        """This process reads `partition` of `topic` from `offset` (None or a logical
+        offset: its first kept record); called as the flow opens the partition."""
+        with self._lock:
+            self.reads.add((topic, partition))
+            if offset is not None and offset >= 0:
+                self.next_offset[(topic, partition)] = offset
+
     def saw(self, topic: str | None, partition: int | None, offset: int | None) -> None:
         """The flow read this message (called from the `from_kafka` step)."""
         self.last_input_s = self.clock()
         if topic is not None and partition is not None and offset is not None and offset >= 0:
-            self.next_offset[(topic, partition)] = offset + 1
+            with self._lock:
+                self.reads.add((topic, partition))
+                self.next_offset[(topic, partition)] = offset + 1
 
     def check(self) -> tuple[bool, str]:
         """Ask the broker: topics there, and either caught up or reading."""
@@ -56,11 +72,17 @@ class Readiness:
             missing = [t for t in self.topics if t not in md.topics or md.topics[t].error]
             if missing:
                 return self._set(False, f"input topics missing: {missing}")
+            with self._lock:
+                reads = sorted(self.reads)
+                next_offset = dict(self.next_offset)
+            if not reads:
+                return self._set(False, "the flow has not opened its input partitions yet")
             waiting = 0
-            for t in self.topics:
-                for p in md.topics[t].partitions:
-                    lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=5, cached=False)
-                    waiting += max(0, hi - max(lo, self.next_offset.get((t, p), lo)))
+            for t, p in reads:
+                if p not in md.topics[t].partitions:
+                    continue
+                lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=5, cached=False)
+                waiting += max(0, hi - max(lo, next_offset.get((t, p), lo)))
         except KafkaException as e:
             return self._set(False, f"broker unreachable: {e.args[0].str()}")
         idle_s = self.clock() - self.last_input_s
