@@ -3,7 +3,9 @@
 Bytewax's API server answers `/metrics` whatever the broker does, so a probe on it stays
 green through an outage. `/ready` answers 200 only while the broker answers, every input
 topic exists and the input makes progress: messages waiting on a partition while nothing
-was read for `stall_s` seconds (default 120) means not ready (503, with the reason).
+was read from it for `stall_s` seconds (default 120) means not ready (503, with the reason
+and the partitions), even while the other partitions are read: one frozen partition holds
+every symbol's bars back.
 Checked every `interval_s` seconds in a background thread, with the flow's own client
 settings; the first check runs at start.
 
@@ -41,7 +43,8 @@ class Readiness:
         self.clock = clock
         self.next_offset: dict[tuple[str, int], int] = {}
         self.reads: set[tuple[str, int]] = set()  # the partitions this process reads
-        self.last_input_s = clock()
+        self.read_s: dict[tuple[str, int], float] = {}  # when each was opened or last read
+        self.waiting_since: dict[tuple[str, int], float] = {}  # first check it had a backlog
         self.ready, self.reason = False, "not checked yet"
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
@@ -51,15 +54,17 @@ class Readiness:
         offset: its first kept record); called as the flow opens the partition."""
         with self._lock:
             self.reads.add((topic, partition))
+            self.read_s[(topic, partition)] = self.clock()
             if offset is not None and offset >= 0:
                 self.next_offset[(topic, partition)] = offset
 
     def saw(self, topic: str | None, partition: int | None, offset: int | None) -> None:
         """The flow read this message (called from the `from_kafka` step)."""
-        self.last_input_s = self.clock()
+        now = self.clock()
         if topic is not None and partition is not None and offset is not None and offset >= 0:
             with self._lock:
                 self.reads.add((topic, partition))
+                self.read_s[(topic, partition)] = now
                 self.next_offset[(topic, partition)] = offset + 1
 
     def check(self) -> tuple[bool, str]:
@@ -77,18 +82,34 @@ class Readiness:
                 next_offset = dict(self.next_offset)
             if not reads:
                 return self._set(False, "the flow has not opened its input partitions yet")
-            waiting = 0
+            backlog: dict[tuple[str, int], int] = {}
             for t, p in reads:
                 if p not in md.topics[t].partitions:
                     continue
                 lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=5, cached=False)
-                waiting += max(0, hi - max(lo, next_offset.get((t, p), lo)))
+                backlog[(t, p)] = max(0, hi - max(lo, next_offset.get((t, p), lo)))
         except KafkaException as e:
             return self._set(False, f"broker unreachable: {e.args[0].str()}")
-        idle_s = self.clock() - self.last_input_s
-        if waiting and idle_s > self.stall_s:
+        now = self.clock()
+        stalled: dict[tuple[str, int], float] = {}  # partition -> seconds without a read
+        with self._lock:
+            for tp, n in backlog.items():
+                if not n:
+                    self.waiting_since.pop(tp, None)
+                    continue
+                # since the later of its last read and the first check that saw it behind:
+                # a record that arrived just before this check is not a stall
+                since = self.waiting_since.setdefault(tp, now)
+                idle_s = now - max(since, self.read_s.get(tp, since))
+                if idle_s > self.stall_s:
+                    stalled[tp] = idle_s
+        waiting = sum(backlog.values())
+        if stalled:
+            parts = ", ".join(f"{t}[{p}]" for t, p in sorted(stalled))
             return self._set(
-                False, f"no input read for {idle_s:.0f} s with {waiting} messages waiting"
+                False,
+                f"no input read for {min(stalled.values()):.0f} s from {parts} with "
+                f"{sum(backlog[tp] for tp in stalled)} messages waiting",
             )
         return self._set(True, f"ok: broker answers, {waiting} input messages waiting")
 

@@ -153,6 +153,24 @@ def test_only_the_partitions_this_process_reads_count_as_waiting(kafka_bootstrap
     # partition 1 is another process's
     assert r.check() == (True, "ok: broker answers, 3 input messages waiting")
     clock.now += 61
-    assert r.check() == (False, "no input read for 61 s with 3 messages waiting")
+    assert r.check() == (False, f"no input read for 61 s from {candles}[0] with 3 messages waiting")
     r.saw(candles, 0, 2)
     assert r.check() == (True, "ok: broker answers, 0 input messages waiting")
+
+
+def test_a_frozen_partition_is_not_ready_while_the_others_are_read(kafka_bootstrap, prefix):
+    """A partition with records left that stops delivering (a stuck fetch) holds every
+    symbol's bars (README, "event time"): /ready must say so even while other partitions
+    keep delivering."""
+    r, clock = _readiness_on_candles(kafka_bootstrap, prefix, {0: 3, 1: 4})
+    candles = f"{prefix}.candles"
+    r.reading(candles, 0, None)
+    r.reading(candles, 1, None)
+    r.saw(candles, 0, 2)  # partition 0: all read
+    r.saw(candles, 1, 1)  # partition 1: 2 read, then frozen with 2 left
+    assert r.check() == (True, "ok: broker answers, 2 input messages waiting")
+    clock.now += 61
+    r.saw(candles, 0, 2)  # partition 0 is still read
+    ready, reason = r.check()
+    assert not ready, reason
+    assert reason == f"no input read for 61 s from {candles}[1] with 2 messages waiting"
