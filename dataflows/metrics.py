@@ -26,7 +26,7 @@ Names (all prefixed `ensemble_`):
     trade_side_probability{symbol}               histogram: model probability of the side traded
     fill_slippage_bps{symbol}                    histogram: |slippage| of each fill
     last_bar_close_timestamp_seconds{symbol}     event time of the last heartbeat
-    event_lag_seconds{symbol}                    wall clock minus that event time (live lag)
+    event_lag_seconds{symbol}                    wall clock (at the scrape) minus that event time
 """
 
 from __future__ import annotations
@@ -115,6 +115,15 @@ LAST_BAR = Gauge(
 )
 LAG = Gauge("event_lag_seconds", "Wall clock minus the last heartbeat's event time", ["symbol"],
             namespace=NS)  # fmt: skip
+_LAST_EVENT_S: dict[str, float] = {}  # each symbol's last heartbeat, for LAG at scrape time
+
+
+def _lag(sym: str) -> Any:
+    """LAG's child for `sym`, read when scraped: it keeps growing while no heartbeat comes
+    (a stuck flow), instead of showing the lag its last heartbeat had."""
+    child = LAG.labels(sym)
+    child.set_function(lambda: time.time() - _LAST_EVENT_S.get(sym, math.nan))
+    return child
 
 
 @functools.cache
@@ -135,7 +144,7 @@ def _health_children(sym: str) -> tuple[list[tuple[str, Any]], Any, Any, Any, An
         STATUS.labels(sym),
         KILL_SWITCH.labels(sym),
         LAST_BAR.labels(sym),
-        LAG.labels(sym),
+        _lag(sym),
     )
 
 
@@ -171,7 +180,7 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
         _child(FILLS, sym).inc()
         _child(SLIPPAGE, sym).observe(abs(rec["slippage_bps"]))
     elif stream == "health":
-        gauges, trading_state, status, kill_switch, last_bar, lag = _health_children(sym)
+        gauges, trading_state, status, kill_switch, last_bar, _ = _health_children(sym)
         for name, gauge in gauges:
             value = rec.get(name)  # None (e.g. Sharpe under two days): NaN, never a stale value
             gauge.set(math.nan if value is None else value)
@@ -181,7 +190,7 @@ def observe(stream: str, rec: dict[str, Any]) -> None:
         kill_switch.state(kill if kill in KILL_SWITCH_REASONS else "none")
         t = rec["ts_event_ms"] / 1000.0
         last_bar.set(t)
-        lag.set(time.time() - t)
+        _LAST_EVENT_S[sym] = t  # `lag` reads it when scraped
     elif stream == "dead_letters":
         reason = str(rec.get("reason", ""))
         kind = reason.split(":")[0].split(" ")[0] or "unknown"

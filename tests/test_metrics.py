@@ -128,3 +128,26 @@ def test_a_running_flow_serves_its_metrics_on_the_bytewax_api_server(tmp_path):
     }
     assert values["ensemble_decision_latency_seconds_count"] > 0  # the buckets exist at zero
     assert values['ensemble_bars_total{complete="true",symbol="BTC-PERP",timeframe="5m"}'] > 0
+
+
+def test_the_event_lag_grows_while_no_heartbeat_comes(monkeypatch):
+    """`ensemble_event_lag_seconds` is the wall clock minus the last heartbeat's event
+    time when scraped: a flow that stopped deciding shows a growing lag on the dashboard,
+    not the small lag of its last heartbeat."""
+    from dataflows import metrics
+
+    now = {"t": 1_800_000_000.0}
+    monkeypatch.setattr(metrics.time, "time", lambda: now["t"])
+    health = {
+        "symbol": "LAG-PERP",
+        "trading_state": "ACTIVE",
+        "strategy_status": "ok",
+        "halt_reason": "",
+        "ts_event_ms": int((now["t"] - 2.0) * 1000),
+    }
+    metrics.observe("health", health)
+    assert _value("ensemble_event_lag_seconds", symbol="LAG-PERP") == 2.0
+    now["t"] += 600  # ten minutes without a heartbeat: the flow is stuck
+    assert _value("ensemble_event_lag_seconds", symbol="LAG-PERP") == 602.0
+    metrics.observe("health", {**health, "ts_event_ms": int((now["t"] - 1.0) * 1000)})
+    assert _value("ensemble_event_lag_seconds", symbol="LAG-PERP") == 1.0
