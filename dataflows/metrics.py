@@ -38,10 +38,9 @@ from typing import Any
 
 from prometheus_client import Counter, Enum, Gauge, Histogram
 
-from operators.reasons import Reason
-
-# the halt reasons that are kill-switches (an operator's own halt is not one)
-KILL_SWITCH_REASONS = (Reason.DRAWDOWN_LIMIT, Reason.DAILY_LOSS_LIMIT, Reason.CONSECUTIVE_LOSSES)
+# the halt reasons that are kill-switches, a symbol's and the account's (an operator's own
+# halt is not one): the same list as the risk step's and the alerts consumer's
+from operators.reasons import KILL_SWITCH_REASONS
 
 NS = "ensemble"
 
@@ -99,7 +98,7 @@ STATUS = Enum(
 )  # fmt: skip
 KILL_SWITCH = Enum(
     "kill_switch", "The kill-switch that halted trading, none when not halted by one", ["symbol"],
-    states=["none", *map(str, KILL_SWITCH_REASONS)], namespace=NS,
+    states=["none", *KILL_SWITCH_REASONS], namespace=NS,
 )  # fmt: skip
 # what the alerts consumer's low_confidence_trade and large_slippage rules look at
 SIDE_PROB = Histogram(

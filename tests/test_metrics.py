@@ -151,3 +151,21 @@ def test_the_event_lag_grows_while_no_heartbeat_comes(monkeypatch):
     assert _value("ensemble_event_lag_seconds", symbol="LAG-PERP") == 602.0
     metrics.observe("health", {**health, "ts_event_ms": int((now["t"] - 1.0) * 1000)})
     assert _value("ensemble_event_lag_seconds", symbol="LAG-PERP") == 1.0
+
+
+@pytest.mark.slow
+def test_an_account_wide_kill_switch_shows_on_the_kill_switch_metric(tmp_path):
+    """The account's limits are kill-switches too (operators/reasons.py: only an operator's
+    reset_kill_switch lifts them; the alerts consumer raises kill_switch for them): the
+    Prometheus rule EnsembleKillSwitch and the dashboard read `ensemble_kill_switch`."""
+    from operators.reasons import KILL_SWITCH_REASONS
+
+    overrides = {"warmup_bars": 150, "account.max_drawdown": 0.00001}
+    out = run_records(small_settings(tmp_path, ENSEMBLE_OVERRIDES=json.dumps(overrides)))
+    last = {h["symbol"]: h for h in out["health"]}
+    for sym, h in last.items():
+        kill = h["halt_reason"].split(":")[0]
+        assert h["trading_state"] == "HALTED" and kill == "account_drawdown_limit", h
+        assert kill in KILL_SWITCH_REASONS
+        assert _value("ensemble_kill_switch", symbol=sym, ensemble_kill_switch=kill) == 1, sym
+        assert _value("ensemble_kill_switch", symbol=sym, ensemble_kill_switch="none") == 0, sym
