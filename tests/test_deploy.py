@@ -575,6 +575,24 @@ def container(o: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for _, c in containers(o) if c["name"] == name)
 
 
+def test_what_docs_deploy_md_says_of_the_dataflow_probes_is_what_the_statefulset_probes():
+    """An operator reads the runbook, not the manifest: every sentence of docs/deploy.md
+    about the dataflow's readiness or liveness probe names the path that probe uses."""
+    main = container(workload(render(BASE), "StatefulSet", "ensemble-dataflow"), "dataflow")
+    paths = {
+        "readiness": main["readinessProbe"]["httpGet"]["path"],
+        "liveness": main["livenessProbe"]["httpGet"]["path"],
+    }
+    text = " ".join((ROOT / "docs" / "deploy.md").read_text().split())
+    sentences = [s for s in re.split(r"(?<=[.;:])\s", text) if "probe" in s]
+    for kind, path in paths.items():
+        about = [s for s in sentences if f"{kind} probe" in s]
+        assert about, f"docs/deploy.md says nothing of the {kind} probe"
+        for s in about:
+            named = set(re.findall(r"`(?:GET )?(/[a-z]+)`", s))
+            assert named == {path}, f"docs/deploy.md, on the {kind} probe ({path}): {s!r}"
+
+
 # -- the Dockerfile ------------------------------------------------------------------------------
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     joined = re.sub(
