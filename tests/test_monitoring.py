@@ -158,3 +158,23 @@ def test_the_rules_fire_on_promtools_unit_tests():
         [PROMTOOL, "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_alert_that_names_an_operator_command_points_to_the_page_that_shows_how_to_send_it():
+    """At 3 a.m. the annotation is the runbook's address: the page it names must show the
+    command line (`python -m dataflows.control <command>` ... ) it asks for."""
+    from operators.events import CONTROL_COMMANDS
+
+    for r in rules():
+        text = " ".join(r["annotations"].values())
+        # `halt` and `resume` are English words too ("consider a halt"): the others only
+        commands = [c for c in CONTROL_COMMANDS if "_" in c and re.search(rf"\b{c}\b", text)]
+        if not commands:
+            continue
+        pages = re.findall(r"\bdocs/[\w-]+\.md\b", text)
+        assert pages, f"{r['alert']} asks for {commands} but names no page that says how"
+        for page in pages:
+            doc = (ROOT / page).read_text()
+            for c in commands:
+                shown = re.search(rf"python -m dataflows\.control\b[^\n]*(\n[^\n]*)?\b{c}\b", doc)
+                assert shown, f"{r['alert']} points to {page} for {c}: it does not show how"
