@@ -57,6 +57,12 @@ DUPLICATES = Counter(
     "duplicate_trades", "Trades dropped as already seen (venue, trade id)", ["symbol"], namespace=NS
 )
 ERRORS = Counter("errors", "Exceptions caught on one record", ["stage"], namespace=NS)
+# The stages that catch an exception on one record (dataflows/ensemble.py `_error`), exported
+# at 0 from the start: Prometheus's increase() sees nothing in a series that first appears
+# at 1, so without them the alert on errors missed each stage's first error after a start.
+ERROR_STAGES = ("market", "context_join", "features", "predict", "strategy")
+for _stage in ERROR_STAGES:
+    ERRORS.labels(_stage)
 DECISIONS = Counter(
     "decisions", "Decisions after warm-up", ["symbol", "arm", "action"], namespace=NS
 )

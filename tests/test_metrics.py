@@ -169,3 +169,21 @@ def test_an_account_wide_kill_switch_shows_on_the_kill_switch_metric(tmp_path):
         assert kill in KILL_SWITCH_REASONS
         assert _value("ensemble_kill_switch", symbol=sym, ensemble_kill_switch=kill) == 1, sym
         assert _value("ensemble_kill_switch", symbol=sym, ensemble_kill_switch="none") == 0, sym
+
+
+def test_every_error_stage_is_exported_at_zero_before_its_first_error():
+    """Prometheus's increase() sees no increase in a series that appears already at 1, so
+    the rule EnsembleErrorEvent (increase(ensemble_errors_total[10m]) > 0) would miss a
+    stage's first error after every start unless the series is there at 0 before it."""
+    import re
+
+    code = (ROOT / "dataflows" / "ensemble.py").read_text()
+    stages = set(re.findall(r'_error\(\s*(?:self\.)?stamp,\s*"(\w+)"', code))
+    assert stages >= {"market", "features", "predict", "strategy", "context_join"}, stages
+    page = subprocess.run(  # a fresh process: nothing counted yet
+        [sys.executable, "-c", "import dataflows.metrics, prometheus_client as p; "
+         "print(p.generate_latest().decode())"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for stage in sorted(stages):
+        assert f'ensemble_errors_total{{stage="{stage}"}} 0.0' in page, stage
