@@ -813,6 +813,7 @@ def build_flow(
         raise ValueError("Kafka input runs on the wall clock: `clock` must be WALL_CLOCK")
     stamp = Stamp(settings.strategy.strategy_id, clock.now_ms if settings.wall_clock else None)
     rt = load_runtime(str(settings.model_dir))  # a bad artifact stops the start, not a bar
+    metrics.trading(settings.symbols)
     settings.strategy.with_model_horizon(rt.horizon_bars)  # a hold the model disagrees with
 
     flow = Dataflow("ensemble")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Enum, Gauge, Histogram
@@ -137,6 +138,16 @@ def _child(metric: Any, *labels: str) -> Any:
     checks and looks them up under a lock at every `labels` call (1.6 million calls, a
     twentieth of a year's candle replay)."""
     return metric.labels(*labels)
+
+
+def trading(symbols: Iterable[str]) -> None:
+    """Export the per-fill and per-trade series of the traded symbols at 0 from the start:
+    the rules on slippage and on the probability of the side traded take increase() of
+    them, which sees nothing in a series that first appears at its first fill or trade."""
+    for sym in sorted(symbols):
+        _child(FILLS, sym)
+        _child(SLIPPAGE, sym)
+        _child(SIDE_PROB, sym)
 
 
 @functools.cache

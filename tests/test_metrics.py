@@ -187,3 +187,28 @@ def test_every_error_stage_is_exported_at_zero_before_its_first_error():
     ).stdout  # fmt: skip
     for stage in sorted(stages):
         assert f'ensemble_errors_total{{stage="{stage}"}} 0.0' in page, stage
+
+
+def test_the_per_fill_series_of_every_traded_symbol_are_exported_at_zero_from_the_start(tmp_path):
+    """EnsembleLargeSlippage and EnsembleLowConfidenceTrades take increase() of per-symbol
+    histograms: a symbol's series born at its first fill or trade (count 1) shows no
+    increase, so that first one after a start could never alert."""
+    script = (
+        "import prometheus_client as p\n"
+        "from dataflows.ensemble import build_flow\n"
+        "from tests.conftest import small_settings\n"
+        f"build_flow(small_settings(__import__('pathlib').Path({str(tmp_path)!r})))\n"
+        "print(p.generate_latest().decode())\n"
+    )
+    page = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for sym in ("BTC-PERP", "ETH-PERP"):
+        for series in (
+            f'ensemble_fill_slippage_bps_count{{symbol="{sym}"}} 0.0',
+            f'ensemble_fill_slippage_bps_bucket{{le="10.0",symbol="{sym}"}} 0.0',
+            f'ensemble_trade_side_probability_count{{symbol="{sym}"}} 0.0',
+            f'ensemble_trade_side_probability_sum{{symbol="{sym}"}} 0.0',
+            f'ensemble_fills_total{{symbol="{sym}"}} 0.0',
+        ):
+            assert series in page, series
