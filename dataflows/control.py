@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dataflows.environment import add_kafka_arguments, environ, kafka_arguments
 from dataflows.kafka_security import confluent_config
 from operators.commands import private_key_from_b64, public_key_b64, sign
+from operators.config import PRESETS
 from operators.events import CONTROL_COMMANDS, InvalidRecord, parse_control
 from schemas.codec import encode, with_defaults
 
@@ -146,9 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--operator", required=True, help="who sends it (audited)")
     ap.add_argument("--reason", required=True, help="why (audited)")
     ap.add_argument("--at", type=int, default=None, help="event time, epoch ms (default: now)")
-    ap.add_argument("--strategy-id", default="ensemble_1_1")
+    ap.add_argument(
+        "--strategy-id",
+        choices=sorted(PRESETS),
+        help="the flow's preset (default: ENSEMBLE_PRESET or STRATEGY_ID, as the flow reads "
+        "them, else ensemble_1_1); a command for another is refused as foreign",
+    )
     args = ap.parse_args(argv)
     kafka_arguments(ap, args)
+    if args.strategy_id is None:  # the flow's own rule (dataflows/settings.py)
+        env = environ()
+        args.strategy_id = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
     try:
         rec = command_record(
             args.command, args.symbol, args.operator, args.reason, args.at, args.strategy_id

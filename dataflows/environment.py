@@ -59,7 +59,12 @@ _BROKER = "deploy/kafka/broker.sh"
 _SETTINGS = (
     Setting(CONFIG_VAR, "", "every command", "TOML file of settings (the environment wins)"),
     # the flow (dataflows/settings.py)
-    Setting("ENSEMBLE_PRESET", "ensemble_1_1", _FLOW, "strategy preset (or STRATEGY_ID)"),
+    Setting(
+        "ENSEMBLE_PRESET",
+        "ensemble_1_1",
+        "flow, dataflows.control",
+        "strategy preset (or STRATEGY_ID)",
+    ),
     Setting("ENSEMBLE_OVERRIDES", "{}", _FLOW, 'JSON of dotted settings, {"risk.pos_max": 0.3}'),
     Setting("ENSEMBLE_INPUT", "generator", _FLOW, "`generator` or file specs KIND:PATH[,..]"),
     Setting("ENSEMBLE_SEED", "7", _FLOW, "generator and bandit seed"),

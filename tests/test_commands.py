@@ -268,3 +268,35 @@ def test_copies_of_a_held_command_are_refused_at_once_and_cannot_crowd_out_a_new
     assert gate.on_event(halt) == []  # held, not refused
     out = gate.on_event(Tick(HALT_AT + 3_700_000))
     assert [c.command_id for c in out if isinstance(c, ControlCommand)] == ["c-ahead", "c-halt"]
+
+
+@pytest.mark.parametrize(
+    ("env", "flag", "signed_for"),
+    [
+        ({"ENSEMBLE_PRESET": "ensemble_1_0"}, [], "ensemble_1_0"),
+        ({"STRATEGY_ID": "ensemble_1_0"}, [], "ensemble_1_0"),
+        ({}, [], "ensemble_1_1"),
+        ({"ENSEMBLE_PRESET": "ensemble_1_0"}, ["--strategy-id", "ensemble_1_1"], "ensemble_1_1"),
+    ],
+)
+def test_the_command_line_signs_for_the_preset_the_flow_runs(
+    tmp_path, monkeypatch, env, flag, signed_for
+):
+    """The runbook's `python -m dataflows.control reset_kill_switch ...` signed every
+    command for ensemble_1_1 whatever ENSEMBLE_PRESET said, so on a 1.0 flow the
+    kill-switch reset was refused as `command_foreign_strategy`. It now takes the flow's
+    own setting (ENSEMBLE_PRESET, else STRATEGY_ID); --strategy-id still wins."""
+    from dataflows import control
+
+    key = tmp_path / "alice.key"
+    control.keygen(key, "alice")
+    for name in ("ENSEMBLE_PRESET", "STRATEGY_ID", "ENSEMBLE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENSEMBLE_OPERATOR_KEY_FILE", str(key))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    sent = []
+    monkeypatch.setattr(control, "send", lambda _b, _p, rec: sent.append(rec) or (0, 0))
+    argv = ["reset_kill_switch", "--bootstrap", "127.0.0.1:9", "--operator", "alice"]
+    assert control.main([*argv, "--reason", "reviewed", *flag]) == 0
+    assert [r["strategy_id"] for r in sent] == [signed_for]
