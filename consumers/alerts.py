@@ -67,7 +67,7 @@ from consumers.stream import (
 from dataflows.environment import environ
 from operators.config import ConfigError
 from operators.kpis import is_win
-from operators.reasons import KILL_SWITCH_REASONS
+from operators.reasons import is_kill_switch
 from operators.redaction import scrub
 from operators.validation import (
     CommaSeparated,
@@ -297,11 +297,6 @@ def conflict_alert(stream: str, rec: dict[str, Any]) -> Alert:
     )
 
 
-def _is_kill(halt_reason: str) -> bool:
-    """A halt by a kill-switch (`drawdown_limit: ...`), not an operator's own."""
-    return halt_reason.split(":")[0] in KILL_SWITCH_REASONS
-
-
 @dataclass
 class _SymbolState:
     trading_state: str | None = None  # None until the first health event
@@ -367,7 +362,7 @@ class Rules:
         still halted by a kill-switch), raised again: for a silence that just ended."""
         out = [self._missing(sym, b, now_s) for sym, b in self.beats.items() if b.missing]
         for (sid, sym), st in self.states.items():
-            if st.trading_state == "HALTED" and _is_kill(st.halt_reason):
+            if st.trading_state == "HALTED" and is_kill_switch(st.halt_reason):
                 out.append(
                     Alert(
                         "kill_switch",
@@ -423,9 +418,9 @@ class Rules:
         out = self.beat(r, now_s)
         st = self.states[(sid, sym)]
         state, reason = r["trading_state"], r["halt_reason"]
-        kill = state == "HALTED" and _is_kill(reason)
+        kill = state == "HALTED" and is_kill_switch(reason)
         # a kill-switch firing while an operator's halt is in force is news as well
-        if kill and not (st.trading_state == "HALTED" and _is_kill(st.halt_reason)):
+        if kill and not (st.trading_state == "HALTED" and is_kill_switch(st.halt_reason)):
             st.halted_ms = ts
             what = (
                 f"is HALTED by the kill-switch {reason} (first health event seen, {utc(ts)})"
@@ -446,7 +441,7 @@ class Rules:
                     ts,
                 )
             )
-        elif state != "HALTED" and st.trading_state == "HALTED" and _is_kill(st.halt_reason):
+        elif state != "HALTED" and st.trading_state == "HALTED" and is_kill_switch(st.halt_reason):
             out.append(
                 Alert(
                     "kill_switch",

@@ -22,7 +22,7 @@ from typing import Any
 
 from consumers.stream import Dedup, Record
 from operators.kpis import RoundTrip, decision_of, pair_round_trips, utc_day
-from operators.reasons import KILL_SWITCH_REASONS
+from operators.reasons import is_kill_switch
 
 log = logging.getLogger("ensemble.copilot")
 
@@ -332,6 +332,19 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
     }
 
 
+def halt_changed(prev: dict[str, Any], h: dict[str, Any]) -> bool:
+    """Between two health events: the trading state changed, or a kill-switch fired while
+    an operator's halt was in force (HALTED both times: the reason is the news, and only
+    reset_kill_switch lifts it now)."""
+    if h["trading_state"] != prev["trading_state"]:
+        return True
+    return (
+        h["trading_state"] == "HALTED"
+        and is_kill_switch(h["halt_reason"])
+        and not is_kill_switch(prev["halt_reason"])
+    )
+
+
 def _state_changes(
     health: list[dict[str, Any]], in_day: Callable[[int], bool]
 ) -> list[dict[str, Any]]:
@@ -340,8 +353,8 @@ def _state_changes(
     prev = None
     for h in health:
         state, reason = h["trading_state"], h["halt_reason"]
-        if in_day(h["ts_event_ms"]) and prev is not None and state != prev["trading_state"]:
-            kill = reason.split(":")[0] in KILL_SWITCH_REASONS
+        if in_day(h["ts_event_ms"]) and prev is not None and halt_changed(prev, h):
+            kill = is_kill_switch(reason)
             if state == "HALTED":
                 event = "kill_switch_fired" if kill else "halted"
                 out.append(

@@ -15,7 +15,6 @@ from typing import Any
 
 from consumers.facts import (
     ENTRY_PURPOSES,
-    KILL_SWITCH_REASONS,
     MATCH_WINDOW_MS,
     CopilotError,
     Telemetry,
@@ -23,11 +22,13 @@ from consumers.facts import (
     _r,
     asked_time_ms,
     decision_facts,
+    halt_changed,
     pick_symbol,
     trip_facts,
     utc_text,
 )
 from operators.kpis import is_win
+from operators.reasons import is_kill_switch
 
 _STOP = re.compile(r"\b(stop|stopped|stopping|halt|halted|halting|kill[- ]?switch)\b", re.I)
 _LAST = re.compile(r"\b(last|latest|most recent)\b(?:\s+\w+){0,2}\s+trade\b", re.I)
@@ -79,14 +80,14 @@ def last_trade_facts(tel: Telemetry, question: str, symbol: str | None) -> dict[
 def _halts(tel: Telemetry, symbol: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
     """(health event that turned HALTED, the one that turned it back or None), in order."""
     out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-    prev_state = None
+    prev = None
     for h in tel.health[symbol]:
         state = h["trading_state"]
-        if state == "HALTED" and prev_state != "HALTED":
-            out.append((h, None))
-        elif state != "HALTED" and prev_state == "HALTED" and out:
+        if state == "HALTED" and (prev is None or halt_changed(prev, h)):
+            out.append((h, None))  # a kill-switch taking over an operator's halt is one too
+        elif state != "HALTED" and prev is not None and prev["trading_state"] == "HALTED" and out:
             out[-1] = (out[-1][0], h)
-        prev_state = state
+        prev = h
     return out
 
 
@@ -131,7 +132,7 @@ def halt_facts(
         "halt": {
             "time_utc": utc_text(ts),
             "reason": reason,
-            "kill_switch": reason.split(":")[0] in KILL_SWITCH_REASONS,
+            "kill_switch": is_kill_switch(reason),
             "resumed_utc": utc_text(back["ts_event_ms"]) if back else None,
             "flattened_utc": utc_text(flat["ts_event_ms"]) if flat else None,
         },

@@ -55,3 +55,9 @@ KILL_SWITCH_REASONS: tuple[str, ...] = tuple(
         Reason.ACCOUNT_DAILY_LOSS_LIMIT,
     )
 )
+
+
+def is_kill_switch(halt_reason: str) -> bool:
+    """Whether a halt reason (`"drawdown_limit: ..."`) is a kill-switch's, which only an
+    operator's reset_kill_switch lifts (an operator's own halt is not)."""
+    return halt_reason.split(":")[0] in KILL_SWITCH_REASONS

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from operators.config import GuardMode, RiskConfig
 from operators.kpis import DAY_MS, is_win, utc_day
-from operators.reasons import KILL_SWITCH_REASONS, Reason
+from operators.reasons import Reason, is_kill_switch
 
 __all__ = ["DAY_MS", "RiskState", "TradingState", "pretrade_veto", "sizing_scale"]
 
@@ -81,10 +81,7 @@ class RiskState:
     @property
     def kill_switch_engaged(self) -> bool:
         """HALTED by a kill-switch (the symbol's or the account's), not by an operator."""
-        return (
-            self.state is TradingState.HALTED
-            and self.halt_reason.split(":")[0] in KILL_SWITCH_REASONS
-        )
+        return self.state is TradingState.HALTED and is_kill_switch(self.halt_reason)
 
     def check_kill_switches(self, equity: float, cfg: RiskConfig) -> Reason | None:
         """The kill-switch that fires now, if any (none while one is engaged). An operator's

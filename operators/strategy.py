@@ -222,16 +222,12 @@ class Strategy:
         before = {"trading_state": s.risk.state.value, "shadow": s.shadow}
         note = "applied"
         if cmd.command == "halt":
-            if s.risk.state is TradingState.HALTED and not s.risk.halt_reason.startswith(
-                Reason.OPERATOR_HALT.value
-            ):  # keep the kill-switch's reason, so a later resume cannot lift it
+            if s.risk.kill_switch_engaged:  # its reason kept: a later resume cannot lift it
                 note = f"already halted by kill-switch {s.risk.halt_reason!r}; kept"
             else:
                 s.risk.halt(f"{Reason.OPERATOR_HALT.value}: {cmd.reason}")
         elif cmd.command == "resume":
-            if s.risk.state is TradingState.HALTED and not s.risk.halt_reason.startswith(
-                Reason.OPERATOR_HALT.value
-            ):
+            if s.risk.kill_switch_engaged:
                 note = (
                     f"ignored: halted by kill-switch {s.risk.halt_reason!r}; "
                     "only reset_kill_switch resumes it"

@@ -697,3 +697,28 @@ def test_an_endpoint_that_quotes_the_api_key_back_does_not_put_it_in_the_error(t
         with pytest.raises(llm.LLMError) as e:
             llm.complete(cfg, why_facts(tel, "why was the 14:00 trade short?"), "why?")
     assert "invalid api key" in str(e.value) and key not in str(e.value)
+
+
+def test_a_kill_switch_that_fires_under_an_operator_halt_is_the_days_kill_switch_and_the_why():
+    """HALTED by an operator, then the daily loss limit fires (the flow now records it,
+    and only reset_kill_switch lifts it): the state stays HALTED, so the copilot, which
+    looked only at changes of state, said "Kill-switch: none fired" and answered "why did
+    we stop" with the operator's halt."""
+    operator = dict(trading_state="HALTED", halt_reason="operator_halt: maintenance")
+    kill = dict(trading_state="HALTED", halt_reason="daily_loss_limit", drawdown=0.06)
+    recs = [
+        ("health", health(ts=T0 + 1 * H)),
+        ("health", health(ts=T0 + 2 * H, **operator)),
+        ("health", health(ts=T0 + 3 * H, **operator)),
+        ("health", health(ts=T0 + 4 * H, **kill)),
+        ("health", health(ts=T0 + 5 * H, **kill)),
+    ]
+    tel = Telemetry(recs)
+    [s] = summary_facts(tel, date(2024, 1, 4))["symbols"]
+    assert [(e["event"], e["reason"]) for e in s["kill_switch_events"]] == [
+        ("halted", "operator_halt: maintenance"),
+        ("kill_switch_fired", "daily_loss_limit"),
+    ]
+    f = copilot.ask(tel, "why did we stop trading at 04:00?", None).facts
+    assert f["halt"]["reason"] == "daily_loss_limit" and f["halt"]["kill_switch"]
+    assert f["halt"]["time_utc"] == "2024-01-04 04:00"
