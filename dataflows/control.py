@@ -36,8 +36,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataflows.environment import add_kafka_arguments, environ, kafka_arguments
 from dataflows.kafka_security import confluent_config
+from dataflows.settings import strategy_from_env
 from operators.commands import private_key_from_b64, public_key_b64, sign
-from operators.config import PRESETS
+from operators.config import ConfigError
 from operators.events import CONTROL_COMMANDS, InvalidRecord, parse_control
 from schemas.codec import encode, with_defaults
 
@@ -149,15 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--at", type=int, default=None, help="event time, epoch ms (default: now)")
     ap.add_argument(
         "--strategy-id",
-        choices=sorted(PRESETS),
-        help="the flow's preset (default: ENSEMBLE_PRESET or STRATEGY_ID, as the flow reads "
-        "them, else ensemble_1_1); a command for another is refused as foreign",
+        help="the flow's strategy_id (default: the flow's own, from ENSEMBLE_PRESET or "
+        "STRATEGY_ID and ENSEMBLE_OVERRIDES, as the flow reads them); a command for another "
+        "is refused as foreign",
     )
     args = ap.parse_args(argv)
     kafka_arguments(ap, args)
-    if args.strategy_id is None:  # the flow's own rule (dataflows/settings.py)
-        env = environ()
-        args.strategy_id = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
+    if args.strategy_id is None:
+        try:
+            args.strategy_id = strategy_from_env(environ()).strategy_id
+        except ConfigError as e:
+            ap.error(f"the flow's strategy_id: {e}")
     try:
         rec = command_record(
             args.command, args.symbol, args.operator, args.reason, args.at, args.strategy_id

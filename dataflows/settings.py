@@ -174,19 +174,7 @@ class Settings:
         name that is no command's setting is refused (dataflows/environment.py)."""
         env = environ(env)
         given = _Environment(**named_in(env, _FIELDS, VARIABLE))
-        name = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
-        strategy = preset(name)
-        raw_overrides = env.get("ENSEMBLE_OVERRIDES", "").strip()
-        if raw_overrides:
-            try:
-                overrides = json.loads(raw_overrides)
-            except json.JSONDecodeError as e:
-                raise ConfigError(
-                    f"ENSEMBLE_OVERRIDES={raw_overrides!r} is not JSON: {e}"
-                ) from None
-            if not isinstance(overrides, dict):
-                raise ConfigError(f"ENSEMBLE_OVERRIDES={raw_overrides!r} must be a JSON object")
-            strategy = strategy.with_overrides(overrides)
+        strategy = strategy_from_env(env)
 
         source = env.get("ENSEMBLE_INPUT", "generator").strip()
         generator: GeneratorConfig | None = None
@@ -264,3 +252,21 @@ def _operator_keys(env: Mapping[str, str]) -> OperatorKeys:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return OperatorKeys()
+
+
+def strategy_from_env(env: Mapping[str, str]) -> StrategyConfig:
+    """The strategy config the flow runs: ENSEMBLE_PRESET (or STRATEGY_ID, default
+    ensemble_1_1) with ENSEMBLE_OVERRIDES on it (the operator command line signs for its
+    `strategy_id`, so it reads it the same way)."""
+    name = env.get("ENSEMBLE_PRESET") or env.get("STRATEGY_ID") or "ensemble_1_1"
+    strategy = preset(name)
+    raw_overrides = env.get("ENSEMBLE_OVERRIDES", "").strip()
+    if raw_overrides:
+        try:
+            overrides = json.loads(raw_overrides)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"ENSEMBLE_OVERRIDES={raw_overrides!r} is not JSON: {e}") from None
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"ENSEMBLE_OVERRIDES={raw_overrides!r} must be a JSON object")
+        strategy = strategy.with_overrides(overrides)
+    return strategy

@@ -277,6 +277,8 @@ def test_copies_of_a_held_command_are_refused_at_once_and_cannot_crowd_out_a_new
         ({"STRATEGY_ID": "ensemble_1_0"}, [], "ensemble_1_0"),
         ({}, [], "ensemble_1_1"),
         ({"ENSEMBLE_PRESET": "ensemble_1_0"}, ["--strategy-id", "ensemble_1_1"], "ensemble_1_1"),
+        ({"ENSEMBLE_OVERRIDES": '{"strategy_id": "ensemble_exp"}'}, [], "ensemble_exp"),
+        ({}, ["--strategy-id", "ensemble_exp"], "ensemble_exp"),
     ],
 )
 def test_the_command_line_signs_for_the_preset_the_flow_runs(
@@ -285,12 +287,13 @@ def test_the_command_line_signs_for_the_preset_the_flow_runs(
     """The runbook's `python -m dataflows.control reset_kill_switch ...` signed every
     command for ensemble_1_1 whatever ENSEMBLE_PRESET said, so on a 1.0 flow the
     kill-switch reset was refused as `command_foreign_strategy`. It now takes the flow's
-    own setting (ENSEMBLE_PRESET, else STRATEGY_ID); --strategy-id still wins."""
+    own strategy_id (ENSEMBLE_PRESET or STRATEGY_ID, with ENSEMBLE_OVERRIDES, read as the
+    flow reads them); --strategy-id still wins, whatever the id."""
     from dataflows import control
 
     key = tmp_path / "alice.key"
     control.keygen(key, "alice")
-    for name in ("ENSEMBLE_PRESET", "STRATEGY_ID", "ENSEMBLE_CONFIG"):
+    for name in ("ENSEMBLE_PRESET", "STRATEGY_ID", "ENSEMBLE_OVERRIDES", "ENSEMBLE_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ENSEMBLE_OPERATOR_KEY_FILE", str(key))
     for name, value in env.items():
