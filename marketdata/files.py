@@ -450,9 +450,10 @@ def load_candles(spec: FileSpec) -> pd.DataFrame:
 
 
 def candle_interval_ms(ts_ms: np.ndarray) -> int:
-    if len(ts_ms) < 2:
-        return 60_000
-    return int(np.median(np.diff(ts_ms)))
+    """The median step between distinct open times: a repeated row is no step of 0 (a
+    file appended to itself made half the steps 0 and the interval 0)."""
+    steps = np.diff(np.unique(ts_ms))
+    return int(np.median(steps)) if len(steps) else 60_000
 
 
 def candle_blocks(spec: FileSpec) -> Iterator[RowBlock]:

@@ -124,6 +124,33 @@ def test_a_duplicate_candle_row_counts_once_not_twice_the_volume(tmp_path: Path)
     assert got["bars"] == want["bars"] and not got["dead_letters"]
 
 
+def test_a_candle_file_appended_to_itself_starts_and_makes_the_clean_files_bars(tmp_path: Path):
+    """Every row twice: the interval check took the median step, 0 here, and refused the
+    file as "candles 0 min apart". Each row counts once (operators/bars.py); the copy of
+    a bar's last minute comes after that minute closed the bar, so it is a late dead
+    letter, one a bar."""
+    start = pd.Timestamp("2024-03-01", tz="UTC")
+    candles = pd.DataFrame(
+        {
+            "timestamp": pd.date_range(start, periods=30, freq="1min"),
+            "open": 100.0,
+            "high": 101.0,
+            "low": 99.0,
+            "close": 100.5,
+            "volume": 2.0,
+        }
+    )
+    clean, twice = tmp_path / "clean.csv", tmp_path / "twice.csv"
+    candles.to_csv(clean, index=False)
+    pd.concat([candles, candles]).to_csv(twice, index=False)
+    want = run_records(_settings(tmp_path, f"candles:{clean}"))
+    got = run_records(_settings(tmp_path, f"candles:{twice}"))
+    assert got["bars"] == want["bars"] and not want["dead_letters"]
+    last_minutes = [start.value // 10**6 + (5 * i + 4) * 60_000 for i in range(6)]
+    assert [d["ts_event_ms"] for d in got["dead_letters"]] == last_minutes
+    assert all(d["reason"].startswith("late:") for d in got["dead_letters"])
+
+
 @pytest.mark.parametrize("option", ["symbol=", "symbol=BTC PERP", "symbol=BTC/USDT", "venue="])
 def test_a_blank_or_malformed_spec_option_stops_the_start_naming_it(tmp_path: Path, option: str):
     path = _write(_nautilus_trades(0.01), tmp_path / "t", "csv")
