@@ -325,9 +325,10 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
             fits = finite & (np.abs(floats) < 9.2e18 / _NS_PER[unit])  # else not a time
         if fits.any():
             given = numbers[fits]
-            if unit != "ns" and not pd.api.types.is_integer_dtype(given):
-                # fractions in floats (1704067202.101 s): to whole microseconds first, or
-                # the float's .100999... s floors to the millisecond before
+            if not pd.api.types.is_integer_dtype(given):
+                # floats (1704067202.101 s; or ns, as a column with a blank row is read):
+                # to whole microseconds first, or the float's .100999... s (or ns a few
+                # hundred short) floors to the millisecond before
                 us = np.round(given.to_numpy(dtype="float64") * _US_PER[unit])
                 given, unit = pd.Series(us.astype("int64"), index=given.index), "us"
             s[given.index] = pd.to_datetime(given, unit=unit, utc=True, errors="coerce").astype(
@@ -347,7 +348,7 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
 
 
 _NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
-_US_PER = {"s": 10**6, "ms": 10**3, "us": 1}
+_US_PER = {"s": 10**6, "ms": 10**3, "us": 1, "ns": 1e-3}
 
 
 def _numbers(df: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series]:
@@ -433,7 +434,7 @@ def _candles_frame(spec: FileSpec) -> pd.DataFrame:
         raise FileSpecError(f"{spec.path}: candle files must be .feather, .json or .csv")
     col = "ts_ms" if "ts_ms" in df.columns else next(c for c in TIME_COLUMNS if c in df.columns)
     out, error = _numbers(df, CANDLE_COLUMNS)
-    out.insert(0, "ts_ms", _to_ms(df[col]))
+    out.insert(0, "ts_ms", _to_ms(df[col], "ms" if col == "ts_ms" else None))  # named ms
     _flag(error, np.isnan(out["ts_ms"].to_numpy()), df[col], f"column {col!r} is not a time")
     if spec.volume == "quote":
         out["volume"] = out["volume"] / out["close"]
@@ -734,7 +735,8 @@ def _funding_frame(spec: FileSpec) -> pd.DataFrame:
         df = pd.DataFrame([r[:2] for r in rows], columns=["ts_ms", "rate"])
         time_col, rate_col = "ts_ms", "rate"
     nums, error = _numbers(df, (rate_col,))
-    out = pd.DataFrame({"ts_ms": _to_ms(df[time_col]), "rate": nums[rate_col].to_numpy()})
+    times = _to_ms(df[time_col], "ms" if time_col == "ts_ms" else None)  # named ms: ms
+    out = pd.DataFrame({"ts_ms": times, "rate": nums[rate_col].to_numpy()})
     no_time = np.isnan(out["ts_ms"].to_numpy()) & error.isna().to_numpy()
     error[no_time] = [
         f"column {time_col!r} is not a time: {x!r}" for x in df.loc[no_time, time_col]

@@ -3,6 +3,7 @@ rows, other encodings. Each is read right, or refused with a message naming it."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -190,3 +191,35 @@ def test_buyer_maker_as_1_and_0_is_read_as_true_and_false(tmp_path: Path, suffix
     got = load_trades(FileSpec.parse(f"trades:{path}"))
     assert got["side"].tolist() == want["side"].tolist()
     assert set(got["side"]) == {"buy", "sell"}
+
+
+def test_nanosecond_times_in_a_float_column_keep_their_millisecond(tmp_path: Path):
+    """A nautilus CSV with integer-ns times and one blank time: pandas reads the column as
+    float64, whose ns near 2025 are 256 apart, and 08:00:00.001 came back as .000."""
+    df = _nautilus_trades(0.05)
+    want = load_trades(FileSpec.parse(f"trades:{_write(df, tmp_path / 'iso', 'csv')}"))
+    df["timestamp"] = _epoch(df["timestamp"], "ns").astype("Int64")
+    df.loc[len(df) // 2, "timestamp"] = pd.NA  # one blank: the whole column reads as floats
+    path = _write(df, tmp_path / "ns", "csv")
+    assert pd.read_csv(path)["timestamp"].dtype == "float64"
+    got = load_trades(FileSpec.parse(f"trades:{path}"))
+    kept = want.drop(index=want.index[want["trade_id"] == df.loc[len(df) // 2, "trade_id"]])
+    assert got["ts_ms"].tolist() == kept["ts_ms"].tolist()
+    assert any(t % 1000 for t in got["ts_ms"]), "the sample has sub-second times"
+
+
+def test_a_ts_ms_column_is_milliseconds_whatever_its_numbers(tmp_path: Path):
+    """freqtrade's JSON candles name their time ms; a fixture's times near 1970 (i * 60,000)
+    were read as seconds by their size, and the file refused as 1,000 minutes apart."""
+    path = tmp_path / "c.json"
+    rows = [[i * 60_000, 1.0, 1.0, 1.0, 1.0, 1.0] for i in range(1, 31)]
+    path.write_text(json.dumps(rows))
+    spec = FileSpec.parse(f"candles:{path}")
+    assert load_candles(spec)["ts_ms"].tolist() == [r[0] for r in rows]
+    funding = tmp_path / "f.json"
+    funding.write_text(json.dumps([[i * 28_800_000, 1e-4] for i in range(1, 4)]))
+    assert load_funding(FileSpec.parse(f"funding:{funding}"))["ts_ms"].tolist() == [
+        28_800_000,
+        57_600_000,
+        86_400_000,
+    ]
