@@ -615,3 +615,17 @@ def test_the_flows_strategy_step_emits_the_fill_and_the_error_of_a_failing_bar(t
     out = logic.on_item(sc.last_ctx)[0]
     assert [e.stream for e in out] == ["executions", "costs", "errors"]
     assert out[2].record["error_type"] == "KeyError"
+
+
+def test_an_intent_the_next_bar_cannot_fill_is_rejected_as_stale():
+    """The bar after the decision had no trades: nothing to fill against, so the intent is
+    rejected (stale_intent) at once, not carried to a later bar at another price."""
+    sc = Scenario(ENSEMBLE_1_0)
+    for _ in range(60):
+        sc.bar()
+    order = _one(sc.bar(p_up=0.60, s_top=0.5, rv=0.05), "orders")
+    out = sc.bar(gap=True)
+    rejection = _one(out, "rejections")
+    assert (rejection["reason"], rejection["decision_id"]) == ("stale_intent", order["decision_id"])
+    assert not [r for s, r in out if s == "executions"]
+    assert sc.strategy.s.portfolio.qty == 0 and sc.strategy.s.pending is None

@@ -137,9 +137,10 @@ def test_an_integer_setting_refuses_a_fraction_and_a_flag():
             StrategyConfig().with_overrides({"cohorts.min_ranked": value})
 
 
-def test_an_intent_the_next_bar_cannot_fill_is_rejected_and_no_setting_pretends_otherwise():
+def test_stale_intent_bars_is_no_setting_so_a_config_giving_it_stops_the_start():
     """`execution.stale_intent_bars` was validated and never read: an intent is rejected
-    when the bar after its decision has no trades, whatever it said. It is gone, so a
+    when the bar after its decision has no trades, whatever it said (the rule:
+    tests/test_decision_core.py, an intent the next bar cannot fill). It is gone, so a
     config that sets it stops the start instead of being silently ignored."""
     with pytest.raises(ConfigError, match="unknown setting 'execution.stale_intent_bars'"):
         StrategyConfig().with_overrides({"execution.stale_intent_bars": 3})
