@@ -98,11 +98,9 @@ def _write(df: pd.DataFrame, stem: Path, suffix: str) -> Path:
     return path
 
 
-def test_a_duplicate_candle_row_counts_once_not_twice_the_volume(tmp_path: Path):
-    """A repeated row (a candle received again) replaces the first in its open bar
-    (operators/bars.py): the bars equal the clean file's, and nothing is lost."""
-    start = pd.Timestamp("2024-03-01", tz="UTC")
-    candles = pd.DataFrame(
+def _half_hour_of_candles(start: pd.Timestamp) -> pd.DataFrame:
+    """30 flat 1m candles from `start`: six 5m bars of volume 10."""
+    return pd.DataFrame(
         {
             "timestamp": pd.date_range(start, periods=30, freq="1min"),
             "open": 100.0,
@@ -112,6 +110,13 @@ def test_a_duplicate_candle_row_counts_once_not_twice_the_volume(tmp_path: Path)
             "volume": 2.0,
         }
     )
+
+
+def test_a_duplicate_candle_row_counts_once_not_twice_the_volume(tmp_path: Path):
+    """A repeated row (a candle received again) replaces the first in its open bar
+    (operators/bars.py): the bars equal the clean file's, and nothing is lost."""
+    start = pd.Timestamp("2024-03-01", tz="UTC")
+    candles = _half_hour_of_candles(start)
     clean, doubled = tmp_path / "clean.csv", tmp_path / "doubled.csv"
     candles.to_csv(clean, index=False)
     pd.concat([candles, candles.iloc[[6]]]).to_csv(doubled, index=False)  # 00:06 twice
@@ -131,16 +136,7 @@ def test_a_candle_file_appended_to_itself_starts_and_makes_the_clean_files_bars(
     a bar's last minute comes after that minute closed the bar, so it is a late dead
     letter, one a bar."""
     start = pd.Timestamp("2024-03-01", tz="UTC")
-    candles = pd.DataFrame(
-        {
-            "timestamp": pd.date_range(start, periods=30, freq="1min"),
-            "open": 100.0,
-            "high": 101.0,
-            "low": 99.0,
-            "close": 100.5,
-            "volume": 2.0,
-        }
-    )
+    candles = _half_hour_of_candles(start)
     clean, twice = tmp_path / "clean.csv", tmp_path / "twice.csv"
     candles.to_csv(clean, index=False)
     pd.concat([candles, candles]).to_csv(twice, index=False)
