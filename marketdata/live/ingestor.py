@@ -129,6 +129,7 @@ class Ingestor:
         self.venue = venue
         self.publisher = publisher
         self.metrics = metrics or FeedMetrics()
+        self.metrics.for_venue(venue.name)
         self.rng = rng or random.Random()
         self.symbols = list(cfg.symbols)
         self.parser = venue.parser()

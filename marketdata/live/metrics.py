@@ -63,3 +63,10 @@ class FeedMetrics:
             buckets=LAG_BUCKETS_S,
             registry=r,
         )
+
+    def for_venue(self, venue: str) -> None:
+        """The records-published series of `venue` at 0 from the start: the alert on a
+        venue that publishes nothing (EnsembleIngestorNoRecords) reads their increase,
+        and a series that appears only at its first record cannot show none."""
+        for stream in ("trades", "candles", "funding"):
+            self.messages.labels(venue, stream)
