@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from consumers.stream import Dedup, Record
-from operators.kpis import RoundTrip, decision_of, pair_round_trips, utc_day
+from operators.kpis import RoundTrip, decision_of, is_win, pair_round_trips, utc_day
 from operators.reasons import is_kill_switch
 
 log = logging.getLogger("ensemble.copilot")
@@ -263,10 +263,10 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
             if r["symbol"] == sym and closed_in_day(r["ts_event_ms"])  # at its bar's close
         )
         before = tel.at_or_before(tel.health[sym], t0)  # the day before's 24:00 close
-        wins = sum(1 for t in trips if t.pnl_usd > 0)
-        losses = len(trips) - wins
-        losing = sorted((t for t in trips if t.pnl_usd <= 0), key=lambda t: t.pnl_usd)[:3]
-        winning = max((t for t in trips if t.pnl_usd > 0), key=lambda t: t.pnl_usd, default=None)
+        won = [t for t in trips if is_win(t.pnl_usd)]
+        wins, losses = len(won), len(trips) - len(won)
+        losing = sorted((t for t in trips if not is_win(t.pnl_usd)), key=lambda t: t.pnl_usd)[:3]
+        winning = max(won, key=lambda t: t.pnl_usd, default=None)
         errors = [e for e in tel.errors if e["symbol"] == sym and in_day(e["ts_event_ms"])]
         last = health[-1] if health else None
         symbols.append(
@@ -629,7 +629,7 @@ def decision_facts(
             facts["outcome"] = {
                 "status": "closed",
                 "pnl_usd": tf["pnl_usd"],
-                "won": trip.pnl_usd > 0,
+                "won": is_win(trip.pnl_usd),
             }
         else:
             facts["outcome"] = {
@@ -638,7 +638,7 @@ def decision_facts(
                 "closed_by": tf["closed_by"],
                 "exit_px": _r(trip.exit["fill_px"], 2),
                 "pnl_usd": tf["pnl_usd"],
-                "won": trip.pnl_usd > 0,
+                "won": is_win(trip.pnl_usd),
                 "held_bars": tf["held_bars"],
             }
     elif order is not None:

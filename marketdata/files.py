@@ -329,7 +329,7 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
                 # floats (1704067202.101 s; or ns, as a column with a blank row is read):
                 # to whole microseconds first, or the float's .100999... s (or ns a few
                 # hundred short) floors to the millisecond before
-                us = np.round(given.to_numpy(dtype="float64") * _US_PER[unit])
+                us = np.round(given.to_numpy(dtype="float64") * (_NS_PER[unit] / 1_000))
                 given, unit = pd.Series(us.astype("int64"), index=given.index), "us"
             s[given.index] = pd.to_datetime(given, unit=unit, utc=True, errors="coerce").astype(
                 "datetime64[ns, UTC]"
@@ -348,7 +348,6 @@ def _to_ms(values: pd.Series, numbers_in: str | None = None) -> np.ndarray:
 
 
 _NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
-_US_PER = {"s": 10**6, "ms": 10**3, "us": 1, "ns": 1e-3}
 
 
 def _numbers(df: pd.DataFrame, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series]:
