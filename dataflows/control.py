@@ -5,11 +5,12 @@
 
 Commands: halt, resume (lifts only an operator's halt), reset_kill_switch (lifts any halt
 and re-arms the limits from current equity), shadow_on, shadow_off. The command is
-validated exactly as the flow will validate it, signed with the operator's Ed25519 private
-key (ENSEMBLE_OPERATOR_KEY_FILE: a file holding it, or ENSEMBLE_OPERATOR_KEY: the base64
-key itself; never in the repository), Avro-encoded, keyed by symbol ("*" = every symbol)
-and published to PREFIX.control. The flow refuses unsigned, badly signed, unknown,
-replayed or stale commands (operators/commands.py).
+validated exactly as the flow will validate it, signed for PREFIX.control with the
+operator's Ed25519 private key (ENSEMBLE_OPERATOR_KEY_FILE: a file holding it, or
+ENSEMBLE_OPERATOR_KEY: the base64 key itself; never in the repository), Avro-encoded,
+keyed by symbol ("*" = every symbol) and published to PREFIX.control. The flow refuses
+unsigned, badly signed (or signed for another topic), unknown, replayed or stale commands
+(operators/commands.py).
 
     python -m dataflows.control keygen --out ~/.ensemble/alice.key   # once per operator
 
@@ -54,9 +55,11 @@ def command_record(
     strategy_id: str = "ensemble_1_1",
     command_id: str | None = None,
     key: Ed25519PrivateKey | None = None,
+    prefix: str = "ensemble",
 ) -> dict:
-    """A control record the flow will accept, signed with `key` (default: the operator's key
-    from the environment); InvalidRecord names what is wrong."""
+    """A control record the flow reading `PREFIX.control` will accept, signed for that topic
+    with `key` (default: the operator's key from the environment); InvalidRecord names what
+    is wrong."""
     rec = {
         "symbol": symbol,
         "ts_event_ms": int(time.time() * 1000) if at_ms is None else at_ms,
@@ -70,7 +73,7 @@ def command_record(
     parse_control(rec, symbols)
     if not operator.strip() or not reason.strip():
         raise InvalidRecord("an operator and a reason are required: the command is audited")
-    rec["signature"] = sign(rec, key or operator_key())
+    rec["signature"] = sign(rec, key or operator_key(), f"{prefix}.control")
     return with_defaults(SCHEMA, rec)
 
 
@@ -163,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"the flow's strategy_id: {e}")
     try:
         rec = command_record(
-            args.command, args.symbol, args.operator, args.reason, args.at, args.strategy_id
+            args.command,
+            args.symbol,
+            args.operator,
+            args.reason,
+            args.at,
+            args.strategy_id,
+            prefix=args.prefix,
         )
         partition, offset = send(args.bootstrap, args.prefix, rec)
     except (InvalidRecord, RuntimeError, ValueError) as e:

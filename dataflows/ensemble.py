@@ -339,7 +339,8 @@ def decode_step(settings: Settings, stamp: Stamp, raw: RawMessage) -> list[Any]:
         event.part = partition_name(raw.topic, raw.partition)
     if isinstance(event, ControlCommand):
         try:
-            event = verify(event, settings.operator_keys, settings.strategy.strategy_id)
+            topic = raw.topic or f"{settings.topic_prefix}.control"  # files: the flow's own
+            event = verify(event, settings.operator_keys, settings.strategy.strategy_id, topic)
         except CommandRefused as e:
             dl = dead_letter(
                 stamp,

@@ -4,8 +4,10 @@ A command is accepted only if all hold, else it is a dead letter with the typed 
 never reaches the strategy:
 
 - at decode (stateless, `verify`): it carries an Ed25519 signature (`signature`, base64)
-  over `canonical_bytes` of its fields, made with the private key of an operator whose
-  public key is in the configuration (`OperatorKeys`), and names this flow's strategy;
+  over `canonical_bytes` of its fields and the control topic it was sent to, made with the
+  private key of an operator whose public key is in the configuration (`OperatorKeys`),
+  and names this flow's strategy (so a command sent to staging's topic does not verify
+  when copied to production's, even with the same strategy and keys);
 - per symbol (`CommandGate`, between `by_symbol` and `market`): its `command_id` was not
   seen before (bounded memory), and its event time is not more than `window_ms` behind
   the symbol's market time (the minimum over its input partitions). A command that
@@ -34,8 +36,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from operators.events import ControlCommand, expand_blocks
 from operators.watermark import DEFAULT_SOURCE_IDLE_MS, InputPartitions, Progress, latest_by_part
 
-# What is signed: these fields, as sorted compact JSON (UTF-8) after a domain tag, so a
-# signature over anything else (another message type, a later format) never verifies.
+# What is signed: a domain tag, the control topic the command is sent to, then these
+# fields as sorted compact JSON (UTF-8), so a signature over anything else (another
+# message type, a later format, another deployment's topic) never verifies.
 SIGNED_FIELDS = (
     "symbol",
     "ts_event_ms",
@@ -45,7 +48,7 @@ SIGNED_FIELDS = (
     "reason",
     "command_id",
 )
-DOMAIN = b"ensemble-control-command-v1\n"
+DOMAIN = b"ensemble-control-command-v2\n"
 DEFAULT_WINDOW_MS = 900_000  # a command more than 15 min behind the flow's time is stale
 MAX_SEEN_IDS = 100_000  # per symbol; the oldest ids are forgotten first
 MAX_HELD = 1_000  # commands held per symbol until the flow reaches their time
@@ -69,18 +72,26 @@ class CommandRefused(ValueError):
         self.reason = reason
 
 
-def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
-    """The bytes an operator signs: the signed fields of the command, canonically."""
+def canonical_bytes(fields: Mapping[str, Any], topic: str) -> bytes:
+    """The bytes an operator signs: the control topic (`PREFIX.control`) the command is
+    sent to, then the signed fields of the command, canonically."""
     missing = [f for f in SIGNED_FIELDS if f not in fields]
     if missing:
         raise ValueError(f"a command needs {missing} to be signed")
+    if not topic or "\n" in topic:
+        raise ValueError(f"a command is signed for a control topic, not {topic!r}")
     body = {f: fields[f] for f in SIGNED_FIELDS}
-    return DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return (
+        DOMAIN
+        + topic.encode("utf-8")
+        + b"\n"
+        + json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    )
 
 
-def sign(fields: Mapping[str, Any], key: Ed25519PrivateKey) -> str:
-    """The base64 signature to put in the command's `signature` field."""
-    return base64.b64encode(key.sign(canonical_bytes(fields))).decode("ascii")
+def sign(fields: Mapping[str, Any], key: Ed25519PrivateKey, topic: str) -> str:
+    """The base64 signature to put in the command's `signature` field, for `topic`."""
+    return base64.b64encode(key.sign(canonical_bytes(fields, topic))).decode("ascii")
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -133,8 +144,9 @@ class OperatorKeys:
         return cls(keys)
 
 
-def verify(cmd: ControlCommand, keys: OperatorKeys, strategy_id: str) -> ControlCommand:
-    """The command with its signer's key id, or CommandRefused (stateless checks)."""
+def verify(cmd: ControlCommand, keys: OperatorKeys, strategy_id: str, topic: str) -> ControlCommand:
+    """The command with its signer's key id, or CommandRefused (stateless checks); `topic`
+    is the control topic it was read from (for a file, the flow's own control topic)."""
     if cmd.strategy_id != strategy_id:
         raise CommandRefused(
             CommandReject.FOREIGN_STRATEGY,
@@ -149,11 +161,12 @@ def verify(cmd: ControlCommand, keys: OperatorKeys, strategy_id: str) -> Control
         raise CommandRefused(CommandReject.UNSIGNED, "the command carries no signature")
     try:
         sig = base64.b64decode(cmd.signature, validate=True)
-        public.verify(sig, canonical_bytes(cmd.signed_fields()))
+        public.verify(sig, canonical_bytes(cmd.signed_fields(), topic))
     except (binascii.Error, ValueError, InvalidSignature):
         raise CommandRefused(
             CommandReject.BAD_SIGNATURE,
-            f"the signature does not verify with {cmd.operator!r}'s key",
+            f"the signature does not verify with {cmd.operator!r}'s key for topic {topic!r} "
+            "(changed after signing, another key, or signed for another topic)",
         ) from None
     return cmd.with_signer(f"{cmd.operator}/{key_id(public)}")
 

@@ -31,10 +31,13 @@ OPERATOR_KEYS = {name: Ed25519PrivateKey.generate() for name in ("alice", "ops-o
 OPERATOR_KEYS_JSON = json.dumps({n: public_key_b64(k) for n, k in OPERATOR_KEYS.items()})
 
 
-def signed(cmd: dict[str, Any], key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
-    """`cmd` (strategy ensemble_1_1 unless it names one) signed by its operator's key."""
+def signed(
+    cmd: dict[str, Any], key: Ed25519PrivateKey | None = None, topic: str = "ensemble.control"
+) -> dict[str, Any]:
+    """`cmd` (strategy ensemble_1_1 unless it names one) signed by its operator's key for the
+    control topic `topic` (a file run verifies against the default prefix's)."""
     full = {"strategy_id": "ensemble_1_1", **cmd}
-    return {**full, "signature": sign(full, key or OPERATOR_KEYS[full["operator"]])}
+    return {**full, "signature": sign(full, key or OPERATOR_KEYS[full["operator"]], topic)}
 
 
 def small_settings(out: Path, **env: str) -> Settings:

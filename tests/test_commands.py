@@ -34,6 +34,7 @@ from tests.test_decision_core import (
 
 BAR_MS = 300_000
 HALT_AT = DEFAULT_START_MS + 250 * BAR_MS + 90_000
+TOPIC = "ensemble.control"  # the default prefix's control topic, what a file run verifies with
 KEYS = OperatorKeys.from_json(json.dumps({"alice": public_key_b64(OPERATOR_KEYS["alice"])}))
 
 
@@ -60,7 +61,7 @@ def _control(rec: dict) -> ControlCommand:
 
 
 def test_a_signed_command_verifies_and_names_its_signer():
-    cmd = verify(_control(signed(_cmd())), KEYS, "ensemble_1_1")
+    cmd = verify(_control(signed(_cmd())), KEYS, "ensemble_1_1", TOPIC)
     assert cmd.signer.startswith("alice/ed25519:")
 
 
@@ -80,16 +81,44 @@ def test_a_signed_command_verifies_and_names_its_signer():
 )
 def test_unsigned_badly_signed_unknown_and_foreign_commands_are_refused(rec, reason):
     with pytest.raises(CommandRefused) as e:
-        verify(_control(rec), KEYS, "ensemble_1_1")
+        verify(_control(rec), KEYS, "ensemble_1_1", TOPIC)
     assert e.value.reason is reason and str(e.value).startswith(reason.value)
 
 
 def test_the_canonical_encoding_covers_every_field_that_changes_the_effect():
-    base = canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1"})
+    base = canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1"}, TOPIC)
     for field, other in (("symbol", "BTC-PERP"), ("ts_event_ms", 1), ("command", "resume"),
                          ("operator", "bob"), ("reason", "x"), ("command_id", "c-2"),
                          ("strategy_id", "s")):  # fmt: skip
-        assert canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1", field: other}) != base
+        changed = {**_cmd(), "strategy_id": "ensemble_1_1", field: other}
+        assert canonical_bytes(changed, TOPIC) != base
+    assert canonical_bytes({**_cmd(), "strategy_id": "ensemble_1_1"}, "staging.control") != base
+
+
+def test_a_command_signed_for_another_deployments_topic_is_refused():
+    """Staging and production may share a strategy_id and operator keys; a command an
+    operator sent to staging's control topic, copied onto production's, must not verify."""
+    staging = signed(_cmd(), topic="staging.control")
+    assert verify(_control(staging), KEYS, "ensemble_1_1", "staging.control").signer
+    with pytest.raises(CommandRefused) as e:
+        verify(_control(staging), KEYS, "ensemble_1_1", "prod.control")
+    assert e.value.reason is CommandReject.BAD_SIGNATURE and "'prod.control'" in str(e.value)
+
+
+def test_a_file_run_verifies_commands_against_its_own_prefixs_control_topic(tmp_path):
+    """With no Kafka topic to read from, the flow's ENSEMBLE_TOPIC_PREFIX names the topic."""
+    settings = small_settings(tmp_path, ENSEMBLE_TOPIC_PREFIX="prod")
+    msgs = messages(settings)
+    at = next(i for i, m in enumerate(msgs) if m.payload["ts_event_ms"] >= HALT_AT)
+    cmds = [
+        RawMessage("control", signed(_cmd(command_id="s-1"), topic="staging.control")),
+        RawMessage("control", signed(_cmd(command_id="p-1"), topic="prod.control")),
+    ]
+    out = run_records(settings, [*msgs[:at], *cmds, *msgs[at:]])
+    dead = [d for d in out["dead_letters"] if d["source_stream"] == "control"]
+    assert [d["reason"].split(":")[0] for d in dead] == ["command_bad_signature"]
+    applied = [r["command"]["command_id"] for r in out["repro"] if r["event"] == "control"]
+    assert applied and set(applied) == {"p-1"}
 
 
 class Tick:

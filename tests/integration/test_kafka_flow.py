@@ -89,11 +89,14 @@ def _bad_messages(ts: int) -> list[tuple[bytes, bytes, str]]:
 
 
 def _context_records(
-    records: list[tuple[str, dict]], symbols: tuple[str, ...] = ("BTC-PERP", "ETH-PERP")
+    records: list[tuple[str, dict]],
+    symbols: tuple[str, ...] = ("BTC-PERP", "ETH-PERP"),
+    topic: str = "ensemble.control",
 ) -> list[tuple[str, dict]]:
     """External overlays (15m and 1h) and cohort snapshots every 5 minutes for `symbols`,
-    and signed operator commands (a BTC halt and resume, ETH shadow mode on and off) over
-    the span of `records`, so every input topic of the flow carries messages."""
+    and operator commands signed for the control topic `topic` (a BTC halt and resume, ETH
+    shadow mode on and off) over the span of `records`, so every input topic of the flow
+    carries messages."""
     t0, t1 = records[0][1]["ts_event_ms"], records[-1][1]["ts_event_ms"]
     out: list[tuple[str, dict]] = []
     for sym in symbols:
@@ -146,7 +149,8 @@ def _context_records(
                         "operator": "ops",
                         "reason": "parity test",
                         "command_id": f"parity-{n}",
-                    }
+                    },
+                    topic=topic,
                 ),
             )
         )
@@ -175,11 +179,13 @@ def kafka_run(kafka_bootstrap, tmp_path_factory):
 
     prefix = f"it-{uuid.uuid4().hex[:10]}"
     provision(kafka_bootstrap, prefix)
-    settings = small_settings(tmp_path_factory.mktemp("files"))
+    # the file run reads with the same prefix: the commands are signed for its control topic
+    settings = small_settings(tmp_path_factory.mktemp("files"), ENSEMBLE_TOPIC_PREFIX=prefix)
     records = list(generate(settings.generator))
     # in the order the file run reads them: by availability (a candle at its close; the
     # generator's funding before a candle closing at the same time)
-    records = sorted([*records, *_context_records(records)], key=_available_ms)
+    context = _context_records(records, topic=f"{prefix}.control")
+    records = sorted([*records, *context], key=_available_ms)
     producer = KafkaProducer(
         **kafka_python_config(kafka_bootstrap, acks="all", max_in_flight_requests_per_connection=1)
     )

@@ -70,10 +70,11 @@ def test_two_processes_from_kafka_write_what_one_worker_writes(kafka_bootstrap, 
     generated = list(
         generate(GeneratorConfig(seed=11, days=2, trade_symbols=SYMBOLS, candle_symbols=()))
     )
-    records = sorted([*generated, *_context_records(generated, SYMBOLS)], key=_available_ms)
     outputs = {}
     for processes in (1, 2):
         run_prefix = f"{prefix}-{processes}"
+        context = _context_records(generated, SYMBOLS, topic=f"{run_prefix}.control")
+        records = sorted([*generated, *context], key=_available_ms)
         provision(kafka_bootstrap, run_prefix)
         _publish(kafka_bootstrap, run_prefix, records)
         env = {
