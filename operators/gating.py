@@ -43,11 +43,18 @@ class ModelView:
 
 
 def model_view(p_up: float, p_up_bma: float | None = None, flip: bool = False) -> ModelView:
-    """p_up=0.70 -> conf 0.70, alpha 0.40, s_model_meta +0.40 (or -0.40 flipped)."""
+    """p_up=0.70 -> conf 0.70, alpha 0.40, s_model_meta +0.40 (or -0.40 flipped).
+
+    `flip` (`flip_model`: the model's sign convention is the opposite of ours) reads the
+    model's p_up as our p_down, so the signs flip and p_up/p_down, which every record
+    publishes and the side of a trade is judged by (strategy_status, the low-confidence
+    alert, the side-probability metric, the copilot), stay on the side the signs give."""
+    if flip:
+        p_up = 1.0 - p_up
+        p_up_bma = None if p_up_bma is None else 1.0 - p_up_bma
     p_down = 1.0 - p_up
-    sign = -1.0 if flip else 1.0
-    s_meta = sign * (p_up - p_down)
-    s_bma = s_meta if p_up_bma is None else sign * (2.0 * p_up_bma - 1.0)
+    s_meta = p_up - p_down
+    s_bma = s_meta if p_up_bma is None else 2.0 * p_up_bma - 1.0
     return ModelView(p_up, p_down, max(p_up, p_down), abs(p_up - p_down), s_meta, s_bma)
 
 

@@ -377,7 +377,7 @@ class Strategy:
         s.decisions += 1
         mv = model_view(ctx.p_up, ctx.p_up_bma, cfg.flip_model)
         s.recent_conf.append(mv.conf)
-        s.calib_pending.append((s.bar_index, ctx.p_up, ctx.bar.close))
+        s.calib_pending.append((s.bar_index, mv.p_up, ctx.bar.close))
         sig = Signals(ctx.cohort.s_top, ctx.cohort.s_bot, ctx.cohort.s_mood, mv, ctx.size_proxy)
         th, gates = cfg.thresholds, cfg.gates
         conf_min = effective_conf_min(th, gates, feats["rv_1h_annual"])

@@ -502,6 +502,60 @@ def test_trades_against_the_models_view_make_the_strategy_need_attention():
     assert _one(sc.bar(), "health")["strategy_status"] == "needs_attention"
 
 
+def test_with_flip_model_a_trade_the_flipped_model_backs_is_not_a_trade_against_it():
+    """flip_model says the model's sign convention is the opposite of ours: its 30% for up
+    is 70% for up here. The long it makes the model arms take is on the model's side, so
+    the signals say p_up 0.70 (which the alerts, metrics and copilot read with the side)
+    and the strategy does not need attention. Before, p_up stayed 0.30 and every trade of
+    a flipped model read as taken at 30%: needs_attention and a low-confidence alert."""
+    sc = Scenario(ENSEMBLE_1_0, flip_model=True)
+    sc.warm_up()
+    out = sc.bar(p_up=0.30, rv=0.3)
+    order, model = _one(out, "orders"), _one(out, "signals")["model"]
+    assert order["side"] == "buy" and order["arm"] in ("model_meta", "model_bma")
+    assert (model["p_up"], model["p_down"]) == (pytest.approx(0.70), pytest.approx(0.30))
+    assert model["s_model_meta"] == pytest.approx(0.40)
+    assert (model["conf"], model["alpha"]) == (pytest.approx(0.70), pytest.approx(0.40))
+    assert _one(sc.bar(), "health")["strategy_status"] == "ok"
+
+
+def test_with_flip_model_the_calibration_record_scores_the_probability_the_signals_show():
+    """The flow's calibration record and the backtest's (from the signals' p_up) score the
+    same forecast: under flip_model, the flipped one. A rising market that the flipped
+    model calls at 70% for up is a forecast of 0.70 that came true."""
+    sc = Scenario(ENSEMBLE_1_0, flip_model=True)
+    sc.warm_up()
+    records = []
+    for _ in range(24):
+        out = sc.bar(ret=0.001, p_up=0.30)
+        assert _one(out, "signals")["model"]["p_up"] == pytest.approx(0.70)
+        records += [r for stream, r in out if stream == "calibration"]
+    last = records[-1]
+    assert [(b["mean_p"], b["freq_up"]) for b in last["bins"]] == [(pytest.approx(0.70), 1.0)]
+    assert last["brier"] == pytest.approx(0.09)
+
+
+def test_a_drawdown_past_half_its_limit_makes_the_strategy_need_attention():
+    sc = Scenario(ENSEMBLE_1_0)  # max_drawdown 10%: attention past 5%
+    s = sc.strategy.s
+    s.risk.peak_equity = s.portfolio.equity(100.0) / (1 - 0.049)  # 4.9% below the peak
+    assert _one(sc.bar(), "health")["strategy_status"] == "ok"
+    s.risk.peak_equity = s.portfolio.equity(100.0) / (1 - 0.051)  # 5.1%: still trading
+    health = _one(sc.bar(), "health")
+    assert (health["strategy_status"], health["trading_state"]) == ("needs_attention", "ACTIVE")
+
+
+def test_a_loss_streak_at_its_limit_needs_attention_and_one_more_halts():
+    sc = Scenario(ENSEMBLE_1_0)  # max_consecutive_losses 5: more than 5 halts
+    sc.strategy.s.risk.consecutive_losses = 4
+    assert _one(sc.bar(), "health")["strategy_status"] == "ok"
+    sc.strategy.s.risk.consecutive_losses = 5
+    assert _one(sc.bar(), "health")["strategy_status"] == "needs_attention"
+    sc.strategy.s.risk.consecutive_losses = 6
+    health = _one(sc.bar(), "health")
+    assert (health["strategy_status"], health["halt_reason"]) == ("halted", "consecutive_losses")
+
+
 def test_the_health_sharpe_follows_the_daily_equity_through_flat_days_and_trades():
     """The 30-day Sharpe is kept between bars while no daily equity moves: it must still
     equal the one computed afresh from the daily equity at every bar."""

@@ -50,6 +50,9 @@ def test_p_up_0_70_flipped_gives_s_model_meta_minus_0_40_with_same_conf_and_alph
     assert (v.conf, v.alpha) == (pytest.approx(0.70), pytest.approx(0.40))
     assert v.s_model_meta == pytest.approx(-0.40)
     assert v.s_model_bma == pytest.approx(-0.40)
+    # the model's 70% for up is our 70% for down: the side the signs give
+    assert (v.p_up, v.p_down) == (pytest.approx(0.30), pytest.approx(0.70))
+    assert model_view(0.70, p_up_bma=0.40, flip=True).s_model_bma == pytest.approx(0.20)
 
 
 def test_p_up_0_30_is_a_short_view_with_conf_0_70():
