@@ -572,6 +572,25 @@ def test_the_health_sharpe_follows_the_daily_equity_through_flat_days_and_trades
     assert len(sharpes) > 2  # it moved: days passed with trades in them
 
 
+def test_the_health_sharpe_is_over_the_last_30_daily_returns():
+    """SPEC 9's rolling 30-day Sharpe: 36 days in, the days before the last 31 closes
+    (30 returns) no longer count."""
+    sc = Scenario(ENSEMBLE_1_0)
+    day_bars = 24 * HOUR_MS // BAR_MS
+    closes = []
+    for day in range(36):
+        for _ in range(day_bars):
+            out = sc.bar(ret=0.0)
+        # a flat market; the equity moves by hand, a different step each day
+        sc.strategy.s.portfolio.cash += 10.0 * ((day * 7) % 5 - 2) + (5.0 if day < 6 else 0.0)
+        closes.append(_one(out, "health")["equity_usd"])
+    out = sc.bar()  # the first bar of day 37 marks the last change
+    closes.append(_one(out, "health")["equity_usd"])
+    got = _one(out, "health")["sharpe_30d"]
+    assert got == pytest.approx(sharpe(returns_of(closes[-31:])), rel=1e-12)
+    assert got != pytest.approx(sharpe(returns_of(closes)), rel=1e-6)
+
+
 def test_every_trading_state_is_one_the_strategy_can_enter():
     sc = Scenario(ENSEMBLE_1_0)
     seen = {_one(sc.bar(), "health")["trading_state"]}
