@@ -112,3 +112,19 @@ def test_bandit_learns_to_prefer_a_better_model_arm(optimism):
     first, last = _better_arm_share("model_bma", optimism)
     assert last > first
     assert last > 0.5
+
+
+def test_model_optimism_adds_to_the_model_arms_samples_only_and_only_at_selection():
+    """SPEC 6's model_optimism 0.1 (1.1): a bonus of 0.1 x prior_sd_bps (5 bps) to the model
+    arms' means when sampling; the cohort arms' draws and every posterior stay as they were."""
+    b, eligible = _trained(BanditConfig()), dict.fromkeys(ARMS, True)
+    plain, bonus = BanditConfig(), BanditConfig(model_optimism=0.1)
+    _, s0 = b.select(eligible, np.random.default_rng(5), plain)
+    _, s1 = b.select(eligible, np.random.default_rng(5), bonus)
+    assert {a: s1[a] - s0[a] for a in ARMS} == {
+        "pros": 0.0,
+        "amateurs": 0.0,
+        "model_meta": pytest.approx(5.0),
+        "model_bma": pytest.approx(5.0),
+    }
+    assert b.as_dict(bonus) == b.as_dict(plain)
