@@ -5,7 +5,8 @@ the steps of a bar run here, one after the other; each concern lives in its own 
 
 1. fill the intent decided at the previous close at this bar's open (`fills`, `ledger`,
    the paper broker in `execution`);
-2. apply funding settlements and operator commands with event time <= t, in order;
+2. apply funding settlements and operator commands with event time <= t, in order (a
+   settlement on the position after the fill, at the price at its time: `settlement_price`);
 3. mark to market at the close; the symbol's kill-switches (`risk`) and the account's
    limits (`account`);
 4. decide: eligibility → Thompson bandit (`bandit`) → side threshold → gates (`gating`) →
@@ -28,6 +29,7 @@ from typing import Any
 
 from operators import records
 from operators.account import AccountRisk
+from operators.bars import Bar
 from operators.config import GuardMode, StrategyConfig
 from operators.events import ControlCommand
 from operators.features import LOOKBACK_BARS
@@ -54,6 +56,15 @@ from operators.telemetry import Stamp
 __all__ = ["BarFailed", "Output", "Strategy", "SymbolState", "new_state", "symbol_seed"]
 
 CALIBRATION_EVERY_BARS = 12
+
+
+def settlement_price(bar: Bar, ts_ms: int) -> float:
+    """The last price at or before a funding settlement at `ts_ms`, which the bar closing at
+    or after it brings: its close for one at the bar's end (settlements fall on the hour,
+    a 5m close), its open for one inside the bar (a venue's stamp a few ms past the hour)."""
+    if ts_ms >= bar.end_ms or not bar.count:
+        return bar.close
+    return bar.open
 
 
 class BarFailed(Exception):
@@ -140,7 +151,7 @@ class Strategy:
             fill_pending(s, ctx, self.cfg, self.stamp, out)
         # 2. funding and operator commands
         for f in ctx.funding_due:
-            flow = s.portfolio.pay_funding(f.rate, bar.open if bar.count else bar.close)
+            flow = s.portfolio.pay_funding(f.rate, settlement_price(bar, f.ts_event_ms))
             if s.open_trade is not None:
                 s.open_trade.funding_usd += flow
         for cmd in ctx.controls_due:

@@ -19,7 +19,7 @@ import pytest
 from operators.account import AccountRisk
 from operators.bars import Bar
 from operators.config import ENSEMBLE_1_0, ENSEMBLE_1_1, ConfigError, StrategyConfig
-from operators.events import ControlCommand
+from operators.events import ControlCommand, Funding
 from operators.features import FEATURES, LOOKBACK_BARS
 from operators.kpis import returns_of, sharpe
 from operators.overlays import BarContext, CohortView, OverlayView
@@ -72,6 +72,7 @@ class Scenario:
         rv: float = 0.5,
         rv_1h: float = 0.5,
         controls: tuple[str, ...] = (),
+        funding: tuple[tuple[int, float], ...] = (),
         gap: bool = False,
         broken: bool = False,
     ) -> list[tuple[str, dict[str, Any]]]:
@@ -100,7 +101,7 @@ class Scenario:
             cohort=CohortView(s_top, s_bot, (s_top + s_bot) / 2, "trades", 0, False),
             overlays=overlays,
             funding_rate=0.0,
-            funding_due=[],
+            funding_due=[Funding(self.symbol, ts, rate) for ts, rate in funding],
             controls_due=[
                 ControlCommand(self.symbol, self.t - 1, c, "ops-oncall", "scenario", f"c-{self.t}")
                 for c in controls
@@ -460,6 +461,34 @@ def test_an_exit_on_a_bar_whose_entry_was_vetoed_has_its_own_id_and_names_its_en
     fill = _one(sc.bar(), "executions")
     assert fill["decision_id"] == exit_order["decision_id"]
     assert fill["entry_decision_id"] == entry["decision_id"]
+
+
+# -- funding --------------------------------------------------------------------------------
+def test_funding_is_paid_on_the_notional_at_the_settlement_price():
+    """A settlement on the hour falls on a 5m close: the price then is the bar's close, not
+    its open five minutes earlier; one stamped a few ms past the hour (Binance's) falls
+    just after the next bar's open, and pays at that open."""
+    sc = Scenario(ENSEMBLE_1_0)
+    sc.warm_up()
+    _one(sc.bar(**LONG_BAR), "orders")
+    qty = _one(sc.bar(), "executions")["position_qty"]  # long, filled at 100
+    assert qty > 0
+    on_the_close = sc.t + BAR_MS
+    health = _one(sc.bar(ret=0.02, funding=((on_the_close, 0.001),)), "health")
+    assert sc.last_ctx.bar.close == pytest.approx(102.0)
+    paid = -qty * 102.0 * 0.001  # a long pays a positive rate
+    assert health["funding_usd"] == pytest.approx(paid, rel=1e-12)
+    just_after_the_open = sc.t + 5
+    health = _one(sc.bar(ret=0.02, funding=((just_after_the_open, 0.001),)), "health")
+    paid += -qty * 102.0 * 0.001  # this bar opened at the last close, 102
+    assert health["funding_usd"] == pytest.approx(paid, rel=1e-12)
+    exit_fill = _one(sc.bar(), "executions")  # the time exit: the trade's PnL holds both
+    assert exit_fill["purpose"] == "time_exit"
+    entry_px = 100.0 * 1.0001
+    exit_px = sc.last_ctx.bar.open * 0.9999
+    fees = qty * (entry_px + exit_px) * 5.0 / 1e4
+    expected = qty * (exit_px - entry_px) - fees + paid
+    assert exit_fill["trade_pnl_usd"] == pytest.approx(expected, rel=1e-9)
 
 
 # -- small but wrong -------------------------------------------------------------------------
