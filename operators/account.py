@@ -87,13 +87,13 @@ class AccountRisk:
         if self.drawdown() > cfg.max_drawdown:
             return Reason.ACCOUNT_DRAWDOWN_LIMIT, (
                 f"account equity {e:,.2f} USD is {self.drawdown():.2%} below its peak "
-                f"{self.peak_equity:,.2f} (limit {cfg.max_drawdown:.0%})"
+                f"{self.peak_equity:,.2f} (limit {_pct(cfg.max_drawdown)})"
             )
         if self.day_start_equity > 0 and 1.0 - e / self.day_start_equity > cfg.daily_loss_limit:
             return Reason.ACCOUNT_DAILY_LOSS_LIMIT, (
                 f"account equity {e:,.2f} USD lost {1.0 - e / self.day_start_equity:.2%} "
                 f"since the day's start {self.day_start_equity:,.2f} "
-                f"(limit {cfg.daily_loss_limit:.0%})"
+                f"(limit {_pct(cfg.daily_loss_limit)})"
             )
         return None
 
@@ -163,6 +163,11 @@ class EventTimeAligner:
         for ever. Its bars already waiting still go out in their turn."""
         for symbol in [s for s in self.latest_close_ms if s not in symbols]:
             del self.latest_close_ms[symbol]
+
+
+def _pct(fraction: float) -> str:
+    """A limit as set, in percent: 0.05 -> 5%, 0.025 -> 2.5% (not the 2% of :.0%)."""
+    return f"{fraction * 100:g}%"
 
 
 def _order(ctx: Any) -> tuple[int, str]:

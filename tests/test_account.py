@@ -68,6 +68,28 @@ def test_an_account_daily_loss_over_its_limit_halts_every_symbol():
     assert _one(eth.bar(), "health")["halt_reason"].startswith("account_daily_loss_limit")
 
 
+@pytest.mark.parametrize(
+    ("setting", "limit", "shown"),
+    [
+        ("daily_loss_limit", 0.025, "limit 2.5%"),
+        ("daily_loss_limit", 0.0004, "limit 0.04%"),
+        ("max_drawdown", 0.015, "limit 1.5%"),
+    ],
+)
+def test_an_account_halt_says_the_limit_as_it_is_set(setting, limit, shown):
+    """The reason a quant reads states the limit in force (:.0% said 2% for 2.5%, 0% for
+    0.04%), beside the loss it measured."""
+    limits = {f"{book}.{name}": 0.5 for book in ("risk", "account")
+              for name in ("daily_loss_limit", "max_drawdown")}  # fmt: skip
+    account, btc, eth = _pair(**(limits | {f"account.{setting}": limit}))
+    btc.bar(**LONG_BAR)
+    btc.bar()
+    reason = _one(btc.bar(ret=-0.2), "health")["halt_reason"]  # 800 USD: 4% of the account
+    kind = "account_daily_loss_limit" if setting == "daily_loss_limit" else "account_drawdown"
+    assert reason.startswith(kind), reason
+    assert reason.endswith(f"({shown})"), reason
+
+
 def test_an_account_limit_fired_under_an_operator_halt_takes_over_and_resume_cannot_lift_it():
     account, btc, eth = _pair(**{"account.daily_loss_limit": 0.02})
     eth.bar(controls=("halt",))  # an operator halts ETH first
