@@ -245,11 +245,16 @@ def test_the_bandit_samples_proxy_arms_and_reports_them_only_when_asked():
 # calibration), by at most 9e-14 relative; bars, orders, executions and rejections did not.
 # Recomputed when execution.stale_intent_bars (validated, never read) left the config: only
 # repro.jsonl changed, its config dump one key shorter.
+# Recomputed when a funding settlement on the hour was paid at the close of the bar ending
+# then, not at its open: funding, cash, equity, drawdown and peak in health and executions,
+# the closing fills' trade_pnl_usd and reward_bps, the bandit's posteriors (health) and so
+# its samples (signals.decision.samples), and the summary's equity, funding and drawdown
+# changed; bars, orders, rejections and every other decision field did not.
 # If a deliberate change of the strategy alters them, recompute with _digest and say so in the
 # commit.
 PRESET_DIGESTS = {
-    "ensemble_1_0": "a3fb1dbe2257682d9e71b4fcdc1ce3ee75762311c865ef4c4647a29a353f8e9a",
-    "ensemble_1_1": "fb85ff515c8649053231f965f18c1079b7159ace5aabab0803ce47ed0f737bce",
+    "ensemble_1_0": "dc58d27a8b25c57a927ae286362cd1589b91484818bdc3418b541305397d6af9",
+    "ensemble_1_1": "ef99691fda5e6a91aaeb9c4aa6013ff953becb8c0f9c7195910b94fd85a20173",
 }
 
 
