@@ -762,6 +762,7 @@ class StrategyLogic(StatefulLogic):
             if ended:
                 outs.extend(Emit(s, r) for s, r in strat.on_eof())
             outs.append(Emit("summary", strat.summary()))
+        outs.append(Emit("summary", {"account": self.book.account.summary()}))
         return outs, StatefulLogic.RETAIN
 
     def snapshot(self) -> AccountBook:

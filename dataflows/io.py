@@ -277,6 +277,8 @@ class _SummaryPartition(StatefulSinkPartition[dict[str, Any], dict]):
             if "duplicates" in v:
                 dups = self.state["duplicate_trades"]
                 dups[v["symbol"]] = dups.get(v["symbol"], 0) + v["duplicates"]
+            elif "account" in v:
+                self.state["account"] = v["account"]
             elif "dead_letter" in v:
                 self.state["dead_letters"] += 1
                 kind = v["dead_letter"].split(":")[0].split(" ")[0]
@@ -310,6 +312,13 @@ def format_summary(state: dict, outputs: str) -> str:
             f"fees {s['fees_usd']:,.2f} USD, funding {s['funding_usd']:+,.2f} USD, "
             f"state {s['trading_state']}",
         ]
+    if len(state["symbols"]) > 1 and (acct := state.get("account")):
+        lines.append(
+            f"  account ({len(state['symbols'])} symbols): equity {acct['equity']:,.2f} USD "
+            f"(peak {acct['peak_equity']:,.2f}), max drawdown {acct['max_drawdown']:.2%}, "
+            f"state {acct['trading_state']}"
+            + (f" ({acct['halt_reason']})" if acct["halt_reason"] else "")
+        )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(state["dead_letter_reasons"].items()))
     lines.append(f"  dead letters: {state['dead_letters']}" + (f" ({reasons})" if reasons else ""))
     dups = state.get("duplicate_trades") or {}

@@ -97,6 +97,16 @@ class AccountRisk:
             )
         return None
 
+    def summary(self) -> dict[str, Any]:
+        """The account at the end of a run: every book together (the run summary's line)."""
+        return {
+            "equity": self.equity(),
+            "peak_equity": self.peak_equity,
+            "max_drawdown": self.max_drawdown_seen,
+            "trading_state": self.state.value,
+            "halt_reason": self.halt_reason,
+        }
+
     def halt(self, reason: Reason, detail: str) -> None:
         self.state, self.halt_reason = TradingState.HALTED, f"{reason.value}: {detail}"
 

@@ -10,6 +10,7 @@ import pytest
 from bytewax.testing import TestingSink, run_main
 
 from dataflows.ensemble import AccountBook, StrategyLogic, build_flow
+from dataflows.io import format_summary
 from operators.account import AccountRisk, EventTimeAligner, ResumeError
 from operators.config import ENSEMBLE_1_0
 from operators.telemetry import Stamp
@@ -172,6 +173,18 @@ def test_in_the_flow_an_account_halt_reaches_a_symbol_that_never_traded(tmp_path
     late = [r for s, r in items[first:] if s == "orders" and r["purpose"] in ("entry", "flip")]
     assert not late, "an entry after the account halt"
     assert [r for s, r in items if s == "orders" and r["purpose"] == "kill_switch_flatten"]
+    # the run summary says where the account ended: its books together, and why it halted
+    summaries = [r for s, r in items if s == "summary"]
+    account = next(r["account"] for r in summaries if "account" in r)
+    books = {r["symbol"]: r for r in summaries if "symbol" in r}
+    assert account["equity"] == pytest.approx(sum(b["equity"] for b in books.values()))
+    assert account["trading_state"] == "HALTED"
+    assert account["halt_reason"].startswith("account_drawdown_limit")
+    assert account["max_drawdown"] > 0.0002 and account["peak_equity"] > account["equity"]
+    state = {"symbols": books, "account": account, "dead_letters": 0, "dead_letter_reasons": {}}
+    line = next(x for x in format_summary(state, "out/").splitlines() if "account" in x)
+    assert line.startswith(f"  account (2 symbols): equity {account['equity']:,.2f} USD")
+    assert "state HALTED (account_drawdown_limit: account equity" in line
 
 
 def _ctx(symbol: str, end_ms: int) -> SimpleNamespace:
