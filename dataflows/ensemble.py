@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import itertools
 import json
 import sys
 import time
@@ -75,7 +76,7 @@ from operators.market_columns import MIN_BLOCK
 from operators.overlays import BarContext, ContextJoin, Staleness
 from operators.predict import ArtifactError, load_runtime
 from operators.redaction import clean, scrub
-from operators.strategy import BarFailed, Strategy, SymbolState, new_state
+from operators.strategy import Strategy, SymbolState, new_state, on_close
 from operators.telemetry import WALL_CLOCK, Clock, Stamp, dead_letter, wall_clock_ms
 from operators.watermark import InputPartitions, MarkRelay, PartitionMark, split_marks
 from schemas.codec import STREAM_SCHEMAS, SchemaError
@@ -731,23 +732,24 @@ class StrategyLogic(StatefulLogic):
         if isinstance(value, ControlCommand):  # live: between bars (see context_step)
             strat = self._ensure(value.symbol)
             return [Emit(st, r) for st, r in strat.on_control(value)], StatefulLogic.RETAIN
-        outs: list[Any] = []
-        for ctx in self.book.aligner.add(value):  # every symbol's bars in event-time order
-            outs.extend(self._bar(ctx))
-        return outs, StatefulLogic.RETAIN
+        # every symbol's bars in event-time order
+        return self._bars(self.book.aligner.add(value)), StatefulLogic.RETAIN
 
-    def _bar(self, ctx: BarContext) -> list[Any]:
-        strat = self._ensure(ctx.bar.symbol)
-        try:
-            outs = strat.on_bar(ctx)
-            metrics.observe_latency((time.perf_counter_ns() - ctx.closed_ns) / 1e9)
-        except BarFailed as failed:  # what happened before the failure goes out with it
-            exc = failed.__cause__ or failed
-            err = _error(
-                self.stamp, "strategy", ctx.bar.symbol, ctx.bar.end_ms, exc, {"bar": repr(ctx.bar)}
-            )
-            return [*(Emit(s, r) for s, r in failed.outputs), err]
-        return [Emit(s, r) for s, r in outs]
+    def _bars(self, ready: list[BarContext]) -> list[Any]:
+        """The aligner's bars, (close, symbol) in order: those closing at one time together,
+        as one close of the account (`on_close`)."""
+        outs: list[Any] = []
+        for _, group in itertools.groupby(ready, key=lambda ctx: ctx.bar.end_ms):
+            ctxs = list(group)
+            done = on_close([(self._ensure(ctx.bar.symbol), ctx) for ctx in ctxs])
+            for ctx, (records, exc) in zip(ctxs, done, strict=True):
+                outs.extend(Emit(s, r) for s, r in records)
+                if exc is None:
+                    metrics.observe_latency((time.perf_counter_ns() - ctx.closed_ns) / 1e9)
+                else:  # what happened before the failure went out above, the error with it
+                    bar, where = ctx.bar, {"bar": repr(ctx.bar)}
+                    outs.append(_error(self.stamp, "strategy", bar.symbol, bar.end_ms, exc, where))
+        return outs
 
     def on_eof(self) -> tuple[list[Any], bool]:
         """At the end of the input: decide the bars still waiting and reject intents that
@@ -755,8 +757,7 @@ class StrategyLogic(StatefulLogic):
         outs: list[Any] = []
         ended = not stopping()
         if ended:
-            for ctx in self.book.aligner.flush():
-                outs.extend(self._bar(ctx))
+            outs.extend(self._bars(self.book.aligner.flush()))
         for symbol in sorted(self.strategies):
             strat = self.strategies[symbol]
             if ended:

@@ -3,8 +3,10 @@
 Each symbol keeps its own book and kill-switches; the account adds, across symbols:
 - drawdown of the account's equity (the sum of every book) from its peak over
   `account.max_drawdown`, or a UTC day's account loss over `account.daily_loss_limit`
-  → every symbol HALTED and flattened (each at its own next 5m close), until an operator's
-  `reset_kill_switch` (which re-arms the account from its current equity);
+  → every symbol HALTED and flattened (its flatten decided at the close where the limit
+  fires: `strategy.on_close` checks the limits once every symbol closing then is marked),
+  until an operator's `reset_kill_switch` (which re-arms the account from its current
+  equity);
 - gross exposure: an entry that would take Σ|position notional| over
   `account.max_gross_leverage` × account equity is vetoed (`account_gross_exposure`);
   exits always pass.
@@ -66,10 +68,14 @@ class AccountRisk:
         e = self.equity()
         return 0.0 if self.peak_equity <= 0 else max(0.0, 1.0 - e / self.peak_equity)
 
-    def mark(self, symbol: str, equity: float, notional_usd: float, ts_ms: int) -> None:
-        """One symbol's mark-to-market at its 5m close."""
+    def book(self, symbol: str, equity: float, notional_usd: float) -> None:
+        """One symbol's mark-to-market at a 5m close, before the account's `close` at it."""
         self.equity_by_symbol[symbol] = equity
         self.notional_by_symbol[symbol] = abs(notional_usd)
+
+    def close(self, ts_ms: int) -> None:
+        """The account at a 5m close, once every symbol closing then has its `book`: the
+        day's start, the peak and the deepest drawdown see the books at one time."""
         total = self.equity()
         day = utc_day(ts_ms)
         if day != self.day:

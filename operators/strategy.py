@@ -7,8 +7,8 @@ the steps of a bar run here, one after the other; each concern lives in its own 
    the paper broker in `execution`);
 2. apply funding settlements and operator commands with event time <= t, in order (a
    settlement on the position after the fill, at the price at its time: `settlement_price`);
-3. mark to market at the close; the symbol's kill-switches (`risk`) and the account's
-   limits (`account`);
+3. mark to market at the close; the symbol's kill-switches (`risk`); then, once every
+   symbol closing at that time is marked, the account's limits (`account`, `on_close`);
 4. decide: eligibility → Thompson bandit (`bandit`) → side threshold → gates (`gating`) →
    sizing → pre-trade guards (`risk`, the account's gross exposure, no gap bar in the
    features' lookback) → an order intent for the next bar, or a rejection with its reason;
@@ -67,6 +67,43 @@ def settlement_price(bar: Bar, ts_ms: int) -> float:
     return bar.open
 
 
+def on_close(
+    group: list[tuple[Strategy, BarContext]],
+) -> list[tuple[list[Output], Exception | None]]:
+    """The bars of every symbol that close at one time, as one close of their account: each
+    symbol's fill, funding, commands and mark first; then the account's limits on all those
+    marks together; then each symbol's decision. Per symbol, its outputs and the exception
+    a step raised (its later steps skipped), in the group's order.
+
+    Deciding a symbol before another's mark at the same close let an entry out at the close
+    where the other's loss halted the account (filled at the next open, then flattened),
+    and made the account's peak of one symbol's new mark and another's old one."""
+    results: list[tuple[list[Output], Exception | None]] = []
+    marked: list[tuple[int, float]] = []
+    for i, (strat, ctx) in enumerate(group):
+        out: list[Output] = []
+        try:
+            marked.append((i, strat._mark(ctx, out)))
+            results.append((out, None))
+        except Exception as exc:
+            results.append((out, exc))
+    accounts = {id(strat.account): strat for strat, _ in (group[i] for i, _ in marked)}
+    for strat in accounts.values():
+        acct = strat.account
+        acct.close(group[0][1].bar.end_ms)
+        hit = acct.check(strat.cfg.account)
+        if hit is not None:
+            acct.halt(*hit)
+    for i, equity in marked:
+        strat, ctx = group[i]
+        out = results[i][0]
+        try:
+            strat._decide_and_report(ctx, out, equity)
+        except Exception as exc:
+            results[i] = (out, exc)
+    return results
+
+
 class BarFailed(Exception):
     """A step of the bar raised; `outputs` are the records of the steps that completed."""
 
@@ -123,17 +160,18 @@ class Strategy:
 
     # -- the bar ---------------------------------------------------------------------
     def on_bar(self, ctx: BarContext) -> list[Output]:
-        """The bar's outputs. If a step raises, `BarFailed` carries what the steps before it
-        emitted: every state change made so far has its record (a fill its execution), so
-        state and outputs never disagree."""
-        out: list[Output] = []
-        try:
-            self._step(ctx, out)
-        except Exception as exc:
-            raise BarFailed(out) from exc
+        """The bar's outputs, as a close of the account at which no other symbol closes
+        (`on_close` takes every symbol's bar closing at one time). If a step raises,
+        `BarFailed` carries what the steps before it emitted: every state change made so
+        far has its record (a fill its execution), so state and outputs never disagree."""
+        [(out, failure)] = on_close([(self, ctx)])
+        if failure is not None:
+            raise BarFailed(out) from failure
         return out
 
-    def _step(self, ctx: BarContext, out: list[Output]) -> None:
+    def _mark(self, ctx: BarContext, out: list[Output]) -> float:
+        """Steps 1-3 of the bar up to the symbol's own kill-switches and its book in the
+        account; returns the equity marked at the close."""
         s, bar = self.s, ctx.bar
         t = bar.end_ms
         if not s.started or self.resumed:
@@ -156,7 +194,7 @@ class Strategy:
                 s.open_trade.funding_usd += flow
         for cmd in ctx.controls_due:
             out.append(self._control(cmd, bar.close))
-        # 3. mark, kill-switches, account limits
+        # 3. mark, kill-switches, the book in the account (its limits: `on_close`)
         s.last_close = bar.close
         s.volume_usd.append(bar.volume * bar.close)
         equity = s.portfolio.equity(bar.close)
@@ -165,11 +203,13 @@ class Strategy:
         fired = s.risk.check_kill_switches(equity, self.cfg.risk)
         if fired is not None:
             s.risk.halt(fired.value)
+        self.account.book(s.symbol, equity, s.portfolio.qty * bar.close)
+        return equity
+
+    def _decide_and_report(self, ctx: BarContext, out: list[Output], equity: float) -> None:
+        """Steps 3-5 after the account's limits at this close: decide, then telemetry."""
+        s, bar, t = self.s, ctx.bar, ctx.bar.end_ms
         acct = self.account
-        acct.mark(s.symbol, equity, s.portfolio.qty * bar.close, t)
-        hit = acct.check(self.cfg.account)
-        if hit is not None:
-            acct.halt(*hit)
         if acct.state is TradingState.HALTED and not s.risk.kill_switch_engaged:
             s.risk.halt(acct.halt_reason)  # an account halt halts and flattens every symbol
         self._resolve_calibration(bar.close)

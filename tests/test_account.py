@@ -13,6 +13,7 @@ from dataflows.ensemble import AccountBook, StrategyLogic, build_flow
 from dataflows.io import format_summary
 from operators.account import AccountRisk, EventTimeAligner, ResumeError
 from operators.config import ENSEMBLE_1_0
+from operators.strategy import on_close
 from operators.telemetry import Stamp
 from tests.conftest import small_settings
 from tests.test_decision_core import Scenario, _one
@@ -67,6 +68,42 @@ def test_an_account_daily_loss_over_its_limit_halts_every_symbol():
     out = btc.bar(ret=-0.12)
     assert _one(out, "health")["halt_reason"].startswith("account_daily_loss_limit")
     assert _one(eth.bar(), "health")["halt_reason"].startswith("account_daily_loss_limit")
+
+
+def _close(*bars):
+    """One close of the account: each (scenario, inputs) symbol's next bar, at one time."""
+    done = on_close([(sc.strategy, sc.context(**inputs)) for sc, inputs in bars])
+    assert all(exc is None for _, exc in done), done
+    return [out for out, _ in done]
+
+
+def test_no_entry_goes_out_at_the_close_where_another_symbol_halts_the_account():
+    """BTC-PERP's bar is decided before ETH-PERP's at the same close (symbol order). Its
+    entry must see the account halt that ETH-PERP's loss at that close causes: it used to
+    go out, fill at the next open and be flattened a bar later, fees and slippage paid."""
+    account, btc, eth = _pair(**{"account.daily_loss_limit": 0.02})
+    _close((btc, {}), (eth, LONG_BAR))
+    _close((btc, {}), (eth, {}))  # ETH filled: 4,000 USD long
+    btc_out, eth_out = _close((btc, LONG_BAR), (eth, {"ret": -0.12}))
+    assert account.state.value == "HALTED"
+    assert account.halt_reason.startswith("account_daily_loss_limit")
+    assert not [r for s, r in btc_out if s == "orders"], "an entry at the halting close"
+    assert _one(btc_out, "rejections")["reason"] == "trading_state_halted"
+    assert _one(btc_out, "health")["halt_reason"].startswith("account_daily_loss_limit")
+    assert _one(eth_out, "orders")["purpose"] == "kill_switch_flatten"
+
+
+def test_the_account_s_peak_sees_every_book_at_one_close():
+    """BTC-PERP up 4,000 x 5% and ETH-PERP down as much at one close: the account's equity
+    never rose, so its peak must not either (BTC's new mark with ETH's old one made a peak
+    that never existed, and a drawdown measured from it)."""
+    account, btc, eth = _pair()
+    _close((btc, LONG_BAR), (eth, SHORT_BAR))
+    _close((btc, {}), (eth, {}))  # both filled: BTC long, ETH short, the same size
+    peak = account.peak_equity
+    _close((btc, {"ret": 0.05}), (eth, {"ret": 0.05}))
+    assert account.equity() < peak + 1.0  # the two moves cancel, fees aside
+    assert account.peak_equity == pytest.approx(peak)
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,13 @@ class Scenario:
         self.px = 100.0
         self.log: list[tuple[str, dict[str, Any]]] = []
 
-    def bar(
+    def bar(self, **inputs: Any) -> list[tuple[str, dict[str, Any]]]:
+        """Close the next bar (`context`) on its own; what the strategy emits."""
+        out = self.strategy.on_bar(self.context(**inputs))
+        self.log.extend(out)
+        return out
+
+    def context(
         self,
         *,
         ret: float = 0.0,
@@ -75,9 +81,9 @@ class Scenario:
         funding: tuple[tuple[int, float], ...] = (),
         gap: bool = False,
         broken: bool = False,
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Close the next bar at px * (1 + ret) with these inputs; what the strategy emits.
-        A `gap` bar had no data: flat at the last close, no trades, not complete."""
+    ) -> BarContext:
+        """The next bar, closing at px * (1 + ret), with these inputs. A `gap` bar had no
+        data: flat at the last close, no trades, not complete."""
         open_, self.px = self.px, self.px * (1.0 + ret)
         start = self.t
         self.t += BAR_MS
@@ -111,9 +117,7 @@ class Scenario:
             model_id="test",
         )
         self.last_ctx = ctx
-        out = self.strategy.on_bar(ctx)
-        self.log.extend(out)
-        return out
+        return ctx
 
     def warm_up(self) -> None:
         for _ in range(WARMUP):
