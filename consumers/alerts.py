@@ -112,7 +112,10 @@ AlertsConfigError = ConfigError  # the error of every other setting, under its o
 def utc(ts_ms: int | None) -> str:
     if ts_ms is None:
         return "?"
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, OverflowError, OSError):  # a corrupt stamp must not hide the alert
+        return f"an invalid time ({ts_ms} ms)"
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -711,7 +714,24 @@ class RunStats:
     messages: int = 0
     records: int = 0
     duplicates: int = 0
+    skipped: int = 0  # records the rules could not handle (logged, left behind)
     alerts: dict[str, int] = field(default_factory=dict)
+
+
+def _unhandled(stream: str, rec: dict[str, Any], e: Exception) -> None:
+    """A record the rules raise on is logged and left behind: one bad record must not stop
+    every alert (re-read after each restart, it would stop the consumer for good)."""
+    try:
+        key = repr(dedup_key(stream, rec))
+    except Exception:  # the record may lack its key fields too
+        key = "(no key)"
+    log.error(
+        "skipped a %s record %s that the alert rules could not handle (%s: %s); reading goes on",
+        stream,
+        scrub(key),
+        type(e).__name__,
+        scrub(str(e))[:300],
+    )
 
 
 class ConfigWatcher:
@@ -764,9 +784,12 @@ def rebuild(rules: Rules, dedup: Dedup, records: Iterable[Record], now_s: float)
     reported again. Returns the records replayed."""
     n = 0
     for stream, rec in records:
-        if dedup.first(stream, rec):
-            rules.on_record(stream, rec, now_s)  # its alerts went out before the restart
-            n += 1
+        try:
+            if dedup.first(stream, rec):
+                rules.on_record(stream, rec, now_s)  # its alerts went out before the restart
+                n += 1
+        except Exception as e:
+            _unhandled(stream, rec, e)
     return n
 
 
@@ -808,19 +831,11 @@ def run(
         if ended := notifier.silences_ended():  # before new alerts, which are not silenced
             notifier.reraise(rules.active(now), ended, now)
         for stream, rec in records:
-            seen = dedup.check(stream, rec)
-            if seen == CONFLICT:
-                notifier.handle(conflict_alert(stream, rec), now)
-                continue
-            if seen == DUPLICATE:
-                stats.duplicates += 1
-                if stream == "health":  # republished, but the flow is alive
-                    for alert in rules.beat(rec, now):
-                        notifier.handle(alert, now)
-                continue
-            stats.records += 1
-            for alert in rules.on_record(stream, rec, now):
-                notifier.handle(alert, now)
+            try:
+                _handle(stream, rec, rules, notifier, dedup, stats, now)
+            except Exception as e:
+                stats.skipped += 1
+                _unhandled(stream, rec, e)
         for alert in rules.tick(now, unread_health()):
             notifier.handle(alert, now)
         if polled:
@@ -834,6 +849,30 @@ def run(
             break
     stats.alerts = dict(notifier.outcomes)
     return stats
+
+
+def _handle(
+    stream: str,
+    rec: dict[str, Any],
+    rules: Rules,
+    notifier: Notifier,
+    dedup: Dedup,
+    stats: RunStats,
+    now: float,
+) -> None:
+    seen = dedup.check(stream, rec)
+    if seen == CONFLICT:
+        notifier.handle(conflict_alert(stream, rec), now)
+        return
+    if seen == DUPLICATE:
+        stats.duplicates += 1
+        if stream == "health":  # republished, but the flow is alive
+            for alert in rules.beat(rec, now):
+                notifier.handle(alert, now)
+        return
+    stats.records += 1
+    for alert in rules.on_record(stream, rec, now):
+        notifier.handle(alert, now)
 
 
 @dataclass
@@ -943,10 +982,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         commits.commit_settled(reader, notifier.settled())
         reader.close()
     log.info(
-        "stopped: %d messages, %d records, %d duplicates dropped, alerts %s%s",
+        "stopped: %d messages, %d records, %d duplicates dropped, %salerts %s%s",
         stats.messages,
         stats.records,
         stats.duplicates,
+        f"{stats.skipped} skipped (logged above), " if stats.skipped else "",
         stats.alerts or "none",
         ""
         if slack is None

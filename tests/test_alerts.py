@@ -1269,3 +1269,48 @@ def test_no_heartbeat_missing_while_health_records_wait_unread():
     slow_clock = clock
     stats = run(reader, Rules(cfg, 0.0), Notifier(cfg, slack), max_messages=7, clock=slow_clock)
     assert stats.records == 7 and slack.texts == [], slack.texts
+
+
+# -- a record the rules cannot handle ---------------------------------------------------------
+FAR_FUTURE_MS = 2**62  # a valid Avro long that no datetime can hold (a corrupt or forged stamp)
+
+
+def test_a_kill_switch_with_a_corrupt_timestamp_still_alerts_and_reading_goes_on():
+    """Decodable, but its time is out of any calendar: the alert goes out saying so, and the
+    records after it are read (it used to raise, uncommitted, after every restart)."""
+    slack, cfg = FakeSlack(), AlertsConfig()
+    halted = health(ts=FAR_FUTURE_MS, trading_state="HALTED", halt_reason="drawdown_limit")
+    after = execution("BTC-PERP", T0, "buy", slippage_bps=25.0)
+    reader = ListReader([[("health", halted)], [("executions", after)]])
+    stats = run(reader, Rules(cfg, 0.0), Notifier(cfg, slack), max_messages=2, clock=Clock())
+    assert stats.records == 2 and reader.committed == 2
+    assert [t.split("`")[1] for t in slack.texts] == ["kill_switch", "large_slippage"]
+    assert f"an invalid time ({FAR_FUTURE_MS} ms)" in slack.texts[0]
+
+
+def test_a_record_the_rules_raise_on_is_logged_and_skipped_and_its_batch_committed(
+    monkeypatch, caplog
+):
+    """Whatever a rule trips on, one record never stops the consumer: it is logged with its
+    key and left behind, the next records alert, the batch is committed, and a restart's
+    rebuild over the same record does not raise either."""
+    slack, cfg = FakeSlack(), AlertsConfig()
+    rules = Rules(cfg, 1_000.0)  # the clock's start: no heartbeat is missing yet
+    pill = execution("BTC-PERP", T0, "buy", slippage_bps=25.0)
+    real = rules._execution
+
+    def trips(r: dict[str, Any], now_s: float) -> list[Alert]:
+        if r["decision_id"] == pill["decision_id"]:
+            raise ZeroDivisionError("a rule tripped")
+        return real(r, now_s)
+
+    monkeypatch.setattr(rules, "_execution", trips)
+    good = execution("BTC-PERP", T0 + 5 * MIN, "buy", slippage_bps=30.0)
+    reader = ListReader([[("executions", pill), ("executions", good)]])
+    with caplog.at_level("ERROR", logger="ensemble.alerts"):
+        stats = run(reader, rules, Notifier(cfg, slack), max_messages=2, clock=Clock())
+        assert alerts.rebuild(rules, Dedup(), [("executions", pill)], 0.0) == 0
+    assert stats.skipped == 1 and reader.committed == 1
+    assert len(slack.texts) == 1 and "30.0 bps" in slack.texts[0]
+    assert "skipped a executions record" in caplog.text and pill["decision_id"] in caplog.text
+    assert "ZeroDivisionError: a rule tripped" in caplog.text
