@@ -10,6 +10,8 @@ a secret (whoever has it can post to the channel): it is never logged or put in 
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -47,6 +49,12 @@ def check_url(url: str) -> str:
         host = parts.hostname or ""
     except ValueError:
         raise WebhookConfigError(f"{ENV_VAR} is not a valid URL") from None
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url.strip()):
+        # http.client would refuse it at the first post, quoting the URL in its error
+        raise WebhookConfigError(
+            f"{ENV_VAR} holds a space or a control character inside it (a pasted line "
+            "break?); set it to the URL alone"
+        )
     if not host:
         raise WebhookConfigError(f"{ENV_VAR} has no host; expected https://hooks.slack.com/...")
     if parts.scheme == "https" or (parts.scheme == "http" and _loopback(host)):
@@ -98,15 +106,22 @@ class SlackWebhook:
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
-                resp.read()
+                # the status says Slack took it; a body cut short changes nothing
+                with contextlib.suppress(http.client.HTTPException, OSError):
+                    resp.read()
                 return resp.status, None, ""
         except urllib.error.HTTPError as e:
-            body = e.read(300).decode("utf-8", "replace").strip()
+            try:
+                body = e.read(300).decode("utf-8", "replace").strip()
+            except (http.client.HTTPException, OSError):
+                body = ""
             retry_after = _retry_after(e.headers.get("Retry-After"))
             return e.code, retry_after, body or e.reason
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             return None, None, f"{type(e).__name__}: {reason}"
+        except http.client.HTTPException as e:  # no valid HTTP answer: as if none came
+            return None, None, type(e).__name__
 
     def send(self, text: str, critical: bool = False) -> PostResult:
         """Post `text`. A critical alert (a kill-switch, a dead flow) is not given up while

@@ -1314,3 +1314,51 @@ def test_a_record_the_rules_raise_on_is_logged_and_skipped_and_its_batch_committ
     assert len(slack.texts) == 1 and "30.0 bps" in slack.texts[0]
     assert "skipped a executions record" in caplog.text and pill["decision_id"] in caplog.text
     assert "ZeroDivisionError: a rule tripped" in caplog.text
+
+
+# -- webhook URLs and answers that are not quite HTTP ------------------------------------------
+@pytest.mark.parametrize("inside", [" ", "\n", "\t"])
+def test_a_webhook_url_with_a_space_or_line_break_inside_is_refused_without_quoting_it(inside):
+    """http.client refuses such a URL at every post, quoting its path (the secret) in the
+    error it raises: it is refused at start instead, naming the variable only."""
+    url = f"https://hooks.slack.com/services/T000/B000/s3cr3t{inside}XYZ"
+    with pytest.raises(WebhookConfigError) as e:
+        check_url(url)
+    assert "SLACK_WEBHOOK_URL" in str(e.value) and "s3cr3t" not in str(e.value)
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that reads a request and writes the next scripted bytes,
+    then closes: HTTP answers cut short or no HTTP at all, as a broken proxy sends."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        import socket
+
+        self.answers, self.served = list(answers), 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/services/T/B/s3cr3tXYZ"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.answers.pop(0))
+                self.served += 1
+
+
+def test_a_critical_alert_is_retried_past_answers_that_are_not_valid_http(caplog):
+    ok_cut_short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok"
+    server = RawServer(
+        [
+            b"HELLO\r\n\r\n",  # no status line
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 100\r\n\r\nbad",  # body cut short
+            ok_cut_short,  # Slack took it; the body was lost on the way
+        ]
+    )
+    slept: list[float] = []
+    with caplog.at_level(logging.DEBUG):
+        result = SlackWebhook(server.url, sleep=slept.append).send("kill", critical=True)
+    assert result.ok and result.status == 200 and result.attempts == 3 and server.served == 3
+    assert len(slept) == 2 and "s3cr3tXYZ" not in caplog.text
