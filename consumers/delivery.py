@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from operators.redaction import scrub
 
 log = logging.getLogger("ensemble.alerts.delivery")
 
@@ -123,7 +126,10 @@ class QueuedSink:
                 result = self.sink.send(text, critical=critical)
                 ok = bool(getattr(result, "ok", True))
             except Exception:  # a sink bug must not end delivery of the next alerts
-                log.exception("%s: posting an alert failed", self.name)
+                # scrubbed: an HTTP library's error may quote the webhook URL, a secret
+                log.error(
+                    "%s: posting an alert failed: %s", self.name, scrub(traceback.format_exc())
+                )
                 ok = False
             with self._cond:
                 self._busy = None

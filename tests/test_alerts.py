@@ -1362,3 +1362,20 @@ def test_a_critical_alert_is_retried_past_answers_that_are_not_valid_http(caplog
         result = SlackWebhook(server.url, sleep=slept.append).send("kill", critical=True)
     assert result.ok and result.status == 200 and result.attempts == 3 and server.served == 3
     assert len(slept) == 2 and "s3cr3tXYZ" not in caplog.text
+
+
+def test_a_sink_error_quoting_the_webhook_url_is_logged_without_it(caplog):
+    from consumers.delivery import QueuedSink
+
+    class Quoting:
+        name = "slack"
+
+        def send(self, text: str, critical: bool = False) -> Any:
+            raise ValueError("cannot post to https://hooks.slack.com/services/T0/B0/s3cr3tXYZ")
+
+    sink = QueuedSink(Quoting())
+    with caplog.at_level(logging.ERROR, logger="ensemble.alerts.delivery"):
+        sink.send("x")
+        sink.close(timeout_s=5)
+    assert sink.failed == 1 and "posting an alert failed" in caplog.text
+    assert "ValueError" in caplog.text and "s3cr3tXYZ" not in caplog.text
