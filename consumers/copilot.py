@@ -50,6 +50,7 @@ from dataflows.environment import environ
 from operators.config import ConfigError
 from operators.gating import COHORT_ARMS, PROXY_ARMS
 from operators.redaction import scrub
+from schemas import codec
 
 __all__ = [
     "STREAMS",
@@ -156,6 +157,12 @@ def render_summary(f: dict[str, Any]) -> str:
         parts.append(text)
     if f["dead_letters"]:
         parts.append(f"{f['dead_letters']} input messages went to the dead-letter topic.")
+    if f.get("records_set_aside"):
+        parts.append(
+            f"Left out: {f['records_set_aside']} telemetry record(s) with a NaN, infinite or "
+            "impossible value (the copilot's warnings name them); the figures above may miss "
+            "what they held."
+        )
     return "\n".join(parts)
 
 
@@ -471,6 +478,17 @@ def records_from_dir(path: Path) -> list[Record]:
     return out
 
 
+def file_record_problem(stream: str, rec: dict[str, Any]) -> str | None:
+    """A JSON-lines record that does not match its stream's schema: the flow writes NaN as
+    null, and a file may come from another version of the flow."""
+    name = codec.STREAM_SCHEMAS[stream]
+    try:
+        codec.check(name, codec.with_defaults(name, rec))
+    except codec.SchemaError as e:
+        return str(e)[:300]
+    return None
+
+
 @dataclass
 class Answer:
     text: str
@@ -640,17 +658,20 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
     try:
         llm_cfg = None if args.no_llm else llm.LLMConfig.from_env(env)
+        check = None
         if args.from_dir is not None:
             source = f"files in {args.from_dir}"
             records: Iterable[Record] = records_from_dir(args.from_dir)
+            check = file_record_problem  # Kafka's records were checked by their Avro decoding
         else:
             kafka = KafkaSettings.from_values(args.bootstrap, args.prefix)
             source = f"Kafka {kafka.bootstrap}, topics {kafka.prefix}.*"
             records = read_to_end(kafka, STREAMS)
-        tel = Telemetry(records, args.strategy)
+        tel = Telemetry(records, args.strategy, check)
+        aside = f", {tel.set_aside} unusable records set aside" if tel.set_aside else ""
         print(
             f"copilot: {tel.count} telemetry records from {source} "
-            f"({tel.duplicates} republished duplicates dropped)",
+            f"({tel.duplicates} republished duplicates dropped{aside})",
             file=sys.stderr,
         )
         if args.command == "summary":

@@ -60,6 +60,30 @@ class CopilotError(ValueError):
     """The question or the telemetry cannot give an answer; the message says why."""
 
 
+MAX_SET_ASIDE_LOGGED = 20  # then only counted (the copilot prints how many)
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC, the last a datetime holds
+
+
+def invalid(value: Any, path: str = "") -> str | None:
+    """Why a record cannot be counted (a number that is NaN or infinite, a time out of the
+    calendar), or None. The answers format every number: one such value would end them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path or 'value'} is {value}"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}" if path else str(k)
+            if k.startswith("ts_") and k.endswith("_ms") and isinstance(v, int):
+                if not 0 <= v <= MAX_TS_MS:
+                    return f"{where}={v} is not a time"
+            elif why := invalid(v, where):
+                return why
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            if why := invalid(v, f"{path}[{i}]"):
+                return why
+    return None
+
+
 def utc_text(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -80,12 +104,28 @@ def side_word(direction: int) -> str:
 class Telemetry:
     """Deduplicated records of one strategy, indexed by decision id, symbol and time."""
 
-    def __init__(self, records: Iterable[Record], strategy_id: str | None = None) -> None:
+    def __init__(
+        self,
+        records: Iterable[Record],
+        strategy_id: str | None = None,
+        check: Callable[[str, dict[str, Any]], str | None] | None = None,
+    ) -> None:
+        """`check(stream, record)`: why a record is unusable, or None (on top of `invalid`);
+        an unusable record is set aside, logged and counted (`set_aside`)."""
         dedup = Dedup(max_keys=10_000_000)
         by_stream: dict[str, list[dict[str, Any]]] = defaultdict(list)
         strategies: Counter[str] = Counter()
+        self.set_aside = 0
         for stream, rec in records:
-            if stream not in STREAMS or not dedup.first(stream, rec):
+            if stream not in STREAMS:
+                continue
+            why = invalid(rec) or (check(stream, rec) if check else None)
+            if why is not None:
+                self.set_aside += 1
+                if self.set_aside <= MAX_SET_ASIDE_LOGGED:
+                    log.warning("a %s record was set aside, not counted: %s", stream, why)
+                continue
+            if not dedup.first(stream, rec):
                 continue
             by_stream[stream].append(rec)
             if stream == "health":
@@ -329,6 +369,7 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
         "dead_letters": sum(
             1 for d in tel.dead_letters if in_day(d.get("ts_event_ms") or d.get("ts_init_ms"))
         ),
+        "records_set_aside": tel.set_aside,
     }
 
 

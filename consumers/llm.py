@@ -82,6 +82,7 @@ ALLOWED_KEYS = frozenset(
         "errors",
         "errors_by_stage",
         "dead_letters",
+        "records_set_aside",
         "event",
         "command",
         "reason",

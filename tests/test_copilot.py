@@ -722,3 +722,31 @@ def test_a_kill_switch_that_fires_under_an_operator_halt_is_the_days_kill_switch
     f = copilot.ask(tel, "why did we stop trading at 04:00?", None).facts
     assert f["halt"]["reason"] == "daily_loss_limit" and f["halt"]["kill_switch"]
     assert f["halt"]["time_utc"] == "2024-01-04 04:00"
+
+
+def test_a_record_with_nan_or_an_impossible_time_is_set_aside_and_the_summary_still_written(
+    caplog,
+):
+    """One bad record (a NaN fee, a health time no calendar holds) used to end the summary
+    with a TypeError or 'year out of range': it is left out, named, and counted."""
+    bad_fee = dict(costs("BTC-PERP", T0 + 16 * H + 5 * MIN), fee_usd=float("nan"))
+    bad_time = health("ETH-PERP", 2**62)
+    tel = Telemetry([*day_records(), ("costs", bad_fee), ("health", bad_time)])
+    with caplog.at_level("WARNING", logger="ensemble.copilot"):
+        text = copilot.summary(tel, date(2024, 1, 4), None).text
+    assert tel.set_aside == 2 and text.startswith("2024-01-04 (UTC)")
+    assert "BTC-PERP: 3 trades closed" in text and "Left out: 2 telemetry record(s)" in text
+    assert "fee_usd is nan" in caplog.text and f"ts_event_ms={2**62} is not a time" in caplog.text
+
+
+def test_a_files_record_whose_nan_was_written_as_null_is_set_aside(tmp_path, capsys):
+    """The flow writes NaN as null in its JSON lines; the copilot checks file records
+    against their schema (Kafka's are checked by decoding) and leaves such a one out."""
+    recs = [*day_records(), ("costs", dict(costs("BTC-PERP", T0 + 16 * H + 5 * MIN), fee_usd=None))]
+    for stream in {s for s, _ in recs}:
+        lines = [json.dumps(r) for s, r in recs if s == stream]
+        (tmp_path / f"{stream}.jsonl").write_text("\n".join(lines) + "\n")
+    assert copilot.main(["summary", "--from-dir", str(tmp_path), "--date", "2024-01-04"]) == 0
+    out = capsys.readouterr()
+    assert "1 unusable records set aside" in out.err and "Left out: 1" in out.out
+    assert "BTC-PERP: 3 trades closed" in out.out
