@@ -15,6 +15,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import math
 import time
 import urllib.error
 import urllib.request
@@ -166,15 +167,22 @@ class SlackWebhook:
         return PostResult(False, status, attempts, error)
 
 
+MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After is waited this long, then asked again
+
+
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (Slack sends an integer); an HTTP date or garbage is ignored."""
+    """Retry-After in seconds (Slack sends an integer), at most MAX_RETRY_AFTER_S: a critical
+    alert waits it out with every alert queued behind it, so a day's Retry-After (or "inf")
+    would hold them all for that long. An HTTP date or garbage is ignored."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
         return None
-    return max(0.0, seconds)
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def stand_in(host: str = "127.0.0.1", port: int = 0) -> Any:

@@ -980,6 +980,17 @@ def test_slack_429_is_retried_after_retry_after():
     assert hook.texts == ["x", "x"]
 
 
+def test_a_critical_alert_waits_at_most_five_minutes_of_any_retry_after():
+    """A critical alert is retried until delivered, and every alert waits behind it: a
+    Retry-After of a day (or "inf", or "nan") must not hold them all for a day."""
+    slept: list[float] = []
+    answers = [(429, {"Retry-After": v}, "rate_limited") for v in ("86400", "inf", "nan")]
+    with webhook(answers) as hook:
+        result = SlackWebhook(hook.url, sleep=slept.append).send("kill-switch", critical=True)
+    assert result.ok and result.attempts == 4
+    assert slept == [300.0, 300.0, 4.0]  # capped, capped, no usable value: the 3rd backoff
+
+
 def test_slack_5xx_is_retried_with_backoff_and_4xx_is_not(caplog):
     slept: list[float] = []
     with webhook([(503, {}, "down"), (500, {}, "oops")]) as hook:
