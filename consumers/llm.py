@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -294,7 +295,7 @@ def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
     )
     try:
         with _NO_REDIRECTS.open(req, timeout=cfg.timeout_s) as resp:
-            raw = resp.read()
+            raw = _read_answer(cfg, resp, time.monotonic() + cfg.timeout_s)
     except urllib.error.HTTPError as e:
         body = _quoted(cfg, e.read(64 * 1024).decode("utf-8", "replace"))[:300].strip()
         raise LLMError(f"{cfg.host} answered HTTP {e.code}: {body or e.reason}") from None
@@ -311,6 +312,25 @@ def complete(cfg: LLMConfig, facts: Mapping[str, Any], question: str) -> str:
     if not isinstance(answer, str) or not answer.strip():
         raise LLMError(f"{cfg.host} returned an empty answer")
     return answer.strip()
+
+
+MAX_ANSWER_BYTES = 4 << 20  # a chat completion is kilobytes; past this, something else answers
+
+
+def _read_answer(cfg: LLMConfig, resp: Any, deadline: float) -> bytes:
+    """The answer's body, whole within `deadline` (the socket's timeout bounds each read
+    only: an endpoint trickling a byte at a time would hold the copilot for ever) and
+    within MAX_ANSWER_BYTES; LLMError otherwise."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := resp.read1(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise LLMError(f"{cfg.host} answered more than {MAX_ANSWER_BYTES >> 20} MiB")
+        if time.monotonic() > deadline:
+            raise LLMError(f"{cfg.host} did not finish answering within {cfg.timeout_s:g} s")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _quoted(cfg: LLMConfig, text: str) -> str:

@@ -104,7 +104,7 @@ _SETTINGS = (
     Setting("ENSEMBLE_LLM_BASE_URL", "", "copilot", "OpenAI-compatible endpoint (unset: none)"),
     Setting("ENSEMBLE_LLM_MODEL", "", "copilot", "model name at that endpoint"),
     Setting("ENSEMBLE_LLM_API_KEY", "", "copilot", "sent as a bearer token", secret=True),
-    Setting("ENSEMBLE_LLM_TIMEOUT_S", "60", "copilot", "seconds per request"),
+    Setting("ENSEMBLE_LLM_TIMEOUT_S", "60", "copilot", "seconds for the whole answer"),
     # deployment (deploy/k8s settings.env)
     Setting("ENSEMBLE_TOPIC_REPLICATION", "1", "topics (Kubernetes job)", "replication factor"),
     Setting("ENSEMBLE_LIVE_VENUE", "", "live (Kubernetes ingestor)", "hyperliquid or binance"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -486,6 +487,69 @@ class ChatServer:
     def __exit__(self, *exc: Any) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class TricklingServer:
+    """An endpoint on 127.0.0.1 that answers 200 and then sends its body a byte at a time,
+    every `every_s`, for 10 s (far past the client's timeout), or `size` bytes at once."""
+
+    def __init__(self, every_s: float = 0.05, size: int = 0) -> None:
+        stop = self.stop = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                try:
+                    if size:
+                        self.wfile.write(b" " * size)
+                        return
+                    ends = time.monotonic() + 10.0  # a client that never gives up, released
+                    while not stop.wait(every_s) and time.monotonic() < ends:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_an_endpoint_that_trickles_or_floods_its_answer_is_given_up_on(tel):
+    """The socket's timeout bounds each read, not the answer: a byte every 50 ms held the
+    copilot for ever; and a body of gigabytes was read whole into memory."""
+    env = {"ENSEMBLE_LLM_MODEL": "m", "ENSEMBLE_LLM_TIMEOUT_S": "0.5"}
+    slow = TricklingServer()
+    try:
+        cfg = llm.LLMConfig.from_env({**env, "ENSEMBLE_LLM_BASE_URL": slow.base_url})
+        started = time.monotonic()
+        ans = copilot.ask(tel, "why was the 14:00 trade short?", cfg)
+        took = time.monotonic() - started
+    finally:
+        slow.close()
+    assert (
+        ans.source == "deterministic" and "did not finish answering within 0.5 s" in ans.llm_error
+    )
+    assert took < 5.0, took
+    big = TricklingServer(size=llm.MAX_ANSWER_BYTES + 1)
+    try:
+        cfg = llm.LLMConfig.from_env({**env, "ENSEMBLE_LLM_BASE_URL": big.base_url})
+        ans = copilot.ask(tel, "why was the 14:00 trade short?", cfg)
+    finally:
+        big.close()
+    assert ans.source == "deterministic" and "answered more than 4 MiB" in ans.llm_error
 
 
 def test_the_llm_answers_over_chat_completions_and_a_failure_falls_back(tel):
