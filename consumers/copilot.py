@@ -152,6 +152,12 @@ def render_summary(f: dict[str, Any]) -> str:
                 + ", ".join(f"{e['stage']} {e['count']}" for e in s["errors_by_stage"])
                 + ")."
             )
+        if held := s.get("open_at_end"):
+            text += (
+                f" Open at the end of the day: a {held['side']} of {held['notional_usd']:,.2f} "
+                f"USD, unrealised {_money(held['unrealized_usd'])} (in the equity, in no "
+                "trade's figures)."
+            )
         why = f", {s['halt_reason']}" if s["halt_reason"] else ""
         text += f" State at the end of the day: {s['end_state']} ({s['end_status']}{why})."
         parts.append(text)

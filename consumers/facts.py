@@ -269,6 +269,18 @@ def latest_day(tel: Telemetry) -> date:
     return _date(day - 1 if utc_day(first) < day else day)
 
 
+def _open_position(h: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The position held at the day's last close, if any: the equity's change includes its
+    unrealised PnL, which no closed trade's figures hold."""
+    if not h or not h.get("position_qty"):
+        return None
+    return {
+        "side": side_word(1 if h["position_qty"] > 0 else -1),
+        "notional_usd": _r(abs(h["position_notional_usd"]), 2),
+        "unrealized_usd": _r(h["unrealized_usd"], 2),
+    }
+
+
 def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
     day = day or latest_day(tel)
     t0 = day_start_ms(day)
@@ -335,6 +347,7 @@ def summary_facts(tel: Telemetry, day: date | None = None) -> dict[str, Any]:
                 ),
                 "equity_end_usd": _r(last["equity_usd"], 2) if last else None,
                 "max_drawdown_day": _r(max((h["drawdown"] for h in health), default=0.0), 4),
+                "open_at_end": _open_position(last),
                 "end_state": last["trading_state"] if last else None,
                 "end_status": last["strategy_status"] if last else None,
                 "halt_reason": last["halt_reason"] if last else None,

@@ -59,6 +59,8 @@ ALLOWED_KEYS = frozenset(
         "premise",
         "dry_run",
         # daily summary
+        "open_at_end",
+        "unrealized_usd",
         "bars",
         "missing_bars",
         "decisions",

@@ -237,6 +237,28 @@ def test_the_deterministic_summary_reads_like_the_spec_example(tel):
     assert "equity 9,990.00 -> 10,004.50 USD" in text
 
 
+def test_a_position_open_at_the_day_s_end_is_in_the_summary():
+    """The equity's change holds the open position's unrealised PnL, which no closed trade
+    does: the paragraph said +4.50 net and equity -> 10,004.50 with no word of why they
+    can differ."""
+    flat = summary_facts(Telemetry(day_records()), date(2024, 1, 4))
+    assert flat["symbols"][0]["open_at_end"] is None
+    assert "Open at the end of the day" not in copilot.render_summary(flat)
+    held = health(
+        "BTC-PERP", T0 + 24 * H, equity_usd=10_004.68, position_qty=-0.0095,
+        position_notional_usd=-400.12, unrealized_usd=0.18,
+    )  # fmt: skip
+    f = summary_facts(Telemetry([*day_records(), ("health", held)]), date(2024, 1, 4))
+    assert f["symbols"][0]["open_at_end"] == {
+        "side": "short",
+        "notional_usd": 400.12,
+        "unrealized_usd": 0.18,
+    }
+    text = copilot.render_summary(f)
+    assert "Open at the end of the day: a short of 400.12 USD, unrealised +0.18 USD" in text
+    assert llm.allow_listed(f)["symbols"][0]["open_at_end"]["unrealized_usd"] == 0.18
+
+
 def test_several_strategies_need_a_choice():
     recs = day_records()
     other = [("health", {**health(ts=T0 + 5 * MIN), "strategy_id": "ensemble_1_0"})]
