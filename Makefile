@@ -91,6 +91,17 @@ bench-kafka-scale: setup
 	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_kafka_scale.py $(KAFKA_SCALE_ARGS)
 
 bench-live: setup
+	ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/with-broker.sh $(BIN)/python bench/bench_live.py
+
+# Paper trading on a live market (README "Live market data"): the local broker, the topics,
+# the ingestor in the background (recording every frame), the flow in the foreground with
+# recovery; Ctrl-C stops the flow, then the ingestor flushes and exits.
+LIVE_VENUE          ?= hyperliquid
+LIVE_SYMBOLS        ?= BTC-PERP,ETH-PERP
+LIVE_CANDLE_SYMBOLS ?= ETH-PERP
+LIVE_DIR            ?= out/live
+LIVE_ARGS           ?=
+live: setup
 	@mkdir -p $(LIVE_DIR)
 	bootstrap=$$(ENSEMBLE_KAFKA_PYTHON=$(BIN)/python deploy/kafka/broker.sh start) && \
 	( eval "$$(deploy/kafka/broker.sh env admin)" && \
