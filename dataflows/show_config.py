@@ -10,6 +10,7 @@ exit 0, or exit 2 with the reason, as `python -m bytewax.run dataflows.ensemble`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -32,8 +33,10 @@ def lines(show_all: bool = False) -> tuple[list[str], int]:
     for name, setting in sorted(known().items()):
         if name in resolved.values:
             value, source = resolved.values[name], resolved.sources[name]
-        elif show_all or setting.commands in SHOWN_BY_DEFAULT:
+        elif show_all or set(setting.commands.split(", ")) & set(SHOWN_BY_DEFAULT):
             value, source = setting.default or "(unset)", "default"
+            if name == "ENSEMBLE_PRESET" and "STRATEGY_ID" in resolved.values:
+                value = "(unset)"  # the preset is STRATEGY_ID's, in the row below
         else:
             continue
         rows.append((name, shown(name, value), source, setting.commands))
@@ -53,6 +56,8 @@ def lines(show_all: bool = False) -> tuple[list[str], int]:
     where = resolved.sources.get("ENSEMBLE_OVERRIDES", "")
     out += ["", f"strategy {settings.strategy.strategy_id}:"]
     params = dotted(settings.strategy.as_dict())
+    # the audit leaves the size proxy out while it is off; the operator sees it either way
+    params |= dotted({"size_proxy": dataclasses.asdict(settings.strategy.size_proxy)})
     pwidth = max(len(k) for k in params)
     for key, value in sorted(params.items()):
         source = f"ENSEMBLE_OVERRIDES ({where})" if key in overrides else f"preset {name}"

@@ -154,3 +154,29 @@ def test_show_config_says_where_each_value_came_from_and_masks_secrets(tmp_path)
         "the flow would not start: ENSEMBLE_SEED='-1' is invalid: must be an integer >= 0"
         in bad.stderr
     )
+
+
+def test_show_config_prints_the_preset_and_the_size_proxy_at_their_defaults():
+    """The preset is read by the flow and dataflows.control: it is a flow setting all the
+    same, so it is listed when unset; the size proxy's parameters are listed while off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_")}
+    env.pop("STRATEGY_ID", None)
+
+    def report(**extra: str) -> dict[str, list[str]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "dataflows.show_config"],
+            cwd=ROOT, env=env | extra, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line}
+
+    rows = report()
+    assert rows["ENSEMBLE_PRESET"][:2] == ["ensemble_1_1", "default"]
+    assert rows["size_proxy.enabled"] == ["false", "preset", "ensemble_1_1"]
+    assert rows["size_proxy.large_quantile"] == ["0.9", "preset", "ensemble_1_1"]
+    assert "ENSEMBLE_ALERTS_START" not in rows  # other commands' settings need --all
+
+    by_spec_name = report(STRATEGY_ID="ensemble_1_0")
+    assert by_spec_name["ENSEMBLE_PRESET"][:2] == ["(unset)", "default"]
+    assert by_spec_name["STRATEGY_ID"][:2] == ["ensemble_1_0", "environment"]
+    assert by_spec_name["strategy"] == ["ensemble_1_0:"]
