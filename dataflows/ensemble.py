@@ -910,6 +910,7 @@ def _flow_from_env() -> Dataflow:
     if not progress.main_job():  # imported (tests, tools): no signal handlers, no output
         return built
     model_id = load_runtime(str(settings.model_dir)).model_id
+    progress.note_recovery(recovery)
     print(progress.start_line(settings, model_id, recovery), file=sys.stderr, flush=True)
     warning = progress.warmup_warning(settings)
     if warning:

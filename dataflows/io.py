@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from dataflows.kafka_sink import DeliveredSink, client_logger, wait_for_kafka
-from dataflows.progress import no_decision_reasons, stopping
+from dataflows.progress import no_decision_reasons, stopped_line, stopping
 from dataflows.readiness import Readiness, serve
 from dataflows.settings import Settings
 from dataflows.topics import FLOW_GROUP, INPUT_TOPICS, MAX_MESSAGE_BYTES
@@ -329,7 +329,7 @@ def format_summary(state: dict, outputs: str) -> str:
     )
     lines += [f"  warning: {w}" for w in no_decision_reasons(state)]
     if stopping():
-        lines.append("  stopped by a signal before the end of the input (state kept for recovery)")
+        lines.append(f"  {stopped_line()}")
     lines.append(f"  outputs: {outputs}")
     return "\n".join(lines)
 

@@ -40,6 +40,24 @@ def stopping() -> bool:
     return STOP.is_set()
 
 
+_RECOVERY: list[Path | None] = [None]  # this process's `-r` directory (the main job's)
+
+
+def note_recovery(recovery: Path | None) -> None:
+    """Remember the run's recovery directory, for what the summary says at a stop."""
+    _RECOVERY[0] = recovery
+
+
+def stopped_line() -> str:
+    """The summary's line for a run stopped by a signal: whether a restart continues."""
+    kept = (
+        "state kept for recovery"
+        if _RECOVERY[0] is not None
+        else "recovery off: a restart starts over"
+    )
+    return f"stopped by a signal before the end of the input ({kept})"
+
+
 def _on_signal(signum: int, _frame: Any) -> None:
     if STOP.is_set():  # the second signal: stop at once
         signal.signal(signal.SIGINT, signal.default_int_handler)

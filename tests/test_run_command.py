@@ -188,6 +188,7 @@ def test_sigint_mid_run_stops_cleanly_with_the_summary_and_a_restart_continues_e
     )
     stdout, stderr = _interrupt_once_past(proc, out / "signals.jsonl", third)
     assert "recovery " + str(rec) + " (fresh)" in stderr
+    assert "stopped by a signal before the end of the input (state kept for recovery)" in stdout
     assert "Ensemble run summary" in stdout
     stopped = json.loads((out / "summary.json").read_text())
     full = json.loads((ref / "summary.json").read_text())
@@ -237,4 +238,7 @@ def test_two_workers_write_what_one_writes_and_stop_cleanly_on_sigint(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    _interrupt_once_past(proc, stopped / "signals.jsonl", 0)
+    stdout, _ = _interrupt_once_past(proc, stopped / "signals.jsonl", 0)
+    # no -r: the summary must not promise that a restart continues
+    assert "input (recovery off: a restart starts over)" in stdout
+    assert "state kept for recovery" not in stdout
