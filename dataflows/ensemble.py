@@ -43,6 +43,7 @@ from dataflows.io import (
     RawMessage,
     SummarySink,
     block_message,
+    clear_outputs,
     from_kafka,
     kafka_sink,
     kafka_source,
@@ -878,6 +879,8 @@ def build_flow(
         outputs = f"Kafka topics {settings.topic_prefix}.<stream>"
         op.output("summary_out", summary, SummarySink(outputs))
     else:
+        if sink is None and not resumed:  # a resume truncates the files to its snapshot
+            clear_outputs(settings.out_dir, OUTPUT_STREAMS)
         op.output("sink", by_stream, sink or JsonLinesSink(settings.out_dir, OUTPUT_STREAMS))
     return flow
 

@@ -334,6 +334,15 @@ def format_summary(state: dict, outputs: str) -> str:
     return "\n".join(lines)
 
 
+def clear_outputs(out_dir: Path, streams: list[str]) -> None:
+    """Before a fresh run (not a resume): remove an earlier run's output files, so that a
+    stream this run never writes (a clean run has no dead letters) leaves no stale file
+    beside the new summary. A stream's file is created at its first record."""
+    for name in streams:
+        (out_dir / f"{name}.jsonl").unlink(missing_ok=True)
+    (out_dir / "summary.json").unlink(missing_ok=True)
+
+
 class JsonLinesSink(FixedPartitionedSink[dict[str, Any], Any]):
     """One JSON-lines file per stream; items are (stream, record)."""
 

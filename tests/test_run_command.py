@@ -73,6 +73,28 @@ def test_python_m_bytewax_run_prints_the_summary_and_writes_outputs(tmp_path):
     assert (tmp_path / "out" / "orders.jsonl").stat().st_size > 0
 
 
+def test_a_new_run_into_the_same_directory_leaves_no_file_of_the_earlier_run(tmp_path):
+    """`make run` writes to out/ every time: a clean run after one with a dead letter must
+    not leave that dead letter in out/dead_letters.jsonl beside a summary saying 0."""
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "timestamp,open,high,low,close,volume\n"
+        "2024-01-01 00:01:00,100,101,99,100,5\n"
+        "2024-01-01 00:02:00,abc,101,99,100,5\n"
+    )
+    first = _run_command({"ENSEMBLE_OUT": str(out), "ENSEMBLE_INPUT": f"candles:{bad}"}, 120)
+    assert first.returncode == 0, first.stderr
+    assert "dead letters: 1" in first.stdout
+    assert (out / "dead_letters.jsonl").stat().st_size > 0
+
+    clean = _run_command({"ENSEMBLE_OUT": str(out), "ENSEMBLE_DAYS": "1"}, 300)
+    assert clean.returncode == 0, clean.stderr
+    assert "dead letters: 0" in clean.stdout
+    assert not (out / "dead_letters.jsonl").exists()
+    assert (out / "bars.jsonl").stat().st_size > 0 and (out / "summary.json").exists()
+
+
 def test_a_bad_setting_stops_the_run_command_with_a_clear_message(tmp_path):
     done = _run_command({"ENSEMBLE_OUT": str(tmp_path), "ENSEMBLE_SEED": "-3"}, timeout=120)
     assert done.returncode != 0
