@@ -19,6 +19,12 @@ be folded into a bar hours ahead; it is held back instead. If `JUMP_CONFIRMATION
 in a row from the same partition agree that time jumped (the market came back after an
 outage), they are all processed in order; if a record in line with the partition arrives
 first, the held ones are dead letters (a lone bad timestamp). Nothing is lost either way.
+One stamped more than `max_jump_ms` before its partition's progress is a dead letter too
+(`far out of order`), unless it is late (its bar closed: a `late` dead letter). Before
+the symbol's first bar closed nothing is late, and one trade stamped years back opened the
+first bar there: a Kafka run then emitted a gap bar, a decision and its telemetry for each
+of the 946,655 empty 5m windows up to the real trades (six minutes of output, every
+topic flooded, every feature and indicator over the gap).
 
 A trade seen before (same venue and trade id) while its bar is still open is dropped and
 counted (`duplicate_count`): a replayed or doubled feed must not double the volume. A
@@ -241,6 +247,21 @@ class MarketState:
                     for h in held:
                         self._market(h, out, now_ms)
                 return
+            if (
+                seen is not None
+                and e.ts_event_ms < seen - self.max_jump_ms
+                and not self.builder.is_late(e.ts_event_ms)
+            ):
+                self.late_count += 1
+                out.append(
+                    Late(
+                        e,
+                        f"far out of order: event time {e.ts_event_ms} is "
+                        f"{(seen - e.ts_event_ms) / 3.6e6:.1f} h before its input "
+                        f"(max jump {self.max_jump_ms / 3.6e6:.1f} h)",
+                    )
+                )
+                return
             if self.ahead.get(part):
                 self._reject_ahead(part, out)
         self._market(e, out, now_ms)
@@ -322,6 +343,7 @@ class MarketState:
                     start = ts - ts % width
                     unusual = (
                         ts > latest[0] + max_jump  # far ahead: held
+                        or ts < latest[0] - max_jump  # far behind: a dead letter
                         or (next_start is not None and start < next_start)  # late
                         or px >= ABSURD
                         or qty >= ABSURD

@@ -216,6 +216,36 @@ def test_a_trade_hours_ahead_is_held_then_dead_lettered_when_its_partition_goes_
     assert _bars(out) == _bars(_run([(e, 0) for e in real])[1])
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "batched"])
+def test_a_trade_days_back_before_the_first_close_opens_no_bar_there(batched):
+    """A trade stamped 30 days before its partition's trades, read before the symbol's first
+    bar closed (nothing is late yet), opened the first bar there: 8,640 empty 5m windows
+    became gap bars, each decided on (on Kafka, a trade from 2015 in the first batches gave
+    946,655). It is a dead letter, as one that far ahead is."""
+    real = [_t(T0 + i * S) for i in range(900)]
+    lie = _t(T0 + 2 * M - 30 * 24 * H, tid="lie")
+    events = [*real[:120], lie, *real[120:]]
+    if batched:
+        st = MarketState("BTC-PERP", False, 5_000, CohortConfig(), source_idle_ms=10_000)
+        out: list[Any] = []
+        for i in range(0, len(events), 50):
+            st.on_events(events[i : i + 50], out, 0)
+        st.flush(out)
+    else:
+        st, out = _run([(e, 0) for e in events])
+    (late,) = [x for x in out if isinstance(x, Late)]
+    assert late.event.trade_id == "lie"
+    assert late.reason.startswith("far out of order") and "720.0 h before its input" in late.reason
+    assert _bars(out) == _bars(_run([(e, 0) for e in real])[1])
+
+
+def test_a_trade_days_back_after_bars_closed_stays_a_late_dead_letter():
+    real = [_t(T0 + i * S) for i in range(900)]
+    st, out = _run([(e, 0) for e in [*real[:600], _t(T0 - 30 * 24 * H, tid="lie"), *real[600:]]])
+    (late,) = [x for x in out if isinstance(x, Late)]
+    assert late.event.trade_id == "lie" and late.reason.startswith("late")
+
+
 def test_a_minority_of_trades_read_ahead_on_other_partitions_closes_no_real_bar():
     """Issue 14: 1,123 null-key trades on other partitions, read ahead, made 41,995 of
     42,046 real trades late. Here copies of later trades arrive first on two other
