@@ -421,6 +421,19 @@ PARSERS = {
 }
 
 
+def _framing_hint(payload: bytes) -> str:
+    """What a payload that does not decode looks like, when it looks like Avro in the
+    Confluent Schema Registry's framing (magic byte 0, a 4-byte schema id), which a
+    producer with a registry serializer sends: the flow reads Avro without framing."""
+    if len(payload) > 5 and payload[0] == 0:
+        schema_id = int.from_bytes(payload[1:5], "big")
+        return (
+            f" (it starts like Schema Registry framing: magic byte 0, schema id {schema_id};"
+            " the input topics carry Avro without framing)"
+        )
+    return ""
+
+
 def decode(
     stream: str,
     payload: bytes | dict[str, Any],
@@ -437,10 +450,14 @@ def decode(
         raise InvalidRecord(f"unknown input stream {stream!r}; known: {sorted(PARSERS)}")
     schema_name, parse = entry
     if isinstance(payload, (bytes, bytearray)):
+        if not payload:
+            raise InvalidRecord(
+                "undecodable: empty payload (a tombstone, a null value, or an empty message)"
+            )
         try:
             rec = avro_decode(schema_name, bytes(payload))
         except SchemaError as e:
-            raise InvalidRecord(f"undecodable: {e}") from None
+            raise InvalidRecord(f"undecodable: {e}{_framing_hint(bytes(payload))}") from None
     elif isinstance(payload, dict):
         rec = payload
     else:

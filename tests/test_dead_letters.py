@@ -154,3 +154,31 @@ def test_dead_letters_encode_with_their_schema(runs):
     _, mixed, _ = runs
     for d in mixed["dead_letters"]:
         assert codec.decode("dead_letter", codec.encode("dead_letter", d))["reason"] == d["reason"]
+
+
+def test_a_tombstone_and_schema_registry_framing_say_what_they_are():
+    """A null value (Kafka's tombstone) or an empty message said only
+    "undecodable: bytes do not decode as 'trade': EOFError: ", and Avro in the Schema
+    Registry's framing (what a registry serializer sends) an error from deep in its bytes."""
+    from operators.events import InvalidRecord, decode
+
+    avro = codec.encode(
+        "trade",
+        {
+            **GOOD_TRADE,
+            "ts_event_ms": 1_704_067_200_000,
+            "strategy_id": "s",
+            "schema_version": "v1",
+        },
+    )
+    symbols, now = frozenset({"BTC-PERP"}), 1_704_067_200_000
+    with pytest.raises(InvalidRecord, match=r"^undecodable: empty payload \(a tombstone"):
+        decode("trades", b"", symbols, now, 300_000)
+    framed = b"\x00" + (42).to_bytes(4, "big") + avro
+    with pytest.raises(
+        InvalidRecord, match=r"^undecodable: .*Schema Registry framing: magic byte 0, schema id 42"
+    ):
+        decode("trades", framed, symbols, now, 300_000)
+    with pytest.raises(InvalidRecord) as plain:
+        decode("trades", b"\x07garbage", symbols, now, 300_000)
+    assert "framing" not in str(plain.value)
