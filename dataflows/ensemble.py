@@ -731,17 +731,26 @@ class StrategyLogic(StatefulLogic):
         if isinstance(value, Emit):
             return [value], StatefulLogic.RETAIN
         if isinstance(value, ControlCommand):  # live: between bars (see context_step)
-            strat = self._ensure(value.symbol)
-            return [Emit(st, r) for st, r in strat.on_control(value)], StatefulLogic.RETAIN
+            if not self.book.aligner.command(value):  # bars before it still to decide
+                return [], StatefulLogic.RETAIN
+            return self._control(value), StatefulLogic.RETAIN
         # every symbol's bars in event-time order
         return self._bars(self.book.aligner.add(value)), StatefulLogic.RETAIN
 
+    def _control(self, cmd: ControlCommand) -> list[Any]:
+        strat = self._ensure(cmd.symbol)
+        return [Emit(st, r) for st, r in strat.on_control(cmd)]
+
     def _bars(self, ready: list[BarContext]) -> list[Any]:
         """The aligner's bars, (close, symbol) in order: those closing at one time together,
-        as one close of the account (`on_close`)."""
+        as one close of the account (`on_close`), each symbol's live commands kept for its
+        bar applied first."""
         outs: list[Any] = []
         for _, group in itertools.groupby(ready, key=lambda ctx: ctx.bar.end_ms):
             ctxs = list(group)
+            for ctx in ctxs:
+                for cmd in self.book.aligner.due(ctx.bar.symbol, ctx.bar.end_ms):
+                    outs.extend(self._control(cmd))
             done = on_close([(self._ensure(ctx.bar.symbol), ctx) for ctx in ctxs])
             for ctx, (records, exc) in zip(ctxs, done, strict=True):
                 outs.extend(Emit(s, r) for s, r in records)
@@ -759,6 +768,8 @@ class StrategyLogic(StatefulLogic):
         ended = not stopping()
         if ended:
             outs.extend(self._bars(self.book.aligner.flush()))
+            for cmd in self.book.aligner.flush_commands():  # after the last bar: now
+                outs.extend(self._control(cmd))
         for symbol in sorted(self.strategies):
             strat = self.strategies[symbol]
             if ended:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from operators.bars import TIMEFRAME_MS
 from operators.config import AccountConfig
 from operators.kpis import utc_day
 from operators.reasons import Reason
@@ -157,6 +158,51 @@ class EventTimeAligner:
 
     latest_close_ms: dict[str, int] = field(default_factory=dict)
     waiting: list[Any] = field(default_factory=list)  # sorted by (close, symbol)
+    # live operator commands kept for the first bar of their symbol closing at or after
+    # their time, in arrival order (`command`)
+    commands: list[Any] = field(default_factory=list)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("commands", [])  # snapshots from before live commands were kept
+        self.__dict__.update(state)
+
+    def command(self, cmd: Any) -> bool:
+        """Live (the wall clock): whether an operator command may apply now, between bars,
+        as it arrives: every bar of its symbol closing before its time has been decided (no
+        bar yet counts as none to wait for). Otherwise it is kept, and `due` hands it out
+        before the first of its symbol's bars closing at or after its time, the bar a replay
+        applies it at. Read from a backlog (a restart, a flow that was down), a command
+        arrives with the records read around it, hours of bars ahead of the strategy, and
+        was applied at once: a halt and the resume after it both before any bar between
+        them, a run's decisions changed with the read's timing, and a restart republished
+        decisions that disagreed with the copies published before the crash."""
+        symbol, ts = cmd.symbol, cmd.ts_event_ms
+        latest = self.latest_close_ms.get(symbol)
+        behind = latest is not None and (
+            latest + BAR_MS < ts
+            or any(c.bar.symbol == symbol and c.bar.end_ms < ts for c in self.waiting)
+            or any(c.symbol == symbol for c in self.commands)  # in their order
+        )
+        if behind:
+            self.commands.append(cmd)
+        return not behind
+
+    def due(self, symbol: str, close_ms: int) -> list[Any]:
+        """The kept commands of `symbol` to apply before deciding its bar closing at
+        `close_ms`, in arrival order."""
+        if not self.commands:
+            return []
+        out: list[Any] = []
+        kept: list[Any] = []
+        for c in self.commands:
+            (out if c.symbol == symbol and c.ts_event_ms <= close_ms else kept).append(c)
+        self.commands = kept
+        return out
+
+    def flush_commands(self) -> list[Any]:
+        """The end of the input: the kept commands no bar will reach."""
+        out, self.commands = self.commands, []
+        return out
 
     def add(self, ctx: Any) -> list[Any]:
         bar = ctx.bar
@@ -179,6 +225,9 @@ class EventTimeAligner:
         for ever. Its bars already waiting still go out in their turn."""
         for symbol in [s for s in self.latest_close_ms if s not in symbols]:
             del self.latest_close_ms[symbol]
+
+
+BAR_MS = TIMEFRAME_MS["5m"]
 
 
 def _pct(fraction: float) -> str:

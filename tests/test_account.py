@@ -237,6 +237,35 @@ def test_bars_of_all_symbols_reach_the_account_in_event_time_order():
     assert [(c.bar.end_ms, c.bar.symbol) for c in aligner.flush()] == [(4, BTC)]
 
 
+def _cmd(symbol: str, ts: int, command_id: str) -> SimpleNamespace:
+    return SimpleNamespace(symbol=symbol, ts_event_ms=ts, command_id=command_id)
+
+
+def test_a_live_command_ahead_of_its_symbols_bars_waits_for_the_bar_it_belongs_to():
+    """Live, a command applies as it arrives only if every bar of its symbol closing
+    before its time has been decided; read from a backlog, it arrived hours of bars ahead
+    of the strategy and was applied there (tests/integration/test_kafka_wall_clock.py)."""
+    import pickle
+
+    m5 = 300_000
+    aligner = EventTimeAligner()
+    assert aligner.command(_cmd(BTC, 7 * m5, "before any bar"))  # no bar yet: now
+    aligner.add(_ctx(BTC, 1 * m5))
+    assert aligner.command(_cmd(BTC, 2 * m5 - 1, "next bar"))  # its bar is the next one
+    assert not aligner.command(_cmd(BTC, 5 * m5 + 1, "halt"))  # bars 2..5 still to come
+    assert not aligner.command(_cmd(BTC, 3 * m5, "resume"))  # in arrival order, after it
+    assert aligner.command(_cmd(ETH, 9 * m5, "other symbol"))  # ETH has no bar: now
+    aligner.add(_ctx(ETH, 1 * m5))
+    assert not aligner.command(_cmd(ETH, 3 * m5, "eth"))
+    aligner = pickle.loads(pickle.dumps(aligner))  # kept in the snapshot
+    assert aligner.due(BTC, 2 * m5) == []
+    assert [c.command_id for c in aligner.due(BTC, 6 * m5)] == ["halt", "resume"]
+    assert [c.command_id for c in aligner.flush_commands()] == ["eth"]
+    old = EventTimeAligner()
+    del old.__dict__["commands"]  # a snapshot from before commands were kept
+    assert pickle.loads(pickle.dumps(old)).commands == []
+
+
 def test_a_restart_that_drops_a_symbol_holding_a_position_is_refused_and_says_why(tmp_path):
     """Resumed under settings that trade BTC alone while ETH holds a short: nothing would
     read ETH's market again, so its position would sit in the account for ever, never
