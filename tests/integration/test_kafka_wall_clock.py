@@ -51,10 +51,12 @@ def test_commands_read_from_a_backlog_on_the_wall_clock_apply_at_their_bars(
 ):
     prefix = f"it-{uuid.uuid4().hex[:10]}"
     provision(kafka_bootstrap, prefix)
-    settings = small_settings(tmp_path / "files", ENSEMBLE_DAYS="6")
+    # the file run reads with the same prefix: the commands are signed for its control topic
+    settings = small_settings(tmp_path / "files", ENSEMBLE_DAYS="6", ENSEMBLE_TOPIC_PREFIX=prefix)
     records = list(generate(settings.generator))
     # signed halt/resume (BTC-PERP) and shadow on/off (ETH-PERP), overlays and cohorts
-    records = sorted([*records, *_context_records(records)], key=_available_ms)
+    context = _context_records(records, topic=f"{prefix}.control")
+    records = sorted([*records, *context], key=_available_ms)
     producer = KafkaProducer(
         **kafka_python_config(kafka_bootstrap, acks="all", max_in_flight_requests_per_connection=1)
     )
