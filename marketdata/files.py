@@ -613,33 +613,68 @@ def _arrow_times_ms(column: Any) -> np.ndarray | None:
 
 def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
     """A parquet trade file already in time order (the usual case), read BLOCK_ROWS rows
-    at a time: memory stays flat whatever the file's size. None: it needs sorting (or has
-    rows without a time, which go first), so it must be read whole."""
+    at a time. None: it needs sorting (or has rows without a time, which go first), so it
+    must be read whole. With a timestamp-typed column (its unit in its type) memory stays
+    flat whatever the file's size: the order is checked in a first pass over that column
+    alone and each block's times are taken from its own rows. A column of epoch numbers is
+    read whole first: its unit is the whole column's (`epoch_unit`), about 40 bytes a row
+    at the peak (2 GB for 50M trades)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(spec.path)
-    column = pf.read(columns=["timestamp"]).column(0)
-    ts = _arrow_times_ms(column)
-    if ts is None:
-        ts = _to_ms(column.to_pandas())
-    if np.isnan(ts).any() or (np.diff(ts) < 0).any():
+    typed = pa.types.is_timestamp(pf.schema_arrow.field("timestamp").type)
+    in_order = _typed_times_in_order(pf) if typed else None
+    if in_order is False:
         return None
+    if in_order:
+
+        def times(first: int, batch: Any) -> np.ndarray:
+            ms = _arrow_times_ms(pa.chunked_array([batch.column("timestamp")]))
+            assert ms is not None  # every batch was checked in the first pass
+            return ms
+
+    else:  # epoch numbers, or a time nanoseconds cannot hold: `_to_ms` decides
+        column = pf.read(columns=["timestamp"], use_threads=False).column(0)
+        ts = _arrow_times_ms(column)
+        if ts is None:
+            ts = _to_ms(column.to_pandas())
+        if np.isnan(ts).any() or (np.diff(ts) < 0).any():
+            return None
+
+        def times(first: int, batch: Any) -> np.ndarray:
+            return ts[first - 1 : first - 1 + batch.num_rows]
 
     def blocks() -> Iterator[RowBlock]:
         first, last = 1, 0
-        for batch in pf.iter_batches(batch_size=BLOCK_ROWS):
-            block = _plain_trade_block(
-                spec, batch, ts[first - 1 : first - 1 + batch.num_rows], first
-            )
+        # one thread: the pool's hand-offs wait for a core, which a second flow holds
+        for batch in pf.iter_batches(batch_size=BLOCK_ROWS, use_threads=False):
+            block_ms = times(first, batch)
+            block = _plain_trade_block(spec, batch, block_ms, first)
             if block is None:
-                times = ts[first - 1 : first - 1 + batch.num_rows]
-                part = _trades_table(batch.to_pandas(), spec, first, times)
+                part = _trades_table(batch.to_pandas(), spec, first, block_ms)
                 block, _ = _trade_block(spec, part, last)
             last = int(block.avail_ms[-1])
             first += len(block)
             yield block
 
     return blocks()
+
+
+def _typed_times_in_order(pf: Any, rows: int = 1 << 20) -> bool | None:
+    """Whether a timestamp-typed column is in time order, read `rows` rows at a time; None if
+    a part has a null or a time nanoseconds cannot hold (`_to_ms` decides those)."""
+    import pyarrow as pa
+
+    prev = -np.inf
+    for batch in pf.iter_batches(batch_size=rows, columns=["timestamp"], use_threads=False):
+        ms = _arrow_times_ms(pa.chunked_array([batch.column(0)]))
+        if ms is None:
+            return None
+        if len(ms) and (ms[0] < prev or (np.diff(ms) < 0).any()):
+            return False
+        prev = ms[-1] if len(ms) else prev
+    return True
 
 
 MAKER_PATTERN = "^(True|False|true|false)$"  # the buyer-maker texts a plain block may hold

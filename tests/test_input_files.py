@@ -292,3 +292,44 @@ def test_trade_times_are_read_to_the_exact_millisecond(tmp_path: Path, layout: s
     spec = FileSpec.parse(f"trades:{path}")
     assert load_trades(spec)["ts_ms"].tolist() == sorted(EXACT_MS)
     assert [r.record["ts_event_ms"] for r in file_rows([spec])] == sorted(EXACT_MS)
+
+
+# -- a sorted parquet trade file is read a block at a time ---------------------------------
+def test_a_typed_parquet_file_s_order_is_checked_across_the_first_pass_s_batches(tmp_path):
+    """The first pass reads the time column alone, a batch at a time (memory flat, not 40
+    bytes a row for the whole file): a step back exactly at a batch boundary is out of
+    order, a null leaves it to the whole-column reading."""
+    import pyarrow.parquet as pq
+
+    from marketdata.files import _typed_times_in_order
+
+    df = _nautilus_trades(days=0.05).iloc[:8].reset_index(drop=True)
+    assert df["timestamp"].is_monotonic_increasing and df["timestamp"].is_unique
+    ok, back, gap = tmp_path / "ok.parquet", tmp_path / "back.parquet", tmp_path / "gap.parquet"
+    df.to_parquet(ok)
+    df.iloc[[0, 1, 2, 4, 3, 5, 6, 7]].to_parquet(back)  # rows 4 and 5 swapped: 3 | 4 apart
+    df.assign(timestamp=df["timestamp"].where(df.index != 5)).to_parquet(gap)
+    assert _typed_times_in_order(pq.ParquetFile(ok), rows=4) is True
+    assert _typed_times_in_order(pq.ParquetFile(back), rows=4) is False
+    assert _typed_times_in_order(pq.ParquetFile(back), rows=3) is False
+    assert _typed_times_in_order(pq.ParquetFile(gap), rows=4) is None
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "ms"])
+def test_a_typed_parquet_file_reads_the_same_rows_block_by_block_as_whole(
+    tmp_path, unit, monkeypatch
+):
+    """Each block's times taken from its own rows equal the whole column's, in any unit, and
+    a file out of order is still read sorted."""
+    monkeypatch.setattr("marketdata.files.BLOCK_ROWS", 1_000)
+    df = _nautilus_trades(days=0.2)
+    df["timestamp"] = df["timestamp"].astype(f"datetime64[{unit}, UTC]")
+    sorted_file, shuffled = tmp_path / "sorted.parquet", tmp_path / "shuffled.parquet"
+    df.to_parquet(sorted_file)
+    _hour_shuffled(df).to_parquet(shuffled)
+    got = [r.record for r in file_rows([FileSpec("trades", sorted_file)])]
+    want = [r.record for r in file_rows([FileSpec("trades", shuffled)])]
+    assert len(got) == len(df) > 3 * 1_000  # more than one block
+    assert got == want
+    ms = (df["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    assert [r["ts_event_ms"] for r in got] == ms.tolist()
