@@ -743,14 +743,17 @@ class StrategyLogic(StatefulLogic):
 
     def _bars(self, ready: list[BarContext]) -> list[Any]:
         """The aligner's bars, (close, symbol) in order: those closing at one time together,
-        as one close of the account (`on_close`), each symbol's live commands kept for its
-        bar applied first."""
+        as one close of the account (`on_close`). A symbol's live commands kept for its bar
+        join the bar's own (`controls_due`), so they apply as a replay applies them: after
+        the bar's fill and funding, in event-time order, marked at its close (applied
+        before the bar, a reset re-armed the limits from the equity before the fill)."""
         outs: list[Any] = []
         for _, group in itertools.groupby(ready, key=lambda ctx: ctx.bar.end_ms):
             ctxs = list(group)
             for ctx in ctxs:
-                for cmd in self.book.aligner.due(ctx.bar.symbol, ctx.bar.end_ms):
-                    outs.extend(self._control(cmd))
+                if kept := self.book.aligner.due(ctx.bar.symbol, ctx.bar.end_ms):
+                    both = [*ctx.controls_due, *kept]
+                    ctx.controls_due = sorted(both, key=lambda c: c.ts_event_ms)
             done = on_close([(self._ensure(ctx.bar.symbol), ctx) for ctx in ctxs])
             for ctx, (records, exc) in zip(ctxs, done, strict=True):
                 outs.extend(Emit(s, r) for s, r in records)

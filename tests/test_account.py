@@ -13,6 +13,7 @@ from dataflows.ensemble import AccountBook, StrategyLogic, build_flow
 from dataflows.io import format_summary
 from operators.account import AccountRisk, EventTimeAligner, ResumeError
 from operators.config import ENSEMBLE_1_0
+from operators.events import ControlCommand
 from operators.strategy import on_close
 from operators.telemetry import Stamp
 from tests.conftest import small_settings
@@ -264,6 +265,36 @@ def test_a_live_command_ahead_of_its_symbols_bars_waits_for_the_bar_it_belongs_t
     old = EventTimeAligner()
     del old.__dict__["commands"]  # a snapshot from before commands were kept
     assert pickle.loads(pickle.dumps(old)).commands == []
+
+
+def test_a_kept_live_command_applies_in_its_bar_after_the_fill_as_a_replay_does(tmp_path):
+    """A command read from a backlog waits for the bar it belongs to; there it applies as a
+    replay applies it (`controls_due`): after the bar's fill, marked at its close. Applied
+    before the bar, a reset re-armed the limits from the equity before the fill, and the
+    run on the wall clock differed from the replay."""
+    account, btc, eth = _pair()
+    books = {BTC: btc.strategy.s, ETH: eth.strategy.s}
+    logic = StrategyLogic(
+        small_settings(tmp_path), Stamp("ensemble_1_1"), AccountBook(account, books)
+    )
+    logic.strategies.update({BTC: btc.strategy, ETH: eth.strategy})
+
+    def close(**btc_inputs):
+        out = []
+        for sc, inputs in ((btc, btc_inputs), (eth, {})):
+            out += logic.on_item(sc.context(**inputs))[0]
+        return [(e.stream, e.record) for e in out]
+
+    close()
+    halt = ControlCommand(BTC, btc.t + 300_000 + 1, "halt", "ops-oncall", "drill", "k-1")
+    assert logic.on_item(halt) == ([], StrategyLogic.RETAIN)  # its bar is not the next one
+    assert not [s for s, _ in close(**LONG_BAR) if s == "repro"]  # the entry, decided
+    out = close()  # the bar the halt belongs to: the entry fills at its open
+    streams = [s for s, r in out if r.get("symbol") == BTC]
+    assert "executions" in streams and "repro" in streams
+    assert streams.index("executions") < streams.index("repro")
+    [audit] = [r for s, r in out if s == "repro"]
+    assert audit["command"]["command_id"] == "k-1" and btc.strategy.s.risk.state.value == "HALTED"
 
 
 def test_a_restart_that_drops_a_symbol_holding_a_position_is_refused_and_says_why(tmp_path):
