@@ -56,6 +56,7 @@ arriving (catching up a backlog) this adds nothing.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ from operators.watermark import DEFAULT_SOURCE_IDLE_MS, QUORUM, InputPartitions,
 JUMP_CONFIRMATIONS = 50
 DEFAULT_ALLOWED_LATENESS_MS = 5_000
 DEFAULT_MAX_JUMP_MS = 3_600_000
+MAX_PENDING_FUNDING = 1_000  # funding settlements remembered ahead of the closed bars
 _UNSET = object()  # on_events: no partition's locals read yet
 
 
@@ -129,7 +131,10 @@ class MarketState:
     late_count: int = 0
     duplicate_count: int = 0
     outlier_count: int = 0
-    funding_ms: int | None = None  # the latest funding settlement passed on
+    # funding settlements passed on: the latest one the closed bars have reached (or an
+    # older snapshot's latest), and those still ahead of them, in time order
+    funding_ms: int | None = None
+    funding_pending: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.builder = BarBuilder(self.symbol, self.allowed_lateness_ms)
@@ -172,6 +177,7 @@ class MarketState:
         state.setdefault("outlier_count", 0)
         state.setdefault("bands", Bands())
         state.setdefault("funding_ms", None)  # snapshots from before funding was deduplicated
+        state.setdefault("funding_pending", [])
         if isinstance(state.get("ahead"), list):
             state["ahead"] = {None: state["ahead"]} if state["ahead"] else {}
         if "progress" not in state:
@@ -478,26 +484,43 @@ class MarketState:
                 return
             self._observe(e.part, e.ts_event_ms + e.interval_ms, now_ms, out)
         else:
-            if type(e) is Funding:
-                if self.funding_ms is not None and e.ts_event_ms <= self.funding_ms:
-                    # a settlement is paid once: the live ingestor's backfill republishes
-                    # one it sent hours before (its dedup window long past), or after a
-                    # restart; Kafka may deliver a record twice
-                    out.append(
-                        Late(
-                            e,
-                            f"funding at {e.ts_event_ms} not applied: the settlement at "
-                            f"{self.funding_ms} was (a duplicate, or older than it)",
-                        )
-                    )
-                    return
-                self.funding_ms = e.ts_event_ms
+            if type(e) is Funding and (why := self._funding_seen(e.ts_event_ms)):
+                out.append(Late(e, why))
+                return
             out.append(e)
             # A file run's one stream is in availability order with funding first on a tie:
             # a rate at T says that everything available before T is in, not that the
             # candle closing at T is (it follows). Kafka partitions are each their own.
             ts = e.ts_event_ms - 1 if e.part is None else e.ts_event_ms
             self._observe(e.part, ts, now_ms, out)
+
+    def _funding_seen(self, ts: int) -> str | None:
+        """Why a funding settlement at `ts` is not passed on, or None (it is, and remembered).
+        A settlement is paid once: the live ingestor's backfill republishes one it sent hours
+        before (its dedup window long past), or after a restart; Kafka may deliver a record
+        twice. So one passed on before (still ahead of the closed bars, or reached by them)
+        is refused, and so is one older than a settlement the closed bars have reached. One
+        stamped far ahead (a wrong clock, a hostile producer) waits alone for its bar: it
+        used to shut out every real settlement before it (38 in a 4-day replay, every cash
+        and equity figure after it wrong)."""
+        closed, pending = self.builder.next_start_ms, self.funding_pending
+        while pending and closed is not None and pending[0] <= closed:
+            reached = pending.pop(0)
+            self.funding_ms = max(reached, self.funding_ms or reached)
+        if self.funding_ms is not None and ts <= self.funding_ms:
+            return (
+                f"funding at {ts} not applied: the settlement at {self.funding_ms} was "
+                "(a duplicate, or older than it)"
+            )
+        i = bisect.bisect_left(pending, ts)
+        if i < len(pending) and pending[i] == ts:
+            return f"funding at {ts} not applied: it was passed on already (a duplicate)"
+        if closed is not None and ts <= closed:  # its bar has closed: paid at the next one
+            self.funding_ms = ts
+        else:
+            pending.insert(i, ts)
+            del pending[MAX_PENDING_FUNDING:]  # a flood from far ahead: the farthest forgotten
+        return None
 
     def _observe(
         self, part: str | None, ts_ms: int, now_ms: int, out: list[Any], trade: bool = False

@@ -53,6 +53,32 @@ def test_the_last_settlement_passed_on_survives_a_restart_from_a_snapshot():
     assert type(again[-1]) is Funding
 
 
+def test_a_settlement_stamped_far_ahead_does_not_shut_out_the_real_ones():
+    """One funding record stamped at the wall clock's time in a replay of last year (a wrong
+    clock, a hostile producer) made every real settlement after it a dead letter, 'older
+    than' it: 38 in a 4-day replay, and every cash and equity figure after it wrong. It now
+    waits alone for its bar; the real ones pass, each once."""
+    import pickle
+
+    from operators.config import CohortConfig
+    from operators.events import Funding
+    from operators.market import Late, MarketState
+
+    hour, t0 = 3_600_000, 1_704_067_200_000
+    far = Funding("BTC-PERP", 1_796_000_000_000, 0.0375, part="ensemble.funding@0")
+    st = MarketState("BTC-PERP", False, 5_000, CohortConfig())
+    out: list = []
+    for f in (far, *(Funding("BTC-PERP", t0 + k * hour, 0.0001) for k in range(3))):
+        st.on_event(f, out)
+    assert [type(x) for x in out] == [Funding] * 4
+    st = pickle.loads(pickle.dumps(st)).configure(False, 5_000, CohortConfig(), hour)
+    again: list = []
+    for ts in (t0 + hour, far.ts_event_ms):  # copies, before their bars: refused
+        st.on_event(Funding("BTC-PERP", ts, 0.0001), again)
+    assert [type(x) for x in again] == [Late, Late]
+    assert all("passed on already" in x.reason for x in again)
+
+
 def _funding_paid(run: dict[str, list[dict]]) -> dict[str, float]:
     return {s["symbol"]: s["funding_usd"] for s in run["summary"] if "funding_usd" in s}
 
