@@ -3,9 +3,10 @@
 Trades (or 1m candles, for symbols whose bars come from candles) fold into 5m bars by
 event time; each closed 5m bar advances the cohort tracker and composes the 15m and 1h
 bars. Other inputs (funding, overlays, cohort snapshots, control commands) pass through
-in arrival order for the context join, but for a funding settlement at or before the last
-one passed on (a copy: it is paid once). A trade or candle for a bar already emitted, and
-such a settlement, are returned as `Late`, to be dead-lettered, never used silently.
+in arrival order for the context join, but for a funding settlement passed on before, or
+older than one the closed bars have reached (a copy: it is paid once; `_funding_seen`). A
+trade or candle for a bar already emitted, and such a settlement, are returned as `Late`,
+to be dead-lettered, never used silently.
 
 Bars close when the symbol's event-time progress, less the allowed lateness, passes their
 end. Progress is kept per input partition and the minimum taken (operators/watermark.py):
