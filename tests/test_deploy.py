@@ -439,6 +439,49 @@ def _quantity(q: str | int) -> float:
     return float(m.group(1)) * units.get(m.group(2), 1)
 
 
+def _mounted_file_modes(volume: dict[str, Any]) -> list[int]:
+    """The permission bits of the files a Secret, ConfigMap or projected volume holds."""
+    if "projected" in volume:
+        proj = volume["projected"]
+        default = proj.get("defaultMode", 0o644)
+        return [
+            item.get("mode", default)
+            for src in proj.get("sources", [])
+            for kind in ("secret", "configMap")
+            if kind in src
+            for item in src[kind].get("items", [{}])
+        ]
+    for kind in ("secret", "configMap"):
+        if kind in volume:
+            v = volume[kind]
+            return [item.get("mode", v.get("defaultMode", 0o644)) for item in v.get("items", [{}])]
+    return []
+
+
+def unreadable_mount_problems(c: dict[str, Any], spec: dict[str, Any], where: str) -> list[str]:
+    """Files of a mounted Secret or ConfigMap the container's user cannot read.
+
+    Kubernetes writes them owned by root, with group fsGroup when the pod sets one (else
+    root) and the volume's mode bits; the process has runAsGroup, supplementalGroups and
+    fsGroup. A 0440 Secret without fsGroup is unreadable by a non-root user."""
+    psc = spec.get("securityContext", {})
+    uid = _effective(c, spec, "runAsUser")
+    fs_group = psc.get("fsGroup")
+    gids = {_effective(c, spec, "runAsGroup"), *psc.get("supplementalGroups", []), fs_group}
+    file_gid = 0 if fs_group is None else fs_group
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    problems = []
+    for m in c.get("volumeMounts", []):
+        for mode in _mounted_file_modes(volumes.get(m["name"], {})):
+            readable = uid == 0 or mode & 0o004 or (file_gid in gids and mode & 0o040)
+            if not readable:
+                problems.append(
+                    f"{where}: volume {m['name']} (mode {mode:04o}, group {file_gid}) "
+                    f"is not readable by user {uid}: set the pod's fsGroup or a wider mode"
+                )
+    return problems
+
+
 def posture_problems(objs: list[dict[str, Any]]) -> list[str]:
     problems = []
     for o in objs:
@@ -485,6 +528,7 @@ def posture_problems(objs: list[dict[str, Any]]) -> list[str]:
                 for m in c.get("volumeMounts", [])
             ):
                 problems.append(f"{where}: needs a writable /tmp (emptyDir) with a read-only root")
+            problems += unreadable_mount_problems(c, spec, where)
     return problems
 
 
@@ -939,6 +983,22 @@ def test_the_checks_catch_a_writable_root_a_root_user_a_missing_limit_and_an_add
         "runAsUser",
     ):
         assert expected in problems
+
+
+def test_the_checks_catch_a_0440_secret_its_non_root_user_cannot_read_without_fs_group():
+    """Kubernetes writes Secret files owned by root:root unless the pod sets fsGroup; the
+    alerts pod's password file (0440) is then unreadable and it cannot log in to Kafka."""
+    objs = copy.deepcopy(render(BASE))
+    pod = find(objs, "Deployment", "ensemble-alerts")["spec"]["template"]["spec"]
+    assert posture_problems(objs) == []
+    del pod["securityContext"]["fsGroup"]
+    assert [p for p in posture_problems(objs) if "not readable" in p] == [
+        "Deployment ensemble-alerts/alerts: volume kafka-credentials (mode 0440, group 0) "
+        "is not readable by user 10001: set the pod's fsGroup or a wider mode"
+    ]
+    creds = next(v for v in pod["volumes"] if v["name"] == "kafka-credentials")
+    creds["secret"]["defaultMode"] = 0o444  # world-readable: fine without fsGroup
+    assert posture_problems(objs) == []
 
 
 def test_the_checks_catch_a_schema_error_a_broken_selector_and_a_missing_configmap():
