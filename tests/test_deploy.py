@@ -965,6 +965,41 @@ def test_secrets_are_referenced_by_the_names_the_consumers_read():
                     assert "value" not in e, f"{c['name']}: {e['name']} has a literal value"
 
 
+def test_docs_deploy_md_says_which_secrets_a_pod_cannot_start_without():
+    """The runbook's Secrets table is what an operator reads when a pod hangs in
+    ContainerCreating: a Secret a pod mounts or reads without `optional: true` must be
+    documented as stopping the pod, and an optional one as not."""
+    required: dict[str, bool] = {}
+    for o in render(BASE):
+        for _, spec in pod_specs(o):
+            for v in spec.get("volumes", []):
+                if "secret" in v:
+                    name = v["secret"]["secretName"]
+                    required[name] = required.get(name, False) or not v["secret"].get("optional")
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        name, needed = ref["name"], not ref.get("optional")
+                        required[name] = required.get(name, False) or needed
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `(ensemble-[a-z<>-]+)`.*\| ([^|]+) \|$", line)
+        if m:
+            rows.setdefault(m.group(1), []).append(m.group(2))
+    for name, needed in required.items():
+        row = rows.get(name) or rows.get(
+            re.sub(r"^ensemble-kafka-(?!ca$)[a-z]+$", "ensemble-kafka-<user>", name)
+        )
+        assert row, f"docs/deploy.md's Secrets table has no row for {name}"
+        stops = any("does not start" in r for r in row)
+        assert stops == needed, (
+            f"{name}: the manifests make it {'required' if needed else 'optional'}, "
+            f"docs/deploy.md says without it: {row}"
+        )
+
+
 # -- tests: the checks can fail -------------------------------------------------------------------
 def test_the_checks_catch_a_writable_root_a_root_user_a_missing_limit_and_an_added_capability():
     objs = copy.deepcopy(render(BASE))
