@@ -18,8 +18,8 @@ clock (ENSEMBLE_CLOCK=event) so that records carry no wall-clock stamps.
 The wall time includes start-up, connecting to the broker and finding the end of the
 input. Each run's layout also reads STARTUP_TICKS trades per symbol in the same round, and
 the figures say what the input took beyond that (as `bench_nautilus.py` does for a file:
-NautilusTrader's own figure is `engine.run()` alone). Peak memory is not shown: `wait4`
-counts the memory of this process, which holds the ticks, in each child it forks. With
+NautilusTrader's own figure is `engine.run()` alone). Peak memory is not shown (for a
+file, bench_throughput.py shows each flow process's VmHWM). With
 the broker on this machine (found in /proc), each run starts once the broker has settled
 after the publish (`settle`), and each round says how much CPU the broker used during the
 flow's run: on two cores it competes with the flow's processes. With `--tree`, the end
@@ -187,7 +187,7 @@ def run_flow(
 ) -> Run:
     """One run, timed from process start to the last process's exit."""
     env = _flow_env(bootstrap, prefix, symbols, tree)
-    return run_processes(env, workers, processes, tree)  # its peak memory: see the module docstring
+    return run_processes(env, workers, processes, tree)
 
 
 def _flow_env(bootstrap: str, prefix: str, symbols: tuple[str, ...], tree: Path) -> dict[str, str]:
