@@ -20,6 +20,7 @@ import pandas as pd
 
 from backtest import metrics
 from backtest.records import RunOutputs
+from operators.kpis import DAY_MS, utc_day
 
 # Sharpe, Sortino and hit rate mean little below these (issue 15: "from two trades")
 MIN_ROUND_TRIPS = 30
@@ -146,12 +147,15 @@ def curve_kpis(equity: pd.Series) -> dict[str, Any]:
 
 def monthly(strategy: pd.Series, benchmark: pd.Series) -> list[dict[str, Any]]:
     """Per UTC month: the return from the previous month's last mark (the window's first
-    mark for the first month) to this month's last mark, for the strategy and buy-and-hold."""
-    months = pd.to_datetime(strategy.index.to_numpy(), unit="ms", utc=True).strftime("%Y-%m")
+    mark for the first month) to this month's last mark, for the strategy and buy-and-hold.
+    A mark belongs to the month of its UTC day (the bar ending at 24:00 closes the month),
+    as in the daily table; the first mark is the start, not a month of its own."""
+    days = utc_day(strategy.index.to_numpy()[1:])
+    months = pd.to_datetime(days * DAY_MS, unit="ms", utc=True).strftime("%Y-%m")
     rows = []
     prev_s, prev_b = float(strategy.iloc[0]), float(benchmark.iloc[0])
     for m in sorted(set(months)):
-        last = np.flatnonzero(months == m)[-1]
+        last = np.flatnonzero(months == m)[-1] + 1
         s, b = float(strategy.iloc[last]), float(benchmark.iloc[last])
         rows.append(
             {

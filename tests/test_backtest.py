@@ -580,3 +580,20 @@ def test_long_curves_are_thinned_but_keep_their_extremes():
     t, yy = charts.thin(np.arange(n), y)
     assert len(yy) <= charts.MAX_POINTS + 2 and yy.min() == -5.0 and t[-1] == n - 1
     assert list(t) == sorted(t)
+
+
+def test_the_bar_ending_at_24h_on_a_months_last_day_closes_that_month():
+    from backtest.trades import monthly
+
+    jan31_2350 = int(pd.Timestamp("2024-01-31 23:50", tz="UTC").value // 1_000_000)
+    marks = pd.Index([jan31_2350 + k * 300_000 for k in range(4)])  # 23:50 .. 00:05
+    strategy = pd.Series([100.0, 100.0, 110.0, 110.0], index=marks)  # up in Jan's last bar
+    benchmark = pd.Series([100.0, 100.0, 120.0, 120.0], index=marks)
+    rows = monthly(strategy, benchmark)
+    # as the daily table: the mark at Feb 1 00:00 is January 31st's close
+    assert [r["month"] for r in rows] == ["2024-01", "2024-02"]
+    assert rows[0]["pnl_usd"] == pytest.approx(10.0) and rows[1]["pnl_usd"] == 0.0
+    assert rows[0]["return"] == pytest.approx(0.1)
+    assert rows[0]["benchmark_return"] == pytest.approx(0.2) and rows[1]["benchmark_return"] == 0.0
+    # a window starting at a month's first 00:00 mark has no row for the month before
+    assert [r["month"] for r in monthly(strategy.iloc[2:], benchmark.iloc[2:])] == ["2024-02"]
