@@ -103,7 +103,8 @@ def closes(run: RunOutputs, t0_ms: int) -> dict[str, pd.Series]:
 
 
 def positions(run: RunOutputs, marks: dict[str, pd.Series]) -> dict[str, pd.Series]:
-    """Each symbol's position (base units) at every 5m mark, from its fills."""
+    """Each symbol's position (base units) at every 5m mark, from its fills. A fill stamped
+    t is at the open of the bar from t, so the mark at t (its close) is still before it."""
     by_symbol: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for e in sorted(run.executions, key=lambda x: x["ts_event_ms"]):
         by_symbol[e["symbol"]].append((e["ts_event_ms"], e["position_qty"]))
@@ -115,7 +116,7 @@ def positions(run: RunOutputs, marks: dict[str, pd.Series]) -> dict[str, pd.Seri
         if not steps:  # never traded
             out[sym] = pd.Series(0.0, index=px.index)
             continue
-        idx = np.searchsorted(times, px.index.to_numpy(), side="right") - 1
+        idx = np.searchsorted(times, px.index.to_numpy(), side="left") - 1
         out[sym] = pd.Series(np.where(idx >= 0, qty[np.maximum(idx, 0)], 0.0), index=px.index)
     return out
 

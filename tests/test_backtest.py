@@ -597,3 +597,22 @@ def test_the_bar_ending_at_24h_on_a_months_last_day_closes_that_month():
     assert rows[0]["benchmark_return"] == pytest.approx(0.2) and rows[1]["benchmark_return"] == 0.0
     # a window starting at a month's first 00:00 mark has no row for the month before
     assert [r["month"] for r in monthly(strategy.iloc[2:], benchmark.iloc[2:])] == ["2024-02"]
+
+
+@pytest.mark.slow
+def test_the_position_chart_holds_the_flows_own_position_at_every_mark(out, report):
+    from backtest import trades
+
+    for p in PRESETS:
+        d = out / "runs" / "generator" / p
+        run = records.load(d)
+        marks = trades.closes(run, report["datasets"][0]["presets"][p]["evaluation"]["start_ms"])
+        health = {
+            (r["symbol"], r["ts_event_ms"]): r["position_qty"]
+            for r in map(json.loads, (d / "health.jsonl").read_text().splitlines())
+        }
+        assert run.executions, "the generated days trade"
+        for sym, pos in trades.positions(run, marks).items():
+            flow = np.array([health[(sym, int(t))] for t in pos.index])
+            # a fill stamped t opens the bar from t: the mark at t is still before it
+            assert np.abs(pos.to_numpy() - flow).max() < 1e-12, (p, sym)
