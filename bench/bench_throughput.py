@@ -94,7 +94,7 @@ def run_processes(
         waiting = {p.pid for p in procs}
         while waiting:
             for pid in list(waiting):
-                peak_kb = max(peak_kb, _peak_rss_kb(pid))
+                peak_kb = max(peak_kb, status_kb(pid))
                 done, status, usage = os.wait4(pid, os.WNOHANG)
                 if done:
                     waiting.discard(pid)
@@ -113,16 +113,16 @@ def run_processes(
     return Run(secs, cpu, peak_kb / 1024)
 
 
-def _peak_rss_kb(pid: int) -> int:
-    """The process's peak resident memory so far (VmHWM), 0 once it has exited. Not
-    `wait4`'s ru_maxrss: Linux keeps the largest of the forking process's memory in its
-    children across exec, so a child of this process (which generated the ticks, over a
-    GB for 2 x 8M) reported this process's size, not its own. Read every 5 ms while the
-    flow runs, it misses at most what the last 5 ms added."""
+def status_kb(pid: int | str, field: str = "VmHWM") -> int:
+    """A field of the process's /proc status in kB: VmHWM, its peak resident memory so far,
+    by default; 0 once it has exited. Not `wait4`'s ru_maxrss: Linux keeps the largest of
+    the forking process's memory in its children across exec, so a child of this process
+    (which generated the ticks, over a GB for 2 x 8M) reported this process's size, not its
+    own. Read every 5 ms while the flow runs, it misses at most what the last 5 ms added."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1])
     except OSError:
         pass

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from backtest import kpis, records  # noqa: E402
 from backtest.runner import Dataset, Options, Run, replay  # noqa: E402
+from bench.bench_throughput import status_kb  # noqa: E402
 from operators.predict import load_runtime  # noqa: E402
 
 MINUTE_MS = 60_000
@@ -127,11 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 def memory_mb(field: str) -> float:
     """This process's `field` of /proc/self/status (VmRSS now, VmHWM the peak since the
     last `reset_peak`), in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_kb("self", field) / 1024
 
 
 def reset_peak() -> None:

@@ -87,7 +87,7 @@ def on_close(
             results.append((out, None))
         except Exception as exc:
             results.append((out, exc))
-    accounts = {id(strat.account): strat for strat, _ in (group[i] for i, _ in marked)}
+    accounts = {id(group[i][0].account): group[i][0] for i, _ in marked}  # one, in the flow
     for strat in accounts.values():
         acct = strat.account
         acct.close(group[0][1].bar.end_ms)
