@@ -622,7 +622,10 @@ def _sorted_parquet_blocks(spec: FileSpec) -> Iterator[RowBlock] | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(spec.path)
+    # pre_buffer off: on, Arrow read every column chunk ahead on its IO threads into fresh
+    # memory, whose pages the kernel zeroed: a quarter of the reading's CPU (0.4 s per 8M
+    # trades), on the second core that the other flow of a two-process cluster needs
+    pf = pq.ParquetFile(spec.path, pre_buffer=False)
     typed = pa.types.is_timestamp(pf.schema_arrow.field("timestamp").type)
     in_order = _typed_times_in_order(pf) if typed else None
     if in_order is False:
