@@ -382,7 +382,12 @@ def _problem(err: Any) -> str | None:
     return err if isinstance(err, str) else None
 
 
-BLOCK_ROWS = 16_384  # rows per block: what the flow decodes at once, and the parquet chunk
+# Rows per block: what the flow decodes at once, and the parquet chunk. Each block is one
+# input batch through every step, and a cluster pays per batch, not per row, to keep its
+# processes in step: at 16,384 rows two processes took 8% longer (2 x 8M ticks, medians of
+# three: 8.06 s, against 7.43 s at 65,536; 262,144 gained nothing more). One worker is
+# unchanged; its peak memory is 31 MB higher (8M ticks: 187 -> 218 MB).
+BLOCK_ROWS = 65_536
 
 
 def _errors(df: pd.DataFrame) -> list[str | None]:
