@@ -24,6 +24,24 @@ def test_a_misspelt_variable_stops_the_start_naming_it_and_the_setting_it_resemb
         Settings.from_env({"ENSEMBLE_PRSET": "ensemble_1_0"})
 
 
+def test_the_flow_knows_the_alerts_settings_and_reads_them_only_when_one_is_set():
+    """A deployment may give the flow and the alerts consumer one environment: the alerts'
+    names pass and their typos stop the start; a flow without them does not import the
+    alerts consumer to check its names (20 ms of its 0.5 s start-up)."""
+    Settings.from_env({"ENSEMBLE_ALERTS_SLIPPAGE_BPS": "5"})
+    typo = "ENSEMBLE_ALERTS_DRAWDOWN_BRAECH"
+    with pytest.raises(
+        ConfigError, match=rf"{typo} \(did you mean ENSEMBLE_ALERTS_DRAWDOWN_BREACH"
+    ):
+        Settings.from_env({typo: "5"})
+    code = (
+        "import sys; from dataflows.settings import Settings; "
+        "Settings.from_env({'ENSEMBLE_SEED': '3'}); print('consumers.alerts' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.stdout.strip() == "False", run.stderr
+
+
 def test_the_toml_file_sets_values_and_the_environment_overrides_it(tmp_path):
     cfg = tmp_path / "ensemble.toml"
     cfg.write_text(
