@@ -109,7 +109,15 @@ def halt_facts(
     _, ts, h, back = min(near, key=lambda n: (n[0], n[1]))
     reason = h["halt_reason"]
     losing = []
-    for t in reversed([t for t in tel.round_trips.get(sym, []) if t.exit["ts_event_ms"] <= ts]):
+    # a fill stamped at the halt's close is the open after it: the flatten the halt caused
+    # (its loss came after the halt, so it is not part of the run that led to it)
+    before = [
+        t
+        for t in tel.round_trips.get(sym, [])
+        if t.exit["ts_event_ms"] < ts
+        or (t.exit["ts_event_ms"] == ts and t.exit["purpose"] != "kill_switch_flatten")
+    ]
+    for t in reversed(before):
         if is_win(t.pnl_usd):  # as the risk state counts: only a win ends the run, not a zero
             break
         losing.insert(0, trip_facts(tel, t))

@@ -729,6 +729,30 @@ def test_the_losing_run_behind_a_halt_counts_a_zero_pnl_trade_as_the_flow_does()
     assert [t["pnl_usd"] for t in f["losing_trades"]] == [-2.0, 0.0, -1.0]
 
 
+def test_the_losing_run_behind_a_drawdown_halt_leaves_out_the_flatten_it_caused():
+    """A drawdown kill-switch fires at the 02:00 close with a short open; its flatten fills
+    at the next open, stamped 02:00 as every fill is (the bar from 02:00). That loss came
+    after the halt: the run that led to it is the one losing trade before it, as the
+    health record's "1 losing trade in a row" says (the real flow's outputs did this)."""
+    b = "BTC-PERP"
+    recs = [("health", health(ts=T0)), *_trade(b, T0, T0 + H, "buy", "pros", 0.6, -2.0)]
+    recs += [
+        ("orders", order(b, T0 + H + 5 * MIN, "sell", "entry", "pros")),
+        ("executions", execution(b, T0 + H + 5 * MIN, "sell", "entry")),
+        ("orders", order(b, T0 + 2 * H, "buy", "kill_switch_flatten", position_before=-0.1)),
+        (
+            "executions",
+            execution(b, T0 + 2 * H, "buy", "kill_switch_flatten", trade_pnl_usd=-7.5),
+        ),
+    ]
+    halted = dict(trading_state="HALTED", halt_reason="drawdown_limit", consecutive_losses=1)
+    recs += [("health", health(ts=T0 + 2 * H, **halted))]
+    ans = copilot.ask(Telemetry(recs), "why did we stop trading at 02:00?", None)
+    assert [t["pnl_usd"] for t in ans.facts["losing_trades"]] == [-2.0]
+    assert ans.facts["halt"]["flattened_utc"] == copilot.utc_text(T0 + 2 * H)
+    assert "-7.50" not in ans.text
+
+
 def test_why_did_we_stop_trading_finds_the_kill_switch_that_fired_then(tel):
     ans = copilot.ask(tel, "why did we stop trading at 18:00?", None)
     f = ans.facts
