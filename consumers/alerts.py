@@ -51,6 +51,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import AfterValidator, BeforeValidator, Field, InstanceOf
 
 from consumers.delivery import QueuedSink
+from consumers.facts import count
 from consumers.slack import ENV_VAR as SLACK_ENV
 from consumers.slack import SlackWebhook, WebhookConfigError
 from consumers.stream import (
@@ -438,7 +439,8 @@ class Rules:
                     f"{sym} [{sid}] {what}; trading is "
                     f"HALTED and positions are flattened. Equity {r['equity_usd']:,.2f} USD, "
                     f"drawdown {r['drawdown']:.2%} (max {r['max_drawdown']:.2%}), "
-                    f"{r['consecutive_losses']} losing trades in a row. It stays halted until "
+                    f"{count(r['consecutive_losses'], 'losing trade', 'losing trades')} in a "
+                    "row. It stays halted until "
                     "an operator sends reset_kill_switch.",
                     f"{sid}:halted:{reason}:{ts}",
                     ts,
@@ -540,7 +542,7 @@ class Rules:
                     "consecutive_losses",
                     "warning",
                     sym,
-                    f"{sym} [{sid}] {n} losing trades in a row (alert at "
+                    f"{sym} [{sid}] {count(n, 'losing trade', 'losing trades')} in a row (alert at "
                     f"{self.cfg.consecutive_losses}): the last closed {utc(ts)} for "
                     f"{pnl:+,.2f} USD; the run has lost {total:+,.2f} USD since "
                     f"{utc(st.loss_run[0][0])}.",

@@ -38,6 +38,7 @@ from consumers.facts import (
     STREAMS,
     CopilotError,
     Telemetry,
+    count,
     parse_time,
     pick_symbol,
     side_word,
@@ -76,11 +77,6 @@ def _money(x: float | None) -> str:
     return "?" if x is None else f"{x:+,.2f} USD"
 
 
-def _count(n: int, one: str, many: str) -> str:
-    """'1 loss', '2 losses': the summary is read as a paragraph."""
-    return f"{n} {one if n == 1 else many}"
-
-
 def _trip_text(t: dict[str, Any]) -> str:
     opened = f"opened {t['opened_utc'][11:]}" if t["opened_utc"] else "opened before the data"
     conf = ""
@@ -101,8 +97,8 @@ def render_summary(f: dict[str, Any]) -> str:
     for s in f["symbols"]:
         if s["round_trips"]:
             trades = (
-                f"{_count(s['round_trips'], 'trade', 'trades')} closed, "
-                f"{_count(s['wins'], 'win', 'wins')}, {_count(s['losses'], 'loss', 'losses')} "
+                f"{count(s['round_trips'], 'trade', 'trades')} closed, "
+                f"{count(s['wins'], 'win', 'wins')}, {count(s['losses'], 'loss', 'losses')} "
                 f"({s['win_rate']:.0%} won), net {_money(s['pnl_usd'])} after fees and funding"
             )
         else:
@@ -115,7 +111,7 @@ def render_summary(f: dict[str, Any]) -> str:
             )
         arms = ", ".join(f"{a['arm']} {a['count']}" for a in s["entries_by_arm"])
         text = (
-            f"{s['symbol']}: {trades}{eq}. {_count(s['entries'], 'entry', 'entries')}"
+            f"{s['symbol']}: {trades}{eq}. {count(s['entries'], 'entry', 'entries')}"
             + (f" (by arm: {arms})" if arms else "")
             + f" from {s['decisions']} decisions over {s['bars']} bars"
             + (f", {s['missing_bars']} of them missing" if s["missing_bars"] else "")
@@ -440,7 +436,8 @@ def render_halt(f: dict[str, Any]) -> str:
     text = [
         head,
         f"Then: equity {r['equity_usd']:,.2f} USD, drawdown {r['drawdown']:.2%} (max "
-        f"{r['max_drawdown']:.2%}), {r['consecutive_losses']} losing trades in a row.",
+        f"{r['max_drawdown']:.2%}), "
+        f"{count(r['consecutive_losses'], 'losing trade', 'losing trades')} in a row.",
     ]
     if f["losing_trades"]:
         text.append(

@@ -64,6 +64,11 @@ MAX_SET_ASIDE_LOGGED = 20  # then only counted (the copilot prints how many)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC, the last a datetime holds
 
 
+def count(n: int, one: str, many: str) -> str:
+    """'1 loss', '2 losses': what the copilot and the alerts say is read as prose."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def invalid(value: Any, path: str = "") -> str | None:
     """Why a record cannot be counted (a number that is NaN or infinite, a time out of the
     calendar), or None. The answers format every number: one such value would end them."""

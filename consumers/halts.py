@@ -109,14 +109,9 @@ def halt_facts(
     _, ts, h, back = min(near, key=lambda n: (n[0], n[1]))
     reason = h["halt_reason"]
     losing = []
-    # a fill stamped at the halt's close is the open after it: the flatten the halt caused
-    # (its loss came after the halt, so it is not part of the run that led to it)
-    before = [
-        t
-        for t in tel.round_trips.get(sym, [])
-        if t.exit["ts_event_ms"] < ts
-        or (t.exit["ts_event_ms"] == ts and t.exit["purpose"] != "kill_switch_flatten")
-    ]
+    # a fill stamped at the halt's close is at the open after it (the flatten the halt
+    # ordered): its loss came after the halt, so it is not part of the run that led to it
+    before = [t for t in tel.round_trips.get(sym, []) if t.exit["ts_event_ms"] < ts]
     for t in reversed(before):
         if is_win(t.pnl_usd):  # as the risk state counts: only a win ends the run, not a zero
             break

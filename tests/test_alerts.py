@@ -597,10 +597,11 @@ def test_a_kill_switch_that_fires_under_an_operator_halt_is_a_kill_switch_alert(
     fire(r, "health", health(ts=T0))
     operator = dict(trading_state="HALTED", halt_reason="operator_halt: x")
     assert fire(r, "health", health(ts=T0 + 5 * MIN, **operator)) == []
-    killed = dict(trading_state="HALTED", halt_reason="daily_loss_limit")
+    killed = dict(trading_state="HALTED", halt_reason="daily_loss_limit", consecutive_losses=1)
     [a] = fire(r, "health", health(ts=T0 + 10 * MIN, **killed))
     assert (a.rule, a.severity) == ("kill_switch", "critical")
     assert "kill-switch fired: daily_loss_limit" in a.text
+    assert "1 losing trade in a row" in a.text  # not "1 losing trades"
     assert fire(r, "health", health(ts=T0 + 15 * MIN, **killed)) == [], "still halted: quiet"
 
 

@@ -723,9 +723,11 @@ def test_the_losing_run_behind_a_halt_counts_a_zero_pnl_trade_as_the_flow_does()
         recs += _trade(
             "BTC-PERP", T0 + (2 * i + 1) * H, T0 + (2 * i + 2) * H, "buy", "pros", 0.6, pnl
         )
+    # the third loss fills at the open after the 06:00 close (stamped 06:00): the flow
+    # counts it there and its kill-switch fires at the next close
     halted = dict(trading_state="HALTED", halt_reason="consecutive_losses", consecutive_losses=3)
-    recs += [("health", health(ts=T0 + 6 * H, **halted))]
-    f = copilot.ask(Telemetry(recs), "why did we stop trading at 06:00?", None).facts
+    recs += [("health", health(ts=T0 + 6 * H + 5 * MIN, **halted))]
+    f = copilot.ask(Telemetry(recs), "why did we stop trading at 06:05?", None).facts
     assert [t["pnl_usd"] for t in f["losing_trades"]] == [-2.0, 0.0, -1.0]
 
 
@@ -751,6 +753,7 @@ def test_the_losing_run_behind_a_drawdown_halt_leaves_out_the_flatten_it_caused(
     assert [t["pnl_usd"] for t in ans.facts["losing_trades"]] == [-2.0]
     assert ans.facts["halt"]["flattened_utc"] == copilot.utc_text(T0 + 2 * H)
     assert "-7.50" not in ans.text
+    assert "1 losing trade in a row" in ans.text  # not "1 losing trades"
 
 
 def test_why_did_we_stop_trading_finds_the_kill_switch_that_fired_then(tel):
