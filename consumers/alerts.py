@@ -48,6 +48,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
+from kafka.errors import AuthorizationError as KafkaAuthorizationError
+from kafka.errors import GroupAuthorizationFailedError
 from pydantic import AfterValidator, BeforeValidator, Field, InstanceOf
 
 from consumers.delivery import QueuedSink
@@ -66,6 +68,7 @@ from consumers.stream import (
     read_before_committed,
 )
 from dataflows.environment import environ
+from dataflows.topics import ACCESS
 from operators.config import ConfigError
 from operators.kpis import is_win
 from operators.reasons import is_kill_switch
@@ -907,6 +910,25 @@ def slack_from_env(env: Mapping[str, str]) -> QueuedSink | None:
     return queued
 
 
+def not_authorized(error: Exception, group_id: str) -> str:
+    """What to do when the broker refuses this principal the consumer group or the topics:
+    the alerts principal may only use groups named like ACCESS grants (dataflows/topics.py),
+    and a group id outside them was a traceback, not a reason."""
+    if isinstance(error, GroupAuthorizationFailedError):
+        prefixes = next(a.group_prefixes for a in ACCESS if a.principal == "alerts")
+        allowed = " or ".join(repr(p) for p in prefixes)
+        return (
+            f"the broker refused consumer group {group_id!r} to this principal "
+            f"({type(error).__name__}); the alerts principal may use groups whose id starts "
+            f"with {allowed}: set ENSEMBLE_ALERTS_GROUP_ID to one (e.g. {prefixes[0]}-ops)"
+        )
+    return (
+        f"the broker refused this principal the telemetry topics ({type(error).__name__}); "
+        "run as the alerts principal, and grant its ACLs with `python -m dataflows.topics "
+        "--bootstrap HOST:PORT --prefix PREFIX` as admin"
+    )
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:  # the ENSEMBLE_CONFIG file under the environment; unknown ENSEMBLE_* names refused
         env = environ(env)
@@ -954,6 +976,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         reader = GroupReader(kafka, STREAMS, cfg.group_id, cfg.start, client_id="ensemble-alerts")
     except (TopicsMissing, ConnectionError) as e:
         print(f"alerts: cannot start: {e}", file=sys.stderr)
+        return 2
+    except KafkaAuthorizationError as e:
+        print(f"alerts: cannot start: {not_authorized(e, cfg.group_id)}", file=sys.stderr)
         return 2
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))

@@ -99,3 +99,27 @@ def test_a_plaintext_client_gets_nothing_from_the_tls_port(kafka_bootstrap):
     plain = AdminClient({"bootstrap.servers": kafka_bootstrap, "log_level": 0})
     with pytest.raises(KafkaException):
         plain.list_topics(timeout=3)
+
+
+def test_the_alerts_consumer_on_a_group_its_principal_may_not_use_says_which_it_may(
+    kafka_bootstrap, prefix, monkeypatch, capsys
+):
+    """docs/operations.md ran the consumer as group `ops-doc`: as the alerts principal the
+    broker refuses that group, and the start was a kafka-python traceback."""
+    from consumers.alerts import main
+
+    provision(kafka_bootstrap, prefix)
+    for name, value in principal_env("alerts").items():
+        monkeypatch.setenv(name, value)
+    env = {
+        "ENSEMBLE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "ENSEMBLE_TOPIC_PREFIX": prefix,
+        "ENSEMBLE_ALERTS_GROUP_ID": "ops-doc",
+    }
+    assert main(["--until-idle", "1"], env) == 2
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "'ops-doc'" in err, err
+    assert "'ensemble-alerts'" in err and "ENSEMBLE_ALERTS_GROUP_ID" in err, err
+    # a group named as the ACL allows starts and reads
+    allowed = {**env, "ENSEMBLE_ALERTS_GROUP_ID": "ensemble-alerts-t"}
+    assert main(["--until-idle", "1"], allowed) == 0
