@@ -48,8 +48,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from kafka.errors import AuthorizationError as KafkaAuthorizationError
-from kafka.errors import GroupAuthorizationFailedError
 from pydantic import AfterValidator, BeforeValidator, Field, InstanceOf
 
 from consumers.delivery import QueuedSink
@@ -914,6 +912,8 @@ def not_authorized(error: Exception, group_id: str) -> str:
     """What to do when the broker refuses this principal the consumer group or the topics:
     the alerts principal may only use groups named like ACCESS grants (dataflows/topics.py),
     and a group id outside them was a traceback, not a reason."""
+    from kafka.errors import GroupAuthorizationFailedError  # kafka-python: the consumer only
+
     if isinstance(error, GroupAuthorizationFailedError):
         prefixes = next(a.group_prefixes for a in ACCESS if a.principal == "alerts")
         allowed = " or ".join(repr(p) for p in prefixes)
@@ -966,6 +966,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         "slack: %s",
         "webhook configured" if slack else f"{SLACK_ENV} unset, alerts go to the log only",
     )
+    from kafka.errors import AuthorizationError as KafkaAuthorizationError
+
     now = time.monotonic()
     rules, dedup = Rules(cfg, now), Dedup()
     try:
