@@ -188,9 +188,13 @@ def decode_batch(
         run.clear()
 
     marks: list[PartitionMark] = []
+    stopped = False
     for item in items:
         if type(item) is PartitionMark:
             marks.append(item)
+            continue
+        if type(item) is progress.Stopped:
+            stopped = True
             continue
         if type(item) is KafkaRun:  # the Kafka source's messages between errors
             read_run(item)
@@ -230,6 +234,8 @@ def decode_batch(
         assert relay is not None  # marks come from the Kafka source, which build_flow relays
         relay.relay(marks, by_symbol, keys, time.monotonic())
     out.extend((keys.get(symbol, symbol), events) for symbol, events in by_symbol.items())
+    if stopped:  # to every symbol's and the account's worker, whichever process runs them
+        out.extend((key, progress.Stopped()) for key in sorted({*keys.values(), ACCOUNT_KEY}))
     return out
 
 
@@ -373,6 +379,7 @@ class CommandLogic(StatefulLogic):
         self.stamp = stamp
         self.inputs = None if inputs is None else inputs.fork()  # this step's view
         now = wall_clock_ms()
+        self.fresh = gate is None  # nothing to keep yet (the account's key gets a Stopped)
         if gate is None:
             gate = CommandGate()
         gate.configure(settings.command_window_ms, settings.source_idle_ms)  # on resume too
@@ -384,7 +391,12 @@ class CommandLogic(StatefulLogic):
     def on_item(self, value: list[Any]) -> tuple[list[Any], bool]:
         """`value`: this symbol's events from one input batch, in order, then the batch's
         partition marks (Kafka), which move this step's view after the events and go on
-        to the market step behind what passes."""
+        to the market step behind what passes. Or a stopped input's `Stopped`: this
+        process stops too (its steps keep their state at the end of the input)."""
+        if type(value) is progress.Stopped:
+            progress.peer_stopped()
+            return [], self.fresh  # a key with no state of its own keeps none
+        self.fresh = False
         events, marks = split_marks(value)
         now = wall_clock_ms()
         items = self.gate.on_events(events, now, self.inputs) if events else []

@@ -8,7 +8,9 @@ emitted records, so what the status line says is what the telemetry topics hold.
 Stopping: the first SIGINT or SIGTERM sets `STOP`; the input partitions then end at their
 next batch (`StoppableSource`), the steps keep their state instead of closing open bars
 (`stopping()`), the sink flushes, Bytewax takes its final snapshot and the run summary is
-printed, as at the end of a file. A second signal stops at once, as Bytewax would.
+printed, as at the end of a file. A second signal stops at once, as Bytewax would. In a
+cluster (`-i/-a`) a stopped partition's last item, `Stopped`, tells every process that
+runs a symbol or the account, so one signal to one process stops them all alike.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,26 @@ from dataflows.topics import INPUT_TOPICS
 
 BARS_PER_DAY = 288  # 5m bars
 
-STOP = threading.Event()  # set by the first SIGINT/SIGTERM of the main job
+STOP = threading.Event()  # set by the first SIGINT/SIGTERM of the main job, or a peer's stop
+_SIGNALLED = threading.Event()  # this process got a signal: the next one stops at once
 
 
 def stopping() -> bool:
     """True once the operator asked the run to stop: steps keep state, they do not flush."""
     return STOP.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The last item of an input partition ended by a stop, not by the input's end. The
+    flow passes it to every symbol's steps and the account's (`peer_stopped`): a process
+    of a cluster that got no signal itself must not take the end of the input for the
+    real one, close the open bars and reject the pending intents that a restart needs."""
+
+
+def peer_stopped() -> None:
+    """A stopped input partition's `Stopped` reached this process: stop here too."""
+    STOP.set()
 
 
 _RECOVERY: list[Path | None] = [None]  # this process's `-r` directory (the main job's)
@@ -59,10 +76,11 @@ def stopped_line() -> str:
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
-    if STOP.is_set():  # the second signal: stop at once
+    if _SIGNALLED.is_set():  # the second signal: stop at once
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt
+    _SIGNALLED.set()
     STOP.set()
     name = signal.Signals(signum).name
     print(
@@ -83,10 +101,14 @@ def install_stop_handlers() -> None:
 class _StoppablePartition(StatefulSourcePartition):
     def __init__(self, inner: StatefulSourcePartition) -> None:
         self.inner = inner
+        self.told = False  # its `Stopped` went out
 
     def next_batch(self) -> list[Any]:
         if STOP.is_set():
-            raise StopIteration
+            if self.told:
+                raise StopIteration
+            self.told = True
+            return [Stopped()]
         return self.inner.next_batch()
 
     def next_awake(self) -> datetime | None:

@@ -264,3 +264,65 @@ def test_two_workers_write_what_one_writes_and_stop_cleanly_on_sigint(tmp_path):
     # no -r: the summary must not promise that a restart continues
     assert "input (recovery off: a restart starts over)" in stdout
     assert "state kept for recovery" not in stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ctrl_c_to_one_of_two_processes_stops_both_and_a_restart_continues_exactly(tmp_path):
+    """Two processes (`-i/-a`), Ctrl-C to the one that reads the input only: the other
+    process must keep its open bars and waiting bars too, not take the end of the input for
+    the real one (it closed ETH-PERP's open 15m and 1h bars half-filled, and the restart
+    wrote bars, signals and health unlike an uninterrupted run's)."""
+    env = {
+        **os.environ,
+        "ENSEMBLE_DAYS": "8",
+        "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
+        "ENSEMBLE_CLOCK": "event",
+        "ENSEMBLE_STATUS_INTERVAL_S": "0",
+    }
+    ref = tmp_path / "uninterrupted"
+    done = _run_command({**env, "ENSEMBLE_OUT": str(ref)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    third = (ref / "signals.jsonl").stat().st_size // 3
+
+    rec, out = tmp_path / "recovery", tmp_path / "stopped"
+    prepare(rec, 2)
+    addresses = f"127.0.0.1:{_free_port()};127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "bytewax.run", "dataflows.ensemble"]
+    env["ENSEMBLE_OUT"] = str(out)
+
+    def start() -> list[subprocess.Popen]:
+        return [
+            subprocess.Popen(
+                [*command, "-i", str(i), "-a", addresses, "-r", str(rec), "-s", "1", "-b", "0"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+
+    reader, other = start()  # one input partition (the generator): on process 0
+    stdout, _ = _interrupt_once_past(reader, out / "signals.jsonl", third)
+    assert "state kept for recovery" in stdout
+    _, stderr = other.communicate(timeout=120)
+    assert other.returncode == 0, stderr
+
+    for proc in start():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    for path in sorted(ref.glob("*.jsonl")):
+        if path.name != "repro.jsonl":
+            lines = sorted(path.read_text().splitlines())
+            assert sorted((out / path.name).read_text().splitlines()) == lines, path.name
+    assert json.loads((out / "summary.json").read_text()) == json.loads(
+        (ref / "summary.json").read_text()
+    )
