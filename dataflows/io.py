@@ -242,15 +242,28 @@ def to_json_line(record: dict[str, Any]) -> bytes:
     return (text + "\n").encode("ascii")
 
 
+class OutputsLost(RuntimeError):
+    """A resumed run's output file holds less than the recovery snapshot continues after."""
+
+
 class _JsonLinesPartition(StatefulSinkPartition[dict[str, Any], int]):
     def __init__(self, path: Path, resume_offset: int | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_offset is None:
+        if not resume_offset:  # new, or resumed before its first record
             self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
-        else:
-            self.f = open(path, "r+b")  # noqa: SIM115
-            self.f.seek(resume_offset)
-            self.f.truncate()
+            return
+        size = path.stat().st_size if path.exists() else None
+        if size is None or size < resume_offset:  # truncate() would pad it with zero bytes
+            held = "is missing" if size is None else f"holds only {size:,} bytes"
+            raise OutputsLost(
+                f"{path} {held}, but the recovery snapshot continues it after "
+                f"{resume_offset:,} bytes: the records written before the restart are not "
+                "there. Point ENSEMBLE_OUT at the directory the run wrote, or start on a new "
+                "recovery directory (a fresh run)."
+            )
+        self.f = open(path, "r+b")  # noqa: SIM115
+        self.f.seek(resume_offset)
+        self.f.truncate()
 
     def write_batch(self, values: list[dict[str, Any]]) -> None:
         self.f.write(b"".join(to_json_line(v) for v in values))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows.io import to_json_line
+from dataflows.io import JsonLinesSink, to_json_line
 
 
 def _stdlib(record: Any) -> Any:
@@ -98,3 +98,26 @@ class _Point:
 def test_a_value_json_has_no_form_for_is_refused_as_before(value):
     with pytest.raises(TypeError, match="cannot write"):
         to_json_line({"v": value})
+
+
+def test_a_resume_truncates_its_file_back_to_the_snapshot(tmp_path):
+    path = tmp_path / "bars.jsonl"
+    path.write_bytes(b'{"a":1}\n{"a":2}\n')
+    part = JsonLinesSink(tmp_path, ["bars"]).build_part("sink", "bars", 8)
+    part.write_batch([{"a": 3}])
+    part.close()
+    assert path.read_bytes() == b'{"a":1}\n{"a":3}\n'
+
+
+@pytest.mark.parametrize("held", [None, b'{"a":1}\n'])
+def test_a_resume_whose_file_is_shorter_than_its_snapshot_is_refused(tmp_path, held):
+    """The records before the snapshot are gone (another ENSEMBLE_OUT, a deleted or cut
+    file): the resume stops saying so. Before, a missing file stopped it with a bare
+    FileNotFoundError, and a short one was padded with zero bytes up to the snapshot's
+    offset, and the run went on and exited 0 with the records between lost."""
+    path = tmp_path / "bars.jsonl"
+    if held is not None:
+        path.write_bytes(held)
+    with pytest.raises(RuntimeError, match="the recovery snapshot continues it after 1,000 bytes"):
+        JsonLinesSink(tmp_path, ["bars"]).build_part("sink", "bars", 1000)
+    assert (path.read_bytes() if held is not None else None) == held
