@@ -762,7 +762,10 @@ class _WatchedKafkaSource(KafkaSource):
         else:
             parts = self.listed = super().list_parts()
         if self.inputs is not None:
-            self.inputs.listed.update(_event_part(p) for p in parts)
+            named = [_event_part(p) for p in parts]
+            self.inputs.listed.update(named)
+            control = partition_name(f"{self.prefix}.control", "")  # "PREFIX.control#"
+            self.inputs.hold_only.update(n for n in named if n.startswith(control))
         return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WatchedPartition:

@@ -139,8 +139,8 @@ class Progress:
         when `source` does not count either, the symbol has no progress yet). Then the
         slowest is min(that minimum, `source`'s progress) if it counts, else that minimum."""
         if inputs is not None and (inputs.listed or inputs.caught_up):
-            counts, pending = False, []
-            caught_up = inputs.caught_up
+            counts, pending, steered = False, [], False
+            caught_up, hold_only = inputs.caught_up, inputs.hold_only
             for part in list(inputs.listed or caught_up):
                 if part not in caught_up:
                     return False, None  # not heard from yet: it may deliver anything
@@ -148,7 +148,7 @@ class Progress:
                     continue
                 clock = self.sources.get(part)
                 if part == source and clock is not None:
-                    counts = True
+                    counts, steered = True, steered or part not in hold_only
                     continue
                 last = self.arrivals.get(part, self.started_ms)
                 if clock is not None and now_ms - last > idle_ms:
@@ -157,6 +157,9 @@ class Progress:
                 if p is None:
                     return False, None  # a partition with records not seen yet: wait for it
                 pending.append(p)
+                steered = steered or part not in hold_only
+            if not steered:  # only partitions that hold back are busy: nothing moves it
+                return False, None
             return counts, min(pending) if pending else None
         if now_ms - self.started_ms < idle_ms:
             return False, None  # a partition may not have delivered its first record yet
@@ -340,6 +343,11 @@ class InputPartitions:
 
     caught_up: dict[str, bool] = field(default_factory=dict)  # the partitions heard from
     listed: set[str] = field(default_factory=set)  # every input partition, in any process
+    # Partitions whose event times may hold a symbol back but never carry it forward: the
+    # control topic's, whose times an operator sets (`--at`). Alone busy while the market
+    # was quiet, a command dated ahead moved every symbol's time to it: a replay of 2024
+    # behind a command sent in 2026 closed the two years of empty bars between.
+    hold_only: set[str] = field(default_factory=set)
     held_ms: dict[str, int] = field(default_factory=dict)  # symbol -> earliest held command
     # symbol -> times of the commands the commands step let through that the market step
     # has not seen yet (between the two steps, the cap must not lift: a market recheck in
@@ -354,7 +362,12 @@ class InputPartitions:
 
     def fork(self) -> InputPartitions:
         """A view of its own for one step, sharing the partitions listed and the caps."""
-        return InputPartitions(listed=self.listed, held_ms=self.held_ms, passing_ms=self.passing_ms)
+        return InputPartitions(
+            listed=self.listed,
+            hold_only=self.hold_only,
+            held_ms=self.held_ms,
+            passing_ms=self.passing_ms,
+        )
 
     def apply(self, mark: PartitionMark, now_ms: int) -> None:
         """What a mark says of its partition (its figures are totals), applied at `now_ms`

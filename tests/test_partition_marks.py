@@ -90,6 +90,55 @@ def test_the_source_tells_the_view_every_partition_by_the_name_events_carry(monk
     )
     assert source.list_parts() == ["0-p.trades", "11-p.funding"]
     assert view.listed == {partition_name("p.trades", 0), partition_name("p.funding", 11)}
+    assert view.hold_only == set()
+
+
+def test_the_source_names_the_control_topics_partition_as_one_that_only_holds_back(
+    monkeypatch,
+):
+    from bytewax.connectors.kafka import KafkaSource
+
+    from dataflows.io import _WatchedKafkaSource, partition_name
+
+    parts = ["0-p.trades", "0-p.control", "0-p.controls", "0-q.control"]
+    monkeypatch.setattr(KafkaSource, "list_parts", lambda self: parts)
+    view = InputPartitions()
+    source = _WatchedKafkaSource(view, "p", (None, None), ["127.0.0.1:9"], ["p.trades"])
+    source.list_parts()
+    assert view.hold_only == {partition_name("p.control", 0)}
+    assert view.fork().hold_only is view.hold_only  # every step's view knows it
+
+
+def test_a_command_dated_ahead_of_a_quiet_market_does_not_carry_its_time_forward():
+    """A following flow had read its replayed days (the trades partition caught up and
+    quiet) when an operator sent reset_kill_switch dated now, two years after them: the
+    control partition, alone busy, moved BTC-PERP's time to the command's and the market
+    step closed every empty 5m bar between (210,000 of them, the flow frozen for good).
+    The control partition holds a symbol back while the market is busy, as before, but
+    never carries it forward."""
+    view = InputPartitions(listed={"p.trades#0", "p.control#0"}, hold_only={"p.control#0"})
+    st = MarketState("BTC-PERP", False, 0, CohortConfig(), source_idle_ms=10_000, inputs=view)
+    st.progress.restart(0)
+    out: list[Any] = []
+    now = 1_000
+    view.apply(PartitionMark("p.control#0", True, 0, now, None, made_ms=now), now)
+    for i in range(600):  # ten minutes of trades, one a second
+        now += 10
+        st.on_event(_t(T0 + i * S, part="p.trades#0"), out, now)
+        view.apply(PartitionMark("p.trades#0", False, i + 1, now, T0 + i * S, made_ms=now), now)
+        view.apply(PartitionMark("p.control#0", True, 0, 1_000, None, made_ms=now), now)
+    now += 1_000  # the trades partition is read to its end
+    view.apply(PartitionMark("p.trades#0", True, 600, now - 1_000, T0 + 599 * S, made_ms=now), now)
+    st.recheck(now, out)
+    closed = _bars(out)
+    assert closed and max(start for start, _, _ in closed) < T0 + 10 * M
+    two_years = T0 + 730 * 86_400_000
+    now += 20_000  # quiet for longer than the idle bound; then a command dated ahead
+    view.apply(PartitionMark("p.trades#0", True, 600, now - 21_000, T0 + 599 * S, made_ms=now), now)
+    view.apply(PartitionMark("p.control#0", True, 1, now, two_years, made_ms=now), now)
+    st.recheck(now, out)
+    assert _bars(out) == closed, "no bar closed by the command's time"
+    assert st.progress.value is not None and st.progress.value < T0 + 11 * M
 
 
 def test_decode_sends_each_partitions_mark_to_every_symbol_behind_its_records(tmp_path: Path):
