@@ -141,13 +141,13 @@ def _child(metric: Any, *labels: str) -> Any:
 
 
 def trading(symbols: Iterable[str]) -> None:
-    """Export the per-fill and per-trade series of the traded symbols at 0 from the start:
-    the rules on slippage and on the probability of the side traded take increase() of
-    them, which sees nothing in a series that first appears at its first fill or trade."""
+    """Export the traded symbols' per-fill, per-trade and set-aside series at 0 from the
+    start: the rules on slippage and on the probability of the side traded, and the
+    dashboard's late-records panel, take increase() of them, which sees nothing in a
+    series that first appears at its first fill, trade or late record."""
     for sym in sorted(symbols):
-        _child(FILLS, sym)
-        _child(SLIPPAGE, sym)
-        _child(SIDE_PROB, sym)
+        for metric in (FILLS, SLIPPAGE, SIDE_PROB, LATE, OUTLIERS, DUPLICATES):
+            _child(metric, sym)
 
 
 @functools.cache

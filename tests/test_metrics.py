@@ -210,5 +210,8 @@ def test_the_per_fill_series_of_every_traded_symbol_are_exported_at_zero_from_th
             f'ensemble_trade_side_probability_count{{symbol="{sym}"}} 0.0',
             f'ensemble_trade_side_probability_sum{{symbol="{sym}"}} 0.0',
             f'ensemble_fills_total{{symbol="{sym}"}} 0.0',
+            f'ensemble_late_records_total{{symbol="{sym}"}} 0.0',
+            f'ensemble_outlier_records_total{{symbol="{sym}"}} 0.0',
+            f'ensemble_duplicate_trades_total{{symbol="{sym}"}} 0.0',
         ):
             assert series in page, series
