@@ -289,6 +289,8 @@ class Status:
             parts.append("no bar yet")
         for sym, b in sorted(beats.items()):
             state = b["trading_state"]
+            if state == "HALTED" and b.get("halt_reason"):  # which: its code, no free text
+                state += f" ({b['halt_reason'].split(':')[0]})"
             if b["bars"] <= self.warmup_bars:
                 state = f"warm-up {b['bars']}/{self.warmup_bars}"
             parts.append(
