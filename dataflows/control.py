@@ -18,6 +18,11 @@ writes a new private key (mode 600) and prints the public key line for the flow'
 ENSEMBLE_OPERATOR_KEYS_FILE file. The flow applies it at the first 5m close at or
 after its event time (`--at`, default now) and writes a `repro` event `control` naming
 who, why, when and the state before and after: that event is the receipt.
+
+    python -m dataflows.control receipt cmd-... --bootstrap HOST:PORT [--wait 60]
+
+reads PREFIX.repro (the one topic the operator principal may read) for that receipt, one
+per symbol the command applied to, waiting up to `--wait` seconds; exit 1 if none came.
 """
 
 from __future__ import annotations
@@ -130,8 +135,70 @@ def send(bootstrap: str, prefix: str, rec: dict, timeout_s: float = 30.0) -> tup
     return msg.partition(), msg.offset()
 
 
+RECEIPT_POLL_S = 2.0  # how often `receipt` reads PREFIX.repro again while it waits
+
+
+def receipts(bootstrap: str, prefix: str, command_id: str, wait_s: float = 0.0) -> list[dict]:
+    """The flow's `repro` events `control` for `command_id` (one per symbol it applied to),
+    reading PREFIX.repro to its end, again every RECEIPT_POLL_S until one is there or
+    `wait_s` has passed."""
+    from consumers.stream import KafkaSettings, read_to_end
+
+    kafka = KafkaSettings.from_values(bootstrap, prefix)
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [
+            rec
+            for _, rec in read_to_end(kafka, ["repro"], client_id="ensemble-control")
+            if rec.get("event") == "control"
+            and (rec.get("command") or {}).get("command_id") == command_id
+        ]
+        if found or time.monotonic() >= deadline:
+            return sorted(found, key=lambda r: (r["symbol"], r["ts_event_ms"]))
+        time.sleep(min(RECEIPT_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def receipt_line(rec: dict) -> str:
+    """One receipt as the operator reads it: what, for whom, when, by whom, what changed."""
+    cmd, change = rec["command"], json.loads(rec.get("change_json") or "{}")
+    before, after = change.get("before") or {}, change.get("after") or {}
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rec["ts_event_ms"] / 1000))
+    return (
+        f"{cmd['command']} for {rec['symbol']} at the {when} UTC close, by {cmd['operator']} "
+        f"({cmd.get('signer') or 'unsigned'}): {before.get('trading_state', '?')} -> "
+        f"{after.get('trading_state', '?')}; {change.get('result', '?')}"
+    )
+
+
+def _receipt_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dataflows.control receipt")
+    ap.add_argument("command_id", help="the id `control` printed when it sent the command")
+    add_kafka_arguments(ap)
+    ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it")
+    args = ap.parse_args(argv)
+    kafka_arguments(ap, args)
+    try:
+        found = receipts(args.bootstrap, args.prefix, args.command_id, args.wait)
+    except (ValueError, ConnectionError, TimeoutError) as e:
+        print(f"control: cannot read {args.prefix}.repro: {e}", file=sys.stderr)
+        return 2
+    if not found:
+        print(
+            f"no receipt for {args.command_id} in {args.prefix}.repro: not applied yet. The "
+            "flow holds a command until the market reaches its event time; a refused one is "
+            f"a dead letter on {args.prefix}.dead_letters with its reason",
+            file=sys.stderr,
+        )
+        return 1
+    for rec in found:
+        print(receipt_line(rec))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["receipt"]:
+        return _receipt_main(argv[1:])
     if argv[:1] == ["keygen"]:
         kp = argparse.ArgumentParser(prog="python -m dataflows.control keygen")
         kp.add_argument("--out", required=True, type=Path, help="private key file (new)")
@@ -181,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sent {rec['command']} for {rec['symbol']} as {rec['command_id']} "
         f"(event time {rec['ts_event_ms']}) to {args.prefix}.control [{partition}@{offset}]; "
-        "the flow's repro event 'control' with this command_id confirms it was applied"
+        f"`python -m dataflows.control receipt {rec['command_id']} --prefix {args.prefix} "
+        "--wait 60` shows the flow's receipt once it is applied"
     )
     return 0
 

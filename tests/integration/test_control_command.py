@@ -36,16 +36,24 @@ def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
             m.setenv(k, v)
         forged = control.command_record("reset_kill_switch", "*", "ops-oncall", "forged", HALT_AT)
         forged["signature"] = ""  # what anyone with network access could send before
+        sent = {}
         for command, at in (("halt", HALT_AT), ("reset_kill_switch", RESET_AT)):
             argv = [command, "--bootstrap", kafka_bootstrap, "--prefix", prefix, "--at", str(at),
                     "--operator", "ops-oncall", "--reason", f"{command} drill"]  # fmt: skip
             assert control.main(argv) == 0
-            assert f"sent {command} for *" in capsys.readouterr().out
+            out = capsys.readouterr().out
+            assert f"sent {command} for *" in out
+            sent[command] = out.split(" as ", 1)[1].split(" ", 1)[0]
         control.send(kafka_bootstrap, prefix, forged)
+        # before the flow ran: no receipt yet, and the operator is told why there may be none
+        receipt = ["receipt", sent["halt"], "--bootstrap", kafka_bootstrap, "--prefix", prefix]
+        assert control.main(receipt) == 1
+        assert "no receipt for" in capsys.readouterr().err
 
     # the replay's commands lie hours of event time past where the flow starts reading
     env = {**flow_env(kafka_bootstrap, prefix), "ENSEMBLE_COMMAND_WINDOW_MS": str(2 * 86_400_000)}
     run_main(build_flow(Settings.from_env(env)))
+    capsys.readouterr()  # the run's summary
 
     repro = read_topic(kafka_bootstrap, f"{prefix}.repro", codec.STREAM_SCHEMAS["repro"])
     audits = [r for r in repro if r["event"] == "control"]
@@ -65,6 +73,18 @@ def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
         change = json.loads(a["change_json"])
         want = "HALTED" if a["command"]["command"] == "halt" else "ACTIVE"
         assert change["after"]["trading_state"] == want
+    # the operator's own receipt of each, read as the operator principal (repro only)
+    with monkeypatch.context() as m:
+        for k, v in principal_env("operator").items():
+            m.setenv(k, v)
+        for command, want in (("halt", "ACTIVE -> HALTED"), ("reset_kill_switch", "-> ACTIVE")):
+            argv = ["receipt", sent[command], "--bootstrap", kafka_bootstrap, "--prefix", prefix]
+            assert control.main(argv) == 0
+            lines = capsys.readouterr().out.splitlines()
+            assert [line.split(" at ")[0] for line in lines] == [
+                f"{command} for BTC-PERP", f"{command} for ETH-PERP"
+            ]  # fmt: skip
+            assert all("by ops-oncall (ops-oncall/ed25519:" in x and want in x for x in lines)
     health = read_topic(kafka_bootstrap, f"{prefix}.health", codec.STREAM_SCHEMAS["health"])
     btc = {h["ts_event_ms"]: h["trading_state"] for h in health if h["symbol"] == "BTC-PERP"}
     halted = [t for t, s in btc.items() if s == "HALTED"]
