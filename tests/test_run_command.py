@@ -31,6 +31,15 @@ def _run_command(env: dict[str, str], timeout: int) -> subprocess.CompletedProce
     )
 
 
+def _uninterrupted(env: dict[str, str], tmp_path: Path) -> tuple[Path, int]:
+    """The reference run's output directory, and a third of its signals file's size (a
+    point to stop the interrupted run at)."""
+    ref = tmp_path / "uninterrupted"
+    done = _run_command({**env, "ENSEMBLE_OUT": str(ref)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return ref, (ref / "signals.jsonl").stat().st_size // 3
+
+
 def _interrupt_once_past(proc: subprocess.Popen, signals: Path, size: int) -> tuple[str, str]:
     """Ctrl-C once `signals` has grown past `size` bytes; the run must stop cleanly, say
     so and say why in its summary. Its (stdout, stderr)."""
@@ -195,10 +204,7 @@ def test_sigint_mid_run_stops_cleanly_with_the_summary_and_a_restart_continues_e
         "ENSEMBLE_DAYS": "6",
         "ENSEMBLE_OVERRIDES": json.dumps({"warmup_bars": 150}),
     }
-    ref = tmp_path / "uninterrupted"
-    done = _run_command({**env, "ENSEMBLE_OUT": str(ref)}, timeout=300)
-    assert done.returncode == 0, done.stderr
-    third = (ref / "signals.jsonl").stat().st_size // 3
+    ref, third = _uninterrupted(env, tmp_path)
 
     rec, out = tmp_path / "recovery", tmp_path / "stopped"
     prepare(rec, 1)
@@ -286,10 +292,7 @@ def test_ctrl_c_to_one_of_two_processes_stops_both_and_a_restart_continues_exact
         "ENSEMBLE_CLOCK": "event",
         "ENSEMBLE_STATUS_INTERVAL_S": "0",
     }
-    ref = tmp_path / "uninterrupted"
-    done = _run_command({**env, "ENSEMBLE_OUT": str(ref)}, timeout=300)
-    assert done.returncode == 0, done.stderr
-    third = (ref / "signals.jsonl").stat().st_size // 3
+    ref, third = _uninterrupted(env, tmp_path)
 
     rec, out = tmp_path / "recovery", tmp_path / "stopped"
     prepare(rec, 2)
