@@ -177,9 +177,13 @@ def _receipt_main(argv: list[str]) -> int:
     ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for it")
     args = ap.parse_args(argv)
     kafka_arguments(ap, args)
+    from kafka.errors import KafkaError  # kafka-python, as the consumers read telemetry
+
+    from consumers.stream import TopicsMissing
+
     try:
         found = receipts(args.bootstrap, args.prefix, args.command_id, args.wait)
-    except (ValueError, ConnectionError, TimeoutError) as e:
+    except (ValueError, ConnectionError, TimeoutError, TopicsMissing, KafkaError) as e:
         print(f"control: cannot read {args.prefix}.repro: {e}", file=sys.stderr)
         return 2
     if not found:

@@ -49,6 +49,8 @@ def test_halt_and_reset_sent_with_the_command_line_are_applied_and_audited(
         receipt = ["receipt", sent["halt"], "--bootstrap", kafka_bootstrap, "--prefix", prefix]
         assert control.main(receipt) == 1
         assert "no receipt for" in capsys.readouterr().err
+        assert control.main([*receipt[:-1], f"{prefix}-none"]) == 2  # a prefix with no topics
+        assert f"cannot read {prefix}-none.repro" in capsys.readouterr().err
 
     # the replay's commands lie hours of event time past where the flow starts reading
     env = {**flow_env(kafka_bootstrap, prefix), "ENSEMBLE_COMMAND_WINDOW_MS": str(2 * 86_400_000)}
