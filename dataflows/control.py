@@ -139,22 +139,22 @@ RECEIPT_POLL_S = 2.0  # how often `receipt` reads PREFIX.repro again while it wa
 
 
 def receipts(bootstrap: str, prefix: str, command_id: str, wait_s: float = 0.0) -> list[dict]:
-    """The flow's `repro` events `control` for `command_id` (one per symbol it applied to),
-    reading PREFIX.repro to its end, again every RECEIPT_POLL_S until one is there or
-    `wait_s` has passed."""
+    """The flow's `repro` events `control` for `command_id` (one per symbol it applied to;
+    a copy the flow published again after a restart counted once), reading PREFIX.repro
+    to its end, again every RECEIPT_POLL_S until one is there or `wait_s` has passed."""
     from consumers.stream import KafkaSettings, read_to_end
 
     kafka = KafkaSettings.from_values(bootstrap, prefix)
     deadline = time.monotonic() + wait_s
     while True:
-        found = [
-            rec
+        found = {
+            (rec["symbol"], rec["ts_event_ms"]): rec
             for _, rec in read_to_end(kafka, ["repro"], client_id="ensemble-control")
             if rec.get("event") == "control"
             and (rec.get("command") or {}).get("command_id") == command_id
-        ]
+        }
         if found or time.monotonic() >= deadline:
-            return sorted(found, key=lambda r: (r["symbol"], r["ts_event_ms"]))
+            return [found[k] for k in sorted(found)]
         time.sleep(min(RECEIPT_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
